@@ -1,0 +1,103 @@
+"""The `curate` command. It orchestrates: `curate run` calls the curation runner and then,
+when `[train]` is present, the trainer. Heavy imports happen inside commands so that
+`curate --help` stays instant."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from curate import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="curate")
+def main() -> None:
+    """Curate instruction data into clean, balanced training shards, and train on them."""
+
+
+def _load(pipeline: str, with_train: bool):
+    """Load and fully validate a pipeline (and its [train] table) before any work."""
+    from curate.config import load_config
+    from curate.typed_config import ConfigError
+
+    try:
+        cfg = load_config(pipeline)
+        train_cfg = None
+        if with_train and cfg.train is not None:
+            from train.config import parse_train_config
+
+            try:
+                train_cfg = parse_train_config(cfg.train, cfg.base_dir)
+            except ConfigError as exc:
+                exc.file = exc.file or str(cfg.path)
+                raise
+    except ConfigError as exc:
+        raise click.ClickException(exc.message()) from None
+    return cfg, train_cfg
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (overrides [run].output_dir).")
+@click.option("--fresh", is_flag=True, help="Start over instead of resuming finished stages.")
+@click.option("--no-train", is_flag=True, help="Skip the [train] section even if present.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Overrides [run].executor.")
+@click.option("--address", default=None, help="Ray cluster address (with --executor ray).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
+    """Run PIPELINE (a pipeline.toml): read, clean, select, render, write shards; then train."""
+    from curate.progress import Progress
+    from curate.runner import LedgerError, run_pipeline
+
+    cfg, train_cfg = _load(pipeline, with_train=not no_train)
+    if executor:
+        cfg.run.executor = executor
+    if address:
+        cfg.run.ray_address = address
+    progress = Progress(enabled=not quiet)
+    try:
+        manifest = run_pipeline(cfg, out_dir=out_dir, fresh=fresh, progress=progress)
+    except LedgerError as exc:
+        progress.close()
+        raise click.ClickException(f"internal error: {exc}") from None
+    finally:
+        progress.close()
+    run_dir = cfg.output_dir(out_dir).resolve()
+    led = manifest["ledger"]
+    click.echo(f"read {led['read']:,}  kept {led['kept']:,}  quarantined {led['quarantined']:,}  "
+               f"dropped {sum(sum(r.values()) for r in led['dropped'].values()):,}  -> {run_dir}")
+    if train_cfg is not None:
+        from train import run_training
+
+        summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None))
+        click.echo(f"trained: {summary.get('adapter_dir', run_dir / 'train')}")
+    _write_report(run_dir, quiet)
+
+
+def _write_report(run_dir: Path, quiet: bool) -> None:
+    try:
+        from curate.report import write_report
+    except ImportError:
+        return
+    path = write_report(run_dir)
+    if not quiet:
+        click.echo(f"report: {path}")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+def validate(pipeline):
+    """Check PIPELINE's config (keys, types, files) without running anything."""
+    cfg, _ = _load(pipeline, with_train=True)
+    click.echo(f"ok: {len(cfg.sources)} sources, {len(cfg.stages)} stages"
+               + (", render" if cfg.render else "") + (", train" if cfg.train else ""))
+
+
+# --- commands added by modules (keep one small block per command group) ---
+# [cli:templates]
+# [cli:classifier]
+# [cli:train]
+# [cli:inspect]
+# [cli:report]
