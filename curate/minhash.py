@@ -1,0 +1,226 @@
+"""MinHash signatures for a whole column of texts at once, equal to datasketch's.
+
+datasketch (2.x, its default "affine32" scheme) computes, for every shingle `s` of a
+document and every permutation `k`:
+
+    h   = fmix32(hashfunc(s))              # MurmurHash3 finaliser, a fixed bijection
+    phv = a_k * h + b_k   (mod 2**32)      # a_k odd, so a bijection too
+    sig[k] = min over shingles of phv
+
+with `(a, b) = MinHash(num_perm, seed).permutations`. `signatures()` below runs exactly
+that arithmetic in numpy over every shingle of a chunk of rows, and reduces per row with
+`np.minimum.reduceat`, instead of one `MinHash.update` call (a Python call and a SHA-1)
+per shingle. The permutations are taken from datasketch itself, so the signatures are
+datasketch's; `tests/test_dedup_minhash.py` checks the equality bit for bit against
+`datasketch.MinHash(hashfunc=shingle_hashfunc(...))`.
+
+The shingle hash (`hashfunc`) is the one deliberate change from datasketch's default
+(`sha1_hash32` of each shingle's bytes): SHA-1 runs once per *distinct token* of a chunk
+(vocabulary-sized, not shingle-sized), and a shingle's hash is a 64-bit polynomial mix of
+its tokens' hashes, finalised with fmix64 and folded to 32 bits. That mix is plain numpy
+over all shingles of a chunk, and, unlike polars' `hash()`, stable across library
+versions, so signatures do not change between releases. `shingle_hashfunc` is the same
+function for one shingle, to hand to datasketch.
+
+Normalisation of the text (Unicode NFKC, case, punctuation, whitespace) is a polars
+expression shared with exact deduplication (`normalized`).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Iterable, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+NORMALIZE_STEPS = ("unicode", "case", "punctuation", "whitespace")
+
+_M64 = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (odd)
+_SEED64 = np.uint64(0xCBF29CE484222325)  # FNV offset basis, a non-zero start value
+_MAX32 = np.uint32(0xFFFFFFFF)
+
+
+def normalized(expr: pl.Expr, steps: Sequence[str] = NORMALIZE_STEPS) -> pl.Expr:
+    """Normalise a String expression column-wise: `unicode` (NFKC: full-width forms,
+    ligatures, compatibility characters fold to one spelling), `case` (lower),
+    `punctuation` (Unicode punctuation and symbols become spaces), `whitespace` (runs of
+    whitespace become one space, ends stripped). Steps run in that fixed order."""
+    if "unicode" in steps:
+        expr = expr.str.normalize("NFKC")
+    if "case" in steps:
+        expr = expr.str.to_lowercase()
+    if "punctuation" in steps:
+        expr = expr.str.replace_all(r"[\p{P}\p{S}]+", " ")
+    if "whitespace" in steps:
+        expr = expr.str.replace_all(r"\s+", " ").str.strip_chars()
+    return expr
+
+
+def token_hash32(token: str) -> int:
+    """datasketch's own `sha1_hash32`, applied to one token's UTF-8 bytes."""
+    return struct.unpack("<I", hashlib.sha1(token.encode("utf-8")).digest()[:4])[0]
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    # Same constants as datasketch.minhash._FMIX_CONSTANTS[32].
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _mix_step(h: np.ndarray, tok: np.ndarray) -> np.ndarray:
+    return (h ^ tok.astype(np.uint64)) * _M64
+
+
+def _finish(h: np.ndarray) -> np.ndarray:
+    return (_fmix64(h) >> np.uint64(32)).astype(np.uint32)
+
+
+def shingle_hashfunc(shingle: Iterable[str]) -> int:
+    """The shingle hash for one shingle (a tuple of tokens), for
+    `datasketch.MinHash(hashfunc=shingle_hashfunc)`; identical to the vectorised one."""
+    with np.errstate(over="ignore"):
+        h = np.array([_SEED64], dtype=np.uint64)
+        for tok in shingle:
+            h = _mix_step(h, np.array([token_hash32(tok)], dtype=np.uint32))
+        return int(_finish(h)[0])
+
+
+def tokens_expr(text: pl.Expr, unit: str) -> pl.Expr:
+    """A list<str> of tokens: whitespace-separated words, or Unicode characters."""
+    if unit == "word":
+        return text.str.split(" ").list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
+    if unit == "char":
+        return text.str.split("")
+    raise ValueError(f"unknown shingle unit {unit!r}")
+
+
+def token_hashes(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a list<str> column into (token hashes uint32, per-row token counts).
+    SHA-1 runs once per distinct token of the column (the vocabulary), then polars maps
+    every token occurrence to its hash."""
+    lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = lists.explode().drop_nulls()
+    if len(flat) != int(lengths.sum()):  # polars' explode of an empty list changed across versions
+        flat = lists.list.eval(pl.element()).explode().drop_nulls()
+    if len(flat) == 0:
+        return np.zeros(0, dtype=np.uint32), lengths
+    vocab = flat.unique(maintain_order=True)
+    codes = pl.Series([token_hash32(t) for t in vocab.to_list()], dtype=pl.UInt32)
+    hashed = flat.replace_strict(vocab, codes, return_dtype=pl.UInt32)
+    return hashed.to_numpy(), lengths
+
+
+def shingle_hashes(tok: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every contiguous `ngram`-token shingle, row after row, and the number
+    of shingles per row. A non-empty row shorter than `ngram` tokens is one shingle of
+    all its tokens (so short prompts still get a signature); an empty row has none."""
+    lengths = lengths.astype(np.int64)
+    counts = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.uint32), counts
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    shingle_row_start = np.repeat(np.cumsum(counts) - counts, counts)
+    starts = np.repeat(offsets, counts) + (np.arange(total, dtype=np.int64) - shingle_row_start)
+    row_len = np.repeat(lengths, counts)
+    limit = max(len(tok) - 1, 0)
+    with np.errstate(over="ignore"):
+        h = np.full(total, _SEED64, dtype=np.uint64)
+        for k in range(ngram):
+            valid = k < row_len
+            if not valid.any():
+                break
+            t = tok[np.minimum(starts + k, limit)]
+            h = np.where(valid, _mix_step(h, t), h)
+        return _finish(h), counts
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's permutation parameters (a, b) for (num_perm, seed), uint32."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
+    a, b = m.permutations
+    return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
+
+
+def signatures_from_shingles(
+    sh: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, max_cells: int = 1 << 25
+) -> np.ndarray:
+    """(rows, num_perm) uint32 signatures; rows without shingles stay all-max (empty
+    MinHash). Permutations are applied in blocks so a block holds at most `max_cells`
+    values (128 MiB of uint32), keeping memory bounded for long documents."""
+    n, p = len(counts), len(a)
+    out = np.full((n, p), _MAX32, dtype=np.uint32)
+    nonempty = counts > 0
+    if not nonempty.any():
+        return out
+    hv = _fmix32(sh.astype(np.uint32))
+    seg = (np.cumsum(counts) - counts)[nonempty]
+    block = max(1, min(p, max_cells // max(len(hv), 1)))
+    with np.errstate(over="ignore"):
+        for lo in range(0, p, block):
+            hi = min(p, lo + block)
+            phv = hv[:, None] * a[None, lo:hi] + b[None, lo:hi]
+            out[nonempty, lo:hi] = np.minimum.reduceat(phv, seg, axis=0)
+    return out
+
+
+def signatures(texts: pl.Series, num_perm: int, seed: int, ngram: int, unit: str,
+               perms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures of already-normalised texts: ((rows, num_perm) uint32, shingles per row)."""
+    a, b = perms if perms is not None else permutations(num_perm, seed)
+    lists = texts.to_frame("t").select(tokens_expr(pl.col("t"), unit)).to_series()
+    tok, lengths = token_hashes(lists)
+    sh, counts = shingle_hashes(tok, lengths, ngram)
+    return signatures_from_shingles(sh, counts, a, b), counts
+
+
+def shingle_sets(texts: pl.Series, ngram: int, unit: str) -> pl.Series:
+    """Each text's set of shingle hashes as a sorted, de-duplicated list<u32> (for exact
+    Jaccard verification of candidate pairs)."""
+    lists = texts.to_frame("t").select(tokens_expr(pl.col("t"), unit)).to_series()
+    tok, lengths = token_hashes(lists)
+    sh, counts = shingle_hashes(tok, lengths, ngram)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    values = pl.Series(sh, dtype=pl.UInt32)
+    arr = pl.Series(pa.LargeListArray.from_arrays(pa.array(offsets), values.to_arrow()))
+    return arr.list.unique().list.sort()
+
+
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.2, fn_weight: float = 0.8) -> tuple[int, int]:
+    """(bands, rows) from datasketch's own optimiser. Weighted towards recall (0.2/0.8,
+    not datasketch's 0.5/0.5) because every candidate pair is verified afterwards: a
+    false positive of the banding costs a cheap check, a false negative is a lost
+    duplicate."""
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
+
+
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values. Two rows
+    share a bucket when a band's values hash alike; collisions only add candidates,
+    which verification removes."""
+    n = sig.shape[0]
+    out = np.empty((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bands):
+            h = np.full(n, _SEED64 ^ np.uint64(j), dtype=np.uint64)
+            for k in range(j * rows, (j + 1) * rows):
+                h = _mix_step(h, sig[:, k])
+            out[:, j] = _fmix64(h)
+    return out

@@ -1,0 +1,389 @@
+"""Deduplication: exact (hash of the normalised text view) or MinHash near-duplicates
+(LSH band buckets -> verified candidate pairs -> union-find clusters), optionally
+semantic (sentence embeddings, cosine threshold). One row per cluster is kept by a rule
+(`keep`), the others are dropped with `_reason = "duplicate_of"` and `_detail` = the id
+of the row kept in their place. Kept rows get `<name>_cluster` (the kept id of their
+cluster, their own id when unique) and `<name>_cluster_size`.
+
+Everything per row is column-wise: normalisation is a polars expression, signatures are
+numpy over all shingles of a chunk (`curate.minhash`), band buckets are a polars
+group-by, verification is vectorised over candidate pairs, and clustering is a
+vectorised union-find (`curate.union_find`). Memory: the only per-row state kept across
+chunks is fixed-width (a uint64 key for exact; num_perm uint32 + bands uint64 for
+MinHash), so it grows linearly and small with the input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from curate import minhash as mh
+from curate.stages.base import DETAIL, REASON, Stage, StageResult
+from curate.typed_config import ConfigError
+from curate.union_find import components
+from curate.views import text_view
+
+REASON_DUPLICATE = "duplicate_of"
+_IDX = "__dedup_idx"
+
+
+@dataclass
+class Config:
+    kind: Literal["dedup"]
+    name: str | None = None
+    method: Literal["exact", "minhash", "semantic"] = "minhash"
+    # Which text a duplicate is judged on: same prompt (default: the same question asked
+    # twice, whose best answer is kept), same response, or the whole conversation.
+    view: Literal["prompt", "response", "conversation"] = "prompt"
+    normalize: list[str] = field(default_factory=lambda: list(mh.NORMALIZE_STEPS))
+    # --- minhash ---
+    threshold: float = 0.8  # Jaccard similarity of shingle sets
+    num_perm: int = 128
+    ngram: int = 3  # shingle length; 3 words suits short prompts (5 is common for web pages)
+    ngram_unit: Literal["word", "char"] = "word"  # char for text without spaces (Chinese, Japanese)
+    seed: int | None = None  # MinHash permutation seed; None: the run's seed
+    bands: int | None = None  # LSH bands and rows per band; derived from threshold when absent
+    rows: int | None = None
+    verify: bool = True  # check every candidate pair's Jaccard before merging clusters
+    verify_by: Literal["exact", "estimate"] = "exact"  # exact shingle-set Jaccard, or the signature estimate
+    max_bucket: int = 64  # a bucket larger than this links its members to its first one only
+    chunk_size: int = 50_000  # rows per chunk while computing signatures
+    # --- semantic ---
+    model: str | None = None  # local sentence-embedding model directory (transformers)
+    cosine_threshold: float = 0.92
+    batch_size: int = 64
+    max_length: int = 256
+    # --- which member of a cluster is kept ---
+    keep: Literal["best", "first", "source_priority"] = "best"
+    score_column: str | None = None  # keep="best": default first numeric `quality_*` column
+    sources: list[str] = field(default_factory=list)  # keep="source_priority": most trusted first
+    examples: int = 5  # clusters shown in the report
+
+    def validate(self) -> None:
+        bad = [s for s in self.normalize if s not in mh.NORMALIZE_STEPS]
+        if bad:
+            raise ConfigError("normalize", f"unknown step(s) {bad}; known: {', '.join(mh.NORMALIZE_STEPS)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("threshold", f"must be in (0, 1], got {self.threshold}")
+        if self.num_perm < 2:
+            raise ConfigError("num_perm", f"must be at least 2, got {self.num_perm}")
+        if self.ngram < 1:
+            raise ConfigError("ngram", f"must be at least 1, got {self.ngram}")
+        if (self.bands is None) != (self.rows is None):
+            raise ConfigError("bands" if self.bands is None else "rows", "give both `bands` and `rows`, or neither")
+        if self.bands is not None:
+            if self.bands < 1 or self.rows < 1:
+                raise ConfigError("bands", "bands and rows must be positive")
+            if self.bands * self.rows > self.num_perm:
+                raise ConfigError("bands", f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if self.max_bucket < 2:
+            raise ConfigError("max_bucket", "must be at least 2")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size", "must be positive")
+        if self.keep == "source_priority" and not self.sources:
+            raise ConfigError("sources", 'keep = "source_priority" needs the ordered list of `sources`')
+        if self.sources and self.keep != "source_priority":
+            raise ConfigError("sources", 'only used with keep = "source_priority"')
+        if self.method == "semantic":
+            if not self.model:
+                raise ConfigError("model", 'method = "semantic" needs a local sentence-embedding model directory')
+            if not -1.0 <= self.cosine_threshold <= 1.0:
+                raise ConfigError("cosine_threshold", f"must be in [-1, 1], got {self.cosine_threshold}")
+        elif self.model is not None:
+            raise ConfigError("model", 'only used with method = "semantic"')
+        if self.examples < 0:
+            raise ConfigError("examples", "must be >= 0")
+
+    def check_paths(self, base_dir) -> None:
+        if self.method == "semantic" and self.model:
+            p = Path(self.model).expanduser()
+            p = p if p.is_absolute() else Path(base_dir) / p
+            if not p.is_dir():
+                raise ConfigError("model", f"no model directory at {p}")
+
+    def lsh(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return mh.lsh_params(self.threshold, self.num_perm)
+
+
+class DedupStage(Stage):
+    kind = "dedup"
+    Config = Config
+
+    # ---- text ----------------------------------------------------------------------
+    def _norm_chunks(self, table: pl.DataFrame):
+        cfg = self.config
+        expr = mh.normalized(text_view(cfg.view), cfg.normalize).alias("t")
+        for lo in range(0, table.height, cfg.chunk_size):
+            yield lo, table.slice(lo, cfg.chunk_size).select(expr).to_series()
+
+    def _seed(self) -> int:
+        return self.config.seed if self.config.seed is not None else int(self.context.seed)
+
+    # ---- clustering: each returns (root per row, pair stats) -----------------------------
+    def _exact_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        # Hash values only decide grouping (never reach the output), so polars' fast
+        # hash is fine here even though it is not stable across polars versions.
+        keys = np.concatenate([t.hash(seed=0).to_numpy() for _, t in self._norm_chunks(table)])
+        df = pl.DataFrame({"k": keys, "i": np.arange(len(keys), dtype=np.int64)})
+        roots = df.select(pl.col("i").min().over("k")).to_series().to_numpy()
+        return roots.astype(np.int64), {}
+
+    def _minhash_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        cfg = self.config
+        n = table.height
+        bands, rows = cfg.lsh()
+        a, b = mh.permutations(cfg.num_perm, self._seed())
+        keep_sig = cfg.verify and cfg.verify_by == "estimate"
+        sig = np.empty((n, cfg.num_perm), dtype=np.uint32) if keep_sig else None
+        band = np.empty((n, bands), dtype=np.uint64)
+        has = np.empty(n, dtype=bool)
+        for lo, texts in self._norm_chunks(table):
+            s, counts = mh.signatures(texts, cfg.num_perm, self._seed(), cfg.ngram, cfg.ngram_unit, (a, b))
+            hi = lo + len(texts)
+            band[lo:hi] = mh.band_hashes(s, bands, rows)
+            has[lo:hi] = counts > 0
+            if keep_sig:
+                sig[lo:hi] = s
+        left, right = self._candidates(band, has)
+        stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
+        if cfg.verify and len(left):
+            if cfg.verify_by == "estimate":
+                sim = _estimated_jaccard(sig, left, right)
+            else:
+                sim = self._exact_jaccard(table, left, right)
+            ok = sim >= cfg.threshold
+            left, right = left[ok], right[ok]
+        stats["verified_pairs"] = int(len(left))
+        return components(n, left, right), stats
+
+    def _candidates(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate pairs from band buckets, grouped by polars, not a dict per row."""
+        n, bands = band.shape
+        idx = np.nonzero(has)[0].astype(np.int64)
+        if len(idx) < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        long = pl.DataFrame(
+            {
+                "b": np.repeat(np.arange(bands, dtype=np.uint16)[None, :], len(idx), axis=0).ravel(),
+                "h": band[idx].ravel(),
+                "r": np.repeat(idx, bands),
+            }
+        )
+        buckets = (
+            long.group_by("b", "h")
+            .agg(pl.col("r").sort())
+            .filter(pl.col("r").list.len() > 1)
+            .select(pl.col("r"))
+            .with_row_index("bucket")
+        )
+        size = pl.col("r").list.len()
+        small = buckets.filter(size <= self.config.max_bucket).explode("r")
+        pairs = [
+            small.join(small, on="bucket", suffix="_2").filter(pl.col("r") < pl.col("r_2")).select(
+                pl.col("r").alias("l"), pl.col("r_2").alias("rr")
+            )
+        ]
+        big = buckets.filter(size > self.config.max_bucket)
+        if big.height:
+            # Large buckets are nearly always exact copies: a star to the first member keeps
+            # the pair count linear; the trade-off is a member unlike the first being missed.
+            pairs.append(
+                big.select(pl.col("r").list.first().alias("l"), pl.col("r").list.slice(1).alias("rr")).explode("rr")
+            )
+        allp = pl.concat(pairs).unique().sort("l", "rr")
+        return allp["l"].to_numpy().astype(np.int64), allp["rr"].to_numpy().astype(np.int64)
+
+    def _exact_jaccard(self, table: pl.DataFrame, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of the shingle sets of each candidate pair, by polars list set
+        operations; shingle sets are rebuilt only for rows that are in some candidate pair."""
+        cfg = self.config
+        involved = np.unique(np.concatenate([left, right]))
+        sub = table[pl.Series(involved)] if len(involved) else table.clear()
+        expr = mh.normalized(text_view(cfg.view), cfg.normalize)
+        sets = []
+        for lo in range(0, sub.height, cfg.chunk_size):
+            texts = sub.slice(lo, cfg.chunk_size).select(expr).to_series()
+            sets.append(mh.shingle_sets(texts, cfg.ngram, cfg.ngram_unit))
+        lookup = pl.DataFrame({"i": involved, "s": pl.concat(sets)})
+        out = np.empty(len(left), dtype=np.float64)
+        step = 200_000
+        for lo in range(0, len(left), step):
+            p = pl.DataFrame({"l": left[lo:lo + step], "r": right[lo:lo + step]}).with_row_index("o")
+            p = p.join(lookup.rename({"i": "l", "s": "sl"}), on="l").join(lookup.rename({"i": "r", "s": "sr"}), on="r")
+            p = p.sort("o").select(
+                pl.col("sl").list.set_intersection("sr").list.len().cast(pl.Float64)
+                / pl.col("sl").list.set_union("sr").list.len().cast(pl.Float64)
+            )
+            out[lo:lo + step] = p.to_series().fill_nan(0.0).to_numpy()
+        return out
+
+    def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        from curate import embeddings
+
+        cfg = self.config
+        texts = table.select(text_view(cfg.view)).to_series().to_list()
+        emb = embeddings.encode(self.context.resolve(cfg.model), texts, batch_size=cfg.batch_size, max_length=cfg.max_length)
+        left, right = embeddings.similar_pairs(emb, cfg.cosine_threshold)
+        return components(table.height, left, right), {"similar_pairs": int(len(left))}
+
+    # ---- keep rule -----------------------------------------------------------------------
+    def _score_column(self, table: pl.DataFrame) -> str | None:
+        cfg = self.config
+        if cfg.score_column is not None:
+            if cfg.score_column not in table.columns:
+                raise ValueError(f"stage {self.name!r}: score_column {cfg.score_column!r} is not a column "
+                                 f"(columns: {', '.join(table.columns)})")
+            if not table.schema[cfg.score_column].is_numeric():
+                raise ValueError(f"stage {self.name!r}: score_column {cfg.score_column!r} is not numeric")
+            return cfg.score_column
+        for c in table.columns:
+            if c.startswith("quality_") and table.schema[c].is_numeric():
+                return c
+        return None
+
+    def _keepers(self, table: pl.DataFrame, roots: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """Index of the kept row of each row's cluster."""
+        cfg = self.config
+        score = self._score_column(table) if cfg.keep != "first" else None
+        cols = [pl.Series("root", roots), pl.Series(_IDX, np.arange(table.height, dtype=np.int64))]
+        keys, desc = ["root"], [False]
+        if cfg.keep == "source_priority":
+            order = {s: i for i, s in enumerate(cfg.sources)}
+            prio = table["source"].replace_strict(order, default=len(order), return_dtype=pl.Int64)
+            cols.append(prio.alias("prio"))
+            keys.append("prio")
+            desc.append(False)
+        if cfg.keep in ("best", "source_priority"):
+            if score is not None:
+                cols.append(table[score].cast(pl.Float64).fill_nan(None).alias("score"))
+                keys.append("score")
+                desc.append(True)
+            cols.append(table.select(text_view("response").str.len_chars().alias("len")).to_series())
+            keys.append("len")
+            desc.append(True)
+            cols.append(table["id"].alias("id"))
+            keys.append("id")
+            desc.append(False)
+        keys.append(_IDX)
+        desc.append(False)
+        ranked = pl.DataFrame(cols).sort(keys, descending=desc, nulls_last=True)
+        first = ranked.unique(subset="root", keep="first", maintain_order=True).select("root", pl.col(_IDX).alias("keeper"))
+        keeper = pl.DataFrame({"root": roots}).join(first, on="root", how="left", maintain_order="left")["keeper"]
+        return keeper.to_numpy().astype(np.int64), score
+
+    # ---- stage -----------------------------------------------------------------------------
+    def process(self, table: pl.DataFrame) -> StageResult:
+        cfg = self.config
+        n = table.height
+        if cfg.method == "exact":
+            roots, pair_stats = self._exact_roots(table) if n else (np.zeros(0, np.int64), {})
+        elif cfg.method == "minhash":
+            roots, pair_stats = self._minhash_roots(table) if n else (np.zeros(0, np.int64), {})
+        else:
+            roots, pair_stats = self._semantic_roots(table) if n else (np.zeros(0, np.int64), {})
+        keeper, score = self._keepers(table, roots) if n else (np.zeros(0, np.int64), None)
+        ids = table["id"]
+        size = pl.DataFrame({"k": keeper}).select(pl.len().over("k")).to_series().cast(pl.UInt32)
+        out = table.with_columns(
+            ids.gather(keeper).alias(f"{self.name}_cluster") if n else pl.lit(None, pl.String).alias(f"{self.name}_cluster"),
+            size.alias(f"{self.name}_cluster_size") if n else pl.lit(None, pl.UInt32).alias(f"{self.name}_cluster_size"),
+        )
+        is_kept = pl.Series(keeper == np.arange(n))
+        kept = out.filter(is_kept)
+        dropped = out.filter(~is_kept).with_columns(
+            pl.lit(REASON_DUPLICATE).alias(REASON), pl.col(f"{self.name}_cluster").alias(DETAIL)
+        )
+        stats = self._stats(out, keeper, is_kept, score, pair_stats)
+        return StageResult(kept=kept, dropped=dropped, stats=stats)
+
+    def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
+        cfg = self.config
+        stats: dict = {"method": cfg.method, "view": cfg.view, "keep": cfg.keep, "rows_in": out.height,
+                       "duplicates": int(out.height - int(is_kept.sum()))}
+        if cfg.keep != "first":
+            stats["score_column"] = score
+        if cfg.method == "minhash":
+            stats.update({"threshold": cfg.threshold, "num_perm": cfg.num_perm, "ngram": cfg.ngram,
+                          "ngram_unit": cfg.ngram_unit, "seed": self._seed(),
+                          "verify": (cfg.verify_by if cfg.verify else "off")})
+        elif cfg.method == "semantic":
+            stats["cosine_threshold"] = cfg.cosine_threshold
+        stats.update(pair_stats)
+        sizes = pl.DataFrame({"k": keeper}).group_by("k").len().filter(pl.col("len") > 1)
+        hist = sizes.group_by("len").agg(pl.len().alias("n")).sort("len")
+        stats["clusters"] = {
+            "count": sizes.height,
+            "size_histogram": {str(s): int(c) for s, c in hist.iter_rows()},
+            "largest": int(sizes["len"].max()) if sizes.height else 0,
+        }
+        if out.height and stats["duplicates"]:
+            stats.update(self._exact_near_split(out, keeper))
+            stats["examples"] = self._examples(out, keeper, sizes)
+        else:
+            stats["examples"] = []
+        return stats
+
+    def _exact_near_split(self, out: pl.DataFrame, keeper: np.ndarray) -> dict:
+        """How many dropped rows are exact copies (same normalised text as their kept row)
+        and how many are near-duplicates, for the report."""
+        expr = mh.normalized(text_view(self.config.view), self.config.normalize)
+        drop_idx = np.nonzero(keeper != np.arange(len(keeper)))[0]
+        a = out[pl.Series(drop_idx)].select(expr).to_series()
+        b = out[pl.Series(keeper[drop_idx])].select(expr).to_series()
+        exact = int((a == b).sum())
+        return {"dropped_exact": exact, "dropped_near": int(len(drop_idx) - exact)}
+
+    def _examples(self, out: pl.DataFrame, keeper: np.ndarray, sizes: pl.DataFrame) -> list[dict]:
+        """A few clusters for the report: near-duplicate clusters first (they show what
+        the threshold does), largest first, ties by kept id; members' ids and short texts."""
+        cfg = self.config
+        if cfg.examples == 0 or sizes.height == 0:
+            return []
+        view = text_view(cfg.view)
+        members = (
+            out.with_columns(pl.Series("k", keeper), view.alias("text"), mh.normalized(view, cfg.normalize).alias("norm"))
+            .join(sizes.rename({"len": "size"}), on="k")
+            .with_columns(pl.col("norm").n_unique().over("k").alias("variants"))
+        )
+        members = members.with_columns(out["id"].gather(members["k"]).alias("kept_id"))
+        picked = (
+            members.group_by("kept_id")
+            .agg(pl.col("size").first(), pl.col("variants").first())
+            .sort(pl.col("variants") > 1, "size", "kept_id", descending=[True, True, False])
+            .head(cfg.examples)
+        )
+        examples = []
+        for kept_id, size, variants in picked.iter_rows():
+            rows = members.filter(pl.col("kept_id") == kept_id).sort(pl.col("id") != kept_id, "id").head(5)
+            examples.append({
+                "kept": kept_id,
+                "size": int(size),
+                "exact": bool(variants == 1),
+                "members": [
+                    {"id": r["id"], "source": r["source"], "kept": r["id"] == kept_id, "text": _short(r["text"])}
+                    for r in rows.select("id", "source", "text").iter_rows(named=True)
+                ],
+            })
+        return examples
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, step: int = 100_000) -> np.ndarray:
+    """Share of equal signature values per pair: MinHash's unbiased Jaccard estimate."""
+    out = np.empty(len(left), dtype=np.float64)
+    for lo in range(0, len(left), step):
+        out[lo:lo + step] = (sig[left[lo:lo + step]] == sig[right[lo:lo + step]]).mean(axis=1)
+    return out
+
+
+STAGE = DedupStage
