@@ -1,0 +1,217 @@
+"""`select`: keep the best examples by a score column, per task (or source) or globally.
+
+Order of decisions, each with its own reject reason:
+  1. `missing_score`   the score is null/NaN (unless `missing = "keep"`, which ranks it last)
+  2. `below_min` / `above_max`   outside the `min` / `max` thresholds
+  3. walk each group best-first (`keep = "highest"` or `"lowest"`, ties by id):
+     with `diversity = d`, a candidate is kept only if its nearest already-kept neighbour
+     is farther than cosine distance d (`too_similar`, detail names that neighbour) -
+     Deita's score-first, diversity-aware selection;
+  4. `over_quota`      the group's quota (`quotas[group]`, else `top_k`, and at most
+     `top_fraction` of the group's rows entering the stage) is full.
+Quotas are exact: a group keeps min(quota, rows that pass 1-3).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from curate.stages.base import DETAIL, REASON, Stage, StageResult
+from curate.typed_config import ConfigError
+from curate.views import VIEWS, text_view
+
+ROW = "__select_row"
+GROUP = "__select_group"
+
+
+@dataclass
+class Config:
+    kind: Literal["select"]
+    column: str  # the score column to rank by
+    name: str | None = None
+    keep: Literal["highest", "lowest"] = "highest"
+    by: Literal["task", "source", "global"] = "task"
+    min: float | None = None
+    max: float | None = None
+    top_k: int | None = None
+    top_fraction: float | None = None
+    quotas: dict[str, int] = field(default_factory=dict)  # per-group top_k, overriding top_k
+    missing: Literal["drop", "keep"] = "drop"
+    # diversity (Deita): minimum cosine distance to the nearest kept example
+    diversity: float | None = None
+    embedding: Literal["ngram", "model", "column"] = "ngram"
+    embedding_model: str | None = None  # local dir: a causal LM or a sentence-embedding encoder
+    embedding_column: str | None = None
+    embedding_view: str = "conversation"
+    embedding_dim: int = 512  # for "ngram"
+    batch_size: int = 32
+    max_length: int = 512
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigError("min", f"min ({self.min}) is greater than max ({self.max})")
+        if self.top_k is not None and self.top_k < 0:
+            raise ConfigError("top_k", "must be >= 0")
+        if self.top_fraction is not None and not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError("top_fraction", f"must be in (0, 1], got {self.top_fraction}")
+        for k, v in self.quotas.items():
+            if v < 0:
+                raise ConfigError(f"quotas.{k}", "must be >= 0")
+        if self.quotas and self.by == "global":
+            raise ConfigError("quotas", "per-group quotas need by = \"task\" or \"source\"")
+        if self.diversity is not None and not 0.0 < self.diversity <= 2.0:
+            raise ConfigError("diversity", f"a cosine distance in (0, 2], got {self.diversity}")
+        if self.embedding == "model" and self.diversity is not None and not self.embedding_model:
+            raise ConfigError("embedding_model", "required when embedding = \"model\"")
+        if self.embedding == "column" and self.diversity is not None and not self.embedding_column:
+            raise ConfigError("embedding_column", "required when embedding = \"column\"")
+        if self.embedding_view not in VIEWS:
+            raise ConfigError("embedding_view", f"must be one of {', '.join(VIEWS)}")
+        if self.embedding_dim < 8:
+            raise ConfigError("embedding_dim", "must be at least 8")
+
+    def check_paths(self, base_dir) -> None:
+        if self.diversity is not None and self.embedding == "model":
+            p = Path(self.embedding_model).expanduser()
+            p = p if p.is_absolute() else Path(base_dir) / p
+            if not (p / "config.json").is_file():
+                raise ConfigError("embedding_model", f"no model directory (config.json) at {p}")
+
+
+class SelectStage(Stage):
+    kind = "select"
+    Config = Config
+
+    def _quota(self, group: str, n_in: int) -> int | None:
+        c = self.config
+        q = c.quotas.get(group, c.top_k)
+        if c.top_fraction is not None:
+            f = math.floor(c.top_fraction * n_in + 1e-9)
+            q = f if q is None else min(q, f)
+        return q
+
+    def process(self, table: pl.DataFrame) -> StageResult:
+        c = self.config
+        if c.column not in table.columns:
+            raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
+                             f"(columns: {', '.join(table.columns)}); run a quality stage that makes it first")
+        group_expr = pl.lit("all") if c.by == "global" else pl.col(c.by).fill_null("")
+        t = table.with_row_index(ROW).with_columns(group_expr.alias(GROUP))
+        score = pl.col(c.column).cast(pl.Float64)
+        missing = score.is_null() | score.is_nan()
+        reason = pl.when(missing & pl.lit(c.missing == "drop")).then(pl.lit("missing_score"))
+        detail = pl.when(missing).then(pl.lit(None, pl.String))
+        if c.min is not None:
+            reason = reason.when(~missing & (score < c.min)).then(pl.lit("below_min"))
+            detail = detail.when(~missing & (score < c.min)).then(pl.format("{} < min {}", score.round(6), pl.lit(c.min)))
+        if c.max is not None:
+            reason = reason.when(~missing & (score > c.max)).then(pl.lit("above_max"))
+            detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
+        t = t.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
+                           detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL))
+        n_in = dict(t.group_by(GROUP).len().iter_rows())
+
+        # Best-first order within each group; missing scores (when kept) go last; ties by id.
+        key = (-score if c.keep == "highest" else score).fill_nan(None)
+        cand = (t.filter(pl.col(REASON).is_null())
+                .with_columns(key.alias("__key"))
+                .sort([GROUP, "__key", "id", ROW], nulls_last=True)
+                .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank")))
+
+        decided: list[pl.DataFrame] = []
+        if c.diversity is None:
+            quotas = pl.DataFrame(
+                {GROUP: list(n_in), "__quota": [self._quota(g, n) if self._quota(g, n) is not None else n
+                                                for g, n in n_in.items()]},
+                schema={GROUP: pl.String, "__quota": pl.Int64})
+            cand = cand.join(quotas, on=GROUP, how="left", maintain_order="left")
+            quota = pl.col("__quota")
+            over = pl.col("__rank") >= quota
+            decided.append(cand.with_columns(
+                pl.when(over).then(pl.lit("over_quota")).otherwise(pl.lit(None, pl.String)).alias(REASON),
+                pl.when(over).then(pl.format("rank {} >= quota {}", pl.col("__rank") + 1, quota))
+                .otherwise(pl.lit(None, pl.String)).alias(DETAIL)).drop("__quota"))
+        else:
+            decided.append(self._diverse(cand, n_in))
+        walked = pl.concat(decided, how="vertical_relaxed").drop("__key", "__rank")
+        final = pl.concat([t.filter(pl.col(REASON).is_not_null()), walked], how="vertical_relaxed").sort(ROW)
+
+        kept = final.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
+        dropped = final.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
+        return StageResult(kept=kept, dropped=dropped, stats=self._stats(final, n_in))
+
+    def _diverse(self, cand: pl.DataFrame, n_in: dict) -> pl.DataFrame:
+        """Greedy walk: inherently sequential (each decision depends on what was kept), so
+        one Python step per candidate, each a vectorised distance to all kept rows."""
+        from curate.embeddings import embed
+
+        c = self.config
+        ctx = self.context
+        texts = cand.select(text_view(c.embedding_view)).to_series()
+        model = ctx.resolve(c.embedding_model) if c.embedding == "model" else None
+        vecs = embed(cand, texts, c.embedding, dim=c.embedding_dim, model=model, column=c.embedding_column,
+                     cache_dir=ctx.stage_dir, batch_size=c.batch_size, max_length=c.max_length,
+                     device=c.device, trust_remote_code=c.trust_remote_code, log=ctx.log)
+        groups = cand[GROUP].to_list()
+        ids = cand["id"].to_list()
+        reasons: list[str | None] = [None] * len(ids)
+        details: list[str | None] = [None] * len(ids)
+        start = 0
+        while start < len(ids):
+            g = groups[start]
+            end = start
+            while end < len(ids) and groups[end] == g:
+                end += 1
+            quota = self._quota(g, n_in[g])
+            quota = end - start if quota is None else quota
+            kept_idx: list[int] = []
+            kept_mat = np.empty((max(min(quota, end - start), 1), vecs.shape[1]), dtype=np.float32)
+            for i in range(start, end):
+                if len(kept_idx) >= quota:
+                    reasons[i], details[i] = "over_quota", f"quota {quota} full"
+                    continue
+                if kept_idx:
+                    sims = kept_mat[: len(kept_idx)] @ vecs[i]
+                    j = int(np.argmax(sims))
+                    dist = 1.0 - float(sims[j])
+                    if dist <= c.diversity:
+                        reasons[i] = "too_similar"
+                        details[i] = f"{ids[kept_idx[j]]} distance={dist:.4f}"
+                        continue
+                kept_mat[len(kept_idx)] = vecs[i]
+                kept_idx.append(i)
+            start = end
+        return cand.with_columns(pl.Series(REASON, reasons, dtype=pl.String), pl.Series(DETAIL, details, dtype=pl.String))
+
+    def _stats(self, final: pl.DataFrame, n_in: dict) -> dict:
+        c = self.config
+        per = (final.group_by(GROUP, REASON).len().sort(GROUP, REASON, nulls_last=True))
+        groups: dict[str, dict] = {}
+        for g, r, n in per.iter_rows():
+            d = groups.setdefault(g, {"in": n_in[g], "kept": 0, "quota": self._quota(g, n_in[g]), "dropped": {}})
+            if r is None:
+                d["kept"] = int(n)
+            else:
+                d["dropped"][r] = int(n)
+        kept_scores = final.filter(pl.col(REASON).is_null())[c.column].cast(pl.Float64).drop_nans().drop_nulls()
+        return {
+            "column": c.column,
+            "keep": c.keep,
+            "by": c.by,
+            "diversity": c.diversity,
+            "embedding": c.embedding if c.diversity is not None else None,
+            "groups": groups,
+            "kept": sum(d["kept"] for d in groups.values()),
+            "kept_score": {"min": kept_scores.min(), "mean": kept_scores.mean(), "max": kept_scores.max()}
+            if len(kept_scores) else None,
+        }
+
+
+STAGE = SelectStage

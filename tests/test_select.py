@@ -1,0 +1,144 @@
+"""`select`: thresholds, exact quotas per group and globally, order, diversity."""
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from curate.stages.base import StageContext
+from curate.stages.select import Config, SelectStage
+from curate.typed_config import ConfigError, load_dataclass
+
+
+def make_table(rows):
+    """rows: (task, score, user, answer)"""
+    return pl.DataFrame(
+        {
+            "id": [f"id{i:04d}" for i in range(len(rows))],
+            "source": ["s"] * len(rows),
+            "task": [r[0] for r in rows],
+            "messages": [[{"role": "user", "content": r[2]}, {"role": "assistant", "content": r[3]}] for r in rows],
+            "meta": ["{}"] * len(rows),
+            "origin": [f"f:{i}" for i in range(len(rows))],
+            "score": [r[1] for r in rows],
+        },
+        schema_overrides={"score": pl.Float64},
+    )
+
+
+def run(table, tmp_path, **kw):
+    cfg = load_dataclass(Config, {"kind": "select", "column": "score", **kw})
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path / "st")
+    return SelectStage(cfg, ctx).process(table)
+
+
+def test_threshold_and_missing(tmp_path):
+    t = make_table([("a", 0.1, "u", "x"), ("a", 0.5, "u", "y"), ("a", None, "u", "z"), ("a", 0.9, "u", "w"),
+                    ("a", float("nan"), "u", "v")])
+    r = run(t, tmp_path, min=0.2, max=0.8)
+    assert r.kept["score"].to_list() == [0.5]
+    assert dict(r.dropped.group_by("_reason").len().iter_rows()) == {"below_min": 1, "above_max": 1, "missing_score": 2}
+    assert len(r.kept) + len(r.dropped) == len(t)
+    assert set(r.kept.columns) == set(t.columns)
+
+
+def test_top_k_per_task_keeps_best_in_table_order(tmp_path):
+    t = make_table([("a", 0.3, "1", "x"), ("b", 0.9, "2", "x"), ("a", 0.8, "3", "x"), ("a", 0.5, "4", "x"),
+                    ("b", 0.1, "5", "x")])
+    r = run(t, tmp_path, top_k=2)
+    assert r.kept["id"].to_list() == ["id0001", "id0002", "id0003", "id0004"]
+    r = run(t, tmp_path, top_k=1, keep="lowest")
+    assert sorted(r.kept["score"].to_list()) == [0.1, 0.3]
+    r = run(t, tmp_path, top_k=2, by="global")
+    assert sorted(r.kept["score"].to_list()) == [0.8, 0.9]
+    assert r.stats["groups"]["all"]["dropped"] == {"over_quota": 3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.floats(-5, 5))), min_size=0, max_size=60),
+    top_k=st.one_of(st.none(), st.integers(0, 20)),
+    frac=st.one_of(st.none(), st.floats(0.01, 1.0)),
+    quota_a=st.one_of(st.none(), st.integers(0, 10)),
+)
+def test_quotas_are_exact(tmp_path_factory, data, top_k, frac, quota_a):
+    import math
+
+    tmp = tmp_path_factory.mktemp("sel")
+    t = make_table([(task, s, f"u{i}", "x") for i, (task, s) in enumerate(data)])
+    kw = {}
+    if top_k is not None:
+        kw["top_k"] = top_k
+    if frac is not None:
+        kw["top_fraction"] = frac
+    if quota_a is not None:
+        kw["quotas"] = {"a": quota_a}
+    r = run(t, tmp, **kw)
+    assert len(r.kept) + len(r.dropped) == len(t)
+    for task in "abc":
+        sub = t.filter(pl.col("task") == task)
+        n_in = len(sub)
+        valid = sub.filter(pl.col("score").is_not_null())
+        q = quota_a if (task == "a" and quota_a is not None) else top_k
+        if frac is not None:
+            f = math.floor(frac * n_in + 1e-9)
+            q = f if q is None else min(q, f)
+        expect = len(valid) if q is None else min(q, len(valid))
+        got = r.kept.filter(pl.col("task") == task)
+        assert len(got) == expect
+        if expect:  # the kept ones are the best ones
+            assert got["score"].min() >= valid["score"].sort(descending=True)[expect - 1]
+
+
+def test_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    t = make_table([("a", float(rng.integers(0, 3)), f"text {i}", "x") for i in range(50)])
+    a = run(t, tmp_path, top_k=10)
+    b = run(t.sample(fraction=1.0, shuffle=True, seed=1), tmp_path, top_k=10)
+    assert sorted(a.kept["id"].to_list()) == sorted(b.kept["id"].to_list())
+
+
+def test_diversity_skips_near_duplicates(tmp_path):
+    rows = [
+        ("a", 0.9, "how do I bake sourdough bread at home", "use a starter and flour"),
+        ("a", 0.8, "how do I bake sourdough bread at home please", "use a starter and flour"),
+        ("a", 0.7, "explain the rules of chess castling", "king moves two squares"),
+        ("a", 0.6, "what is the capital of france", "paris"),
+        ("a", 0.5, "what is the capital of france?", "paris"),
+    ]
+    r = run(make_table(rows), tmp_path, diversity=0.3)
+    assert r.kept["id"].to_list() == ["id0000", "id0002", "id0003"]
+    sim = r.dropped.filter(pl.col("_reason") == "too_similar")
+    assert sim["_detail"].to_list()[0].startswith("id0000 distance=")
+    r = run(make_table(rows), tmp_path, diversity=0.3, top_k=2)
+    assert r.kept["id"].to_list() == ["id0000", "id0002"]
+    assert r.stats["groups"]["a"]["dropped"] == {"over_quota": 2, "too_similar": 1}
+
+
+def test_diversity_with_precomputed_column(tmp_path):
+    t = make_table([("a", 0.9, "x", "y"), ("a", 0.8, "x", "y"), ("a", 0.7, "x", "y")]).with_columns(
+        pl.Series("emb", [[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]]))
+    r = run(t, tmp_path, diversity=0.1, embedding="column", embedding_column="emb")
+    assert r.kept["id"].to_list() == ["id0000", "id0002"]
+
+
+def test_config_refusals():
+    with pytest.raises(ConfigError, match="min"):
+        load_dataclass(Config, {"kind": "select", "column": "s", "min": 2, "max": 1})
+    with pytest.raises(ConfigError, match="top_fraction"):
+        load_dataclass(Config, {"kind": "select", "column": "s", "top_fraction": 1.5})
+    with pytest.raises(ConfigError, match="embedding_model"):
+        load_dataclass(Config, {"kind": "select", "column": "s", "diversity": 0.2, "embedding": "model"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_dataclass(Config, {"kind": "select", "column": "s", "topk": 3})
+    cfg = load_dataclass(Config, {"kind": "select", "column": "s", "diversity": 0.2, "embedding": "model",
+                                  "embedding_model": "nope"})
+    with pytest.raises(ConfigError, match="no model directory"):
+        cfg.check_paths(Path("/nonexistent"))
+
+
+def test_unknown_column_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="score column 'nope'"):
+        cfg = load_dataclass(Config, {"kind": "select", "column": "nope"})
+        SelectStage(cfg, StageContext(tmp_path, tmp_path, 0, tmp_path)).process(make_table([("a", 1.0, "u", "x")]))
