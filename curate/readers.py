@@ -77,7 +77,8 @@ def open_binary(path: Path) -> io.BufferedIOBase:
     if name.endswith((".zst", ".zstd")):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
+        return io.BufferedReader(raw)  # line iteration needs a buffered reader
     return open(path, "rb")
 
 
@@ -391,7 +392,8 @@ def read_source(cfg: SourceConfig, base_dir: Path, log: Callable[[str], None] = 
                 continue
             if cfg.system and not any(m["role"] == "system" for m in msgs):
                 msgs = [{"role": "system", "content": cfg.system}] + msgs
-            meta = {k: v for k, v in item.items() if k not in used and k != cfg.task_field}
+            task_key = None if cfg.task else (cfg.task_field or ("category" if fmt == "dolly" else None))
+            meta = {k: v for k, v in item.items() if k not in used and k != task_key}
             columns["id"].append(conversation_id(msgs))
             columns["source"].append(cfg.name)
             columns["task"].append(task)

@@ -49,6 +49,10 @@ class StageResult:
 
 class Stage:
     kind: ClassVar[str] = ""
+    # True when process() on any split of the table, concatenated in order, equals
+    # process() on the whole table (per-row decisions). The Ray executor runs such stages
+    # block by block (map_batches); the others (dedup, select, mix) need the whole table.
+    row_local: ClassVar[bool] = False
 
     def __init__(self, config: Any, context: StageContext):
         self.config = config
@@ -63,6 +67,7 @@ class Stage:
 
 
 class FilterStage(Stage):
+    row_local = True
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -51,6 +51,7 @@ class Config:
 class Normalize(Stage):
     kind = "normalize"
     Config = Config
+    row_local = True
 
     def process(self, table: pl.DataFrame) -> StageResult:
         c = self.config

@@ -1,0 +1,85 @@
+import polars as pl
+from hypothesis import given, settings, strategies as st
+
+from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.stages.normalize import Config, Normalize
+
+
+def table(convs):
+    return pl.DataFrame({
+        "id": [f"r{i}" for i in range(len(convs))], "source": ["s"] * len(convs), "task": ["t"] * len(convs),
+        "messages": convs, "meta": ["{}"] * len(convs), "origin": [f"f:{i}" for i in range(len(convs))],
+    }, schema=POLARS_SCHEMA)
+
+
+def run(convs, **kw):
+    return Normalize(Config(**kw), None).process(table(convs))
+
+
+def u(c):
+    return {"role": "user", "content": c}
+
+
+def a(c):
+    return {"role": "assistant", "content": c}
+
+
+def test_unicode_control_and_whitespace():
+    r = run([[u("Cafe\u0301\r\nline  \n\n\n\nend\x07 "), a("  ok\u00a0done\t\n")]])
+    msgs = r.kept["messages"][0].to_list()
+    assert msgs[0]["content"] == "Caf\u00e9\nline\n\nend"
+    assert msgs[1]["content"] == "ok done"
+    assert r.kept["id"][0] == conversation_id(msgs)
+
+
+def test_code_indentation_kept():
+    code = "def f(x):\n    return x  # two spaces\n"
+    r = run([[u("write f"), a(code)]])
+    assert r.kept["messages"][0].to_list()[1]["content"] == code.rstrip()
+
+
+def test_no_input_placeholders_removed_from_prompt():
+    for ph in ["<noinput>", "N/A", "<no input>", "None", "  n/a  "]:
+        r = run([[u(f"Name a fruit.\n\n{ph}"), a("Apple")]])
+        assert r.kept["messages"][0].to_list()[0]["content"] == "Name a fruit.", ph
+
+
+def test_reasons():
+    r = run([
+        [u("q"), a("N/A")],                    # placeholder answer
+        [u(""), a("x")],                       # empty prompt
+        [a("x"), u("q")],                      # no assistant after user
+        [u("q"), a("x"), {"role": "system", "content": "s"}, u("q2"), a("y")],
+        [u("q"), u("q again"), a("x")],        # not alternating
+        [u("ok"), a("fine")],
+    ])
+    assert r.dropped["_reason"].to_list() == ["empty_answer", "empty_prompt", "no_assistant_after_user",
+                                              "system_not_first", "roles_not_alternating"]
+    assert r.kept.height == 1
+    assert r.dropped["id"].to_list() == ["r0", "r1", "r2", "r3", "r4"]  # dropped rows as read
+
+
+def test_alternation_optional_and_trailing_turns_trimmed():
+    r = run([[u("q"), u("more"), a("x"), u("bye")]], require_alternation=False)
+    assert [m["role"] for m in r.kept["messages"][0].to_list()] == ["user", "user", "assistant"]
+
+
+def test_tool_turns_kept_between_assistant_turns():
+    conv = [u("weather?"), a('{"call": "w"}'), {"role": "tool", "content": '{"t": 3}'}, a("3 degrees")]
+    r = run([conv])
+    assert r.kept["messages"][0].to_list() == conv
+
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant", "tool"]), text), min_size=1, max_size=5),
+                min_size=1, max_size=8))
+def test_rows_conserved_and_idempotent(convs):
+    convs = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
+    r = run(convs)
+    assert r.kept.height + r.dropped.height == len(convs)
+    again = Normalize(Config(), None).process(r.kept)
+    assert again.dropped.height == 0
+    assert again.kept["messages"].to_list() == r.kept["messages"].to_list()
