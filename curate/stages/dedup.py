@@ -224,12 +224,19 @@ class DedupStage(Stage):
         return out
 
     def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        """Embeddings from a local model directory (curate.embeddings, cached by id in the
+        stage directory), then every pair with cosine >= cosine_threshold, by blocked
+        matrix products. Exhaustive: O(n^2) dot products, fine for instruction sets of
+        up to some hundred thousand rows on CPU; MinHash is the method for larger ones."""
         from curate import embeddings
 
         cfg = self.config
-        texts = table.select(text_view(cfg.view)).to_series().to_list()
-        emb = embeddings.encode(self.context.resolve(cfg.model), texts, batch_size=cfg.batch_size, max_length=cfg.max_length)
-        left, right = embeddings.similar_pairs(emb, cfg.cosine_threshold)
+        texts = table.select(text_view(cfg.view).alias("t")).to_series()
+        emb = embeddings.embed(
+            table, texts, "model", model=self.context.resolve(cfg.model), cache_dir=self.context.stage_dir,
+            batch_size=cfg.batch_size, max_length=cfg.max_length, log=self.context.log,
+        )
+        left, right = similar_pairs(emb, cfg.cosine_threshold)
         return components(table.height, left, right), {"similar_pairs": int(len(left))}
 
     # ---- keep rule -----------------------------------------------------------------------
@@ -384,6 +391,25 @@ def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, ste
     for lo in range(0, len(left), step):
         out[lo:lo + step] = (sig[left[lo:lo + step]] == sig[right[lo:lo + step]]).mean(axis=1)
     return out
+
+
+def similar_pairs(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """All (i < j) with cosine(emb[i], emb[j]) >= threshold; rows are L2-normalised.
+    Blocks of rows against the rows after them bound memory to block * n floats."""
+    emb = np.asarray(emb, dtype=np.float32)
+    n = emb.shape[0]
+    ls, rs = [], []
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        sim = emb[lo:hi] @ emb[lo:].T
+        i, j = np.nonzero(sim >= threshold)
+        j = j + lo
+        upper = j > i + lo
+        ls.append(i[upper] + lo)
+        rs.append(j[upper])
+    if not ls:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ls).astype(np.int64), np.concatenate(rs).astype(np.int64)
 
 
 STAGE = DedupStage
