@@ -1,0 +1,186 @@
+"""Text statistics as polars expressions and column-wise table operations: lengths, character
+class ratios, URL density, and the Gopher repetition family (Rae et al. 2021, "Scaling
+Language Models", table A1), all computed for a whole column at once.
+
+The repetition family needs per-document line, paragraph and n-gram counts. Instead of a
+Python `Counter` per document (DataTrove's GopherRepetitionFilter), the texts are exploded
+into one long table of (row, position, word) and every statistic is a hash, a shift, a
+group-by or a rolling window over that table. n-grams are keyed by a rolling polynomial of
+64-bit word hashes (wrapping arithmetic): collisions are possible in principle and
+negligible in practice (2^-64 per pair), and the key never leaves the process.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import polars as pl
+
+# Words for length statistics: whitespace-separated runs (what "words" means in Gopher/C4).
+WORD_RE = r"\S+"
+# Tokens when no tokenizer is configured: word runs and single punctuation marks; a cheap
+# stand-in that tracks subword-tokenizer counts within a small factor for Latin script.
+TOKEN_RE = r"\w+|[^\w\s]"
+# Words for repetition n-grams: alphanumeric runs, punctuation dropped (as DataTrove does).
+NGRAM_WORD_RE = r"\w+"
+URL_RE = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]{}]+"
+# Scripts written without spaces between words: word-based statistics do not apply.
+UNSPACED_SCRIPT_RE = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]"
+# "Symbols": neither letter, digit, whitespace nor ordinary prose punctuation. Markup, code
+# operators, emoji and decorative runs count; commas, quotes and full stops do not.
+SYMBOL_RE = r"[^\p{L}\p{M}\p{N}\s.,;:!?'\"()\-\u2018\u2019\u201c\u201d\u3001\u3002\uff0c\uff1f\uff01\uff1a\uff1b]"
+
+_POLY = 0x100000001B3  # FNV-64 prime: an odd multiplier for the rolling n-gram key
+_MASK64 = (1 << 64) - 1
+
+
+def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
+    """num / den as Float64, 0.0 where den is 0 (an empty text has no bad ratio)."""
+    return pl.when(den > 0).then(num.cast(pl.Float64) / den.cast(pl.Float64)).otherwise(0.0)
+
+
+CODE_BLOCK_RE = r"(?s)```.*?(?:```|$)"
+
+
+def basic_stats(text: pl.Expr, prose: pl.Expr | None = None) -> dict[str, pl.Expr]:
+    """Length and character-class statistics of a String expression, by name. Character
+    ratios are taken over `prose` when given (e.g. the text without fenced code, whose
+    braces and operators are not noise)."""
+    chars = text.str.len_chars()
+    nonspace = chars - text.str.count_matches(r"\s")
+    words = text.str.count_matches(WORD_RE)
+    prose = text if prose is None else prose
+    p_nonspace = prose.str.len_chars() - prose.str.count_matches(r"\s")
+    url_chars = text.str.extract_all(URL_RE).list.eval(pl.element().str.len_chars()).list.sum()
+    return {
+        "chars": chars.cast(pl.Int64),
+        "words": words.cast(pl.Int64),
+        "tokens": text.str.count_matches(TOKEN_RE).cast(pl.Int64),
+        "mean_word_length": _ratio(nonspace, words),
+        "alpha_ratio": _ratio(prose.str.count_matches(r"[\p{L}\p{M}]"), p_nonspace),
+        "digit_ratio": _ratio(prose.str.count_matches(r"\p{N}"), p_nonspace),
+        "symbol_ratio": _ratio(prose.str.count_matches(SYMBOL_RE), p_nonspace),
+        "non_ascii_ratio": _ratio(text.str.count_matches(r"[^\x00-\x7F]"), nonspace),
+        "unspaced_ratio": _ratio(text.str.count_matches(UNSPACED_SCRIPT_RE), nonspace),
+        "url_ratio": _ratio(url_chars.fill_null(0), chars),
+    }
+
+
+def _split_units(df: pl.DataFrame, text_col: str, unit: str) -> pl.DataFrame:
+    """(row, unit_text) for every non-blank line or paragraph. Units with no letter or digit
+    ("}", "---", "") are left out: a closing brace repeated in code is not copy-paste."""
+    text = pl.col(text_col)
+    if unit == "paragraph":
+        text = text.str.replace_all(r"\n[ \t]*\n\s*", "\x1e")
+        sep = "\x1e"
+    else:
+        sep = "\n"
+    return (
+        df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), text.str.split(sep).alias("_u"))
+        .explode("_u")
+        .with_columns(pl.col("_u").str.strip_chars())
+        .filter(pl.col("_u").str.contains(r"[\p{L}\p{N}]"))
+    )
+
+
+def _unit_dups(units: pl.DataFrame, n_rows: int, name: str) -> pl.DataFrame:
+    """Per row: fraction of units that repeat an earlier unit, and their share of characters."""
+    flagged = units.with_columns(
+        (~pl.struct("_row", "_u").is_first_distinct()).alias("_dup"),
+        pl.col("_u").str.len_chars().alias("_len"),
+    )
+    agg = flagged.group_by("_row").agg(
+        pl.len().alias("_n"),
+        pl.col("_dup").sum().alias("_ndup"),
+        pl.col("_len").filter(pl.col("_dup")).sum().alias("_cdup"),
+    )
+    full = pl.DataFrame({"_row": pl.int_range(0, n_rows, dtype=pl.UInt32, eager=True)}).join(
+        agg, on="_row", how="left", maintain_order="left"
+    )
+    return full.select(
+        _ratio(pl.col("_ndup").fill_null(0), pl.col("_n").fill_null(0)).alias(f"dup_{name}_frac"),
+        pl.col("_cdup").fill_null(0).alias(f"_dup_{name}_chars"),
+    )
+
+
+def repetition_stats(
+    texts: pl.Series,
+    top_ngrams: Iterable[int] = (2, 3, 4),
+    dup_ngrams: Iterable[int] = (5, 6, 7, 8, 9, 10),
+) -> pl.DataFrame:
+    """The Gopher repetition statistics of every text, one row per input text:
+
+    dup_line_frac, dup_line_char_frac, dup_para_frac, dup_para_char_frac,
+    top_{n}gram_frac     characters of the most frequent n-gram (x its count) / characters;
+                         0 when no n-gram occurs twice (a short answer is not "repetitive"
+                         merely because its only bigram is the whole text)
+    dup_{n}gram_frac     characters of words covered by n-grams that repeat an earlier
+                         n-gram of the same text / characters (overlaps counted once)
+
+    Character counts of n-grams are the words' characters without spaces, the denominator
+    the whole text's characters, as in DataTrove's implementation of Gopher.
+    """
+    top_ngrams, dup_ngrams = sorted(set(top_ngrams)), sorted(set(dup_ngrams))
+    n_rows = texts.len()
+    df = pl.DataFrame({"_t": texts.fill_null("")})
+    chars = df.select(pl.col("_t").str.len_chars().alias("c"))["c"]
+    out = {}
+    for unit in ("line", "paragraph"):
+        name = "line" if unit == "line" else "para"
+        d = _unit_dups(_split_units(df, "_t", unit), n_rows, name)
+        out[f"dup_{name}_frac"] = d[f"dup_{name}_frac"]
+        out[f"dup_{name}_char_frac"] = pl.select(_ratio(pl.lit(d[f"_dup_{name}_chars"]), pl.lit(chars))).to_series()
+
+    max_n = max(top_ngrams + dup_ngrams, default=0)
+    if max_n:
+        words = (
+            df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), pl.col("_t").str.extract_all(NGRAM_WORD_RE).alias("_w"))
+            .with_columns(pl.col("_w").list.len().alias("_nw"))
+            .explode("_w")
+            .filter(pl.col("_w").is_not_null())
+            .with_columns(
+                pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_pos"),
+                pl.col("_w").hash(seed=7).alias("_h"),
+                pl.col("_w").str.len_chars().cast(pl.Int64).alias("_wl"),
+            )
+            .drop("_w")
+        )
+        words = words.with_columns(pl.col("_wl").cum_sum().alias("_cs"))
+        key = pl.col("_h")
+        # n-gram at position p covers words p..p+n-1 and is valid when p + n <= words in row.
+        for n in range(1, max_n + 1):
+            if n > 1:
+                key = key * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))
+            if n not in top_ngrams and n not in dup_ngrams:
+                continue
+            valid = (pl.col("_pos") + n) <= pl.col("_nw")
+            ngram_chars = pl.col("_cs").shift(-(n - 1)) - pl.col("_cs") + pl.col("_wl")
+            g = words.select("_row", valid.alias("_valid"), key.alias("_k"), ngram_chars.alias("_gc"), "_wl")
+            if n in top_ngrams:
+                top = (
+                    g.filter("_valid")
+                    .group_by("_row", "_k")
+                    .agg(pl.len().alias("_cnt"), pl.col("_gc").first())
+                    .filter(pl.col("_cnt") >= 2)
+                    .group_by("_row")
+                    .agg((pl.col("_cnt") * pl.col("_gc")).sort_by(["_cnt", "_gc"]).last().alias("_top"))
+                )
+                col = _per_row(top, "_top", n_rows)
+                out[f"top_{n}gram_frac"] = pl.select(_ratio(pl.lit(col), pl.lit(chars))).to_series()
+            if n in dup_ngrams:
+                dup_start = (pl.col("_valid") & ~pl.struct("_row", "_k").is_first_distinct()).cast(pl.UInt8)
+                covered = (
+                    g.with_columns(dup_start.alias("_ds"))
+                    # a word is covered when a duplicate n-gram starts within n-1 words before it;
+                    # such starts are always in the same row (they are valid n-grams).
+                    .with_columns(pl.col("_ds").rolling_max(n, min_samples=1).alias("_cov"))
+                    .group_by("_row")
+                    .agg(pl.col("_wl").filter(pl.col("_cov") == 1).sum().alias("_dc"))
+                )
+                col = _per_row(covered, "_dc", n_rows)
+                out[f"dup_{n}gram_frac"] = pl.select(_ratio(pl.lit(col), pl.lit(chars))).to_series()
+    return pl.DataFrame({k: v.alias(k) for k, v in out.items()})
+
+
+def _per_row(agg: pl.DataFrame, col: str, n_rows: int) -> pl.Series:
+    full = pl.DataFrame({"_row": pl.int_range(0, n_rows, dtype=pl.UInt32, eager=True)})
+    return full.join(agg.select("_row", col), on="_row", how="left", maintain_order="left")[col].fill_null(0).cast(pl.Int64)
