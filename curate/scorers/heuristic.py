@@ -1,0 +1,65 @@
+"""A documented, weighted combination of text statistics into one quality score in [0, 1].
+
+Each feature is a polars expression over the prompt/response text views, scaled to [0, 1]
+(1 = good); the score is sum(weight * feature) / sum(weight). The statistics are the
+project's shared ones (curate.text_stats, the same the `filter` stage reports), computed
+here from the text so the scorer also works without a filter stage before it.
+
+  length       log-scaled answer length, saturating at `length_target` words: a bare
+               "yes" to an open question is rarely a good training example (weight 1)
+  repetition   1 - the worst Gopher repetition statistic of the answer (duplicate line
+               characters, top 2/3-gram share, duplicated 5-gram coverage) (weight 2)
+  diversity    distinct words / words of the answer, for answers of 20+ words (weight 1)
+  clean        1 - symbol and URL share of the answer (markup debris, emoji runs) (weight 1)
+  not_echo     the answer is not a copy of the prompt (weight 1)
+  no_refusal   the answer is not a canned refusal / "as an AI language model" (weight 2)
+
+An answer without a single word character (empty, or only symbols) scores 0 whatever
+the weights.
+
+A trade-off: these are cheap and transparent but blind to correctness; use them to rank
+out junk, and a classifier, an LM score or a verifier to rank among decent examples.
+"""
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from curate.text_stats import basic_stats, repetition_stats
+from curate.views import text_view
+
+DEFAULT_WEIGHTS = {"length": 1.0, "repetition": 2.0, "diversity": 1.0, "clean": 1.0, "not_echo": 1.0,
+                   "no_refusal": 2.0}
+REFUSAL_RE = (r"(?i)\b(as an ai(?: language)? model|i(?:'m| am) (?:sorry|unable)[, ]+(?:but )?i (?:can(?:no|')t|am unable)"
+              r"|i can(?:no|')t (?:help|assist|comply) with)")
+
+
+def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
+    """One column per feature, each in [0, 1]."""
+    frame = table.select(text_view("prompt").alias("p"), text_view("response").alias("r"))
+    st = basic_stats(pl.col("r"))
+    rep = repetition_stats(frame["r"], top_ngrams=(2, 3), dup_ngrams=(5,))
+    words = pl.col("r").str.to_lowercase().str.extract_all(r"\w+")
+    n_words = words.list.len()
+    norm_p = pl.col("p").str.strip_chars().str.to_lowercase()
+    norm_r = pl.col("r").str.strip_chars().str.to_lowercase()
+    worst_rep = pl.max_horizontal(pl.col("dup_line_char_frac"), pl.col("top_2gram_frac"),
+                                  pl.col("top_3gram_frac"), pl.col("dup_5gram_frac"))
+    return pl.concat([frame, rep], how="horizontal").select(
+        ((n_words.cast(pl.Float64) + 1).log() / math.log(length_target + 1)).clip(0.0, 1.0).alias("length"),
+        (1.0 - worst_rep).clip(0.0, 1.0).alias("repetition"),
+        pl.when(n_words >= 20).then(words.list.n_unique() / n_words).otherwise(1.0).clip(0.0, 1.0).alias("diversity"),
+        (1.0 - st["symbol_ratio"] - st["url_ratio"]).clip(0.0, 1.0).alias("clean"),
+        pl.when((norm_r.str.len_chars() > 0) & (norm_r == norm_p)).then(0.0).otherwise(1.0).alias("not_echo"),
+        pl.when(pl.col("r").str.contains(REFUSAL_RE)).then(0.0).otherwise(1.0).alias("no_refusal"),
+    ).with_columns(pl.when(pl.col("length") > 0).then(pl.all()).otherwise(0.0))  # no word at all: 0
+
+
+def score(table: pl.DataFrame, weights: dict[str, float] | None = None, length_target: int = 50) -> pl.DataFrame:
+    """`features` plus `score`, the weighted mean."""
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    feats = features(table, length_target)
+    total = sum(w.values())
+    expr = sum(pl.col(k) * v for k, v in w.items() if v) / total if total else pl.lit(0.0)
+    return feats.with_columns(expr.cast(pl.Float64).alias("score"))

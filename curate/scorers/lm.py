@@ -1,0 +1,201 @@
+"""Scores from a local causal language model: the answer's loss given the prompt, the
+answer's loss alone, their instruction-following difficulty, and mean-hidden-state
+embeddings. The only module of curate/ that imports torch.
+
+  loss_cond    mean cross-entropy of the answer tokens given the prompt
+  loss_answer  mean cross-entropy of the same answer tokens after only BOS
+  ifd          exp(loss_cond) / exp(loss_answer): conditional over direct perplexity, as
+               Li et al. 2023 ("From Quantity to Quality", Cherry LLM) compute it. Near or
+               above 1: the prompt does not help predict the answer (often a mismatched
+               pair); low: the answer follows from the prompt. Both losses are kept as
+               columns, so one may select on either.
+
+Both losses cover exactly the same answer tokens (each predicted from the token before),
+so their ratio compares like with like. With a tokenizer that has no BOS token the first
+answer token cannot be predicted alone; it is then left out of both losses.
+
+Batching is length-bucketed: sequences are sorted by length and cut into batches of at
+most `batch_size` rows and `max_batch_tokens` padded tokens, so little compute goes to
+padding and memory stays bounded (logits are batch x length x vocabulary floats).
+Too-long examples are cut to `max_length`: the answer keeps at least half the budget, the
+prompt is cut from the left (its end, next to the answer, matters most).
+
+Models load from local directories only, from safetensors weights only
+(`use_safetensors=True`; no pickle), with `trust_remote_code` off unless configured. An
+`adapter` is a local PEFT adapter directory loaded on top (e.g. a LoRA trained on a
+trusted seed set: Cherry LLM's "pre-experienced" model).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_causal_lm(model_dir: str | Path, adapter: str | Path | None = None, device: str = "cpu",
+                   dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype], use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.to(resolve_device(device)).eval()
+    return model, tok
+
+
+def _buckets(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        width = max(lengths[i], max((lengths[j] for j in cur), default=0))
+        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > max_batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.inference_mode()
+def sequence_losses(model, seqs: list[list[int]], starts: list[int], pad_id: int, *, batch_size: int = 16,
+                    max_batch_tokens: int = 8192, want_embeddings: bool = False):
+    """Mean next-token loss over positions `starts[i]..len-1` of each sequence (the tokens
+    predicted), and optionally the mean last hidden state over the whole sequence."""
+    n = len(seqs)
+    losses = np.full(n, np.nan, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    embeds = None
+    device = next(model.parameters()).device
+    for batch in _buckets([len(s) for s in seqs], batch_size, max_batch_tokens):
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)
+            mask[r, : len(seqs[i])] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=want_embeddings)
+        logits = out.logits[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        nll = nll.view(len(batch), width - 1)
+        pos = torch.arange(width - 1, device=device)
+        lens = mask.sum(1)
+        st = torch.tensor([max(starts[i], 1) for i in batch], device=device)
+        # target j is token j+1: predicted tokens are those at positions start..len-1
+        sel = (pos[None, :] >= (st[:, None] - 1)) & (pos[None, :] < (lens[:, None] - 1))
+        sums = (nll * sel).sum(1).double().cpu().numpy()
+        cnt = sel.sum(1).cpu().numpy()
+        for r, i in enumerate(batch):
+            counts[i] = int(cnt[r])
+            if cnt[r] > 0:
+                losses[i] = sums[r] / cnt[r]
+        if want_embeddings:
+            h = out.hidden_states[-1].float()
+            m = mask.unsqueeze(-1).float()
+            vec = ((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+            if embeds is None:
+                embeds = np.zeros((n, vec.shape[1]), dtype=np.float32)
+            embeds[batch] = vec
+    return losses, counts, embeds
+
+
+def _bos(tok) -> list[int]:
+    return [tok.bos_token_id] if tok.bos_token_id is not None else []
+
+
+def _pad_id(tok) -> int:
+    for t in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def build_sequences(tok, prompts: list[str], answers: list[str], max_length: int):
+    """Token ids for (BOS + prompt + answer) and (BOS + answer), and where the answer starts."""
+    bos = _bos(tok)
+    p_ids = tok(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    a_ids = tok(answers, add_special_tokens=False)["input_ids"] if answers else []
+    cond, cond_start, alone, alone_start = [], [], [], []
+    budget = max_length - len(bos)
+    for p, a in zip(p_ids, a_ids):
+        a = a[: max(budget - min(len(p), budget // 2), 1)]
+        p = p[len(p) - min(len(p), budget - len(a)):] if budget - len(a) > 0 else []
+        cond.append(bos + p + a)
+        cond_start.append(len(bos) + len(p))
+        alone.append(bos + a)
+        # without BOS, the first answer token has no context in the alone sequence
+        alone_start.append(len(bos) if bos else 1)
+    if not bos:
+        cond_start = [s + 1 for s in cond_start]  # same predicted tokens in both
+    return cond, cond_start, alone, alone_start
+
+
+def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_length: int = 512,
+          batch_size: int = 16, max_batch_tokens: int = 8192, want_embeddings: bool = False) -> dict:
+    """Per example: loss_cond, n_tokens, and with `ifd` loss_answer and ifd; NaN where the
+    answer is empty."""
+    cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length)
+    pad = _pad_id(tok)
+    loss_c, n_tok, emb = sequence_losses(model, cond, cstart, pad, batch_size=batch_size,
+                                         max_batch_tokens=max_batch_tokens, want_embeddings=want_embeddings)
+    out = {"loss_cond": loss_c, "n_tokens": n_tok}
+    if ifd:
+        loss_a, _, _ = sequence_losses(model, alone, astart, pad, batch_size=batch_size,
+                                       max_batch_tokens=max_batch_tokens)
+        out["loss_answer"] = loss_a
+        with np.errstate(over="ignore", invalid="ignore"):
+            out["ifd"] = np.exp(loss_c - loss_a)
+    if want_embeddings:
+        out["embedding"] = emb
+    return out
+
+
+@torch.inference_mode()
+def embed_texts(model_dir: str | Path, texts: list[str], *, batch_size: int = 32, max_length: int = 512,
+                device: str = "cpu", trust_remote_code: bool = False) -> np.ndarray:
+    """Mean of the last hidden state over non-padding tokens, for any local model
+    directory AutoModel can load (a causal LM's base model, or a sentence encoder)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code)
+    model.to(resolve_device(device)).eval()
+    ids = tok(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    ids = [x if x else [_pad_id(tok)] for x in ids]
+    pad = _pad_id(tok)
+    dev = next(model.parameters()).device
+    out = None
+    for batch in _buckets([len(x) for x in ids], batch_size, batch_size * max_length):
+        width = max(len(ids[i]) for i in batch)
+        t = torch.full((len(batch), width), pad, dtype=torch.long)
+        m = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            t[r, : len(ids[i])] = torch.tensor(ids[i])
+            m[r, : len(ids[i])] = 1
+        h = model(input_ids=t.to(dev), attention_mask=m.to(dev)).last_hidden_state.float()
+        mm = m.to(dev).unsqueeze(-1).float()
+        vec = ((h * mm).sum(1) / mm.sum(1).clamp(min=1)).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(ids), vec.shape[1]), dtype=np.float32)
+        out[batch] = vec
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def finite_or_none(values: np.ndarray) -> list[float | None]:
+    return [float(v) if v is not None and math.isfinite(v) else None for v in values]
