@@ -98,6 +98,9 @@ def validate(pipeline):
 # --- commands added by modules (keep one small block per command group) ---
 # [cli:templates]
 # [cli:classifier]
+from curate.classifier import classifier_cli  # noqa: E402
+
+main.add_command(classifier_cli)
 # [cli:train]
 # [cli:inspect]
 # [cli:report]
