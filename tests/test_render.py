@@ -46,7 +46,10 @@ FIXED = {
 
 def hf_reference(tok, template_text: str, messages: list[dict]):
     tok.chat_template = template_text
-    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    try:
+        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    finally:
+        tok.chat_template = None  # the tokenizers are shared between tests
     return list(out["input_ids"]), list(out["assistant_masks"])
 
 

@@ -11,7 +11,7 @@ import pytest
 from curate.config import RenderConfig
 from curate.render import IGNORE, RenderError, assign_split, render_examples
 from curate.schema import POLARS_SCHEMA, conversation_id
-from test_render_tokenizers import get_tokenizer
+from test_render_tokenizers import byte_bpe_tokenizer, get_tokenizer
 
 
 def table(convs: list[list[dict]], tasks=None) -> pl.DataFrame:
@@ -141,7 +141,7 @@ def test_template_sources(tok, tmp_path):
     out = render_examples(t, cfg(template="mine.jinja"), tmp_path, 0, tokenizer=tok)
     assert out.fingerprints["end_of_turn"]["text"] == "</s>" and out.examples.height == 1
     with pytest.raises(RenderError, match="no chat_template"):
-        render_examples(t, cfg(template="tokenizer"), tmp_path, 0, tokenizer=get_tokenizer("byte_bpe"))
+        render_examples(t, cfg(template="tokenizer"), tmp_path, 0, tokenizer=byte_bpe_tokenizer())
     with pytest.raises(RenderError, match="no built-in"):
         render_examples(t, cfg(template="nope"), tmp_path, 0, tokenizer=tok)
     with pytest.raises(RenderError, match="no chat template file"):
