@@ -103,4 +103,36 @@ from curate.classifier import classifier_cli  # noqa: E402
 main.add_command(classifier_cli)
 # [cli:train]
 # [cli:inspect]
+@main.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--samples", "-n", default=0, show_default=True, help="Decoded examples to show, supervised part marked.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--tokenizer", default=None, help="tokenizer.json (or its directory) for token counts; a run's own by default.")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Record format of a data file.")
+@click.option("--stage", default=None, help="In a run directory: profile this stage's output instead of the last.")
+@click.option("--plain", is_flag=True, help="Plain text even on a terminal.")
+def inspect_cmd(path, samples, as_json, tokenizer, fmt, stage, plain):
+    """Show what is in PATH: a data file, a run directory or a shard folder."""
+    import json as _json
+
+    from curate.inspect import print_profile, profile_path
+
+    try:
+        prof = profile_path(path, samples=samples, tokenizer_path=tokenizer, fmt=fmt, stage=stage)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(_json.dumps(prof, indent=1, ensure_ascii=False, default=str))
+    else:
+        print_profile(prof, plain=True if plain else None)
+
+
 # [cli:report]
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Output file (default RUN_DIR/report.html).")
+def report_cmd(run_dir, out):
+    """Write the self-contained HTML report of RUN_DIR."""
+    from curate.report import write_report
+
+    click.echo(str(write_report(Path(run_dir), Path(out) if out else None)))

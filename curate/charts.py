@@ -1,0 +1,252 @@
+"""Small hand-written SVG charts for the HTML report: histograms, horizontal bars, line
+charts and the ledger funnel.
+
+Why not matplotlib: inline SVG needs no dependency, renders offline in any browser, is a
+few kilobytes per chart, and is byte-for-byte deterministic (matplotlib embeds ids and
+font metrics that vary across versions). The trade-off is fewer chart kinds; the report
+only needs these four. Charts label series directly (swatch + name in the header, line
+names at the line ends) so nobody has to hunt for a legend. All text is escaped here:
+labels come from user data.
+"""
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Sequence
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+BLUE, ORANGE, GREEN, PINK, SKY, VERMILION, YELLOW, GREY = (
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#8C8C8C")
+PALETTE = (BLUE, ORANGE, GREEN, PINK, SKY, VERMILION, YELLOW, GREY)
+FONT = 'font-family="system-ui, sans-serif"'
+
+
+def fmt_num(x: float) -> str:
+    """Compact, deterministic number text: 1234 -> 1,234; 12345 -> 12.3k; 0.1234 -> 0.123."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    ax = abs(x)
+    if ax >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    if ax >= 1e4:
+        return f"{x / 1e3:.3g}k"
+    if float(x).is_integer():
+        return f"{int(x):,}"
+    if ax >= 100:
+        return f"{x:.0f}"
+    return f"{x:.3g}"
+
+
+def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2, 5 x 10^k steps)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks, t = [], start
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def _svg(width: int, height: int, title: str, body: list[str], kind: str) -> str:
+    return (f'<svg class="chart" data-kind="{kind}" xmlns="http://www.w3.org/2000/svg" role="img" '
+            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" {FONT} font-size="11">'
+            f'<title>{escape(title)}</title>' + "".join(body) + "</svg>")
+
+
+def _header(title: str, series: Sequence[tuple[str, str]], width: int) -> list[str]:
+    """Title at the left, the series' swatches and names right after it: a legend in
+    the reading path rather than in a corner."""
+    out = [f'<text x="8" y="16" font-weight="600" font-size="12">{escape(title)}</text>']
+    if len(series) > 1:
+        x = 8
+        for name, color in series:
+            out.append(f'<rect x="{x}" y="24" width="10" height="10" fill="{color}"/>')
+            out.append(f'<text x="{x + 14}" y="33">{escape(name)}</text>')
+            x += 22 + 7 * len(name)
+    return out
+
+
+def _fx(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]], *, title: str,
+              x_label: str, markers: Sequence[tuple[float, str]] = (), width: int = 440, height: int = 210,
+              overflow: bool = False) -> str:
+    """Bars over shared bin `edges`; several series are overlaid, the later ones
+    translucent, so before/after shapes compare directly. `markers` draw labelled
+    vertical lines (e.g. a selection threshold). `overflow`: the last bin also holds
+    everything above its right edge (labelled "≥")."""
+    left, right, top, bottom = 48, 12, 42 if len(series) > 1 else 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = (hi - lo) or 1.0
+    ymax = max((max(c) if len(c) else 0) for _, c, _ in series) or 1
+    yt = nice_ticks(0, ymax, 3)
+    ytop = max(yt[-1], ymax)
+
+    def X(v):
+        return left + (v - lo) / span * pw
+
+    def Y(v):
+        return top + ph - v / ytop * ph
+
+    body = _header(title, [(n, c) for n, _, c in series], width)
+    for t in yt:
+        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{_fx(Y(t))}" y2="{_fx(Y(t))}" stroke="#e5e5e5"/>')
+        body.append(f'<text x="{left - 4}" y="{_fx(Y(t) + 4)}" text-anchor="end">{fmt_num(t)}</text>')
+    for si, (name, counts, color) in enumerate(series):
+        opacity = "1" if si == 0 else "0.7"
+        for i, c in enumerate(counts):
+            if not c:
+                continue
+            x0, x1 = X(edges[i]), X(edges[i + 1])
+            y = Y(c)
+            body.append(f'<rect x="{_fx(x0 + 0.5)}" y="{_fx(y)}" width="{_fx(max(x1 - x0 - 1, 0.8))}" '
+                        f'height="{_fx(top + ph - y)}" fill="{color}" fill-opacity="{opacity}">'
+                        f'<title>{escape(name)}: {fmt_num(edges[i])}–{fmt_num(edges[i + 1])}: {c:,}</title></rect>')
+    body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
+    for t in nice_ticks(lo, hi, 4):
+        if lo <= t <= hi:
+            body.append(f'<line x1="{_fx(X(t))}" x2="{_fx(X(t))}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
+            body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{fmt_num(t)}</text>')
+    if overflow:
+        body.append(f'<text x="{left + pw}" y="{top + ph + 15}" text-anchor="end" fill="#666">≥{fmt_num(hi)}</text>')
+    body.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle" fill="#444">{escape(x_label)}</text>')
+    for value, label in markers:
+        if value is None or not math.isfinite(value):
+            continue
+        x = X(min(max(value, lo), hi))
+        body.append(f'<line class="marker" x1="{_fx(x)}" x2="{_fx(x)}" y1="{top - 4}" y2="{top + ph}" '
+                    f'stroke="{VERMILION}" stroke-width="2" stroke-dasharray="4 3"/>')
+        anchor = "end" if x > left + pw * 0.7 else "start"
+        dx = -4 if anchor == "end" else 4
+        body.append(f'<text x="{_fx(x + dx)}" y="{top + 8}" text-anchor="{anchor}" fill="{VERMILION}" '
+                    f'font-weight="600">{escape(label)}</text>')
+    return _svg(width, height, title, body, "histogram")
+
+
+def hbars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float], str]], *, title: str,
+          value_fmt=fmt_num, width: int = 520, bar_h: int = 12, max_value: float | None = None) -> str:
+    """Horizontal bars, one group per label, one bar per series, each bar with its value
+    written at its end (no axis to read values off)."""
+    label_w = min(180, 10 + 7 * max((len(str(x)) for x in labels), default=4))
+    top = 42 if len(series) > 1 else 26
+    group_h = bar_h * len(series) + 6
+    height = top + group_h * len(labels) + 8
+    pw = width - label_w - 70
+    vmax = max_value or max((v for _, vals, _ in series for v in vals if v is not None), default=0) or 1
+    body = _header(title, [(n, c) for n, _, c in series], width)
+    for gi, label in enumerate(labels):
+        y0 = top + gi * group_h
+        text = str(label)
+        if len(text) > 26:
+            text = text[:25] + "…"
+        body.append(f'<text x="{label_w - 6}" y="{y0 + group_h / 2 + 1:.1f}" text-anchor="end">{escape(text)}</text>')
+        for si, (name, vals, color) in enumerate(series):
+            v = vals[gi] if gi < len(vals) else None
+            y = y0 + si * bar_h
+            w = 0.0 if v is None else max(v / vmax * pw, 0.0)
+            if v:
+                body.append(f'<rect x="{label_w}" y="{y}" width="{_fx(max(w, 1))}" height="{bar_h - 2}" fill="{color}">'
+                            f'<title>{escape(str(label))} / {escape(name)}: {value_fmt(v)}</title></rect>')
+            body.append(f'<text x="{_fx(label_w + w + 4)}" y="{y + bar_h - 3}" fill="#333">'
+                        f'{"-" if v is None else escape(value_fmt(v))}</text>')
+    return _svg(width, height, title, body, "bars")
+
+
+def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *, title: str, x_label: str,
+          y_label: str = "", width: int = 440, height: int = 220, log_y: bool = False) -> str:
+    """Line chart; each line is named at its last point (direct labels)."""
+    pts = [(x, y) for _, xs, ys, _ in series for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+    left, right, top, bottom = 52, 110, 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    if not pts:
+        return _svg(width, height, title, _header(title, [], width), "lines")
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    ys = [p[1] for p in pts]
+    if log_y and min(ys) > 0:
+        tr = math.log10
+    else:
+        log_y, tr = False, (lambda v: v)
+    y0, y1 = tr(min(ys)), tr(max(ys))
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pad = (y1 - y0) * 0.05
+    y0, y1 = y0 - pad, y1 + pad
+    if x1 == x0:
+        x1 = x0 + 1
+
+    def X(v):
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def Y(v):
+        return top + ph - (tr(v) - y0) / (y1 - y0) * ph
+
+    body = _header(title, [], width)
+    for t in nice_ticks(y0, y1, 4):
+        v = 10 ** t if log_y else t
+        yy = top + ph - (t - y0) / (y1 - y0) * ph
+        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{_fx(yy)}" y2="{_fx(yy)}" stroke="#e5e5e5"/>')
+        body.append(f'<text x="{left - 4}" y="{_fx(yy + 4)}" text-anchor="end">{fmt_num(v)}</text>')
+    for t in nice_ticks(x0, x1, 4):
+        body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{fmt_num(t)}</text>')
+    body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
+    body.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle" fill="#444">{escape(x_label)}</text>')
+    if y_label:
+        body.append(f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
+                    f'text-anchor="middle" fill="#444">{escape(y_label)}</text>')
+    ends = []
+    for name, xs, ys_, color in series:
+        p = [(x, y) for x, y in zip(xs, ys_) if y is not None and math.isfinite(y) and (not log_y or y > 0)]
+        if not p:
+            continue
+        d = " ".join(f"{'M' if i == 0 else 'L'}{_fx(X(x))},{_fx(Y(y))}" for i, (x, y) in enumerate(p))
+        body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.8"><title>{escape(name)}</title></path>')
+        if len(p) <= 40:
+            body += [f'<circle cx="{_fx(X(x))}" cy="{_fx(Y(y))}" r="2" fill="{color}"/>' for x, y in p]
+        ends.append([Y(p[-1][1]), name, color, p[-1][1]])
+    ends.sort()
+    for i in range(1, len(ends)):  # keep end labels from overlapping
+        ends[i][0] = max(ends[i][0], ends[i - 1][0] + 12)
+    for y, name, color, v in ends:
+        label = name if len(name) <= 14 else name[:13] + "…"
+        body.append(f'<text x="{left + pw + 4}" y="{_fx(y + 4)}" fill="{color}">{escape(label)} {fmt_num(v)}</text>')
+    return _svg(width, height, title, body, "lines")
+
+
+def funnel(steps: Sequence[dict], *, title: str = "Rows through the pipeline", width: int = 760) -> str:
+    """The ledger as a funnel: one bar per step (`name`, `rows`), with what the step
+    dropped (`dropped`: {reason: n}) written beside it."""
+    top, row_h, label_w = 26, 30, 150
+    height = top + row_h * len(steps) + 6
+    pw = 330
+    vmax = max((s["rows"] for s in steps), default=0) or 1
+    body = [f'<text x="8" y="16" font-weight="600" font-size="12">{escape(title)}</text>']
+    for i, s in enumerate(steps):
+        y = top + i * row_h
+        w = s["rows"] / vmax * pw
+        x = label_w + (pw - w) / 2
+        body.append(f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{escape(s["name"])}</text>')
+        body.append(f'<rect class="step" data-step="{escape(s["name"])}" data-rows="{s["rows"]}" x="{_fx(x)}" y="{y + 4}" '
+                    f'width="{_fx(max(w, 1))}" height="{row_h - 8}" fill="{s.get("color", BLUE)}" rx="2">'
+                    f'<title>{escape(s["name"])}: {s["rows"]:,} rows</title></rect>')
+        body.append(f'<text x="{label_w + pw / 2}" y="{y + 18}" text-anchor="middle" fill="#fff" '
+                    f'font-weight="600" stroke="#000" stroke-width="0.15">{s["rows"]:,}</text>')
+        dropped = s.get("dropped") or {}
+        if dropped:
+            parts = ", ".join(f"{r} {n:,}" for r, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+            total = sum(dropped.values())
+            text = f"−{total:,}: {parts}"
+            if len(text) > 60:
+                text = text[:59] + "…"
+            body.append(f'<text x="{label_w + pw + 10}" y="{y + 17}" fill="{VERMILION}">{escape(text)}'
+                        f'<title>{escape(parts)}</title></text>')
+        elif s.get("note"):
+            body.append(f'<text x="{label_w + pw + 10}" y="{y + 17}" fill="#555">{escape(s["note"])}</text>')
+    return _svg(width, height, title, body, "funnel")
