@@ -1,0 +1,121 @@
+"""The `language` stage: real fastText predictions with the bundled lid.176 model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from curate import langid
+from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.stages.base import StageContext
+from curate.stages.language import STAGE, Config
+from curate.typed_config import ConfigError, load_dataclass
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+EN = "The weather today is sunny and warm, perfect for a long walk in the park with friends."
+FR = "Le temps aujourd'hui est ensoleillé et chaud, parfait pour une longue promenade au parc."
+DE = "Das Wetter ist heute sonnig und warm, perfekt für einen langen Spaziergang im Park."
+ZH = "今天天气晴朗温暖，非常适合和朋友们在公园里散步。我们可以带上午餐，在湖边野餐。"
+
+
+def table(pairs) -> pl.DataFrame:
+    rows = []
+    for i, (u, a) in enumerate(pairs):
+        msgs = [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        rows.append({"id": conversation_id(msgs), "source": "t", "task": "t", "messages": msgs, "meta": "{}", "origin": f"t:{i}"})
+    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+
+
+def run(pairs=None, frame=None, **cfg):
+    config = load_dataclass(Config, {"kind": "language", **cfg})
+    ctx = StageContext(run_dir=Path("."), config_dir=Path("."), seed=0, stage_dir=Path("."))
+    return STAGE(config, ctx).process(frame if frame is not None else table(pairs))
+
+
+def test_bundled_model_predicts_offline():
+    langs, scores = langid.predict([EN, FR, DE, ZH, "multi\nline\ntext in english for sure"])
+    assert langs == ["en", "fr", "de", "zh", "en"]
+    assert all(0.5 < s <= 1.0 for s in scores[:4])
+    assert langid.load_model() is langid.load_model()  # once per process
+    assert (Path(langid.__file__).parent / "resources" / "LICENSE.lid.176.txt").is_file()
+
+
+def test_columns_and_keep():
+    res = run([(EN, EN), (FR, FR), ("Hi", "OK")], keep=["en"], action="flag")
+    k = res.kept
+    assert k["language_user"].to_list() == ["en", "fr", None]  # too short to judge
+    assert k["language_assistant"].to_list() == ["en", "fr", None]
+    assert k["language_assistant_score"][0] > 0.8
+    assert k["language_flag"].to_list() == [None, "wrong_language", None]
+    res = run([(EN, EN), (FR, FR)], keep=["en", "fr"])
+    assert res.dropped.height == 0
+
+
+def test_min_score_makes_uncertain():
+    res = run([(EN, EN)], keep=["en"], min_score=0.9999)
+    assert res.dropped["_reason"].to_list() == ["uncertain_language"]
+    assert res.dropped["_detail"][0].startswith("user=en")
+
+
+def test_mismatch_and_translation_exemption():
+    res = run([(EN, FR), ("Translate into French: " + EN, FR), (EN, EN)])
+    assert res.dropped["_reason"].to_list() == ["language_mismatch"]
+    assert res.dropped["_detail"][0] == "user=en assistant=fr"
+    assert res.kept.height == 2
+    assert run([(EN, FR)], check_mismatch=False).dropped.height == 0
+
+
+def test_code_and_urls_do_not_decide_the_language():
+    answer = FR + "\n```python\n" + "def add(a, b):\n    return a + b\n" * 10 + "```\nhttps://example.com/some/english/words"
+    res = run([(FR, answer)], action="flag")
+    assert res.kept["language_assistant"].to_list() == ["fr"]
+
+
+def test_stats_report_languages():
+    res = run([(EN, EN), (ZH, ZH), (ZH, ZH)], keep=["zh"])
+    assert res.stats["languages"]["assistant"] == {"zh": 2, "en": 1}
+    assert res.stats["checks"] == {"wrong_language": 1, "uncertain_language": 0, "language_mismatch": 0}
+
+
+TEXTS = st.sampled_from([EN, FR, DE, ZH, "ok", "12345 67890 12345 67890 12345", "Translate to German: " + EN])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(TEXTS, TEXTS), min_size=1, max_size=10))
+def test_flag_and_drop_agree(pairs):
+    flagged = run(pairs, keep=["en", "zh"], action="flag")
+    dropped = run(pairs, keep=["en", "zh"], action="drop")
+    flags = flagged.kept["language_flag"]
+    assert sorted(dropped.dropped["origin"].to_list()) == sorted(flagged.kept.filter(flags.is_not_null())["origin"].to_list())
+    assert dropped.dropped["_reason"].to_list() == flags.drop_nulls().to_list()
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="keep"):
+        load_dataclass(Config, {"kind": "language", "keep": ["english"]})
+    with pytest.raises(ConfigError, match="on"):
+        load_dataclass(Config, {"kind": "language", "on": ["bot"]})
+    with pytest.raises(ConfigError, match="min_score"):
+        load_dataclass(Config, {"kind": "language", "min_score": 1.5})
+    with pytest.raises(ConfigError, match="model"):
+        load_dataclass(Config, {"kind": "language", "model": "nope.ftz"}).check_paths(tmp_path)
+
+
+ZH_FILE = SHARED / "formats" / "alpaca_history_oasst_zh.json"
+
+
+@pytest.mark.skipif(not ZH_FILE.is_file(), reason="../shared/data is absent")
+def test_oasst_zh_is_chinese():
+    """alpaca_history_oasst_zh.json (LLaMA-Factory's oasst zh) is identified as Chinese."""
+    items = json.loads(ZH_FILE.read_text(encoding="utf-8"))
+    pairs = [(it["instruction"] + ("\n" + it["input"] if it["input"] else ""), it["output"]) for it in items]
+    res = run(pairs, keep=["zh"], action="flag")
+    langs = res.kept["language_assistant"].drop_nulls()
+    share = (langs == "zh").mean()
+    print(f"oasst zh: {share:.3f} of {langs.len()} judged answers identified as zh;", res.stats["languages"]["assistant"])
+    assert share >= 0.95
+    assert res.stats["languages"]["user"] and next(iter(res.stats["languages"]["user"])) == "zh"
