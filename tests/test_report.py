@@ -121,6 +121,7 @@ pack = true
 
 def build_run(tmp: Path, render: bool = True, extra: str = "") -> Path:
     """Write the inputs and run the pipeline; returns the run directory."""
+    tmp.mkdir(parents=True, exist_ok=True)
     write_inputs(tmp)
     (tmp / "pipeline.toml").write_text(PIPELINE.format() + (RENDER if render else "") + textwrap.dedent(extra))
     run_pipeline(load_config(tmp / "pipeline.toml"))
