@@ -1430,7 +1430,19 @@ class Fmt:
             self._first(rec, ("user",), "role")["content"] = text
 
     def text(self, rec):
-        return f"{self.prompt(rec)}\n{self.answer(rec)}"
+        """The whole record's text, as a reader would put it into the conversation."""
+        if self.name == "alpaca":
+            hist = [x for pair in rec.get("history", []) for x in pair]
+            parts = [rec.get("system", ""), *hist, rec["instruction"], rec.get("input", ""), rec["output"]]
+        elif self.name == "dolly":
+            parts = [rec["instruction"], rec["context"], rec["response"]]
+        elif self.name == "csv":
+            parts = rec
+        elif self.name == "sharegpt":
+            parts = [t["value"] for t in rec["conversations"]]
+        else:
+            parts = [m["content"] for m in rec["messages"]]
+        return "\n".join(p for p in parts if p)
 
 
 def shingles(text: str, n: int = 5) -> set:
@@ -1812,7 +1824,7 @@ def build_data(out: Path) -> list[Path]:
         "raw/qa_alpaca.jsonl": ("alpaca", "qa", qa),
         "raw/dialogue_sharegpt.json": ("sharegpt", "dialogue", dia),
         "raw/summarize_messages.jsonl.gz": ("messages", "summarize", summ),
-        "raw/translate_dolly.jsonl": ("dolly", "translate (category field: translate | qa)", tra),
+        "raw/translate_dolly.jsonl": ("dolly", "translate", tra),
         "raw/code_prompt_completion.csv": ("prompt_completion", "code", code),
     }
     written = []
@@ -1884,6 +1896,13 @@ def build_data(out: Path) -> list[Path]:
         summary["files"][rel] = {"format": fmt_name, "task": task, "records": len(entries), "malformed": n_bad,
                                  "parsed": len(entries) - n_bad, "planted_defects": n_def,
                                  "clean": len(entries) - n_bad - n_def}
+        if fmt_name == "dolly":
+            # Dolly carries its own label: `task_field = "category"` reads it per record.
+            cats: dict[str, int] = {}
+            for e in entries:
+                if e.rec is not None:
+                    cats[e.rec["category"]] = cats.get(e.rec["category"], 0) + 1
+            summary["files"][rel]["task_field"] = {"field": "category", "values": dict(sorted(cats.items()))}
     total = sum(f["parsed"] for f in summary["files"].values())
     for kind in sorted(kinds):
         summary["defects"][kind] = {"count": len(kinds[kind]), "rate": round(len(kinds[kind]) / total, 4),

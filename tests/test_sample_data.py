@@ -4,6 +4,7 @@ files, and the bundled tokenizer loads offline with transformers and round-trips
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import hashlib
 import importlib.util
@@ -304,7 +305,8 @@ def test_eval_leaks_are_planted_and_only_there():
         if it["variant"] in ("verbatim", "in_dialogue"):
             assert q in text
         else:
-            assert FMT[it["file"]].prompt(rec) != q and _norm_q(q)[:60] in _norm_q(text)
+            prompt = FMT[it["file"]].prompt(rec)
+            assert prompt != q and difflib.SequenceMatcher(None, _norm_q(prompt), _norm_q(q)).ratio() > 0.9
         leaked[it["file"]].add(_loc(it))
     # No other training record contains an eval question, even after case/punctuation folding.
     qs = {_norm_q(e["question"])[:60] for e in evalset}
@@ -391,3 +393,49 @@ def test_tokenizer_chat_template_masks_assistant_turns(tokenizer):
     assert text == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n"
     supervised = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert supervised == "The capital of France is Paris.<|im_end|>"
+
+
+def test_no_unplanted_near_duplicates():
+    """MinHash LSH over word 5-grams of each whole record: every pair at Jaccard >= 0.7 is a
+    planted duplicate pair, or two records that both carry a planted answer defect (refusals,
+    placeholders and wrong-language answers come from small pools)."""
+    datasketch = pytest.importorskip("datasketch")
+    planted_pairs, defective = set(), set()
+    for kind, d in DEFECTS["defects"].items():
+        for it in d["items"]:
+            defective.add((it["file"], _loc(it)))
+            if "duplicate_of" in it:
+                o = it["duplicate_of"]
+                planted_pairs.add(frozenset([(it["file"], _loc(it)), (o["file"], _loc(o))]))
+    sets, lsh = {}, datasketch.MinHashLSH(threshold=0.6, num_perm=64)
+    for rel, recs in RAW.items():
+        for loc, (rec, err) in recs.items():
+            if err:
+                continue
+            try:
+                text = FMT[rel].text(rec)
+            except (KeyError, StopIteration):  # no assistant turn
+                continue
+            s = {" ".join(x) for x in GEN.shingles(text)}
+            m = datasketch.MinHash(num_perm=64, seed=1)
+            m.update_batch([x.encode() for x in s])
+            sets[(rel, loc)] = s
+            lsh.insert((rel, loc), m)
+            for other in lsh.query(m):
+                if other == (rel, loc):
+                    continue
+                j = len(s & sets[other]) / len(s | sets[other])
+                pair = frozenset([(rel, loc), other])
+                if j >= 0.7 and pair not in planted_pairs:
+                    assert (rel, loc) in defective and other in defective, (pair, round(j, 3))
+
+
+def test_readme_counts_match_ground_truth():
+    readme = (SAMPLE / "README.md").read_text(encoding="utf-8")
+    for kind, d in DEFECTS["defects"].items():
+        row = re.search(rf"^\| `{kind}` \| (\d+) \| ([\d.]+)% \|", readme, re.M)
+        assert row, f"README has no row for {kind}"
+        assert (int(row.group(1)), float(row.group(2))) == (d["count"], round(d["rate"] * 100, 2)), kind
+    for rel, f in DEFECTS["files"].items():
+        row = re.search(rf"^\| `{re.escape(rel)}` \|.*\| (\d+) \| (\d+) \|$", readme, re.M)
+        assert row and (int(row.group(1)), int(row.group(2))) == (f["records"], f["malformed"]), rel
