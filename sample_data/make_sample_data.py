@@ -1836,7 +1836,7 @@ def build_data(out: Path) -> list[Path]:
         path = out / rel
         if rel.endswith(".jsonl") or rel.endswith(".jsonl.gz"):
             for i, e in enumerate(entries, 1):
-                e.loc = {"file": rel, "line": i}
+                e.loc = {"file": rel, "line": i, "origin": f"{rel}:{i}"}
             data = b"".join(line_bytes(e) + b"\n" for e in entries)
             if rel.endswith(".gz"):
                 buf = io.BytesIO()
@@ -1847,7 +1847,7 @@ def build_data(out: Path) -> list[Path]:
         elif rel.endswith(".json"):
             items = []
             for i, e in enumerate(entries):
-                e.loc = {"file": rel, "index": i}
+                e.loc = {"file": rel, "index": i, "origin": f"{rel}:#{i}"}
                 if e.raw is None:
                     e.rec = {"id": f"sg-{i:05d}", **e.rec}
                 items.append(e.raw if e.raw is not None else e.rec)
@@ -1857,7 +1857,8 @@ def build_data(out: Path) -> list[Path]:
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(["prompt", "completion"])
             for i, e in enumerate(entries):
-                e.loc = {"file": rel, "index": i}
+                line = buf.getvalue().count("\n") + 1  # where the row starts: rows span lines
+                e.loc = {"file": rel, "index": i, "line": line, "origin": f"{rel}:{line}"}
                 w.writerow(e.raw if e.raw is not None else e.rec)
             path.write_bytes(buf.getvalue().encode("utf-8"))
         written.append(path)
@@ -1883,8 +1884,9 @@ def build_data(out: Path) -> list[Path]:
     summary = {
         "generator": "sample_data/make_sample_data.py",
         "seed": DATA_SEED,
-        "locations": "line: 1-based physical line (JSONL, after gunzip); index: 0-based element of the JSON array "
-                     "or 0-based data row of the CSV (header excluded)",
+        "locations": "line: 1-based physical line (JSONL after gunzip; for CSV the line where the row starts, "
+                     "the header being line 1); index: 0-based element of the JSON array or 0-based data row of "
+                     "the CSV; origin: file:line, or file:#index for the JSON array, relative to sample_data/",
         "files": {},
         "defects": {},
         "evalset": {"file": "evalsets/sample_eval.jsonl", "items": len(evalset),

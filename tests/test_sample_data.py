@@ -165,7 +165,7 @@ RAW = {rel: _load(rel) for rel in DEFECTS["files"]}
 
 
 def _loc(item):
-    return item.get("line", item.get("index"))
+    return item["index"] if "index" in item else item["line"]
 
 
 @pytest.mark.parametrize("rel", sorted(DEFECTS["files"]))
@@ -439,3 +439,35 @@ def test_readme_counts_match_ground_truth():
     for rel, f in DEFECTS["files"].items():
         row = re.search(rf"^\| `{re.escape(rel)}` \|.*\| (\d+) \| (\d+) \|$", readme, re.M)
         assert row and (int(row.group(1)), int(row.group(2))) == (f["records"], f["malformed"]), rel
+
+
+def test_project_reader_quarantines_exactly_the_malformed_inputs():
+    """The record origins in defects.json are the ones curate's reader gives, and it
+    quarantines exactly the planted malformed inputs."""
+    from curate.config import SourceConfig
+    from curate.readers import read_source
+
+    def csv_end_lines(rel):
+        # A CSV row spans several lines; a reader may name it by its first line (as
+        # defects.json does) or by its last (csv's line_num). Accept either.
+        r = csv.reader(io.StringIO((SAMPLE / rel).read_text(encoding="utf-8"), newline=""))
+        next(r)
+        ends = []
+        for _ in r:
+            ends.append(r.line_num)
+        return ends
+
+    for rel, f in DEFECTS["files"].items():
+        cfg = SourceConfig(name=rel.split("/")[1].split(".")[0], path=rel, format=f["format"],
+                           task=None if "task_field" in f else f["task"])
+        got = read_source(cfg, SAMPLE)
+        origin = (lambda it: {it["origin"], f"{rel}:{ends[it['index']]}"}) if rel.endswith(".csv") else (lambda it: {it["origin"]})
+        ends = csv_end_lines(rel) if rel.endswith(".csv") else None
+        quarantined = {f"{q['file']}:{q['line']}" for q in got.quarantine}
+        planted = [it for it in _items("malformed") if it["file"] == rel]
+        assert len(quarantined) == len(planted) and all(origin(it) & quarantined for it in planted), rel
+        origins = set(got.table["origin"].to_list())
+        for kind, d in DEFECTS["defects"].items():
+            if kind != "malformed":
+                assert all(origin(it) & origins for it in d["items"] if it["file"] == rel), kind
+        assert got.table.height == f["parsed"]
