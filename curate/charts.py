@@ -37,19 +37,37 @@ def fmt_num(x: float) -> str:
     return f"{x:.3g}"
 
 
-def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
-    """Round tick values covering [lo, hi] (1, 2, 5 x 10^k steps)."""
+def nice_ticks(lo: float, hi: float, n: int = 4, integer: bool = False) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2, 5 x 10^k steps; whole steps when
+    `integer`, e.g. training steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
     raw = (hi - lo) / max(n, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1.0, round(step))
     start = math.ceil(lo / step - 1e-9) * step
     ticks, t = [], start
     while t <= hi + step * 1e-9:
         ticks.append(round(t, 12))
         t += step
     return ticks
+
+
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Tick texts with just enough decimals to tell neighbours apart (8.315, 8.32, 8.325
+    rather than three times 8.32)."""
+    if len(ticks) < 2:
+        return [fmt_num(t) for t in ticks]
+    step = min(abs(b - a) for a, b in zip(ticks, ticks[1:])) or 1.0
+    if max(abs(t) for t in ticks) >= 1e4 or step >= 1:
+        return [fmt_num(t) for t in ticks]
+    if step < 1e-3:
+        return [f"{t:.2g}" if t else "0" for t in ticks]
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    decimals += 1 if any(round(t, decimals) != round(t, decimals + 3) for t in ticks) else 0
+    return [f"{t:.{decimals}f}" for t in ticks]
 
 
 def _svg(width: int, height: int, title: str, body: list[str], kind: str) -> str:
@@ -87,7 +105,7 @@ def histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int],
     lo, hi = float(edges[0]), float(edges[-1])
     span = (hi - lo) or 1.0
     ymax = max((max(c) if len(c) else 0) for _, c, _ in series) or 1
-    yt = nice_ticks(0, ymax, 3)
+    yt = nice_ticks(0, ymax, 3, integer=True)
     ytop = max(yt[-1], ymax)
 
     def X(v):
@@ -112,7 +130,7 @@ def histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int],
                         f'<title>{escape(name)}: {fmt_num(edges[i])}–{fmt_num(edges[i + 1])}: {c:,}</title></rect>')
     body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
     for t in nice_ticks(lo, hi, 4):
-        if lo <= t <= hi:
+        if lo <= t <= hi and not (overflow and X(t) > left + pw - 34):
             body.append(f'<line x1="{_fx(X(t))}" x2="{_fx(X(t))}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
             body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{fmt_num(t)}</text>')
     if overflow:
@@ -164,7 +182,7 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
           y_label: str = "", width: int = 440, height: int = 220, log_y: bool = False) -> str:
     """Line chart; each line is named at its last point (direct labels)."""
     pts = [(x, y) for _, xs, ys, _ in series for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
-    left, right, top, bottom = 52, 110, 26, 34
+    left, right, top, bottom = 64, 138, 26, 34
     pw, ph = width - left - right, height - top - bottom
     if not pts:
         return _svg(width, height, title, _header(title, [], width), "lines")
@@ -175,8 +193,9 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
     else:
         log_y, tr = False, (lambda v: v)
     y0, y1 = tr(min(ys)), tr(max(ys))
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    if y1 - y0 <= abs(y0) * 1e-9:
+        half = abs(y0) * 0.5 or 0.5
+        y0, y1 = y0 - half, y1 + half
     pad = (y1 - y0) * 0.05
     y0, y1 = y0 - pad, y1 + pad
     if x1 == x0:
@@ -189,13 +208,16 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
         return top + ph - (tr(v) - y0) / (y1 - y0) * ph
 
     body = _header(title, [], width)
-    for t in nice_ticks(y0, y1, 4):
-        v = 10 ** t if log_y else t
+    yt = nice_ticks(y0, y1, 4)
+    ylabels = [fmt_num(10 ** t) for t in yt] if log_y else tick_labels(yt)
+    for t, text in zip(yt, ylabels):
         yy = top + ph - (t - y0) / (y1 - y0) * ph
         body.append(f'<line x1="{left}" x2="{left + pw}" y1="{_fx(yy)}" y2="{_fx(yy)}" stroke="#e5e5e5"/>')
-        body.append(f'<text x="{left - 4}" y="{_fx(yy + 4)}" text-anchor="end">{fmt_num(v)}</text>')
-    for t in nice_ticks(x0, x1, 4):
-        body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{fmt_num(t)}</text>')
+        body.append(f'<text x="{left - 4}" y="{_fx(yy + 4)}" text-anchor="end">{text}</text>')
+    integer_x = all(float(p[0]).is_integer() for p in pts)
+    xt = [t for t in nice_ticks(x0, x1, 4, integer=integer_x) if x0 <= t <= x1]
+    for t, text in zip(xt, tick_labels(xt)):
+        body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{text}</text>')
     body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
     body.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle" fill="#444">{escape(x_label)}</text>')
     if y_label:
@@ -215,7 +237,7 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
     for i in range(1, len(ends)):  # keep end labels from overlapping
         ends[i][0] = max(ends[i][0], ends[i - 1][0] + 12)
     for y, name, color, v in ends:
-        label = name if len(name) <= 14 else name[:13] + "…"
+        label = name if len(name) <= 13 else name[:12] + "…"
         body.append(f'<text x="{left + pw + 4}" y="{_fx(y + 4)}" fill="{color}">{escape(label)} {fmt_num(v)}</text>')
     return _svg(width, height, title, body, "lines")
 

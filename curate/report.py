@@ -464,10 +464,16 @@ def section_duplicates(run: RunData) -> Section:
         if not examples:
             examples = _cluster_from_rejects(run, s)
         for ex in examples or []:
-            cards = "".join(
-                f'<div class="member{" kept" if m.get("kept") else ""}"><div class="dim">{"kept" if m.get("kept") else "dropped"} · '
-                f'<code>{_e(m.get("id"))}</code> · {_e(m.get("source"))}</div><div class="txt">{_e(_excerpt(m.get("text")))}</div></div>'
-                for m in ex.get("members") or [])
+            cards, kept_shown = [], False
+            for m in ex.get("members") or []:
+                # exact copies share their content-hash id, so "is the kept id" marks
+                # every copy: only the first is the kept row
+                kept = bool(m.get("kept")) and not kept_shown
+                kept_shown = kept_shown or kept
+                what = "kept" if kept else ("dropped (identical copy)" if m.get("kept") else "dropped")
+                cards.append(f'<div class="member{" kept" if kept else ""}"><div class="dim">{what} · <code>{_e(m.get("id"))}'
+                             f'</code> · {_e(m.get("source"))}</div><div class="txt">{_e(_excerpt(m.get("text")))}</div></div>')
+            cards = "".join(cards)
             kind = "" if ex.get("exact") is None else (" · exact copies" if ex.get("exact") else " · near duplicates")
             parts.append(f'<div class="cluster" data-size="{_e(ex.get("size"))}"><div class="dim">cluster of {_e(ex.get("size"))}'
                          f'{kind}, kept <code>{_e(ex.get("kept"))}</code></div><div class="members">{cards}</div></div>')
@@ -524,10 +530,12 @@ def section_mix(run: RunData) -> Section:
             r, a = req.get(g) or {}, ach.get(g) or {}
             short = (st.get("shortfall") or {}).get(g)
             rows.append([_e(g), f"{r.get('share', 0):.1%}", _e(r.get("target")), _e(r.get("available")),
-                         f"{a.get('share', 0):.1%}", int(a.get("examples", 0)), _e(a.get(unit)), int(a.get("unique", 0)),
-                         int(a.get("repeated", 0)), _e(short.get("why") if isinstance(short, dict) else short or "")])
-        parts.append(_table(["group", "requested", "target", "available", "achieved", "examples", unit, "unique",
-                             "repeated", "shortfall"], rows))
+                         f"{a.get('share', 0):.1%}", int(a.get("examples", 0))]
+                        + ([_e(a.get(unit))] if unit != "examples" else [])
+                        + [int(a.get("unique", 0)), int(a.get("repeated", 0)),
+                           _e(short.get("why") if isinstance(short, dict) else short or "")])
+        parts.append(_table(["group", "requested", f"target ({unit})", "available", "achieved", "examples"]
+                            + ([unit] if unit != "examples" else []) + ["unique", "repeated", "shortfall"], rows))
         parts.append(f'<p class="meta">mode <b>{_e(st.get("mode"))}</b> · counted with <b>{_e(st.get("counted_with"))}</b> · '
                      f'max share error <b>{_e(st.get("max_share_error"))}</b> · within 1% <b>{_e(st.get("within_1pct"))}</b></p>')
         data[s["name"]] = {"requested": {g: (req.get(g) or {}).get("share") for g in groups},

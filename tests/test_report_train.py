@@ -1,0 +1,54 @@
+"""The report of a run with a train stage: the real trainer (train/) fits a LoRA adapter on
+a tiny in-test Llama over the run's shards, and the report draws loss, val loss, val
+loss per task and KL-to-base curves that agree with train/metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from test_report import TOKENIZER, build_run, summary
+
+
+def test_report_with_train_stage(tmp_path):
+    train = pytest.importorskip("train.loop", reason="the trainer (train/) is not in this build")
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from curate.report import write_report
+    from train import parse_train_config
+
+    run = build_run(tmp_path / "data")
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 tie_word_embeddings=True)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    cfg = parse_train_config({"base_model": str(model_dir), "max_steps": 8, "eval_every": 2, "batch_tokens": 512,
+                              "micro_batch_tokens": 512, "epochs": 3, "save_every": 0, "warmup": 0.0, "r": 4, "alpha": 8.0,
+                              "lr": 3e-3, "device": "cpu", "kl_to_base": 0.1}, tmp_path)
+    train.run_training(run, cfg, log=lambda *a, **k: None)
+    rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    assert evals and any(r.get("kind") == "train" for r in rows)
+
+    html = write_report(run).read_text(encoding="utf-8")
+    s = summary(html)["sections"]["training"]
+    assert s["status"] == "ok"
+    d = s["data"]["default"]
+    assert d["rows"] == len(rows)
+    assert d["steps"] == max(r["step"] for r in rows)
+    assert d["first_val_loss"] == pytest.approx(evals[0]["val_loss"])
+    assert d["last_val_loss"] == pytest.approx(evals[-1]["val_loss"])
+    assert d["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in evals))
+    sec = re.search(r'<section id="training".*?</section>', html, re.S).group(0)
+    titles = re.findall(r'<svg class="chart" data-kind="lines"[^>]*><title>([^<]*)</title>', sec)
+    assert {"loss and val loss", "val loss per task", "KL to the base model", "learning rate"} <= set(titles)
+    assert s["charts"] == len(titles)
+    # every line chart drew its lines, named at their ends
+    for t in ("loss", "val_loss", "kl_to_base", "qa", "dialogue"):
+        assert f"<title>{t}</title></path>" in sec, t
