@@ -1509,14 +1509,15 @@ def _renorm(rng, text):
     """Differences that Unicode/whitespace normalisation removes: an exact duplicate after NFC
     and whitespace folding."""
     import unicodedata
-    style = rng.choice(["nfd", "spaces", "trailing_ws", "nbsp"])
+    style = rng.choice(["nfd", "zero_width", "trailing_ws", "nbsp"])
     if style == "nfd" and unicodedata.normalize("NFD", text) != text:
         return "nfd", unicodedata.normalize("NFD", text)
     if style == "nbsp" and " " in text:
         return "nbsp", text.replace(" ", "\u00a0", 2)
     if style == "trailing_ws":
         return "trailing_ws", text + "  \n"
-    return "spaces", text.replace(" ", "  ", 3)
+    # Not doubled inner spaces: a normaliser must keep those (they are code indentation).
+    return "zero_width", text.replace(" ", "\u200b ", 1) if " " in text else text + "\u200b"
 
 
 def plant(rng: random.Random, entries: list, fmt: Fmt, spec: dict, others: list | None = None) -> None:
