@@ -1,0 +1,473 @@
+"""The trainer on tiny in-test models and hand-written shards (plus stories260K when present).
+
+Shards are written here by a small fixture writer that follows the shard contract
+(curate/shards.py): Arrow IPC streams with input_ids/labels (+ seq_lens/ids/tasks/sources
+when packed) and a manifest carrying the tokenizer fingerprint. The synthetic tasks are
+learnable (copy / reverse a prompt), so a falling loss means the model learned something."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from curate.shards import tokenizer_fingerprint
+from curate.typed_config import ConfigError
+from train.config import TrainConfig, parse_train_config
+from train.data import DataError, load_split, make_batch, plan_epoch, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "sample_data" / "tokenizer"
+STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K"
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def examples(n: int, seed: int = 0, lo: int = 10, hi: int = 60, bos: int = 1, eos: int = 2):
+    """(id, task, input_ids, labels): prompt [bos, x..., sep] then the answer (copy or reverse)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        task = ("copy", "reverse")[i % 2]
+        x = rng.integers(lo, hi, size=int(rng.integers(3, 9))).tolist()
+        sep = 4 if task == "copy" else 5
+        ans = (x if task == "copy" else x[::-1]) + [eos]
+        ids = [bos, *x, sep, *ans]
+        labels = [-100] * (len(x) + 2) + ans
+        out.append((f"{task}-{seed}-{i}", task, ids, labels))
+    return out
+
+
+def write_run(run: Path, tok, train, val, packed: bool = True, row_tokens: int = 64, template: str = TEMPLATE) -> Path:
+    """A run directory with shards and a manifest, as `curate run` leaves it."""
+    from curate.atomic import sha256_file
+
+    manifest = {"render": {"template": "test", "template_text": template,
+                           "template_sha256": __import__("hashlib").sha256(template.encode()).hexdigest(),
+                           "tokenizer": {"path": "test", **tokenizer_fingerprint(tok)}},
+                "shards": {}}
+    for split, exs in (("train", train), ("val", val)):
+        if packed:
+            rows, cur = [], []
+            for e in exs:
+                if cur and sum(len(c[2]) for c in cur) + len(e[2]) > row_tokens:
+                    rows.append(cur)
+                    cur = []
+                cur.append(e)
+            if cur:
+                rows.append(cur)
+            table = pa.table({
+                "input_ids": pa.array([[t for e in r for t in e[2]] for r in rows], pa.list_(pa.int32())),
+                "labels": pa.array([[t for e in r for t in e[3]] for r in rows], pa.list_(pa.int32())),
+                "seq_lens": pa.array([[len(e[2]) for e in r] for r in rows], pa.list_(pa.int32())),
+                "ids": pa.array([[e[0] for e in r] for r in rows], pa.list_(pa.string())),
+                "tasks": pa.array([[e[1] for e in r] for r in rows], pa.list_(pa.string())),
+                "sources": pa.array([["s"] * len(r) for r in rows], pa.list_(pa.string()))})
+        else:
+            table = pa.table({"id": [e[0] for e in exs], "task": [e[1] for e in exs], "source": ["s"] * len(exs),
+                              "input_ids": pa.array([e[2] for e in exs], pa.list_(pa.int32())),
+                              "labels": pa.array([e[3] for e in exs], pa.list_(pa.int32()))})
+        d = run / "shards" / split
+        d.mkdir(parents=True, exist_ok=True)
+        with pa.ipc.new_stream(str(d / "00000.arrow"), table.schema) as w:
+            w.write_table(table)
+        manifest["shards"][split] = [{"file": f"shards/{split}/00000.arrow", "rows": table.num_rows,
+                                      "sha256": sha256_file(d / "00000.arrow")}]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and far faster on a shared, busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tok) -> Path:
+    """A tiny random Llama on the sample tokenizer, saved like a real model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, initializer_range=0.2)  # wide enough logits to learn fast
+    d = tmp_path_factory.mktemp("tiny_model")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def run_dir(tmp_path, tok) -> Path:
+    return write_run(tmp_path / "run", tok, examples(48, 0), examples(12, 1))
+
+
+def cfg_for(model: Path, **kw) -> TrainConfig:
+    base = dict(base_model=str(model), batch_tokens=256, micro_batch_tokens=128, lr=3e-3, eval_every=4,
+                save_every=0, warmup=0.0, r=4, alpha=8.0)
+    base.update(kw)
+    return parse_train_config(base, Path("/"))
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+def losses(out_dir: Path, kind="train", key="loss", adapter="default"):
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r[key]) for r in rows if r["kind"] == kind and r.get("adapter") == adapter and key in r]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_defaults_and_refusals(tiny_model):
+    c = parse_train_config({"base_model": str(tiny_model)}, Path("/"))
+    assert c.learning_rate == 2e-4 and c.target_modules == "all-linear" and c.epochs == 1
+    assert parse_train_config({"base_model": str(tiny_model), "method": "full"}, Path("/")).learning_rate == 1e-5
+    rel = parse_train_config({"base_model": tiny_model.name}, tiny_model.parent)
+    assert rel.base_model == str(tiny_model.resolve())
+    cases = [({"lrr": 1e-4}, "train.lrr"), ({"lr": "fast"}, "train.lr"), ({"method": "qlora"}, "train.method"),
+             ({"early_stopping": {"patience": -1}}, "train.early_stopping.patience"),
+             ({"method": "full", "kl_to_base": 0.1}, "train.kl_to_base"),
+             ({"l2_to_base": 0.1}, "train.l2_to_base"), ({"base_model": "/no/such/dir"}, "train.base_model"),
+             ({"forgetting": {"reference": "missing.txt"}}, "train.forgetting.reference")]
+    for extra, key in cases:
+        with pytest.raises(ConfigError) as err:
+            parse_train_config({"base_model": str(tiny_model), **extra}, Path("/tmp"))
+        assert err.value.key == key, (extra, err.value)
+    with pytest.warns(UserWarning, match="epochs"):
+        parse_train_config({"base_model": str(tiny_model), "epochs": 5}, Path("/"))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_packed_rows_do_not_attend_across_examples(tiny_model, tok, tmp_path):
+    """transformers 5: position-id restarts with no attention mask and use_cache=False give a
+    block-diagonal mask; each packed example's logits equal those of the example alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    run = write_run(tmp_path / "r", tok, examples(8, 3), examples(2, 4), packed=True)
+    split = load_split(run, "train", read_manifest(run))
+    b = make_batch(split, np.array([0]))
+    assert split.row_ptr[1] > 1  # the first row really packs several examples
+    with torch.no_grad():
+        packed = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits[0]
+        start = 0
+        for e in split.row_ex[split.row_ptr[0] : split.row_ptr[1]]:
+            n = int(split.ex_len[e])
+            alone = model(input_ids=b.input_ids[:, start : start + n], use_cache=False).logits[0]
+            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
+            start += n
+
+
+def test_packed_and_unpacked_give_same_loss(tiny_model, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from train.loop import token_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tr, va = examples(20, 5), examples(2, 6)
+    totals = []
+    for packed in (True, False):
+        run = write_run(tmp_path / str(packed), tok, tr, va, packed=packed)
+        split = load_split(run, "train", read_manifest(run))
+        nll, n = 0.0, 0
+        for step in plan_epoch(split, batch_tokens=10**9, micro_batch_tokens=96, seed=0, epoch=0):
+            for mb in step:
+                b = make_batch(split, mb, pad_id=tok.pad_token_id)
+                with torch.no_grad():
+                    nll += torch.nn.functional.cross_entropy(token_logits(model, b), b.targets, reduction="sum").item()
+                n += len(b.targets)
+        totals.append((nll / n, n))
+    assert totals[0][1] == totals[1][1] == sum(sum(t != -100 for t in e[3]) for e in tr)
+    assert abs(totals[0][0] - totals[1][0]) < 1e-5
+
+
+def test_refuses_other_tokenizer_and_bad_masks(tiny_model, tok, tmp_path):
+    from train import run_training
+
+    run = write_run(tmp_path / "r", tok, examples(8), examples(2, 1))
+    m = json.loads((run / "manifest.json").read_text())
+    m["render"]["tokenizer"]["fingerprint"] = "0" * 64
+    (run / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="tokenizer mismatch"):
+        run_training(run, cfg_for(tiny_model), log=quiet)
+    bad = examples(8)
+    bad[3] = (bad[3][0], bad[3][1], bad[3][2], bad[3][3][:-1] + [7])  # a label that is not the input token
+    run2 = write_run(tmp_path / "r2", tok, bad, examples(2, 1))
+    with pytest.raises(DataError, match="neither -100 nor the input token.*row"):
+        run_training(run2, cfg_for(tiny_model), log=quiet)
+    none = [(e[0], e[1], e[2], [-100] * len(e[2])) for e in examples(4)] + examples(4, 9)
+    run3 = write_run(tmp_path / "r3", tok, none, examples(2, 1), packed=False)
+    with pytest.raises(DataError, match="no supervised"):
+        run_training(run3, cfg_for(tiny_model), log=quiet)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_export_reload_merge(tiny_model, tok, run_dir):
+    """Loss falls; step-0 KL is 0; the adapter reloads with peft and reproduces the trained
+    logits; the merged model equals the adapter; outputs and provenance are written."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from train import run_training
+
+    cfg = cfg_for(tiny_model, epochs=3, lr=3e-2, batch_tokens=64, merge=True, early_stopping={"patience": 0})
+    s = run_training(run_dir, cfg, log=quiet)
+    out = run_dir / "train"
+    tl = [v for _, v in losses(out)]
+    assert tl[-1] < tl[0] - 1.0, tl
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert evals[0]["step"] == 0 and evals[0]["kl_to_base"] < 1e-9
+    assert evals[-1]["kl_to_base"] > 1e-4 and set(evals[-1]["val_loss_by_task"]) == {"copy", "reverse"}
+    assert s["best_val_loss"] < s["first_val_loss"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert set(prov["shards"]) == {"train/00000.arrow", "val/00000.arrow"} and prov["config"]["lr"] == 3e-2
+    assert AutoTokenizer.from_pretrained(out / "adapter").chat_template == TEMPLATE
+
+    split = load_split(run_dir, "val", read_manifest(run_dir))
+    b = make_batch(split, np.arange(split.n_rows), pad_id=tok.pad_token_id)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    with torch.no_grad():
+        a = peft_model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits
+        m = merged(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits
+        nll = torch.nn.functional.cross_entropy(a[b.keep], b.targets, reduction="none")
+    torch.testing.assert_close(a, m, atol=1e-5, rtol=0)
+    # the reloaded adapter gives the val loss the trainer recorded for its best step
+    best = next(e for e in evals if e["step"] == s["best_step"])
+    assert abs(nll.mean().item() - best["val_loss"]) < 1e-5
+
+
+def test_resume_gives_identical_losses(tiny_model, tok, tmp_path, monkeypatch):
+    """Killed mid-step (after the step-6 checkpoint), then resumed: the same losses as a run
+    never interrupted; `stop_after` (a clean stop with a checkpoint) likewise."""
+    import train.loop
+    from train import run_training
+
+    tr, va = examples(48, 0), examples(8, 1)
+    a, b, c = (write_run(tmp_path / x, tok, tr, va) for x in "abc")
+    cfg = cfg_for(tiny_model, epochs=2, dropout=0.1, save_every=3, eval_every=4, batch_tokens=96)
+    real, calls, limit = train.loop.make_batch, [], [10**9]
+
+    def dying(*args, **kw):
+        calls.append(1)
+        if len(calls) > limit[0]:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train.loop, "make_batch", dying)
+    run_training(a, cfg, log=quiet)
+    limit[0], calls[:] = len(calls) * 2 // 3, []
+    with pytest.raises(KeyboardInterrupt):
+        run_training(b, cfg, log=quiet)
+    monkeypatch.setattr(train.loop, "make_batch", real)
+    latest = json.loads((b / "train" / "checkpoints" / "default" / "latest.json").read_text())
+    assert latest["step"] >= 3
+    run_training(b, cfg, log=quiet, resume=True)
+    assert run_training(c, cfg, log=quiet, stop_after=5)["interrupted"]
+    run_training(c, cfg, log=quiet, resume=True)
+    la = losses(a / "train")
+    assert len(la) >= 10
+    for other in (b, c):
+        lb = losses(other / "train")
+        assert [s for s, _ in la] == [s for s, _ in lb]
+        assert max(abs(x - y) for (_, x), (_, y) in zip(la, lb)) < 1e-6
+        ea, eb = losses(a / "train", "eval", "val_loss"), losses(other / "train", "eval", "val_loss")
+        assert [s for s, _ in ea] == [s for s, _ in eb] and [v for _, v in ea] == pytest.approx([v for _, v in eb], abs=1e-6)
+
+
+def test_early_stopping_keeps_best(tiny_model, tok, run_dir):
+    """No evaluation can beat step 0 by min_delta = 10: the run stops after `patience`
+    evaluations and exports the step-0 weights (a zero LoRA update: KL 0 to base)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from train import run_training
+
+    cfg = cfg_for(tiny_model, epochs=3, eval_every=2, early_stopping={"patience": 2, "min_delta": 10.0})
+    s = run_training(run_dir, cfg, log=quiet)
+    assert s["stopped_early"] and s["steps"] == 4 and s["best_step"] == 0 and s["steps"] < s["total_steps"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run_dir / "train" / "adapter")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b)
+
+
+def test_kl_to_base_grows_with_learning_rate(tiny_model, tok, tmp_path):
+    from train import run_training
+
+    kls = []
+    for lr in (1e-4, 3e-3, 3e-2):
+        run = write_run(tmp_path / f"lr{lr}", tok, examples(24, 0), examples(8, 1))
+        s = run_training(run, cfg_for(tiny_model, lr=lr, max_steps=3, eval_every=3), log=quiet)
+        kls.append(s["kl_to_base"])
+    assert 0 < kls[0] < kls[1] < kls[2], kls
+
+
+def test_reference_text_and_kl_regulariser(tiny_model, tok, tmp_path):
+    """A general-text reference file feeds the monitor; kl_to_base pulls the model back."""
+    from train import run_training
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("Once upon a time there was a cat.\n\nThe sun rises in the east.\n\nTom had a red ball.\n")
+    out = {}
+    for w in (0.0, 5.0):
+        run = write_run(tmp_path / f"w{w}", tok, examples(24, 0), examples(8, 1))
+        cfg = cfg_for(tiny_model, lr=3e-2, max_steps=3, eval_every=3, kl_to_base=w,
+                      forgetting={"reference": str(ref), "seq_len": 16})
+        out[w] = run_training(run, cfg, log=quiet)
+        assert out[w]["ref_loss_before"] > 0
+    assert out[5.0]["kl_to_base"] < out[0.0]["kl_to_base"]
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3"])
+def test_other_adapter_methods(tiny_model, tok, tmp_path, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from train import run_training
+
+    run = write_run(tmp_path / "r", tok, examples(16, 0), examples(4, 1))
+    s = run_training(run, cfg_for(tiny_model, method=method, max_steps=2, eval_every=2, lr=1e-2), log=quiet)
+    assert s["kl_to_base"] > 0
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "train" / "adapter")
+
+
+def test_full_finetune_with_l2(tiny_model, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from train import run_training
+
+    run = write_run(tmp_path / "r", tok, examples(16, 0), examples(4, 1))
+    s = run_training(run, cfg_for(tiny_model, method="full", max_steps=2, eval_every=2, lr=1e-3, l2_to_base=0.1), log=quiet)
+    assert s["kl_to_base"] > 0  # against the cached base distribution
+    AutoModelForCausalLM.from_pretrained(run / "train" / "model")
+
+
+def test_per_task_adapters_load_together(tiny_model, tok, run_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from train import run_training
+
+    s = run_training(run_dir, cfg_for(tiny_model, adapters="per_task", max_steps=2, eval_every=2, lr=1e-2), log=quiet)
+    assert set(s["adapters"]) == {"copy", "reverse"}
+    d = run_dir / "train" / "adapters"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), d / "copy", adapter_name="copy")
+    model.load_adapter(d / "reverse", adapter_name="reverse")
+    x = torch.tensor([[1, 20, 21, 22, 5]])
+    with torch.no_grad():
+        model.set_adapter("copy")
+        a = model(input_ids=x).logits
+        model.set_adapter("reverse")
+        b = model(input_ids=x).logits
+    assert not torch.allclose(a, b)
+    by_task = [r for r in (run_dir / "train" / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
+    assert {json.loads(r)["adapter"] for r in by_task} == {"copy", "reverse"}
+
+
+def test_nonfinite_loss_names_step_and_batch(tmp_path, tok, tiny_model):
+    from safetensors.torch import load_file, save_file
+    from train import run_training
+    from train.loop import TrainingError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_model.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    w = load_file(str(broken / "model.safetensors"))
+    key = next(k for k in w if "layers.0.mlp.down_proj" in k)
+    w[key][0, 0] = float("nan")
+    save_file(w, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    run = write_run(tmp_path / "r", tok, examples(8, 0), examples(2, 1))
+    with pytest.raises(TrainingError, match=r"step 1 .*batch ids \['(copy|reverse)-0-"):
+        run_training(run, cfg_for(tiny_model.__class__(broken)), log=quiet)
+
+
+def _ddp_worker(rank: int, world: int, port: int, run: str, model: str, q) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from train import run_training
+
+    s = run_training(Path(run), cfg_for(Path(model), max_steps=3, eval_every=3), log=quiet)
+    q.put((rank, s["final_train_loss"], s["best_val_loss"]))
+
+
+def test_ddp_two_processes_gloo_match_single(tiny_model, tok, tmp_path):
+    """2 processes (gloo) on the same global batch give the same losses as one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from train import run_training
+
+    tr, va = examples(32, 0), examples(8, 1)
+    single = write_run(tmp_path / "single", tok, tr, va)
+    ref = run_training(single, cfg_for(tiny_model, max_steps=3, eval_every=3), log=quiet)
+    multi = write_run(tmp_path / "multi", tok, tr, va)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")  # no re-import of torch per process: the test stays short
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(multi), str(tiny_model), q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    got = sorted(q.get(timeout=5) for _ in range(2))
+    for _, loss, val in got:
+        assert abs(loss - ref["final_train_loss"]) < 1e-5 and abs(val - ref["best_val_loss"]) < 1e-5
+    assert [v for _, v in losses(multi / "train")] == pytest.approx([v for _, v in losses(single / "train")], abs=1e-5)
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/data/models/stories260K not present")
+def test_stories260k_loss_falls_and_monitor_measures(tmp_path):
+    """A real pretrained model: the LoRA lowers its loss on instruction-style data, and the
+    forgetting monitor sees its TinyStories-style reference loss move."""
+    from transformers import AutoTokenizer
+    from train import run_training
+
+    tok = AutoTokenizer.from_pretrained(STORIES)
+    pairs = [("What color is the sky?", "The sky is blue."), ("What does a cat say?", "A cat says meow."),
+             ("Where do fish live?", "Fish live in the water."), ("What is big and gray?", "An elephant is big and gray."),
+             ("Who likes to play?", "Tom likes to play with his ball."), ("What is hot?", "The sun is hot.")]
+
+    def exs(rep, tag):
+        out = []
+        for i in range(rep):
+            for j, (q, a) in enumerate(pairs):
+                p = [tok.bos_token_id] + tok(f"Question: {q} Answer:", add_special_tokens=False).input_ids
+                r = tok(f" {a}", add_special_tokens=False).input_ids + [tok.eos_token_id]
+                out.append((f"{tag}{i}-{j}", "qa", p + r, [-100] * len(p) + r))
+        return out
+
+    run = write_run(tmp_path / "r", tok, exs(8, "t"), exs(1, "v"), row_tokens=128)
+    ref = tmp_path / "ref.txt"
+    ref.write_text("Once upon a time, there was a little girl named Lily. She loved to play outside.\n\n"
+                   "One day, Tom went to the park with his mom. He saw a big red ball.\n")
+    cfg = cfg_for(STORIES, lr=5e-3, epochs=2, eval_every=4, batch_tokens=512, micro_batch_tokens=512,
+                  forgetting={"reference": str(ref), "seq_len": 64})
+    s = run_training(run, cfg, log=quiet)
+    tl = [v for _, v in losses(run / "train")]
+    assert s["best_val_loss"] < s["first_val_loss"] * 0.7 and tl[-1] < tl[0]
+    assert s["kl_to_base"] > 0 and s["ref_loss_after"] != pytest.approx(s["ref_loss_before"], abs=1e-6)
