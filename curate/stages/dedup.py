@@ -116,11 +116,15 @@ class DedupStage(Stage):
     Config = Config
 
     # ---- text ----------------------------------------------------------------------
+    def _normalized(self, frame: pl.DataFrame) -> pl.Series:
+        """The normalised text view of `frame`'s rows. The view is materialised first so
+        that the normalisation's branches do not each recompute it."""
+        view = frame.select(text_view(self.config.view).alias("t"))
+        return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series()
+
     def _norm_chunks(self, table: pl.DataFrame):
-        cfg = self.config
-        expr = mh.normalized(text_view(cfg.view), cfg.normalize).alias("t")
-        for lo in range(0, table.height, cfg.chunk_size):
-            yield lo, table.slice(lo, cfg.chunk_size).select(expr).to_series()
+        for lo in range(0, table.height, self.config.chunk_size):
+            yield lo, self._normalized(table.slice(lo, self.config.chunk_size))
 
     def _seed(self) -> int:
         return self.config.seed if self.config.seed is not None else int(self.context.seed)
@@ -163,33 +167,30 @@ class DedupStage(Stage):
         return components(n, left, right), stats
 
     def _candidates(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate pairs from band buckets, grouped by polars, not a dict per row."""
-        n, bands = band.shape
+        """Candidate pairs from band buckets, grouped by polars, not a dict per row.
+        A band's hash is seeded with the band's index, so one u64 column is the bucket
+        key: rows in singleton buckets are filtered out first (most of them), and only
+        the rest is grouped."""
+        bands = band.shape[1]
         idx = np.nonzero(has)[0].astype(np.int64)
         if len(idx) < 2:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        long = pl.DataFrame(
-            {
-                "b": np.repeat(np.arange(bands, dtype=np.uint16)[None, :], len(idx), axis=0).ravel(),
-                "h": band[idx].ravel(),
-                "r": np.repeat(idx, bands),
-            }
-        )
-        buckets = (
-            long.group_by("b", "h")
-            .agg(pl.col("r").sort())
+        long = pl.DataFrame({"k": band[idx].ravel(), "r": np.repeat(idx, bands)})
+        shared = long.filter(pl.col("k").is_duplicated())
+        members = (
+            shared.group_by("k")
+            .agg(pl.col("r").unique().sort(), pl.len().alias("n"))
             .filter(pl.col("r").list.len() > 1)
-            .select(pl.col("r"))
             .with_row_index("bucket")
         )
         size = pl.col("r").list.len()
-        small = buckets.filter(size <= self.config.max_bucket).explode("r")
+        small = members.filter(size <= self.config.max_bucket).select("bucket", "r").explode("r")
         pairs = [
             small.join(small, on="bucket", suffix="_2").filter(pl.col("r") < pl.col("r_2")).select(
                 pl.col("r").alias("l"), pl.col("r_2").alias("rr")
             )
         ]
-        big = buckets.filter(size > self.config.max_bucket)
+        big = members.filter(size > self.config.max_bucket)
         if big.height:
             # Large buckets are nearly always exact copies: a star to the first member keeps
             # the pair count linear; the trade-off is a member unlike the first being missed.
@@ -200,27 +201,42 @@ class DedupStage(Stage):
         return allp["l"].to_numpy().astype(np.int64), allp["rr"].to_numpy().astype(np.int64)
 
     def _exact_jaccard(self, table: pl.DataFrame, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Exact Jaccard of the shingle sets of each candidate pair, by polars list set
-        operations; shingle sets are rebuilt only for rows that are in some candidate pair."""
+        """Exact Jaccard of the shingle sets of each candidate pair. Shingles are rebuilt
+        only for rows in some candidate pair (memory follows the candidates, not the
+        input); intersections are counted by joining pairs with the (row, shingle) table."""
         cfg = self.config
         involved = np.unique(np.concatenate([left, right]))
-        sub = table[pl.Series(involved)] if len(involved) else table.clear()
-        expr = mh.normalized(text_view(cfg.view), cfg.normalize)
-        sets = []
-        for lo in range(0, sub.height, cfg.chunk_size):
-            texts = sub.slice(lo, cfg.chunk_size).select(expr).to_series()
-            sets.append(mh.shingle_sets(texts, cfg.ngram, cfg.ngram_unit))
-        lookup = pl.DataFrame({"i": involved, "s": pl.concat(sets)})
+        keys = []
+        for lo in range(0, len(involved), cfg.chunk_size):
+            rows = involved[lo:lo + cfg.chunk_size]
+            texts = self._normalized(table[pl.Series(rows)])
+            lists = texts.to_frame("t").select(mh.tokens_expr(pl.col("t"), cfg.ngram_unit)).to_series()
+            sh, counts = mh.shingle_hashes(*mh.token_hashes(lists), cfg.ngram)
+            # one u64 per (row, shingle): the row's position in `involved`, then the hash
+            pos = np.repeat(np.arange(lo, lo + len(rows), dtype=np.uint64), counts)
+            keys.append((pos << np.uint64(32)) | sh.astype(np.uint64))
+        key = np.sort(np.concatenate(keys))  # sets: each (row, shingle) once (sort + diff
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
+        key_pos = (key >> np.uint64(32)).astype(np.int64)
+        size_of = np.bincount(key_pos, minlength=len(involved))
+        shingles = pl.DataFrame({"p": key_pos, "h": key & np.uint64(0xFFFFFFFF)})
+        members = pl.DataFrame({"key": key})
         out = np.empty(len(left), dtype=np.float64)
-        step = 200_000
+        step = 100_000
         for lo in range(0, len(left), step):
-            p = pl.DataFrame({"l": left[lo:lo + step], "r": right[lo:lo + step]}).with_row_index("o")
-            p = p.join(lookup.rename({"i": "l", "s": "sl"}), on="l").join(lookup.rename({"i": "r", "s": "sr"}), on="r")
-            p = p.sort("o").select(
-                pl.col("sl").list.set_intersection("sr").list.len().cast(pl.Float64)
-                / pl.col("sl").list.set_union("sr").list.len().cast(pl.Float64)
+            pl_, pr_ = np.searchsorted(involved, left[lo:lo + step]), np.searchsorted(involved, right[lo:lo + step])
+            pairs = pl.DataFrame({"o": np.arange(len(pl_)), "p": pl_, "q": pr_.astype(np.uint64)})
+            inter = (
+                pairs.join(shingles, on="p")
+                .select("o", ((pl.col("q") * (1 << 32)) | pl.col("h")).alias("key"))
+                .join(members, on="key", how="semi")
+                .group_by("o")
+                .len()
             )
-            out[lo:lo + step] = p.to_series().fill_nan(0.0).to_numpy()
+            common = np.zeros(len(pl_), dtype=np.float64)
+            common[inter["o"].to_numpy()] = inter["len"].to_numpy()
+            union = size_of[pl_] + size_of[pr_] - common
+            out[lo:lo + step] = np.divide(common, union, out=np.zeros_like(common), where=union > 0)
         return out
 
     def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
@@ -339,10 +355,9 @@ class DedupStage(Stage):
     def _exact_near_split(self, out: pl.DataFrame, keeper: np.ndarray) -> dict:
         """How many dropped rows are exact copies (same normalised text as their kept row)
         and how many are near-duplicates, for the report."""
-        expr = mh.normalized(text_view(self.config.view), self.config.normalize)
         drop_idx = np.nonzero(keeper != np.arange(len(keeper)))[0]
-        a = out[pl.Series(drop_idx)].select(expr).to_series()
-        b = out[pl.Series(keeper[drop_idx])].select(expr).to_series()
+        a = self._normalized(out[pl.Series(drop_idx)])
+        b = self._normalized(out[pl.Series(keeper[drop_idx])])
         exact = int((a == b).sum())
         return {"dropped_exact": exact, "dropped_near": int(len(drop_idx) - exact)}
 
@@ -352,12 +367,12 @@ class DedupStage(Stage):
         cfg = self.config
         if cfg.examples == 0 or sizes.height == 0:
             return []
-        view = text_view(cfg.view)
-        members = (
-            out.with_columns(pl.Series("k", keeper), view.alias("text"), mh.normalized(view, cfg.normalize).alias("norm"))
-            .join(sizes.rename({"len": "size"}), on="k")
-            .with_columns(pl.col("norm").n_unique().over("k").alias("variants"))
-        )
+        # only rows of clusters with 2+ members: the report never needs the others
+        members = out.with_columns(pl.Series("k", keeper)).join(sizes.rename({"len": "size"}), on="k",
+                                                                maintain_order="left")
+        members = members.with_columns(
+            text_view(cfg.view).alias("text"), self._normalized(members).alias("norm")
+        ).with_columns(pl.col("norm").n_unique().over("k").alias("variants"))
         members = members.with_columns(out["id"].gather(members["k"]).alias("kept_id"))
         picked = (
             members.group_by("kept_id")
