@@ -9,6 +9,10 @@ the text and seed, so the split does not depend on file order), and fitted with 
 Precision, recall, F1 and ROC AUC on the held-out part are printed and written next to the
 model as `<model>.json`. The saved model is the one evaluated (trained on the train part).
 
+With `balance` (default) the minority class's training lines are repeated to match the
+majority: fastText has no class weights, and a 10:1 imbalance otherwise teaches it to call
+everything the majority class.
+
 The default `bucket` (200k, not fastText's 2M) keeps the model small (about 50 MB at
 dim 64) for the few thousand to few hundred thousand examples a quality classifier sees.
 
@@ -39,9 +43,10 @@ class TrainOptions:
     word_ngrams: int = 2
     epoch: int = 10
     dim: int = 64
-    lr: float = 0.5
+    lr: float = 0.1
     min_count: int = 1
     bucket: int = 200_000
+    balance: bool = True
     holdout: float = 0.2
     seed: int = 0
     threads: int = 1
@@ -122,20 +127,31 @@ def train_classifier(positive: list, negative: list, output: str | Path, opts: T
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.txt"
+        n_pos = int(((labels == 1) & ~held).sum())
+        n_neg = int(((labels == 0) & ~held).sum())
+        # fastText has no class weights: repeat the minority class's lines instead
+        reps = {1: 1, 0: 1}
+        if opts.balance and n_pos and n_neg:
+            reps = {1: max(1, round(n_neg / n_pos)), 0: max(1, round(n_pos / n_neg))}
         with open(train_file, "w", encoding="utf-8") as fh:
             for t, y, h in zip(texts, labels, held):
                 if not h:
-                    fh.write(f"{POSITIVE if y else NEGATIVE} {t}\n")
-        model = fasttext.train_supervised(
-            input=str(train_file), epoch=opts.epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
-            minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed, thread=opts.threads, verbose=0)
+                    fh.write(f"{POSITIVE if y else NEGATIVE} {t}\n" * reps[int(y)])
+        try:
+            model = fasttext.train_supervised(
+                input=str(train_file), epoch=opts.epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
+                minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed, thread=opts.threads,
+                verbose=0)
+        except RuntimeError as exc:  # fastText diverged ("Encountered NaN")
+            raise click.ClickException(f"fastText training failed ({exc}); try a lower --lr") from None
         tmp_model = output.with_name(output.name + ".tmp")
         model.save_model(str(tmp_model))
         os.replace(tmp_model, output)
     report = {
         "model": str(output),
         "options": {k: v for k, v in vars(opts).items()},
-        "train": {"positive": int(((labels == 1) & ~held).sum()), "negative": int(((labels == 0) & ~held).sum())},
+        "train": {"positive": int(((labels == 1) & ~held).sum()), "negative": int(((labels == 0) & ~held).sum()),
+                  "repeats": {"positive": reps[1], "negative": reps[0]}},
     }
     if held.any():
         idx = np.flatnonzero(held)
@@ -163,15 +179,17 @@ def classifier_cli() -> None:
 @click.option("--ngrams", "word_ngrams", default=2, show_default=True, help="Word n-gram length (fastText wordNgrams).")
 @click.option("--epoch", default=10, show_default=True)
 @click.option("--dim", default=64, show_default=True)
-@click.option("--lr", default=0.5, show_default=True)
+@click.option("--lr", default=0.1, show_default=True)
 @click.option("--min-count", default=1, show_default=True)
 @click.option("--bucket", default=200_000, show_default=True,
               help="Hash buckets for word n-grams; model size is about (words + bucket) x dim x 4 bytes.")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Repeat the minority class's lines so both classes weigh the same.")
 @click.option("--holdout", default=0.2, show_default=True, help="Fraction held out for precision/recall/AUC.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="fastText threads (1 = deterministic).")
-def train_command(positive, negative, output, fmt, view, word_ngrams, epoch, dim, lr, min_count, bucket, holdout, seed,
-                  threads):
+def train_command(positive, negative, output, fmt, view, word_ngrams, epoch, dim, lr, min_count, bucket, balance,
+                  holdout, seed, threads):
     """Fit a supervised fastText classifier: good (--positive) vs noisy (--negative)."""
     from curate.views import VIEWS
 
@@ -180,7 +198,7 @@ def train_command(positive, negative, output, fmt, view, word_ngrams, epoch, dim
     if not 0.0 <= holdout < 1.0:
         raise click.BadParameter("must be in [0, 1)", param_hint="--holdout")
     opts = TrainOptions(view=view, word_ngrams=word_ngrams, epoch=epoch, dim=dim, lr=lr, min_count=min_count,
-                        bucket=bucket, holdout=holdout, seed=seed, threads=threads, fmt=fmt)
+                        bucket=bucket, balance=balance, holdout=holdout, seed=seed, threads=threads, fmt=fmt)
     rep = train_classifier(list(positive), list(negative), output, opts)
     tr = rep["train"]
     click.echo(f"trained on {tr['positive']} positive / {tr['negative']} negative examples -> {output}")
