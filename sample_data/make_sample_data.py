@@ -4,6 +4,14 @@
     python sample_data/make_sample_data.py            # writes beside this script
     python sample_data/make_sample_data.py --out DIR  # writes under DIR instead (tests use this)
 
+Writes tokenizer/ (a 4096-token byte-level BPE with ChatML special tokens), raw/ (five files,
+one per raw format and task), evalsets/sample_eval.jsonl (held-out questions, some of which
+leak into raw/), and defects.json (every planted defect with its location).
+
+Layout of this file: the tokenizer (frozen), content tables, one generator per task, the
+defect planter, and `build_data`, which plants defects at fixed counts, writes the files
+and the ground truth.
+
 Deterministic: every random choice comes from `random.Random` seeded with a fixed string, and
 every file is written with fixed key order and no timestamps (gzip mtime=0), so two runs give
 byte-identical files. Needs only the standard library and `tokenizers` (for the tokenizer).
@@ -1376,7 +1384,7 @@ class Fmt:
     def __init__(self, name):
         self.name = name
 
-    def _last(self, rec, roles, key_role, key_text):
+    def _last(self, rec, roles, key_role):
         turns = rec["conversations"] if self.name == "sharegpt" else rec["messages"]
         for t in reversed(turns):
             if t[key_role] in roles:
@@ -1395,8 +1403,8 @@ class Fmt:
         if self.name == "csv":
             return rec[1]
         if self.name == "sharegpt":
-            return self._last(rec, ("gpt",), "from", "value")["value"]
-        return self._last(rec, ("assistant",), "role", "content")["content"]
+            return self._last(rec, ("gpt",), "from")["value"]
+        return self._last(rec, ("assistant",), "role")["content"]
 
     def set_answer(self, rec, text):
         if self.name == "alpaca":
@@ -1406,9 +1414,9 @@ class Fmt:
         elif self.name == "csv":
             rec[1] = text
         elif self.name == "sharegpt":
-            self._last(rec, ("gpt",), "from", "value")["value"] = text
+            self._last(rec, ("gpt",), "from")["value"] = text
         else:
-            self._last(rec, ("assistant",), "role", "content")["content"] = text
+            self._last(rec, ("assistant",), "role")["content"] = text
 
     def prompt(self, rec):
         if self.name in ("alpaca", "dolly"):
@@ -1686,7 +1694,6 @@ def _malformed_jsonl(kind_lines):
 
 
 def build_data(out: Path) -> list[Path]:
-    import copy
     import csv
     import gzip
     import io
