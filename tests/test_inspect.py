@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.inspect import print_profile, profile_path
 from curate.views import text_view
-from test_report import TOKENIZER, build_run, write_inputs
+from test_report import TOKENIZER, build_run, stage, write_inputs
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_run_dir(run_dir):
     assert len(prof["samples"]) == 2 and any(g["supervised"] for g in prof["samples"][0]["segments"])
     # an earlier stage's output
     dd = _json([str(run_dir), "--stage", "dedup"])
-    assert dd["table"]["stage"] == "dedup" and dd["table"]["rows"] == m["stages"][2]["rows_out"]
+    assert dd["table"]["stage"] == "dedup" and dd["table"]["rows"] == stage(m, "dedup")["rows_out"]
     res = CliRunner().invoke(main, ["inspect", str(run_dir), "--stage", "nope"])
     assert res.exit_code != 0 and "no stage output named 'nope'" in res.output
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 import textwrap
 from pathlib import Path
 
@@ -28,6 +29,8 @@ VERBS = ["describe", "explain the history of", "write two sentences about", "giv
 FRENCH = ["Pouvez-vous décrire la rivière qui traverse notre village au printemps, s'il vous plaît ?",
           "Expliquez pourquoi la bibliothèque municipale ferme plus tôt pendant les vacances d'été."]
 GERMAN = ["Beschreiben Sie bitte den kleinen Garten hinter dem alten Haus am Rande der Stadt."]
+LEAKED = ["A train leaves the station at nine in the morning and travels sixty miles each hour; how far has it gone by noon?",
+          "Maria buys four boxes of pencils with twelve pencils in each box and gives away nine; how many pencils remain?"]
 HOSTILE = "<script>alert('x')</script> & <b>bold</b> what is this tag doing here?"
 
 
@@ -53,6 +56,8 @@ def write_inputs(tmp: Path) -> None:
            for t in GERMAN]
     qa += [{"instruction": "Describe the village square at noon for a travel guide.", "input": "", "output": ""}]
     qa += [{"instruction": HOSTILE, "input": "", "output": "  "}]  # dropped (empty answer): shown in rejects
+    qa += [{"instruction": q, "input": "", "output": "Let us work it out step by step: the answer follows from the numbers given."}
+           for q in LEAKED]  # copies of eval items: decontamination must catch them
     lines = [json.dumps(r, ensure_ascii=False) for r in qa] + ["{broken json", json.dumps({"instruction": "no output"})]
     (tmp / "qa.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     chats = []
@@ -65,6 +70,8 @@ def write_inputs(tmp: Path) -> None:
             {"from": "gpt", "value": "Bring water, arrive early, and ask the people who live nearby for their advice."}]})
     chats.append({"conversations": [{"from": "alien", "value": "?"}]})
     (tmp / "chat.json").write_text(json.dumps(chats), encoding="utf-8")
+    evals = [{"question": q, "answer": "42"} for q in LEAKED + ["How many legs do three spiders and two ants have together?"]]
+    (tmp / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals), encoding="utf-8")
 
 
 PIPELINE = """
@@ -89,6 +96,11 @@ kind = "normalize"
 [[stages]]
 kind = "language"
 keep = ["en"]
+
+[[stages]]
+kind = "decontaminate"
+evalsets = [{{ path = "eval.jsonl", fields = ["question"] }}]
+n = 8
 
 [[stages]]
 kind = "dedup"
@@ -128,6 +140,10 @@ def build_run(tmp: Path, render: bool = True, extra: str = "") -> Path:
     return tmp / "run"
 
 
+def stage(manifest: dict, name: str) -> dict:
+    return next(s for s in manifest["stages"] if s["name"] == name)
+
+
 def summary(html: str) -> dict:
     m = re.search(r'<script type="application/json" id="report-summary">(.*?)</script>', html, re.S)
     assert m, "report has no machine-readable summary"
@@ -151,9 +167,9 @@ def report(run_dir):
 def test_sections_present_and_skipped_with_a_note(report):
     s = summary(report)["sections"]
     for sec in ("overview", "funnel", "rejects", "lengths", "rendered", "scores", "languages", "duplicates", "mix",
-                "samples", "stats"):
+                "samples", "stats", "decontamination"):
         assert s[sec]["status"] == "ok", (sec, s[sec]["note"])
-    for sec in ("training", "decontamination"):
+    for sec in ("training",):
         assert s[sec]["status"] == "skipped" and s[sec]["note"]
         assert f'<section id="{sec}" data-status="skipped"' in report
     # every section that says it drew charts has that many SVGs inside it
@@ -179,8 +195,8 @@ def test_funnel_and_rejects_agree_with_manifest(report, run_dir):
     assert steps["rendered"]["rows"] == sum(v["examples"] for v in m["tokens"]["by_task"].values())
     # planted defects were caught, and each reason is browsable with its true count
     assert led["quarantined"] == 3
-    assert m["stages"][1]["dropped"].get("wrong_language", 0) >= 2
-    assert m["stages"][2]["dropped"]["duplicate_of"] >= 3
+    assert stage(m, "language")["dropped"].get("wrong_language", 0) >= 2
+    assert stage(m, "dedup")["dropped"]["duplicate_of"] >= 3
     rej = s["rejects"]["data"]
     for st in m["stages"]:
         if st["dropped"]:
@@ -204,18 +220,18 @@ def test_histograms_scores_languages_mix(report, run_dir):
     assert s["lengths"]["charts"] == 4
     # score histogram: all scored rows vs kept, with the select cut-off marked
     sc = s["scores"]["data"]["heuristic"]
-    sel = m["stages"][4]
-    assert sc["scored"] == m["stages"][3]["rows_out"]
+    sel = stage(m, "select")
+    assert sc["scored"] == stage(m, "quality")["rows_out"]
     assert sc["kept"] == last.height
     assert sc["thresholds"] and sc["thresholds"][0] == pytest.approx(sel["stats"]["kept_score"]["min"])
     assert 'class="marker"' in re.search(r'<section id="scores".*?</section>', report, re.S).group(0)
     # languages: judged counts come from the language stage's own stats
     lang = s["languages"]["data"]
-    assert lang["language_user"]["before"] == m["stages"][1]["stats"]["languages"]["user"]
+    assert lang["language_user"]["before"] == stage(m, "language")["stats"]["languages"]["user"]
     assert set(lang["language_user"]["after"]) == {"en"}
     # mix: requested and achieved shares straight from the mix stats
     mix = s["mix"]["data"]["mix"]
-    st = m["stages"][5]["stats"]
+    st = stage(m, "mix")["stats"]
     assert mix["requested"] == {g: v["share"] for g, v in st["requested"].items()}
     assert mix["achieved"] == {g: v["share"] for g, v in st["achieved"].items()}
     assert s["mix"]["data"]["shards"] == m["tokens"]["by_task"]
@@ -229,7 +245,7 @@ def test_histograms_scores_languages_mix(report, run_dir):
 def test_duplicates_and_samples(report, run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     s = summary(report)["sections"]
-    dd = m["stages"][2]["stats"]
+    dd = stage(m, "dedup")["stats"]
     assert s["duplicates"]["data"]["dedup"]["clusters"] == dd["clusters"]["count"]
     sec = re.search(r'<section id="duplicates".*?</section>', report, re.S).group(0)
     assert sec.count('class="cluster"') == len(dd["examples"]) > 0
@@ -237,6 +253,21 @@ def test_duplicates_and_samples(report, run_dir):
     smp = re.search(r'<section id="samples".*?</section>', report, re.S).group(0)
     assert smp.count('class="sample"') == s["samples"]["data"]["samples"] > 0
     assert '<mark class="sup">' in smp and "&lt;|im_start|&gt;assistant" in smp
+
+
+def test_decontamination_hits_with_eval_item(report, run_dir):
+    m = json.loads((run_dir / "manifest.json").read_text())
+    dc = stage(m, "decontaminate")
+    assert dc["dropped"] == {"contaminated": 2}
+    s = summary(report)["sections"]["decontamination"]
+    assert s["status"] == "ok" and s["data"]["decontaminate"]["hits"] == 2
+    sec = re.search(r'<section id="decontamination".*?</section>', report, re.S).group(0)
+    assert "matching eval item" in sec and sec.count("<tr>") == 1 + 2
+    rej = pl.read_parquet(run_dir / dc["rejects"])
+    for detail in rej["detail"]:
+        assert escape(detail[:120]) in sec  # the eval item beside the training row
+    for q in LEAKED:
+        assert escape(q) in sec
 
 
 def test_untrusted_text_is_escaped_and_nothing_is_fetched(report):
@@ -269,8 +300,8 @@ def test_partial_runs_render_with_notes(tmp_path):
     s = summary(build_report(run))["sections"]
     assert s["overview"]["status"] == "skipped"
     assert s["funnel"]["status"] == "ok" and s["duplicates"]["status"] == "ok"
-    assert [st["name"] for st in s["funnel"]["data"]["steps"]] == ["normalize", "language", "dedup", "quality",
-                                                                 "select", "mix"]
+    assert [st["name"] for st in s["funnel"]["data"]["steps"]] == ["normalize", "language", "decontaminate", "dedup",
+                                                                 "quality", "select", "mix"]
 
 
 def test_cli_run_writes_report_and_report_command(tmp_path):
