@@ -56,10 +56,19 @@ def test_heuristic_ranks_junk_below_good_answers(tmp_path):
     assert r.kept["heuristic_no_refusal"][2] == 0.0 and r.kept["heuristic_not_echo"][3] == 0.0
     # a weight of zero removes a feature's influence
     r2 = run(t, tmp_path, scorer="heuristic", column="h2",
-             weights={"length": 0, "repetition": 0, "diversity": 0, "clean": 0, "not_echo": 0, "no_refusal": 1})
+             weights={"length": 0, "repetition": 0, "diversity": 0, "clean": 0, "not_echo": 0, "no_refusal": 1,
+                      "substance": 0, "complete": 0})
     # (an answer without a single word scores 0 whatever the weights)
     assert r2.kept["h2"].to_list() == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
     assert r.stats["by_task"]["t"]["n"] == 6
+    t3 = table([conv("Capital of France?", "Paris"), conv("Capital of Peru?", "N/A"),
+                conv("Explain leap years.", "A year is a leap year when it is divisible by four, except centuri"),
+                conv("Explain leap years.", "A year is a leap year when it is divisible by four, except centuries."),
+                conv("Why?", "I'm sorry, but I can't assist with that.")])
+    r3 = run(t3, tmp_path, scorer="heuristic")
+    assert r3.kept["heuristic_substance"].to_list() == [1.0, 0.0, 1.0, 1.0, 1.0]
+    assert r3.kept["heuristic_complete"].to_list() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert r3.kept["heuristic_no_refusal"].to_list() == [1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def test_lm_inputs_format_multi_turn():

@@ -13,6 +13,10 @@ here from the text so the scorer also works without a filter stage before it.
   clean        1 - symbol and URL share of the answer (markup debris, emoji runs) (weight 1)
   not_echo     the answer is not a copy of the prompt (weight 1)
   no_refusal   the answer is not a canned refusal / "as an AI language model" (weight 2)
+  substance    the answer (or its last line) is not a placeholder: N/A, TODO, null, "..." (weight 2)
+  complete     an answer of 8+ words does not stop on a letter, i.e. mid-word; short answers
+               ("Paris", "Bonjour") and answers ending in punctuation, digits, code or
+               markup pass (weight 1)
 
 An answer without a single word character (empty, or only symbols) scores 0 whatever
 the weights.
@@ -30,9 +34,14 @@ from curate.text_stats import basic_stats, repetition_stats
 from curate.views import text_view
 
 DEFAULT_WEIGHTS = {"length": 1.0, "repetition": 2.0, "diversity": 1.0, "clean": 1.0, "not_echo": 1.0,
-                   "no_refusal": 2.0}
-REFUSAL_RE = (r"(?i)\b(as an ai(?: language)? model|i(?:'m| am) (?:sorry|unable)[, ]+(?:but )?i (?:can(?:no|')t|am unable)"
-              r"|i can(?:no|')t (?:help|assist|comply) with)")
+                   "no_refusal": 2.0, "substance": 2.0, "complete": 1.0}
+REFUSAL_RE = (
+    r"(?i)(\bas an ai\b|\bai language model\b|\blanguage model (?:trained|developed|created) by\b"
+    r"|\bi (?:cannot|can't|can not|am unable to|am not able to|won't|will not) (?:answer|assist|help|provide|fulfil|"
+    r"comply|browse|do that|share|give|respond)"
+    r"|\bi apologi[sz]e,? but\b|\bi'm sorry,? but i\b|\bagainst my (?:programming|guidelines))"
+)
+PLACEHOLDER_RE = r"(?i)^\s*(?:n/?a|none|null|nil|todo|tbd|tba|no answer|answer|placeholder|lorem ipsum.*|\.{2,}|…|-+|\?+|x{2,})\s*$"
 
 
 def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
@@ -53,6 +62,11 @@ def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
         (1.0 - st["symbol_ratio"] - st["url_ratio"]).clip(0.0, 1.0).alias("clean"),
         pl.when((norm_r.str.len_chars() > 0) & (norm_r == norm_p)).then(0.0).otherwise(1.0).alias("not_echo"),
         pl.when(pl.col("r").str.contains(REFUSAL_RE)).then(0.0).otherwise(1.0).alias("no_refusal"),
+        pl.when(pl.col("r").str.contains(PLACEHOLDER_RE)
+                | pl.col("r").str.strip_chars().str.split("\n").list.last().str.contains(PLACEHOLDER_RE))
+        .then(0.0).otherwise(1.0).alias("substance"),
+        pl.when((n_words >= 8) & pl.col("r").str.strip_chars_end().str.contains(r"\p{L}$"))
+        .then(0.0).otherwise(1.0).alias("complete"),
     ).with_columns(pl.when(pl.col("length") > 0).then(pl.all()).otherwise(0.0))  # no word at all: 0
 
 
