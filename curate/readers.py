@@ -152,12 +152,14 @@ def iter_items(path: Path, ftype: str) -> Iterator[tuple[str, Any, str | None, s
             yield "#file", None, f"invalid UTF-8 at byte {exc.start}", data
             return
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        start = 2  # a row's origin is its first physical line (rows may span several)
         for row in reader:
             extra = row.pop(None, None)
             if extra:
-                yield f"{reader.line_num}", None, f"{len(extra)} more fields than the header", row
-                continue
-            yield f"{reader.line_num}", row, None, row
+                yield f"{start}", None, f"{len(extra)} more fields than the header", row
+            else:
+                yield f"{start}", row, None, row
+            start = reader.line_num + 1
     else:  # pragma: no cover - file_type() already refused it
         raise RecordError("file_type", f"unknown file type {ftype!r}")
 

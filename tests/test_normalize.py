@@ -51,12 +51,13 @@ def test_reasons():
         [a("x"), u("q")],                      # no assistant after user
         [u("q"), a("x"), {"role": "system", "content": "s"}, u("q2"), a("y")],
         [u("q"), u("q again"), a("x")],        # not alternating
+        [a("hello"), u("q"), a("x")],          # assistant speaks first
         [u("ok"), a("fine")],
     ])
     assert r.dropped["_reason"].to_list() == ["empty_answer", "empty_prompt", "no_assistant_after_user",
-                                              "system_not_first", "roles_not_alternating"]
+                                              "system_not_first", "roles_not_alternating", "assistant_first"]
     assert r.kept.height == 1
-    assert r.dropped["id"].to_list() == ["r0", "r1", "r2", "r3", "r4"]  # dropped rows as read
+    assert r.dropped["id"].to_list() == ["r0", "r1", "r2", "r3", "r4", "r5"]  # dropped rows as read
 
 
 def test_alternation_optional_and_trailing_turns_trimmed():

@@ -13,6 +13,8 @@ Per conversation (dropped with a reason):
   empty_answer     an assistant turn is empty (or only a placeholder)
   no_assistant_after_user   no assistant turn follows a user turn
   system_not_first a system turn after the first turn
+  assistant_first  the first non-system turn is the assistant's (most chat templates
+                   refuse it, and a reply to nothing teaches nothing)
   roles_not_alternating     two user (or two assistant) turns in a row, when required
 Trailing turns after the last assistant turn are cut (they cannot be trained on), and
 `id` is recomputed from the normalised conversation.
@@ -102,6 +104,7 @@ class Normalize(Stage):
             (((role == "user") & (prev == "user")) | ((role == "assistant") & (prev == "assistant"))).any()
             .alias("roles_not_alternating"),
             pl.col("_pos").filter(role == "user").min().alias("_first_user"),
+            pl.col("_pos").filter(role == "assistant").min().alias("_first_asst"),
             pl.col("_pos").filter(role == "assistant").max().alias("_last_asst"),
             pl.struct(role, pl.col("content")).alias("messages"),
         )
@@ -111,6 +114,7 @@ class Normalize(Stage):
             (pl.col("empty_prompt"), "empty_prompt"),
             (pl.col("empty_answer"), "empty_answer"),
             (pl.col("system_not_first"), "system_not_first"),
+            (pl.col("_first_asst") < pl.col("_first_user"), "assistant_first"),
         ]
         if c.require_alternation:
             reasons.append((pl.col("roles_not_alternating"), "roles_not_alternating"))
