@@ -27,6 +27,7 @@ import polars as pl
 from curate import __version__
 from curate.atomic import sha256_file, write_json, write_parquet, write_text
 from curate.config import PipelineConfig, source_files
+from curate.executor import Executor, make_executor
 from curate.ledger import Ledger, reason_counts, write_rejects
 from curate.progress import Progress
 from curate.readers import read_source
@@ -98,9 +99,19 @@ def _clean_stale(out: Path, keep_stage_dirs: set[str]) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path | None = None, fresh: bool = False,
-                 progress: Progress | None = None) -> dict:
+                 progress: Progress | None = None, executor: Executor | None = None) -> dict:
     """Run the curation pipeline of `cfg`; returns the manifest (also written to disk)."""
     progress = progress or Progress(enabled=False)
+    own_executor = executor is None
+    executor = executor or make_executor(cfg.run)
+    try:
+        return _run(cfg, out_dir, fresh, progress, executor)
+    finally:
+        if own_executor:
+            executor.close()
+
+
+def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor: Executor) -> dict:
     out = cfg.output_dir(out_dir).resolve()
     if fresh and out.exists():
         for sub in ("stages", "rejects", "shards", "quarantine.jsonl", "manifest.json", "report.html", "timings.json"):
@@ -164,7 +175,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path | None = None, fresh: 
                                    log=progress.log, render=cfg.render)
             stage = stage_class(stage_cfg.kind)(stage_cfg, context)
             with progress.stage(f"{index}/{len(cfg.stages)} {name}", total=rows_in) as done:
-                result = stage.process(table)
+                result = executor.process(stage, table)
                 dropped = reason_counts(result.dropped)
                 upsampled = int(result.stats.get("upsampled", 0) or 0)
                 if rows_in + upsampled != result.kept.height + result.dropped.height:
