@@ -4,8 +4,8 @@
 
 Per batch of `cfg.batch_size` conversations: render each through the compiled template
 (Jinja is per record by nature), tokenize the whole batch in one call to the Rust tokenizer
-(`encode_batch`, with character offsets), and turn generation spans into token masks with
-numpy. Masks come from `{% generation %}` blocks (exactly as `apply_chat_template(...,
+(`encode_batch`, on a worker thread while the next batch renders), and turn generation
+spans into token ranges with a few lookups in the Rust encoding. Masks come from `{% generation %}` blocks (exactly as `apply_chat_template(...,
 return_assistant_tokens_mask=True)` computes them: a token is trained when it overlaps a
 span); a template without them gets each assistant turn's span from prefix renders
 (render(turns[:i], add_generation_prompt=True) vs render(turns[:i+1])), which must be
@@ -17,6 +17,8 @@ template writes BOS itself, so it is never doubled.
 from __future__ import annotations
 
 import hashlib
+from itertools import chain
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from curate.chat_templates import ChatTemplate, TemplateError, TemplateSecurityE
 IGNORE = -100
 PROBE_ANSWER = "Probe answer 7."
 SAMPLES = 3
+PIPELINE_CHUNK = 256  # conversations per render/tokenize hand-off (overlap granularity)
 
 
 class RenderError(ValueError):
@@ -45,18 +48,45 @@ class RenderOutput:
 
 @dataclass
 class Encoded:
-    """One rendered conversation. `mask` is the assistant mask (HF's), `labels` the loss labels
-    after `train_on`, truncation and the first-token rule; `reason` set when it is dropped."""
+    """One rendered conversation and what to keep of it: the first `length` tokens, trained on
+    the inclusive token ranges in `supervised` (the first token never is); `reason` set when
+    it is dropped. `input_ids`, `mask` (the assistant mask, as transformers computes it) and
+    `labels` are materialised on demand; the batch path in render_examples never does."""
 
-    input_ids: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    labels: np.ndarray | None = None
     text: str = ""
-    spans: list = field(default_factory=list)
-    offsets: np.ndarray | None = None
+    spans: list = field(default_factory=list)  # assistant spans, characters [start, end)
+    encoding: object = None  # the tokenizers.Encoding (ids, offsets, char_to_token)
+    token_spans: list = field(default_factory=list)  # (first, last) token of each span, or None
+    length: int = 0
+    supervised: list = field(default_factory=list)
     truncated: bool = False
     reason: str | None = None
     detail: str | None = None
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return np.asarray(self.encoding.ids[: self.length], dtype=np.int32)
+
+    @property
+    def mask(self) -> np.ndarray:
+        m = np.zeros(self.length, dtype=bool)
+        for ts in self.token_spans:
+            if ts is not None:
+                m[ts[0]: ts[1] + 1] = True
+        return m
+
+    @property
+    def labels(self) -> np.ndarray:
+        ids = self.input_ids
+        sup = np.zeros(len(ids), dtype=bool)
+        for a, b in self.supervised:
+            sup[a: b + 1] = True
+        sup[:1] = False
+        return np.where(sup, ids, np.int32(IGNORE))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.asarray(self.encoding.offsets[: self.length], dtype=np.int64).reshape(-1, 2)
 
     @property
     def error(self) -> str | None:
@@ -91,26 +121,42 @@ def backend_of(tokenizer):
 # --------------------------------------------------------------------------- masks
 
 
-def span_token_mask(offsets: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, span index) per token. Same rule as transformers' apply_chat_template: walking
-    tokens in order, skip spans that end at or before the token's start, and mark the token
-    when it ends after the current span's start. Vectorised: the span index is the count of
-    span ends <= the running maximum of token starts."""
+def span_tokens(enc, start: int, end: int, n: int) -> tuple[int, int] | None:
+    """(first, last) token overlapping characters [start, end) of an encoded text, or None.
+
+    The same tokens transformers' apply_chat_template marks (a token overlapping the span),
+    found with a few lookups in the Rust encoding instead of walking every token's offsets
+    in Python: the tokens holding the span's first and last covered characters, widened over
+    neighbours that share those characters (a character split into several byte tokens)."""
+    first = last = None
+    c = start
+    while c < end and first is None:
+        first = enc.char_to_token(c)
+        c += 1
+    if first is None:
+        return None
+    c = end - 1
+    while c >= start and last is None:
+        last = enc.char_to_token(c)
+        c -= 1
+    while first > 0 and enc.token_to_chars(first - 1)[1] > start:
+        first -= 1
+    while last + 1 < n and enc.token_to_chars(last + 1)[0] < end:
+        last += 1
+    return first, last
+
+
+def span_token_mask(offsets: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Reference over explicit offsets (used by tests): transformers' rule, vectorised.
+    Walking tokens in order, skip spans that end at or before the token's start, and mark
+    the token when it ends after the current span's start."""
     n = len(offsets)
     if n == 0 or len(spans) == 0:
-        return np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64)
+        return np.zeros(n, dtype=bool)
     starts = np.maximum.accumulate(offsets[:, 0])
     idx = np.searchsorted(spans[:, 1], starts, side="right")
-    valid = idx < len(spans)
     safe = np.minimum(idx, len(spans) - 1)
-    mask = valid & (offsets[:, 1] > spans[safe, 0])
-    return mask, np.where(mask, idx, -1)
-
-
-def char_to_token(offsets: np.ndarray, pos: int) -> int:
-    """Index of the first token ending after character `pos` (-1 if none)."""
-    i = int(np.searchsorted(offsets[:, 1], pos, side="right"))
-    return i if i < len(offsets) and offsets[i, 0] <= pos else -1
+    return (idx < len(spans)) & (offsets[:, 1] > spans[safe, 0])
 
 
 # --------------------------------------------------------------------------- renderer
@@ -173,18 +219,16 @@ class Renderer:
                 "and does not include the end-of-turn token; put it inside {% generation %}"
             )
         enc = self.backend.encode(text, add_special_tokens=False)
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         eot_start = s + span_text.rfind(tail)
-        first, last = char_to_token(offsets, eot_start), char_to_token(offsets, eot_start + len(tail) - 1)
-        ids = list(enc.ids[first: last + 1]) if first >= 0 and last >= first else []
+        found = span_tokens(enc, eot_start, eot_start + len(tail), len(enc.ids))
+        ids = list(enc.ids[found[0]: found[1] + 1]) if found else []
         return tail, [int(i) for i in ids]
 
     # -- the batch path
-    def render_batch(self, conversations: list[list[dict]]) -> list[Encoded]:
+    def render_texts(self, conversations: list[list[dict]]) -> list[Encoded]:
+        """Template step only (pure Python, holds the GIL)."""
         out: list[Encoded] = []
-        texts: list[str] = []
-        todo: list[int] = []
-        for i, msgs in enumerate(conversations):
+        for msgs in conversations:
             try:
                 text, spans = self.render_text(msgs)
             except TemplateSecurityError:
@@ -193,62 +237,90 @@ class Renderer:
                 out.append(Encoded(reason="template_error", detail=str(exc)[:500]))
                 continue
             out.append(Encoded(text=text, spans=spans))
-            texts.append(text)
-            todo.append(i)
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
-        for i, enc in zip(todo, encodings):
-            self._finish(out[i], np.asarray(enc.ids, dtype=np.int32),
-                         np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2))
         return out
 
-    def _finish(self, ex: Encoded, ids: np.ndarray, offsets: np.ndarray) -> None:
-        spans = np.asarray(ex.spans, dtype=np.int64).reshape(-1, 2)
-        mask, span_of = span_token_mask(offsets, spans)
-        ex.mask = mask
-        n = len(ids)
-        kept_spans = len(spans)
+    def encode(self, rendered: list[Encoded]) -> list:
+        """Tokenizer step: one batch call into Rust (releases the GIL, uses every core)."""
+        texts = [ex.text for ex in rendered if ex.reason is None]
+        return self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+
+    def finish(self, rendered: list[Encoded], encodings: list) -> list[Encoded]:
+        it = iter(encodings)
+        for ex in rendered:
+            if ex.reason is None:
+                self._plan(ex, next(it))
+        return rendered
+
+    def render_batch(self, conversations: list[list[dict]]) -> list[Encoded]:
+        rendered = self.render_texts(conversations)
+        return self.finish(rendered, self.encode(rendered))
+
+    def _plan(self, ex: Encoded, enc) -> None:
+        """Decide, in plain integers, what is kept and trained: token ranges of the assistant
+        spans, the cut (overflow), the supervised ranges (train_on), and the checks."""
+        n = len(enc)
+        ex.encoding = enc
+        ex.length = n
+        ex.token_spans = spans = [span_tokens(enc, s, e, n) for s, e in ex.spans]
+        kept = len(spans)
         if n > self.max_length:
             if self.overflow == "drop":
                 ex.reason, ex.detail = "too_long", f"{n} tokens > max_length {self.max_length}"
                 return
             # Cut only right after a whole assistant turn (its end-of-turn token included):
             # never inside a header, never leaving a turn without its terminator.
-            ends = np.array([np.flatnonzero(span_of == j)[-1] + 1 if (span_of == j).any() else 0
-                             for j in range(len(spans))], dtype=np.int64)
-            fits = np.flatnonzero((ends > 0) & (ends <= self.max_length))
-            if len(fits) == 0:
+            fits = [j for j, ts in enumerate(spans) if ts is not None and ts[1] + 1 <= self.max_length]
+            if not fits:
                 ex.reason = "too_long"
                 ex.detail = f"{n} tokens > max_length {self.max_length}, and no whole assistant turn fits"
                 return
-            cut = int(ends[fits[-1]])
-            kept_spans = int(fits[-1]) + 1
-            ids, offsets, mask, span_of = ids[:cut], offsets[:cut], mask[:cut], span_of[:cut]
+            kept = fits[-1] + 1
+            ex.length = spans[fits[-1]][1] + 1
             ex.truncated = True
         if self.train_on == "all":
-            sup = np.ones(len(ids), dtype=bool)
+            ex.supervised = [(0, ex.length - 1)]
         elif self.train_on == "last_assistant":
-            sup = span_of == (kept_spans - 1)
+            ex.supervised = [spans[kept - 1]] if kept and spans[kept - 1] is not None else []
         else:
-            sup = mask
-        labels = np.where(sup, ids, IGNORE).astype(np.int32)
-        if len(labels):
-            # The first token is never predicted; forcing it unsupervised also keeps a packed
-            # example's first label from being predicted by the previous example's last token.
-            labels[0] = IGNORE
-        ex.input_ids, ex.labels, ex.offsets = ids, labels, offsets
-        if not (labels != IGNORE).any():
+            ex.supervised = [ts for ts in spans[:kept] if ts is not None]
+        # the first token is never trained (see render_examples)
+        if not any(b >= max(a, 1) for a, b in ex.supervised):
             ex.reason, ex.detail = "no_supervised_tokens", f"train_on={self.train_on}: nothing to learn"
             return
         if self.train_on != "all":
-            trained = range(kept_spans) if self.train_on == "assistant" else [kept_spans - 1]
+            eot = self.end_of_turn
+            trained = range(kept) if self.train_on == "assistant" else [kept - 1]
             for j in trained:
                 s, e = ex.spans[j]
-                at = ex.text.rfind(self.end_of_turn, s, e)
-                tok = char_to_token(offsets, at + len(self.end_of_turn) - 1) if at >= 0 else -1
-                if tok < 0 or labels[tok] == IGNORE:
+                at = ex.text.rfind(eot, s, e)
+                found = span_tokens(enc, at, at + len(eot), ex.length) if at >= 0 else None
+                if found is None or found[0] < 1 or not any(a <= found[0] and found[1] <= b for a, b in ex.supervised):
                     ex.reason = "end_of_turn_unsupervised"
-                    ex.detail = f"assistant turn {j}: end-of-turn {self.end_of_turn!r} is not in the supervised span"
+                    ex.detail = f"assistant turn {j}: end-of-turn {eot!r} is not in the supervised span"
                     return
+
+
+def _flatten(batch: list[Encoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kept examples of a batch as flat int32 ids and labels plus their lengths: one numpy
+    pass per batch instead of several small arrays per example."""
+    if not batch:
+        z = np.zeros(0, dtype=np.int32)
+        return z, z, np.zeros(0, dtype=np.int64)
+    full = np.fromiter((len(ex.encoding) for ex in batch), dtype=np.int64, count=len(batch))
+    flat = np.fromiter(chain.from_iterable(ex.encoding.ids for ex in batch), dtype=np.int32, count=int(full.sum()))
+    bases = np.concatenate(([0], np.cumsum(full)[:-1]))
+    keep = np.zeros(len(flat), dtype=bool)
+    sup = np.zeros(len(flat), dtype=bool)
+    lengths = np.empty(len(batch), dtype=np.int64)
+    for i, ex in enumerate(batch):
+        base = int(bases[i])
+        keep[base: base + ex.length] = True
+        lengths[i] = ex.length
+        for a, b in ex.supervised:
+            sup[base + a: base + b + 1] = True
+    sup[bases] = False  # never train the first token
+    labels = np.where(sup, flat, np.int32(IGNORE))
+    return flat[keep], labels[keep], lengths
 
 
 # --------------------------------------------------------------------------- split
@@ -274,11 +346,11 @@ def assign_split(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Seri
 # --------------------------------------------------------------------------- the stage entry point
 
 
-def _list_array(arrays: list[np.ndarray]) -> pa.Array:
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+def _list_array(flat_parts: list[np.ndarray], length_parts: list[np.ndarray]) -> pa.Array:
+    lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, dtype=np.int32)
+    values = np.concatenate(flat_parts).astype(np.int32, copy=False) if flat_parts else np.zeros(0, dtype=np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
 
 
@@ -317,34 +389,57 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         raise RenderError(f"render.template: {exc}") from exc
 
     split = assign_split(table, cfg.val_fraction, seed)
-    ids_col, labels_col, keep_rows, drop_rows, reasons, details = [], [], [], [], [], []
-    truncated = 0
-    messages = table["messages"]
-    for start in range(0, table.height, cfg.batch_size):
-        convs = messages.slice(start, cfg.batch_size).to_list()
-        for j, ex in enumerate(renderer.render_batch(convs)):
-            row = start + j
+    # Each distinct conversation is rendered once: a mix stage's upsampled repeats share
+    # their id (a content hash), and get the same tokens back through a join.
+    unique = table.select("id", "messages").unique("id", keep="first", maintain_order=True)
+    ids_col, labels_col, lengths_col, keep_rows, drop_rows, reasons, details = [], [], [], [], [], [], []
+    truncated_ids: list[str] = []
+    unique_ids = unique["id"].to_list()
+    messages = unique["messages"]
+
+    def collect(start, rendered, future):
+        batch = []
+        for j, ex in enumerate(renderer.finish(rendered, future.result())):
             if ex.reason is not None:
-                drop_rows.append(row)
+                drop_rows.append(start + j)
                 reasons.append(ex.reason)
                 details.append(ex.detail)
-                continue
-            keep_rows.append(row)
-            ids_col.append(ex.input_ids)
-            labels_col.append(ex.labels)
-            truncated += ex.truncated
+            else:
+                keep_rows.append(start + j)
+                batch.append(ex)
+                if ex.truncated:
+                    truncated_ids.append(unique_ids[start + j])
+        flat_ids, flat_labels, lengths = _flatten(batch)
+        ids_col.append(flat_ids)
+        labels_col.append(flat_labels)
+        lengths_col.append(lengths)
 
-    keep_idx = pl.Series(keep_rows, dtype=pl.UInt32)
-    base = table.select("id", "source", "task").with_columns(split)[keep_idx]
-    examples = pl.from_arrow(pa.table({
-        "id": base["id"].to_arrow(), "source": base["source"].to_arrow(), "task": base["task"].to_arrow(),
-        "split": base["split"].to_arrow(),
-        "input_ids": _list_array(ids_col), "labels": _list_array(labels_col),
+    # Pipelined: the Rust tokenizer (GIL released) encodes chunk k on a worker thread while
+    # this thread renders chunk k+1 through Jinja.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        step = max(1, min(cfg.batch_size, PIPELINE_CHUNK))
+        for start in range(0, unique.height, step):
+            rendered = renderer.render_texts(messages.slice(start, step).to_list())
+            future = pool.submit(renderer.encode, rendered)
+            if pending is not None:
+                collect(*pending)
+            pending = (start, rendered, future)
+        if pending is not None:
+            collect(*pending)
+
+    tokens = pl.from_arrow(pa.table({
+        "id": unique["id"][pl.Series(keep_rows, dtype=pl.UInt32)].cast(pl.String).to_arrow(),
+        "input_ids": _list_array(ids_col, lengths_col), "labels": _list_array(labels_col, lengths_col),
     }))
-    examples = examples.with_columns(pl.col(c).cast(pl.String) for c in ("id", "source", "task", "split"))
-    examples = examples.sort("id", "split", "task", "source", maintain_order=True)
-    dropped = table[pl.Series(drop_rows, dtype=pl.UInt32)].with_columns(
-        pl.Series("_reason", reasons, dtype=pl.String), pl.Series("_detail", details, dtype=pl.String))
+    base = table.select(pl.col("id", "source", "task").cast(pl.String)).with_columns(split)
+    examples = (base.join(tokens, on="id", how="inner", maintain_order="left")
+                .sort("id", "split", "task", "source", maintain_order=True))
+    why = pl.DataFrame({"id": unique["id"][pl.Series(drop_rows, dtype=pl.UInt32)].cast(pl.String),
+                        "_reason": pl.Series(reasons, dtype=pl.String), "_detail": pl.Series(details, dtype=pl.String)})
+    dropped = table.join(why, on="id", how="inner", maintain_order="left")
+    n_truncated = int(table.select(pl.col("id").is_in(pl.Series(truncated_ids, dtype=pl.String).implode()).sum()).item()) \
+        if truncated_ids else 0
 
     checks = check_examples(examples, renderer.end_of_turn_ids, expect_end_of_turn=cfg.train_on != "all")
     n_bos = 0
@@ -352,11 +447,11 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         first2 = examples.select(pl.col("input_ids").list.head(2)).to_series()
         n_bos = int(first2.list.eval(pl.element() == renderer.bos_id).list.sum().eq(2).sum())
     checks["double_bos"] = n_bos
-    reason_counts = dict(sorted(pl.Series(reasons, dtype=pl.String).value_counts().iter_rows())) if reasons else {}
+    reason_counts = dict(sorted(dropped["_reason"].value_counts().iter_rows())) if dropped.height else {}
     stats = {
         "examples": examples.height,
         "dropped": {k: int(v) for k, v in reason_counts.items()},
-        "truncated": truncated,
+        "truncated": n_truncated,
         "splits": {s: int((examples["split"] == s).sum()) for s in ("train", "val")},
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],

@@ -196,3 +196,45 @@ def test_loads_tokenizer_from_config_path(tmp_path):
     assert out.examples.height == 1 and out.fingerprints["tokenizer"]["path"] == "tok"
     with pytest.raises(RenderError, match="no local tokenizer"):
         render_examples(table([exchange(0)]), RenderConfig(tokenizer="absent"), tmp_path, 0)
+
+
+def test_upsampled_repeats_render_once_and_keep_their_rows(tok):
+    convs = [exchange(0), exchange(1), [{"role": "user", "content": "unanswered"}]]
+    t = table(convs + [convs[0], convs[0], convs[2]])
+    t = t.with_columns(pl.Series("split", ["train", "val", "train", "train", "train", "train"]),
+                       pl.Series("repeat", [0, 0, 0, 1, 2, 1], dtype=pl.Int32))
+    out = render_examples(t, cfg(), Path("."), 0, tokenizer=tok)
+    assert out.examples.height + out.dropped.height == t.height
+    assert out.examples.height == 4 and out.dropped.height == 2
+    rep = out.examples.filter(pl.col("id") == conversation_id(convs[0]))
+    assert rep.height == 3 and rep["input_ids"].n_unique() == 1
+    assert out.stats["dropped"] == {"no_supervised_tokens": 2}
+
+
+def test_span_tokens_equals_offset_rule():
+    """The per-span lookups give the same tokens as transformers' walk over every offset,
+    on a byte-level tokenizer where characters split over several tokens."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from curate.render import span_token_mask, span_tokens
+
+    bt = get_tokenizer("byte_bpe")
+    backend = bt.backend_tokenizer
+
+    @settings(max_examples=80, deadline=None, derandomize=True)
+    @given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+           data=st.data())
+    def check(text, data):
+        enc = backend.encode(text, add_special_tokens=False)
+        s = data.draw(st.integers(0, len(text) - 1))
+        e = data.draw(st.integers(s + 1, len(text)))
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        ref = span_token_mask(offsets, np.array([[s, e]]))
+        got = np.zeros(len(enc), dtype=bool)
+        found = span_tokens(enc, s, e, len(enc))
+        if found is not None:
+            got[found[0]: found[1] + 1] = True
+        assert (got == ref).all()
+
+    check()
