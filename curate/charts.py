@@ -242,7 +242,7 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
     return _svg(width, height, title, body, "lines")
 
 
-def funnel(steps: Sequence[dict], *, title: str = "Rows through the pipeline", width: int = 760) -> str:
+def funnel(steps: Sequence[dict], *, title: str = "Rows through the pipeline", width: int = 900) -> str:
     """The ledger as a funnel: one bar per step (`name`, `rows`), with what the step
     dropped (`dropped`: {reason: n}) written beside it."""
     top, row_h, label_w = 26, 30, 150
@@ -265,8 +265,9 @@ def funnel(steps: Sequence[dict], *, title: str = "Rows through the pipeline", w
             parts = ", ".join(f"{r} {n:,}" for r, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
             total = sum(dropped.values())
             text = f"−{total:,}: {parts}"
-            if len(text) > 60:
-                text = text[:59] + "…"
+            limit = int((width - label_w - pw - 16) / 6.2)
+            if len(text) > limit:
+                text = text[:limit - 1] + "…"
             body.append(f'<text x="{label_w + pw + 10}" y="{y + 17}" fill="{VERMILION}">{escape(text)}'
                         f'<title>{escape(parts)}</title></text>')
         elif s.get("note"):

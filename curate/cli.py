@@ -131,8 +131,9 @@ def inspect_cmd(path, samples, as_json, tokenizer, fmt, stage, plain):
 @main.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Output file (default RUN_DIR/report.html).")
-def report_cmd(run_dir, out):
+@click.option("--tokenizer", default=None, help="tokenizer.json (or its directory) when the run's own is not found.")
+def report_cmd(run_dir, out, tokenizer):
     """Write the self-contained HTML report of RUN_DIR."""
     from curate.report import write_report
 
-    click.echo(str(write_report(Path(run_dir), Path(out) if out else None)))
+    click.echo(str(write_report(Path(run_dir), Path(out) if out else None, tokenizer)))

@@ -165,36 +165,54 @@ def counts(df: pl.DataFrame, col: str, top: int | None = None) -> dict[str, int]
 
 
 # ------------------------------------------------------------------ tokenizer
-def load_tokenizer(path: str | Path | None, roots: tuple[Path, ...] = ()):
+def load_tokenizer(path: str | Path | None, roots: tuple[Path, ...] = (), vocab_size: int | None = None,
+                   scan: tuple[Path, ...] = ()):
     """A `tokenizers.Tokenizer` from a directory holding tokenizer.json (or the file
     itself); None when not found. Only the Rust tokenizer: no Python code from the
-    directory is ever run (no trust_remote_code question arises)."""
+    directory is ever run (no trust_remote_code question arises). A relative path is
+    tried against the working directory, each of `roots`, and the subdirectories of
+    `scan` (the manifest keeps paths as written, relative to the pipeline file, whose
+    location it may not record); with `vocab_size`, a candidate of another size is skipped."""
     if not path:
         return None
+    from tokenizers import Tokenizer
+
     p = Path(path).expanduser()
-    cands = [p] if p.is_absolute() else [Path.cwd() / p] + [r / p for r in roots]
+    if p.is_absolute():
+        cands = [p]
+    else:
+        cands = [Path.cwd() / p]
+        cands += [r / p for r in roots]
+        for r in scan:
+            if r.is_dir():
+                cands += [d / p for d in sorted(r.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     for c in cands:
         f = c / "tokenizer.json" if c.is_dir() else c
-        if f.is_file() and f.suffix == ".json":
-            from tokenizers import Tokenizer
-
-            try:
-                return Tokenizer.from_file(str(f))
-            except Exception:  # noqa: BLE001 - an unreadable tokenizer just means no token stats
-                return None
+        if not (f.is_file() and f.suffix == ".json"):
+            continue
+        try:
+            tok = Tokenizer.from_file(str(f))
+        except Exception:  # noqa: BLE001 - an unreadable tokenizer just means no token stats
+            continue
+        if vocab_size is None or tok.get_vocab_size(with_added_tokens=True) == vocab_size:
+            return tok
     return None
 
 
 def run_tokenizer(run_dir: Path, manifest: dict | None):
-    """The tokenizer of a run's [render] section, looked up beside the run if relative."""
+    """The tokenizer of a run's [render] section, looked up beside the run if relative
+    and checked against the vocabulary size the manifest records."""
     if not manifest:
         return None
     tok = (manifest.get("render") or {}).get("tokenizer") or {}
     path = tok.get("path") if isinstance(tok, dict) else tok
     if not path:
         path = ((manifest.get("config") or {}).get("render") or {}).get("tokenizer")
-    roots = (run_dir, *run_dir.parents[:3])
-    return load_tokenizer(path, roots)
+    size = tok.get("vocab_size") if isinstance(tok, dict) else None
+    up = list(run_dir.resolve().parents)[:2]  # runs/NAME beside the pipeline's folder is the usual layout
+    config_dir = manifest.get("config_dir") or (Path(manifest["config_path"]).parent if manifest.get("config_path") else None)
+    roots = tuple(Path(x) for x in (config_dir,) if x) + (run_dir, *up)
+    return load_tokenizer(path, roots, size, scan=tuple(up))
 
 
 def strided(df: pl.DataFrame, n: int) -> pl.DataFrame:

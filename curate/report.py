@@ -39,11 +39,13 @@ BINS = 24
 EXCERPT = 300
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Build the report of `run_dir` and write it (default RUN/report.html) atomically."""
+def write_report(run_dir: Path, out: Path | None = None, tokenizer: str | Path | None = None) -> Path:
+    """Build the report of `run_dir` and write it (default RUN/report.html) atomically.
+    `tokenizer`: a tokenizer.json (or its directory) for token counts, when the run's own
+    cannot be found from the manifest."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
-    write_text(out, build_report(run_dir))
+    write_text(out, build_report(run_dir, tokenizer))
     return out
 
 
@@ -60,8 +62,9 @@ class Section:
 class RunData:
     """Lazy, cached access to a run directory's pieces."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tokenizer: str | Path | None = None):
         self.dir = run_dir
+        self._tok_path = tokenizer
         self.manifest = insp.load_manifest(run_dir) or {}
         self.stages = insp.stage_list(run_dir, self.manifest or None)
         self.tables = insp.stage_data(run_dir, self.manifest or None)  # [(name, path)]
@@ -71,7 +74,8 @@ class RunData:
     @property
     def tokenizer(self):
         if self._tok is False:
-            self._tok = insp.run_tokenizer(self.dir, self.manifest or None)
+            self._tok = (insp.load_tokenizer(self._tok_path) if self._tok_path
+                         else insp.run_tokenizer(self.dir, self.manifest or None))
         return self._tok
 
     def schema(self, path: Path) -> dict:
@@ -675,8 +679,8 @@ pre{font-size:12px}
 """
 
 
-def build_report(run_dir: Path) -> str:
-    run = RunData(Path(run_dir))
+def build_report(run_dir: Path, tokenizer: str | Path | None = None) -> str:
+    run = RunData(Path(run_dir), tokenizer)
     sections = [f(run) for f in SECTIONS]
     nav = "".join(f'<a href="#{s.id}" class="{"" if s.body is not None else "skipped"}">{_e(s.title)}</a>' for s in sections)
     body = []
