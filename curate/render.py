@@ -323,6 +323,30 @@ def _flatten(batch: list[Encoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return flat[keep], labels[keep], lengths
 
 
+def check_config(cfg, base_dir: Path) -> None:
+    """Refuse a [render] table before any work (ConfigError naming the key): the template must
+    be a built-in name, an existing .jinja file or "tokenizer"; the tokenizer a local folder."""
+    from curate.chat_templates import builtin_names, is_path_spec
+    from curate.typed_config import ConfigError
+
+    base_dir = Path(base_dir)
+    if cfg.template != "tokenizer":
+        if is_path_spec(cfg.template):
+            p = Path(cfg.template).expanduser()
+            p = p if p.is_absolute() else base_dir / p
+            if not p.is_file():
+                raise ConfigError("render.template", f"no chat template file at {p}")
+        elif cfg.template not in builtin_names():
+            raise ConfigError("render.template", f"unknown built-in template {cfg.template!r} (built-in: "
+                              f"{', '.join(builtin_names())}; or a path to a .jinja file, or \"tokenizer\")")
+    if not cfg.tokenizer:
+        raise ConfigError("render.tokenizer", "required: a local tokenizer or model directory")
+    t = Path(cfg.tokenizer).expanduser()
+    t = t if t.is_absolute() else base_dir / t
+    if not t.is_dir():
+        raise ConfigError("render.tokenizer", f"no local tokenizer directory at {t} (models are never downloaded)")
+
+
 # --------------------------------------------------------------------------- split
 
 

@@ -238,3 +238,18 @@ def test_span_tokens_equals_offset_rule():
         assert (got == ref).all()
 
     check()
+
+
+def test_check_config_refuses_before_work(tmp_path):
+    from curate.render import check_config
+    from curate.typed_config import ConfigError
+
+    (tmp_path / "tok").mkdir()
+    check_config(RenderConfig(tokenizer="tok"), tmp_path)
+    check_config(RenderConfig(tokenizer="tok", template="tokenizer"), tmp_path)
+    with pytest.raises(ConfigError, match="render.template.*unknown built-in"):
+        check_config(RenderConfig(tokenizer="tok", template="llama-2"), tmp_path)
+    with pytest.raises(ConfigError, match="render.template.*no chat template file"):
+        check_config(RenderConfig(tokenizer="tok", template="x/my.jinja"), tmp_path)
+    with pytest.raises(ConfigError, match="render.tokenizer.*never downloaded"):
+        check_config(RenderConfig(tokenizer="meta-llama/Llama-3-8B"), tmp_path)
