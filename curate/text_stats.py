@@ -65,6 +65,15 @@ def basic_stats(text: pl.Expr, prose: pl.Expr | None = None) -> dict[str, pl.Exp
     }
 
 
+_MIX = 0x9E3779B97F4A7C15  # golden-ratio multiplier: spreads row ids over 64 bits
+
+
+def _row_key(key: pl.Expr) -> pl.Expr:
+    """A key made unique per row by mixing in the row id: one u64 column hashes and
+    compares much faster than a struct of (row, key)."""
+    return key ^ (pl.col("_row").cast(pl.UInt64) * pl.lit(_MIX, dtype=pl.UInt64))
+
+
 def _split_units(df: pl.DataFrame, text_col: str, unit: str) -> pl.DataFrame:
     """(row, unit_text) for every non-blank line or paragraph. Units with no letter or digit
     ("}", "---", "") are left out: a closing brace repeated in code is not copy-paste."""
@@ -85,7 +94,7 @@ def _split_units(df: pl.DataFrame, text_col: str, unit: str) -> pl.DataFrame:
 def _unit_dups(units: pl.DataFrame, n_rows: int, name: str) -> pl.DataFrame:
     """Per row: fraction of units that repeat an earlier unit, and their share of characters."""
     flagged = units.with_columns(
-        (~pl.struct("_row", "_u").is_first_distinct()).alias("_dup"),
+        (~_row_key(pl.col("_u").hash(seed=5)).is_first_distinct()).alias("_dup"),
         pl.col("_u").str.len_chars().alias("_len"),
     )
     agg = flagged.group_by("_row").agg(
@@ -132,19 +141,23 @@ def repetition_stats(
 
     max_n = max(top_ngrams + dup_ngrams, default=0)
     if max_n:
+        lists = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), pl.col("_t").str.extract_all(NGRAM_WORD_RE).alias("_w"))
+        nw = lists.select(pl.col("_w").list.len().cast(pl.Int64))["_w"]
+        offsets = nw.cum_sum() - nw  # index of each row's first word in the exploded table
         words = (
-            df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), pl.col("_t").str.extract_all(NGRAM_WORD_RE).alias("_w"))
-            .with_columns(pl.col("_w").list.len().alias("_nw"))
+            lists.with_columns(nw.alias("_nw"), offsets.alias("_off"))
             .explode("_w")
             .filter(pl.col("_w").is_not_null())
             .with_columns(
-                pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_pos"),
+                (pl.int_range(pl.len(), dtype=pl.Int64) - pl.col("_off")).alias("_pos"),
                 pl.col("_w").hash(seed=7).alias("_h"),
                 pl.col("_w").str.len_chars().cast(pl.Int64).alias("_wl"),
             )
             .drop("_w")
         )
         words = words.with_columns(pl.col("_wl").cum_sum().alias("_cs"))
+        ends = (offsets + nw - 1).filter(nw > 0)
+        has_words = nw > 0
         key = pl.col("_h")
         # n-gram at position p covers words p..p+n-1 and is valid when p + n <= words in row.
         for n in range(1, max_n + 1):
@@ -154,12 +167,12 @@ def repetition_stats(
                 continue
             valid = (pl.col("_pos") + n) <= pl.col("_nw")
             ngram_chars = pl.col("_cs").shift(-(n - 1)) - pl.col("_cs") + pl.col("_wl")
-            g = words.select("_row", valid.alias("_valid"), key.alias("_k"), ngram_chars.alias("_gc"), "_wl")
+            g = words.select("_row", valid.alias("_valid"), _row_key(key).alias("_k"), ngram_chars.alias("_gc"), "_wl")
             if n in top_ngrams:
                 top = (
                     g.filter("_valid")
-                    .group_by("_row", "_k")
-                    .agg(pl.len().alias("_cnt"), pl.col("_gc").first())
+                    .group_by("_k")
+                    .agg(pl.len().alias("_cnt"), pl.col("_row").first(), pl.col("_gc").first())
                     .filter(pl.col("_cnt") >= 2)
                     .group_by("_row")
                     .agg((pl.col("_cnt") * pl.col("_gc")).sort_by(["_cnt", "_gc"]).last().alias("_top"))
@@ -167,16 +180,14 @@ def repetition_stats(
                 col = _per_row(top, "_top", n_rows)
                 out[f"top_{n}gram_frac"] = pl.select(_ratio(pl.lit(col), pl.lit(chars))).to_series()
             if n in dup_ngrams:
-                dup_start = (pl.col("_valid") & ~pl.struct("_row", "_k").is_first_distinct()).cast(pl.UInt8)
-                covered = (
-                    g.with_columns(dup_start.alias("_ds"))
-                    # a word is covered when a duplicate n-gram starts within n-1 words before it;
-                    # such starts are always in the same row (they are valid n-grams).
-                    .with_columns(pl.col("_ds").rolling_max(n, min_samples=1).alias("_cov"))
-                    .group_by("_row")
-                    .agg(pl.col("_wl").filter(pl.col("_cov") == 1).sum().alias("_dc"))
-                )
-                col = _per_row(covered, "_dc", n_rows)
+                dup_start = (pl.col("_valid") & ~pl.col("_k").is_first_distinct()).cast(pl.Int8)
+                # a word is covered when a duplicate n-gram starts within n-1 words before it;
+                # such starts are always in the same row (they are valid n-grams). Per-row sums
+                # are differences of one cumulative sum at the rows' last words: no group-by.
+                covered = g.select((pl.col("_wl") * dup_start.rolling_max(n, min_samples=1)).cum_sum().alias("c"))["c"]
+                at_end = covered.gather(ends)
+                per_row = at_end - at_end.shift(1, fill_value=0)
+                col = pl.Series([0] * n_rows, dtype=pl.Int64).scatter(has_words.arg_true(), per_row)
                 out[f"dup_{n}gram_frac"] = pl.select(_ratio(pl.lit(col), pl.lit(chars))).to_series()
     return pl.DataFrame({k: v.alias(k) for k, v in out.items()})
 

@@ -353,31 +353,39 @@ class HeuristicFilter(FilterStage):
         return counts
 
     def _instruction_checks(self, frame: pl.DataFrame, enabled: list[str]):
+        """Each check's expensive part runs only on the rows a cheap test leaves possible
+        (answers of <= 40 characters for placeholders, a URL in the prompt, a fence in the
+        answer, ...), computed on that subset and joined back by row index."""
         cfg = self.config
         el = pl.element()
         is_asst = el.struct.field("role") == "assistant"
         answers = pl.col("messages").list.eval(pl.when(is_asst).then(el.struct.field("content"))).list.drop_nulls()
-        frame = frame.with_columns(
+        frame = frame.with_row_index("__i").with_columns(
             text_view("user").alias("__user"),
             text_view("assistant").alias("__resp"),
             text_view("last_assistant").str.strip_chars().alias("__last"),
             answers.alias("__answers"),
         )
-        frame = frame.with_columns(
-            pl.col("__resp").str.to_lowercase().str.replace_all("[\u2019\u2018`]", "'").alias("__resp_lc"),
-        )
         checks = []
+
+        def subset(mask: pl.Expr, key: str, fail: pl.Expr, detail: pl.Expr):
+            nonlocal frame
+            sub = frame.filter(mask).select("__i", fail.fill_null(False).alias(f"__f_{key}"), detail.alias(f"__d_{key}"))
+            frame = frame.join(sub, on="__i", how="left", maintain_order="left")
+            checks.append((key, key, pl.col(f"__f_{key}").fill_null(False), pl.col(f"__d_{key}")))
 
         if "empty_answer" in enabled:
             ph = sorted(set(_lit_norm(p) for p in (cfg.placeholders if cfg.placeholders is not None else phrases.PLACEHOLDERS)))
-            normed = pl.col("__answers").list.eval(_placeholder_norm(pl.element()))
-            hit = normed.list.eval(pl.when(pl.element().is_in(ph)).then(pl.element())).list.drop_nulls()
-            fail = (pl.col("__answers").list.len() == 0) | (hit.list.len() > 0)
-            detail = (
-                pl.when(pl.col("__answers").list.len() == 0).then(pl.lit("no assistant turn"))
-                .otherwise(pl.format("answer is '{}'", pl.col("__answers").list.first().str.slice(0, 40)))
+            longest = max([len(p) for p in ph] + [0]) + 20
+            n_ans = pl.col("__answers").list.len()
+            short = pl.col("__answers").list.eval(el.str.len_chars() <= longest).list.any()
+            hit = pl.col("__answers").list.eval(pl.when(_placeholder_norm(el).is_in(ph)).then(el)).list.drop_nulls()
+            subset(
+                (n_ans == 0) | short, "empty_answer",
+                (n_ans == 0) | (hit.list.len() > 0),
+                pl.when(n_ans == 0).then(pl.lit("no assistant turn"))
+                .otherwise(pl.format("answer is '{}'", hit.list.first().str.slice(0, 40))),
             )
-            checks.append(("empty_answer", "empty_answer", fail, detail))
 
         if "answer_repeats_prompt" in enabled:
             p, r = _norm(pl.col("__user")), _norm(pl.col("__resp"))
@@ -387,21 +395,25 @@ class HeuristicFilter(FilterStage):
                 & (r.str.len_chars() >= cfg.copy_min_fraction * p.str.len_chars())
                 & p.str.contains(r, literal=True)
             )
-            fail = (equal | contained).fill_null(False)
-            detail = pl.when(equal).then(pl.lit("answer equals prompt")).otherwise(pl.lit("answer is copied from prompt"))
-            checks.append(("answer_repeats_prompt", "answer_repeats_prompt", fail, detail))
+            # after normalisation an answer inside the prompt is not longer than it
+            possible = pl.col("__resp").str.len_chars() <= pl.col("__user").str.len_chars() * 1.2 + 10
+            subset(possible, "answer_repeats_prompt", equal | contained,
+                   pl.when(equal).then(pl.lit("answer equals prompt")).otherwise(pl.lit("answer is copied from prompt")))
 
+        patterns = []
         for key, default, extra, custom in (
             ("refusal", phrases.REFUSAL_PHRASES, cfg.extra_refusal_phrases, cfg.refusal_phrases),
             ("ai_disclaimer", phrases.DISCLAIMER_PHRASES, cfg.extra_disclaimer_phrases, cfg.disclaimer_phrases),
         ):
-            if key not in enabled:
-                continue
             pattern = phrases.phrase_pattern(list(custom if custom is not None else default) + list(extra))
-            if pattern is None:
-                continue
-            m = pl.col("__resp_lc").str.extract(pattern, 1)
-            checks.append((key, key, m.is_not_null(), pl.format("matched '{}'", m)))
+            if key in enabled and pattern is not None:
+                patterns.append((key, pattern))
+        if patterns:
+            lc = pl.col("__resp").str.to_lowercase().str.replace_all("[\u2019\u2018`]", "'")
+            frame = frame.with_columns(lc.alias("__resp_lc"))
+            for key, pattern in patterns:
+                m = pl.col("__resp_lc").str.extract(pattern, 1)
+                checks.append((key, key, m.is_not_null(), pl.format("matched '{}'", m)))
 
         if "merged_instructions" in enabled:
             m = pl.col("__resp").str.extract(MERGED_RE, 1).str.strip_chars()
@@ -409,43 +421,44 @@ class HeuristicFilter(FilterStage):
 
         if "unbalanced_code_fence" in enabled:
             odd = pl.col("__answers").list.eval(el.str.count_matches(FENCE_RE) % 2 == 1).list.any()
-            checks.append(("unbalanced_code_fence", "unbalanced_code_fence", odd.fill_null(False),
-                           pl.lit("odd number of ``` fences in an answer")))
+            subset(pl.col("__resp").str.contains("```", literal=True), "unbalanced_code_fence", odd,
+                   pl.lit("odd number of ``` fences in an answer"))
 
         if "truncated" in enabled:
-            last = pl.col("__last")
+            # only the end of the answer matters: regexes anchored at `$` still scan from the start
+            last = pl.col("__last").str.slice(-400)
             last_line = last.str.extract(r"([^\n]*)$", 1).str.strip_chars()
             unspaced = last_line.str.count_matches(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]") > last_line.str.len_chars() // 2
-            dangling = last.str.contains(DANGLING_RE) & (last.str.count_matches(r"\S+") >= 3)
+            dangling = last.str.contains(DANGLING_RE) & (pl.col("__last").str.count_matches(r"\S+") >= 3)
             # Scripts without spaces often end answers without a full stop (oasst zh does), so
             # only the dangling-punctuation rule applies to them.
             prose = (
                 ~unspaced
-                & ~last.str.contains("```")
+                & ~pl.col("__last").str.contains("```", literal=True)
                 & ~last_line.str.contains(LIST_ITEM_RE)
                 & ~last_line.str.contains(r"^\s*[|#>]")
                 & (last_line.str.count_matches(r"\S+") >= cfg.truncation_min_words)
                 # the last word is lower-case prose: not a name, hashtag, code identifier or unit
                 & last_line.str.contains(r"(?:^|\s)\p{Ll}+$")
             )
-            fail = (dangling | prose).fill_null(False)
-            detail = pl.format("ends with '{}'", last.str.slice(-30))
-            checks.append(("truncated", "truncated", fail, detail))
+            # a complete sentence ends in punctuation or a closing mark: cheap test first
+            possible = ~pl.col("__last").str.slice(-1).is_in(list(".!?\u3002\uff01\uff1f\"')]}>*`\u201d\u2019:;"))
+            subset(possible, "truncated", dangling | prose, pl.format("ends with '{}'", pl.col("__last").str.slice(-30)))
 
         if "unverifiable_url" in enabled:
             user = pl.col("__user")
             url = user.str.extract(URL_RE, 0)
-            rest_words = user.str.replace_all(URL_RE, " ").str.count_matches(r"\S+")
             rest = user.str.replace_all(URL_RE, " ")
             fail = (
                 url.is_not_null()
-                & (rest_words <= cfg.url_prompt_max_words)
+                & (rest.str.count_matches(r"\S+") <= cfg.url_prompt_max_words)
                 & rest.str.contains(READ_URL_RE)
                 & ~rest.str.contains(ABOUT_URL_RE)
                 & ~pl.col("__resp").str.contains(NO_ACCESS_RE)
                 & (pl.col("__answers").list.len() > 0)
-            ).fill_null(False)
-            checks.append(("unverifiable_url", "unverifiable_url", fail, pl.format("answers about unread {}", url)))
+            )
+            has_url = user.str.contains("://", literal=True) | user.str.contains("www.", literal=True)
+            subset(has_url, "unverifiable_url", fail, pl.format("answers about unread {}", url))
         return frame, checks
 
 
