@@ -279,3 +279,20 @@ def test_semantic_refuses_missing_model_dir(tmp_path):
     with pytest.raises(ConfigError) as err:
         cfg.check_paths(tmp_path)
     assert err.value.key == "model"
+
+
+# ---- semantic (optional: needs transformers and a local model) ----------------------------
+
+def test_semantic_with_local_model(tmp_path, shared_data):
+    """stories260K (a real pretrained Llama) as the embedding model: exact copies embed
+    identically and are clustered; at a cosine threshold of 1 - 1e-6 nothing else is."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("curate.scorers.lm")
+    model = shared_data("models", "stories260K")
+    rows = [record("Once upon a time there was a little cat.", "a"),
+            record("Once upon a time there was a little cat.", "a longer answer"),
+            record("The boy ran to the park to play with his red ball.", "b"),
+            record("Lily liked to bake cakes with her mother on Sundays.", "c")]
+    res = run(table(rows), tmp_path, method="semantic", model=str(model), cosine_threshold=1 - 1e-6)
+    assert res.kept.height == 3 and res.dropped[DETAIL].to_list() == [rows[1]["id"]]
+    assert res.stats["similar_pairs"] == 1
