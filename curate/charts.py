@@ -130,7 +130,7 @@ def histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int],
                         f'<title>{escape(name)}: {fmt_num(edges[i])}–{fmt_num(edges[i + 1])}: {c:,}</title></rect>')
     body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
     for t in nice_ticks(lo, hi, 4):
-        if lo <= t <= hi and not (overflow and X(t) > left + pw - 34):
+        if lo <= t <= hi and not (overflow and X(t) > left + pw - 46):
             body.append(f'<line x1="{_fx(X(t))}" x2="{_fx(X(t))}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
             body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{fmt_num(t)}</text>')
     if overflow:

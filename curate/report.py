@@ -2,11 +2,11 @@
 
 Sections (each drawn from whatever the run directory holds; a section whose data is
 absent is listed with a short note instead): the ledger funnel with counts per reason,
-rejected rows per stage and reason (a sample, the count and the rejects file), length and
-token histograms per task before (stages/00-read) and after (the last stage) plus rendered
-lengths from the shards, score histograms with the selection threshold, the language mix,
-duplicate clusters side by side, decontamination hits with their eval item, requested vs
-achieved mix, rendered samples with the loss mask, training curves, and every stage's
+length and token histograms per task before (stages/00-read) and after (the last stage)
+plus rendered lengths from the shards, score histograms with the selection threshold, the
+language mix, requested vs achieved mix, duplicate clusters side by side, decontamination
+hits with their eval item, rendered samples with the loss mask, training curves, rejected
+rows per stage and reason (a sample, the count and the rejects file), and every stage's
 raw stats.
 
 Self-contained on purpose: inline CSS and inline SVG (curate.charts), no script, no font,
@@ -649,9 +649,10 @@ def section_stats(run: RunData) -> Section:
     return Section("stats", "Stage statistics (raw)", html)
 
 
-SECTIONS = (section_overview, section_funnel, section_rejects, section_lengths, section_rendered, section_scores,
-            section_languages, section_duplicates, section_decontamination, section_mix, section_samples,
-            section_training, section_stats)
+# Pictures first, the row-level browsers (rejects, raw stats) last.
+SECTIONS = (section_overview, section_funnel, section_lengths, section_rendered, section_scores, section_languages,
+            section_mix, section_duplicates, section_decontamination, section_samples, section_training,
+            section_rejects, section_stats)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1a1a1a;background:#fafafa}
