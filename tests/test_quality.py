@@ -244,3 +244,22 @@ def test_existing_column_is_refused(tmp_path):
     t = table([conv("a", "b")]).with_columns(pl.lit(1.0).alias("heuristic"))
     with pytest.raises(ValueError, match="already exists"):
         run(t, tmp_path, scorer="heuristic")
+
+
+def test_select_diversity_with_model_embeddings_is_cached(tiny_lm, tmp_path):
+    from curate.stages.select import Config as SelectConfig, SelectStage
+
+    t = table([conv("the quick brown fox", "jumps over the lazy dog"),
+               conv("the quick brown fox", "jumps over the lazy dog"),  # same text, another id
+               conv("hi", "hello")]).with_columns(pl.Series("score", [0.9, 0.8, 0.7]))
+    cfg = load_dataclass(SelectConfig, {"kind": "select", "column": "score", "diversity": 0.001,
+                                        "embedding": "model", "embedding_model": str(tiny_lm)})
+    cfg.check_paths(tmp_path)
+    logs = []
+    ctx = StageContext(tmp_path, tmp_path, 0, tmp_path / "sel", log=logs.append)
+    r = SelectStage(cfg, ctx).process(t)
+    assert r.kept["id"].to_list() == ["r0", "r2"]
+    assert r.dropped["_reason"].to_list() == ["too_similar"]
+    again = SelectStage(cfg, ctx).process(t)
+    assert again.kept.equals(r.kept)
+    assert any("3 cached, 0 to compute" in line for line in logs)

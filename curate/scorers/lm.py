@@ -172,9 +172,15 @@ def embed_texts(model_dir: str | Path, texts: list[str], *, batch_size: int = 32
     """Mean of the last hidden state over non-padding tokens, for any local model
     directory AutoModel can load (a causal LM's base model, or a sentence encoder)."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    model = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a causal LM's lm_head is "unexpected" for its base model: expected here
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(level)
     model.to(resolve_device(device)).eval()
     ids = tok(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
     ids = [x if x else [_pad_id(tok)] for x in ids]
