@@ -411,8 +411,14 @@ def funnel_steps(manifest: dict | None, stages: list[dict]) -> list[dict]:
     for s in stages:
         step = {"name": s["name"], "kind": s.get("kind"), "rows": int(s.get("rows_out") or 0),
                 "dropped": dict(s.get("dropped") or {})}
+        st = s.get("stats") or {}
         if s.get("upsampled"):
             step["note"] = f"+{s['upsampled']:,} upsampled copies"
+        elif st.get("rows_redacted"):
+            found = ", ".join(f"{k} {v:,}" for k, v in sorted((st.get("found") or {}).items(), key=lambda kv: -kv[1]) if v)
+            step["note"] = f"redacted {st['rows_redacted']:,} rows" + (f" ({found})" if found else "")
+        elif not step["dropped"] and st.get("hits"):  # action = "flag": kept, but marked
+            step["note"] = "flagged: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st["hits"].items(), key=lambda kv: -kv[1]))
         steps.append(step)
     render = manifest.get("render")
     if render is not None:

@@ -344,32 +344,55 @@ def section_scores(run: RunData) -> Section:
     for col in cols:
         having = [(n, p) for n, p in run.tables if col in run.schema(p)]
         (sname, spath), (kname, kpath) = having[0], having[-1]
-        scored = pl.read_parquet(spath, columns=[col])[col].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-        kept = pl.read_parquet(kpath, columns=[col])[col].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-        markers = []
+
+        def read(path):
+            return (pl.read_parquet(path, columns=["task", col]).with_columns(pl.col(col).cast(pl.Float64))
+                    .filter(pl.col(col).is_not_null() & pl.col(col).is_not_nan()))
+
+        scored_df, kept_df = read(spath), read(kpath)
+        if scored_df.height == 0:
+            continue
+        markers, task_markers = [], {}
         for s in selects:
             st, cf = s.get("stats") or {}, run.stage_config(s)
             if (st.get("column") or cf.get("column")) != col:
                 continue
-            for key, word in (("min", "min"), ("max", "max")):
+            for key in ("min", "max"):
                 if cf.get(key) is not None:
-                    markers.append((float(cf[key]), f"{s['name']} {word} {charts.fmt_num(float(cf[key]))}"))
+                    markers.append((float(cf[key]), f"{s['name']} {key} {charts.fmt_num(float(cf[key]))}"))
+            if markers:
+                continue
+            # no fixed threshold: the effective cut-off is the worst score the select kept
+            highest = (st.get("keep") or cf.get("keep", "highest")) == "highest"
             ks = st.get("kept_score") or {}
-            if not markers and ks:
-                edge = ks.get("min") if (st.get("keep") or cf.get("keep", "highest")) == "highest" else ks.get("max")
-                if edge is not None:
-                    markers.append((float(edge), f"{s['name']}: cut-off {charts.fmt_num(float(edge))}"))
-        if not len(scored):
-            continue
+            edge = ks.get("min") if highest else ks.get("max")
+            if edge is not None:
+                markers.append((float(edge), f"{s['name']}: cut-off {charts.fmt_num(float(edge))}"))
+            out = run.dir / s.get("output", "") / "data.parquet"
+            if (st.get("by") or cf.get("by")) == "task" and out.is_file():
+                per = read(out).group_by("task").agg(pl.col(col).min() if highest else pl.col(col).max())
+                task_markers = {t: [(float(v), f"cut-off {charts.fmt_num(float(v))}")] for t, v in per.iter_rows()}
+        scored, kept = scored_df[col].to_numpy(), kept_df[col].to_numpy()
         edges, _ = _hist_edges([scored, kept], hi_q=1.0)
         if len(edges) > 1 and edges[-1] - edges[0] < 1e-9:
             edges = np.linspace(edges[0] - 0.5, edges[0] + 0.5, BINS + 1)
-        over = float(np.max(scored)) > edges[-1]
-        series = [(f"scored ({sname}) {len(scored):,}", _hist_counts(scored, edges), charts.GREY)]
-        if kname != sname or len(kept) != len(scored):
-            series.append((f"kept ({kname}) {len(kept):,}", _hist_counts(kept, edges), charts.BLUE))
-        figs.append(charts.histogram(edges, series, title=col, x_label=col, markers=markers, width=520, overflow=over))
-        data[col] = {"scored": int(len(scored)), "kept": int(len(kept)), "thresholds": [m[0] for m in markers]}
+        two = kname != sname or len(kept) != len(scored)
+
+        def hist(sv, kv, title, marks, width=520):
+            series = [(f"scored ({sname}) {len(sv):,}", _hist_counts(sv, edges), charts.GREY)]
+            if two:
+                series.append((f"kept ({kname}) {len(kv):,}", _hist_counts(kv, edges), charts.BLUE))
+            return charts.histogram(edges, series, title=title, x_label=col, markers=marks, width=width)
+
+        figs.append(hist(scored, kept, f"{col}: all tasks", markers))
+        tasks = scored_df.group_by("task").len().sort(["len", "task"], descending=[True, False])["task"].to_list()
+        if 1 < len(tasks) <= MAX_TASKS:
+            for t in tasks:
+                figs.append(hist(scored_df.filter(pl.col("task") == t)[col].to_numpy(),
+                                 kept_df.filter(pl.col("task") == t)[col].to_numpy(),
+                                 f"{col}: {t}", markers if not task_markers else task_markers.get(t, []), width=400))
+        data[col] = {"scored": int(len(scored)), "kept": int(len(kept)), "thresholds": [m[0] for m in markers],
+                     "task_thresholds": {t: m[0][0] for t, m in task_markers.items()}}
     tables = []
     for s in selects:
         groups = (s.get("stats") or {}).get("groups") or {}

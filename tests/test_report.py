@@ -225,6 +225,10 @@ def test_histograms_scores_languages_mix(report, run_dir):
     assert sc["kept"] == last.height
     assert sc["thresholds"] and sc["thresholds"][0] == pytest.approx(sel["stats"]["kept_score"]["min"])
     assert 'class="marker"' in re.search(r'<section id="scores".*?</section>', report, re.S).group(0)
+    # per task (select ranks by task): the lowest score the select kept in that task
+    sel_out = pl.read_parquet(run_dir / sel["output"] / "data.parquet")
+    assert sc["task_thresholds"] == {t: pytest.approx(v) for t, v in sel_out.group_by("task").agg(pl.col("heuristic").min()).iter_rows()}
+    assert s["scores"]["charts"] == 1 + 2  # all tasks + one per task
     # languages: judged counts come from the language stage's own stats
     lang = s["languages"]["data"]
     assert lang["language_user"]["before"] == stage(m, "language")["stats"]["languages"]["user"]
@@ -327,3 +331,32 @@ def test_cli_run_writes_report_and_report_command(tmp_path):
     res = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert out.read_text() == (tmp_path / "run" / "report.html").read_text()
+
+
+SAMPLE_PIPELINE = ROOT / "sample_data" / "pipeline.toml"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SAMPLE_PIPELINE.is_file(), reason="sample_data/pipeline.toml not in this checkout")
+def test_sample_run_report(tmp_path):
+    """The bundled sample pipeline (every stage kind) end to end: every section but
+    training is drawn, and the figures agree with its manifest."""
+    from curate.report import write_report
+
+    m = run_pipeline(load_config(SAMPLE_PIPELINE), out_dir=tmp_path / "sample")
+    # the manifest keeps the tokenizer path as written (relative to sample_data/), and this
+    # run lives elsewhere: name it
+    html = write_report(tmp_path / "sample", tokenizer=TOKENIZER).read_text(encoding="utf-8")
+    s = summary(html)["sections"]
+    assert {k for k, v in s.items() if v["status"] != "ok"} == {"training"}
+    steps = {st["name"]: st for st in s["funnel"]["data"]["steps"]}
+    for st in m["stages"]:
+        assert steps[st["name"]]["rows"] == st["rows_out"] and steps[st["name"]]["dropped"] == st["dropped"]
+    for st in m["stages"]:
+        if st["kind"] == "decontaminate":
+            assert s["decontamination"]["data"][st["name"]]["hits"] == sum(st["dropped"].values()) > 0
+        if st["kind"] == "dedup":
+            assert s["duplicates"]["data"][st["name"]]["clusters"] == st["stats"]["clusters"]["count"]
+    assert s["rendered"]["data"]["examples"] == sum(v["examples"] for v in m["tokens"]["by_task"].values())
+    assert s["lengths"]["charts"] == 2 * len(s["lengths"]["data"]["tasks"])  # chars and tokens: tokenizer found
+    assert sum(v["charts"] for v in s.values()) == html.count('<svg class="chart"')
