@@ -207,8 +207,10 @@ def test_verifier_calls_user_functions_per_task(tmp_path):
     t = table([conv("2+2=", "4"), conv("3*3=", "8"), conv("write", "abcde"), conv("boom", "x"), conv("skip", "y")],
               tasks=["math", "math", "gen", "gen", "gen"]).with_columns(
         pl.Series("meta", ["{}", "{}", "{}", "{}", '{"skip": true}']))
-    r = run(t, tmp_path, scorer="verifier", functions={"math": "my_checks_q:math_ok", "*": "my_checks_q:length"},
-            python_path=["checks"])
+    fns = {"math": "my_checks_q:math_ok", "*": "my_checks_q:length"}
+    load_dataclass(Config, {"kind": "quality", "scorer": "verifier", "functions": fns,
+                            "python_path": ["checks"]}).check_paths(tmp_path)  # found, not run
+    r = run(t, tmp_path, scorer="verifier", functions=fns, python_path=["checks"])
     assert r.kept["verifier"].to_list() == [1.0, 0.0, 0.5, None, None]
     assert r.kept["verifier_error"].to_list()[3] == "RuntimeError: boom"
     assert r.stats["errors"] == 1

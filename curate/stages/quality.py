@@ -135,15 +135,16 @@ class Config:
             if not res(p).is_dir():
                 raise ConfigError(f"python_path[{i}]", f"no directory at {res(p)}")
         if self.scorer == "verifier":
-            paths = [str(res(p)) for p in self.python_path]
-            for task, spec in self.functions.items():
-                mod = spec.partition(":")[0]
-                top = mod.split(".")[0]
-                found = importlib.util.find_spec(top) is not None if top in sys.modules else any(
-                    (Path(d) / f"{top}.py").is_file() or (Path(d) / top / "__init__.py").is_file()
-                    for d in paths + [p for p in sys.path if p])
-                if not found:
-                    raise ConfigError(f"functions.{task}", f"module {mod!r} not found (add its folder to python_path)")
+            # find_spec on the top-level name locates a module without running it
+            saved = list(sys.path)
+            sys.path[:0] = [str(res(p)) for p in self.python_path]
+            try:
+                for task, spec in self.functions.items():
+                    mod = spec.partition(":")[0]
+                    if importlib.util.find_spec(mod.split(".")[0]) is None:
+                        raise ConfigError(f"functions.{task}", f"module {mod!r} not found (add its folder to python_path)")
+            finally:
+                sys.path[:] = saved
 
 
 def lm_inputs(table: pl.DataFrame, roles: dict[str, str], sep: str) -> pl.DataFrame:
