@@ -264,6 +264,24 @@ def conversation_lengths(df: pl.DataFrame, tokenizer=None, sample: int = TOKEN_S
     return out
 
 
+def detect_languages(df: pl.DataFrame, n: int = TOKEN_SAMPLE, min_letters: int = 20) -> dict:
+    """Language mix per role when no stage has labelled it: the bundled fastText model
+    (curate.langid) on an evenly spread sample; texts with too few letters to judge are
+    left out, as the language stage does."""
+    from curate import langid
+
+    sample = strided(df, n)
+    out = {}
+    for role in ("user", "assistant"):
+        texts = sample.select(text_view(role).alias("t")).filter(pl.col("t").str.count_matches(r"\p{L}") >= min_letters)["t"]
+        if len(texts) == 0:
+            continue
+        langs, _ = langid.predict(texts.str.slice(0, 2000).to_list())
+        label = f"{role} (fastText lid.176" + (f", sample of {sample.height:,} rows)" if sample.height < df.height else ")")
+        out[label] = counts(pl.DataFrame({"lang": langs}), "lang", top=30)
+    return out
+
+
 def profile_table(df: pl.DataFrame, tokenizer=None, score_extra: tuple[str, ...] = (),
                   stages: list[dict] | None = None) -> dict:
     """Counts, per-role lengths, language mix and score distributions of a record table."""
@@ -274,6 +292,8 @@ def profile_table(df: pl.DataFrame, tokenizer=None, score_extra: tuple[str, ...]
     langs = run_lang_columns(stages or [], schema)
     if langs:
         out["languages"] = {c: counts(df, c, top=30) for c in langs}
+    elif df.height and "messages" in df.columns:
+        out["languages"] = detect_languages(df)
     out["scores"] = {c: percentiles(df[c].cast(pl.Float64)) for c in score_columns(schema, score_extra)}
     return out
 

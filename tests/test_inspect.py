@@ -44,6 +44,9 @@ def test_data_file(tmp_path):
     assert t["lengths"]["user"]["chars"]["p50"] == user.quantile(0.5, interpolation="nearest")
     assert t["lengths"]["user"]["chars"]["max"] == user.max()
     assert t["lengths"]["assistant"]["tokens"]["n"] == t["rows"]
+    # no language stage: the bundled fastText model labels a sample; the planted rows show up
+    user_langs = next(v for k, v in t["languages"].items() if k.startswith("user"))
+    assert next(iter(user_langs)) == "en" and {"fr", "de"} <= set(user_langs)
     assert len(prof["samples"]) == 2
     for s in prof["samples"]:
         sup = [g["text"] for g in s["segments"] if g["supervised"]]
@@ -56,6 +59,8 @@ def test_real_files(shared_data):
         assert prof["format"] == fmt and prof["read"] == n
         assert prof["table"]["rows"] + prof["quarantined"] == n
         assert {"user", "assistant"} <= set(prof["table"]["lengths"])
+    zh = profile_path(shared_data("formats", "alpaca_history_oasst_zh.json"))["table"]["languages"]
+    assert all(next(iter(v)) == "zh" for v in zh.values())
 
 
 def test_run_dir(run_dir):
@@ -73,6 +78,9 @@ def test_run_dir(run_dir):
     sh = prof["shards"]
     assert sh["by_task"] == m["tokens"]["by_task"]
     assert sh["examples"] == sum(v["examples"] for v in m["tokens"]["by_task"].values())
+    # no language stage: the bundled fastText model labels a sample; the planted rows show up
+    user_langs = next(v for k, v in t["languages"].items() if k.startswith("user"))
+    assert next(iter(user_langs)) == "en" and {"fr", "de"} <= set(user_langs)
     assert len(prof["samples"]) == 2 and any(g["supervised"] for g in prof["samples"][0]["segments"])
     # an earlier stage's output
     dd = _json([str(run_dir), "--stage", "dedup"])
