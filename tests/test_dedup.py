@@ -296,3 +296,38 @@ def test_semantic_with_local_model(tmp_path, shared_data):
     res = run(table(rows), tmp_path, method="semantic", model=str(model), cosine_threshold=1 - 1e-6)
     assert res.kept.height == 3 and res.dropped[DETAIL].to_list() == [rows[1]["id"]]
     assert res.stats["similar_pairs"] == 1
+
+
+# ---- through the real runner -------------------------------------------------------------
+
+def test_pipeline_run_ledger_and_rejects(tmp_path):
+    from curate.config import load_config
+    from curate.runner import run_pipeline
+
+    base = ["Summarise the plot of the novel in three short sentences for a child",
+            "Translate the following sentence into French and explain the grammar",
+            "List five ways to reduce energy use at home during the winter months"]
+    trusted = [{"instruction": p, "input": "", "output": f"trusted answer {i}"} for i, p in enumerate(base)]
+    scraped = [{"instruction": p.upper() + " please", "input": "", "output": f"a much longer scraped answer {i} " * 3}
+               for i, p in enumerate(base)]
+    scraped.append({"instruction": "Something unrelated about volcanoes", "input": "", "output": "lava"})
+    (tmp_path / "trusted.jsonl").write_text("\n".join(json.dumps(r) for r in trusted) + "\n")
+    (tmp_path / "scraped.jsonl").write_text("\n".join(json.dumps(r) for r in scraped) + "\n")
+    (tmp_path / "pipeline.toml").write_text(
+        '[run]\noutput_dir = "run"\nseed = 1\n\n'
+        '[[sources]]\nname = "scraped"\npath = "scraped.jsonl"\ntask = "qa"\n\n'
+        '[[sources]]\nname = "trusted"\npath = "trusted.jsonl"\ntask = "qa"\n\n'
+        '[[stages]]\nkind = "dedup"\nkeep = "source_priority"\nsources = ["trusted"]\n'
+    )
+    manifest = run_pipeline(load_config(tmp_path / "pipeline.toml"))
+    ledger = manifest["ledger"]
+    assert ledger["read"] == 7 and ledger["kept"] == 4
+    assert ledger["dropped"] == {"dedup": {"duplicate_of": 3}}
+    stage = manifest["stages"][0]
+    assert stage["stats"]["clusters"]["count"] == 3 and stage["stats"]["dropped_near"] == 3
+    rejects = pl.read_parquet(tmp_path / "run" / stage["rejects"])
+    assert set(rejects["source"].to_list()) == {"scraped"}
+    kept = pl.read_parquet(tmp_path / "run" / stage["output"] / "data.parquet")
+    assert set(rejects.columns) & {"detail", "_detail"}
+    detail = rejects["detail" if "detail" in rejects.columns else "_detail"].to_list()
+    assert set(detail) <= set(kept["id"].to_list())

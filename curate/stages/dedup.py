@@ -179,7 +179,7 @@ class DedupStage(Stage):
         shared = long.filter(pl.col("k").is_duplicated())
         members = (
             shared.group_by("k")
-            .agg(pl.col("r").unique().sort(), pl.len().alias("n"))
+            .agg(pl.col("r").unique().sort())
             .filter(pl.col("r").list.len() > 1)
             .with_row_index("bucket")
         )
