@@ -87,6 +87,12 @@ def corpus(n: int, seed: int) -> tuple[list[str], np.ndarray, str]:
     offs = np.concatenate([[0], np.cumsum(lengths)])
     docs: list[np.ndarray] = []
     groups: list[int] = []
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+
+    def draw() -> int:  # what rng.choice(len(words), p=p) does, without rebuilding the cdf per call
+        return int(cdf.searchsorted(rng.random(), side="right"))
+
     g = 0
     i = 0
     while len(docs) < n:
@@ -102,11 +108,11 @@ def corpus(n: int, seed: int) -> tuple[list[str], np.ndarray, str]:
                 for _ in range(rng.integers(0, 9)):
                     op, pos = rng.random(), rng.integers(len(v))
                     if op < 0.6:
-                        v[pos] = rng.choice(len(words), p=p)
+                        v[pos] = draw()
                     elif op < 0.8 and len(v) > 10:
                         del v[pos]
                     else:
-                        v.insert(pos, rng.choice(len(words), p=p))
+                        v.insert(pos, draw())
                 docs.append(np.array(v))
                 groups.append(g)
         g += 1
