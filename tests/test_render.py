@@ -144,3 +144,20 @@ def test_generated_conversations_match_apply_chat_template(tok_name, compiled):
         assert mask == mask_ref
 
     check()
+
+
+def test_tools_are_rendered_like_apply_chat_template(compiled):
+    tok = get_tokenizer("bpe")
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    for name in BUILTINS:
+        tpl = compiled[name]
+        tok.chat_template = tpl.text
+        try:
+            ref = tok.apply_chat_template(FIXED["tool"], tools=tools, tokenize=False)
+        finally:
+            tok.chat_template = None
+        text, _ = tpl.render(FIXED["tool"], tools=tools, **tok.special_tokens_map)
+        assert text == ref, name
+        if name in ("qwen-2.5", "mistral"):
+            assert "get_weather" in text
