@@ -190,8 +190,9 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
                             exc.key = f"stages[{i}].{exc.key}"
                         raise
             if render is not None:
-                if render.tokenizer is None:
-                    raise ConfigError("render.tokenizer", "required: a local tokenizer or model directory")
+                from curate.render import check_config
+
+                check_config(render, cfg.base_dir)
         return cfg
     except ConfigError as exc:
         fail(exc)

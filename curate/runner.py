@@ -236,6 +236,7 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
             "template": rendered.fingerprints.get("template"),
             "template_sha256": rendered.fingerprints.get("template_sha256"),
             "tokenizer": rendered.fingerprints.get("tokenizer"),
+            "end_of_turn": rendered.fingerprints.get("end_of_turn"),
             "train_on": cfg.render.train_on, "max_length": cfg.render.max_length, "pack": cfg.render.pack,
             "dropped": dropped, "stats": rendered.stats,
         }
