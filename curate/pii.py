@@ -64,17 +64,23 @@ def iban_valid(v: pl.Expr) -> pl.Expr:
     rem = pl.lit(0, dtype=pl.Int64)
     for i in range(0, 70, 7):  # 34 characters -> at most 68 digits
         chunk = num.str.slice(i, 7)
-        n = chunk.str.len_chars()
-        rem = pl.when(n > 0).then((rem * pl.lit(10, pl.Int64).pow(n) + chunk.cast(pl.Int64, strict=False)) % 97).otherwise(rem)
+        # an empty chunk multiplies by 10^0 and adds 0: `rem` is referenced once per step,
+        # so the expression grows linearly (a when/otherwise on it would double each step)
+        rem = (rem * pl.lit(10, pl.Int64).pow(chunk.str.len_chars()) + chunk.cast(pl.Int64, strict=False).fill_null(0)) % 97
     return s.str.len_chars().is_between(15, 34) & (rem == 1)
 
 
+def assignable_ipv4(v: pl.Expr) -> pl.Expr:
+    """Addresses a machine can hold: not loopback, unspecified, broadcast or multicast
+    (127.0.0.1 and 0.0.0.0 identify nobody). Private ranges count: "my computer's IP is
+    10.0.0.42" still describes someone's network."""
+    return ~v.str.contains(r"^(?:127\.|0\.|255\.255\.255\.255$|2(?:2[4-9]|3\d)\.)")
+
+
 def public_ipv4(v: pl.Expr) -> pl.Expr:
-    """Addresses that can point at a person: not private, loopback, link-local, unspecified
-    or broadcast ("192.168.1.1" in a router tutorial identifies nobody)."""
-    return ~v.str.contains(
-        r"^(?:10\.|127\.|0\.|169\.254\.|192\.168\.|172\.(?:1[6-9]|2\d|3[01])\.|255\.255\.255\.255$|2(?:2[4-9]|3\d)\.)"
-    )
+    """Only globally routable addresses: private and link-local ranges left too
+    (`keep_private_ips = true`: router tutorials keep their 192.168.1.1)."""
+    return assignable_ipv4(v) & ~v.str.contains(r"^(?:10\.|169\.254\.|192\.168\.|172\.(?:1[6-9]|2\d|3[01])\.)")
 
 
 def public_ipv6(v: pl.Expr) -> pl.Expr:
@@ -123,7 +129,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("email", r"()\b([A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,})\b"),
     Detector("iban", r"()\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b", iban_valid),
     Detector("credit_card", r"()\b(\d(?:[ \-]?\d){12,18})\b", luhn_valid),
-    Detector("ip_address", r"()\b((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))\b", public_ipv4),
+    Detector("ip_address", r"()\b((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))\b", assignable_ipv4),
     Detector("ip_address", r"()\b((?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){2,6}:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,4})\b", public_ipv6),
     Detector(
         "phone",
@@ -133,6 +139,8 @@ DETECTORS: tuple[Detector, ...] = (
         r"|(?:\(\d{3}\)[ ]?|\d{3}[ .\-])\d{3}[ .\-]\d{4})\b",
         phone_digits,
     ),
+    # a 7-digit local number only where the text says it is one ("call me on 555-0199")
+    Detector("phone", r"((?i:\b(?:call|phone|tel|telephone|mobile|cell|fax|whatsapp|text me|reach me)\b[^\d\n]{0,20}))(\d{3}[ .\-]\d{4})\b"),
 )
 
 
@@ -140,7 +148,7 @@ def placeholder(kind: str, template: str) -> str:
     return template.replace("{KIND}", kind.upper()).replace("{kind}", kind)
 
 
-def scan(texts: pl.DataFrame, kinds: list[str], template: str = "<{KIND}>") -> pl.DataFrame:
+def scan(texts: pl.DataFrame, kinds: list[str], template: str = "<{KIND}>", keep_private_ips: bool = False) -> pl.DataFrame:
     """`texts` has columns `_id` (unique) and `_t`. Returns `_id`, `_t` redacted, and one
     count column per kind (`n_<kind>`). Detectors run in order on the text redacted so
     far, so a card number already replaced is not counted again as a phone number."""
@@ -156,7 +164,8 @@ def scan(texts: pl.DataFrame, kinds: list[str], template: str = "<{KIND}>") -> p
             .explode("_p")
             .with_columns(pl.col("_p").str.starts_with(_VAL).alias("_cand"), pl.col("_p").str.strip_prefix(_VAL).alias("_v"))
         )
-        valid = pl.col("_cand") if det.validate is None else (pl.col("_cand") & det.validate(pl.col("_v")).fill_null(False))
+        check = public_ipv4 if (keep_private_ips and det.validate is assignable_ipv4) else det.validate
+        valid = pl.col("_cand") if check is None else (pl.col("_cand") & check(pl.col("_v")).fill_null(False))
         pieces = pieces.with_columns(valid.alias("_ok"))
         rebuilt = pieces.group_by("_id", maintain_order=True).agg(
             pl.when(pl.col("_ok")).then(pl.lit(placeholder(det.kind, template)))

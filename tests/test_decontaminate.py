@@ -216,9 +216,10 @@ def test_real_instruction_files_are_clean_against_gsm8k_and_humaneval():
     config.check_paths(GSM8K.parent)
     ctx = StageContext(run_dir=GSM8K.parent, config_dir=GSM8K.parent, seed=0, stage_dir=GSM8K.parent)
     total = hits = 0
+    stage = STAGE(config, ctx)
     for f in sorted((SHARED / "formats").glob("*.json")):
         t = read_source(SourceConfig(name=f.stem, path=str(f)), f.parent).table
-        res = STAGE(config, ctx).process(t)
+        res = stage.process(t)
         total += t.height
         hits += res.stats["hits"].get("contaminated", 0)
     print(f"contaminated on the five real files: {hits}/{total}")

@@ -151,8 +151,8 @@ def test_token_bounds_with_tokenizer(tmp_path):
     config = load_dataclass(Config, {"kind": "filter", "tokenizer": str(tmp_path), "max_tokens": 3, "action": "flag"})
     config.check_paths(tmp_path)
     ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path)
-    res = STAGE(config, ctx).process(table([("Q?", "hello hello"), ("Q?", "a b c d e")]))
-    assert res.kept["filter_tokens"].to_list() == [2, 5]
+    res = STAGE(config, ctx).process(table([("Q?", "hello hello"), ("Q?", "a b c d e.")]))
+    assert res.kept["filter_tokens"].to_list() == [2, 6]
     assert res.kept["filter_flag"].to_list() == [None, "too_long"]
     with pytest.raises(ConfigError, match="tokenizer"):
         load_dataclass(Config, {"kind": "filter", "tokenizer": "missing"}).check_paths(tmp_path)
@@ -247,7 +247,7 @@ ANSWERS = st.sampled_from([
 ])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["Q?", "Summarize https://x.example.com/a", PROSE]), ANSWERS), min_size=1, max_size=12))
 def test_flag_and_drop_agree(convs):
     flagged = run(convs, action="flag", min_words=2)

@@ -56,9 +56,26 @@ def test_columns_and_keep():
 
 
 def test_min_score_makes_uncertain():
-    res = run([(EN, EN)], keep=["en"], min_score=0.9999)
+    # below min_score a prediction is no verdict unless drop_uncertain is set
+    assert run([(FR, FR)], keep=["en"], min_score=0.9999).dropped.height == 0
+    res = run([(EN, EN)], keep=["en"], min_score=0.9999, drop_uncertain=True)
     assert res.dropped["_reason"].to_list() == ["uncertain_language"]
     assert res.dropped["_detail"][0].startswith("user=en")
+
+
+def test_translation_prompts_and_target_language():
+    de = "Ich suche eine Apotheke. Diese Straße ist am Nachmittag sehr belebt und laut."
+    fr = "Je cherche une pharmacie. Cette rue est très animée l'après-midi et bruyante."
+    ask_fr = "Translate the following text into French.\n\nI am looking for a pharmacy. This street is very busy in the afternoon."
+    res = run([(ask_fr, fr), (ask_fr, de), ("Give the German translation of this: " + EN, de)], keep=["en"], action="flag")
+    assert res.kept["language_flag"].to_list() == [None, "wrong_target_language", None]
+    assert res.stats["checks"]["wrong_target_language"] == 1
+
+
+def test_code_lines_are_not_prose():
+    code = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"
+    res = run([("Write a Python function that returns the n-th Fibonacci number.", code)], keep=["en"], action="flag")
+    assert res.kept["language_assistant"].to_list() == [None] and res.kept["language_flag"].to_list() == [None]
 
 
 def test_mismatch_and_translation_exemption():
@@ -78,7 +95,7 @@ def test_code_and_urls_do_not_decide_the_language():
 def test_stats_report_languages():
     res = run([(EN, EN), (ZH, ZH), (ZH, ZH)], keep=["zh"])
     assert res.stats["languages"]["assistant"] == {"zh": 2, "en": 1}
-    assert res.stats["checks"] == {"wrong_language": 1, "uncertain_language": 0, "language_mismatch": 0}
+    assert res.stats["checks"] == {"wrong_language": 1, "wrong_target_language": 0, "language_mismatch": 0}
 
 
 TEXTS = st.sampled_from([EN, FR, DE, ZH, "ok", "12345 67890 12345 67890 12345", "Translate to German: " + EN])

@@ -49,7 +49,8 @@ def test_each_kind_is_redacted(text, expected, counts):
     [
         "card 4111 1111 1111 1112 fails Luhn",
         "IBAN DE89 3704 0044 0532 0130 01 fails mod 97",
-        "router at 192.168.1.1 and localhost 127.0.0.1",
+        "localhost 127.0.0.1, any 0.0.0.0, multicast 224.0.0.251",
+        "scores were 100-1000 and 555-0199 points",
         "fingerprint 2c:4a:9f:11:0e:33:aa:bc:de:f0:12:34:56:78:9a:bc",
         "the year 2023-01-15, version 1.2.3, population 1234567890, 12 345 678",
         "api_key = your_api_key_here_0000",
@@ -88,6 +89,13 @@ def test_redact_rewrites_contents_keeps_ids_and_counts():
     assert res.stats["found"] == {"secret": 0, "email": 4, "iban": 0, "credit_card": 0, "ip_address": 0, "phone": 2}
     assert res.stats["rows_with_pii"] == 2 and res.stats["rows_redacted"] == 2
     assert res.kept.schema["messages"] == POLARS_SCHEMA["messages"]
+
+
+def test_private_ips_and_local_phone_numbers():
+    assert redact("my computer's IP address is 10.0.0.42")[0] == "my computer's IP address is <IP_ADDRESS>"
+    assert redact("Call me on 555-0199 if needed")[0] == "Call me on <PHONE> if needed"
+    kept = scan(pl.DataFrame({"_id": [0], "_t": ["router 192.168.1.1, dns 8.8.8.8"]}), ["ip_address"], keep_private_ips=True)
+    assert kept["_t"][0] == "router 192.168.1.1, dns <IP_ADDRESS>"
 
 
 def test_roles_kinds_and_placeholder():

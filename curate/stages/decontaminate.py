@@ -173,7 +173,9 @@ class DecontaminateStage(FilterStage):
 
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:
         cfg = self.config
-        index = EvalIndex.build(cfg, self.context.config_dir)
+        index = getattr(self, "_index", None)
+        if index is None:  # built once per stage object: eval sets do not change mid-run
+            index = self._index = EvalIndex.build(cfg, self.context.config_dir)
         self._index_stats = {"eval_items": index.n_items, "eval_ngrams": index.grams.height}
         best_parts = []
         for start in range(0, max(table.height, 1), cfg.chunk_rows):

@@ -55,6 +55,18 @@ MERGED_RE = (
     r"|^[ \t]*(?:human|user)[ \t]*:[ \t]*\S"
     r"|<\|im_start\|>|<\|im_end\|>|\[/?INST\]|<\|user\|>|<\|assistant\|>)"
 )
+# ... or a numbered list of answers given to a question that wants one answer (answers to
+# several records' instructions pasted under one prompt).
+SINGLE_ANSWER_RE = (
+    r"(?i)^\s*(?:what is|what's|who is|who was|who wrote|when did|when was|where is|which is|calculate|compute|"
+    r"convert|multiply|divide|add|subtract|give a synonym|give an antonym|what is another word|is \d+|how much is|"
+    r"how many|summari[sz]e|write a one-sentence|give a short summary|translate)\b"
+)
+LIST_CUE_RE = (
+    r"(?i)\b(?:lists?|steps|ways|examples|ideas|tips|reasons|items|points|options|enumerate|outline|bullets?|"
+    r"several|multiple|each|all|top \d+|\d+ (?:\w+ )?(?:things|words|examples|ways|reasons|facts|sentences))\b"
+)
+NUMBERED_RE = r"(?m)^\s*\d{1,2}[.)]\s+\S"
 FENCE_RE = r"(?m)^[ \t]*```"
 # An answer ending on a comma, an opening bracket or a word that cannot end a sentence.
 DANGLING_RE = (
@@ -101,7 +113,7 @@ class Config:
     max_non_ascii_ratio: float | None = None
     max_url_ratio: float | None = 0.5
     # Gopher repetition (lines/paragraphs: DataTrove's defaults), per turn, on turns of >= repetition_min_words.
-    repetition_min_words: int = 50
+    repetition_min_words: int = 20
     max_dup_line_frac: float | None = 0.3
     max_dup_line_char_frac: float | None = 0.2
     max_dup_para_frac: float | None = 0.3
@@ -126,7 +138,7 @@ class Config:
     copy_min_fraction: float = 0.5
     # truncated: an unterminated last line counts when it is prose of at least this many words
     # (not applied to unspaced scripts); a dangling comma/connective always counts.
-    truncation_min_words: int = 8
+    truncation_min_words: int = 4
     # unverifiable_url: the prompt's text besides its URLs is at most this many words.
     url_prompt_max_words: int = 40
     # Names of thresholds or checks to switch off (TOML has no null to unset a default).
@@ -256,7 +268,9 @@ class HeuristicFilter(FilterStage):
         cfg = self.config
         col = self._col
         frame = table.with_columns(text_view(cfg.on).alias("__text"))
-        stats = basic_stats(pl.col("__text"), prose=pl.col("__text").str.replace_all(CODE_BLOCK_RE, " "))
+        frame = frame.with_columns(pl.col("__text").str.replace_all(CODE_BLOCK_RE, " ").alias("__prose"))
+        frame = frame.with_columns(pl.col("__prose").str.count_matches(r"\S+").alias("__prose_words"))
+        stats = basic_stats(pl.col("__text"), prose=pl.col("__prose"))
         frame = frame.with_columns([e.alias(col(k)) for k, e in stats.items() if k != "unspaced_ratio"]
                                    + [stats["unspaced_ratio"].alias("__unspaced")])
         if cfg.tokenizer is not None:
@@ -282,7 +296,8 @@ class HeuristicFilter(FilterStage):
             detail = pl.format(f"{stat}={{}} {op} {key}={v}", _fmt(c, digits))
             checks.append((key, reason, fail.fill_null(False), detail))
 
-        long_enough = pl.col(col("words")) >= cfg.ratio_min_words
+        # ratios are over the prose (fenced code removed), so judge them when the prose is long
+        long_enough = pl.col("__prose_words") >= cfg.ratio_min_words
         spaced = long_enough & (pl.col("__unspaced") < 0.1)
         bound("min_chars", "chars", "too_short", "<")
         bound("max_chars", "chars", "too_long", ">")
@@ -417,7 +432,16 @@ class HeuristicFilter(FilterStage):
 
         if "merged_instructions" in enabled:
             m = pl.col("__resp").str.extract(MERGED_RE, 1).str.strip_chars()
-            checks.append(("merged_instructions", "merged_instructions", m.is_not_null(), pl.format("marker '{}'", m)))
+            last_user = text_view("last_user")
+            numbered = (
+                pl.col("__last").str.contains(r"^\s*1[.)]\s")
+                & (pl.col("__last").str.count_matches(NUMBERED_RE) >= 3)
+                & last_user.str.contains(SINGLE_ANSWER_RE)
+                & ~last_user.str.contains(LIST_CUE_RE)
+            )
+            checks.append(("merged_instructions", "merged_instructions", m.is_not_null() | numbered.fill_null(False),
+                           pl.when(m.is_not_null()).then(pl.format("marker '{}'", m))
+                           .otherwise(pl.lit("numbered answers to a one-answer question"))))
 
         if "unbalanced_code_fence" in enabled:
             odd = pl.col("__answers").list.eval(el.str.count_matches(FENCE_RE) % 2 == 1).list.any()
@@ -429,7 +453,13 @@ class HeuristicFilter(FilterStage):
             last = pl.col("__last").str.slice(-400)
             last_line = last.str.extract(r"([^\n]*)$", 1).str.strip_chars()
             unspaced = last_line.str.count_matches(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]") > last_line.str.len_chars() // 2
-            dangling = last.str.contains(DANGLING_RE) & (pl.col("__last").str.count_matches(r"\S+") >= 3)
+            raw_line = last.str.extract(r"([^\n]*)$", 1)
+            dangling = (
+                last.str.contains(DANGLING_RE)
+                & (pl.col("__last").str.count_matches(r"\S+") >= 3)
+                # `return a`, `x = b +`: an indented or operator-bearing last line is code
+                & ~raw_line.str.contains(r"^(?:\s{2,}|\t)|[=;{}<>]|\breturn\b")
+            )
             # Scripts without spaces often end answers without a full stop (oasst zh does), so
             # only the dangling-punctuation rule applies to them.
             prose = (

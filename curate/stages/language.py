@@ -9,8 +9,12 @@ cost of very long turns). Only distinct texts are sent to fastText, in one batch
 per chunk: the one per-record library call this stage cannot avoid.
 
 Reasons: `wrong_language` (confident, not in `keep`), `uncertain_language` (below
-`min_score` while a `keep` list is set), `language_mismatch` (user and assistant both
-confident and different, unless the prompt asks for a translation).
+`min_score` while a `keep` list is set, only with `drop_uncertain = true`), `language_mismatch` (user and assistant both
+confident and different), `wrong_target_language` (a translation prompt names a target
+language, "into French", and the answer is confidently another). Translation prompts are
+exempt from the keep-list and mismatch checks: mixing languages is their point. Besides
+fenced code, lines that look like code (indented blocks, statements, braces) are left out
+before prediction: code is not prose in any language.
 """
 from __future__ import annotations
 
@@ -32,6 +36,22 @@ ROLE_VIEWS = {"user": "user", "assistant": "assistant", "all": "all", "last_user
 TRANSLATION_RE = r"(?i)translat|traduc|tradu[iz]|übersetz|перевед|перевод|翻译|翻譯|翻訳|번역|\bin (?:english|french|spanish|german|chinese|japanese|korean|italian|portuguese|russian|arabic|hindi)\b"
 
 
+# Target language named in a translation prompt ("into French", "to German", "in English",
+# "Give the Spanish translation"): the answer must be in it.
+LANGUAGE_NAMES = {
+    "english": "en", "french": "fr", "german": "de", "spanish": "es", "italian": "it", "portuguese": "pt",
+    "dutch": "nl", "russian": "ru", "chinese": "zh", "japanese": "ja", "korean": "ko", "arabic": "ar",
+    "hindi": "hi", "turkish": "tr", "polish": "pl", "swedish": "sv", "greek": "el", "vietnamese": "vi",
+}
+_NAMES = "|".join(LANGUAGE_NAMES)
+TARGET_RE = rf"(?i)\b(?:into|to|in)\s+({_NAMES})\b|\b({_NAMES})\s+(?:translation|version|equivalent)\b"
+# Lines that are code, not prose: indented blocks, statements, braces, markup.
+CODE_LINE_RE = (
+    r"(?m)^(?:[ \t]{2,}\S.*|\s*(?:def|class|return|import|from|for|while|if|elif|else|try|except|with|print|"
+    r"const|let|var|function|public|private|static|#include|SELECT|INSERT|UPDATE)\b.*|.*[{};]\s*|\s*[<\[{}\]>].*)$"
+)
+
+
 @dataclass
 class Config:
     kind: Literal["language"]
@@ -41,6 +61,10 @@ class Config:
     on: list[str] = field(default_factory=lambda: ["user", "assistant"])
     keep: list[str] = field(default_factory=list)  # e.g. ["en"]; empty = any language
     min_score: float = 0.5
+    # Below min_score a prediction is not a verdict: short prompts ("Convert 89.1 inches to
+    # centimetres.") score 0.2-0.5 in their true language. Set true to drop them anyway
+    # (DataTrove's LanguageFilter behaviour).
+    drop_uncertain: bool = False
     # Texts with fewer letters than this are not judged (fastText guesses on "OK", "42").
     min_chars: int = 20
     max_chars: int = 2000
@@ -75,8 +99,10 @@ class Config:
 
 
 def _clean(text: pl.Expr, max_chars: int) -> pl.Expr:
+    """The prose of a turn: fenced code, code-looking lines and URLs removed."""
     return (
         text.str.replace_all(CODE_BLOCK_RE, " ")
+        .str.replace_all(CODE_LINE_RE, " ")
         .str.replace_all(URL_RE, " ")
         .str.replace_all(r"\s+", " ")
         .str.strip_chars()
@@ -107,17 +133,28 @@ class LanguageStage(FilterStage):
                 pl.when(judged[r]).then(pl.col(score)).alias(score),
             )
         checks = []
+        # A translation prompt is meant to mix languages: no keep-list or mismatch verdict on
+        # it, but its answer must be in the language the prompt asks for.
+        prompt = text_view("last_user")
+        translation = prompt.str.contains(cfg.mismatch_exempt_pattern)
+        target = pl.coalesce(prompt.str.extract(TARGET_RE, 1), prompt.str.extract(TARGET_RE, 2)).str.to_lowercase()
+        target = target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
         if cfg.keep:
             for r in cfg.on:
                 lang, score = pl.col(f"{self.name}_{r}"), pl.col(f"{self.name}_{r}_score")
                 detail = pl.format(f"{r}={{}} ({{}})", lang, score.round(2).cast(pl.String))
-                checks.append(("wrong_language", (lang.is_not_null() & (score >= cfg.min_score) & ~lang.is_in(cfg.keep)), detail))
-                checks.append(("uncertain_language", (lang.is_not_null() & (score < cfg.min_score)), detail))
+                checks.append(("wrong_language", (lang.is_not_null() & (score >= cfg.min_score) & ~lang.is_in(cfg.keep) & ~translation), detail))
+                if cfg.drop_uncertain:
+                    checks.append(("uncertain_language", (lang.is_not_null() & (score < cfg.min_score) & ~translation), detail))
+        if "assistant" in cfg.on or "last_assistant" in cfg.on:
+            r = "last_assistant" if "last_assistant" in cfg.on else "assistant"
+            a, a_s = pl.col(f"{self.name}_{r}"), pl.col(f"{self.name}_{r}_score")
+            fail = translation & target.is_not_null() & a.is_not_null() & (a_s >= cfg.min_score) & (a != target)
+            checks.append(("wrong_target_language", fail, pl.format("asked for {}, answer is {}", target, a)))
         if cfg.check_mismatch and "user" in cfg.on and "assistant" in cfg.on:
             u, a = pl.col(f"{self.name}_user"), pl.col(f"{self.name}_assistant")
             us, as_ = pl.col(f"{self.name}_user_score"), pl.col(f"{self.name}_assistant_score")
-            exempt = text_view("user").str.contains(cfg.mismatch_exempt_pattern)
-            fail = (u != a) & (us >= cfg.min_score) & (as_ >= cfg.min_score) & ~exempt
+            fail = (u != a) & (us >= cfg.min_score) & (as_ >= cfg.min_score) & ~translation
             checks.append(("language_mismatch", fail, pl.format("user={} assistant={}", u, a)))
         fails = [f.fill_null(False) for _, f, _ in checks]
         # rows failing each reason (any role), for the manifest

@@ -34,6 +34,8 @@ class Config:
     kinds: list[str] = field(default_factory=lambda: list(pii.KINDS))
     roles: list[str] = field(default_factory=lambda: list(ROLES))  # turns to scan
     placeholder: str = "<{KIND}>"  # {KIND} -> EMAIL, {kind} -> email
+    # private/link-local IPv4 (10.x, 192.168.x, ...) are redacted too unless this is set
+    keep_private_ips: bool = False
 
     def validate(self) -> None:
         for k in self.kinds:
@@ -63,7 +65,7 @@ class PIIStage(FilterStage):
         role = pl.col("messages").struct.field("role")
         content = pl.col("messages").struct.field("content")
         scanned = turns.filter(role.is_in(cfg.roles) & content.is_not_null()).select("_id", content.alias("_t"))
-        found = pii.scan(scanned, cfg.kinds, cfg.placeholder)
+        found = pii.scan(scanned, cfg.kinds, cfg.placeholder, cfg.keep_private_ips)
         turns = turns.join(found, on="_id", how="left", maintain_order="left")
         counts_cols = [f"n_{k}" for k in cfg.kinds]
         per_row = turns.group_by("_row", maintain_order=True).agg(
