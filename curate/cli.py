@@ -97,11 +97,64 @@ def validate(pipeline):
 
 # --- commands added by modules (keep one small block per command group) ---
 # [cli:templates]
+from curate.chat_templates import templates_cli  # noqa: E402  (click + stdlib only)
+
+main.add_command(templates_cli, "templates")
 # [cli:classifier]
 from curate.classifier import classifier_cli  # noqa: E402
 
 main.add_command(classifier_cli)
 # [cli:train]
+@main.command("train")
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (with a PIPELINE: overrides [run].output_dir).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Take [train] from this pipeline.toml (when TARGET is a run directory).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in RUN/train/.")
+@click.option("--merge", is_flag=True, default=None, help="Also write the adapter merged into the base model.")
+@click.option("--max-steps", type=int, default=None, help="Override [train].max_steps.")
+def train_cmd(target, out_dir, config_path, resume, merge, max_steps):
+    """Train on the shards of TARGET: a pipeline.toml (after `curate run`) or a run directory.
+
+    Multi-GPU / multi-process: torchrun --nproc-per-node N -m curate train TARGET"""
+    import json as _json
+
+    from curate.typed_config import ConfigError
+
+    target = Path(target)
+    if target.is_dir():
+        run_dir = target
+        if config_path:
+            _, train_cfg = _load(config_path, with_train=True)
+        else:  # the [train] table recorded in the run's manifest
+            from train.config import parse_train_config
+
+            manifest = _json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+            table = (manifest.get("config") or {}).get("train")
+            pipeline = manifest.get("pipeline") or manifest.get("config_path")
+            try:
+                train_cfg = parse_train_config(table, Path(pipeline).parent if pipeline else Path.cwd()) if table else None
+            except ConfigError as exc:
+                raise click.ClickException(exc.message()) from None
+    else:
+        cfg, train_cfg = _load(str(target), with_train=True)
+        run_dir = cfg.output_dir(out_dir).resolve()
+    if train_cfg is None:
+        raise click.ClickException("no [train] table: add one to the pipeline (or pass --config PIPELINE)")
+    if max_steps is not None:
+        train_cfg.max_steps = max_steps
+    from train import run_training
+    from train.data import DataError
+    from train.loop import TrainingError
+
+    try:
+        summary = run_training(run_dir, train_cfg, log=click.echo, resume=resume, merge=merge)
+    except (DataError, TrainingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if summary.get("provenance"):
+        click.echo(f"adapter: {summary.get('adapter_dir')}  best val loss {summary.get('best_val_loss')}  "
+                   f"KL to base {summary.get('kl_to_base')}")
+
+
 # [cli:inspect]
 @main.command("inspect")
 @click.argument("path", type=click.Path(exists=True))

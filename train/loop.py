@@ -487,9 +487,10 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
         }
         if cfg.adapters == "single":
             summary.update(summaries["default"])
-            summary["adapter_path"] = str(paths["default"])
+            summary["adapter_dir"] = str(paths["default"])
         else:
             summary["adapters"] = {t: {**s, "path": str(paths[t])} for t, s in summaries.items()}
+            summary["adapter_dir"] = str(out / "adapters")
         if dist.main:
             summary["provenance"] = str(write_provenance(out, run_dir, hashes, cfg.to_dict(), {"summary": summary}))
         return summary

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Training throughput and peak memory: curate's trainer vs TRL's SFTTrainer (+ peft), side by side.
+
+Same model, same examples (the curated shards of a run), same LoRA (r, alpha, all linear
+projections, no dropout), same learning rate and schedule, same tokens per optimiser step and per
+micro-batch. TRL gets its best packing setting: `packing=True, packing_strategy="bfd"` (best-fit
+decreasing, padding-free with per-example position_ids), fed the shards' examples unpacked with
+their labels, so both train on exactly the same supervised tokens.
+
+Install the peer in its own venv (never in the project's):
+    python3.11 -m venv /work/venv-bench-train
+    /work/venv-bench-train/bin/pip install torch==2.13.0            # CPU wheel first
+    /work/venv-bench-train/bin/pip install trl "transformers==5.24.*" "peft==0.21.2" accelerate \
+        pyarrow numpy polars click rich safetensors tokenizers zstandard jinja2 datasketch
+    /work/venv-bench-train/bin/pip install --no-deps -e .
+Run (after `curate run sample_data/pipeline.toml --no-train`, which writes runs/sample):
+    /work/venv-bench-train/bin/python benchmarks/train_bench.py --run runs/sample
+    /work/venv-bench-train/bin/python benchmarks/train_bench.py --run runs/sample --hidden 512 --layers 8
+    ... --device cuda --dtype bfloat16       (the same comparison on a GPU)
+Without TRL installed it runs ours alone and says so.
+
+Each trainer runs in a fresh child process of this script (`--only ours|trl`), one after the
+other, so that the peak memory (VmHWM on CPU, max_memory_allocated on GPU) and the thread pool
+belong to one trainer alone; the parent prints the table and the ratios. Throughput is tokens
+(real, non-padding) per second of training steps: ours sums its step times (batch building
+included), TRL is timed from on_train_begin to on_train_end (no eval, no saving).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_model(args, out: Path) -> Path:
+    """The model both trainers use: --model as is, or a random Llama of the given size on
+    --model's tokenizer (to compare where compute, not overhead, dominates)."""
+    if not args.hidden:
+        return Path(args.model).resolve()
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=int(args.hidden * 8 / 3) // 32 * 32,
+                      num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
+                      num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=4096, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def run_ours(args, model_dir: Path) -> dict:
+    from train.config import parse_train_config
+    from train.loop import run_training
+
+    run = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    for name in ("manifest.json", "shards"):
+        os.symlink(Path(args.run).resolve() / name, run / name)
+    cfg = parse_train_config({
+        "base_model": str(model_dir), "r": args.r, "alpha": float(2 * args.r), "dropout": 0.0, "lr": args.lr,
+        "epochs": 1, "batch_tokens": args.batch_tokens, "micro_batch_tokens": args.micro_batch_tokens,
+        "warmup": 0.0, "schedule": "cosine", "eval_every": 10**9, "save_every": 0, "device": args.device,
+        "dtype": args.dtype, "max_steps": args.max_steps, "early_stopping": {"patience": 0},
+        "forgetting": {"max_tokens": 512}}, REPO)
+    t0 = time.perf_counter()
+    run_training(run, cfg, log=lambda s: None)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    tokens = sum(r["tokens"] for r in steps)
+    step_time = sum(r["tokens"] / r["tokens_per_s"] for r in steps)
+    return {"tokens": tokens, "steps": len(steps), "train_s": step_time, "wall_s": wall,
+            "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
+
+
+def run_trl(args, model_dir: Path) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from train.data import load_split, read_manifest
+
+    split = load_split(Path(args.run), "train", read_manifest(Path(args.run)))
+    ids = [split.tokens[s : s + n].tolist() for s, n in zip(split.ex_start, split.ex_len)]
+    labels = [split.labels[s : s + n].tolist() for s, n in zip(split.ex_start, split.ex_len)]
+    data = Dataset.from_dict({"input_ids": ids, "labels": labels})
+    max_len = int(split.row_lengths().max())
+    per_device = max(1, args.micro_batch_tokens // max_len)
+    accum = max(1, args.batch_tokens // (per_device * max_len))
+    dtype = torch.float32 if args.dtype in ("auto", "float32") and not args.device.startswith("cuda") else \
+        (torch.bfloat16 if args.dtype in ("auto", "bfloat16") else getattr(torch, args.dtype))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    cfg = SFTConfig(output_dir=out, max_length=max_len, packing=True, packing_strategy="bfd",
+                    per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, learning_rate=args.lr,
+                    lr_scheduler_type="cosine", warmup_steps=0, num_train_epochs=1, max_steps=args.max_steps or -1,
+                    logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", seed=0,
+                    use_cpu=not args.device.startswith("cuda"), bf16=dtype == torch.bfloat16,
+                    max_grad_norm=1.0, dataloader_num_workers=0, disable_tqdm=True)
+    peft_cfg = LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
+    clock, losses = {}, []
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            clock["t0"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            clock["t1"] = time.perf_counter()
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    t0 = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=peft_cfg,
+                         callbacks=[Timer()])
+    collate, seen = trainer.data_collator, {"tokens": 0}
+
+    def counting(examples):
+        batch = collate(examples)
+        seen["tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        return batch
+
+    trainer.data_collator = counting
+    trainer.train()
+    wall = time.perf_counter() - t0
+    return {"tokens": seen["tokens"], "steps": trainer.state.global_step, "train_s": clock["t1"] - clock["t0"],
+            "wall_s": wall, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "note": f"bfd packing, padding-free, batch {per_device}x{max_len}, accumulation {accum}"}
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.model_dir)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    res = run_ours(args, model_dir) if args.only == "ours" else run_trl(args, model_dir)
+    res["peak_mb"] = peak_memory_mb(args.device)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(REPO / "runs" / "sample"), help="run directory with shards (curate run)")
+    ap.add_argument("--model", default=str(REPO / "sample_data" / "base_model"))
+    ap.add_argument("--hidden", type=int, default=0, help="random Llama of this width on --model's tokenizer")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--micro-batch-tokens", type=int, default=2048)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.only:
+        return child(args)
+    if not (Path(args.run) / "manifest.json").is_file():
+        sys.exit(f"no shards at {args.run}: run `curate run sample_data/pipeline.toml --no-train` first")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-model-"))
+    model_dir = build_model(args, tmp / "model")
+    try:
+        import trl  # noqa: F401
+
+        have_trl = True
+    except ImportError:
+        have_trl = False
+        print("TRL is not installed in this interpreter: running ours only (see the install lines at the top)")
+    results = {}
+    for who in ["ours", "trl"] if have_trl else ["ours"]:
+        cmd = [sys.executable, __file__, "--only", who, "--model-dir", str(model_dir), *sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            sys.exit(f"{who} failed")
+        results[who] = json.loads(line[7:])
+    print(f"model {model_dir if args.hidden else args.model} (hidden {args.hidden or 'as saved'}), run {args.run}, "
+          f"device {args.device}, threads {args.threads}")
+    print(f"{'trainer':<8} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} {'peak MB':>8} {'loss first->last':>18}")
+    for who, r in results.items():
+        print(f"{who:<8} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} {r['tokens'] / r['train_s']:>8.0f} "
+              f"{r['peak_mb']:>8.0f} {r['first_loss']:>8.3f} -> {r['last_loss']:.3f}")
+    if "trl" in results:
+        o, t = results["ours"], results["trl"]
+        print(f"TRL: {t.get('note')}")
+        print(f"tokens/s ratio (ours / TRL): {(o['tokens'] / o['train_s']) / (t['tokens'] / t['train_s']):.2f}x   "
+              f"peak memory ratio (ours / TRL): {o['peak_mb'] / t['peak_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
