@@ -11,7 +11,8 @@ per chunk: the one per-record library call this stage cannot avoid.
 Reasons: `wrong_language` (confident, not in `keep`), `uncertain_language` (below
 `min_score` while a `keep` list is set, only with `drop_uncertain = true`), `language_mismatch` (user and assistant both
 confident and different), `wrong_target_language` (a translation prompt names a target
-language, "into French", and the answer is confidently another). Translation prompts are
+language, "into French", and the answer is confidently in a third language, neither the
+target nor the prompt's own). Translation prompts are
 exempt from the keep-list and mismatch checks: mixing languages is their point. Besides
 fenced code, lines that look like code (indented blocks, statements, braces) are left out
 before prediction: code is not prose in any language.
@@ -42,9 +43,19 @@ LANGUAGE_NAMES = {
     "english": "en", "french": "fr", "german": "de", "spanish": "es", "italian": "it", "portuguese": "pt",
     "dutch": "nl", "russian": "ru", "chinese": "zh", "japanese": "ja", "korean": "ko", "arabic": "ar",
     "hindi": "hi", "turkish": "tr", "polish": "pl", "swedish": "sv", "greek": "el", "vietnamese": "vi",
+    "marathi": "mr", "persian": "fa", "farsi": "fa", "bengali": "bn", "urdu": "ur", "tamil": "ta", "telugu": "te",
+    "gujarati": "gu", "punjabi": "pa", "indonesian": "id", "thai": "th", "hebrew": "he", "czech": "cs",
+    "romanian": "ro", "hungarian": "hu", "finnish": "fi", "danish": "da", "norwegian": "no", "ukrainian": "uk",
+    "malayalam": "ml", "kannada": "kn", "catalan": "ca", "galician": "gl", "basque": "eu",
 }
 _NAMES = "|".join(LANGUAGE_NAMES)
-TARGET_RE = rf"(?i)\b(?:into|to|in)\s+({_NAMES})\b|\b({_NAMES})\s+(?:translation|version|equivalent)\b"
+# most specific first: "into/to X", then "X translation", then "in X" ("a sentence in
+# Japanese ... into Polish" names the source with "in")
+TARGET_RES = (
+    rf"(?i)\b(?:into|to)\s+(?:the\s+)?({_NAMES})\b",
+    rf"(?i)\b({_NAMES})\s+(?:translation|version|equivalent)\b",
+    rf"(?i)\bin\s+({_NAMES})\b",
+)
 # Lines that are code, not prose: indented blocks, statements, braces, markup.
 CODE_LINE_RE = (
     r"(?m)^(?:[ \t]{2,}\S.*|\s*(?:def|class|return|import|from|for|while|if|elif|else|try|except|with|print|"
@@ -137,7 +148,7 @@ class LanguageStage(FilterStage):
         # it, but its answer must be in the language the prompt asks for.
         prompt = text_view("last_user")
         translation = prompt.str.contains(cfg.mismatch_exempt_pattern)
-        target = pl.coalesce(prompt.str.extract(TARGET_RE, 1), prompt.str.extract(TARGET_RE, 2)).str.to_lowercase()
+        target = pl.coalesce([prompt.str.extract(r, 1) for r in TARGET_RES]).str.to_lowercase()
         target = target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
         if cfg.keep:
             for r in cfg.on:
@@ -150,6 +161,10 @@ class LanguageStage(FilterStage):
             r = "last_assistant" if "last_assistant" in cfg.on else "assistant"
             a, a_s = pl.col(f"{self.name}_{r}"), pl.col(f"{self.name}_{r}_score")
             fail = translation & target.is_not_null() & a.is_not_null() & (a_s >= cfg.min_score) & (a != target)
+            if "user" in cfg.on:
+                # an answer in the prompt's own language is often a wrapper around a short
+                # translated phrase ("In Spanish, that is ..."): only a third language is wrong
+                fail = fail & (a != pl.col(f"{self.name}_user")).fill_null(True)
             checks.append(("wrong_target_language", fail, pl.format("asked for {}, answer is {}", target, a)))
         if cfg.check_mismatch and "user" in cfg.on and "assistant" in cfg.on:
             u, a = pl.col(f"{self.name}_user"), pl.col(f"{self.name}_assistant")
