@@ -42,10 +42,11 @@ def ngram_keys(texts: pl.Series, sizes: Iterable[int], whole_text_sizes: Iterabl
     sizes, whole = sorted(set(sizes)), sorted(set(whole_text_sizes))
     words = words_table(texts)
     out = []
-    key = pl.col("_h")
+    words = words.with_columns(pl.col("_h").alias("_key"))
+    key = pl.col("_key")
     for n in range(1, max(sizes + whole, default=0) + 1):
-        if n > 1:
-            key = key * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))
+        if n > 1:  # size n from size n-1: one multiply-add per word per size
+            words = words.with_columns((key * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))).alias("_key"))
         if n in sizes or n in whole:
             valid = (pl.col("_pos") + n) <= pl.col("_nw")
             if n not in sizes:  # whole-text only

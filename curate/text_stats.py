@@ -158,16 +158,19 @@ def repetition_stats(
         words = words.with_columns(pl.col("_wl").cum_sum().alias("_cs"))
         ends = (offsets + nw - 1).filter(nw > 0)
         has_words = nw > 0
-        key = pl.col("_h")
+        words = words.with_columns(pl.col("_h").alias("_key"))
         # n-gram at position p covers words p..p+n-1 and is valid when p + n <= words in row.
+        # The key of size n is materialised from the key of size n-1 (one multiply-add per
+        # word per size, not a polynomial rebuilt from scratch).
         for n in range(1, max_n + 1):
             if n > 1:
-                key = key * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))
+                words = words.with_columns(
+                    (pl.col("_key") * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))).alias("_key"))
             if n not in top_ngrams and n not in dup_ngrams:
                 continue
             valid = (pl.col("_pos") + n) <= pl.col("_nw")
             ngram_chars = pl.col("_cs").shift(-(n - 1)) - pl.col("_cs") + pl.col("_wl")
-            g = words.select("_row", valid.alias("_valid"), _row_key(key).alias("_k"), ngram_chars.alias("_gc"), "_wl")
+            g = words.select("_row", valid.alias("_valid"), _row_key(pl.col("_key")).alias("_k"), ngram_chars.alias("_gc"), "_wl")
             if n in top_ngrams:
                 top = (
                     g.filter("_valid")
