@@ -122,17 +122,45 @@ def corpus(n: int, seed: int) -> tuple[list[str], np.ndarray, str]:
 
 
 def records_table(texts: list[str]):
+    """The canonical record table (user prompt = text), built column-wise."""
     import polars as pl
 
     n = len(texts)
-    return pl.DataFrame({
-        "id": [f"r{i:08d}" for i in range(n)],
-        "source": ["bench"] * n,
-        "task": ["t"] * n,
-        "messages": [[{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}] for t in texts],
-        "meta": ["{}"] * n,
-        "origin": [f"bench:{i}" for i in range(n)],
-    })
+    return pl.DataFrame({"prompt": texts}).select(
+        pl.format("r{}", pl.int_range(n).cast(pl.String).str.zfill(8)).alias("id"),
+        pl.lit("bench").alias("source"),
+        pl.lit("t").alias("task"),
+        pl.concat_list(
+            pl.struct(pl.lit("user").alias("role"), pl.col("prompt").alias("content")),
+            pl.struct(pl.lit("assistant").alias("role"), pl.lit("ok").alias("content")),
+        ).alias("messages"),
+        pl.lit("{}").alias("meta"),
+        pl.format("bench:{}", pl.int_range(n)).alias("origin"),
+    )
+
+
+class RssSampler:
+    """Highest resident set size seen while the `with` block runs (polled every 20 ms),
+    so the stage's own peak is measured, not whatever built its input."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak = current_rss_mib()
+        self._stop = threading.Event()
+
+        def poll():
+            while not self._stop.wait(0.02):
+                self.peak = max(self.peak, current_rss_mib())
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mib())
 
 
 # ---- ground truth ----------------------------------------------------------------------------
@@ -190,11 +218,11 @@ def pr(found: set, truth: set) -> tuple[float, float]:
 
 # ---- tools -----------------------------------------------------------------------------------
 
-def run_ours(texts, args, bands, rows):
+def run_ours(texts, args, bands, rows, table=None):
     from curate.stages.base import StageContext
     from curate.stages.dedup import Config, DedupStage
 
-    table = records_table(texts)
+    table = records_table(texts) if table is None else table
     cfg = Config(kind="dedup", method="minhash", threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
                  bands=bands, rows=rows, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +231,7 @@ def run_ours(texts, args, bands, rows):
         res = DedupStage(cfg, ctx).process(table)
         dt = time.perf_counter() - t0
     pos = {rid: i for i, rid in enumerate(table["id"].to_list())}
-    labels = np.arange(len(texts))
+    labels = np.arange(table.height)
     for rid, kept in zip(res.dropped["id"].to_list(), res.dropped["_detail"].to_list()):
         labels[pos[rid]] = pos[kept]
     return dt, labels, res.dropped.height
@@ -279,17 +307,20 @@ def current_rss_mib() -> float:
 
 
 def ours_only(args) -> dict:
-    """One process: build the records, then time the stage and report its memory."""
+    """One process: build the record table, then time the stage and sample its memory."""
     from curate import minhash as mh
 
     texts, _, origin = corpus(args.records, args.seed)
+    table = records_table(texts)
+    del texts
+    gc.collect()
     bands, rows = mh.lsh_params(args.threshold, args.num_perm)
     before = current_rss_mib()
-    gc.collect()
-    dt, _, dropped = run_ours(texts, args, bands, rows)
+    with RssSampler() as rss:
+        dt, _, dropped = run_ours(None, args, bands, rows, table=table)
     return {"records": args.records, "seconds": round(dt, 2), "records_per_s": round(args.records / dt),
-            "dropped": dropped, "rss_before_mib": round(before), "peak_rss_mib": round(peak_rss_mib()),
-            "words": origin}
+            "dropped": dropped, "table_mib": round(table.estimated_size() / 2**20),
+            "rss_before_mib": round(before), "stage_peak_rss_mib": round(rss.peak), "words": origin}
 
 
 def main() -> None:
@@ -314,8 +345,9 @@ def main() -> None:
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(f"curate dedup, 1,000,000 records (num_perm {args.num_perm}, {args.ngram}-gram words, "
               f"threshold {args.threshold}): {out['seconds']} s, {out['records_per_s']:,} records/s, "
-              f"{out['dropped']:,} dropped; process RSS {out['rss_before_mib']} MiB with the records built, "
-              f"peak {out['peak_rss_mib']} MiB")
+              f"{out['dropped']:,} dropped; record table {out['table_mib']} MiB, process RSS "
+              f"{out['rss_before_mib']} MiB before the stage, peak {out['stage_peak_rss_mib']} MiB during it "
+              f"(+{out['stage_peak_rss_mib'] - out['rss_before_mib']} MiB)")
         return
 
     from curate import minhash as mh

@@ -283,6 +283,7 @@ def test_semantic_refuses_missing_model_dir(tmp_path):
 
 # ---- semantic (optional: needs transformers and a local model) ----------------------------
 
+@pytest.mark.slow  # loading transformers dominates; the dedup work itself is milliseconds
 def test_semantic_with_local_model(tmp_path, shared_data):
     """stories260K (a real pretrained Llama) as the embedding model: exact copies embed
     identically and are clustered; at a cosine threshold of 1 - 1e-6 nothing else is."""
@@ -331,3 +332,18 @@ def test_pipeline_run_ledger_and_rejects(tmp_path):
     assert set(rejects.columns) & {"detail", "_detail"}
     detail = rejects["detail" if "detail" in rejects.columns else "_detail"].to_list()
     assert set(detail) <= set(kept["id"].to_list())
+
+
+def test_shared_system_prompt_does_not_make_duplicates(tmp_path):
+    system = ("You are a helpful, careful and honest assistant. Answer the user's question clearly and "
+              "concisely, show your reasoning when it helps, and say so when you do not know.")
+    qs = ["What is the boiling point of water at sea level?", "Who wrote the novel Pride and Prejudice?",
+          "How many legs does a spider have?"]
+    rows = []
+    for i, q in enumerate(qs):
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": q},
+                {"role": "assistant", "content": f"answer {i}"}]
+        rows.append({"id": conversation_id(msgs), "source": "s", "task": "t", "messages": msgs, "meta": "{}",
+                     "origin": "s:1"})
+    assert run(table(rows), tmp_path).kept.height == 3  # default view: the user turns
+    assert run(table(rows), tmp_path, view="prompt", threshold=0.6).kept.height == 1  # why it is not the default

@@ -36,9 +36,11 @@ class Config:
     kind: Literal["dedup"]
     name: str | None = None
     method: Literal["exact", "minhash", "semantic"] = "minhash"
-    # Which text a duplicate is judged on: same prompt (default: the same question asked
-    # twice, whose best answer is kept), same response, or the whole conversation.
-    view: Literal["prompt", "response", "conversation"] = "prompt"
+    # Which text a duplicate is judged on. Default `user` (the user turns): the same
+    # question asked twice, whose best answer is kept. `prompt` adds system and tool turns;
+    # a system prompt shared by a whole source (SourceConfig.system) then makes unrelated
+    # short questions look alike, which is why it is not the default.
+    view: Literal["user", "prompt", "response", "conversation"] = "user"
     normalize: list[str] = field(default_factory=lambda: list(mh.NORMALIZE_STEPS))
     # --- minhash ---
     threshold: float = 0.8  # Jaccard similarity of shingle sets
