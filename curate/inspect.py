@@ -250,15 +250,17 @@ def role_lengths(df: pl.DataFrame, tokenizer=None) -> dict:
     return out
 
 
-def conversation_lengths(df: pl.DataFrame, tokenizer=None, sample: int = TOKEN_SAMPLE) -> pl.DataFrame:
+def conversation_lengths(data: pl.DataFrame | str | Path, tokenizer=None, sample: int = TOKEN_SAMPLE) -> pl.DataFrame:
     """Per conversation: task, chars (all rows) and, with a tokenizer, tokens (null
-    outside a strided sample of `sample` rows)."""
-    out = df.select(pl.col("task").cast(pl.String), text_view("conversation").str.len_chars().alias("chars"))
-    if tokenizer is not None and df.height:
-        step = max(1, -(-df.height // sample))
-        texts = df.gather_every(step).select(text_view("conversation")).to_series().fill_null("").to_list()
+    outside a strided sample of `sample` rows). Given a parquet path, it is scanned
+    lazily: only the lengths are materialised, never the whole `messages` column."""
+    lf = pl.scan_parquet(data) if isinstance(data, (str, Path)) else data.lazy()
+    out = lf.select(pl.col("task").cast(pl.String), text_view("conversation").str.len_chars().alias("chars")).collect()
+    if tokenizer is not None and out.height:
+        step = max(1, -(-out.height // sample))
+        texts = lf.gather_every(step).select(text_view("conversation")).collect().to_series().fill_null("").to_list()
         toks = token_counts(texts, tokenizer)
-        col = np.full(df.height, -1, dtype=np.int64)
+        col = np.full(out.height, -1, dtype=np.int64)
         col[::step] = toks
         out = out.with_columns(pl.Series("tokens", col).replace(-1, None))
     return out

@@ -257,8 +257,8 @@ def section_lengths(run: RunData) -> Section:
         return Section("lengths", "Lengths per task", None, "no stage outputs on disk")
     (bname, bpath), (aname, apath) = run.tables[0], run.tables[-1]
     tok = run.tokenizer
-    before = insp.conversation_lengths(pl.read_parquet(bpath, columns=["task", "messages"]), tok)
-    after = insp.conversation_lengths(pl.read_parquet(apath, columns=["task", "messages"]), tok)
+    before = insp.conversation_lengths(bpath, tok)
+    after = insp.conversation_lengths(apath, tok)
     tasks = [t for t, _ in before.group_by("task").len().sort(["len", "task"], descending=[True, False]).iter_rows()]
     figs, rows, n = [], [], 0
     for task in tasks:

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.inspect import print_profile, profile_path
 from curate.views import text_view
-from test_report import TOKENIZER, build_run, stage, write_inputs
+from test_report import TOKENIZER, shared_run, stage, write_inputs
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("inspect_run"))
+    return shared_run(tmp_path_factory)
 
 
 def _json(args: list[str]) -> dict:

@@ -150,9 +150,20 @@ def summary(html: str) -> dict:
     return json.loads(m.group(1))
 
 
+_SHARED: dict[str, Path] = {}
+
+
+def shared_run(tmp_path_factory) -> Path:
+    """One rendered run per test session, shared by the report, inspect and browser
+    tests (read-only for them), so the suite builds it once."""
+    if "run" not in _SHARED:
+        _SHARED["run"] = build_run(tmp_path_factory.mktemp("report_run"))
+    return _SHARED["run"]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("report_run"))
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

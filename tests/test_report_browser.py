@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_report import build_run
+from test_report import shared_run
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -155,11 +155,10 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_report_in_headless_chromium(tmp_path):
+def test_report_in_headless_chromium(tmp_path, tmp_path_factory):
     from curate.report import write_report
 
-    run = build_run(tmp_path / "data")
-    report = write_report(run)
+    report = write_report(shared_run(tmp_path_factory), tmp_path / "report.html")
     shot = tmp_path / "report.png"
     res = open_report(report, tmp_path / "profile", shot)
     assert res["errors"] == []
