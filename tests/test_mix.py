@@ -161,3 +161,14 @@ def test_config_refusals():
         with pytest.raises(ConfigError) as e:
             load_dataclass(Config, {"kind": "mix", **bad}, "stages[3]")
         assert e.value.key == f"stages[3].{key}"
+
+
+def test_group_named_in_config_but_absent_is_a_shortfall(tmp_path):
+    t = make_table({"a": 200, "b": 100})
+    r = run(t, tmp_path, weights={"a": 1, "b": 1, "zzz": 1}, val_fraction=0.0)
+    assert r.stats["shortfall"]["zzz"]["available"] == 0
+    assert not r.stats["within_1pct"]
+    ach = r.stats["achieved"]
+    assert ach["a"]["examples"] == ach["b"]["examples"] == 100 and ach["zzz"]["examples"] == 0
+    r = run(t, tmp_path, targets={"a": 50, "missing": 10})
+    assert "missing" in r.stats["shortfall"] and r.stats["achieved"]["a"]["examples"] == 50

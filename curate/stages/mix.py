@@ -162,7 +162,8 @@ class MixStage(Stage):
             total = c.total
         else:
             # the largest total no group has to exceed its repeat cap for
-            bounds = [sizes[g] * c.max_repeat / p for g, p in shares.items() if p > 0]
+            # (a listed group with no data cannot bound it: it is reported as a shortfall)
+            bounds = [sizes[g] * c.max_repeat / p for g, p in shares.items() if p > 0 and sizes[g] > 0]
             total = math.floor(min(bounds) + 1e-9) if bounds else 0
         return shares, apportion(total, shares)
 
@@ -181,12 +182,13 @@ class MixStage(Stage):
         # Plan and walk once to see which rows the mix leaves over, pick the val rows
         # (preferring those), then plan and walk again without them, so the train split
         # alone has the requested proportions.
-        shares, targets, achievable, sizes = self._plan_for(t)
+        listed = {g: 0 for g in (c.weights or c.targets) if g != "*"}  # named in the config, maybe absent
+        shares, targets, achievable, sizes = self._plan_for(t, groups=listed)
         walk = self._walk(t, achievable)
         val_rows = self._val_rows(t, walk.filter(pl.col("repeat") == 0)[ROW], shares)
         pool = t.filter(~pl.col(ROW).is_in(val_rows.implode()))
         if len(val_rows):
-            shares, targets, achievable, sizes = self._plan_for(pool, groups=sizes)
+            shares, targets, achievable, sizes = self._plan_for(pool, groups={**listed, **{g: 0 for g in sizes}})
             walk = self._walk(pool, achievable)
         train = t.join(walk, on=ROW, how="inner").with_columns(pl.lit("train").alias("split"))
         val = t.filter(pl.col(ROW).is_in(val_rows.implode())).with_columns(
