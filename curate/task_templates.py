@@ -167,6 +167,14 @@ def pick_index(values: dict[str, str], index: int, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
+def template_fields(source_cfg: Any, base_dir: str | Path | None = None) -> set[str]:
+    """The record fields a `format = "task"` source turns into messages (so a reader can
+    leave them out of `meta`): each slot's mapped name, or the slot name itself."""
+    tmpl = load_task_template(source_cfg.task_template, base_dir)
+    mapping = dict(getattr(source_cfg, "fields", None) or {})
+    return {mapping.get(slot, slot) for slot in tmpl.slots}
+
+
 def build_messages(record: dict, source_cfg: Any, index: int, base_dir: str | Path | None = None) -> list[dict]:
     """One record of raw task data -> [{"role": "user", ...}, {"role": "assistant", ...}].
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from curate.task_templates import available_templates, build_messages, load_task_template
+from curate.task_templates import available_templates, build_messages, load_task_template, template_fields
 
 
 def cfg(name, **fields):
@@ -81,3 +81,8 @@ def test_sandbox_blocks_python_internals(tmp_path):
     evil.write_text('required = ["x"]\n[[phrasings]]\nuser = "{{ x.__class__.__mro__ }}"\nassistant = "{{ x }}"\n')
     with pytest.raises(Exception):
         build_messages({"x": "a"}, cfg(str(evil)), 0)
+
+
+def test_template_fields_names_consumed_record_fields():
+    c = cfg("translation", source="en", target="fr")
+    assert template_fields(c) == {"en", "fr", "source_lang", "target_lang"}
