@@ -1,0 +1,150 @@
+"""MinHash dedup on Ray: the dedup stage's building blocks, placed on a cluster.
+
+  1. signatures per block (workers): the stage's own text normalisation
+     (`DedupStage._norm_chunks`) and `curate.minhash.signatures` / `band_hashes`, with the
+     stage's permutation seed, so every row gets the band hashes the local run computes;
+  2. band-bucket grouping through Ray Data's shuffle: (bucket key, row) pairs are grouped
+     by a hash shuffle on the key (`repartition(keys=...)`), and each bucket of two or more rows emits its
+     candidate pairs (all pairs up to `max_bucket` members, a star to the first member
+     above it: the local rule);
+  3. the driver: exact (or estimated) Jaccard verification of the candidate pairs,
+     connected components (`curate.union_find.components`), then the stage's own
+     `process`: keep rule, `duplicate_of` marks, cluster columns and stats.
+
+Step 3 runs on the driver because verification needs the texts of the rows in candidate
+pairs and the keep rule needs every cluster whole; both are small next to step 1 (pairs,
+not rows). The per-row state that crosses the network is fixed-width: `bands` uint64 per
+row (plus `num_perm` uint32 with verify_by = "estimate").
+
+This mirrors `DedupStage._minhash_roots` step by step (its loop body is the stage's, its
+candidate rule is `_candidates`'); tests/test_ray_executor.py checks that the clusters,
+kept rows and stats equal the local executor's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from curate import minhash as mh
+from curate.stages.base import Stage, StageResult
+from curate.union_find import components
+from curate.ray_executor import _from_ipc, _ipc, portable
+
+
+def _signature_task(cls, config, context, keep_sig: bool):
+    from curate.ray_executor import _maybe_fault, _worker_stage
+
+    def run(batch: pa.Table) -> pa.Table:
+        _maybe_fault()
+        stage = _worker_stage(cls, config, context)
+        cfg = stage.config
+        df = pl.from_arrow(batch)
+        bands, rows = cfg.lsh()
+        seed = stage._seed()
+        a, b = mh.permutations(cfg.num_perm, seed)
+        band_parts, has_parts, sig_parts = [], [], []
+        for _, texts in stage._norm_chunks(df):
+            s, counts = mh.signatures(texts, cfg.num_perm, seed, cfg.ngram, cfg.ngram_unit, (a, b))
+            band_parts.append(mh.band_hashes(s, bands, rows))
+            has_parts.append(counts > 0)
+            if keep_sig:
+                sig_parts.append(s)
+        empty_band = np.zeros((0, bands), np.uint64)
+        band = np.concatenate(band_parts) if band_parts else empty_band
+        has = np.concatenate(has_parts) if has_parts else np.zeros(0, bool)
+        sig = np.concatenate(sig_parts) if sig_parts else np.zeros((0, cfg.num_perm), np.uint32)
+        return pa.table({"rows": [df.height], "band": [band.tobytes()], "has": [has.tobytes()],
+                         "sig": [sig.tobytes() if keep_sig else b""]})
+
+    return run
+
+
+def _bucket_pairs(max_bucket: int):
+    """map_batches function over one hash partition of (bucket key, row) pairs: every
+    bucket of the partition is whole in it, so its candidate pairs are found here, by the
+    rule of `DedupStage._candidates`: all pairs for up to `max_bucket` distinct rows, a
+    star to the first (smallest) row above that. Also returns the partition's distinct
+    key count, so the driver can check that no bucket was split across batches."""
+
+    def run(batch: pa.Table) -> pa.Table:
+        long = pl.from_arrow(batch)
+        members = (
+            long.filter(pl.col("k").is_duplicated())
+            .group_by("k").agg(pl.col("r").unique().sort())
+            .filter(pl.col("r").list.len() > 1)
+            .with_row_index("bucket")
+        )
+        size = pl.col("r").list.len()
+        small = members.filter(size <= max_bucket).select("bucket", "r").explode("r")
+        pairs = [small.join(small, on="bucket", suffix="_2").filter(pl.col("r") < pl.col("r_2"))
+                 .select(pl.col("r").alias("l"), pl.col("r_2").alias("rr"))]
+        big = members.filter(size > max_bucket)
+        if big.height:
+            pairs.append(big.select(pl.col("r").list.first().alias("l"), pl.col("r").list.slice(1).alias("rr"))
+                         .explode("rr"))
+        out = pl.concat(pairs).unique().select(pl.col("l").cast(pl.Int64), pl.col("rr").cast(pl.Int64))
+        keys = long["k"].n_unique() if long.height else 0
+        return pa.table({"pairs": [_ipc(out)], "keys": [keys]})
+
+    return run
+
+
+def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResult:
+    import ray
+
+    cfg = stage.config
+    n = table.height
+    bands, rows = cfg.lsh()
+    keep_sig = cfg.verify and cfg.verify_by == "estimate"
+    res = executor.map_blocks(table, _signature_task(type(stage), cfg, portable(stage.context), keep_sig))
+    if sum(res.column("rows").to_pylist()) != n:
+        raise RuntimeError(f"ray: stage {stage.name!r} lost rows while computing signatures")
+    band = np.concatenate([np.frombuffer(x, np.uint64).reshape(-1, bands) for x in res.column("band").to_pylist()])
+    has = np.concatenate([np.frombuffer(x, bool) for x in res.column("has").to_pylist()])
+    sig = (np.concatenate([np.frombuffer(x, np.uint32).reshape(-1, cfg.num_perm) for x in res.column("sig").to_pylist()])
+           if keep_sig else None)
+
+    # ---- band buckets, grouped by Ray Data's hash shuffle
+    idx = np.nonzero(has)[0].astype(np.int64)
+    left = right = np.zeros(0, np.int64)
+    if len(idx) >= 2:
+        keys = pa.table({"k": pa.array(band[idx].ravel()), "r": pa.array(np.repeat(idx, bands))})
+        parts_n = 2 * executor._cluster_cpus()
+        step = max(1, -(-keys.num_rows // parts_n))
+        ds = ray.data.from_arrow([keys.slice(lo, step) for lo in range(0, keys.num_rows, step)])
+        # A hash shuffle on the bucket key: each output block holds whole buckets.
+        shuffled = ds.repartition(parts_n, keys=["k"])
+        res_pairs = pa.concat_tables(ray.get(shuffled.map_batches(
+            _bucket_pairs(cfg.max_bucket), batch_format="pyarrow", batch_size=None).to_arrow_refs()))
+        distinct = pl.Series(band[idx].ravel()).n_unique()
+        if sum(res_pairs.column("keys").to_pylist()) == distinct:
+            allp = pl.concat([_from_ipc(x) for x in res_pairs.column("pairs").to_pylist()]).unique().sort("l", "rr")
+            left, right = allp["l"].to_numpy().astype(np.int64), allp["rr"].to_numpy().astype(np.int64)
+        else:  # a bucket was split across batches: group on the driver, the stage's own way
+            stage.context.log(f"[{stage.name}] ray: a band bucket spanned two blocks; grouped on the driver")
+            left, right = stage._candidates(band, has)
+
+    # ---- verification and components on the driver (the stage's own functions)
+    stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
+    if cfg.verify and len(left):
+        if cfg.verify_by == "estimate":
+            from curate.stages.dedup import _estimated_jaccard
+
+            sim = _estimated_jaccard(sig, left, right)
+        else:
+            sim = stage._exact_jaccard(table, left, right)
+        ok = sim >= cfg.threshold
+        left, right = left[ok], right[ok]
+    stats["verified_pairs"] = int(len(left))
+    roots = components(n, left, right)
+
+    # The keep rule, marks and stats: the stage's own process(), fed the roots found above.
+    stage._minhash_roots = lambda _table: (roots, dict(stats))  # type: ignore[method-assign]
+    try:
+        result = stage.process(table)
+    finally:
+        del stage._minhash_roots
+    stage.context.log(f"[{stage.name}] ray: signatures on {res.num_rows} block(s), band buckets grouped by Ray "
+                      "Data's shuffle, verification and clusters on the driver")
+    return result

@@ -1,0 +1,301 @@
+"""The Ray executor: the same stage code as the local executor, spread over a Ray cluster
+with Ray Data, giving the same tables row for row (so the same shards and ledger).
+
+What runs where (per stage kind):
+  blocks   normalize; quality with the heuristic / fasttext / verifier scorers. The table
+           is cut into Arrow blocks, `map_batches` runs `stage.process` on each block on
+           a worker, the driver concatenates kept and dropped in block order
+           (`preserve_order`) and merges the stats (counts summed; distribution
+           summaries recomputed from the gathered table with the stage's own code).
+  annotate filter, language, pii, decontaminate (FilterStage subclasses). Workers run
+           `stage.annotate` per block (the expensive part: text statistics, fastText,
+           regexes, n-gram joins); the driver runs the stage's own `process` on the
+           concatenated annotations, so the keep/drop decision and every statistic come
+           from exactly the local code path. The instance state `annotate` leaves behind
+           (hit counters, the redacted messages) is merged by a rule per attribute
+           (`_FILTER_STATE`). Decontamination builds its eval n-gram index once on the
+           driver and broadcasts it through the object store.
+  dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
+           then the stage's own bucket grouping, verification, union-find and keep rule
+           on the driver over those fixed-width arrays (see curate/ray_dedup.py).
+  driver   everything else (exact/semantic dedup, select, mix, LM-scored quality, kinds
+           this module does not know): the stage's own `process` on the whole table on
+           the driver, logged as such. Output is identical by construction.
+
+Why the split is by kind and not only by `Stage.row_local`: row-locality makes the kept
+and dropped rows block-decomposable, but not the stats (quantiles, top-k language
+counts), and the manifest must be identical too. A row-local stage whose state and stats
+this module does not know how to merge runs on the driver rather than risk a different
+manifest.
+
+Determinism does not depend on the number of blocks or workers: every block-wise path
+relies on `process(concat(parts)) == concat(process(part))`, which tests/test_ray_executor.py
+checks end to end against the local executor (shard sha256 and manifest).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import replace
+from typing import Any, Callable
+
+import polars as pl
+import pyarrow as pa
+
+from curate.stages.base import Stage, StageResult
+
+# Fault injection for the retry test: when this env var names an existing file, the
+# first worker to claim it (atomic rename) dies mid-task, as a killed worker would.
+FAULT_ENV = "CURATE_RAY_FAULT_FILE"
+DEFAULT_BLOCK_ROWS = 50_000
+# Which instance attributes each FilterStage's annotate() leaves behind, and how the
+# per-block values combine into the whole table's value.
+_FILTER_STATE: dict[str, dict[str, str]] = {
+    "filter": {"_check_hits": "sum"},
+    "language": {"_hits": "sum"},
+    "pii": {"_found": "sum", "_redacted": "concat"},
+    "decontaminate": {"_index_stats": "same"},
+}
+_BLOCK_KINDS = {"normalize", "quality"}
+_LOCAL_SCORERS = {"heuristic", "fasttext", "verifier"}
+
+
+def _ipc(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def _from_ipc(data: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(data))
+
+
+def _maybe_fault() -> None:
+    path = os.environ.get(FAULT_ENV)
+    if not path or not os.path.exists(path):
+        return
+    try:
+        os.rename(path, path + ".claimed")  # only one task wins, even across processes
+    except OSError:
+        return
+    os._exit(1)  # a hard crash: no exception, no cleanup; Ray sees a dead worker and retries
+
+
+def _quiet(message: str) -> None:
+    """Workers' log: the driver's logger (a console, a captured stream) does not travel."""
+
+
+def portable(context: Any) -> Any:
+    """The stage context as sent to workers: everything but the driver's logger."""
+    return replace(context, log=_quiet)
+
+
+def _worker_stage(cls: type, config: Any, context: Any) -> Stage:
+    """A fresh stage instance on a worker."""
+    return cls(config, context)
+
+
+def _block_task(mode: str, cls: type, config: Any, context: Any, index_ref: Any) -> Callable[[pa.Table], pa.Table]:
+    """The map_batches function: one Arrow block in, one row out (the block's results as
+    Arrow IPC bytes plus its JSON state), so any stage output schema travels unchanged."""
+
+    def run(batch: pa.Table) -> pa.Table:
+        _maybe_fault()
+        df = pl.from_arrow(batch)
+        stage = _worker_stage(cls, config, context)
+        if mode == "annotate":
+            if index_ref is not None:
+                import ray
+
+                out = _with_index(stage, df, ray.get(index_ref))
+            else:
+                out = stage.annotate(df)
+            state, frames = {}, {}
+            for attr, rule in _FILTER_STATE[stage.kind].items():
+                value = getattr(stage, attr)
+                if rule == "concat":
+                    frames[attr] = _ipc(value.to_frame())
+                else:
+                    state[attr] = value
+            return pa.table({"rows": [df.height], "a": [_ipc(out)], "b": [b""],
+                             "state": [json.dumps(state)], "frames": [json.dumps({k: v.hex() for k, v in frames.items()})]})
+        res = stage.process(df)
+        return pa.table({"rows": [df.height], "a": [_ipc(res.kept)], "b": [_ipc(res.dropped)],
+                         "state": [json.dumps(res.stats, default=str)], "frames": ["{}"]})
+
+    return run
+
+
+def _with_index(stage: Stage, df: pl.DataFrame, index: Any) -> pl.DataFrame:
+    """Run decontaminate's annotate with the broadcast eval index instead of rebuilding
+    it from the eval files on every block (which a remote node may not even have)."""
+    from curate.stages import decontaminate
+
+    build = decontaminate.EvalIndex.__dict__["build"]
+    decontaminate.EvalIndex.build = classmethod(lambda cls, cfg, base: index)
+    try:
+        return stage.annotate(df)
+    finally:
+        decontaminate.EvalIndex.build = build
+
+
+def _sum(values: list) -> Any:
+    if all(isinstance(v, dict) for v in values):
+        out: dict = {}
+        for v in values:
+            for k, x in v.items():
+                out[k] = _sum([out[k], x]) if k in out else x
+        return out
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    raise TypeError(f"cannot sum {values!r}")
+
+
+def _same(values: list) -> Any:
+    if any(v != values[0] for v in values):
+        raise ValueError(f"per-block values differ: {values!r}")
+    return values[0]
+
+
+class RayExecutor:
+    """Executor protocol (curate/executor.py) over Ray Data.
+
+    `address=None` starts a private local Ray instance (num_cpus from the machine, temp
+    files under $RAY_TMPDIR when set); otherwise it joins that cluster ("auto", or
+    "HOST:6379"). An already initialised Ray (a test fixture, a notebook) is reused and
+    left running on close(). `block_rows` caps rows per block; by default the table is
+    cut into about two blocks per cluster CPU, at most DEFAULT_BLOCK_ROWS rows each."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, seed: int = 0, block_rows: int | None = None,
+                 num_cpus: int | None = None):
+        import ray
+
+        self.seed = seed
+        self.block_rows = block_rows
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning",
+                                      "log_to_driver": False}
+            if address is None:
+                kwargs["num_cpus"] = num_cpus
+                if os.environ.get("RAY_TMPDIR"):
+                    kwargs["_temp_dir"] = os.environ["RAY_TMPDIR"]
+            ray.init(address=address, **kwargs)
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        # Key-based repartition (dedup's band buckets) needs a hash shuffle; the classic
+        # one starts its aggregators faster than SHUFFLE_V2 on small clusters.
+        from ray.data.context import ShuffleStrategy
+
+        ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
+        self._ray = ray
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, stage: Stage) -> str:
+        """Where `stage` runs: "blocks", "annotate", "dedup" or "driver" (see module doc)."""
+        kind = stage.kind
+        if kind in _FILTER_STATE and hasattr(stage, "annotate"):
+            return "annotate"
+        if kind == "normalize":
+            return "blocks"
+        if kind == "quality" and getattr(stage.config, "scorer", None) in _LOCAL_SCORERS:
+            return "blocks"
+        if kind == "dedup" and getattr(stage.config, "method", None) == "minhash":
+            return "dedup"
+        return "driver"
+
+    def _cluster_cpus(self) -> int:
+        try:
+            return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        except Exception:  # noqa: BLE001 - only a sizing hint
+            return 1
+
+    def blocks(self, table: pl.DataFrame) -> list[pa.Table]:
+        """Cut `table` into contiguous Arrow blocks (the row order is the output order)."""
+        n = table.height
+        size = self.block_rows or min(DEFAULT_BLOCK_ROWS, max(1, math.ceil(n / (2 * self._cluster_cpus()))))
+        # oldest compat level: plain large_string/large_list Arrow types, which every
+        # Ray Data operator handles; polars reads them back to the same dtypes.
+        return [table.slice(lo, size).to_arrow(compat_level=pl.CompatLevel.oldest()) for lo in range(0, n, size)]
+
+    def map_blocks(self, table: pl.DataFrame, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+        """Run `fn` on every block of `table` as Ray tasks, results in block order.
+        Fault tolerance is Ray Data's: a map task whose worker dies is resubmitted
+        (its tasks run with max_retries=-1 for system failures), and since a block's
+        result depends only on the block, the retried result is the same."""
+        ray = self._ray
+        ds = ray.data.from_arrow(self.blocks(table))
+        out = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+        parts = ray.get(out.to_arrow_refs())
+        return pa.concat_tables([p for p in parts if p.num_rows])
+
+    # ------------------------------------------------------------------ executor protocol
+    def process(self, stage: Stage, table: pl.DataFrame) -> StageResult:
+        where = self.plan(stage) if table.height else "driver"
+        if where == "driver":
+            if table.height:
+                stage.context.log(f"[{stage.name}] ray: no distributed path for this stage; ran on the driver "
+                                  "over the gathered table")
+            return stage.process(table)
+        if where == "dedup":
+            from curate.ray_dedup import ray_minhash_dedup
+
+            return ray_minhash_dedup(self, stage, table)
+        index_ref = None
+        if stage.kind == "decontaminate":
+            from curate.stages.decontaminate import EvalIndex
+
+            # built once, broadcast: every worker reads the same object from the store
+            index_ref = self._ray.put(EvalIndex.build(stage.config, stage.context.config_dir))
+        fn = _block_task(where, type(stage), stage.config, portable(stage.context), index_ref)
+        res = self.map_blocks(table, fn)
+        rows = res.column("rows").to_pylist()
+        if sum(rows) != table.height:
+            raise RuntimeError(f"ray: stage {stage.name!r} saw {sum(rows)} of {table.height} rows")
+        n_blocks = len(rows)
+        a = [_from_ipc(x) for x in res.column("a").to_pylist()]
+        if where == "annotate":
+            annotated = pl.concat(a, how="vertical")
+            states = [json.loads(s) for s in res.column("state").to_pylist()]
+            frames = [json.loads(s) for s in res.column("frames").to_pylist()]
+            for attr, rule in _FILTER_STATE[stage.kind].items():
+                if rule == "concat":
+                    value = pl.concat([_from_ipc(bytes.fromhex(f[attr])) for f in frames]).to_series()
+                elif rule == "sum":
+                    value = _sum([s[attr] for s in states])
+                else:
+                    value = _same([s[attr] for s in states])
+                setattr(stage, attr, value)
+            # The stage's own process() decides and summarises, on the gathered annotations.
+            stage.annotate = lambda _table: annotated  # type: ignore[method-assign]
+            try:
+                result = stage.process(table)
+            finally:
+                del stage.annotate
+        else:
+            kept = pl.concat(a, how="vertical")
+            dropped = pl.concat([_from_ipc(x) for x in res.column("b").to_pylist()], how="vertical")
+            stats = self._merge_stats(stage, kept, [json.loads(s) for s in res.column("state").to_pylist()])
+            result = StageResult(kept=kept, dropped=dropped, stats=stats)
+        stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers ({where})")
+        return result
+
+    def _merge_stats(self, stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
+        if stage.kind == "normalize":
+            return {"hits": _sum([p["hits"] for p in parts])}
+        # quality: constants stay, error counts add up, and the score summary is
+        # recomputed over the whole table by the stage's own summariser.
+        out = {k: _same([p[k] for p in parts]) for k in parts[0] if k not in ("errors", "scored", "unscored", "by_task")}
+        if "errors" in parts[0]:
+            out["errors"] = _sum([p["errors"] for p in parts])
+        out.update(stage._summary(kept, stage.config.score_column))
+        return out
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
