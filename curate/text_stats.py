@@ -158,36 +158,39 @@ def repetition_stats(
         words = words.with_columns(pl.col("_wl").cum_sum().alias("_cs"))
         ends = (offsets + nw - 1).filter(nw > 0)
         has_words = nw > 0
-        words = words.with_columns(pl.col("_h").alias("_key"))
-        # n-gram at position p covers words p..p+n-1 and is valid when p + n <= words in row.
-        # The key of size n is materialised from the key of size n-1 (one multiply-add per
-        # word per size, not a polynomial rebuilt from scratch).
+        n_words = words.height
+        h_full, cs_full, wl_full = words["_h"], words["_cs"], words["_wl"]
+        # Candidates: positions whose n-gram might occur twice in its row. A repeated n-gram
+        # has a repeated (n-1)-gram at each of its occurrences, so after each size only the
+        # positions whose n-gram is duplicated stay candidates; on ordinary text the set
+        # shrinks to a few percent after two sizes, and sizes 5-10 cost almost nothing.
+        cand = words.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), "_row", "_pos", "_nw", pl.col("_h").alias("_key"))
         for n in range(1, max_n + 1):
-            if n > 1:
-                words = words.with_columns(
-                    (pl.col("_key") * pl.lit(_POLY, dtype=pl.UInt64) + pl.col("_h").shift(-(n - 1))).alias("_key"))
-            if n not in top_ngrams and n not in dup_ngrams:
-                continue
-            valid = (pl.col("_pos") + n) <= pl.col("_nw")
-            ngram_chars = pl.col("_cs").shift(-(n - 1)) - pl.col("_cs") + pl.col("_wl")
-            g = words.select("_row", valid.alias("_valid"), _row_key(pl.col("_key")).alias("_k"), ngram_chars.alias("_gc"), "_wl")
+            cand = cand.filter((pl.col("_pos") + n) <= pl.col("_nw"))
+            if n > 1:  # size n from size n-1: one multiply-add per candidate
+                nxt = h_full.gather(cand["_i"] + (n - 1))
+                cand = cand.with_columns((pl.col("_key") * pl.lit(_POLY, dtype=pl.UInt64) + pl.lit(nxt)).alias("_key"))
+            cand = cand.with_columns(_row_key(pl.col("_key")).alias("_k"))
+            cand = cand.filter(pl.col("_k").is_duplicated())
             if n in top_ngrams:
+                gc = cs_full.gather(cand["_i"] + (n - 1)) - cs_full.gather(cand["_i"]) + wl_full.gather(cand["_i"])
                 top = (
-                    g.filter("_valid")
+                    cand.select("_row", "_k", pl.lit(gc).alias("_gc"))
                     .group_by("_k")
                     .agg(pl.len().alias("_cnt"), pl.col("_row").first(), pl.col("_gc").first())
-                    .filter(pl.col("_cnt") >= 2)
                     .group_by("_row")
                     .agg((pl.col("_cnt") * pl.col("_gc")).sort_by(["_cnt", "_gc"]).last().alias("_top"))
                 )
                 col = _per_row(top, "_top", n_rows)
                 out[f"top_{n}gram_frac"] = pl.select(_ratio(pl.lit(col), pl.lit(chars))).to_series()
             if n in dup_ngrams:
-                dup_start = (pl.col("_valid") & ~pl.col("_k").is_first_distinct()).cast(pl.Int8)
+                starts = cand.filter(~pl.col("_k").is_first_distinct())["_i"]
+                dup_start = pl.zeros(n_words, dtype=pl.Int8, eager=True).scatter(starts, 1) if n_words else pl.Series([], dtype=pl.Int8)
                 # a word is covered when a duplicate n-gram starts within n-1 words before it;
                 # such starts are always in the same row (they are valid n-grams). Per-row sums
                 # are differences of one cumulative sum at the rows' last words: no group-by.
-                covered = g.select((pl.col("_wl") * dup_start.rolling_max(n, min_samples=1)).cum_sum().alias("c"))["c"]
+                covered = pl.select((wl_full * dup_start.rolling_max(n, min_samples=1)).cum_sum().alias("c"))["c"] if n_words else wl_full
                 at_end = covered.gather(ends)
                 per_row = at_end - at_end.shift(1, fill_value=0)
                 col = pl.Series([0] * n_rows, dtype=pl.Int64).scatter(has_words.arg_true(), per_row)
