@@ -250,14 +250,16 @@ def role_lengths(df: pl.DataFrame, tokenizer=None) -> dict:
     return out
 
 
-def conversation_lengths(data: pl.DataFrame | str | Path, tokenizer=None, sample: int = TOKEN_SAMPLE) -> pl.DataFrame:
+def conversation_lengths(data: pl.DataFrame | str | Path, tokenizer=None, sample: int = TOKEN_SAMPLE,
+                         step: int | None = None) -> pl.DataFrame:
     """Per conversation: task, chars (all rows) and, with a tokenizer, tokens (null
-    outside a strided sample of `sample` rows). Given a parquet path, it is scanned
-    lazily: only the lengths are materialised, never the whole `messages` column."""
+    outside a strided sample: every `step`th row, by default enough for `sample` rows).
+    Given a parquet path, it is scanned lazily: only the lengths are materialised, never
+    the whole `messages` column."""
     lf = pl.scan_parquet(data) if isinstance(data, (str, Path)) else data.lazy()
     out = lf.select(pl.col("task").cast(pl.String), text_view("conversation").str.len_chars().alias("chars")).collect()
     if tokenizer is not None and out.height:
-        step = max(1, -(-out.height // sample))
+        step = step or max(1, -(-out.height // sample))
         texts = lf.gather_every(step).select(text_view("conversation")).collect().to_series().fill_null("").to_list()
         toks = token_counts(texts, tokenizer)
         col = np.full(out.height, -1, dtype=np.int64)

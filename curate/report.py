@@ -257,8 +257,11 @@ def section_lengths(run: RunData) -> Section:
         return Section("lengths", "Lengths per task", None, "no stage outputs on disk")
     (bname, bpath), (aname, apath) = run.tables[0], run.tables[-1]
     tok = run.tokenizer
-    before = insp.conversation_lengths(bpath, tok)
-    after = insp.conversation_lengths(apath, tok)
+    # one sampling step for both tables, so sampled token counts stay comparable
+    rows_max = max(pl.scan_parquet(p).select(pl.len()).collect().item() for p in (bpath, apath))
+    step = max(1, -(-rows_max // insp.TOKEN_SAMPLE))
+    before = insp.conversation_lengths(bpath, tok, step=step)
+    after = insp.conversation_lengths(apath, tok, step=step)
     tasks = [t for t, _ in before.group_by("task").len().sort(["len", "task"], descending=[True, False]).iter_rows()]
     figs, rows, n = [], [], 0
     for task in tasks:
@@ -273,17 +276,18 @@ def section_lengths(run: RunData) -> Section:
                 continue
             bv, av = b[col].drop_nulls().to_numpy(), a[col].drop_nulls().to_numpy()
             edges, over = _hist_edges([bv, av], lo=0)
-            figs.append(charts.histogram(edges, [(f"before ({bname}) {len(bv):,}", _hist_counts(bv, edges), charts.GREY),
-                                                 (f"after ({aname}) {len(av):,}", _hist_counts(av, edges), charts.BLUE)],
+            of = f" (1 in {step})" if col == "tokens" and step > 1 else ""
+            figs.append(charts.histogram(edges, [(f"before ({bname}) {len(bv):,}{of}", _hist_counts(bv, edges), charts.GREY),
+                                                 (f"after ({aname}) {len(av):,}{of}", _hist_counts(av, edges), charts.BLUE)],
                                          title=f"{task}: {col}", x_label=label, overflow=over))
             n += 1
     header = ["task", f"rows {bname}", f"rows {aname}", "median chars before", "median chars after"]
     if tok:
         header += ["median tokens before", "median tokens after"]
     note = "" if tok else '<p class="note">no tokenizer in [render]: token histograms skipped.</p>'
-    sampled = tok and max(before.height, after.height) > insp.TOKEN_SAMPLE
-    if sampled:
-        note += f'<p class="note">tokens counted on an evenly spread sample of {insp.TOKEN_SAMPLE:,} rows per table.</p>'
+    if tok and step > 1:
+        note += (f'<p class="note">tokens counted on one row in {step} of both tables (an evenly spread sample of '
+                 f'at most {insp.TOKEN_SAMPLE:,} rows per table); characters on all rows.</p>')
     if len(tasks) > MAX_TASKS:
         note += f'<p class="note">charts for the {MAX_TASKS} largest tasks; all tasks in the table.</p>'
     html = (f'<p>Conversation text (all turns, without the chat template) before <code>{_e(bname)}</code> and after '
