@@ -471,3 +471,23 @@ def test_stories260k_loss_falls_and_monitor_measures(tmp_path):
     tl = [v for _, v in losses(run / "train")]
     assert s["best_val_loss"] < s["first_val_loss"] * 0.7 and tl[-1] < tl[0]
     assert s["kl_to_base"] > 0 and s["ref_loss_after"] != pytest.approx(s["ref_loss_before"], abs=1e-6)
+
+
+def test_cli_train_on_a_run_directory(tiny_model, tok, tmp_path):
+    """`curate train RUN_DIR` takes [train] from the run's manifest; errors are one clean line."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    run = write_run(tmp_path / "r", tok, examples(16, 0), examples(4, 1))
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"] = {"train": {"base_model": str(tiny_model), "max_steps": 2, "eval_every": 2, "batch_tokens": 128,
+                             "micro_batch_tokens": 128, "r": 4}}
+    (run / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["train", str(run), "--merge"])
+    assert res.exit_code == 0, res.output
+    assert (run / "train" / "adapter" / "adapter_config.json").is_file() and (run / "train" / "merged").is_dir()
+    m["config"]["train"]["lr"] = "fast"
+    (run / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["train", str(run)])
+    assert res.exit_code != 0 and "train.lr" in res.output

@@ -420,6 +420,8 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
     of the current adapter, leaving a checkpoint (for time-boxed jobs and tests)."""
     run_dir = Path(run_dir)
     dist = Dist()
+    if not dist.main:  # one voice under torchrun
+        log = lambda *_a, **_k: None  # noqa: E731
     try:
         torch.manual_seed(cfg.seed)
         device = pick_device(cfg, dist.local_rank)

@@ -73,6 +73,10 @@ def wrap(model, cfg: TrainConfig, adapter_name: str = "default"):
     if isinstance(model, peft.PeftModel):
         model.add_adapter(adapter_name, adapter_config(cfg))
         model.set_adapter(adapter_name)
+        # only the new adapter trains; the ones trained before it stay as they are
+        for name, p in model.named_parameters():
+            if p.requires_grad and f".{adapter_name}." not in name:
+                p.requires_grad_(False)
         return model
     return peft.get_peft_model(model, adapter_config(cfg), adapter_name=adapter_name)
 
