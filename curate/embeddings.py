@@ -83,13 +83,18 @@ def embed(
     trust_remote_code: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
-    """An (n, d) L2-normalised matrix, one row per row of `table`."""
+    """An (n, d) L2-normalised matrix, one row per row of `table`. A missing vector (null
+    in an embedding column) becomes a zero row: it is far from everything, so kept."""
+    if len(table) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
     if source == "ngram":
         return ngram_embeddings(texts, dim)
     if source == "column":
         if column not in table.columns:
             raise ValueError(f"embedding column {column!r} is not in the table")
-        return normalize_rows(np.asarray(table[column].to_list(), dtype=np.float32))
+        rows = table[column].to_list()
+        width = max((len(r) for r in rows if r is not None), default=1)
+        return normalize_rows(np.asarray([r if r is not None else [0.0] * width for r in rows], dtype=np.float32))
     if source == "model":
         from curate.scorers import cache as cache_mod
         from curate.scorers import lm  # torch lives there only
@@ -99,6 +104,8 @@ def embed(
         text_of = dict(zip(frame["id"].to_list(), frame["text"].to_list()))
 
         def compute(ids: list[str]) -> pl.DataFrame:
+            if not ids:
+                return pl.DataFrame(schema={"id": pl.String, "vec": pl.List(pl.Float32)})
             vecs = lm.embed_texts(model, [text_of[i] for i in ids], batch_size=batch_size, max_length=max_length,
                                   device=device, trust_remote_code=trust_remote_code)
             return pl.DataFrame({"id": ids, "vec": [v.tolist() for v in vecs]},
@@ -109,5 +116,5 @@ def embed(
         else:
             got = cache_mod.cached(Path(cache_dir) / f"embeddings-{fp}.parquet", frame["id"], compute, log)
         vecs = frame.select("id").join(got, on="id", how="left", maintain_order="left")["vec"].to_list()
-        return normalize_rows(np.asarray(vecs, dtype=np.float32))
+        return normalize_rows(np.asarray(vecs, dtype=np.float32).reshape(len(frame), -1))
     raise ValueError(f"unknown embedding source {source!r}")

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from curate.schema import POLARS_MESSAGES, POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.mix import Config, MixStage, apportion
 from curate.typed_config import ConfigError, load_dataclass
@@ -26,7 +27,7 @@ def make_table(sizes: dict[str, int], source_of=None) -> pl.DataFrame:
                       {"role": "assistant", "content": "answer " * (1 + i % 5)}] for t, i in rows],
         "meta": ["{}"] * len(rows),
         "origin": [f"f:{n}" for n in range(len(rows))],
-    })
+    }, schema_overrides={**POLARS_SCHEMA})
 
 
 def run(table, tmp_path, seed=0, render=None, **kw):
@@ -66,9 +67,13 @@ def test_weights_within_one_percent_when_data_allows(tmp_path_factory, sizes, we
     t = make_table(sizes)
     r = run(t, tmp_path_factory.mktemp("m"), seed=seed, weights=w, total=total)
     got = shares(r.kept)
+    # integer counts: a share can be off by up to 1/total by rounding alone; from a total of
+    # 100 on, that is within 1%, and the stage says whether it is
+    bound = 0.01 if total >= 100 else max(0.01, 1 / total)
     for g in sizes:
-        assert abs(got.get(g, 0) - w[g] / s) <= 0.01
-    assert r.stats["within_1pct"] and not r.stats["shortfall"]
+        assert abs(got.get(g, 0) - w[g] / s) <= bound
+    assert r.stats["within_1pct"] == (r.stats["max_share_error"] <= 0.01)
+    assert not r.stats["shortfall"]
     assert r.stats["train_total"] == total
     assert r.stats["upsampled"] == 0
 
@@ -172,3 +177,10 @@ def test_group_named_in_config_but_absent_is_a_shortfall(tmp_path):
     assert ach["a"]["examples"] == ach["b"]["examples"] == 100 and ach["zzz"]["examples"] == 0
     r = run(t, tmp_path, targets={"a": 50, "missing": 10})
     assert "missing" in r.stats["shortfall"] and r.stats["achieved"]["a"]["examples"] == 50
+
+
+def test_empty_table(tmp_path):
+    t = make_table({})
+    for kw in ({}, {"weights": {"a": 1}}, {"unit": "tokens"}, {"targets": {"a": 5}}):
+        r = run(t, tmp_path, **kw)
+        assert len(r.kept) == 0 and "split" in r.kept.columns and "repeat" in r.kept.columns

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from curate.schema import POLARS_MESSAGES, POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.select import Config, SelectStage
 from curate.typed_config import ConfigError, load_dataclass
@@ -23,7 +24,8 @@ def make_table(rows):
             "origin": [f"f:{i}" for i in range(len(rows))],
             "score": [r[1] for r in rows],
         },
-        schema_overrides={"score": pl.Float64},
+        schema_overrides={"score": pl.Float64, "messages": POLARS_MESSAGES, "id": pl.String, "source": pl.String,
+                          "task": pl.String, "meta": pl.String, "origin": pl.String},
     )
 
 
@@ -142,3 +144,10 @@ def test_unknown_column_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="score column 'nope'"):
         cfg = load_dataclass(Config, {"kind": "select", "column": "nope"})
         SelectStage(cfg, StageContext(tmp_path, tmp_path, 0, tmp_path)).process(make_table([("a", 1.0, "u", "x")]))
+
+
+def test_empty_table(tmp_path):
+    t = make_table([])
+    for kw in ({"top_k": 3}, {"diversity": 0.2}, {"min": 0.5, "top_fraction": 0.5}):
+        r = run(t, tmp_path, **kw)
+        assert len(r.kept) == 0 and len(r.dropped) == 0

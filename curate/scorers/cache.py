@@ -50,7 +50,8 @@ def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
 def cached(path: Path, ids: pl.Series, compute: Callable[[list[str]], pl.DataFrame],
            log: Callable[[str], None] | None = None) -> pl.DataFrame:
     """Values for `ids` (one row per distinct id, column `id` plus value columns): read
-    what `path` has, compute the rest with `compute(missing_ids)` and store the union."""
+    what `path` has, compute the rest with `compute(missing_ids)` and store the union.
+    `compute([])` must be cheap (return the empty frame without loading a model)."""
     have = pl.read_parquet(path) if path.is_file() else None
     wanted = ids.unique(maintain_order=True)
     missing = wanted if have is None else wanted.filter(~wanted.is_in(have["id"].implode()))
@@ -60,4 +61,6 @@ def cached(path: Path, ids: pl.Series, compute: Callable[[list[str]], pl.DataFra
         new = compute(missing.to_list())
         have = new if have is None else pl.concat([have, new], how="vertical_relaxed")
         _write_parquet_atomic(have.sort("id"), path)
+    if have is None:  # nothing cached, nothing to compute: compute([]) gives the empty schema
+        have = compute([])
     return have.filter(pl.col("id").is_in(wanted.implode()))

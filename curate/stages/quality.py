@@ -235,7 +235,15 @@ class QualityStage(Stage):
         by_id = {i: (p, a) for i, p, a in inputs.select("id", "prompt", "answer").iter_rows()}
         loaded: dict = {}
 
+        schema = {"id": pl.String, "loss_cond": pl.Float64, "n_tokens": pl.Int64}
+        if ifd:
+            schema["loss_answer"] = pl.Float64
+        if c.embed:
+            schema["embedding"] = pl.List(pl.Float32)
+
         def compute(ids: list[str]) -> pl.DataFrame:
+            if not ids:
+                return pl.DataFrame(schema=schema)
             from curate.scorers import lm
 
             if "m" not in loaded:
@@ -247,13 +255,10 @@ class QualityStage(Stage):
                            max_batch_tokens=c.max_batch_tokens, want_embeddings=c.embed)
             data = {"id": ids, "loss_cond": lm.finite_or_none(res["loss_cond"]),
                     "n_tokens": res["n_tokens"].tolist()}
-            schema = {"id": pl.String, "loss_cond": pl.Float64, "n_tokens": pl.Int64}
             if ifd:
                 data["loss_answer"] = lm.finite_or_none(res["loss_answer"])
-                schema["loss_answer"] = pl.Float64
             if c.embed:
                 data["embedding"] = [v.tolist() for v in res["embedding"]]
-                schema["embedding"] = pl.List(pl.Float32)
             return pl.DataFrame(data, schema=schema)
 
         before = ctx.stage_dir / f"lm-{fp}.parquet"
