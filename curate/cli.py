@@ -68,20 +68,20 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
     led = manifest["ledger"]
     click.echo(f"read {led['read']:,}  kept {led['kept']:,}  quarantined {led['quarantined']:,}  "
                f"dropped {sum(sum(r.values()) for r in led['dropped'].values()):,}  -> {run_dir}")
+    tokenizer = cfg.resolve(cfg.render.tokenizer) if cfg.render and cfg.render.tokenizer else None
+    _write_report(run_dir, quiet, tokenizer)  # before training too: a failed training still leaves a report
     if train_cfg is not None:
         from train import run_training
 
         summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None))
         click.echo(f"trained: {summary.get('adapter_dir', run_dir / 'train')}")
-    _write_report(run_dir, quiet)
+        _write_report(run_dir, quiet, tokenizer)
 
 
-def _write_report(run_dir: Path, quiet: bool) -> None:
-    try:
-        from curate.report import write_report
-    except ImportError:
-        return
-    path = write_report(run_dir)
+def _write_report(run_dir: Path, quiet: bool, tokenizer: Path | None = None) -> None:
+    from curate.report import write_report
+
+    path = write_report(run_dir, tokenizer=tokenizer)
     if not quiet:
         click.echo(f"report: {path}")
 
