@@ -265,3 +265,9 @@ def test_select_diversity_with_model_embeddings_is_cached(tiny_lm, tmp_path):
     again = SelectStage(cfg, ctx).process(t)
     assert again.kept.equals(r.kept)
     assert any("3 cached, 0 to compute" in line for line in logs)
+
+
+def test_heuristic_complete_ignores_code_endings(tmp_path):
+    code = "def flatten(values):\n    out = []\n    for sub in values:\n        out.extend(sub)\n    return out"
+    r = run(table([conv("Write flatten in Python.", code)]), tmp_path, scorer="heuristic")
+    assert r.kept["heuristic_complete"][0] == 1.0

@@ -10,13 +10,14 @@ here from the text so the scorer also works without a filter stage before it.
   repetition   1 - the worst Gopher repetition statistic of the answer (duplicate line
                characters, top 2/3-gram share, duplicated 5-gram coverage) (weight 2)
   diversity    distinct words / words of the answer, for answers of 20+ words (weight 1)
-  clean        1 - symbol and URL share of the answer (markup debris, emoji runs) (weight 1)
+  clean        1 - symbol and URL share of the answer outside ``` code fences (markup
+               debris, emoji runs) (weight 1)
   not_echo     the answer is not a copy of the prompt (weight 1)
   no_refusal   the answer is not a canned refusal / "as an AI language model" (weight 2)
   substance    the answer (or its last line) is not a placeholder: N/A, TODO, null, "..." (weight 2)
   complete     an answer of 8+ words does not stop on a letter, i.e. mid-word; short answers
-               ("Paris", "Bonjour") and answers ending in punctuation, digits, code or
-               markup pass (weight 1)
+               ("Paris", "Bonjour"), code (which may end on an identifier) and answers
+               ending in punctuation, digits or markup pass (weight 1)
 
 An answer without a single word character (empty, or only symbols) scores 0 whatever
 the weights.
@@ -41,13 +42,18 @@ REFUSAL_RE = (
     r"comply|browse|do that|share|give|respond)"
     r"|\bi apologi[sz]e,? but\b|\bi'm sorry,? but i\b|\bagainst my (?:programming|guidelines))"
 )
+# Looks like code (a fence, an indented line, a line opening with a keyword): code may end
+# on an identifier, so the mid-word check does not apply.
+CODE_RE = (r"```|(?m)^(?: {4}|\t)\S|(?m)^\s*(?:def|class|import|from|return|function|const|let|var|public|"
+           r"private|fn|func|package|#include|SELECT|select)\b")
 PLACEHOLDER_RE = r"(?i)^\s*(?:n/?a|none|null|nil|todo|tbd|tba|no answer|answer|placeholder|lorem ipsum.*|\.{2,}|…|-+|\?+|x{2,})\s*$"
 
 
 def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
     """One column per feature, each in [0, 1]."""
     frame = table.select(text_view("prompt").alias("p"), text_view("response").alias("r"))
-    st = basic_stats(pl.col("r"))
+    # code inside ``` fences is not "symbol debris": judge cleanliness on the prose around it
+    st = basic_stats(pl.col("r").str.replace_all(r"(?s)```.*?```", "\n"))
     rep = repetition_stats(frame["r"], top_ngrams=(2, 3), dup_ngrams=(5,))
     words = pl.col("r").str.to_lowercase().str.extract_all(r"\w+")
     n_words = words.list.len()
@@ -65,7 +71,8 @@ def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
         pl.when(pl.col("r").str.contains(PLACEHOLDER_RE)
                 | pl.col("r").str.strip_chars().str.split("\n").list.last().str.contains(PLACEHOLDER_RE))
         .then(0.0).otherwise(1.0).alias("substance"),
-        pl.when((n_words >= 8) & pl.col("r").str.strip_chars_end().str.contains(r"\p{L}$"))
+        pl.when((n_words >= 8) & ~pl.col("r").str.contains(CODE_RE)
+                & pl.col("r").str.strip_chars_end().str.contains(r"\p{L}$"))
         .then(0.0).otherwise(1.0).alias("complete"),
     ).with_columns(pl.when(pl.col("length") > 0).then(pl.all()).otherwise(0.0))  # no word at all: 0
 
