@@ -43,6 +43,8 @@ from typing import Any, Callable
 
 import polars as pl
 import pyarrow as pa
+import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
+import ray.data
 
 from curate.stages.base import Stage, StageResult
 
@@ -107,8 +109,6 @@ def _block_task(mode: str, cls: type, config: Any, context: Any, index_ref: Any)
         stage = _worker_stage(cls, config, context)
         if mode == "annotate":
             if index_ref is not None:
-                import ray
-
                 out = _with_index(stage, df, ray.get(index_ref))
             else:
                 out = stage.annotate(df)
@@ -172,8 +172,6 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, seed: int = 0, block_rows: int | None = None,
                  num_cpus: int | None = None):
-        import ray
-
         self.seed = seed
         self.block_rows = block_rows
         self._owns = not ray.is_initialized()

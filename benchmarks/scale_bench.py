@@ -1,0 +1,218 @@
+"""Scale benchmark: N generated records (default one million) through the curation
+pipeline (no render, no train) with the local executor and with the Ray executor; wall
+time and peak memory of each, side by side, and whether their outputs are identical.
+
+    /work/venv/bin/python benchmarks/scale_bench.py --records 1000000 [--work DIR] [--ray-cpus 2]
+
+Needs the `ray` extra for the Ray half (pip install '.[ray]'); without it only the local
+executor runs, with a message. Each executor runs in its own child process; peak memory
+is the largest summed RSS of that process and all its descendants (for Ray: the driver,
+raylet, GCS, object store and the workers), sampled every 0.2 s.
+
+The records: instructions and answers recombined from sample_data/raw/qa_alpaca.jsonl
+with a per-record case number (so most records are distinct), 5% exact copies of earlier
+records and 5% near copies (one word changed), so that every stage has work to do.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = """
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "pii"
+action = "redact"
+[[stages]]
+kind = "filter"
+on = "assistant"
+[[stages]]
+kind = "language"
+keep = ["en"]
+[[stages]]
+kind = "quality"
+scorer = "heuristic"
+[[stages]]
+kind = "dedup"
+name = "exact_dedup"
+method = "exact"
+view = "conversation"
+[[stages]]
+kind = "dedup"
+name = "near_dedup"
+method = "minhash"
+view = "conversation"
+threshold = 0.7
+[[stages]]
+kind = "select"
+column = "heuristic"
+top_fraction = 0.9
+[[stages]]
+kind = "mix"
+by = "task"
+temperature = 2.0
+"""
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    recs = []
+    for line in (ROOT / "sample_data" / "raw" / "qa_alpaca.jsonl").read_text(errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # the sample's planted malformed lines
+        if isinstance(r, dict) and isinstance(r.get("instruction"), str) and isinstance(r.get("output"), str):
+            recs.append({"instruction": r["instruction"], "output": r["output"]})
+    pool = pl.DataFrame(recs).filter(pl.col("output").str.len_chars() > 20)
+    rng = np.random.default_rng(seed)
+    ins, out = pool["instruction"], pool["output"]
+    a, b, c = (rng.integers(0, pool.height, n) for _ in range(3))
+    df = pl.DataFrame({
+        "instruction": ins.gather(a) + pl.Series([f" (case {i})" for i in range(n)]),
+        "input": pl.Series([""] * n),
+        "output": out.gather(b) + " " + out.gather(c),
+    })
+    copies = rng.random(n) < 0.05
+    near = (rng.random(n) < 0.05) & ~copies
+    src = np.maximum(np.arange(n) - rng.integers(1, 1000, n), 0)
+    df = df.with_columns(
+        pl.when(pl.Series(copies | near)).then(pl.col("instruction").gather(src)).otherwise(pl.col("instruction")),
+        pl.when(pl.Series(copies)).then(pl.col("output").gather(src))
+        .when(pl.Series(near)).then(pl.col("output").gather(src) + " indeed")
+        .otherwise(pl.col("output")),
+    )
+    df.write_ndjson(path)
+
+
+def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
+    from curate.config import load_config
+    from curate.runner import run_pipeline
+
+    cfg = load_config(pipeline)
+    if executor == "ray":
+        from curate.ray_executor import RayExecutor
+
+        ex = RayExecutor(num_cpus=ray_cpus)
+    else:
+        from curate.executor import LocalExecutor
+
+        ex = LocalExecutor()
+    t0 = time.perf_counter()
+    run_pipeline(cfg, out, fresh=True, executor=ex)
+    wall = time.perf_counter() - t0
+    ex.close()
+    print(json.dumps({"wall": wall}))
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) -> dict:
+    proc = subprocess.Popen([sys.executable, __file__, "--child", executor, "--pipeline", str(pipeline),
+                             "--out", str(out), "--ray-cpus", str(ray_cpus)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    stdout, _ = proc.communicate()
+    total = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    if proc.returncode:
+        raise SystemExit(f"{executor} run failed (rc {proc.returncode})")
+    res = json.loads(stdout.strip().splitlines()[-1])
+    return {"pipeline_s": res["wall"], "process_s": total, "peak_rss_gib": peak[0] / 2**30}
+
+
+def digest(run: Path) -> str:
+    m = json.loads((run / "manifest.json").read_text())
+    h = hashlib.sha256(json.dumps([m["ledger"], m["stages"]], sort_keys=True).encode())
+    for p in sorted((run / "stages").glob("*/data.parquet")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--child", choices=["local", "ray"])
+    ap.add_argument("--pipeline", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.pipeline, args.out, args.ray_cpus)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="scale_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"records_{args.records}.jsonl"
+    if not data.exists():
+        t0 = time.perf_counter()
+        generate(data, args.records)
+        print(f"generated {args.records:,} records in {time.perf_counter() - t0:.1f}s -> {data}")
+    pipeline = work / "pipeline.toml"
+    pipeline.write_text(f'[run]\nseed = 0\n[[sources]]\nname = "gen"\npath = "{data}"\nformat = "alpaca"\n'
+                        f'task = "qa"\n{STAGES}')
+    # Ray writes its session files, and anything else, under the work dir.
+    env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
+    for k in ("RAY_TMPDIR", "TMPDIR"):
+        Path(env[k]).mkdir(exist_ok=True)
+    try:
+        import ray  # noqa: F401
+        executors = ["local", "ray"]
+    except ImportError:
+        print("ray is not installed (pip install '.[ray]'): measuring the local executor only")
+        executors = ["local"]
+    rows = {}
+    for ex in executors:
+        rows[ex] = measure(ex, pipeline, work / f"run_{ex}", args.ray_cpus, env)
+        rows[ex]["digest"] = digest(work / f"run_{ex}")
+        print(f"{ex}: {rows[ex]}", flush=True)
+    print(f"\n{args.records:,} records, {os.cpu_count()} CPUs, ray num_cpus={args.ray_cpus}")
+    print(f"{'executor':<10}{'pipeline s':>12}{'process s':>12}{'peak RSS GiB':>14}  output digest")
+    for ex, r in rows.items():
+        print(f"{ex:<10}{r['pipeline_s']:>12.1f}{r['process_s']:>12.1f}{r['peak_rss_gib']:>14.2f}  {r['digest']}")
+    if len(rows) == 2:
+        l, r = rows["local"], rows["ray"]
+        print(f"ray/local wall ratio {r['pipeline_s'] / l['pipeline_s']:.2f}, peak memory ratio "
+              f"{r['peak_rss_gib'] / l['peak_rss_gib']:.2f}, identical output: {l['digest'] == r['digest']}")
+
+
+if __name__ == "__main__":
+    main()

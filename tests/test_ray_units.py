@@ -1,0 +1,61 @@
+"""Fast checks of the Ray executor's pieces that need no cluster: the missing-extra
+message, the band-bucket pair rule against the dedup stage's own, and stats merging."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    from curate.executor import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.delitem(sys.modules, "curate.ray_executor", raising=False)
+    with pytest.raises(RuntimeError, match=r"pip install 'curate\[ray\]'"):
+        make_executor(SimpleNamespace(executor="ray", ray_address=None, seed=0))
+
+
+def test_bucket_pairs_equal_dedup_candidates():
+    """The per-partition pair rule (run after Ray's shuffle) gives DedupStage._candidates'
+    pairs, big buckets (star to the first row) included."""
+    pytest.importorskip("ray")
+    from curate.ray_dedup import _bucket_pairs
+    from curate.ray_executor import _from_ipc
+    from curate.stages.base import StageContext
+    from curate.stages.dedup import Config, DedupStage
+
+    rng = np.random.default_rng(0)
+    n, bands = 3000, 4
+    band = rng.integers(0, 400, (n, bands)).astype(np.uint64) + (np.arange(bands, dtype=np.uint64) << np.uint64(40))
+    band[100:200] = band[100]  # a bucket bigger than max_bucket
+    has = rng.random(n) > 0.05
+    stage = DedupStage(Config(kind="dedup", max_bucket=16),
+                       StageContext(run_dir=Path("."), config_dir=Path("."), seed=0, stage_dir=Path(".")))
+    left, right = stage._candidates(band, has)
+    idx = np.nonzero(has)[0].astype(np.int64)
+    keys = pl.DataFrame({"k": band[idx].ravel(), "r": np.repeat(idx, bands)})
+    # any hash partition of the keys: here, by key parity
+    parts = [keys.filter((pl.col("k") % 2) == p).to_arrow() for p in (0, 1)]
+    out = [_bucket_pairs(16)(p) for p in parts]
+    assert sum(o["keys"][0].as_py() for o in out) == keys["k"].n_unique()
+    got = pl.concat([_from_ipc(o["pairs"][0].as_py()) for o in out]).unique().sort("l", "rr")
+    assert len(left) > 1000
+    assert np.array_equal(got["l"].to_numpy(), left) and np.array_equal(got["rr"].to_numpy(), right)
+
+
+def test_stats_merge_rules():
+    pytest.importorskip("ray")
+    from curate.ray_executor import _same, _sum
+
+    assert _sum([{"a": 1, "b": {"x": 2}}, {"a": 3, "b": {"y": 1}}, {}]) == {"a": 4, "b": {"x": 2, "y": 1}}
+    assert _same([{"eval_items": 3}, {"eval_items": 3}]) == {"eval_items": 3}
+    with pytest.raises(ValueError):
+        _same([1, 2])
+    with pytest.raises(TypeError):
+        _sum([0.5, 0.25])  # a mean is not a sum: such stats are recomputed, never added
