@@ -7,7 +7,8 @@ Two shapes:
   FilterStage  implement `annotate(table)`, returning the table with statistic columns
                added and a `_reason` String column (null = passes). The base class
                applies `action = "drop" | "flag"`: flag keeps every row and only adds the
-               columns (plus `<stage>_flag` with the reason), drop moves failing rows out.
+               columns (plus `<stage>_flag` with the reason and `<stage>_flag_detail`),
+               drop moves failing rows out.
                Computing a statistic stays separate from deciding on it (Data-Juicer).
 """
 from __future__ import annotations
@@ -81,9 +82,10 @@ class FilterStage(Stage):
         action = getattr(self.config, "action", "drop")
         if action == "flag":
             flag_col = f"{self.name}_flag"
-            kept = annotated.rename({REASON: flag_col})
-            if DETAIL in kept.columns:
-                kept = kept.drop(DETAIL)
+            renames = {REASON: flag_col}
+            if DETAIL in annotated.columns:
+                renames[DETAIL] = f"{self.name}_flag_detail"  # why it would have been dropped
+            kept = annotated.rename(renames)
             return StageResult(kept=kept, dropped=annotated.clear(), stats=stats)
         kept = annotated.filter(~fails).drop([c for c in (REASON, DETAIL) if c in annotated.columns])
         dropped = annotated.filter(fails)

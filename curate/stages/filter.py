@@ -246,8 +246,8 @@ class HeuristicFilter(FilterStage):
     def process(self, table: pl.DataFrame) -> StageResult:
         result = super().process(table)
         result.stats["checks"] = dict(self._check_hits)
-        stat_cols = [c for c in result.kept.columns if c.startswith(f"{self.name}_") and c != self._col("failed")
-                     and c != self._col("flag")]
+        stat_cols = [c for c in result.kept.columns if c.startswith(f"{self.name}_")
+                     and c not in (self._col("failed"), self._col("flag"), self._col("flag_detail"))]
         both = pl.concat([result.kept.select(stat_cols), result.dropped.select(stat_cols)]) if stat_cols else None
         if both is not None and both.height:
             result.stats["summary"] = {
