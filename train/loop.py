@@ -244,7 +244,7 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         improve(first)
         log(f"[train] {name}: {total} steps; step 0 " + _fmt(first))
 
-    bar = _progress(total, state["step"], dist.main)
+    bar = _progress(total, state["step"], dist.main, log)
     model.train()
     done = state["stopped_early"] or state["step"] >= total
     last_eval_step = state["step"] if state["step"] == 0 else None
@@ -375,8 +375,8 @@ def _fmt(row: dict) -> str:
 class _progress:
     """A tqdm bar with loss, tokens/s and ETA on the main process of an interactive run."""
 
-    def __init__(self, total: int, initial: int, main: bool) -> None:
-        self.bar = None
+    def __init__(self, total: int, initial: int, main: bool, log) -> None:
+        self.bar, self.log = None, log
         if main and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
@@ -390,6 +390,8 @@ class _progress:
     def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg)
+        else:
+            self.log(msg)
 
     def close(self) -> None:
         if self.bar is not None:
