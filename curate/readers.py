@@ -352,10 +352,12 @@ def read_source(cfg: SourceConfig, base_dir: Path, log: Callable[[str], None] = 
     fmt = cfg.format
     build = None
     if fmt == "task":
-        from curate.task_templates import build_messages
+        from curate.task_templates import build_messages, template_fields
+
+        used_fields = template_fields(cfg, base_dir)
 
         def build(rec, index):
-            return build_messages(rec, cfg, index), set(cfg.fields.values())
+            return build_messages(rec, cfg, index, base_dir=base_dir), used_fields
 
     shown = []
     for path in files:

@@ -158,3 +158,21 @@ def test_ids_are_stable_content_hashes(tmp_path):
     r = read_source(SourceConfig(name="a", path=str(f)), tmp_path)
     assert r.table["id"][0] == r.table["id"][1]
     assert json.loads(r.table["meta"][1]) == {"extra": 1}
+
+
+def test_task_format_renders_phrasings_and_quarantines_missing_field(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    _write_jsonl(f, [{"en": f"Good morning {i}", "fr": f"Bonjour {i}", "note": "kept"} for i in range(6)]
+                 + [{"en": "Hello"}])
+    cfg = SourceConfig(name="mt", path=str(f), format="task", task_template="translation",
+                       fields={"source": "en", "target": "fr"})
+    r = read_source(cfg, tmp_path)
+    assert r.table.height == 6 and r.table["task"].unique().to_list() == ["translation"]
+    users = [m[0]["content"] for m in r.table["messages"].to_list()]
+    assert all(f"Good morning {i}" in u for i, u in enumerate(users))
+    assert len({u.replace(str(i), "") for i, u in enumerate(users)}) > 1  # several phrasings
+    assert [m[1]["content"] for m in r.table["messages"].to_list()] == [f"Bonjour {i}" for i in range(6)]
+    assert json.loads(r.table["meta"][0]) == {"note": "kept"}
+    assert r.quarantine[0]["field"] == "fr" and r.quarantine[0]["line"] == "7"
+    again = read_source(cfg, tmp_path)
+    assert again.table.equals(r.table)  # phrasing choice is deterministic
