@@ -8,7 +8,10 @@ Peers go in their own venv (they pin their own dependencies), with curate's few
 runtime needs:
 
     python3.11 -m venv /work/venv-bench-dedup
-    /work/venv-bench-dedup/bin/pip install datatrove text-dedup polars pyarrow datasketch numpy
+    /work/venv-bench-dedup/bin/pip install datatrove text-dedup tokenizers "xxhash<4" polars pyarrow datasketch numpy
+
+(datatrove 0.10.1 imports `tokenizers` from its dedup package and hashes `str` shingles
+with xxhash, which xxhash 4.x refuses: hence the two extra pins.)
 
 Run (from the repository root; curate is imported from the checkout):
 
