@@ -218,6 +218,7 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
             kl, nll, nll_base, n = dist.sum(monitor.measure(model)).tolist()
             row.update(kl_to_base=kl / max(n, 1), ref_loss=nll / max(n, 1), ref_loss_base=nll_base / max(n, 1))
         metrics.add(row)
+        metrics.flush()
         return row
 
     def improve(row: dict) -> bool:
