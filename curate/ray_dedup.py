@@ -4,7 +4,7 @@
      (`DedupStage._norm_chunks`) and `curate.minhash.signatures` / `band_hashes`, with the
      stage's permutation seed, so every row gets the band hashes the local run computes;
   2. band-bucket grouping through Ray Data's shuffle: (bucket key, row) pairs are grouped
-     by a hash shuffle on the key (`repartition(keys=...)`), and each bucket of two or more rows emits its
+     by Ray Data's sort shuffle on the key (`sort`: range partitions), and each bucket of two or more rows emits its
      candidate pairs (all pairs up to `max_bucket` members, a star to the first member
      above it: the local rule);
   3. the driver: exact (or estimated) Jaccard verification of the candidate pairs,
@@ -113,8 +113,11 @@ def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResul
         parts_n = 2 * executor._cluster_cpus()
         step = max(1, -(-keys.num_rows // parts_n))
         ds = ray.data.from_arrow([keys.slice(lo, step) for lo in range(0, keys.num_rows, step)])
-        # A hash shuffle on the bucket key: each output block holds whole buckets.
-        shuffled = ds.repartition(parts_n, keys=["k"])
+        # A range-partitioned sort on the bucket key (Ray Data's sort shuffle): rows with
+        # the same key land in the same output block, so each block holds whole buckets.
+        # (Key-based hash repartition would do too, but its aggregator actors hung on a
+        # cluster of 1-CPU nodes; the sort shuffle runs on plain tasks.)
+        shuffled = ds.sort("k")
         res_pairs = pa.concat_tables(ray.get(shuffled.map_batches(
             _bucket_pairs(cfg.max_bucket), batch_format="pyarrow", batch_size=None).to_arrow_refs()))
         distinct = pl.Series(band[idx].ravel()).n_unique()

@@ -186,11 +186,11 @@ class RayExecutor:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
-        # Key-based repartition (dedup's band buckets) needs a hash shuffle; the classic
-        # one starts its aggregators faster than SHUFFLE_V2 on small clusters.
+        # dedup's band buckets go through a sort shuffle: plain tasks, no aggregator
+        # actors to reserve CPUs (those starved the map tasks on 1-CPU nodes).
         from ray.data.context import ShuffleStrategy
 
-        ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         self._ray = ray
 
     # ------------------------------------------------------------------ planning
@@ -258,12 +258,13 @@ class RayExecutor:
         n_blocks = len(rows)
         a = [_from_ipc(x) for x in res.column("a").to_pylist()]
         if where == "annotate":
-            annotated = pl.concat(a, how="vertical")
+            # One chunk, as a local stage's output is: parquet bytes depend on the chunk layout.
+            annotated = pl.concat(a, how="vertical", rechunk=True)
             states = [json.loads(s) for s in res.column("state").to_pylist()]
             frames = [json.loads(s) for s in res.column("frames").to_pylist()]
             for attr, rule in _FILTER_STATE[stage.kind].items():
                 if rule == "concat":
-                    value = pl.concat([_from_ipc(bytes.fromhex(f[attr])) for f in frames]).to_series()
+                    value = pl.concat([_from_ipc(bytes.fromhex(f[attr])) for f in frames], rechunk=True).to_series()
                 elif rule == "sum":
                     value = _sum([s[attr] for s in states])
                 else:
@@ -276,8 +277,8 @@ class RayExecutor:
             finally:
                 del stage.annotate
         else:
-            kept = pl.concat(a, how="vertical")
-            dropped = pl.concat([_from_ipc(x) for x in res.column("b").to_pylist()], how="vertical")
+            kept = pl.concat(a, how="vertical", rechunk=True)
+            dropped = pl.concat([_from_ipc(x) for x in res.column("b").to_pylist()], how="vertical", rechunk=True)
             stats = self._merge_stats(stage, kept, [json.loads(s) for s in res.column("state").to_pylist()])
             result = StageResult(kept=kept, dropped=dropped, stats=stats)
         stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers ({where})")
