@@ -16,8 +16,8 @@ What runs where (per stage kind):
            (`_FILTER_STATE`). Decontamination builds its eval n-gram index once on the
            driver and broadcasts it through the object store.
   dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
-           then the stage's own bucket grouping, verification, union-find and keep rule
-           on the driver over those fixed-width arrays (see curate/ray_dedup.py).
+           band buckets grouped through Ray Data's sort shuffle, then verification,
+           union-find and the stage's own keep rule on the driver (curate/ray_dedup.py).
   driver   everything else (exact/semantic dedup, select, mix, LM-scored quality, kinds
            this module does not know): the stage's own `process` on the whole table on
            the driver, logged as such. Output is identical by construction.
