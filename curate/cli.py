@@ -74,8 +74,21 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
         from train import run_training
 
         summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None))
+        _record_training(run_dir, summary)
         click.echo(f"trained: {summary.get('adapter_dir', run_dir / 'train')}")
         _write_report(run_dir, quiet, tokenizer)
+
+
+def _record_training(run_dir: Path, summary: dict) -> None:
+    """Add the trainer's summary to the manifest (under `train`), atomically."""
+    import json
+
+    from curate.atomic import write_json
+
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["train"] = json.loads(json.dumps(summary, default=str))
+    write_json(path, manifest)
 
 
 def _write_report(run_dir: Path, quiet: bool, tokenizer: Path | None = None) -> None:

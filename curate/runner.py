@@ -201,6 +201,8 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
 
     manifest: dict[str, Any] = {
         "curate_version": __version__,
+        "pipeline": str(cfg.path),  # relative paths in `config` are relative to its folder
+        "config_dir": str(cfg.base_dir),
         "config": cfg.resolved(),
         "config_hash": cfg.hash(),
         "seed": cfg.run.seed,

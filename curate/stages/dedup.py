@@ -31,6 +31,9 @@ REASON_DUPLICATE = "duplicate_of"
 _IDX = "__dedup_idx"
 
 
+HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")
+
+
 @dataclass
 class Config:
     kind: Literal["dedup"]
@@ -61,7 +64,7 @@ class Config:
     max_length: int = 256
     # --- which member of a cluster is kept ---
     keep: Literal["best", "first", "source_priority"] = "best"
-    score_column: str | None = None  # keep="best": default first numeric `quality_*` column
+    score_column: str | None = None  # keep="best": default the first of heuristic, fasttext, verifier, quality_*
     sources: list[str] = field(default_factory=list)  # keep="source_priority": most trusted first
     examples: int = 5  # clusters shown in the report
 
@@ -267,8 +270,10 @@ class DedupStage(Stage):
             if not table.schema[cfg.score_column].is_numeric():
                 raise ValueError(f"stage {self.name!r}: score_column {cfg.score_column!r} is not numeric")
             return cfg.score_column
+        # The quality stage names its column after its scorer; these three rank higher = better
+        # (perplexity and ifd do not, so they are only used when named in `score_column`).
         for c in table.columns:
-            if c.startswith("quality_") and table.schema[c].is_numeric():
+            if (c.startswith("quality_") or c in HIGHER_IS_BETTER) and table.schema[c].is_numeric():
                 return c
         return None
 
