@@ -137,13 +137,21 @@ def train_classifier(positive: list, negative: list, output: str | Path, opts: T
             for t, y, h in zip(texts, labels, held):
                 if not h:
                     fh.write(f"{POSITIVE if y else NEGATIVE} {t}\n" * reps[int(y)])
-        try:
-            model = fasttext.train_supervised(
-                input=str(train_file), epoch=opts.epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
-                minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed, thread=opts.threads,
-                verbose=0)
-        except RuntimeError as exc:  # fastText diverged ("Encountered NaN")
-            raise click.ClickException(f"fastText training failed ({exc}); try a lower --lr") from None
+        kwargs = dict(input=str(train_file), epoch=opts.epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
+                      minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed,
+                      thread=opts.threads, verbose=0)
+        model = None
+        # fastText's "Encountered NaN" is sometimes spurious: the same deterministic training
+        # (thread=1, fixed seed) that fails once succeeds on a retry, so it is retried once
+        # before being reported as divergence.
+        for attempt in range(2):
+            try:
+                model = fasttext.train_supervised(**kwargs)
+                break
+            except RuntimeError as exc:  # fastText diverged ("Encountered NaN")
+                if attempt == 1:
+                    raise click.ClickException(f"fastText training failed ({exc}); try a lower --lr") from None
+                log(f"fastText: {exc} - retrying once")
         tmp_model = output.with_name(output.name + ".tmp")
         model.save_model(str(tmp_model))
         os.replace(tmp_model, output)
