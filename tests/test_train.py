@@ -203,6 +203,27 @@ def test_packed_and_unpacked_give_same_loss(tiny_model, tok, tmp_path):
     assert abs(totals[0][0] - totals[1][0]) < 1e-5
 
 
+def test_plan_epoch_steps_never_exceed_batch_tokens(tok, tmp_path):
+    """Regression: a step used to close only once it reached batch_tokens, so with
+    batch_tokens == micro_batch_tokens and full packed rows every step took two
+    micro-batches (twice the intended batch)."""
+    run = write_run(tmp_path / "run", tok, examples(80, 3), examples(2, 4), row_tokens=64)
+    split = load_split(run, "train", read_manifest(run))
+    lengths = split.row_lengths()
+    plan = plan_epoch(split, batch_tokens=64, micro_batch_tokens=64, seed=0, epoch=0)
+    assert len(plan) > 5 and all(len(step) == 1 for step in plan)
+    for bt in (100, 200, 500):
+        plan = plan_epoch(split, batch_tokens=bt, micro_batch_tokens=64, seed=1, epoch=2)
+        sizes = [sum(int(lengths[mb].sum()) for mb in step) for step in plan]
+        assert all(s <= bt for s in sizes) and max(sizes) > bt // 2
+        # greedy: each step but the last could not take the next step's first micro-batch
+        assert all(s + int(lengths[nxt[0]].sum()) > bt for s, nxt in zip(sizes, plan[1:]))
+        # every row exactly once, deterministic
+        assert sorted(np.concatenate([mb for st in plan for mb in st]).tolist()) == list(range(split.n_rows))
+        again = plan_epoch(split, batch_tokens=bt, micro_batch_tokens=64, seed=1, epoch=2)
+        assert [[mb.tolist() for mb in st] for st in plan] == [[mb.tolist() for mb in st] for st in again]
+
+
 def test_refuses_other_tokenizer_and_bad_masks(tiny_model, tok, tmp_path):
     from train import run_training
 

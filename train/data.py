@@ -221,9 +221,13 @@ def plan_epoch(split: Split, batch_tokens: int, micro_batch_tokens: int, seed: i
 
     Rows are shuffled (seeded by seed and epoch, so a resumed run sees the same order),
     then sorted by length within buckets of `bucket` rows so a micro-batch pads little,
-    then cut into micro-batches of at most `micro_batch_tokens` padded tokens, and the
-    micro-batches grouped into steps of about `batch_tokens` real tokens. The micro-batch
-    order is shuffled again so steps do not run from short to long."""
+    then cut into micro-batches of at most `micro_batch_tokens` padded tokens. The
+    micro-batch order is shuffled again so steps do not run from short to long, then
+    micro-batches are grouped greedily into steps of at most `batch_tokens` real tokens: a
+    step closes when the next micro-batch would exceed it, and always holds at least one
+    micro-batch (so a step exceeds `batch_tokens` only when one micro-batch alone does).
+    Trade-off: steps then hold somewhat fewer than `batch_tokens` tokens on average (never
+    more), rather than somewhat more."""
     rng = np.random.default_rng([seed, epoch])
     lengths = split.row_lengths()
     order = rng.permutation(split.n_rows)
@@ -243,11 +247,14 @@ def plan_epoch(split: Split, batch_tokens: int, micro_batch_tokens: int, seed: i
     micro = [micro[i] for i in rng.permutation(len(micro))]
     steps, cur_step, tok = [], [], 0
     for mb in micro:
-        cur_step.append(mb)
-        tok += int(lengths[mb].sum())
-        if tok >= batch_tokens:
+        n = int(lengths[mb].sum())
+        # close the step before it would exceed batch_tokens (closing only once it reaches
+        # batch_tokens took one micro-batch too many: batch == micro-batch meant 2 per step)
+        if cur_step and tok + n > batch_tokens:
             steps.append(cur_step)
             cur_step, tok = [], 0
+        cur_step.append(mb)
+        tok += n
     if cur_step:
         steps.append(cur_step)
     return steps
