@@ -173,14 +173,19 @@ def test_ifd_matches_hand_computed_losses_on_stories260k(tmp_path):
     tok = AutoTokenizer.from_pretrained(STORIES)
     model = AutoModelForCausalLM.from_pretrained(STORIES).eval()
     hand = []
+    bos, eos = [tok.bos_token_id], [tok.eos_token_id]
     with torch.no_grad():
         for u, a in rows:
-            p = tok(f"User: {u}\nAssistant: ", add_special_tokens=False)["input_ids"]
-            ans = tok(a, add_special_tokens=False)["input_ids"]
-            bos = [tok.bos_token_id]
-            ids = torch.tensor([bos + p + ans])
-            cond = model(ids, labels=torch.tensor([[-100] * (1 + len(p)) + ans])).loss.item()
-            alone = model(torch.tensor([bos + ans]), labels=torch.tensor([[-100] + ans])).loss.item()
+            # the conditioned text is tokenized whole; the answer starts at the token
+            # holding its first character; the answer + EOS is scored
+            prompt = f"User: {u}\nAssistant: "
+            enc = tok(prompt + a, add_special_tokens=False)
+            k = enc.char_to_token(len(prompt))
+            ids = enc["input_ids"]
+            ans = ids[k:] + eos
+            cond = model(torch.tensor([bos + ids + eos]), labels=torch.tensor([[-100] * (1 + k) + ans])).loss.item()
+            solo = tok(a, add_special_tokens=False)["input_ids"] + eos
+            alone = model(torch.tensor([bos + solo]), labels=torch.tensor([[-100] + solo])).loss.item()
             hand.append((cond, alone, math.exp(cond) / math.exp(alone)))
     got = r.kept
     assert np.allclose(got["ifd_loss_cond"].to_numpy(), [h[0] for h in hand], atol=1e-4)
@@ -190,6 +195,73 @@ def test_ifd_matches_hand_computed_losses_on_stories260k(tmp_path):
     assert list(np.argsort(got["ifd_loss_cond"].to_numpy())) == list(np.argsort([h[0] for h in hand]))
     # TinyStories text is far more predictable than gibberish
     assert got["ifd_loss_cond"][0] < got["ifd_loss_cond"][2]
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").is_file(), reason="../shared/data/models/stories260K absent")
+def test_conditioned_answer_is_the_tail_of_the_joint_tokenization_stories260k():
+    """Regression: prompt and answer were tokenized apart and concatenated, so the
+    SentencePiece tokenizer opened every answer with a "▁" piece the whole text never
+    contains (and no EOS was scored)."""
+    from transformers import AutoTokenizer
+
+    from curate.scorers.lm import build_sequences
+
+    tok = AutoTokenizer.from_pretrained(STORIES)
+    prompts = ["User: What did Lily find?\nAssistant: ", "User: Tell me a story.\nAssistant: "]
+    answers = ["Lily found a big red ball.", "Once upon a time, there was a cat."]
+    cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length=512)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    for p, a, c, s, al, st in zip(prompts, answers, cond, cstart, alone, astart):
+        joint = tok(p + a, add_special_tokens=False)["input_ids"]
+        assert c == [bos] + joint + [eos]
+        k = s - 1
+        assert c[s:] == joint[k:] + [eos] and tok.decode(joint[k:]).strip() == a
+        assert tok.convert_ids_to_tokens(c[s]) != "▁"
+        # the old way: separate tokenization adds a piece the whole text does not have
+        apart = tok(p, add_special_tokens=False)["input_ids"] + tok(a, add_special_tokens=False)["input_ids"]
+        assert apart != joint and len(apart) == len(joint) + 1
+        # answer alone: tokenized on its own, with the same EOS target
+        assert al == [bos] + tok(a, add_special_tokens=False)["input_ids"] + [eos] and st == 1
+    # score_eos=False: the plain answer, nothing appended
+    c2, s2, a2, _ = build_sequences(tok, prompts, answers, max_length=512, score_eos=False)
+    assert [c[:-1] for c in cond] == c2 and [a[:-1] for a in alone] == a2 and s2 == cstart
+
+
+def test_build_sequences_offsets_truncation_and_eos(tiny_lm):
+    """On an in-test fast (byte-level BPE) tokenizer: a token straddling the prompt/answer
+    boundary belongs to the answer; truncation keeps half the budget for the answer and
+    cuts the prompt from the left (a cut answer gets no EOS); an empty answer is unscored."""
+    from transformers import AutoTokenizer
+
+    from curate.scorers.lm import build_sequences
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    assert tok.is_fast
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    prompts = ["the quick bro", "User: hi\nAssistant:", "the lazy dog", "over the lazy dog " * 6]
+    answers = ["wn fox jumps", " hello", "", "the quick brown fox jumps over the lazy dog " * 3]
+    cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length=40)
+    # straddling token: joint pieces of "the quick brown..." have one spanning "bro|wn"
+    enc = tok(prompts[0] + answers[0], add_special_tokens=False, return_offsets_mapping=True)
+    k = next(j for j, (st, e) in enumerate(enc["offset_mapping"]) if st < len(prompts[0]) < e)
+    assert cond[0] == [bos] + enc["input_ids"] + [eos] and cstart[0] == 1 + k
+    assert tok.decode(cond[0][cstart[0]:-1]) == " brown fox jumps"
+    # clean boundary: the answer is exactly its own pieces
+    joint1 = tok(prompts[1] + answers[1], add_special_tokens=False)["input_ids"]
+    assert cond[1] == [bos] + joint1 + [eos] and tok.decode(cond[1][cstart[1]:-1]) == " hello"
+    # empty answer: nothing scored, not even EOS
+    assert len(cond[2]) == cstart[2] and alone[2] == [bos]
+    # truncation: 40 tokens; the answer keeps at least half of the 39 after BOS, no EOS
+    c, s = cond[3], cstart[3]
+    assert len(c) == 40 and len(c) - s >= 39 // 2 and eos not in c[s:]
+    joint3 = tok(prompts[3] + answers[3], add_special_tokens=False)["input_ids"]
+    p_end = 1 + next(j for j, (_, e) in enumerate(
+        tok(prompts[3] + answers[3], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+        if e > len(prompts[3]))
+    assert c[1:s] == joint3[p_end - 1 - (s - 1): p_end - 1]  # the prompt's end, cut from the left
+    assert c[s:] == joint3[p_end - 1: p_end - 1 + len(c) - s]
+    assert len(alone[3]) <= 40 and eos not in alone[3][1:]
+    assert tok.decode(alone[3][1:]).strip() == tok.decode(c[s:]).strip()
 
 
 # ------------------------------------------------------------------ verifier

@@ -2,17 +2,20 @@
 answer's loss alone, their instruction-following difficulty, and mean-hidden-state
 embeddings. The only module of curate/ that imports torch.
 
-  loss_cond    mean cross-entropy of the answer tokens given the prompt
-  loss_answer  mean cross-entropy of the same answer tokens after only BOS
+  loss_cond    mean cross-entropy of the answer tokens (+ EOS) given the prompt, prompt
+               and answer tokenized together as one text
+  loss_answer  mean cross-entropy of the answer tokenized alone (+ EOS) after only BOS
   ifd          exp(loss_cond) / exp(loss_answer): conditional over direct perplexity, as
                Li et al. 2023 ("From Quantity to Quality", Cherry LLM) compute it. Near or
                above 1: the prompt does not help predict the answer (often a mismatched
                pair); low: the answer follows from the prompt. Both losses are kept as
                columns, so one may select on either.
 
-Both losses cover exactly the same answer tokens (each predicted from the token before),
-so their ratio compares like with like. With a tokenizer that has no BOS token the first
-answer token cannot be predicted alone; it is then left out of both losses.
+Both losses cover the same target, the answer text and the end-of-sequence token (each
+token predicted from the one before), so their ratio compares like with like; the first
+piece may differ (joint vs. alone tokenization, see `build_sequences`). With a tokenizer
+that has no BOS token the first answer token cannot be predicted alone; it is then left
+out of both losses.
 
 Batching is length-bucketed: sequences are sorted by length and cut into batches of at
 most `batch_size` rows and `max_batch_tokens` padded tokens, so little compute goes to
@@ -126,31 +129,67 @@ def _pad_id(tok) -> int:
     return 0
 
 
-def build_sequences(tok, prompts: list[str], answers: list[str], max_length: int):
-    """Token ids for (BOS + prompt + answer) and (BOS + answer), and where the answer starts."""
+def build_sequences(tok, prompts: list[str], answers: list[str], max_length: int, score_eos: bool = True):
+    """Token ids for (BOS + prompt + answer [+ EOS]) and (BOS + answer [+ EOS]), and where
+    the scored part starts in each.
+
+    The conditioned sequence tokenizes prompt + answer as ONE text (that is what a model
+    sees in training) and splits it by character offsets: the answer starts at the first
+    token whose span ends after `len(prompt)`, so a token straddling the boundary belongs
+    to the answer. Tokenizing the two separately and concatenating the ids (as before)
+    made SentencePiece tokenizers (Llama style) open every answer with a "▁" piece the
+    whole text never contains, and those artefact tokens dominated the loss.
+
+    The answer-alone sequence (for IFD) is the answer tokenized on its own, as IFD defines
+    it (Cherry LLM does the same); its pieces may differ from the conditioned answer's at
+    the first token, so the two losses cover the same text, not always the same ids.
+
+    `score_eos` (default on): the tokenizer's EOS id (when it has one) is appended to both
+    answers, so the model's "stop here" is scored too. An empty answer gets no EOS: it
+    stays unscored (NaN). A truncated answer gets no EOS either (it did not end there).
+    Needs a fast tokenizer (character offsets); both tokenizer calls are batched."""
+    if not prompts:
+        return [], [], [], []
+    if not getattr(tok, "is_fast", False):
+        raise ValueError("LM scoring needs a fast (Rust) tokenizer for character offsets; "
+                         f"{type(tok).__name__} is not one")
     bos = _bos(tok)
-    p_ids = tok(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    a_ids = tok(answers, add_special_tokens=False)["input_ids"] if answers else []
+    eos = [int(tok.eos_token_id)] if score_eos and tok.eos_token_id is not None else []
+    joint = tok([p + a for p, a in zip(prompts, answers)], add_special_tokens=False, return_offsets_mapping=True)
+    alone_enc = tok(list(answers), add_special_tokens=False, return_offsets_mapping=True)
     cond, cond_start, alone, alone_start = [], [], [], []
     budget = max_length - len(bos)
-    for p, a in zip(p_ids, a_ids):
-        a = a[: max(budget - min(len(p), budget // 2), 1)]
+    for prompt, ids, offs, a_ids, a_offs in zip(prompts, joint["input_ids"], joint["offset_mapping"],
+                                                  alone_enc["input_ids"], alone_enc["offset_mapping"]):
+        ends = np.asarray([e for _, e in offs], dtype=np.int64)
+        after = np.flatnonzero(ends > len(prompt))
+        k = int(after[0]) if len(after) else len(ids)
+        p, a = list(ids[:k]), list(ids[k:])
+        a_full = a + eos if a else []
+        a = a_full[: max(budget - min(len(p), budget // 2), 1)]
         p = p[len(p) - min(len(p), budget - len(a)):] if budget - len(a) > 0 else []
         cond.append(bos + p + a)
         cond_start.append(len(bos) + len(p))
-        alone.append(bos + a)
+        if len(a) == len(a_full):  # whole answer (+ EOS) kept: the whole answer alone too
+            al = (list(a_ids) + eos if a_ids else [])[:budget]
+        else:  # truncated: keep the answer-alone tokens that end within the same text
+            cut = offs[k + len(a) - 1][1] - len(prompt)
+            n = int(np.sum(np.asarray([e for _, e in a_offs], dtype=np.int64) <= cut)) if a_offs else 0
+            al = list(a_ids[: max(n, 1)])[:budget]
+        alone.append(bos + al)
         # without BOS, the first answer token has no context in the alone sequence
         alone_start.append(len(bos) if bos else 1)
     if not bos:
-        cond_start = [s + 1 for s in cond_start]  # same predicted tokens in both
+        cond_start = [s + 1 for s in cond_start]  # same predicted text in both
     return cond, cond_start, alone, alone_start
 
 
 def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_length: int = 512,
-          batch_size: int = 16, max_batch_tokens: int = 8192, want_embeddings: bool = False) -> dict:
+          batch_size: int = 16, max_batch_tokens: int = 8192, want_embeddings: bool = False,
+          score_eos: bool = True) -> dict:
     """Per example: loss_cond, n_tokens, and with `ifd` loss_answer and ifd; NaN where the
-    answer is empty."""
-    cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length)
+    answer is empty. `score_eos`: see `build_sequences`."""
+    cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length, score_eos)
     pad = _pad_id(tok)
     loss_c, n_tok, emb = sequence_losses(model, cond, cstart, pad, batch_size=batch_size,
                                          max_batch_tokens=max_batch_tokens, want_embeddings=want_embeddings)
