@@ -63,6 +63,9 @@ class Config:
     roles: dict[str, str] = field(default_factory=dict)  # role -> prefix, over DEFAULT_ROLES
     separator: str = "\n"
     embed: bool = False
+    # Score the end-of-sequence token after each answer (does the model know to stop?).
+    # Turn off for base models that never learned to predict EOS: it would dominate.
+    score_eos: bool = True
     trust_remote_code: bool = False
     # verifier
     functions: dict[str, str] = field(default_factory=dict)  # task (or "*") -> "module:function"
@@ -229,7 +232,8 @@ class QualityStage(Stage):
         adapter = ctx.resolve(c.adapter) if c.adapter else None
         roles = {**DEFAULT_ROLES, **c.roles}
         settings = {"scorer": c.scorer, "max_length": c.max_length, "roles": roles, "sep": c.separator,
-                    "embed": c.embed, "dtype": c.dtype, "adapter": bool(adapter)}
+                    "embed": c.embed, "dtype": c.dtype, "adapter": bool(adapter), "score_eos": c.score_eos,
+                    "tokenization": "joint+eos"}  # bump when lm.score's definition changes
         fp = cache.fingerprint(settings, cache.model_files(model_dir, adapter))
         inputs = lm_inputs(table, roles, c.separator).with_columns(table["id"])
         by_id = {i: (p, a) for i, p, a in inputs.select("id", "prompt", "answer").iter_rows()}
@@ -252,7 +256,7 @@ class QualityStage(Stage):
             prompts = [by_id[i][0] for i in ids]
             answers = [by_id[i][1] for i in ids]
             res = lm.score(model, tok, prompts, answers, ifd=ifd, max_length=c.max_length, batch_size=c.batch_size,
-                           max_batch_tokens=c.max_batch_tokens, want_embeddings=c.embed)
+                           max_batch_tokens=c.max_batch_tokens, want_embeddings=c.embed, score_eos=c.score_eos)
             data = {"id": ids, "loss_cond": lm.finite_or_none(res["loss_cond"]),
                     "n_tokens": res["n_tokens"].tolist()}
             if ifd:
