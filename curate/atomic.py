@@ -56,8 +56,10 @@ def write_json(target: str | Path, obj: Any) -> None:
 def write_parquet(target: str | Path, df) -> None:
     """polars DataFrame -> parquet, atomically. Statistics off and one row group size fixed,
     so the same frame always gives the same bytes."""
+    # Parquet bytes depend on the frame's chunk layout, not only its values: rechunk so a
+    # frame read back from parquet (resume) writes the same bytes as a freshly built one.
     with atomic_path(target) as tmp:
-        df.write_parquet(tmp, compression="zstd", statistics=False, row_group_size=65536)
+        df.rechunk().write_parquet(tmp, compression="zstd", statistics=False, row_group_size=65536)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

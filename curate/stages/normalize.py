@@ -21,6 +21,8 @@ Trailing turns after the last assistant turn are cut (they cannot be trained on)
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,79 +61,61 @@ class Normalize(Stage):
         c = self.config
         if table.height == 0:
             return StageResult(kept=table, dropped=table.with_columns(pl.lit(None, pl.String).alias(REASON)))
-        t = table.with_row_index("_row")
-        turns = t.select("_row", pl.col("messages")).explode("messages").unnest("messages")
-        turns = turns.with_columns(pl.int_range(pl.len()).over("_row").alias("_turn"))
-        content = pl.col("content").fill_null("")
+        # Everything below works on the `messages` lists in place (list.eval), never
+        # exploding turns into a long table and grouping them back: linear in the rows.
+        el = pl.element()
+        role, content = el.struct.field("role"), el.struct.field("content").fill_null("")
         if c.unicode_form != "none":
             content = content.str.normalize(c.unicode_form)
         if c.strip_control:
             content = content.str.replace_all(r"\r\n?", "\n").str.replace_all(CONTROL, "").str.replace_all("\u00a0", " ")
         if c.tidy_whitespace:
-            content = (content.str.replace_all(r"[ \t]+\n", "\n").str.replace_all(r"\n{3,}", "\n\n")
-                       .str.strip_chars())
-        turns = turns.with_columns(content.alias("content"))
-        # Placeholder lines: compare each line, lower-cased and trimmed, with the list.
-        placeholders = sorted({p.strip().lower() for p in c.placeholders})
-        lines = (turns.select("_row", "_turn", "role", pl.col("content").str.split("\n").alias("_line"))
-                 .explode("_line")
-                 .with_columns(pl.int_range(pl.len()).over("_row", "_turn").alias("_ln")))
-        is_ph = pl.col("_line").str.strip_chars().str.to_lowercase().is_in(placeholders)
-        prompt_role = pl.col("role").is_in(["system", "user"])
-        whole_ph = (turns.with_columns(pl.col("content").str.strip_chars().str.to_lowercase().is_in(placeholders)
-                                       .alias("_whole")).select("_row", "_turn", "_whole"))
-        lines = lines.filter(~(prompt_role & is_ph))
-        rebuilt = (lines.sort("_row", "_turn", "_ln").group_by("_row", "_turn", maintain_order=True)
-                   .agg(pl.col("_line").str.join("\n").alias("_new")))
-        turns = (turns.join(rebuilt, on=["_row", "_turn"], how="left").join(whole_ph, on=["_row", "_turn"], how="left")
-                 .with_columns(pl.when(pl.col("_whole")).then(pl.lit(""))
-                               .otherwise(pl.col("_new").fill_null("").str.strip_chars()).alias("content"))
-                 .sort("_row", "_turn"))
-        # Empty system/tool turns carry nothing: remove them.
-        turns = turns.filter(~(pl.col("role").is_in(["system", "tool"]) & (pl.col("content") == "")))
+            content = content.str.replace_all(r"[ \t]+\n", "\n")
+        # "No input" placeholders: whole lines of system/user turns are removed; a turn that is
+        # nothing but a placeholder becomes empty (an assistant's "N/A" is an empty answer).
+        alternatives = "|".join(re.escape(p) for p in sorted({p.strip().lower() for p in c.placeholders}, key=len, reverse=True) if p)
+        line = rf"(?im)^[ \t]*(?:{alternatives})[ \t]*$" if alternatives else None
+        whole = rf"(?i)^\s*(?:{alternatives})\s*$" if alternatives else None
+        if line:
+            content = (pl.when(content.str.contains(whole)).then(pl.lit(""))
+                       .when(role.is_in(["system", "user"])).then(content.str.replace_all(line, ""))
+                       .otherwise(content))
+        if c.tidy_whitespace or line:
+            content = content.str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
+        cleaned = pl.col("messages").list.eval(pl.struct(role.alias("role"), content.alias("content")))
+        # Empty system/tool turns carry nothing; turns after the last assistant turn cannot be trained.
+        keep_turn = ~(role.is_in(["system", "tool"]) & (el.struct.field("content") == ""))
+        cleaned = cleaned.list.eval(el.filter(keep_turn))
         if c.trim_trailing_turns:
-            last_asst = (turns.filter(pl.col("role") == "assistant").group_by("_row").agg(pl.col("_turn").max().alias("_last")))
-            turns = turns.join(last_asst, on="_row", how="left").filter(
-                pl.col("_last").is_null() | (pl.col("_turn") <= pl.col("_last"))).drop("_last")
-        turns = turns.sort("_row", "_turn").with_columns(pl.int_range(pl.len()).over("_row").alias("_pos"))
-        # Per-conversation checks, all as aggregations over the turns.
-        role = pl.col("role")
-        prev = role.shift(1).over("_row")
-        checks = turns.group_by("_row").agg(
-            ((role == "user") & (pl.col("content") == "")).any().alias("empty_prompt"),
-            ((role == "assistant") & (pl.col("content") == "")).any().alias("empty_answer"),
-            ((role == "system") & (pl.col("_pos") > 0)).any().alias("system_not_first"),
-            (((role == "user") & (prev == "user")) | ((role == "assistant") & (prev == "assistant"))).any()
-            .alias("roles_not_alternating"),
-            pl.col("_pos").filter(role == "user").min().alias("_first_user"),
-            pl.col("_pos").filter(role == "assistant").min().alias("_first_asst"),
-            pl.col("_pos").filter(role == "assistant").max().alias("_last_asst"),
-            pl.struct(role, pl.col("content")).alias("messages"),
-        )
-        no_pair = pl.col("_first_user").is_null() | pl.col("_last_asst").is_null() | (pl.col("_last_asst") < pl.col("_first_user"))
+            pos = pl.int_range(pl.len())
+            cleaned = cleaned.list.eval(el.filter(pos <= pos.filter(role == "assistant").max()))
+        out = table.with_columns(cleaned.alias("messages"))
+        # Per-conversation checks as list aggregations.
+        content = el.struct.field("content")
+        pos = pl.int_range(pl.len())
+        prev = role.shift(1)
+        msgs = pl.col("messages")
+        first_user = msgs.list.eval(pos.filter(role == "user").min()).list.first()
+        first_asst = msgs.list.eval(pos.filter(role == "assistant").min()).list.first()
+        last_asst = msgs.list.eval(pos.filter(role == "assistant").max()).list.first()
         reasons = [
-            (no_pair, "no_assistant_after_user"),
-            (pl.col("empty_prompt"), "empty_prompt"),
-            (pl.col("empty_answer"), "empty_answer"),
-            (pl.col("system_not_first"), "system_not_first"),
-            (pl.col("_first_asst") < pl.col("_first_user"), "assistant_first"),
+            (first_user.is_null() | last_asst.is_null() | (last_asst < first_user), "no_assistant_after_user"),
+            (msgs.list.eval(((role == "user") & (content == "")).any()).list.first(), "empty_prompt"),
+            (msgs.list.eval(((role == "assistant") & (content == "")).any()).list.first(), "empty_answer"),
+            (msgs.list.eval(((role == "system") & (pos > 0)).any()).list.first(), "system_not_first"),
+            (first_asst < first_user, "assistant_first"),
         ]
         if c.require_alternation:
-            reasons.append((pl.col("roles_not_alternating"), "roles_not_alternating"))
+            same = ((role == "user") & (prev == "user")) | ((role == "assistant") & (prev == "assistant"))
+            reasons.append((msgs.list.eval(same.any()).list.first(), "roles_not_alternating"))
         reason = pl.lit(None, pl.String)
         for cond, name in reversed(reasons):
-            reason = pl.when(cond).then(pl.lit(name)).otherwise(reason)
-        checks = checks.with_columns(reason.alias(REASON)).select("_row", "messages", REASON)
-        out = t.drop("messages").join(checks, on="_row", how="left").sort("_row")
-        # A conversation whose turns were all removed has no row in `checks`.
-        out = out.with_columns(
-            pl.col("messages").fill_null(pl.lit([], dtype=table.schema["messages"])),
-            pl.when(pl.col("messages").is_null()).then(pl.lit("no_assistant_after_user")).otherwise(pl.col(REASON)).alias(REASON),
-        ).select([*table.columns, REASON])
-        out = out.with_columns(pl.col("messages").cast(table.schema["messages"]))
-        kept = recompute_ids(out.filter(pl.col(REASON).is_null()).drop(REASON))
-        dropped = table.with_row_index("_row").join(
-            out.with_row_index("_row").select("_row", REASON), on="_row").filter(pl.col(REASON).is_not_null()).drop("_row")
+            reason = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(reason)
+        out = out.with_columns(reason.alias(REASON))
+        fails = pl.col(REASON).is_not_null()
+        kept = recompute_ids(out.filter(~fails).drop(REASON))
+        # Dropped rows are kept as they were read, so rejects show what the stage saw.
+        dropped = table.with_columns(out[REASON]).filter(fails)
         counts = dropped.group_by(REASON).len().sort(REASON)
         return StageResult(kept=kept, dropped=dropped, stats={"hits": {r: int(n) for r, n in counts.iter_rows()}})
 
