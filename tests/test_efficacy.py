@@ -1,6 +1,6 @@
 """The efficacy benchmark runs end to end (`--quick`) and writes its table. Its numbers are
 not asserted: a tiny budget on one seed measures nothing; the full run does
-(docs/readme/efficacy.md)."""
+(README.md, "Does curation help?")."""
 from __future__ import annotations
 
 import importlib.util

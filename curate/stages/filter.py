@@ -14,7 +14,7 @@ Two families:
     ending mid-sentence, unbalanced code fences, merged instructions, and answers to
     prompts whose only content is behind a URL the model could not have read.
 
-Adapting web-document thresholds to instruction data (the defaults, see docs/readme/cleaning.md):
+Adapting web-document thresholds to instruction data (the defaults, see README.md, "Cleaning"):
 ratios, mean word length and repetition are judged only on texts of at least
 `ratio_min_words` words (Gopher's thresholds were fitted on documents of >= 50 words; on a
 one-line answer such as "16 - 3 = 13" they are noise), and word-based statistics skip texts
