@@ -18,6 +18,8 @@ What runs where (per stage kind):
   dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
            band buckets grouped through Ray Data's sort shuffle, then verification,
            union-find and the stage's own keep rule on the driver (curate/ray_dedup.py).
+  render   the renderer's per-row work (template, tokenization, masks) as blocks on
+           workers (`render_blocks`); split, checks and stats on the driver.
   driver   everything else (exact/semantic dedup, select, mix, LM-scored quality, kinds
            this module does not know): the stage's own `process` on the whole table on
            the driver, logged as such. Output is identical by construction.
@@ -231,6 +233,14 @@ class RayExecutor:
         out = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
         parts = ray.get(out.to_arrow_refs())
         return pa.concat_tables([p for p in parts if p.num_rows])
+
+    def render_blocks(self, frame: pl.DataFrame, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+        """Rendering's per-row work (template, tokenizer, masks) as Ray tasks over blocks of
+        the `messages` column, results in row order; the renderer keeps the split, the
+        checks and the stats on the driver (curate.render.render_examples)."""
+        if frame.height == 0:
+            return fn(frame.to_arrow())
+        return self.map_blocks(frame, fn)
 
     # ------------------------------------------------------------------ executor protocol
     def process(self, stage: Stage, table: pl.DataFrame) -> StageResult:

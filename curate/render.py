@@ -370,12 +370,81 @@ def assign_split(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Seri
 # --------------------------------------------------------------------------- the stage entry point
 
 
-def _list_array(flat_parts: list[np.ndarray], length_parts: list[np.ndarray]) -> pa.Array:
-    lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+REASON_COL, DETAIL_COL, TRUNCATED_COL = "_render_reason", "_render_detail", "_render_truncated"
+
+
+def tokenize_aligned(renderer: "Renderer", messages: pl.Series, batch_size: int) -> pa.Table:
+    """Render, tokenize and mask `messages`; one output row per input row, in order:
+    input_ids and labels (null when dropped), the drop reason and detail, truncated."""
+    n = messages.len()
+    reasons: list = [None] * n
+    details: list = [None] * n
+    truncated = np.zeros(n, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    ids_col, labels_col, lengths_col = [], [], []
+
+    def collect(start, rendered, future):
+        batch = []
+        for j, ex in enumerate(renderer.finish(rendered, future.result())):
+            if ex.reason is not None:
+                reasons[start + j], details[start + j] = ex.reason, ex.detail
+            else:
+                kept[start + j] = True
+                truncated[start + j] = bool(ex.truncated)
+                batch.append(ex)
+        flat_ids, flat_labels, lengths = _flatten(batch)
+        ids_col.append(flat_ids)
+        labels_col.append(flat_labels)
+        lengths_col.append(lengths)
+
+    # Pipelined: the Rust tokenizer (GIL released) encodes chunk k on a worker thread while
+    # this thread renders chunk k+1 through Jinja.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        step = max(1, min(batch_size, PIPELINE_CHUNK))
+        for start in range(0, n, step):
+            rendered = renderer.render_texts(messages.slice(start, step).to_list())
+            future = pool.submit(renderer.encode, rendered)
+            if pending is not None:
+                collect(*pending)
+            pending = (start, rendered, future)
+        if pending is not None:
+            collect(*pending)
+    lengths = np.zeros(n, dtype=np.int64)
+    if kept.any():
+        lengths[kept] = np.concatenate(lengths_col)
+    offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(flat_parts).astype(np.int32, copy=False) if flat_parts else np.zeros(0, dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
+    null = pa.array(~kept)
+
+    def lists(parts):
+        values = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.zeros(0, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()), mask=null)
+
+    return pa.table({"input_ids": lists(ids_col), "labels": lists(labels_col),
+                     REASON_COL: pa.array(reasons, pa.string()), DETAIL_COL: pa.array(details, pa.string()),
+                     TRUNCATED_COL: pa.array(truncated)})
+
+
+class RenderBlock:
+    """A picklable `fn(block) -> tokens` for executors: loads the tokenizer and template
+    once per worker process, then tokenizes each Arrow block of a `messages` column."""
+
+    _cache: dict = {}
+
+    def __init__(self, cfg, base_dir: str):
+        self.cfg, self.base_dir = cfg, base_dir
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        cfg = self.cfg
+        key = (repr(cfg), self.base_dir)
+        renderer = RenderBlock._cache.get(key)
+        if renderer is None:
+            tokenizer = load_tokenizer(cfg.tokenizer, Path(self.base_dir), cfg.trust_remote_code)
+            template = load_template(cfg.template, Path(self.base_dir), tokenizer)
+            renderer = Renderer(template, tokenizer, cfg.max_length, cfg.train_on, cfg.overflow)
+            RenderBlock._cache[key] = renderer
+        return tokenize_aligned(renderer, pl.from_arrow(block)["messages"], cfg.batch_size)
 
 
 def _samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
@@ -396,9 +465,13 @@ def _samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
     return out
 
 
-def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokenizer=None) -> RenderOutput:
+def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokenizer=None,
+                    map_blocks=None) -> RenderOutput:
     """Render, tokenize and mask every conversation of `table` (cfg: curate.config.RenderConfig).
-    `tokenizer` may be passed in (tests, benchmarks); else it is loaded from cfg.tokenizer."""
+    `tokenizer` may be passed in (tests, benchmarks); else it is loaded from cfg.tokenizer.
+    `map_blocks(frame, fn)`, when given (the Ray executor's), runs `fn` over contiguous blocks
+    of `frame` and concatenates the Arrow results in order: tokenization is per row, so the
+    result is the same as one local call; split, checks and stats stay here."""
     from curate.shards import check_examples, tokenizer_fingerprint
 
     base_dir = Path(base_dir)
@@ -416,54 +489,21 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
     # Each distinct conversation is rendered once: a mix stage's upsampled repeats share
     # their id (a content hash), and get the same tokens back through a join.
     unique = table.select("id", "messages").unique("id", keep="first", maintain_order=True)
-    ids_col, labels_col, lengths_col, keep_rows, drop_rows, reasons, details = [], [], [], [], [], [], []
-    truncated_ids: list[str] = []
-    unique_ids = unique["id"].to_list()
-    messages = unique["messages"]
-
-    def collect(start, rendered, future):
-        batch = []
-        for j, ex in enumerate(renderer.finish(rendered, future.result())):
-            if ex.reason is not None:
-                drop_rows.append(start + j)
-                reasons.append(ex.reason)
-                details.append(ex.detail)
-            else:
-                keep_rows.append(start + j)
-                batch.append(ex)
-                if ex.truncated:
-                    truncated_ids.append(unique_ids[start + j])
-        flat_ids, flat_labels, lengths = _flatten(batch)
-        ids_col.append(flat_ids)
-        labels_col.append(flat_labels)
-        lengths_col.append(lengths)
-
-    # Pipelined: the Rust tokenizer (GIL released) encodes chunk k on a worker thread while
-    # this thread renders chunk k+1 through Jinja.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        step = max(1, min(cfg.batch_size, PIPELINE_CHUNK))
-        for start in range(0, unique.height, step):
-            rendered = renderer.render_texts(messages.slice(start, step).to_list())
-            future = pool.submit(renderer.encode, rendered)
-            if pending is not None:
-                collect(*pending)
-            pending = (start, rendered, future)
-        if pending is not None:
-            collect(*pending)
-
-    tokens = pl.from_arrow(pa.table({
-        "id": unique["id"][pl.Series(keep_rows, dtype=pl.UInt32)].cast(pl.String).to_arrow(),
-        "input_ids": _list_array(ids_col, lengths_col), "labels": _list_array(labels_col, lengths_col),
-    }))
+    if map_blocks is None:
+        aligned = tokenize_aligned(renderer, unique["messages"], cfg.batch_size)
+    else:  # an executor spreads the (row-local) tokenization; rows come back in order
+        aligned = map_blocks(unique.select("messages"), RenderBlock(cfg, str(base_dir)))
+    u = unique.select("id").hstack(pl.from_arrow(aligned))
+    tokens = u.filter(pl.col(REASON_COL).is_null()).select("id", "input_ids", "labels")
     base = table.select(pl.col("id", "source", "task").cast(pl.String)).with_columns(split)
     examples = (base.join(tokens, on="id", how="inner", maintain_order="left")
                 .sort("id", "split", "task", "source", maintain_order=True))
-    why = pl.DataFrame({"id": unique["id"][pl.Series(drop_rows, dtype=pl.UInt32)].cast(pl.String),
-                        "_reason": pl.Series(reasons, dtype=pl.String), "_detail": pl.Series(details, dtype=pl.String)})
+    why = u.filter(pl.col(REASON_COL).is_not_null()).select(
+        "id", pl.col(REASON_COL).alias("_reason"), pl.col(DETAIL_COL).alias("_detail"))
     dropped = table.join(why, on="id", how="inner", maintain_order="left")
-    n_truncated = int(table.select(pl.col("id").is_in(pl.Series(truncated_ids, dtype=pl.String).implode()).sum()).item()) \
-        if truncated_ids else 0
+    truncated_ids = u.filter(pl.col(TRUNCATED_COL))["id"]
+    n_truncated = int(table.select(pl.col("id").is_in(truncated_ids.implode()).sum()).item()) \
+        if truncated_ids.len() else 0
 
     checks = check_examples(examples, renderer.end_of_turn_ids, expect_end_of_turn=cfg.train_on != "all")
     n_bos = 0

@@ -220,7 +220,8 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         from curate.shards import write_shards
 
         with progress.stage("render", total=table.height) as done:
-            rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed)
+            rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed,
+                                       map_blocks=getattr(executor, "render_blocks", None))
             dropped = reason_counts(rendered.dropped)
             if table.height != rendered.examples.height + rendered.dropped.height:
                 raise LedgerError(f"render: {table.height} rows in, {rendered.examples.height} rendered + "

@@ -76,6 +76,8 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
 
     progress = Progress(enabled=False)
     progress.log = logs.append  # type: ignore[method-assign]
+    render_blocks, original = [], ex.render_blocks
+    ex.render_blocks = lambda frame, fn: render_blocks.append(len(ex.blocks(frame))) or original(frame, fn)
     run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
     ex.close()
     assert ray.is_initialized()  # a fixture's Ray is reused, not shut down
@@ -85,6 +87,7 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     assert any("[filter] ray:" in m and "block(s) on workers" in m for m in logs)
     assert any("[near_dedup] ray: signatures on" in m for m in logs)
     assert any("[mix] ray: no distributed path" in m for m in logs)
+    assert render_blocks and render_blocks[0] > 1  # tokenization ran in blocks on workers
 
 
 def test_worker_killed_mid_stage_is_retried(ray_cluster, tmp_path):
