@@ -217,7 +217,7 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     if cfg.render is not None:
         t0 = time.perf_counter()
         from curate.render import render_examples
-        from curate.shards import write_shards
+        from curate.shards import token_counts, write_shards
 
         with progress.stage("render", total=table.height) as done:
             rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed,
@@ -260,20 +260,3 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
 def _needs_render(stage_cfg: Any) -> bool:
     """Stages that count tokens depend on the render config (tokenizer) too."""
     return stage_cfg.kind in ("mix", "filter", "select")
-
-
-def token_counts(examples: pl.DataFrame) -> dict:
-    """Examples, tokens and supervised tokens per task and per source, column-wise."""
-    if examples.height == 0:
-        return {"by_task": {}, "by_source": {}}
-    ex = examples.select(
-        "task", "source",
-        pl.col("input_ids").list.len().alias("tokens"),
-        pl.col("labels").list.eval((pl.element() != -100).cast(pl.Int64)).list.sum().alias("supervised"),
-    )
-
-    def by(col: str) -> dict:
-        g = ex.group_by(col).agg(pl.len().alias("examples"), pl.col("tokens").sum(), pl.col("supervised").sum()).sort(col)
-        return {str(k): {"examples": int(e), "tokens": int(t), "supervised_tokens": int(s)} for k, e, t, s in g.iter_rows()}
-
-    return {"by_task": by("task"), "by_source": by("source")}
