@@ -140,20 +140,12 @@ def train_classifier(positive: list, negative: list, output: str | Path, opts: T
         kwargs = dict(input=str(train_file), epoch=opts.epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
                       minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed,
                       thread=opts.threads, verbose=0)
-        model = None
-        # fastText's "Encountered NaN" is sometimes spurious: the same deterministic training
-        # (thread=1, fixed seed) that fails once succeeds on a retry, so it is retried once
-        # before being reported as divergence.
-        for attempt in range(2):
-            try:
-                model = fasttext.train_supervised(**kwargs)
-                break
-            except RuntimeError as exc:  # fastText diverged ("Encountered NaN")
-                if attempt == 1:
-                    raise click.ClickException(f"fastText training failed ({exc}); try a lower --lr") from None
-                log(f"fastText: {exc} - retrying once")
         tmp_model = output.with_name(output.name + ".tmp")
-        model.save_model(str(tmp_model))
+        try:
+            _train_isolated(kwargs, tmp_model)
+        except RuntimeError as exc:  # fastText diverged ("Encountered NaN")
+            raise click.ClickException(f"fastText training failed ({exc}); try a lower --lr") from None
+        model = fasttext.load_model(str(tmp_model))
         os.replace(tmp_model, output)
     report = {
         "model": str(output),
@@ -169,6 +161,23 @@ def train_classifier(positive: list, negative: list, output: str | Path, opts: T
     report["train_metrics"] = metrics(positive_probability(model, [texts[i] for i in train_idx]), labels[train_idx])
     (output.with_name(output.name + ".json")).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def _fit_and_save(kwargs: dict, path: str) -> None:
+    import fasttext
+
+    fasttext.train_supervised(**kwargs).save_model(path)
+
+
+def _train_isolated(kwargs: dict, path: Path) -> None:
+    """Train in a fresh (spawned) process. fastText's training was seen to diverge
+    ("Encountered NaN") in a process where other native libraries had run before (torch,
+    the language-ID model), while the same call with the same seed succeeds in a clean
+    process; a spawned process makes the result depend only on the inputs."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_fit_and_save, (kwargs, str(path)))
 
 
 @click.group("classifier")
