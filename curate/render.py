@@ -16,7 +16,6 @@ template writes BOS itself, so it is never doubled.
 """
 from __future__ import annotations
 
-import hashlib
 from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.chat_templates import ChatTemplate, TemplateError, TemplateSecurityError, load_template, special_tokens_kwargs
+from curate.schema import stable_keys
 
 IGNORE = -100
 PROBE_ANSWER = "Probe answer 7."
@@ -358,9 +358,7 @@ def assign_split(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Seri
         return table["split"].cast(pl.String).fill_null("train")
     if table.height == 0 or val_fraction <= 0:
         return pl.Series("split", ["train"] * table.height, dtype=pl.String)
-    # hashlib, not polars' hash(): polars documents its hash as unstable across versions.
-    h = [int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
-         for i in table["id"].to_list()]
+    h = stable_keys(table["id"].to_list(), seed, "split")
     ranked = table.select("id", "task").with_columns(pl.Series("_h", h, dtype=pl.UInt64)).with_columns(
         _r=pl.struct("_h", "id").rank("ordinal").over("task"), _n=pl.len().over("task"))
     val = ranked["_r"] <= (ranked["_n"] * val_fraction).floor()

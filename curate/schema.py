@@ -54,6 +54,13 @@ def conversation_id(messages: list[dict]) -> str:
     return hashlib.sha1(canon.encode("utf-8")).hexdigest()[:20]
 
 
+def stable_keys(ids: list[str], seed: int, salt: str) -> list[int]:
+    """A seeded pseudo-random 63-bit key per id, for every seeded order and sample (splits,
+    mixing): hashlib, so stable across versions and platforms, unlike polars' hash()."""
+    pre = f"{seed}\x00{salt}\x00".encode()
+    return [int.from_bytes(hashlib.blake2b(pre + i.encode(), digest_size=8).digest(), "big") >> 1 for i in ids]
+
+
 def recompute_ids(df: pl.DataFrame) -> pl.DataFrame:
     """Recompute `id` after messages changed (normalisation). One hashlib call per row:
     hashing is the library call that forces it."""

@@ -41,6 +41,7 @@ from typing import Literal
 
 import polars as pl
 
+from curate.schema import stable_keys
 from curate.stages.base import DETAIL, REASON, Stage, StageResult
 from curate.typed_config import ConfigError
 from curate.views import VIEWS, text_view
@@ -92,13 +93,6 @@ class Config:
             raise ConfigError("val_fraction", "must be in [0, 1)")
         if self.token_view not in VIEWS:
             raise ConfigError("token_view", f"must be one of {', '.join(VIEWS)}")
-
-
-def stable_order(ids: list[str], seed: int, salt: str) -> list[int]:
-    """A seeded pseudo-random key per id, stable across versions and platforms (hashlib,
-    not polars' hash, which polars documents as unstable)."""
-    pre = f"{seed}\x00{salt}\x00".encode()
-    return [int.from_bytes(hashlib.blake2b(pre + i.encode(), digest_size=8).digest(), "big") >> 1 for i in ids]
 
 
 def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
@@ -176,7 +170,7 @@ class MixStage(Stage):
         t = table.with_row_index(ROW).with_columns(
             pl.col(c.by).fill_null("").alias(GROUP),
             units.alias(UNITS),
-            pl.Series(ORDER, stable_order(table["id"].to_list(), self.context.seed, "mix"), dtype=pl.UInt64),
+            pl.Series(ORDER, stable_keys(table["id"].to_list(), self.context.seed, "mix"), dtype=pl.UInt64),
         )
         rows_per = {g: int(n) for g, n in t.group_by(GROUP).len().iter_rows()}
         # Plan and walk once to see which rows the mix leaves over, pick the val rows
@@ -244,7 +238,7 @@ class MixStage(Stage):
         want = {task: min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
                 for task, n in per_task.iter_rows()}
         cand = (in_mix.with_columns(is_sel.alias("__sel"),
-                                    pl.Series(stable_order(in_mix["id"].to_list(), self.context.seed, "val"))
+                                    pl.Series(stable_keys(in_mix["id"].to_list(), self.context.seed, "val"))
                                     .alias("__vkey"))
                 .sort("task", "__sel", "__vkey", ROW)
                 .with_columns(pl.int_range(pl.len()).over("task").alias("__vrank")))
