@@ -10,11 +10,14 @@ What runs where (per stage kind):
   annotate filter, language, pii, decontaminate (FilterStage subclasses). Workers run
            `stage.annotate` per block (the expensive part: text statistics, fastText,
            regexes, n-gram joins); the driver runs the stage's own `process` on the
-           concatenated annotations, so the keep/drop decision and every statistic come
-           from exactly the local code path. The instance state `annotate` leaves behind
-           (hit counters, the redacted messages) is merged by a rule per attribute
-           (`_FILTER_STATE`). Decontamination builds its eval n-gram index once on the
-           driver and broadcasts it through the object store.
+           concatenated annotations (`FilterStage.decide`), so the keep/drop decision
+           and every statistic come from exactly the local code path. What `annotate`
+           leaves on a worker's instance (hit counters, the redacted messages) comes
+           back as `block_state()` and is merged on the driver by the stage's own
+           `merge_block_states` (counters add, per-row columns concatenate, constants
+           must agree). A costly read-only resource (decontamination's eval n-gram
+           index: `shared_resource()`) is built once on the driver and broadcast
+           through the object store.
   dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
            band buckets grouped through Ray Data's sort shuffle, then verification,
            union-find and the stage's own keep rule on the driver (curate/ray_dedup.py).
@@ -48,20 +51,12 @@ import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
 import ray.data
 
-from curate.stages.base import Stage, StageResult
+from curate.stages.base import FilterStage, Stage, StageResult
 
 # Fault injection for the retry test: when this env var names an existing file, the
 # first worker to claim it (atomic rename) dies mid-task, as a killed worker would.
 FAULT_ENV = "CURATE_RAY_FAULT_FILE"
 DEFAULT_BLOCK_ROWS = 50_000
-# Which instance attributes each FilterStage's annotate() leaves behind, and how the
-# per-block values combine into the whole table's value.
-_FILTER_STATE: dict[str, dict[str, str]] = {
-    "filter": {"_check_hits": "sum"},
-    "language": {"_hits": "sum"},
-    "pii": {"_found": "sum", "_redacted": "concat"},
-    "decontaminate": {"_index_stats": "same"},
-}
 _BLOCK_KINDS = {"normalize", "quality"}
 _LOCAL_SCORERS = {"heuristic", "fasttext", "verifier"}
 
@@ -101,7 +96,20 @@ def _worker_stage(cls: type, config: Any, context: Any) -> Stage:
     return cls(config, context)
 
 
-def _block_task(mode: str, cls: type, config: Any, context: Any, index_ref: Any) -> Callable[[pa.Table], pa.Table]:
+def _encode_state(state: dict) -> str:
+    """A FilterStage's `block_state()` as JSON: polars Series travel as Arrow IPC (hex)."""
+    out = {}
+    for k, v in state.items():
+        out[k] = {"series": _ipc(v.to_frame()).hex()} if isinstance(v, pl.Series) else {"json": v}
+    return json.dumps(out)
+
+
+def _decode_state(text: str) -> dict:
+    return {k: _from_ipc(bytes.fromhex(v["series"])).to_series() if "series" in v else v["json"]
+            for k, v in json.loads(text).items()}
+
+
+def _block_task(mode: str, cls: type, config: Any, context: Any, shared_ref: Any) -> Callable[[pa.Table], pa.Table]:
     """The map_batches function: one Arrow block in, one row out (the block's results as
     Arrow IPC bytes plus its JSON state), so any stage output schema travels unchanged."""
 
@@ -110,37 +118,16 @@ def _block_task(mode: str, cls: type, config: Any, context: Any, index_ref: Any)
         df = pl.from_arrow(batch)
         stage = _worker_stage(cls, config, context)
         if mode == "annotate":
-            if index_ref is not None:
-                out = _with_index(stage, df, ray.get(index_ref))
-            else:
-                out = stage.annotate(df)
-            state, frames = {}, {}
-            for attr, rule in _FILTER_STATE[stage.kind].items():
-                value = getattr(stage, attr)
-                if rule == "concat":
-                    frames[attr] = _ipc(value.to_frame())
-                else:
-                    state[attr] = value
+            if shared_ref is not None:
+                stage.use_shared_resource(ray.get(shared_ref))
+            out = stage.annotate(df)
             return pa.table({"rows": [df.height], "a": [_ipc(out)], "b": [b""],
-                             "state": [json.dumps(state)], "frames": [json.dumps({k: v.hex() for k, v in frames.items()})]})
+                             "state": [_encode_state(stage.block_state())]})
         res = stage.process(df)
         return pa.table({"rows": [df.height], "a": [_ipc(res.kept)], "b": [_ipc(res.dropped)],
-                         "state": [json.dumps(res.stats, default=str)], "frames": ["{}"]})
+                         "state": [json.dumps(res.stats, default=str)]})
 
     return run
-
-
-def _with_index(stage: Stage, df: pl.DataFrame, index: Any) -> pl.DataFrame:
-    """Run decontaminate's annotate with the broadcast eval index instead of rebuilding
-    it from the eval files on every block (which a remote node may not even have)."""
-    from curate.stages import decontaminate
-
-    build = decontaminate.EvalIndex.__dict__["build"]
-    decontaminate.EvalIndex.build = classmethod(lambda cls, cfg, base: index)
-    try:
-        return stage.annotate(df)
-    finally:
-        decontaminate.EvalIndex.build = build
 
 
 def _sum(values: list) -> Any:
@@ -199,7 +186,7 @@ class RayExecutor:
     def plan(self, stage: Stage) -> str:
         """Where `stage` runs: "blocks", "annotate", "dedup" or "driver" (see module doc)."""
         kind = stage.kind
-        if kind in _FILTER_STATE and hasattr(stage, "annotate"):
+        if isinstance(stage, FilterStage):
             return "annotate"
         if kind == "normalize":
             return "blocks"
@@ -254,13 +241,12 @@ class RayExecutor:
             from curate.ray_dedup import ray_minhash_dedup
 
             return ray_minhash_dedup(self, stage, table)
-        index_ref = None
-        if stage.kind == "decontaminate":
-            from curate.stages.decontaminate import EvalIndex
-
-            # built once, broadcast: every worker reads the same object from the store
-            index_ref = self._ray.put(EvalIndex.build(stage.config, stage.context.config_dir))
-        fn = _block_task(where, type(stage), stage.config, portable(stage.context), index_ref)
+        shared_ref = None
+        if where == "annotate":
+            shared = stage.shared_resource()
+            if shared is not None:  # built once, broadcast: every worker reads the same object
+                shared_ref = self._ray.put(shared)
+        fn = _block_task(where, type(stage), stage.config, portable(stage.context), shared_ref)
         res = self.map_blocks(table, fn)
         rows = res.column("rows").to_pylist()
         if sum(rows) != table.height:
@@ -270,22 +256,9 @@ class RayExecutor:
         if where == "annotate":
             # One chunk, as a local stage's output is: parquet bytes depend on the chunk layout.
             annotated = pl.concat(a, how="vertical", rechunk=True)
-            states = [json.loads(s) for s in res.column("state").to_pylist()]
-            frames = [json.loads(s) for s in res.column("frames").to_pylist()]
-            for attr, rule in _FILTER_STATE[stage.kind].items():
-                if rule == "concat":
-                    value = pl.concat([_from_ipc(bytes.fromhex(f[attr])) for f in frames], rechunk=True).to_series()
-                elif rule == "sum":
-                    value = _sum([s[attr] for s in states])
-                else:
-                    value = _same([s[attr] for s in states])
-                setattr(stage, attr, value)
+            stage.merge_block_states([_decode_state(s) for s in res.column("state").to_pylist()])
             # The stage's own process() decides and summarises, on the gathered annotations.
-            stage.annotate = lambda _table: annotated  # type: ignore[method-assign]
-            try:
-                result = stage.process(table)
-            finally:
-                del stage.annotate
+            result = stage.decide(table, annotated)
         else:
             kept = pl.concat(a, how="vertical", rechunk=True)
             dropped = pl.concat([_from_ipc(x) for x in res.column("b").to_pylist()], how="vertical", rechunk=True)

@@ -2,6 +2,7 @@
 message, the band-bucket pair rule against the dedup stage's own, and stats merging."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,3 +60,54 @@ def test_stats_merge_rules():
         _same([1, 2])
     with pytest.raises(TypeError):
         _sum([0.5, 0.25])  # a mean is not a sum: such stats are recomputed, never added
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sample_table():
+    from curate.config import load_config
+    from curate.readers import read_source
+
+    cfg = load_config(ROOT / "sample_data" / "pipeline.toml")
+    return pl.concat([read_source(s, ROOT / "sample_data").table for s in cfg.sources], how="vertical_relaxed")
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("filter", {"on": "assistant"}),
+    ("language", {"keep": ["en"]}),
+    ("pii", {"action": "redact"}),
+    ("pii", {"action": "drop"}),
+    ("decontaminate", {"n": 8, "evalsets": [{"path": "evalsets/sample_eval.jsonl", "fields": ["question"]}]}),
+])
+def test_filter_block_states_merge_to_the_whole_table_state(kind, extra, tmp_path):
+    """The public merge-state API (block_state / merge_block_states / decide): annotate
+    three blocks on three fresh instances, merge their states into a fourth, decide on the
+    concatenated annotations: kept, dropped and stats equal one local process()."""
+    import importlib
+
+    from curate.stages.base import StageContext
+    from curate.typed_config import load_dataclass
+
+    mod = importlib.import_module(f"curate.stages.{kind}")
+    cfg = load_dataclass(mod.Config, {"kind": kind, **extra})
+    ctx = StageContext(run_dir=tmp_path, config_dir=ROOT / "sample_data", seed=0, stage_dir=tmp_path)
+    table = _sample_table()
+    ref = mod.STAGE(cfg, ctx).process(table)
+    shared = mod.STAGE(cfg, ctx).shared_resource()
+    parts, states = [], []
+    for lo in range(0, table.height, 700):
+        worker = mod.STAGE(cfg, ctx)
+        if shared is not None:
+            worker.use_shared_resource(shared)
+        parts.append(worker.annotate(table.slice(lo, 700)))
+        state = worker.block_state()
+        # what crosses the network: JSON values (pii's redacted messages travel as Arrow)
+        states.append(state if kind == "pii" else json.loads(json.dumps(state)))
+    assert len(parts) > 2
+    driver = mod.STAGE(cfg, ctx)
+    driver.merge_block_states(states)
+    got = driver.decide(table, pl.concat(parts, rechunk=True))
+    assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped)
+    assert got.stats == ref.stats
+    assert ref.dropped.height or kind == "pii"

@@ -67,13 +67,77 @@ class Stage:
         raise NotImplementedError
 
 
+def sum_counts(values: list[dict]) -> dict:
+    """Per-block counter dicts added up key by key (nested dicts recursively); the merge
+    rule of every hit counter."""
+    out: dict = {}
+    for v in values:
+        for k, x in v.items():
+            if k not in out:
+                out[k] = x
+            elif isinstance(x, dict):
+                out[k] = sum_counts([out[k], x])
+            else:
+                out[k] = out[k] + x
+    return out
+
+
+def same_value(values: list, what: str = "value") -> Any:
+    """The one value every block reports (a constant of the stage, e.g. eval index size)."""
+    if any(v != values[0] for v in values):
+        raise ValueError(f"per-block {what} differ: {values!r}")
+    return values[0]
+
+
 class FilterStage(Stage):
+    """A per-row decision (see the module doc). Executors that run `annotate` block by
+    block on workers (curate/ray_executor.py) carry what `annotate` left on each worker's
+    instance back through the pair `block_state` / `merge_block_states`, then call
+    `process` on the driver with the gathered annotations (`decide`), so the decision and
+    every statistic come from the same code as a local run."""
+
     row_local = True
+
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def shared_resource(self) -> Any:
+        """A read-only object `annotate` needs that is costly to build (an eval n-gram
+        index): built once on the driver and handed to every worker's instance through
+        `use_shared_resource`, instead of rebuilt per block. None: nothing to share."""
+        return None
+
+    def use_shared_resource(self, resource: Any) -> None:
+        """Use `resource` (from another instance's `shared_resource`) in `annotate`."""
+
+    def block_state(self) -> dict:
+        """What the last `annotate` call left on this instance that `process` reads (hit
+        counters, rewritten columns), as a dict of JSON-able values or polars Series.
+        Default: nothing."""
+        return {}
+
+    def merge_block_states(self, states: list[dict]) -> None:
+        """Set this instance's state to what one `annotate` over the concatenation of the
+        blocks would have left, from the blocks' `block_state()`s in block order. Each
+        subclass says its rule (counters add up, per-row columns concatenate, constants
+        must agree)."""
+
+    def decide(self, table: pl.DataFrame, annotated: pl.DataFrame) -> StageResult:
+        """`process(table)` given `annotate(table)` computed elsewhere (block by block on
+        workers, state already merged): the same decision and statistics code."""
+        self._given = annotated
+        try:
+            return self.process(table)
+        finally:
+            del self._given
+
+    def _annotated(self, table: pl.DataFrame) -> pl.DataFrame:
+        """`annotate(table)`, or the annotations handed to `decide`."""
+        given = getattr(self, "_given", None)
+        return given if given is not None else self.annotate(table)
+
     def process(self, table: pl.DataFrame) -> StageResult:
-        annotated = self.annotate(table)
+        annotated = self._annotated(table)
         if REASON not in annotated.columns:
             raise RuntimeError(f"stage {self.name!r}: annotate() must add a {REASON!r} column")
         fails = pl.col(REASON).is_not_null()

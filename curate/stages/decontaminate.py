@@ -26,7 +26,7 @@ import polars as pl
 
 from curate import ngrams
 from curate.readers import RecordError, file_type, iter_items
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult
+from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, same_value
 from curate.typed_config import ConfigError
 from curate.views import VIEWS, text_view
 
@@ -171,11 +171,28 @@ class DecontaminateStage(FilterStage):
     kind = "decontaminate"
     Config = Config
 
+    def shared_resource(self) -> EvalIndex:
+        """The eval n-gram index, built once per stage object (eval sets do not change
+        mid-run); an executor builds it on the driver and broadcasts it, since a remote
+        worker may not even have the eval files."""
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = EvalIndex.build(self.config, self.context.config_dir)
+        return index
+
+    def use_shared_resource(self, resource: EvalIndex) -> None:
+        self._index = resource
+
+    def block_state(self) -> dict:
+        return {"index_stats": dict(self._index_stats)}
+
+    def merge_block_states(self, states: list[dict]) -> None:
+        # the index is the same on every block: its size must agree
+        self._index_stats = same_value([s["index_stats"] for s in states], "eval index sizes")
+
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:
         cfg = self.config
-        index = getattr(self, "_index", None)
-        if index is None:  # built once per stage object: eval sets do not change mid-run
-            index = self._index = EvalIndex.build(cfg, self.context.config_dir)
+        index = self.shared_resource()
         self._index_stats = {"eval_items": index.n_items, "eval_ngrams": index.grams.height}
         best_parts = []
         for start in range(0, max(table.height, 1), cfg.chunk_rows):

@@ -30,7 +30,7 @@ from typing import Literal
 import polars as pl
 
 from curate import phrases
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult
+from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
 from curate.text_stats import CODE_BLOCK_RE, URL_RE, basic_stats, repetition_stats
 from curate.typed_config import ConfigError
 from curate.views import text_view
@@ -242,6 +242,13 @@ class HeuristicFilter(FilterStage):
             failed.alias(self._col("failed")),
         )
         return out.drop([c for c in out.columns if c.startswith("__")])
+
+    def block_state(self) -> dict:
+        return {"check_hits": dict(self._check_hits)}
+
+    def merge_block_states(self, states: list[dict]) -> None:
+        # rows failing each check: counts over disjoint blocks add up
+        self._check_hits = sum_counts([s["check_hits"] for s in states])
 
     def process(self, table: pl.DataFrame) -> StageResult:
         result = super().process(table)

@@ -26,7 +26,7 @@ from typing import Literal
 import polars as pl
 
 from curate import langid
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult
+from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
 from curate.text_stats import CODE_BLOCK_RE, URL_RE
 from curate.typed_config import ConfigError
 from curate.views import text_view
@@ -184,6 +184,13 @@ class LanguageStage(FilterStage):
         detail = pl.coalesce([pl.when(f).then(d) for f, (_, _, d) in zip(fails, checks)]) if checks else pl.lit(None)
         out = frame.with_columns(reason.cast(pl.String).alias(REASON), detail.cast(pl.String).alias(DETAIL))
         return out.drop([c for c in out.columns if c.startswith("__")])
+
+    def block_state(self) -> dict:
+        return {"hits": dict(self._hits)}
+
+    def merge_block_states(self, states: list[dict]) -> None:
+        # rows failing each check: counts over disjoint blocks add up
+        self._hits = sum_counts([s["hits"] for s in states])
 
     def process(self, table: pl.DataFrame) -> StageResult:
         result = super().process(table)

@@ -20,7 +20,7 @@ import polars as pl
 
 from curate import pii
 from curate.schema import POLARS_MESSAGES
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult
+from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
 from curate.typed_config import ConfigError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -92,13 +92,22 @@ class PIIStage(FilterStage):
             pl.when(any_pii).then(detail).alias(DETAIL),
         )
 
+    def block_state(self) -> dict:
+        return {"found": dict(self._found), "redacted": self._redacted}
+
+    def merge_block_states(self, states: list[dict]) -> None:
+        # matches per kind add up; the redacted messages are per row, so they concatenate
+        # in block order (one chunk, as a whole-table scan gives)
+        self._found = sum_counts([s["found"] for s in states])
+        self._redacted = pl.concat([s["redacted"] for s in states], rechunk=True)
+
     def process(self, table: pl.DataFrame) -> StageResult:
         cfg = self.config
         if cfg.action in ("drop", "flag"):
             result = super().process(table)
             n_rows = result.stats["hits"].get("pii", 0)
         else:
-            annotated = self.annotate(table)
+            annotated = self._annotated(table)
             n_rows = int(annotated[REASON].is_not_null().sum())
             kept = annotated.with_columns(self._redacted.alias("messages")).drop(REASON, DETAIL)
             result = StageResult(kept=kept, dropped=annotated.clear(), stats={"hits": {}})
