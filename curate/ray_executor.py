@@ -51,7 +51,7 @@ import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
 import ray.data
 
-from curate.stages.base import FilterStage, Stage, StageResult
+from curate.stages.base import FilterStage, PlannedStage, Stage, StageResult
 
 # Fault injection for the retry test: when this env var names an existing file, the
 # first worker to claim it (atomic rename) dies mid-task, as a killed worker would.
@@ -107,6 +107,20 @@ def _encode_state(state: dict) -> str:
 def _decode_state(text: str) -> dict:
     return {k: _from_ipc(bytes.fromhex(v["series"])).to_series() if "series" in v else v["json"]
             for k, v in json.loads(text).items()}
+
+
+def _planned_task(step: str, cls: type, config: Any, context: Any, plan_ref: Any) -> Callable[[pa.Table], pa.Table]:
+    """map_batches function for a PlannedStage: `block_keys` ("keys") or `apply_plan`
+    ("apply", with the plan broadcast through the object store) on one block."""
+
+    def run(batch: pa.Table) -> pa.Table:
+        _maybe_fault()
+        df = pl.from_arrow(batch)
+        stage = _worker_stage(cls, config, context)
+        out = stage.block_keys(df) if step == "keys" else stage.apply_plan(df, ray.get(plan_ref))
+        return pa.table({"rows": [df.height], "a": [_ipc(out)]})
+
+    return run
 
 
 def _block_task(mode: str, cls: type, config: Any, context: Any, shared_ref: Any) -> Callable[[pa.Table], pa.Table]:
@@ -194,6 +208,8 @@ class RayExecutor:
             return "blocks"
         if kind == "dedup" and getattr(stage.config, "method", None) == "minhash":
             return "dedup"
+        if isinstance(stage, PlannedStage) and stage.plannable():
+            return "planned"
         return "driver"
 
     def _cluster_cpus(self) -> int:
@@ -241,6 +257,8 @@ class RayExecutor:
             from curate.ray_dedup import ray_minhash_dedup
 
             return ray_minhash_dedup(self, stage, table)
+        if where == "planned":
+            return self._planned(stage, table)
         shared_ref = None
         if where == "annotate":
             shared = stage.shared_resource()
@@ -266,6 +284,34 @@ class RayExecutor:
             result = StageResult(kept=kept, dropped=dropped, stats=stats)
         stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers ({where})")
         return result
+
+    def _planned(self, stage: PlannedStage, table: pl.DataFrame) -> StageResult:
+        """A PlannedStage: keys per block on workers, the plan on the driver from the
+        concatenated keys, the plan broadcast and applied per block on workers, and the
+        stage's own `finish` over the decided blocks (see PlannedStage)."""
+        ctx = portable(stage.context)
+        t = stage.number_rows(table)
+        keys, n_blocks = None, 0
+        if stage.needs_keys():
+            res = self.map_blocks(t, _planned_task("keys", type(stage), stage.config, ctx, None))
+            self._check_rows(stage, res, t.height)
+            keys = pl.concat([_from_ipc(x) for x in res.column("a").to_pylist()], how="vertical", rechunk=True)
+        plan = stage.plan(keys)
+        src = stage.with_keys(t, keys) if keys is not None else t
+        res = self.map_blocks(src, _planned_task("apply", type(stage), stage.config, ctx, self._ray.put(plan)))
+        n_blocks = self._check_rows(stage, res, t.height)
+        decided = pl.concat([_from_ipc(x) for x in res.column("a").to_pylist()], how="vertical", rechunk=True)
+        result = stage.finish(decided)
+        passes = "keys, plan on the driver, apply" if keys is not None else "apply (row-local: no plan needed)"
+        stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers (planned: {passes})")
+        return result
+
+    @staticmethod
+    def _check_rows(stage: Stage, res: pa.Table, n: int) -> int:
+        rows = res.column("rows").to_pylist()
+        if sum(rows) != n:
+            raise RuntimeError(f"ray: stage {stage.name!r} saw {sum(rows)} of {n} rows")
+        return len(rows)
 
     def _merge_stats(self, stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
         if stage.kind == "normalize":

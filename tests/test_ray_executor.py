@@ -116,3 +116,65 @@ on = "assistant"
     run_pipeline(cfg, tmp_path / "ray", executor=ex)
     assert not ray_cluster.exists() and Path(str(ray_cluster) + ".claimed").exists()  # a worker did die
     _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
+
+
+AGGREGATED = """
+[run]
+seed = 3
+[[sources]]
+name = "qa_alpaca"
+path = "{raw}/qa_alpaca.jsonl"
+format = "alpaca"
+task = "qa"
+[[sources]]
+name = "summarize_messages"
+path = "{raw}/summarize_messages.jsonl.gz"
+format = "messages"
+task = "summarize"
+[[sources]]
+name = "translate_dolly"
+path = "{raw}/translate_dolly.jsonl"
+format = "dolly"
+task_field = "category"
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "quality"
+scorer = "heuristic"
+[[stages]]
+kind = "select"
+name = "best_half"
+column = "heuristic"
+top_fraction = 0.5
+quotas = {{ qa = 150 }}
+[[stages]]
+kind = "select"
+name = "global_top"
+column = "heuristic"
+by = "global"
+keep = "lowest"
+top_k = 300
+"""
+
+
+def test_aggregated_stages_identical_to_local(ray_cluster, tmp_path):
+    """select (top-k / top-fraction / quotas) from per-block keys and broadcast cutoffs,
+    with several blocks: the same kept/dropped rows, stats and ledger as the local run,
+    and the planned path really ran (no driver fallback)."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(AGGREGATED.format(raw=SAMPLE / "raw"))
+    cfg = load_config(toml)
+    run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
+    from curate.progress import Progress
+
+    logs: list[str] = []
+    progress = Progress(enabled=False)
+    progress.log = logs.append  # type: ignore[method-assign]
+    ex = RayExecutor(block_rows=400)
+    run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
+    _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
+    m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert m["ledger"]["dropped"]["best_half"]["over_quota"] and m["ledger"]["dropped"]["global_top"]["over_quota"]
+    for name in ("best_half", "global_top"):
+        assert any(f"[{name}] ray:" in x and "planned: keys, plan on the driver, apply" in x for x in logs), logs
+    assert not any("no distributed path" in x for x in logs)

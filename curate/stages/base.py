@@ -154,3 +154,65 @@ class FilterStage(Stage):
         kept = annotated.filter(~fails).drop([c for c in (REASON, DETAIL) if c in annotated.columns])
         dropped = annotated.filter(fails)
         return StageResult(kept=kept, dropped=dropped, stats=stats)
+
+
+class PlannedStage(Stage):
+    """A whole-table decision made from aggregated statistics (select's per-group cutoffs,
+    mix's per-group walk): four steps, so that a distributed executor runs the per-row
+    work block by block and only the small key columns meet on the driver.
+
+      block_keys(block)        per block: the key columns the plan needs (group, score,
+                               tie-break key, units, ...): no message text
+      plan(keys)               once, over all blocks' keys concatenated in row order: a
+                               small, picklable plan (per-group cutoffs, sizes)
+      apply_plan(block, plan)  per block: the block with its decision (`_reason`,
+                               `_detail`, and any rows it repeats), in row order
+      finish(decided)          once, over all decided blocks concatenated: kept,
+                               dropped and stats
+
+    `process` is exactly these four over one block (the whole table), so the local and the
+    distributed results are the same by construction. Rows carry their position in the
+    whole table in column ROW (`number_rows`, done once before the table is cut into
+    blocks): the stable tie-break. When `keys_per_row`, `block_keys` returns one row per
+    input row and its columns are attached to the block before `apply_plan` (they are
+    computed once: counting tokens is per-row work). `plannable()` false: this
+    configuration cannot be decided from keys (e.g. select's diversity walk); `process`
+    runs its own way and an executor runs it whole."""
+
+    ROW: ClassVar[str] = "__row"
+    keys_per_row: ClassVar[bool] = False
+
+    def plannable(self) -> bool:
+        return True
+
+    def needs_keys(self) -> bool:
+        """False when `plan` needs no keys at all (a row-local configuration): the
+        executor then skips the keys pass and calls `plan(None)`."""
+        return True
+
+    def number_rows(self, table: pl.DataFrame) -> pl.DataFrame:
+        return table if self.ROW in table.columns else table.with_row_index(self.ROW)
+
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def plan(self, keys: pl.DataFrame | None) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def apply_plan(self, block: pl.DataFrame, plan: Any) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def finish(self, decided: pl.DataFrame) -> StageResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def with_keys(self, block: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+        """The block with its per-row key columns attached (when `keys_per_row`)."""
+        if not self.keys_per_row:
+            return block
+        return block.hstack(keys.select([c for c in keys.columns if c not in block.columns]))
+
+    def process_planned(self, table: pl.DataFrame) -> StageResult:
+        t = self.number_rows(table)
+        keys = self.block_keys(t) if self.needs_keys() else None
+        plan = self.plan(keys)
+        return self.finish(self.apply_plan(self.with_keys(t, keys) if keys is not None else t, plan))

@@ -21,12 +21,15 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from curate.stages.base import DETAIL, REASON, Stage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
 from curate.typed_config import ConfigError
 from curate.views import VIEWS, text_view
 
 ROW = "__select_row"
 GROUP = "__select_group"
+# Order within a group, best first: (missing score, key, id, position in the table).
+CAND, NULL, KEY, SCORE, QUOTA = "__cand", "__null", "__key", "__score", "__quota"
+ORDER = [GROUP, NULL, KEY, "id", ROW]
 
 
 @dataclass
@@ -85,9 +88,16 @@ class Config:
                 raise ConfigError("embedding_model", f"no model directory (config.json) at {p}")
 
 
-class SelectStage(Stage):
+class SelectStage(PlannedStage):
+    """Thresholds are row-local; the quota walk is decided from per-group cutoffs in the
+    order `ORDER` (best first, ties by id, then position): `plan` sorts the candidates'
+    keys and finds each group's last kept key, `apply_plan` keeps a candidate iff its key
+    is at or before its group's cutoff. A distributed executor runs the thresholds, the
+    keys and the cutoff filter block by block; only the keys meet on the driver."""
+
     kind = "select"
     Config = Config
+    ROW = ROW
 
     def _quota(self, group: str, n_in: int) -> int | None:
         c = self.config
@@ -97,13 +107,33 @@ class SelectStage(Stage):
             q = f if q is None else min(q, f)
         return q
 
-    def process(self, table: pl.DataFrame) -> StageResult:
+    def plannable(self) -> bool:
+        return self.config.diversity is None  # the Deita walk is sequential: see _diverse
+
+    def needs_keys(self) -> bool:
         c = self.config
-        if c.column not in table.columns:
+        return bool(c.quotas) or c.top_k is not None or c.top_fraction is not None
+
+    def process(self, table: pl.DataFrame) -> StageResult:
+        if self.plannable():
+            return self.process_planned(table)
+        t = self.thresholds(self.number_rows(table))
+        n_in = dict(t.group_by(GROUP).len().iter_rows())
+        cand = (t.with_columns(self.block_keys(t).select(NULL, KEY)).filter(pl.col(REASON).is_null())
+                .sort(ORDER))
+        walked = self._diverse(cand, n_in).drop(NULL, KEY)
+        final = pl.concat([t.filter(pl.col(REASON).is_not_null()), walked], how="vertical_relaxed").sort(ROW)
+        return self.finish(final)
+
+    # ------------------------------------------------------------------ the four planned steps
+    def thresholds(self, t: pl.DataFrame) -> pl.DataFrame:
+        """Row-local: the group and the missing/min/max verdicts (`_reason`, `_detail`)."""
+        c = self.config
+        if c.column not in t.columns:
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
-                             f"(columns: {', '.join(table.columns)}); run a quality stage that makes it first")
+                             f"(columns: {', '.join(c for c in t.columns if c != ROW)}); run a quality stage that makes it first")
         group_expr = pl.lit("all") if c.by == "global" else pl.col(c.by).fill_null("")
-        t = table.with_row_index(ROW).with_columns(group_expr.alias(GROUP))
+        t = t.with_columns(group_expr.alias(GROUP))
         score = pl.col(c.column).cast(pl.Float64)
         missing = score.is_null() | score.is_nan()
         reason = pl.when(missing & pl.lit(c.missing == "drop")).then(pl.lit("missing_score"))
@@ -114,38 +144,62 @@ class SelectStage(Stage):
         if c.max is not None:
             reason = reason.when(~missing & (score > c.max)).then(pl.lit("above_max"))
             detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
-        t = t.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
-                           detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL))
-        n_in = dict(t.group_by(GROUP).len().iter_rows())
+        return t.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
+                              detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL))
 
-        # Best-first order within each group; missing scores (when kept) go last; ties by id.
-        key = (-score if c.keep == "highest" else score).fill_nan(None)
-        cand = (t.filter(pl.col(REASON).is_null())
-                .with_columns(key.alias("__key"))
-                .sort([GROUP, "__key", "id", ROW], nulls_last=True)
-                .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank")))
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
+        """One row per row of the block: its group, whether it is still a candidate
+        after the thresholds, and the order key `ORDER` (no text)."""
+        c = self.config
+        t = block if REASON in block.columns else self.thresholds(block)
+        score = pl.col(c.column).cast(pl.Float64)
+        # best first; missing scores (when kept) last; + 0.0 makes -0.0 and 0.0 one key
+        key = ((-score if c.keep == "highest" else score) + 0.0).fill_nan(None)
+        return t.select(pl.col(GROUP), pl.col(REASON).is_null().alias(CAND), key.is_null().alias(NULL),
+                        key.fill_null(0.0).alias(KEY), pl.col("id"), pl.col(ROW), score.alias(SCORE))
 
-        decided: list[pl.DataFrame] = []
-        if c.diversity is None:
-            quotas = pl.DataFrame(
-                {GROUP: list(n_in), "__quota": [self._quota(g, n) if self._quota(g, n) is not None else n
-                                                for g, n in n_in.items()]},
-                schema={GROUP: pl.String, "__quota": pl.Int64})
-            cand = cand.join(quotas, on=GROUP, how="left", maintain_order="left")
-            quota = pl.col("__quota")
-            over = pl.col("__rank") >= quota
-            decided.append(cand.with_columns(
-                pl.when(over).then(pl.lit("over_quota")).otherwise(pl.lit(None, pl.String)).alias(REASON),
-                pl.when(over).then(pl.format("rank {} >= quota {}", pl.col("__rank") + 1, quota))
-                .otherwise(pl.lit(None, pl.String)).alias(DETAIL)).drop("__quota"))
-        else:
-            decided.append(self._diverse(cand, n_in))
-        walked = pl.concat(decided, how="vertical_relaxed").drop("__key", "__rank")
-        final = pl.concat([t.filter(pl.col(REASON).is_not_null()), walked], how="vertical_relaxed").sort(ROW)
+    def plan(self, keys: pl.DataFrame | None) -> pl.DataFrame | None:
+        """Per group: its quota and the key of the last row it keeps (null: the quota
+        covers every candidate, or is 0). None: no quota at all (thresholds only)."""
+        if keys is None:
+            return None
+        n_in = {g: int(n) for g, n in keys.group_by(GROUP).len().iter_rows()}
+        quotas = pl.DataFrame({GROUP: list(n_in), QUOTA: [self._quota(g, n) for g, n in n_in.items()]},
+                              schema={GROUP: pl.String, QUOTA: pl.Int64})
+        quotas = quotas.with_columns(pl.col(QUOTA).fill_null(pl.col(GROUP).replace_strict(n_in, return_dtype=pl.Int64)))
+        last = (keys.filter(pl.col(CAND)).sort(ORDER)
+                .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
+                .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
+                .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in ORDER[1:]], pl.col(SCORE).alias("__cut_score")))
+        return quotas.join(last, on=GROUP, how="left").sort(GROUP)
 
-        kept = final.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
-        dropped = final.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
-        return StageResult(kept=kept, dropped=dropped, stats=self._stats(final, n_in))
+    def apply_plan(self, block: pl.DataFrame, plan: pl.DataFrame | None) -> pl.DataFrame:
+        """Row-local given the plan: a candidate is over its group's quota iff its order
+        key comes after the group's cutoff."""
+        t = self.thresholds(block)
+        if plan is None:
+            return t
+        k = self.block_keys(t).select(NULL, KEY)
+        t = t.hstack(k).join(plan, on=GROUP, how="left", maintain_order="left")
+        null, key, ident, row = (pl.col(x) for x in ORDER[1:])
+        cn, ck, ci, cr = (pl.col(f"__cut{x}") for x in ORDER[1:])
+        # lexicographic (null, key, id, row) <= cutoff
+        within = (~null & cn) | ((null == cn) & ((key < ck) | ((key == ck) & ((ident < ci) | ((ident == ci) & (row <= cr))))))
+        has_cut = cr.is_not_null()
+        over = pl.col(REASON).is_null() & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
+        c = self.config
+        detail = (pl.when(pl.col(QUOTA) == 0).then(pl.lit("quota 0"))
+                  .otherwise(pl.format(f"quota {{}} full; the last kept has {c.column} = {{}}", pl.col(QUOTA),
+                                       pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
+        t = t.with_columns(pl.when(over).then(pl.lit("over_quota")).otherwise(pl.col(REASON)).alias(REASON),
+                           pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
+        return t.drop(NULL, KEY, QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
+
+    def finish(self, decided: pl.DataFrame) -> StageResult:
+        n_in = dict(decided.group_by(GROUP).len().iter_rows())
+        kept = decided.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
+        dropped = decided.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
+        return StageResult(kept=kept, dropped=dropped, stats=self._stats(decided, n_in))
 
     def _diverse(self, cand: pl.DataFrame, n_in: dict) -> pl.DataFrame:
         """Greedy walk: inherently sequential (each decision depends on what was kept), so
