@@ -21,11 +21,27 @@ What runs where (per stage kind):
   dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
            band buckets grouped through Ray Data's sort shuffle, then verification,
            union-find and the stage's own keep rule on the driver (curate/ray_dedup.py).
+  planned  select (without diversity) and mix: PlannedStage's four steps. Workers compute
+           per block only the key columns the decision needs (select: group, score,
+           the (missing, key, id, row) order key; mix: group, task, units - token
+           counts are per-row work - and the seeded order keys); the driver
+           concatenates them and plans with the stage's own code (select: each
+           group's cutoff in that order, from its quota; mix: sizes -> `_plan` -> the
+           walk -> the val rows -> the walk again, reduced to per-group and per-task
+           cutoffs); the plan is broadcast and every block applies it to its own rows
+           (select: keep at or before the cutoff; mix: copies, split); the stage's
+           `finish` builds kept, dropped and stats on the driver. `process` on a
+           local executor is the same four steps over one block, so the output is
+           identical by construction. select with thresholds only skips the keys pass.
   render   the renderer's per-row work (template, tokenization, masks) as blocks on
            workers (`render_blocks`); split, checks and stats on the driver.
-  driver   everything else (exact/semantic dedup, select, mix, LM-scored quality, kinds
-           this module does not know): the stage's own `process` on the whole table on
-           the driver, logged as such. Output is identical by construction.
+  driver   everything else (exact/semantic dedup, select with `diversity`, LM-scored
+           quality, kinds this module does not know): the stage's own `process` on the
+           whole table on the driver, logged as such. Output is identical by
+           construction. select's diversity walk (Deita) is sequential by nature:
+           each candidate is judged against the rows kept before it in its group, so
+           it cannot be cut into blocks; semantic dedup needs every embedding of a
+           cluster's neighbourhood at once (and a GPU model more than a CPU fleet).
 
 Why the split is by kind and not only by `Stage.row_local`: row-locality makes the kept
 and dropped rows block-decomposable, but not the stats (quantiles, top-k language
@@ -301,7 +317,7 @@ class RayExecutor:
         res = self.map_blocks(src, _planned_task("apply", type(stage), stage.config, ctx, self._ray.put(plan)))
         n_blocks = self._check_rows(stage, res, t.height)
         decided = pl.concat([_from_ipc(x) for x in res.column("a").to_pylist()], how="vertical", rechunk=True)
-        result = stage.finish(decided)
+        result = stage.finish(decided, plan)
         passes = "keys, plan on the driver, apply" if keys is not None else "apply (row-local: no plan needed)"
         stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers (planned: {passes})")
         return result

@@ -184,3 +184,34 @@ def test_empty_table(tmp_path):
     for kw in ({}, {"weights": {"a": 1}}, {"unit": "tokens"}, {"targets": {"a": 5}}):
         r = run(t, tmp_path, **kw)
         assert len(r.kept) == 0 and "split" in r.kept.columns and "repeat" in r.kept.columns
+
+
+def blockwise(stage, table, size):
+    """The planned steps as a distributed executor runs them: keys per block, one plan
+    over the concatenated keys, the plan applied per block (keys attached), one finish."""
+    t = stage.number_rows(table)
+    blocks = [t.slice(lo, size) for lo in range(0, t.height, size)]
+    keys = [stage.block_keys(b) for b in blocks]
+    plan = stage.plan(pl.concat(keys))
+    return stage.finish(pl.concat([stage.apply_plan(stage.with_keys(b, k), plan) for b, k in zip(blocks, keys)]), plan)
+
+
+@pytest.mark.parametrize("kw", [
+    {"temperature": 2.0, "val_fraction": 0.1},
+    {"weights": {"qa": 3, "*": 1}, "max_repeat": 3.0, "val_max": 4},
+    {"targets": {"qa": 40, "mt": 90, "*": 10}, "max_repeat": 2.5},
+    {"unit": "tokens", "weights": {"qa": 1, "mt": 1}, "val_fraction": 0.2},
+    {"by": "source", "weights": {"s0": 1, "s1": 2}, "val_fraction": 0.0, "max_repeat": 1.7, "total": 150},
+])
+def test_blockwise_plan_equals_process(tmp_path, kw):
+    """Per-group walk cutoffs and per-task val cutoffs, applied block by block, give
+    process()'s kept rows (copies, split), dropped rows and stats exactly."""
+    t = make_table({"qa": 70, "mt": 45, "cls": 23, "gen": 9}, source_of=lambda t, i: f"s{i % 2}")
+    t = t.sample(fraction=1.0, shuffle=True, seed=4)  # groups interleaved across blocks
+    cfg = load_dataclass(Config, {"kind": "mix", **kw})
+    stage = MixStage(cfg, StageContext(tmp_path, tmp_path, 7, tmp_path / "mix"))
+    ref = stage.process(t)
+    assert ref.kept.height and ref.dropped.height or ref.stats["upsampled"]
+    for size in (13, 50):
+        got = blockwise(stage, t, size)
+        assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats

@@ -163,7 +163,7 @@ def blockwise(stage, table, size):
     plan = stage.plan(pl.concat(keys) if keys is not None else None)
     decided = [stage.apply_plan(stage.with_keys(b, k) if keys else b, plan)
                for b, k in zip(blocks, keys or [None] * len(blocks))]
-    return stage.finish(pl.concat(decided))
+    return stage.finish(pl.concat(decided), plan)
 
 
 @pytest.mark.parametrize("kw", [

@@ -167,7 +167,7 @@ class PlannedStage(Stage):
                                small, picklable plan (per-group cutoffs, sizes)
       apply_plan(block, plan)  per block: the block with its decision (`_reason`,
                                `_detail`, and any rows it repeats), in row order
-      finish(decided)          once, over all decided blocks concatenated: kept,
+      finish(decided, plan)    once, over all decided blocks concatenated: kept,
                                dropped and stats
 
     `process` is exactly these four over one block (the whole table), so the local and the
@@ -202,7 +202,7 @@ class PlannedStage(Stage):
     def apply_plan(self, block: pl.DataFrame, plan: Any) -> pl.DataFrame:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def finish(self, decided: pl.DataFrame) -> StageResult:  # pragma: no cover - interface
+    def finish(self, decided: pl.DataFrame, plan: Any) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
 
     def with_keys(self, block: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
@@ -215,4 +215,4 @@ class PlannedStage(Stage):
         t = self.number_rows(table)
         keys = self.block_keys(t) if self.needs_keys() else None
         plan = self.plan(keys)
-        return self.finish(self.apply_plan(self.with_keys(t, keys) if keys is not None else t, plan))
+        return self.finish(self.apply_plan(self.with_keys(t, keys) if keys is not None else t, plan), plan)

@@ -33,7 +33,6 @@ upsampled + dropped.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Literal
 import polars as pl
 
 from curate.schema import stable_keys
-from curate.stages.base import DETAIL, REASON, Stage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
 from curate.typed_config import ConfigError
 from curate.views import VIEWS, text_view
 
@@ -50,6 +49,8 @@ ROW = "__mix_row"
 GROUP = "__mix_group"
 UNITS = "__mix_units"
 ORDER = "__mix_order"
+VKEY = "__mix_vkey"
+TASK = "__mix_task"
 
 
 @dataclass
@@ -126,17 +127,163 @@ def count_tokens(texts: pl.Series, tokenizer_path: Path | None, batch_size: int 
     return pl.Series(counts, dtype=pl.Int64), str(file)
 
 
-class MixStage(Stage):
+class MixStage(PlannedStage):
+    """Planned from per-row keys (PlannedStage): each block gives its rows' group, task,
+    size in units (tokens are counted here, on workers under Ray) and the seeded order
+    keys; the driver plans from those keys alone (sizes -> `_plan` -> the walk -> the val
+    rows -> the walk again) and reduces every decision to a per-group or per-task cutoff
+    in a fixed order (`_cutoffs`): a row's copies and split follow from its own keys and
+    its group's cutoff (`apply_plan`), block by block."""
+
     kind = "mix"
     Config = Config
+    ROW = ROW
+    keys_per_row = True
 
-    def _units(self, table: pl.DataFrame) -> tuple[pl.Series, str]:
+    def _counted_with(self) -> str:
+        """What counts the units: "examples", "whitespace" or the tokenizer file."""
         if self.config.unit == "examples":
-            return pl.Series([1] * len(table), dtype=pl.Int64), "examples"
+            return "examples"
+        render = self.context.render
+        tok = getattr(render, "tokenizer", None) if render is not None else None
+        if not tok:
+            return "whitespace"
+        p = self.context.resolve(tok)
+        return str(p / "tokenizer.json" if p.is_dir() else p)
+
+    def _units(self, table: pl.DataFrame) -> pl.Series:
+        if self.config.unit == "examples":
+            return pl.Series([1] * len(table), dtype=pl.Int64)
         render = self.context.render
         tok = getattr(render, "tokenizer", None) if render is not None else None
         texts = table.select(text_view(self.config.token_view)).to_series()
-        return count_tokens(texts, self.context.resolve(tok) if tok else None)
+        return count_tokens(texts, self.context.resolve(tok) if tok else None)[0]
+
+    def process(self, table: pl.DataFrame) -> StageResult:
+        return self.process_planned(table)
+
+    # ------------------------------------------------------------------ the four planned steps
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Per row: position, group, task, units and the two seeded order keys (the
+        per-row work: token counts and hashes)."""
+        c = self.config
+        for col in ("repeat", "split"):
+            if col in block.columns:
+                raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
+        ids = block["id"].to_list()
+        return block.select(
+            pl.col(ROW), pl.col(c.by).fill_null("").alias(GROUP), pl.col("task").fill_null("").alias(TASK),
+            self._units(block).alias(UNITS),
+            pl.Series(ORDER, stable_keys(ids, self.context.seed, "mix"), dtype=pl.UInt64),
+            pl.Series(VKEY, stable_keys(ids, self.context.seed, "val"), dtype=pl.UInt64),
+        )
+
+    def plan(self, keys: pl.DataFrame) -> dict:
+        """Plan and walk once to see which rows the mix leaves over, pick the val rows
+        (preferring those), then plan and walk again without them, so the train split
+        alone has the requested proportions. Each walk and the val pick leave as cutoffs."""
+        c = self.config
+        t = keys
+        rows_per = {g: int(n) for g, n in t.group_by(GROUP).len().iter_rows()}
+        listed = {g: 0 for g in (c.weights or c.targets) if g != "*"}  # named in the config, maybe absent
+        shares1, targets, achievable, sizes = self._plan_for(t, groups=listed)
+        walk1 = self._cutoffs(t, self._walk(t, achievable))
+        val = self._val_cutoffs(t, walk1, shares1)
+        shares, walk2 = shares1, walk1
+        if val.height:
+            pool = t.filter(~self._is_val(t, walk1, val, shares1))
+            shares, targets, achievable, sizes = self._plan_for(pool, groups={**listed, **{g: 0 for g in sizes}})
+            walk2 = self._cutoffs(pool, self._walk(pool, achievable))
+        return {"shares1": shares1, "walk1": walk1, "val": val, "walk2": walk2, "shares": shares, "targets": targets,
+                "achievable": achievable, "sizes": sizes, "rows_per": rows_per, "counted_with": self._counted_with()}
+
+    def apply_plan(self, block: pl.DataFrame, plan: dict) -> pl.DataFrame:
+        """Row-local given the plan: val rows, train copies (`repeat` 0, 1, ...) and the
+        rows left out, in row order."""
+        c = self.config
+        is_val = self._is_val(block, plan["walk1"], plan["val"], plan["shares1"])
+        copies = pl.when(is_val).then(0).otherwise(self._train_copies(block, plan["walk2"]))
+        b = block.with_columns(is_val.alias("__val"), copies.alias("__copies"))
+        train = (b.filter(pl.col("__copies") > 0)
+                 .with_columns(pl.int_ranges(0, pl.col("__copies"), dtype=pl.Int32).alias("repeat"))
+                 .explode("repeat").with_columns(pl.lit("train").alias("split")))
+        val = b.filter(pl.col("__val")).with_columns(pl.lit(0, pl.Int32).alias("repeat"), pl.lit("val").alias("split"))
+        shares, targets, sizes = plan["shares"], plan["targets"], plan["sizes"]
+        # rechunk: polars 2.1's pl.format panics on some filtered multi-chunk string columns
+        out = b.filter(~pl.col("__val") & (pl.col("__copies") == 0)).rechunk().with_columns(
+            pl.when(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
+            .then(pl.lit("mix_downsampled")).otherwise(pl.lit("not_in_mix")).alias(REASON),
+            pl.format("{} {}: target {} of {} {}", pl.lit(c.by), pl.col(GROUP),
+                      pl.col(GROUP).replace_strict(targets, default=0, return_dtype=pl.Int64),
+                      pl.col(GROUP).replace_strict(sizes, default=0, return_dtype=pl.Int64), pl.lit(c.unit)).alias(DETAIL),
+        )
+        cols = block.columns + ["repeat", "split", REASON, DETAIL]
+        return (pl.concat([train, val, out], how="diagonal_relaxed").select(cols)
+                .sort(ROW, "repeat", nulls_last=True))
+
+    def finish(self, decided: pl.DataFrame, plan: dict) -> StageResult:
+        c = self.config
+        kept_all = decided.filter(pl.col(REASON).is_null())
+        stats = self._stats(kept_all, plan["shares"], plan["targets"], plan["achievable"], plan["sizes"],
+                            plan["rows_per"], plan["counted_with"])
+        internal = [ROW, GROUP, TASK, ORDER, VKEY]
+        kept = kept_all.drop(internal + [REASON, DETAIL] + ([] if c.unit == "tokens" else [UNITS]))
+        if c.unit == "tokens":
+            kept = kept.rename({UNITS: f"{self.name}_tokens"})
+        dropped = decided.filter(pl.col(REASON).is_not_null()).drop(internal + [UNITS, "repeat", "split"])
+        return StageResult(kept=kept, dropped=dropped, stats=stats)
+
+    # ------------------------------------------------------------------ cutoffs
+    def _cutoffs(self, t: pl.DataFrame, walk: pl.DataFrame) -> pl.DataFrame:
+        """Per group, the last (pass, order, row) the walk took. The walk takes a prefix
+        of each group's (pass, order, row) sequence (the running midpoint it compares
+        with the target never decreases), so this one key gives every row's copies."""
+        return (walk.join(t.select(ROW, GROUP, ORDER), on=ROW)
+                .sort(GROUP, "repeat", ORDER, ROW)
+                .group_by(GROUP, maintain_order=True).last()
+                .select(GROUP, pl.col("repeat").cast(pl.Int64).alias("__cp"), pl.col(ORDER).alias("__co"),
+                        pl.col(ROW).alias("__cr")))
+
+    @staticmethod
+    def _train_copies(t: pl.DataFrame, cut: pl.DataFrame) -> pl.Series:
+        """Copies of each row the walk with cutoffs `cut` takes: all passes before the
+        cutoff's, plus the cutoff's own pass when the row is at or before it."""
+        j = t.select(GROUP, ORDER, ROW, UNITS).join(cut, on=GROUP, how="left", maintain_order="left")
+        o, r = pl.col(ORDER), pl.col(ROW)
+        within = (o < pl.col("__co")) | ((o == pl.col("__co")) & (r <= pl.col("__cr")))
+        copies = (pl.when(pl.col("__cr").is_null() | (pl.col(UNITS) <= 0)).then(0)
+                  .otherwise(pl.col("__cp") + within.cast(pl.Int64)))
+        return j.select(copies.cast(pl.Int64).alias("__copies")).to_series()
+
+    def _val_cutoffs(self, t: pl.DataFrame, walk1: pl.DataFrame, shares: dict[str, float]) -> pl.DataFrame:
+        """Per task, the last val row in the order (selected by the mix, val key, row):
+        `val_fraction` of the task's selected rows (at most `val_max`, never all), taken
+        first from rows the mix left over."""
+        c = self.config
+        schema = {TASK: pl.String, "__vs": pl.Boolean, "__vk": pl.UInt64, "__vr": t.schema[ROW]}
+        if c.val_fraction <= 0:
+            return pl.DataFrame(schema=schema)
+        in_mix = t.filter(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
+        in_mix = in_mix.with_columns((self._train_copies(in_mix, walk1) > 0).alias("__sel"))
+        per_task = in_mix.group_by(TASK).agg(pl.col("__sel").sum().alias("n_sel"))
+        want = {task: min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
+                for task, n in per_task.iter_rows()}
+        return (in_mix.sort(TASK, "__sel", VKEY, ROW)
+                .with_columns(pl.int_range(pl.len()).over(TASK).alias("__vrank"))
+                .filter(pl.col("__vrank") == pl.col(TASK).replace_strict(want, default=0, return_dtype=pl.Int64) - 1)
+                .select(TASK, pl.col("__sel").alias("__vs"), pl.col(VKEY).alias("__vk"), pl.col(ROW).alias("__vr"))
+                .sort(TASK).cast(schema))
+
+    def _is_val(self, t: pl.DataFrame, walk1: pl.DataFrame, val: pl.DataFrame, shares: dict[str, float]) -> pl.Series:
+        """Whether each row of `t` is a val row: in the mix, and at or before its task's
+        val cutoff in the order (selected, val key, row)."""
+        j = (t.select(GROUP, TASK, VKEY, ROW).with_columns((self._train_copies(t, walk1) > 0).alias("__sel"))
+             .join(val, on=TASK, how="left", maintain_order="left"))
+        s, k, r = pl.col("__sel"), pl.col(VKEY), pl.col(ROW)
+        cs, ck, cr = pl.col("__vs"), pl.col("__vk"), pl.col("__vr")
+        within = (~s & cs) | ((s == cs) & ((k < ck) | ((k == ck) & (r <= cr))))
+        in_mix = pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0
+        return j.select((in_mix & cr.is_not_null() & within).fill_null(False).alias("__val")).to_series()
 
     def _plan(self, sizes: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
         """Requested share and target (in units) per group."""
@@ -160,48 +307,6 @@ class MixStage(Stage):
             bounds = [sizes[g] * c.max_repeat / p for g, p in shares.items() if p > 0 and sizes[g] > 0]
             total = math.floor(min(bounds) + 1e-9) if bounds else 0
         return shares, apportion(total, shares)
-
-    def process(self, table: pl.DataFrame) -> StageResult:
-        c = self.config
-        for col in ("repeat", "split"):
-            if col in table.columns:
-                raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
-        units, counted_with = self._units(table)
-        t = table.with_row_index(ROW).with_columns(
-            pl.col(c.by).fill_null("").alias(GROUP),
-            units.alias(UNITS),
-            pl.Series(ORDER, stable_keys(table["id"].to_list(), self.context.seed, "mix"), dtype=pl.UInt64),
-        )
-        rows_per = {g: int(n) for g, n in t.group_by(GROUP).len().iter_rows()}
-        # Plan and walk once to see which rows the mix leaves over, pick the val rows
-        # (preferring those), then plan and walk again without them, so the train split
-        # alone has the requested proportions.
-        listed = {g: 0 for g in (c.weights or c.targets) if g != "*"}  # named in the config, maybe absent
-        shares, targets, achievable, sizes = self._plan_for(t, groups=listed)
-        walk = self._walk(t, achievable)
-        val_rows = self._val_rows(t, walk.filter(pl.col("repeat") == 0)[ROW], shares)
-        pool = t.filter(~pl.col(ROW).is_in(val_rows.implode()))
-        if len(val_rows):
-            shares, targets, achievable, sizes = self._plan_for(pool, groups={**listed, **{g: 0 for g in sizes}})
-            walk = self._walk(pool, achievable)
-        train = t.join(walk, on=ROW, how="inner").with_columns(pl.lit("train").alias("split"))
-        val = t.filter(pl.col(ROW).is_in(val_rows.implode())).with_columns(
-            pl.lit(0, pl.Int32).alias("repeat"), pl.lit("val").alias("split"))
-        kept_all = pl.concat([train, val], how="vertical_relaxed").sort(ROW, "repeat")
-        used = kept_all[ROW].unique()
-        dropped = t.filter(~pl.col(ROW).is_in(used.implode())).with_columns(
-            pl.when(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
-            .then(pl.lit("mix_downsampled")).otherwise(pl.lit("not_in_mix")).alias(REASON),
-            pl.format("{} {}: target {} of {} {}", pl.lit(c.by), pl.col(GROUP),
-                      pl.col(GROUP).replace_strict(targets, default=0, return_dtype=pl.Int64),
-                      pl.col(GROUP).replace_strict(sizes, default=0, return_dtype=pl.Int64), pl.lit(c.unit)).alias(DETAIL),
-        )
-        stats = self._stats(kept_all, shares, targets, achievable, sizes, rows_per, counted_with)
-        extra = [ROW, GROUP, ORDER] + ([] if c.unit == "tokens" else [UNITS])
-        kept = kept_all.drop(extra)
-        if c.unit == "tokens":
-            kept = kept.rename({UNITS: f"{self.name}_tokens"})
-        return StageResult(kept=kept, dropped=dropped.drop(ROW, GROUP, UNITS, ORDER), stats=stats)
 
     def _plan_for(self, t: pl.DataFrame, groups: dict | None = None):
         sizes = {g: 0 for g in (groups or {})}
@@ -227,23 +332,6 @@ class MixStage(Stage):
             .filter(pl.col(UNITS) > 0)
             .select(ROW, "repeat")
         )
-
-    def _val_rows(self, t: pl.DataFrame, selected: pl.Series, shares: dict[str, float]) -> pl.Series:
-        c = self.config
-        if c.val_fraction <= 0:
-            return pl.Series(ROW, [], dtype=t[ROW].dtype)
-        in_mix = t.filter(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
-        is_sel = pl.col(ROW).is_in(selected.implode())
-        per_task = in_mix.group_by("task").agg(is_sel.sum().alias("n_sel"))
-        want = {task: min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
-                for task, n in per_task.iter_rows()}
-        cand = (in_mix.with_columns(is_sel.alias("__sel"),
-                                    pl.Series(stable_keys(in_mix["id"].to_list(), self.context.seed, "val"))
-                                    .alias("__vkey"))
-                .sort("task", "__sel", "__vkey", ROW)
-                .with_columns(pl.int_range(pl.len()).over("task").alias("__vrank")))
-        limit = pl.col("task").replace_strict(want, default=0, return_dtype=pl.Int64)
-        return cand.filter(pl.col("__vrank") < limit)[ROW]
 
     def _stats(self, kept, shares, targets, achievable, sizes, rows_per, counted_with) -> dict:
         c = self.config

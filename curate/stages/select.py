@@ -123,7 +123,7 @@ class SelectStage(PlannedStage):
                 .sort(ORDER))
         walked = self._diverse(cand, n_in).drop(NULL, KEY)
         final = pl.concat([t.filter(pl.col(REASON).is_not_null()), walked], how="vertical_relaxed").sort(ROW)
-        return self.finish(final)
+        return self.finish(final, None)
 
     # ------------------------------------------------------------------ the four planned steps
     def thresholds(self, t: pl.DataFrame) -> pl.DataFrame:
@@ -195,7 +195,7 @@ class SelectStage(PlannedStage):
                            pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
         return t.drop(NULL, KEY, QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
 
-    def finish(self, decided: pl.DataFrame) -> StageResult:
+    def finish(self, decided: pl.DataFrame, plan: pl.DataFrame | None) -> StageResult:
         n_in = dict(decided.group_by(GROUP).len().iter_rows())
         kept = decided.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
         dropped = decided.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
