@@ -16,7 +16,6 @@ template writes BOS itself, so it is never doubled.
 """
 from __future__ import annotations
 
-from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,14 @@ import pyarrow as pa
 
 from curate.chat_templates import ChatTemplate, TemplateError, TemplateSecurityError, load_template, special_tokens_kwargs
 from curate.schema import stable_keys
+from curate.word_cache import WordCache
 
 IGNORE = -100
 PROBE_ANSWER = "Probe answer 7."
 SAMPLES = 3
 PIPELINE_CHUNK = 256  # conversations per render/tokenize hand-off (overlap granularity)
+# ... with the word cache: larger, since each distinct word of a chunk is encoded once per chunk
+WORD_CACHE_CHUNK = 8192
 
 
 class RenderError(ValueError):
@@ -55,7 +57,7 @@ class Encoded:
 
     text: str = ""
     spans: list = field(default_factory=list)  # assistant spans, characters [start, end)
-    encoding: object = None  # the tokenizers.Encoding (ids, offsets, char_to_token)
+    encoding: object = None  # a TokenizedText or an EncodingSpans: ids, len, offsets
     token_spans: list = field(default_factory=list)  # (first, last) token of each span, or None
     length: int = 0
     supervised: list = field(default_factory=list)
@@ -86,7 +88,7 @@ class Encoded:
 
     @property
     def offsets(self) -> np.ndarray:
-        return np.asarray(self.encoding.offsets[: self.length], dtype=np.int64).reshape(-1, 2)
+        return np.asarray(self.encoding.offsets, dtype=np.int64).reshape(-1, 2)[: self.length]
 
     @property
     def error(self) -> str | None:
@@ -159,6 +161,23 @@ def span_token_mask(offsets: np.ndarray, spans: np.ndarray) -> np.ndarray:
     return (idx < len(spans)) & (offsets[:, 1] > spans[safe, 0])
 
 
+class EncodingSpans:
+    """A tokenizers.Encoding seen through the interface an Encoded keeps (ids, len,
+    offsets); curate.word_cache.TokenizedText is the other implementation."""
+
+    __slots__ = ("enc", "ids")
+
+    def __init__(self, enc):
+        self.enc, self.ids = enc, enc.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def offsets(self):
+        return self.enc.offsets
+
+
 # --------------------------------------------------------------------------- renderer
 
 
@@ -176,6 +195,8 @@ class Renderer:
         self.kwargs = special_tokens_kwargs(tokenizer)
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.end_of_turn, self.end_of_turn_ids = self._probe()
+        # byte-level BPE tokenizers get the exact column-wise word-cache path
+        self.word_cache = WordCache.for_tokenizer(tokenizer)
 
     # -- rendering text and spans
     def _spans_by_prefix(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -239,34 +260,58 @@ class Renderer:
             out.append(Encoded(text=text, spans=spans))
         return out
 
+    def _ranges(self, ex: Encoded) -> list[tuple[int, int]]:
+        """The character ranges the planner needs as tokens: each assistant span, then (unless
+        train_on = "all") the end-of-turn text inside it ((-1, -1) where it is missing)."""
+        if self.train_on == "all":
+            return list(ex.spans)
+        eot, text = self.end_of_turn, ex.text
+        ats = [text.rfind(eot, s, e) for s, e in ex.spans]
+        return list(ex.spans) + [(at, at + len(eot)) if at >= 0 else (-1, -1) for at in ats]
+
     def encode(self, rendered: list[Encoded]) -> list:
-        """Tokenizer step: one batch call into Rust (releases the GIL, uses every core)."""
-        texts = [ex.text for ex in rendered if ex.reason is None]
-        return self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        """Tokenizer step, per batch: (encoding, token span of each of `_ranges`) per kept
+        example. The word cache (curate.word_cache) where the tokenizer allows it, the
+        tokenizer's own batch call (Rust, GIL released) for the texts it leaves."""
+        todo = [ex for ex in rendered if ex.reason is None]
+        if not todo:
+            return []
+        texts = [ex.text for ex in todo]
+        ranges = [self._ranges(ex) for ex in todo]
+        out: list = self.word_cache.encode_with_spans(texts, ranges) if self.word_cache is not None else [None] * len(texts)
+        rest = [i for i, t in enumerate(out) if t is None]
+        if rest:
+            encs = self.backend.encode_batch([texts[i] for i in rest], add_special_tokens=False)
+            for i, enc in zip(rest, encs):
+                n = len(enc.ids)
+                out[i] = (EncodingSpans(enc), [span_tokens(enc, a, b, n) if b > a else None for a, b in ranges[i]])
+        return out
 
     def finish(self, rendered: list[Encoded], encodings: list) -> list[Encoded]:
         it = iter(encodings)
         for ex in rendered:
             if ex.reason is None:
-                self._plan(ex, next(it))
+                self._plan(ex, *next(it))
         return rendered
 
     def render_batch(self, conversations: list[list[dict]]) -> list[Encoded]:
         rendered = self.render_texts(conversations)
         return self.finish(rendered, self.encode(rendered))
 
-    def _plan(self, ex: Encoded, enc) -> None:
+    def _plan(self, ex: Encoded, enc, found: list) -> None:
         """Decide, in plain integers, what is kept and trained: token ranges of the assistant
-        spans, the cut (overflow), the supervised ranges (train_on), and the checks."""
+        spans, the cut (overflow), the supervised ranges (train_on), and the checks. `found`:
+        the token span of each of `_ranges(ex)`."""
         n = len(enc)
         ex.encoding = enc
         ex.length = n
-        ex.token_spans = spans = [span_tokens(enc, s, e, n) for s, e in ex.spans]
+        if n > self.max_length and self.overflow == "drop":
+            ex.reason, ex.detail = "too_long", f"{n} tokens > max_length {self.max_length}"
+            return
+        ex.token_spans = spans = found[: len(ex.spans)]
+        eot_tokens = found[len(ex.spans):]
         kept = len(spans)
         if n > self.max_length:
-            if self.overflow == "drop":
-                ex.reason, ex.detail = "too_long", f"{n} tokens > max_length {self.max_length}"
-                return
             # Cut only right after a whole assistant turn (its end-of-turn token included):
             # never inside a header, never leaving a turn without its terminator.
             fits = [j for j, ts in enumerate(spans) if ts is not None and ts[1] + 1 <= self.max_length]
@@ -288,15 +333,12 @@ class Renderer:
             ex.reason, ex.detail = "no_supervised_tokens", f"train_on={self.train_on}: nothing to learn"
             return
         if self.train_on != "all":
-            eot = self.end_of_turn
             trained = range(kept) if self.train_on == "assistant" else [kept - 1]
             for j in trained:
-                s, e = ex.spans[j]
-                at = ex.text.rfind(eot, s, e)
-                found = span_tokens(enc, at, at + len(eot), ex.length) if at >= 0 else None
-                if found is None or found[0] < 1 or not any(a <= found[0] and found[1] <= b for a, b in ex.supervised):
+                tokens = eot_tokens[j]
+                if tokens is None or tokens[0] < 1 or not any(a <= tokens[0] and tokens[1] <= b for a, b in ex.supervised):
                     ex.reason = "end_of_turn_unsupervised"
-                    ex.detail = f"assistant turn {j}: end-of-turn {eot!r} is not in the supervised span"
+                    ex.detail = f"assistant turn {j}: end-of-turn {self.end_of_turn!r} is not in the supervised span"
                     return
 
 
@@ -307,7 +349,7 @@ def _flatten(batch: list[Encoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z = np.zeros(0, dtype=np.int32)
         return z, z, np.zeros(0, dtype=np.int64)
     full = np.fromiter((len(ex.encoding) for ex in batch), dtype=np.int64, count=len(batch))
-    flat = np.fromiter(chain.from_iterable(ex.encoding.ids for ex in batch), dtype=np.int32, count=int(full.sum()))
+    flat = np.concatenate([np.asarray(ex.encoding.ids, dtype=np.int32) for ex in batch])
     bases = np.concatenate(([0], np.cumsum(full)[:-1]))
     keep = np.zeros(len(flat), dtype=bool)
     sup = np.zeros(len(flat), dtype=bool)
@@ -399,7 +441,7 @@ def tokenize_aligned(renderer: "Renderer", messages: pl.Series, batch_size: int)
     # this thread renders chunk k+1 through Jinja.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        step = max(1, min(batch_size, PIPELINE_CHUNK))
+        step = max(1, min(batch_size, PIPELINE_CHUNK)) if renderer.word_cache is None else WORD_CACHE_CHUNK
         for start in range(0, n, step):
             rendered = renderer.render_texts(messages.slice(start, step).to_list())
             future = pool.submit(renderer.encode, rendered)

@@ -290,10 +290,10 @@ def check_examples(table, end_of_turn_ids: list[int] | None = None, expect_end_o
             ok &= inside & (ids[np.maximum(pos, 0)] == eot[len(eot) - 1 - k])
         bad = int((~ok).sum())
     result["runs_without_end_of_turn"] = bad
-    fractions = {}
-    tok_task = np.repeat(tasks, lens)
-    for t in sorted(set(tasks.tolist())):
-        sel = tok_task == t
-        fractions[str(t)] = round(float(sup[sel].mean()) if sel.any() else 0.0, 4)
-    result["supervised_fraction"] = fractions
+    # per task: supervised tokens / tokens, summed over its examples
+    names, task_of = np.unique(tasks.astype(str), return_inverse=True)
+    sup_per_task = np.bincount(task_of, weights=per_example, minlength=len(names))
+    tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
+    result["supervised_fraction"] = {
+        str(t): round(float(s / n) if n else 0.0, 4) for t, s, n in zip(names, sup_per_task, tok_per_task)}
     return result

@@ -1,0 +1,291 @@
+"""Exact, column-wise tokenization for byte-level BPE tokenizers: a corpus-level word cache.
+
+A byte-level BPE tokenizer (the `tokenizers` pipeline GPT-2 and its descendants use: no
+normalizer, the ByteLevel pre-tokenizer with its regex, a BPE model) computes ids(text) as:
+split out the added tokens -> cut each remaining segment into words with the GPT-2 regex ->
+BPE each word on its own -> concatenate. BPE never crosses a word, so a text's ids are the
+concatenation of its words' ids, and a word's ids do not depend on where it occurs.
+
+`WordCache.encode` does the cutting for a whole batch at once with polars (Rust regex,
+multi-threaded), runs the tokenizer's own BPE on each *distinct* word once (2,000 real
+conversations hold ~420k words but ~24k distinct ones), and gathers the ids back with numpy.
+The per-text work the tokenizer repeats for every occurrence — regex, byte mapping, cache
+lookups, offsets, one Encoding object per text — is what this saves; the ids are the
+tokenizer's, by construction, and are checked:
+
+- The word regex is GPT-2's without its one lookahead (`\\s+(?!\\S)`: Rust's regex has none);
+  a mark put where the lookahead cuts stands in for it (see BOUNDARY_RE).
+- Unicode classes (letter, number, whitespace) may differ between polars' regex and the
+  tokenizer's (Oniguruma) for code points whose Unicode version they disagree on: every
+  non-ASCII character of a batch is first classified by the tokenizer's own pre-tokenizer
+  (each character once per WordCache); a text holding one that disagrees takes the tokenizer path.
+- Per text, the tokens' bytes must add up to the text's UTF-8 length, else the tokenizer path.
+
+`WordCache.for_tokenizer` returns None for any other pipeline (SentencePiece/Metaspace,
+normalizers, Llama-3's Split regex, BPE dropout, added tokens that strip whitespace): those
+are tokenized by the tokenizer itself. Token positions are kept in UTF-8 bytes (a byte-level
+token is whole bytes), which is all masking needs (`TokenizedText.span`).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import polars as pl
+
+# GPT-2's pre-tokenizer regex (tokenizers' ByteLevel) is
+#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# Rust's regex (polars) has no lookahead. What `\s+(?!\S)` does: a whitespace run of 2+
+# characters before a non-space is cut before its last character (which then starts the
+# next word: " x", or stands alone: "\n"). BOUNDARY_RE puts a mark exactly there, and the word
+# regex without the lookahead, never matching a mark, then finds the same words.
+SEGMENT_MARK = "\x00"   # wraps each added token (the tokenizer splits them out first)
+BOUNDARY_MARK = "\x02"  # the lookahead's cut
+BOUNDARY_RE = r"(\s)(\s[^\s\x00])"
+MARKED_WORD_RE = (r"\x00[^\x00]*\x00|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}\x00\x02]+|\s+")
+ENCODE_CHUNKS = 64  # distinct words are BPE-encoded in this many joined strings (Rust threads)
+L, N, WS, OTHER = 0, 1, 2, 3
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (what ByteLevel vocab strings are made of)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+class TokenizedText:
+    """One text's ids and, per token, where it ends in the text's UTF-8 bytes."""
+
+    __slots__ = ("ids", "ends", "widths", "text", "_ascii")
+
+    def __init__(self, ids: np.ndarray, ends: np.ndarray, widths: np.ndarray, text: str):
+        self.ids, self.ends, self.widths, self.text = ids, ends, widths, text
+        self._ascii = text.isascii()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def spans(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int] | None]:
+        """Per character range [start, end): (first, last) token overlapping it, or None."""
+        return _Batch.of_one(self).spans([list(ranges)])[0]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Character offsets per token, (n, 2) (a token inside a multi-byte character
+        covers that character)."""
+        raw = np.frombuffer(self.text.encode("utf-8"), dtype=np.uint8)
+        char_of = np.cumsum((raw & 0xC0) != 0x80) - 1
+        if not len(self.ends):
+            return np.zeros((0, 2), dtype=np.int64)
+        starts = self.ends - self.widths
+        return np.stack([char_of[starts], char_of[self.ends - 1] + 1], axis=1)
+
+
+class WordCache:
+    """Batch tokenizer for one byte-level BPE tokenizer (see the module docstring)."""
+
+    def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray):
+        self.backend = backend
+        self.added = added
+        self.byte_len = byte_len
+        self.added_re = "|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))
+        self.sep, self.sep_id = next(iter(sorted(added.items(), key=lambda kv: kv[1])), (None, None))
+        self.char_ok: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "WordCache | None":
+        """A WordCache when `tokenizer` (transformers fast tokenizer or tokenizers.Tokenizer)
+        is a pipeline this module reproduces exactly, else None."""
+        backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:  # noqa: BLE001 - not a tokenizers pipeline
+            return None
+        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        if spec.get("normalizer") is not None or getattr(backend, "encode_special_tokens", False):
+            return None
+        if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
+            return None
+        if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
+                or model.get("end_of_word_suffix"):
+            return None
+        added: dict[str, int] = {}
+        for tid, tok in backend.get_added_tokens_decoder().items():
+            if tok.lstrip or tok.rstrip or tok.single_word or not tok.content or "\x00" in tok.content \
+                    or re.search(BOUNDARY_RE, tok.content):
+                return None  # whitespace-stripping tokens; contents the marks would cut
+            added[tok.content] = int(tid)
+        if not added:
+            return None  # the joined-words encoding below needs an added token as separator
+        alphabet = set(_bytes_to_unicode().values())
+        vocab = backend.get_vocab(with_added_tokens=False)
+        size = max([*vocab.values(), *added.values()]) + 1
+        byte_len = np.zeros(size, dtype=np.int64)
+        for token, tid in vocab.items():
+            if not set(token) <= alphabet:
+                return None
+            byte_len[tid] = len(token)
+        for content, tid in added.items():
+            byte_len[tid] = len(content.encode("utf-8"))
+        return cls(backend, added, byte_len)
+
+    # ------------------------------------------------------------------ character classes
+    def _classify(self, chars: list[str]) -> None:
+        """Record, for each new non-ASCII character, whether polars' regex and the
+        tokenizer's pre-tokenizer put it in the same class (letter/number/space/other)."""
+        new = [c for c in chars if c not in self.char_ok]
+        if not new:
+            return
+        # the tokenizer's view: "a"+c is one word iff c is a letter, "1"+c iff a number,
+        # "!"+c iff neither nor whitespace; otherwise whitespace
+        probe, starts = [], []
+        pos = 0
+        for c in new:
+            for head in "a1!":
+                starts.append(pos)
+                probe.append(head + c + "\n")
+                pos += 3
+        pieces = {a: b for _, (a, b) in self.backend.pre_tokenizer.pre_tokenize_str("".join(probe))}
+        merged = np.array([pieces.get(s) == s + 2 for s in starts]).reshape(-1, 3)
+        theirs = np.where(merged[:, 0], L, np.where(merged[:, 1], N, np.where(merged[:, 2], OTHER, WS)))
+        s = pl.Series(new)
+        ours = np.select([s.str.contains(r"^\p{L}$").to_numpy(), s.str.contains(r"^\p{N}$").to_numpy(),
+                          s.str.contains(r"^\s$").to_numpy()], [L, N, WS], OTHER)
+        for c, a, b in zip(new, ours, theirs):
+            self.char_ok[c] = bool(a == b)
+
+    # ------------------------------------------------------------------ encoding
+    def _bpe(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The tokenizer's ids of each distinct word: flat ids and per-word offsets. Words are
+        joined with an added token between them (the tokenizer splits there before anything
+        else, so each word is encoded on its own) into a few strings: one Rust call."""
+        if not words:
+            return np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
+        k = max(1, -(-len(words) // ENCODE_CHUNKS))
+        joined = [self.sep.join(words[i: i + k]) + self.sep for i in range(0, len(words), k)]
+        encs = self.backend.encode_batch_fast(joined, add_special_tokens=False)
+        flat = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encs])
+        cuts = np.flatnonzero(flat == self.sep_id)
+        if len(cuts) == len(words):
+            keep = np.ones(len(flat), dtype=bool)
+            keep[cuts] = False
+            flat, lens = flat[keep], np.diff(np.concatenate(([-1], cuts))) - 1
+        else:  # cannot happen for the pipelines accepted; checked anyway
+            encs = self.backend.encode_batch_fast(words, add_special_tokens=False)
+            lens = np.array([len(e.ids) for e in encs], dtype=np.int64)
+            flat = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encs])
+        return flat, np.concatenate(([0], np.cumsum(lens)))
+
+    def encode(self, texts: list[str]) -> list[TokenizedText | None]:
+        """Per text, its TokenizedText; None where the text must go to the tokenizer itself."""
+        batch = self._encode(texts)
+        return [None if i is None else TokenizedText(*i) for i in batch.views()]
+
+    def encode_with_spans(self, texts: list[str], ranges: list[list[tuple[int, int]]]) -> list:
+        """Per text, (TokenizedText, the token span of each of its character `ranges`) or
+        None (the tokenizer's path). All spans of the batch are found in one numpy call."""
+        batch = self._encode(texts)
+        spans = batch.spans(ranges)
+        return [None if v is None else (TokenizedText(*v), sp) for v, sp in zip(batch.views(), spans)]
+
+    def _encode(self, texts: list[str]) -> "_Batch":
+        n = len(texts)
+        s = pl.Series("text", texts, dtype=pl.String)
+        if n == 0:
+            return _Batch(texts, s, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32), self.byte_len, np.zeros(1, dtype=np.int64))
+        nonascii = s.str.extract_all(r"[^\x00-\x7F]").explode().drop_nulls().unique().to_list()
+        self._classify(nonascii)
+        bad_chars = [c for c in nonascii if not self.char_ok[c]]
+        fallback = s.str.contains(r"[\x00\x02]")
+        if bad_chars:
+            fallback = fallback | s.str.contains("|".join(re.escape(c) for c in bad_chars))
+        fast = ~fallback.to_numpy()
+
+        # Added tokens are wrapped in SEGMENT_MARKs and the regex's lookahead is replaced by a
+        # BOUNDARY_MARK (see BOUNDARY_RE); no word pattern matches either mark, so they end the
+        # words on both sides, as the tokenizer's split at added tokens and its lookahead do.
+        marked = (pl.col("text").str.replace_all(self.added_re, SEGMENT_MARK + "$0" + SEGMENT_MARK)
+                  .str.replace_all(BOUNDARY_RE, "${1}" + BOUNDARY_MARK + "${2}"))
+        docs = pl.DataFrame({"doc": np.arange(n, dtype=np.int64), "text": s}).filter(pl.Series(fast))
+        words = docs.select("doc", marked.str.extract_all(MARKED_WORD_RE).alias("w")).explode("w").drop_nulls("w")
+
+        distinct = words.filter(~pl.col("w").str.starts_with(SEGMENT_MARK)).select(
+            pl.col("w").unique(maintain_order=True))["w"]
+        flat, offs = self._bpe(distinct.to_list())
+        # word table: the added tokens (one id each, wrapped as in the text), then the distinct words
+        added_words = pl.Series("w", [SEGMENT_MARK + a + SEGMENT_MARK for a in self.added], dtype=pl.String)
+        table_ids = np.concatenate((np.array(list(self.added.values()), dtype=np.int32), flat))
+        table_offs = np.concatenate((np.arange(len(added_words) + 1), len(added_words) + offs[1:]))
+        vocab = pl.DataFrame({"w": pl.concat([added_words, distinct]),
+                              "wid": np.arange(len(added_words) + distinct.len(), dtype=np.int64)})
+        occ = words.select("doc", "w").join(vocab, on="w", how="left", maintain_order="left")
+        if occ["wid"].null_count():  # a word the table lacks: cannot happen; its texts go to the tokenizer
+            fast[occ.filter(pl.col("wid").is_null())["doc"].unique().to_numpy()] = False
+        wid, doc_of = occ["wid"].fill_null(0).to_numpy(), occ["doc"].to_numpy()
+        # gather each occurrence's ids from the table (a concatenation of index ranges)
+        n_tok = table_offs[wid + 1] - table_offs[wid]
+        first = np.repeat(table_offs[wid] - (np.cumsum(n_tok) - n_tok), n_tok)
+        ids = table_ids[first + np.arange(int(n_tok.sum()))]
+        per_doc = np.bincount(doc_of, weights=n_tok, minlength=n).astype(np.int64)
+        return _Batch(texts, s, fast, ids, self.byte_len, np.concatenate(([0], np.cumsum(per_doc))))
+
+
+class _Batch:
+    """A batch's tokens in flat arrays: ids, byte widths, cumulative byte ends (over the whole
+    batch), and each text's token range [bounds[i], bounds[i+1])."""
+
+    def __init__(self, texts, series: pl.Series, fast: np.ndarray, ids: np.ndarray, byte_len: np.ndarray,
+                 bounds: np.ndarray):
+        self.texts, self.ids, self.bounds = texts, ids, bounds
+        self.widths = byte_len[ids]
+        self.ends = np.cumsum(self.widths)
+        self.base = np.concatenate(([0], self.ends))[bounds[:-1]]  # bytes before each text
+        n_bytes = series.str.len_bytes().to_numpy().astype(np.int64)
+        self.ascii = n_bytes == series.str.len_chars().to_numpy()
+        # a text whose tokens' bytes do not add up to its own goes to the tokenizer (never seen)
+        own = np.concatenate(([0], self.ends))[bounds[1:]] - self.base
+        self.fast = fast & (own == n_bytes)
+
+    @classmethod
+    def of_one(cls, t: TokenizedText) -> "_Batch":
+        one = cls.__new__(cls)
+        one.texts, one.ids, one.widths, one.ends = [t.text], t.ids, t.widths, t.ends
+        one.bounds, one.base = np.array([0, len(t.ids)]), np.zeros(1, dtype=np.int64)
+        one.ascii, one.fast = np.array([t.text.isascii()]), np.array([True])
+        return one
+
+    def views(self) -> list:
+        out: list = [None] * len(self.texts)
+        for i in np.flatnonzero(self.fast).tolist():
+            a, b = self.bounds[i], self.bounds[i + 1]
+            out[i] = (self.ids[a:b], self.ends[a:b] - self.base[i], self.widths[a:b], self.texts[i])
+        return out
+
+    def spans(self, ranges: list[list[tuple[int, int]]]) -> list[list]:
+        """Token spans of character ranges, per text: (first, last) token overlapping the
+        range, or None. The rule transformers' assistant mask uses, in bytes: a token
+        overlaps a character range exactly when its bytes overlap the range's bytes."""
+        counts = np.fromiter((len(r) for r in ranges), dtype=np.int64, count=len(ranges))
+        doc = np.repeat(np.arange(len(ranges)), counts)
+        r = np.array([p for rs in ranges for p in rs], dtype=np.int64).reshape(-1, 2)
+        for k in np.flatnonzero(~self.ascii[doc] & self.fast[doc] & (r[:, 1] > r[:, 0])).tolist():
+            text = self.texts[doc[k]]
+            r[k] = len(text[: r[k, 0]].encode("utf-8")), len(text[: r[k, 1]].encode("utf-8"))
+        g = r + self.base[doc][:, None]
+        first = np.searchsorted(self.ends, g[:, 0], side="right")
+        last = np.searchsorted(self.ends - self.widths, g[:, 1], side="left") - 1
+        ok = (r[:, 1] > r[:, 0]) & (first <= last)
+        rel = self.bounds[doc]
+        first, last = (first - rel).tolist(), (last - rel).tolist()
+        flat = [(f, l) if k else None for f, l, k in zip(first, last, ok.tolist())]
+        cuts = np.cumsum(counts).tolist()
+        return [flat[a:b] for a, b in zip([0] + cuts[:-1], cuts)]

@@ -1,0 +1,118 @@
+"""The word cache (curate/word_cache.py) gives the tokenizer's own ids, offsets and spans."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from curate.render import span_tokens
+from curate.word_cache import WordCache
+from tests.test_render_tokenizers import bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def sample_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ROOT / "sample_data" / "tokenizer"), local_files_only=True)
+
+
+def check_same(tok, cache: WordCache, texts: list[str], expect_fast: bool = True) -> list:
+    """Every text the cache encodes has the tokenizer's ids, offsets and span mapping."""
+    backend = tok.backend_tokenizer
+    got = cache.encode(texts)
+    ref = backend.encode_batch(texts, add_special_tokens=False)
+    for text, g, r in zip(texts, got, ref):
+        if g is None:
+            assert not expect_fast, repr(text)
+            continue
+        assert g.ids.tolist() == r.ids, repr(text)
+        offsets = np.asarray(r.offsets, dtype=np.int64).reshape(-1, 2)
+        assert (g.offsets == offsets).all(), repr(text)
+        ranges = [(a, b) for a in range(0, len(text) + 1, max(1, len(text) // 5))
+                  for b in range(a + 1, len(text) + 1, max(1, len(text) // 4))]
+        assert g.spans(ranges) == [span_tokens(r, a, b, len(r.ids)) for a, b in ranges], repr(text)
+    return got
+
+
+def test_accepts_byte_level_bpe_only():
+    assert WordCache.for_tokenizer(sample_tokenizer()) is not None
+    assert WordCache.for_tokenizer(byte_bpe_tokenizer()) is not None
+    assert WordCache.for_tokenizer(bpe_tokenizer()) is None  # Metaspace + NFC normalizer
+
+
+def test_stories260k_sentencepiece_is_refused():
+    assert WordCache.for_tokenizer(stories_tokenizer()) is None
+
+
+def test_whitespace_and_contraction_corners():
+    tok = sample_tokenizer()
+    texts = ["  's x", "a  b", "a \n\n b\n", "\t\tx  \u3000y", "x  'll  'd 're", "  \n", " ", "",
+             "héllo wörld 日本語 ١٢٣ 🙂", "x<|im_start|>y  <|im_end|>  ", "<|im_end|><|im_end|>", "<s>  <s>\n",
+             "don't  it's\n\n\n'S", "a\r\n\r\n b", "\u00a0\u00a0x \u2028y", "e\u0301\u0301 x\u0301"]
+    check_same(tok, WordCache.for_tokenizer(tok), texts)
+
+
+def test_marks_in_text_take_the_tokenizer_path():
+    tok = sample_tokenizer()
+    got = check_same(tok, WordCache.for_tokenizer(tok), ["a\x00b", "a\x02 b", "plain"], expect_fast=False)
+    assert got[0] is None and got[1] is None and got[2] is not None
+
+
+def test_a_character_classified_differently_takes_the_tokenizer_path():
+    tok = sample_tokenizer()
+    cache = WordCache.for_tokenizer(tok)
+    cache.char_ok["é"] = False  # as if polars' Unicode tables disagreed with the tokenizer's
+    got = cache.encode(["café au lait", "tea"])
+    assert got[0] is None and got[1] is not None
+
+
+def test_character_classes_agree_with_the_tokenizer():
+    tok = sample_tokenizer()
+    cache = WordCache.for_tokenizer(tok)
+    chars = [chr(c) for c in range(0x80, 0x3000) if not 0xD800 <= c < 0xE000]
+    cache._classify(chars)
+    assert all(cache.char_ok[c] for c in chars), [c for c in chars if not cache.char_ok[c]][:20]
+
+
+ALPHABET = st.sampled_from(list(" \n\t\r\u3000\u00a0'stdrevml0123.,!?-_aZé日🙂\u0301") + ["<|im_start|>", "<|im_end|>", "<s>"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.lists(ALPHABET, max_size=25).map("".join), min_size=1, max_size=6))
+def test_generated_texts_match_the_tokenizer(parts):
+    tok = _SAMPLE[0] if _SAMPLE else _SAMPLE.append(sample_tokenizer()) or _SAMPLE[0]
+    check_same(tok, WordCache.for_tokenizer(tok), parts)
+
+
+_SAMPLE: list = []
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40), min_size=1, max_size=4))
+def test_arbitrary_unicode_matches_the_tokenizer(parts):
+    tok = byte_bpe_tokenizer()
+    check_same(tok, WordCache.for_tokenizer(tok), parts, expect_fast=False)
+
+
+def test_real_instruction_files_match_the_tokenizer():
+    formats = SHARED / "formats"
+    if not formats.is_dir():
+        pytest.skip(f"shared data not present: {formats}")
+    texts = []
+    for f in sorted(formats.glob("*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except ValueError:
+            continue
+        texts += [json.dumps(r, ensure_ascii=False) for r in data[:300]] if isinstance(data, list) else []
+    assert texts
+    tok = sample_tokenizer()
+    got = check_same(tok, WordCache.for_tokenizer(tok), texts, expect_fast=False)
+    assert sum(g is not None for g in got) >= 0.99 * len(texts)
