@@ -9,7 +9,7 @@
      above it: the local rule);
   3. the driver: exact (or estimated) Jaccard verification of the candidate pairs,
      connected components (`curate.union_find.components`), then the stage's own
-     `process`: keep rule, `duplicate_of` marks, cluster columns and stats.
+     `from_clusters`: keep rule, `duplicate_of` marks, cluster columns and stats.
 
 Step 3 runs on the driver because verification needs the texts of the rows in candidate
 pairs and the keep rule needs every cluster whole; both are small next to step 1 (pairs,
@@ -142,12 +142,8 @@ def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResul
     stats["verified_pairs"] = int(len(left))
     roots = components(n, left, right)
 
-    # The keep rule, marks and stats: the stage's own process(), fed the roots found above.
-    stage._minhash_roots = lambda _table: (roots, dict(stats))  # type: ignore[method-assign]
-    try:
-        result = stage.process(table)
-    finally:
-        del stage._minhash_roots
+    # The keep rule, marks and stats: the stage's own, fed the roots found above.
+    result = stage.from_clusters(table, roots, stats)
     stage.context.log(f"[{stage.name}] ray: signatures on {res.num_rows} block(s), band buckets grouped by Ray "
                       "Data's shuffle, verification and clusters on the driver")
     return result

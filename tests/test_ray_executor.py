@@ -86,6 +86,7 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     # and the stages without a distributed path say so.
     assert any("[filter] ray:" in m and "block(s) on workers" in m for m in logs)
     assert any("[near_dedup] ray: signatures on" in m for m in logs)
+    assert any("[exact_dedup] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
     assert any("[mix] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
     assert any("[select] ray:" in m and "planned: apply (row-local" in m for m in logs)
     assert render_blocks and render_blocks[0] > 1  # tokenization ran in blocks on workers
@@ -143,6 +144,11 @@ kind = "normalize"
 kind = "quality"
 scorer = "heuristic"
 [[stages]]
+kind = "dedup"
+method = "exact"
+view = "user"
+keep = "best"
+[[stages]]
 kind = "select"
 name = "best_half"
 column = "heuristic"
@@ -165,7 +171,8 @@ val_fraction = 0.1
 
 
 def test_aggregated_stages_identical_to_local(ray_cluster, tmp_path):
-    """select (top-k / top-fraction / quotas) and mix (tokens counted on workers,
+    """exact dedup (hash per block, keep rule on the driver, a join marks the dropped),
+    select (top-k / top-fraction / quotas) and mix (tokens counted on workers,
     upsampling, val split) from per-block keys and broadcast cutoffs, with several blocks: the same kept/dropped rows, stats and ledger as the local run,
     and the planned path really ran (no driver fallback)."""
     toml = tmp_path / "p.toml"
@@ -183,6 +190,7 @@ def test_aggregated_stages_identical_to_local(ray_cluster, tmp_path):
     m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert m["ledger"]["dropped"]["best_half"]["over_quota"] and m["ledger"]["dropped"]["global_top"]["over_quota"]
     assert m["stages"][-1]["stats"]["upsampled"] and m["stages"][-1]["stats"]["val"]
-    for name in ("best_half", "global_top", "mix"):
+    assert m["ledger"]["dropped"]["dedup"]["duplicate_of"]
+    for name in ("dedup", "best_half", "global_top", "mix"):
         assert any(f"[{name}] ray:" in x and "planned: keys, plan on the driver, apply" in x for x in logs), logs
     assert not any("no distributed path" in x for x in logs)

@@ -22,13 +22,17 @@ import numpy as np
 import polars as pl
 
 from curate import minhash as mh
-from curate.stages.base import DETAIL, REASON, Stage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
 from curate.typed_config import ConfigError
 from curate.union_find import components
 from curate.views import text_view
 
 REASON_DUPLICATE = "duplicate_of"
 _IDX = "__dedup_idx"
+ROW = "__dedup_row"
+HASH = "__dedup_hash"
+_KEEPER = "__dedup_keeper"
+PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
 
 
 HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")
@@ -116,9 +120,20 @@ class Config:
         return mh.lsh_params(self.threshold, self.num_perm)
 
 
-class DedupStage(Stage):
+class DedupStage(PlannedStage):
+    """Exact dedup is a PlannedStage: per block, the hash of each row's normalised text
+    and its keep-rule keys; on the driver, the keep rule over the rows whose hash occurs
+    more than once (`plan`: hash -> kept row, kept id, cluster size); per block, a join
+    on the hash marks the dropped rows. MinHash and semantic dedup cluster the whole
+    table (`roots`), then share the keep rule and output with exact (`from_clusters`)."""
+
     kind = "dedup"
     Config = Config
+    ROW = ROW
+    keys_per_row = True
+
+    def plannable(self) -> bool:
+        return self.config.method == "exact"
 
     # ---- text ----------------------------------------------------------------------
     def _normalized(self, frame: pl.DataFrame) -> pl.Series:
@@ -135,14 +150,6 @@ class DedupStage(Stage):
         return self.config.seed if self.config.seed is not None else int(self.context.seed)
 
     # ---- clustering: each returns (root per row, pair stats) -----------------------------
-    def _exact_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
-        # Hash values only decide grouping (never reach the output), so polars' fast
-        # hash is fine here even though it is not stable across polars versions.
-        keys = np.concatenate([t.hash(seed=0).to_numpy() for _, t in self._norm_chunks(table)])
-        df = pl.DataFrame({"k": keys, "i": np.arange(len(keys), dtype=np.int64)})
-        roots = df.select(pl.col("i").min().over("k")).to_series().to_numpy()
-        return roots.astype(np.int64), {}
-
     def _minhash_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
         cfg = self.config
         n = table.height
@@ -277,33 +284,44 @@ class DedupStage(Stage):
                 return c
         return None
 
-    def _keepers(self, table: pl.DataFrame, roots: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """Index of the kept row of each row's cluster."""
+    def _keep_keys(self, table: pl.DataFrame) -> pl.DataFrame:
+        """Per row, the keep rule's sort keys after the cluster: source priority, score
+        (higher first), answer length (longer first), and the id (row-local: computed per
+        block). The id is always there: it also names the cluster."""
         cfg = self.config
-        score = self._score_column(table) if cfg.keep != "first" else None
-        cols = [pl.Series("root", roots), pl.Series(_IDX, np.arange(table.height, dtype=np.int64))]
-        keys, desc = ["root"], [False]
+        cols = []
         if cfg.keep == "source_priority":
             order = {s: i for i, s in enumerate(cfg.sources)}
-            prio = table["source"].replace_strict(order, default=len(order), return_dtype=pl.Int64)
-            cols.append(prio.alias("prio"))
-            keys.append("prio")
-            desc.append(False)
+            cols.append(pl.col("source").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias(PRIO))
         if cfg.keep in ("best", "source_priority"):
+            score = self._score_column(table)
             if score is not None:
-                cols.append(table[score].cast(pl.Float64).fill_nan(None).alias("score"))
-                keys.append("score")
-                desc.append(True)
-            cols.append(table.select(text_view("response").str.len_chars().alias("len")).to_series())
-            keys.append("len")
-            desc.append(True)
-            cols.append(table["id"].alias("id"))
-            keys.append("id")
-            desc.append(False)
+                cols.append(pl.col(score).cast(pl.Float64).fill_nan(None).alias(SCORE))
+            cols.append(text_view("response").str.len_chars().alias(LEN))
+        cols.append(pl.col("id"))
+        return table.select(cols)
+
+    def _rank_keepers(self, clusters: pl.DataFrame) -> pl.DataFrame:
+        """The keep rule: within each `root` group, the first row by the keep keys, then
+        `_IDX` (the row's position). `clusters` has root, _IDX and `_keep_keys`'
+        columns; returns root -> keeper (that row's _IDX)."""
+        keys, desc = ["root"], [False]
+        order = [(PRIO, False), (SCORE, True), (LEN, True), ("id", False)] if self.config.keep != "first" else []
+        for c, d in order:
+            if c in clusters.columns:
+                keys.append(c)
+                desc.append(d)
         keys.append(_IDX)
         desc.append(False)
-        ranked = pl.DataFrame(cols).sort(keys, descending=desc, nulls_last=True)
-        first = ranked.unique(subset="root", keep="first", maintain_order=True).select("root", pl.col(_IDX).alias("keeper"))
+        ranked = clusters.sort(keys, descending=desc, nulls_last=True)
+        return ranked.unique(subset="root", keep="first", maintain_order=True).select("root", pl.col(_IDX).alias("keeper"))
+
+    def _keepers(self, table: pl.DataFrame, roots: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """Index of the kept row of each row's cluster."""
+        score = self._score_column(table) if self.config.keep != "first" else None
+        clusters = pl.DataFrame([pl.Series("root", roots), pl.Series(_IDX, np.arange(table.height, dtype=np.int64))])
+        clusters = clusters.hstack(self._keep_keys(table))
+        first = self._rank_keepers(clusters)
         keeper = pl.DataFrame({"root": roots}).join(first, on="root", how="left", maintain_order="left")["keeper"]
         return keeper.to_numpy().astype(np.int64), score
 
@@ -312,12 +330,22 @@ class DedupStage(Stage):
         cfg = self.config
         n = table.height
         if cfg.method == "exact":
-            roots, pair_stats = self._exact_roots(table) if n else (np.zeros(0, np.int64), {})
-        elif cfg.method == "minhash":
+            return self.process_planned(table)
+        if cfg.method == "minhash":
             roots, pair_stats = self._minhash_roots(table) if n else (np.zeros(0, np.int64), {})
         else:
             roots, pair_stats = self._semantic_roots(table) if n else (np.zeros(0, np.int64), {})
+        return self.from_clusters(table, roots, pair_stats)
+
+    def from_clusters(self, table: pl.DataFrame, roots: np.ndarray, pair_stats: dict) -> StageResult:
+        """The keep rule, the `duplicate_of` marks, the cluster columns and the stats,
+        given each row's cluster root (found locally, or on a cluster: curate/ray_dedup.py)."""
+        n = table.height
         keeper, score = self._keepers(table, roots) if n else (np.zeros(0, np.int64), None)
+        return self._result(table, keeper, score, pair_stats)
+
+    def _result(self, table: pl.DataFrame, keeper: np.ndarray, score: str | None, pair_stats: dict) -> StageResult:
+        n = table.height
         ids = table["id"]
         size = pl.DataFrame({"k": keeper}).select(pl.len().over("k")).to_series().cast(pl.UInt32)
         out = table.with_columns(
@@ -331,6 +359,49 @@ class DedupStage(Stage):
         )
         stats = self._stats(out, keeper, is_kept, score, pair_stats)
         return StageResult(kept=kept, dropped=dropped, stats=stats)
+
+    # ---- exact dedup as planned steps -------------------------------------------------------
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Per row: position, the hash of the normalised text, the keep-rule keys and
+        the id. Hash values only decide grouping (never reach the output), so polars'
+        fast hash is fine here: every worker runs the same polars."""
+        hashes = pl.concat([t.hash(seed=0) for _, t in self._norm_chunks(block)]) if block.height else pl.Series([], dtype=pl.UInt64)
+        return block.select(pl.col(ROW)).with_columns(hashes.alias(HASH)).hstack(self._keep_keys(block))
+
+    def plan(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """hash -> kept row, its id and the cluster size, for the hashes two or more rows
+        share (the others are their own clusters): the keep rule, root = the hash. The
+        driver holds the keys of all rows once (fixed width but the id)."""
+        dup = keys.filter(pl.col(HASH).is_duplicated())
+        first = self._rank_keepers(dup.rename({HASH: "root", ROW: _IDX}))
+        clusters = (first.rename({"root": HASH, "keeper": _KEEPER})
+                    .join(dup.group_by(HASH).agg(pl.len().cast(pl.UInt32).alias("__size")), on=HASH)
+                    .join(dup.select(pl.col(ROW).alias(_KEEPER), pl.col("id").alias("__cluster")), on=_KEEPER)
+                    .with_columns(pl.col(_KEEPER).cast(pl.Int64))
+                    .sort(HASH))
+        return clusters
+
+    def apply_plan(self, block: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
+        """A join on the hash marks each row with its cluster's kept row (its own row
+        when its hash is unique), the kept id and the cluster size."""
+        j = block.join(plan, on=HASH, how="left", maintain_order="left")
+        return j.select(
+            *[c for c in block.columns if c not in (HASH, PRIO, SCORE, LEN)],
+            pl.coalesce(pl.col("__cluster"), pl.col("id")).alias(f"{self.name}_cluster"),
+            pl.col("__size").fill_null(1).cast(pl.UInt32).alias(f"{self.name}_cluster_size"),
+            pl.coalesce(pl.col(_KEEPER), pl.col(ROW).cast(pl.Int64)).alias(_KEEPER),
+        )
+
+    def finish(self, decided: pl.DataFrame, plan: pl.DataFrame) -> StageResult:
+        keeper = decided[_KEEPER].to_numpy().astype(np.int64)
+        out = decided.drop(ROW, _KEEPER)
+        score = self._score_column(out) if self.config.keep != "first" else None
+        n = out.height
+        is_kept = pl.Series(keeper == np.arange(n))
+        kept = out.filter(is_kept)
+        dropped = out.filter(~is_kept).with_columns(
+            pl.lit(REASON_DUPLICATE).alias(REASON), pl.col(f"{self.name}_cluster").alias(DETAIL))
+        return StageResult(kept=kept, dropped=dropped, stats=self._stats(out, keeper, is_kept, score, {}))
 
     def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
         cfg = self.config
