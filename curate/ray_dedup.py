@@ -1,14 +1,14 @@
 """MinHash dedup on Ray: the dedup stage's building blocks, placed on a cluster.
 
-  1. signatures per block (workers): the stage's own text normalisation
-     (`DedupStage._norm_chunks`) and `curate.minhash.signatures` / `band_hashes`, with the
-     stage's permutation seed, so every row gets the band hashes the local run computes;
+  1. signatures per block (workers): the stage's own `DedupStage.minhash_block` (text
+     normalisation, `curate.minhash.signatures` / `band_hashes` with the stage's
+     permutation seed), so every row gets the band hashes the local run computes;
   2. band-bucket grouping through Ray Data's shuffle: (bucket key, row) pairs are grouped
      by Ray Data's sort shuffle on the key (`sort`: range partitions), and each bucket of two or more rows emits its
      candidate pairs (all pairs up to `max_bucket` members, a star to the first member
      above it: the local rule);
-  3. the driver: exact (or estimated) Jaccard verification of the candidate pairs,
-     connected components (`curate.union_find.components`), then the stage's own
+  3. the driver: the stage's own `minhash_clusters` (exact or estimated Jaccard
+     verification of the candidate pairs, connected components), then its
      `from_clusters`: keep rule, `duplicate_of` marks, cluster columns and stats.
 
 Step 3 runs on the driver because verification needs the texts of the rows in candidate
@@ -16,8 +16,8 @@ pairs and the keep rule needs every cluster whole; both are small next to step 1
 not rows). The per-row state that crosses the network is fixed-width: `bands` uint64 per
 row (plus `num_perm` uint32 with verify_by = "estimate").
 
-This mirrors `DedupStage._minhash_roots` step by step (its loop body is the stage's, its
-candidate rule is `_candidates`'); tests/test_ray_executor.py checks that the clusters,
+This is `DedupStage._minhash_roots` with its steps placed apart (each step is the stage's
+public method; the bucket rule is `candidate_pairs`'); tests/test_ray_executor.py checks that the clusters,
 kept rows and stats equal the local executor's.
 """
 from __future__ import annotations
@@ -26,9 +26,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate import minhash as mh
 from curate.stages.base import Stage, StageResult
-from curate.union_find import components
 from curate.ray_executor import _from_ipc, _ipc, portable
 
 
@@ -38,22 +36,8 @@ def _signature_task(cls, config, context, keep_sig: bool):
     def run(batch: pa.Table) -> pa.Table:
         _maybe_fault()
         stage = _worker_stage(cls, config, context)
-        cfg = stage.config
         df = pl.from_arrow(batch)
-        bands, rows = cfg.lsh()
-        seed = stage._seed()
-        a, b = mh.permutations(cfg.num_perm, seed)
-        band_parts, has_parts, sig_parts = [], [], []
-        for _, texts in stage._norm_chunks(df):
-            s, counts = mh.signatures(texts, cfg.num_perm, seed, cfg.ngram, cfg.ngram_unit, (a, b))
-            band_parts.append(mh.band_hashes(s, bands, rows))
-            has_parts.append(counts > 0)
-            if keep_sig:
-                sig_parts.append(s)
-        empty_band = np.zeros((0, bands), np.uint64)
-        band = np.concatenate(band_parts) if band_parts else empty_band
-        has = np.concatenate(has_parts) if has_parts else np.zeros(0, bool)
-        sig = np.concatenate(sig_parts) if sig_parts else np.zeros((0, cfg.num_perm), np.uint32)
+        band, has, sig = stage.minhash_block(df)
         return pa.table({"rows": [df.height], "band": [band.tobytes()], "has": [has.tobytes()],
                          "sig": [sig.tobytes() if keep_sig else b""]})
 
@@ -63,7 +47,7 @@ def _signature_task(cls, config, context, keep_sig: bool):
 def _bucket_pairs(max_bucket: int):
     """map_batches function over one hash partition of (bucket key, row) pairs: every
     bucket of the partition is whole in it, so its candidate pairs are found here, by the
-    rule of `DedupStage._candidates`: all pairs for up to `max_bucket` distinct rows, a
+    rule of `DedupStage.candidate_pairs`: all pairs for up to `max_bucket` distinct rows, a
     star to the first (smallest) row above that. Also returns the partition's distinct
     key count, so the driver can check that no bucket was split across batches."""
 
@@ -126,21 +110,10 @@ def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResul
             left, right = allp["l"].to_numpy().astype(np.int64), allp["rr"].to_numpy().astype(np.int64)
         else:  # a bucket was split across batches: group on the driver, the stage's own way
             stage.context.log(f"[{stage.name}] ray: a band bucket spanned two blocks; grouped on the driver")
-            left, right = stage._candidates(band, has)
+            left, right = stage.candidate_pairs(band, has)
 
-    # ---- verification and components on the driver (the stage's own functions)
-    stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
-    if cfg.verify and len(left):
-        if cfg.verify_by == "estimate":
-            from curate.stages.dedup import _estimated_jaccard
-
-            sim = _estimated_jaccard(sig, left, right)
-        else:
-            sim = stage._exact_jaccard(table, left, right)
-        ok = sim >= cfg.threshold
-        left, right = left[ok], right[ok]
-    stats["verified_pairs"] = int(len(left))
-    roots = components(n, left, right)
+    # ---- verification and components on the driver (the stage's own code)
+    roots, stats = stage.minhash_clusters(table, band, has, sig, left, right)
 
     # The keep rule, marks and stats: the stage's own, fed the roots found above.
     result = stage.from_clusters(table, roots, stats)

@@ -18,24 +18,28 @@ What runs where (per stage kind):
            must agree). A costly read-only resource (decontamination's eval n-gram
            index: `shared_resource()`) is built once on the driver and broadcast
            through the object store.
-  dedup    minhash: signatures and band hashes per block on workers (`curate.minhash`),
-           band buckets grouped through Ray Data's sort shuffle, then verification,
-           union-find and the stage's own keep rule on the driver (curate/ray_dedup.py).
-  planned  select (without diversity) and mix: PlannedStage's four steps. Workers compute
-           per block only the key columns the decision needs (select: group, score,
-           the (missing, key, id, row) order key; mix: group, task, units - token
-           counts are per-row work - and the seeded order keys); the driver
+  dedup    minhash: signatures and band hashes per block on workers
+           (`DedupStage.minhash_block`), band buckets grouped through Ray Data's sort
+           shuffle, then verification, union-find and the stage's own keep rule on the
+           driver (`minhash_clusters`, `from_clusters`; curate/ray_dedup.py).
+  planned  select (without diversity), mix and exact dedup: PlannedStage's four steps.
+           Workers compute per block only the key columns the decision needs (select:
+           group, score, the (missing, key, id, row) order key; mix: group, task,
+           units - token counts are per-row work - and the seeded order keys; exact
+           dedup: the hash of the normalised text and the keep-rule keys); the driver
            concatenates them and plans with the stage's own code (select: each
            group's cutoff in that order, from its quota; mix: sizes -> `_plan` -> the
            walk -> the val rows -> the walk again, reduced to per-group and per-task
-           cutoffs); the plan is broadcast and every block applies it to its own rows
-           (select: keep at or before the cutoff; mix: copies, split); the stage's
-           `finish` builds kept, dropped and stats on the driver. `process` on a
+           cutoffs; exact dedup: the keep rule over the rows whose hash is shared ->
+           hash -> kept row); the plan is broadcast and every block applies it to its
+           own rows (select: keep at or before the cutoff; mix: copies, split; dedup:
+           a join on the hash marks the dropped rows); the stage's `finish` builds
+           kept, dropped and stats on the driver. `process` on a
            local executor is the same four steps over one block, so the output is
            identical by construction. select with thresholds only skips the keys pass.
   render   the renderer's per-row work (template, tokenization, masks) as blocks on
            workers (`render_blocks`); split, checks and stats on the driver.
-  driver   everything else (exact/semantic dedup, select with `diversity`, LM-scored
+  driver   everything else (semantic dedup, select with `diversity`, LM-scored
            quality, kinds this module does not know): the stage's own `process` on the
            whole table on the driver, logged as such. Output is identical by
            construction. select's diversity walk (Deita) is sequential by nature:

@@ -23,7 +23,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
 
 
 def test_bucket_pairs_equal_dedup_candidates():
-    """The per-partition pair rule (run after Ray's shuffle) gives DedupStage._candidates'
+    """The per-partition pair rule (run after Ray's shuffle) gives DedupStage.candidate_pairs'
     pairs, big buckets (star to the first row) included."""
     pytest.importorskip("ray")
     from curate.ray_dedup import _bucket_pairs
@@ -38,7 +38,7 @@ def test_bucket_pairs_equal_dedup_candidates():
     has = rng.random(n) > 0.05
     stage = DedupStage(Config(kind="dedup", max_bucket=16),
                        StageContext(run_dir=Path("."), config_dir=Path("."), seed=0, stage_dir=Path(".")))
-    left, right = stage._candidates(band, has)
+    left, right = stage.candidate_pairs(band, has)
     idx = np.nonzero(has)[0].astype(np.int64)
     keys = pl.DataFrame({"k": band[idx].ravel(), "r": np.repeat(idx, bands)})
     # any hash partition of the keys: here, by key parity

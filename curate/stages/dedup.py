@@ -142,31 +142,49 @@ class DedupStage(PlannedStage):
         view = frame.select(text_view(self.config.view).alias("t"))
         return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series()
 
-    def _norm_chunks(self, table: pl.DataFrame):
+    def normalized_chunks(self, table: pl.DataFrame):
         for lo in range(0, table.height, self.config.chunk_size):
             yield lo, self._normalized(table.slice(lo, self.config.chunk_size))
 
-    def _seed(self) -> int:
+    def minhash_seed(self) -> int:
         return self.config.seed if self.config.seed is not None else int(self.context.seed)
 
     # ---- clustering: each returns (root per row, pair stats) -----------------------------
     def _minhash_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        band, has, sig = self.minhash_block(table)
+        left, right = self.candidate_pairs(band, has)
+        return self.minhash_clusters(table, band, has, sig, left, right)
+
+    # MinHash's steps, public so that a distributed executor runs the same code
+    # (curate/ray_dedup.py): minhash_block per block on workers, candidate_pairs' rule per
+    # shuffled bucket partition, minhash_clusters on the driver.
+    def minhash_block(self, table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per row of `table`: band hashes (n x bands uint64), whether its text has any
+        shingle, and its signature (n x num_perm uint32) only when verify_by = "estimate"
+        needs it. Row-local: blocks give the rows of the whole table's arrays."""
         cfg = self.config
         n = table.height
         bands, rows = cfg.lsh()
-        a, b = mh.permutations(cfg.num_perm, self._seed())
+        a, b = mh.permutations(cfg.num_perm, self.minhash_seed())
         keep_sig = cfg.verify and cfg.verify_by == "estimate"
         sig = np.empty((n, cfg.num_perm), dtype=np.uint32) if keep_sig else None
         band = np.empty((n, bands), dtype=np.uint64)
         has = np.empty(n, dtype=bool)
-        for lo, texts in self._norm_chunks(table):
-            s, counts = mh.signatures(texts, cfg.num_perm, self._seed(), cfg.ngram, cfg.ngram_unit, (a, b))
+        for lo, texts in self.normalized_chunks(table):
+            s, counts = mh.signatures(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
             hi = lo + len(texts)
             band[lo:hi] = mh.band_hashes(s, bands, rows)
             has[lo:hi] = counts > 0
             if keep_sig:
                 sig[lo:hi] = s
-        left, right = self._candidates(band, has)
+        return band, has, sig
+
+    def minhash_clusters(self, table: pl.DataFrame, band: np.ndarray, has: np.ndarray, sig: np.ndarray | None,
+                         left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Candidate pairs -> verified pairs (exact shingle Jaccard or the signature
+        estimate) -> the cluster root of every row, and the pair statistics."""
+        cfg = self.config
+        bands, rows = cfg.lsh()
         stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
         if cfg.verify and len(left):
             if cfg.verify_by == "estimate":
@@ -176,9 +194,9 @@ class DedupStage(PlannedStage):
             ok = sim >= cfg.threshold
             left, right = left[ok], right[ok]
         stats["verified_pairs"] = int(len(left))
-        return components(n, left, right), stats
+        return components(table.height, left, right), stats
 
-    def _candidates(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def candidate_pairs(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate pairs from band buckets, grouped by polars, not a dict per row.
         A band's hash is seeded with the band's index, so one u64 column is the bucket
         key: rows in singleton buckets are filtered out first (most of them), and only
@@ -365,7 +383,7 @@ class DedupStage(PlannedStage):
         """Per row: position, the hash of the normalised text, the keep-rule keys and
         the id. Hash values only decide grouping (never reach the output), so polars'
         fast hash is fine here: every worker runs the same polars."""
-        hashes = pl.concat([t.hash(seed=0) for _, t in self._norm_chunks(block)]) if block.height else pl.Series([], dtype=pl.UInt64)
+        hashes = pl.concat([t.hash(seed=0) for _, t in self.normalized_chunks(block)]) if block.height else pl.Series([], dtype=pl.UInt64)
         return block.select(pl.col(ROW)).with_columns(hashes.alias(HASH)).hstack(self._keep_keys(block))
 
     def plan(self, keys: pl.DataFrame) -> pl.DataFrame:
@@ -411,7 +429,7 @@ class DedupStage(PlannedStage):
             stats["score_column"] = score
         if cfg.method == "minhash":
             stats.update({"threshold": cfg.threshold, "num_perm": cfg.num_perm, "ngram": cfg.ngram,
-                          "ngram_unit": cfg.ngram_unit, "seed": self._seed(),
+                          "ngram_unit": cfg.ngram_unit, "seed": self.minhash_seed(),
                           "verify": (cfg.verify_by if cfg.verify else "off")})
         elif cfg.method == "semantic":
             stats["cosine_threshold"] = cfg.cosine_threshold
