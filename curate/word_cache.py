@@ -1,8 +1,9 @@
 """Exact, column-wise tokenization for byte-level BPE tokenizers: a corpus-level word cache.
 
-A byte-level BPE tokenizer (the `tokenizers` pipeline GPT-2 and its descendants use: no
-normalizer, the ByteLevel pre-tokenizer with its regex, a BPE model) computes ids(text) as:
-split out the added tokens -> cut each remaining segment into words with the GPT-2 regex ->
+A byte-level BPE tokenizer (the `tokenizers` pipeline of GPT-2, Llama-3, Qwen2 and their
+descendants: the ByteLevel pre-tokenizer with GPT-2's regex, or a Split with Llama-3's or
+Qwen2's regex then ByteLevel; a BPE model) computes ids(text) as: split out the added tokens
+-> cut each remaining segment into words with the regex ->
 BPE each word on its own -> concatenate. BPE never crosses a word, so a text's ids are the
 concatenation of its words' ids, and a word's ids do not depend on where it occurs.
 
@@ -13,18 +14,19 @@ The per-text work the tokenizer repeats for every occurrence — regex, byte map
 lookups, offsets, one Encoding object per text — is what this saves; the ids are the
 tokenizer's, by construction, and are checked:
 
-- The word regex is GPT-2's without its one lookahead (`\\s+(?!\\S)`: Rust's regex has none);
-  a mark put where the lookahead cuts stands in for it (see BOUNDARY_RE).
+- The word regex is the tokenizer's without its one lookahead (`\\s+(?!\\S)`: Rust's regex
+  has none); a mark put where the lookahead cuts stands in for it (see the pattern notes).
 - Unicode classes (letter, number, whitespace) may differ between polars' regex and the
   tokenizer's (Oniguruma) for code points whose Unicode version they disagree on: every
   non-ASCII character of a batch is first classified by the tokenizer's own pre-tokenizer
   (each character once per WordCache); a text holding one that disagrees takes the tokenizer path.
 - Per text, the tokens' bytes must add up to the text's UTF-8 length, else the tokenizer path.
 
+An NFC normalizer (Qwen2's) is accepted: texts that NFC changes take the tokenizer path.
 `WordCache.for_tokenizer` returns None for any other pipeline (SentencePiece/Metaspace,
-normalizers, Llama-3's Split regex, BPE dropout, added tokens that strip whitespace): those
+other normalizers or split regexes, BPE dropout, added tokens that strip whitespace): those
 are tokenized by the tokenizer itself. Token positions are kept in UTF-8 bytes (a byte-level
-token is whole bytes), which is all masking needs (`TokenizedText.span`).
+token is whole bytes), which is all masking needs (`_Batch.spans`).
 """
 from __future__ import annotations
 
@@ -34,16 +36,36 @@ import re
 import numpy as np
 import polars as pl
 
-# GPT-2's pre-tokenizer regex (tokenizers' ByteLevel) is
-#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-# Rust's regex (polars) has no lookahead. What `\s+(?!\S)` does: a whitespace run of 2+
-# characters before a non-space is cut before its last character (which then starts the
-# next word: " x", or stands alone: "\n"). BOUNDARY_RE puts a mark exactly there, and the word
-# regex without the lookahead, never matching a mark, then finds the same words.
+# The word regexes are Oniguruma patterns with one lookahead, `\s+(?!\S)`, which Rust's regex
+# (polars) lacks. What it does: a run of 2+ whitespace characters before a non-space is cut
+# before its last character (which then starts the next word: " x", or stands alone: "\n").
+# A BOUNDARY_MARK put exactly there, and the pattern without the lookahead (never matching a
+# mark), find the same words. Where the cut falls depends on the pattern's other alternatives,
+# so each supported family has its own rule (tested against tokenizers built with each).
 SEGMENT_MARK = "\x00"   # wraps each added token (the tokenizer splits them out first)
 BOUNDARY_MARK = "\x02"  # the lookahead's cut
-BOUNDARY_RE = r"(\s)(\s[^\s\x00])"
-MARKED_WORD_RE = (r"\x00[^\x00]*\x00|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}\x00\x02]+|\s+")
+LOOKAHEAD = r"\s+(?!\S)|"
+
+# GPT-2 (tokenizers' ByteLevel pre-tokenizer with use_regex): any whitespace run.
+GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+GPT2_BOUNDARY = r"(\s)(\s[^\s\x00])"
+# Llama-3 and Qwen2 (a Split pre-tokenizer, then ByteLevel without its regex): `\s*[\r\n]+`
+# comes first and takes a run up to its last newline, so the cut falls in the run's
+# newline-free tail only.
+SPLIT_FAMILY = {
+    "llama-3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+SPLIT_BOUNDARY = r"([^\S\r\n])([^\S\r\n][^\s\x00])"
+
+
+def marked_pattern(pattern: str) -> str:
+    """`pattern` for text carrying marks: the lookahead alternative dropped, marks excluded from
+    every negated class, and an added token wrapped in SEGMENT_MARKs matched whole."""
+    assert pattern.count(LOOKAHEAD) == 1
+    return r"\x00[^\x00]*\x00|" + pattern.replace(LOOKAHEAD, "").replace("[^", r"[^\x00\x02")
+
+
 ENCODE_CHUNKS = 64  # distinct words are BPE-encoded in this many joined strings (Rust threads)
 L, N, WS, OTHER = 0, 1, 2, 3
 
@@ -92,8 +114,10 @@ class TokenizedText:
 class WordCache:
     """Batch tokenizer for one byte-level BPE tokenizer (see the module docstring)."""
 
-    def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray):
+    def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray, pattern: str, boundary: str,
+                 nfc: bool = False):
         self.backend = backend
+        self.word_re, self.boundary_re, self.nfc = marked_pattern(pattern), boundary, nfc
         self.added = added
         self.byte_len = byte_len
         self.added_re = "|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))
@@ -110,10 +134,20 @@ class WordCache:
             spec = json.loads(backend.to_str())
         except Exception:  # noqa: BLE001 - not a tokenizers pipeline
             return None
-        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-        if spec.get("normalizer") is not None or getattr(backend, "encode_special_tokens", False):
+        pre, model, norm = spec.get("pre_tokenizer") or {}, spec.get("model") or {}, spec.get("normalizer")
+        if getattr(backend, "encode_special_tokens", False) or norm not in (None, {"type": "NFC"}):
             return None
-        if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
+        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+            pattern, boundary = GPT2_RE, GPT2_BOUNDARY
+        elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 2:
+            split, byte_level = pre["pretokenizers"]
+            pattern = (split.get("pattern") or {}).get("Regex")
+            if split.get("type") != "Split" or pattern not in SPLIT_FAMILY.values() or split.get("invert") \
+                    or split.get("behavior") != "Isolated" or byte_level.get("type") != "ByteLevel" \
+                    or byte_level.get("use_regex", True) or byte_level.get("add_prefix_space"):
+                return None
+            boundary = SPLIT_BOUNDARY
+        else:
             return None
         if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
                 or model.get("end_of_word_suffix"):
@@ -121,7 +155,7 @@ class WordCache:
         added: dict[str, int] = {}
         for tid, tok in backend.get_added_tokens_decoder().items():
             if tok.lstrip or tok.rstrip or tok.single_word or not tok.content or "\x00" in tok.content \
-                    or re.search(BOUNDARY_RE, tok.content):
+                    or re.search(boundary, tok.content):
                 return None  # whitespace-stripping tokens; contents the marks would cut
             added[tok.content] = int(tid)
         if not added:
@@ -136,7 +170,7 @@ class WordCache:
             byte_len[tid] = len(token)
         for content, tid in added.items():
             byte_len[tid] = len(content.encode("utf-8"))
-        return cls(backend, added, byte_len)
+        return cls(backend, added, byte_len, pattern, boundary, nfc=norm is not None)
 
     # ------------------------------------------------------------------ character classes
     def _classify(self, chars: list[str]) -> None:
@@ -145,18 +179,21 @@ class WordCache:
         new = [c for c in chars if c not in self.char_ok]
         if not new:
             return
-        # the tokenizer's view: "a"+c is one word iff c is a letter, "1"+c iff a number,
-        # "!"+c iff neither nor whitespace; otherwise whitespace
+        # The tokenizer's view, from the word that starts each probe: "a"+c holds c iff c is a
+        # letter, "!!"+c iff c is neither letter, number nor whitespace, "\t"+c+"\t\t\t" iff
+        # whitespace (asked in that order); else a number.
+        heads = ("a", "!!", "\t")
+        tails = ("\n", "\nz", "\t\t\ta\n")  # each probe's first word starts at its head
         probe, starts = [], []
         pos = 0
         for c in new:
-            for head in "a1!":
-                starts.append(pos)
-                probe.append(head + c + "\n")
-                pos += 3
+            for head, tail in zip(heads, tails):
+                starts.append((pos, pos + len(head)))
+                probe.append(head + c + tail)
+                pos += len(head) + 1 + len(tail)
         pieces = {a: b for _, (a, b) in self.backend.pre_tokenizer.pre_tokenize_str("".join(probe))}
-        merged = np.array([pieces.get(s) == s + 2 for s in starts]).reshape(-1, 3)
-        theirs = np.where(merged[:, 0], L, np.where(merged[:, 1], N, np.where(merged[:, 2], OTHER, WS)))
+        merged = np.array([pieces.get(p, p) > at for p, at in starts]).reshape(-1, 3)
+        theirs = np.where(merged[:, 0], L, np.where(merged[:, 1], OTHER, np.where(merged[:, 2], WS, N)))
         s = pl.Series(new)
         ours = np.select([s.str.contains(r"^\p{L}$").to_numpy(), s.str.contains(r"^\p{N}$").to_numpy(),
                           s.str.contains(r"^\s$").to_numpy()], [L, N, WS], OTHER)
@@ -206,17 +243,19 @@ class WordCache:
         self._classify(nonascii)
         bad_chars = [c for c in nonascii if not self.char_ok[c]]
         fallback = s.str.contains(r"[\x00\x02]")
+        if self.nfc:  # the tokenizer normalises to NFC: texts already in NFC are unchanged by it
+            fallback = fallback | (s.str.normalize("NFC") != s)
         if bad_chars:
             fallback = fallback | s.str.contains("|".join(re.escape(c) for c in bad_chars))
         fast = ~fallback.to_numpy()
 
         # Added tokens are wrapped in SEGMENT_MARKs and the regex's lookahead is replaced by a
-        # BOUNDARY_MARK (see BOUNDARY_RE); no word pattern matches either mark, so they end the
+        # BOUNDARY_MARK (see the pattern notes above); no word pattern matches a mark, so they end the
         # words on both sides, as the tokenizer's split at added tokens and its lookahead do.
         marked = (pl.col("text").str.replace_all(self.added_re, SEGMENT_MARK + "$0" + SEGMENT_MARK)
-                  .str.replace_all(BOUNDARY_RE, "${1}" + BOUNDARY_MARK + "${2}"))
+                  .str.replace_all(self.boundary_re, "${1}" + BOUNDARY_MARK + "${2}"))
         docs = pl.DataFrame({"doc": np.arange(n, dtype=np.int64), "text": s}).filter(pl.Series(fast))
-        words = docs.select("doc", marked.str.extract_all(MARKED_WORD_RE).alias("w")).explode("w").drop_nulls("w")
+        words = docs.select("doc", marked.str.extract_all(self.word_re).alias("w")).explode("w").drop_nulls("w")
 
         distinct = words.filter(~pl.col("w").str.starts_with(SEGMENT_MARK)).select(
             pl.col("w").unique(maintain_order=True))["w"]

@@ -1,6 +1,7 @@
 """The word cache (curate/word_cache.py) gives the tokenizer's own ids, offsets and spans."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.render import span_tokens
-from curate.word_cache import WordCache
-from tests.test_render_tokenizers import bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
+from curate.word_cache import SPLIT_FAMILY, WordCache
+from tests.test_render_tokenizers import CHAT_SPECIALS, CORPUS, bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -21,6 +22,26 @@ def sample_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(ROOT / "sample_data" / "tokenizer"), local_files_only=True)
+
+
+@functools.lru_cache(maxsize=None)
+def split_family_tokenizer(family: str):
+    """A byte-level BPE with Llama-3's or Qwen2's pre-tokenizer (a Split with the family's
+    regex, then ByteLevel without its own; Qwen2 also normalises to NFC), trained here."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    if family == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_FAMILY[family]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<s>", "</s>", *CHAT_SPECIALS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
 def check_same(tok, cache: WordCache, texts: list[str], expect_fast: bool = True) -> list:
@@ -47,16 +68,40 @@ def test_accepts_byte_level_bpe_only():
     assert WordCache.for_tokenizer(bpe_tokenizer()) is None  # Metaspace + NFC normalizer
 
 
+@pytest.mark.parametrize("family", sorted(SPLIT_FAMILY))
+def test_split_family_tokenizers_are_accepted_and_exact(family):
+    tok = split_family_tokenizer(family)
+    cache = WordCache.for_tokenizer(tok)
+    assert cache is not None
+    check_same(tok, cache, CORPUS + CORPUS_CORNERS, expect_fast=family == "llama-3")  # NFC changes some
+
+
+@pytest.mark.parametrize("family", sorted(SPLIT_FAMILY))
+def test_split_family_generated_texts_match_the_tokenizer(family):
+    tok = split_family_tokenizer(family)
+    cache = WordCache.for_tokenizer(tok)
+
+    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(parts=st.lists(st.lists(ALPHABET, max_size=25).map("".join), min_size=1, max_size=6))
+    def check(parts):
+        check_same(tok, cache, parts, expect_fast=family == "llama-3")
+
+    check()
+
+
 def test_stories260k_sentencepiece_is_refused():
     assert WordCache.for_tokenizer(stories_tokenizer()) is None
 
 
+CORPUS_CORNERS = ["  's x", "a  b", "a \n\n b\n", "\t\tx  \u3000y", "x  'll  'd 're", "  \n", " ", "",
+             "héllo wörld 日本語 ١٢٣ 🙂", "x<|im_start|>y  <|im_end|>  ", "<|im_end|><|im_end|>", "<s>  <s>\n",
+             "don't  it's\n\n\n'S", "a\r\n\r\n b", "\u00a0\u00a0x \u2028y", "e\u0301\u0301 x\u0301",
+             "x  \n", "x \n  y", "!\n\n  a", "12345 678\n\t\tz", "  \r\n\r  !!\n", "DON'T  'LL"]
+
+
 def test_whitespace_and_contraction_corners():
     tok = sample_tokenizer()
-    texts = ["  's x", "a  b", "a \n\n b\n", "\t\tx  \u3000y", "x  'll  'd 're", "  \n", " ", "",
-             "héllo wörld 日本語 ١٢٣ 🙂", "x<|im_start|>y  <|im_end|>  ", "<|im_end|><|im_end|>", "<s>  <s>\n",
-             "don't  it's\n\n\n'S", "a\r\n\r\n b", "\u00a0\u00a0x \u2028y", "e\u0301\u0301 x\u0301"]
-    check_same(tok, WordCache.for_tokenizer(tok), texts)
+    check_same(tok, WordCache.for_tokenizer(tok), CORPUS_CORNERS)
 
 
 def test_marks_in_text_take_the_tokenizer_path():
@@ -81,7 +126,8 @@ def test_character_classes_agree_with_the_tokenizer():
     assert all(cache.char_ok[c] for c in chars), [c for c in chars if not cache.char_ok[c]][:20]
 
 
-ALPHABET = st.sampled_from(list(" \n\t\r\u3000\u00a0'stdrevml0123.,!?-_aZé日🙂\u0301") + ["<|im_start|>", "<|im_end|>", "<s>"])
+ALPHABET = st.sampled_from(list(" \n\t\r\u3000\u00a0'stdrevmlSTDL0123.,!?-_aZé日🙂\u0301\u00c5\u212b")
+                           + ["<|im_start|>", "<|im_end|>", "<s>"])
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
