@@ -49,13 +49,15 @@ What runs where (per stage kind):
 
 Why the split is by kind and not only by `Stage.row_local`: row-locality makes the kept
 and dropped rows block-decomposable, but not the stats (quantiles, top-k language
-counts), and the manifest must be identical too. A row-local stage whose state and stats
-this module does not know how to merge runs on the driver rather than risk a different
-manifest.
+counts), and the manifest must be identical too. The stage APIs carry what is needed
+(FilterStage's block_state / merge_block_states / decide, PlannedStage's four steps); a
+stage without one runs on the driver rather than risk a different manifest.
 
-Determinism does not depend on the number of blocks or workers: every block-wise path
-relies on `process(concat(parts)) == concat(process(part))`, which tests/test_ray_executor.py
-checks end to end against the local executor (shard sha256 and manifest).
+Determinism does not depend on the number of blocks or workers: the block-wise paths rely
+on `process(concat(parts)) == concat(process(part))` (blocks, annotate) or on a plan made
+from all blocks' keys (planned), which tests/test_ray_executor.py checks end to end against
+the local executor (shard sha256 and manifest) and tests/test_{select,mix,dedup}.py check
+block by block without Ray.
 """
 from __future__ import annotations
 

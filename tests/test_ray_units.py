@@ -1,5 +1,6 @@
 """Fast checks of the Ray executor's pieces that need no cluster: the missing-extra
-message, the band-bucket pair rule against the dedup stage's own, and stats merging."""
+message, the band-bucket pair rule against the dedup stage's own, stats merging, and the
+FilterStage merge-state API (block_state / merge_block_states / decide) per stage."""
 from __future__ import annotations
 
 import json

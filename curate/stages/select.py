@@ -8,8 +8,13 @@ Order of decisions, each with its own reject reason:
      is farther than cosine distance d (`too_similar`, detail names that neighbour) -
      Deita's score-first, diversity-aware selection;
   4. `over_quota`      the group's quota (`quotas[group]`, else `top_k`, and at most
-     `top_fraction` of the group's rows entering the stage) is full.
+     `top_fraction` of the group's rows entering the stage) is full; the detail names
+     the quota and the score of the group's last kept row (its cutoff).
 Quotas are exact: a group keeps min(quota, rows that pass 1-3).
+
+Without diversity the walk is decided by one cutoff per group (see SelectStage), so a
+distributed executor needs only the key columns on the driver; with diversity the walk is
+sequential and runs whole.
 """
 from __future__ import annotations
 
