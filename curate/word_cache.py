@@ -1,15 +1,17 @@
-"""Exact, column-wise tokenization for byte-level BPE tokenizers: a corpus-level word cache.
+"""Exact, column-wise tokenization for BPE tokenizers that cut text into words: a corpus-level
+word cache.
 
 A byte-level BPE tokenizer (the `tokenizers` pipeline of GPT-2, Llama-3, Qwen2 and their
 descendants: the ByteLevel pre-tokenizer with GPT-2's regex, or a Split with Llama-3's or
 Qwen2's regex then ByteLevel; a BPE model) computes ids(text) as: split out the added tokens
--> cut each remaining segment into words with the regex ->
-BPE each word on its own -> concatenate. BPE never crosses a word, so a text's ids are the
-concatenation of its words' ids, and a word's ids do not depend on where it occurs.
+-> cut each remaining segment into words with the regex -> BPE each word on its own ->
+concatenate. BPE never crosses a word, so a text's ids are the concatenation of its words'
+ids, and a word's ids do not depend on where it occurs. SentencePiece-style BPE (Metaspace)
+is the same after its own cut (MetaspaceWordCache).
 
 `WordCache.encode` does the cutting for a whole batch at once with polars (Rust regex,
 multi-threaded), runs the tokenizer's own BPE on each *distinct* word once (2,000 real
-conversations hold ~420k words but ~24k distinct ones), and gathers the ids back with numpy.
+conversations hold ~390k words but ~24k distinct ones), and gathers the ids back with numpy.
 The per-text work the tokenizer repeats for every occurrence — regex, byte mapping, cache
 lookups, offsets, one Encoding object per text — is what this saves; the ids are the
 tokenizer's, by construction, and are checked:
@@ -23,10 +25,10 @@ tokenizer's, by construction, and are checked:
 - Per text, the tokens' bytes must add up to the text's UTF-8 length, else the tokenizer path.
 
 An NFC normalizer (Qwen2's) is accepted: texts that NFC changes take the tokenizer path.
-`WordCache.for_tokenizer` returns None for any other pipeline (SentencePiece/Metaspace,
-other normalizers or split regexes, BPE dropout, added tokens that strip whitespace): those
-are tokenized by the tokenizer itself. Token positions are kept in UTF-8 bytes (a byte-level
-token is whole bytes), which is all masking needs (`_Batch.spans`).
+`WordCache.for_tokenizer` returns None for any other pipeline (other normalizers or split
+regexes, Metaspace without byte fallback, BPE dropout, added tokens that strip whitespace,
+no added token at all): those are tokenized by the tokenizer itself. Token positions are
+kept in UTF-8 bytes (a token is whole bytes), which is all masking needs (`_Batch.spans`).
 """
 from __future__ import annotations
 
@@ -135,7 +137,11 @@ class WordCache:
         except Exception:  # noqa: BLE001 - not a tokenizers pipeline
             return None
         pre, model, norm = spec.get("pre_tokenizer") or {}, spec.get("model") or {}, spec.get("normalizer")
-        if getattr(backend, "encode_special_tokens", False) or norm not in (None, {"type": "NFC"}):
+        if getattr(backend, "encode_special_tokens", False):
+            return None
+        if pre.get("type") == "Metaspace":
+            return MetaspaceWordCache.for_spec(backend, spec)
+        if norm not in (None, {"type": "NFC"}):
             return None
         if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
             pattern, boundary = GPT2_RE, GPT2_BOUNDARY
@@ -159,7 +165,7 @@ class WordCache:
                 return None  # whitespace-stripping tokens; contents the marks would cut
             added[tok.content] = int(tid)
         if not added:
-            return None  # the joined-words encoding below needs an added token as separator
+            return None  # the joined-words encoding (_bpe) needs an added token as separator
         alphabet = set(_bytes_to_unicode().values())
         vocab = backend.get_vocab(with_added_tokens=False)
         size = max([*vocab.values(), *added.values()]) + 1
@@ -203,24 +209,35 @@ class WordCache:
     # ------------------------------------------------------------------ encoding
     def _bpe(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The tokenizer's ids of each distinct word: flat ids and per-word offsets. Words are
-        joined with an added token between them (the tokenizer splits there before anything
-        else, so each word is encoded on its own) into a few strings: one Rust call."""
+        joined with an added token before, between and after them (the tokenizer splits there
+        before anything else, so each word is encoded on its own, and none starts the text)
+        into a few strings: one Rust call."""
         if not words:
             return np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
         k = max(1, -(-len(words) // ENCODE_CHUNKS))
-        joined = [self.sep.join(words[i: i + k]) + self.sep for i in range(0, len(words), k)]
-        encs = self.backend.encode_batch_fast(joined, add_special_tokens=False)
-        flat = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encs])
-        cuts = np.flatnonzero(flat == self.sep_id)
-        if len(cuts) == len(words):
-            keep = np.ones(len(flat), dtype=bool)
-            keep[cuts] = False
-            flat, lens = flat[keep], np.diff(np.concatenate(([-1], cuts))) - 1
-        else:  # cannot happen for the pipelines accepted; checked anyway
-            encs = self.backend.encode_batch_fast(words, add_special_tokens=False)
-            lens = np.array([len(e.ids) for e in encs], dtype=np.int64)
-            flat = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encs])
+        chunks = [words[i: i + k] for i in range(0, len(words), k)]
+        encs = self.backend.encode_batch_fast([self.sep + self.sep.join(c) + self.sep for c in chunks],
+                                              add_special_tokens=False)
+        flats, lens = [], []
+        for chunk, enc in zip(chunks, encs):
+            ids = np.asarray(enc.ids, dtype=np.int32)
+            cuts = np.flatnonzero(ids == self.sep_id)
+            if len(cuts) != len(chunk) + 1:  # cannot happen for the pipelines accepted; checked anyway
+                return self._bpe_one_by_one(words)
+            flats.append(ids[ids != self.sep_id])
+            lens.append(np.diff(cuts) - 1)
+        return np.concatenate(flats), np.concatenate(([0], np.cumsum(np.concatenate(lens))))
+
+    def _bpe_one_by_one(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = [[t.id for t in self.backend.model.tokenize(self._model_text(w))] for w in words]
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter((i for x in ids for i in x), dtype=np.int32, count=int(lens.sum()))
         return flat, np.concatenate(([0], np.cumsum(lens)))
+
+    def _model_text(self, word: str) -> str:
+        """What the BPE model sees for a word (ByteLevel maps bytes to printable characters)."""
+        table = _bytes_to_unicode()
+        return "".join(table[b] for b in word.encode("utf-8"))
 
     def encode(self, texts: list[str]) -> list[TokenizedText | None]:
         """Per text, its TokenizedText; None where the text must go to the tokenizer itself."""
@@ -234,34 +251,45 @@ class WordCache:
         spans = batch.spans(ranges)
         return [None if v is None else (TokenizedText(*v), sp) for v, sp in zip(batch.views(), spans)]
 
+    # The steps a pipeline family may change (MetaspaceWordCache overrides them).
+    OPEN, CLOSE = SEGMENT_MARK, SEGMENT_MARK  # around each added token in the marked text
+    MARKS_RE = r"[\x00\x02]"  # texts holding a mark character go to the tokenizer
+
+    def _fallback(self, s: pl.Series) -> pl.Series:
+        """True for texts the tokenizer must encode itself."""
+        fallback = s.str.contains(self.MARKS_RE)
+        if self.nfc:  # the tokenizer normalises to NFC: texts already in NFC are unchanged by it
+            fallback = fallback | (s.str.normalize("NFC") != s)
+        return fallback
+
+    def _marked(self) -> pl.Expr:
+        """The text with added tokens wrapped in marks and the lookahead's cut marked (see the
+        pattern notes above): no word pattern matches a mark, so marks end the words on both
+        sides, as the tokenizer's split at added tokens and its lookahead do."""
+        return (pl.col("text").str.replace_all(self.added_re, self.OPEN + "$0" + self.CLOSE)
+                .str.replace_all(self.boundary_re, "${1}" + BOUNDARY_MARK + "${2}"))
+
     def _encode(self, texts: list[str]) -> "_Batch":
         n = len(texts)
         s = pl.Series("text", texts, dtype=pl.String)
         if n == 0:
-            return _Batch(texts, s, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32), self.byte_len, np.zeros(1, dtype=np.int64))
+            return _Batch(texts, s, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32), self.byte_len,
+                          np.zeros(1, dtype=np.int64))
         nonascii = s.str.extract_all(r"[^\x00-\x7F]").explode().drop_nulls().unique().to_list()
         self._classify(nonascii)
         bad_chars = [c for c in nonascii if not self.char_ok[c]]
-        fallback = s.str.contains(r"[\x00\x02]")
-        if self.nfc:  # the tokenizer normalises to NFC: texts already in NFC are unchanged by it
-            fallback = fallback | (s.str.normalize("NFC") != s)
+        fallback = self._fallback(s)
         if bad_chars:
             fallback = fallback | s.str.contains("|".join(re.escape(c) for c in bad_chars))
         fast = ~fallback.to_numpy()
 
-        # Added tokens are wrapped in SEGMENT_MARKs and the regex's lookahead is replaced by a
-        # BOUNDARY_MARK (see the pattern notes above); no word pattern matches a mark, so they end the
-        # words on both sides, as the tokenizer's split at added tokens and its lookahead do.
-        marked = (pl.col("text").str.replace_all(self.added_re, SEGMENT_MARK + "$0" + SEGMENT_MARK)
-                  .str.replace_all(self.boundary_re, "${1}" + BOUNDARY_MARK + "${2}"))
         docs = pl.DataFrame({"doc": np.arange(n, dtype=np.int64), "text": s}).filter(pl.Series(fast))
-        words = docs.select("doc", marked.str.extract_all(self.word_re).alias("w")).explode("w").drop_nulls("w")
-
-        distinct = words.filter(~pl.col("w").str.starts_with(SEGMENT_MARK)).select(
+        words = docs.select("doc", self._marked().str.extract_all(self.word_re).alias("w")).explode("w").drop_nulls("w")
+        distinct = words.filter(~pl.col("w").str.starts_with(self.OPEN)).select(
             pl.col("w").unique(maintain_order=True))["w"]
         flat, offs = self._bpe(distinct.to_list())
         # word table: the added tokens (one id each, wrapped as in the text), then the distinct words
-        added_words = pl.Series("w", [SEGMENT_MARK + a + SEGMENT_MARK for a in self.added], dtype=pl.String)
+        added_words = pl.Series("w", [self.OPEN + a + self.CLOSE for a in self.added], dtype=pl.String)
         table_ids = np.concatenate((np.array(list(self.added.values()), dtype=np.int32), flat))
         table_offs = np.concatenate((np.arange(len(added_words) + 1), len(added_words) + offs[1:]))
         vocab = pl.DataFrame({"w": pl.concat([added_words, distinct]),
@@ -272,10 +300,97 @@ class WordCache:
         wid, doc_of = occ["wid"].fill_null(0).to_numpy(), occ["doc"].to_numpy()
         # gather each occurrence's ids from the table (a concatenation of index ranges)
         n_tok = table_offs[wid + 1] - table_offs[wid]
-        first = np.repeat(table_offs[wid] - (np.cumsum(n_tok) - n_tok), n_tok)
-        ids = table_ids[first + np.arange(int(n_tok.sum()))]
+        occ_start = np.cumsum(n_tok) - n_tok
+        ids = table_ids[np.repeat(table_offs[wid] - occ_start, n_tok) + np.arange(int(n_tok.sum()))]
         per_doc = np.bincount(doc_of, weights=n_tok, minlength=n).astype(np.int64)
-        return _Batch(texts, s, fast, ids, self.byte_len, np.concatenate(([0], np.cumsum(per_doc))))
+        bounds = np.concatenate(([0], np.cumsum(per_doc)))
+        phantoms = self._phantoms(occ, occ_start, n_tok)
+        return _Batch(texts, s, fast, ids, self.byte_len, bounds, phantoms)
+
+    def _phantoms(self, occ: pl.DataFrame, occ_start: np.ndarray, n_tok: np.ndarray) -> np.ndarray | None:
+        """Tokens that begin with a character the pipeline inserted (none here)."""
+        return None
+
+
+class MetaspaceWordCache(WordCache):
+    """SentencePiece-style BPE (tokenizers' Metaspace pre-tokenizer: spaces become "▁", a "▁"
+    is prepended to the text's first segment ("first") or to every segment ("always"), and
+    the segment is one word (split = false) or cut before each "▁" (split = true); a BPE
+    model with byte fallback).
+
+    With split = false the tokenizer runs BPE over a whole segment, but a merge joins two
+    adjacent symbols into a vocabulary token, so where no vocabulary token holds "▁" after
+    another character (checked at load), no merge ever crosses the place before a "▁" that
+    follows another character: cutting there gives the same tokens. The prepended "▁" is
+    marked PHANTOM in the text (it has no bytes of its own; a token that is only that "▁"
+    covers the next character, as the tokenizer's offsets say)."""
+
+    OPEN, CLOSE = SEGMENT_MARK, "\x01"
+    MARKS_RE = "[\x00\x01\x02\x03\u2581]"  # a literal "▁" would be a space to the model
+    PHANTOM = "\x03"
+
+    def __init__(self, backend, added, byte_len, prepend_all: bool, split: bool):
+        super().__init__(backend, added, byte_len, GPT2_RE, GPT2_BOUNDARY)
+        self.prepend_all = prepend_all
+        body = "[\u2581\x03][^\u2581\x00\x01\x03]*" if split else "[\u2581\x03]+[^\u2581\x00\x01\x03]*"
+        self.word_re = r"\x00[^\x01]*\x01|" + body + r"|[^\u2581\x00\x01\x03]+"
+
+    @classmethod
+    def for_spec(cls, backend, spec: dict) -> "MetaspaceWordCache | None":
+        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        if spec.get("normalizer") is not None or pre.get("replacement") != "\u2581" \
+                or pre.get("prepend_scheme") not in ("first", "always"):
+            return None
+        if model.get("type") != "BPE" or model.get("dropout") or not model.get("byte_fallback") \
+                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            return None
+        vocab = backend.get_vocab(with_added_tokens=False)
+        byte_tokens = {f"<0x{b:02X}>" for b in range(256)}
+        if not byte_tokens <= set(vocab):
+            return None
+        split = bool(pre.get("split", True))
+        if not split and any(re.search("[^\u2581]\u2581", t) for t in vocab):
+            return None  # a token that could join across a cut
+        added: dict[str, int] = {}
+        for tid, tok in backend.get_added_tokens_decoder().items():
+            if tok.lstrip or tok.rstrip or tok.single_word or not tok.content or re.search(cls.MARKS_RE + "| ", tok.content):
+                return None
+            added[tok.content] = int(tid)
+        if not added:
+            return None  # the joined-words encoding (_bpe) needs an added token as separator
+        size = max([*vocab.values(), *added.values()]) + 1
+        byte_len = np.zeros(size, dtype=np.int64)
+        for token, tid in vocab.items():
+            byte_len[tid] = 1 if token in byte_tokens else len(token.replace("\u2581", " ").encode("utf-8"))
+        for content, tid in added.items():
+            byte_len[tid] = len(content.encode("utf-8"))
+        return cls(backend, added, byte_len, pre["prepend_scheme"] == "always", split)
+
+    def _marked(self) -> pl.Expr:
+        marked = (pl.col("text").str.replace_all(self.added_re, self.OPEN + "$0" + self.CLOSE)
+                  .str.replace_all(" ", "\u2581", literal=True))
+        # the prepended "▁": where a segment starts without one (the text's start, or after
+        # each added token with "always"), and a segment follows
+        at = r"(^|\x01)([^\x00\u2581])" if self.prepend_all else r"(^)([^\x00\u2581])"
+        return marked.str.replace_all(at, "${1}" + self.PHANTOM + "${2}")
+
+    def _bpe(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        # The inserted "▁" is a real one to the model. Every word then starts with "▁" or
+        # follows a "▁"-less segment start only under "first", where the leading separator
+        # keeps the tokenizer from prepending one (no text segment at offset 0).
+        return super()._bpe([w.replace(self.PHANTOM, "\u2581") for w in words])
+
+    def _model_text(self, word: str) -> str:
+        return word.replace(self.PHANTOM, "\u2581")
+
+    def _phantoms(self, occ, occ_start, n_tok):
+        starts = occ["w"].str.starts_with(self.PHANTOM).to_numpy()
+        return occ_start[starts & (n_tok > 0)]
+
+    def _classify(self, chars: list[str]) -> None:
+        # no character classes: the words are cut at "▁" only
+        for c in chars:
+            self.char_ok[c] = True
 
 
 class _Batch:
@@ -283,9 +398,11 @@ class _Batch:
     batch), and each text's token range [bounds[i], bounds[i+1])."""
 
     def __init__(self, texts, series: pl.Series, fast: np.ndarray, ids: np.ndarray, byte_len: np.ndarray,
-                 bounds: np.ndarray):
+                 bounds: np.ndarray, phantoms: np.ndarray | None = None):
         self.texts, self.ids, self.bounds = texts, ids, bounds
         self.widths = byte_len[ids]
+        if phantoms is not None and len(phantoms):
+            self.widths[phantoms] -= 1  # the inserted "▁" has no bytes in the text
         self.ends = np.cumsum(self.widths)
         self.base = np.concatenate(([0], self.ends))[bounds[:-1]]  # bytes before each text
         n_bytes = series.str.len_bytes().to_numpy().astype(np.int64)
@@ -293,6 +410,15 @@ class _Batch:
         # a text whose tokens' bytes do not add up to its own goes to the tokenizer (never seen)
         own = np.concatenate(([0], self.ends))[bounds[1:]] - self.base
         self.fast = fast & (own == n_bytes)
+        if phantoms is not None and len(phantoms):
+            # a token that is only the inserted "▁" covers the next character (the tokenizer's offsets)
+            for k in phantoms[self.widths[phantoms] == 0].tolist():
+                doc = int(np.searchsorted(bounds, k, side="right")) - 1
+                at = int(self.ends[k] - self.base[doc])
+                lead = self.texts[doc].encode("utf-8")[at: at + 1]
+                n = 1 if not lead or lead[0] < 0xC0 else 2 if lead[0] < 0xE0 else 3 if lead[0] < 0xF0 else 4
+                self.widths[k] = n
+                self.ends[k] += n
 
     @classmethod
     def of_one(cls, t: TokenizedText) -> "_Batch":

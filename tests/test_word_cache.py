@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.render import span_tokens
-from curate.word_cache import SPLIT_FAMILY, WordCache
+from curate.word_cache import SPLIT_FAMILY, MetaspaceWordCache, WordCache
 from tests.test_render_tokenizers import CHAT_SPECIALS, CORPUS, bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,28 @@ def split_family_tokenizer(family: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
+@functools.lru_cache(maxsize=None)
+def metaspace_tokenizer(prepend_scheme: str, split: bool):
+    """A SentencePiece-style BPE (Metaspace pre-tokenizer, byte fallback), trained here on
+    words (split) and then set to the given prepend scheme and split."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", *CHAT_SPECIALS],
+                                                        show_progress=False))
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab) + len(spec["added_tokens"]))
+    spec["model"]["byte_fallback"] = True
+    spec["pre_tokenizer"].update(prepend_scheme=prepend_scheme, split=split)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<s>",
+                                   eos_token="</s>")
+
+
 def check_same(tok, cache: WordCache, texts: list[str], expect_fast: bool = True) -> list:
     """Every text the cache encodes has the tokenizer's ids, offsets and span mapping."""
     backend = tok.backend_tokenizer
@@ -65,7 +87,7 @@ def check_same(tok, cache: WordCache, texts: list[str], expect_fast: bool = True
 def test_accepts_byte_level_bpe_only():
     assert WordCache.for_tokenizer(sample_tokenizer()) is not None
     assert WordCache.for_tokenizer(byte_bpe_tokenizer()) is not None
-    assert WordCache.for_tokenizer(bpe_tokenizer()) is None  # Metaspace + NFC normalizer
+    assert WordCache.for_tokenizer(bpe_tokenizer()) is None  # Metaspace + NFC normalizer, no byte fallback
 
 
 @pytest.mark.parametrize("family", sorted(SPLIT_FAMILY))
@@ -89,8 +111,44 @@ def test_split_family_generated_texts_match_the_tokenizer(family):
     check()
 
 
-def test_stories260k_sentencepiece_is_refused():
-    assert WordCache.for_tokenizer(stories_tokenizer()) is None
+def test_stories260k_sentencepiece_is_exact():
+    tok = stories_tokenizer()
+    cache = WordCache.for_tokenizer(tok)
+    assert isinstance(cache, MetaspaceWordCache)
+    got = check_same(tok, cache, CORPUS + CORPUS_CORNERS + ["a\u2581b"], expect_fast=False)
+    assert got[-1] is None  # a literal "▁" is a space to the model: the tokenizer's path
+    assert all(g is not None for g in got[:-1])
+
+    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(parts=st.lists(st.lists(ALPHABET, max_size=25).map("".join), min_size=1, max_size=6))
+    def check(parts):
+        check_same(tok, cache, parts)
+
+    check()
+
+
+@pytest.mark.parametrize("scheme,split", [("first", False), ("always", False), ("first", True), ("always", True)])
+def test_metaspace_tokenizers_are_exact(scheme, split):
+    tok = metaspace_tokenizer(scheme, split)
+    cache = WordCache.for_tokenizer(tok)
+    assert isinstance(cache, MetaspaceWordCache)
+    check_same(tok, cache, CORPUS + CORPUS_CORNERS)
+
+    @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(parts=st.lists(st.lists(ALPHABET, max_size=25).map("".join), min_size=1, max_size=6))
+    def check(parts):
+        check_same(tok, cache, parts)
+
+    check()
+
+
+def test_a_vocabulary_token_across_a_cut_refuses_the_cache():
+    tok = metaspace_tokenizer("first", False)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    spec["model"]["vocab"]["a\u2581b"] = max(spec["model"]["vocab"].values()) + 100
+    from tokenizers import Tokenizer
+
+    assert WordCache.for_tokenizer(Tokenizer.from_str(json.dumps(spec))) is None
 
 
 CORPUS_CORNERS = ["  's x", "a  b", "a \n\n b\n", "\t\tx  \u3000y", "x  'll  'd 're", "  \n", " ", "",
