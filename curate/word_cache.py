@@ -68,8 +68,10 @@ def marked_pattern(pattern: str) -> str:
     return r"\x00[^\x00]*\x00|" + pattern.replace(LOOKAHEAD, "").replace("[^", r"[^\x00\x02")
 
 
+MAX_WORDS = 2_000_000  # distinct words the table keeps across batches before it starts afresh
 ENCODE_CHUNKS = 64  # distinct words are BPE-encoded in this many joined strings (Rust threads)
 L, N, WS, OTHER = 0, 1, 2, 3
+_CHAR_OK: dict[str, dict[str, bool]] = {}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -124,7 +126,11 @@ class WordCache:
         self.byte_len = byte_len
         self.added_re = "|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))
         self.sep, self.sep_id = next(iter(sorted(added.items(), key=lambda kv: kv[1])), (None, None))
-        self.char_ok: dict[str, bool] = {}
+        # whether polars and the tokenizer agree on a character's class: a property of the
+        # pre-tokenizer, shared by every WordCache over the same one in this process
+        self.char_ok: dict[str, bool] = _CHAR_OK.setdefault(json.dumps(json.loads(backend.to_str()).get("pre_tokenizer"),
+                                                                       sort_keys=True), {})
+        self._vocab: pl.DataFrame | None = None  # the word table (see _learn)
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -284,17 +290,17 @@ class WordCache:
         fast = ~fallback.to_numpy()
 
         docs = pl.DataFrame({"doc": np.arange(n, dtype=np.int64), "text": s}).filter(pl.Series(fast))
-        words = docs.select("doc", self._marked().str.extract_all(self.word_re).alias("w")).explode("w").drop_nulls("w")
-        distinct = words.filter(~pl.col("w").str.starts_with(self.OPEN)).select(
-            pl.col("w").unique(maintain_order=True))["w"]
-        flat, offs = self._bpe(distinct.to_list())
-        # word table: the added tokens (one id each, wrapped as in the text), then the distinct words
-        added_words = pl.Series("w", [self.OPEN + a + self.CLOSE for a in self.added], dtype=pl.String)
-        table_ids = np.concatenate((np.array(list(self.added.values()), dtype=np.int32), flat))
-        table_offs = np.concatenate((np.arange(len(added_words) + 1), len(added_words) + offs[1:]))
-        vocab = pl.DataFrame({"w": pl.concat([added_words, distinct]),
-                              "wid": np.arange(len(added_words) + distinct.len(), dtype=np.int64)})
-        occ = words.select("doc", "w").join(vocab, on="w", how="left", maintain_order="left")
+        # One lazy query per slice of texts, run together (a string column is worked on by one
+        # thread per query; slices keep every core busy).
+        size = max(1, -(-docs.height // max(1, pl.thread_pool_size())))
+        parts = [docs.slice(i, size).lazy() for i in range(0, max(docs.height, 1), size)]
+        words_parts = pl.collect_all([p.select("doc", self._marked().str.extract_all(self.word_re).alias("w"))
+                                      .explode("w").drop_nulls("w") for p in parts])
+        distinct = pl.concat(pl.collect_all([w.lazy().filter(~pl.col("w").str.starts_with(self.OPEN))
+                                             .select(pl.col("w").unique()) for w in words_parts])).unique()
+        vocab, table_ids, table_offs = self._learn(distinct)
+        occ = pl.concat(pl.collect_all([w.lazy().join(vocab.lazy(), on="w", how="left", maintain_order="left")
+                                        for w in words_parts]))
         if occ["wid"].null_count():  # a word the table lacks: cannot happen; its texts go to the tokenizer
             fast[occ.filter(pl.col("wid").is_null())["doc"].unique().to_numpy()] = False
         wid, doc_of = occ["wid"].fill_null(0).to_numpy(), occ["doc"].to_numpy()
@@ -306,6 +312,25 @@ class WordCache:
         bounds = np.concatenate(([0], np.cumsum(per_doc)))
         phantoms = self._phantoms(occ, occ_start, n_tok)
         return _Batch(texts, s, fast, ids, self.byte_len, bounds, phantoms)
+
+    def _learn(self, distinct: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+        """The word table, extended with the words of `distinct` it lacks (BPE-encoded now):
+        a frame word -> wid, and every word's ids as flat ids + offsets. Kept across batches
+        (a run's chunks share most words), started afresh past MAX_WORDS."""
+        if self._vocab is None or self._vocab.height > MAX_WORDS:
+            added = [self.OPEN + a + self.CLOSE for a in self.added]
+            self._vocab = pl.DataFrame({"w": pl.Series(added, dtype=pl.String),
+                                        "wid": np.arange(len(added), dtype=np.int64)})
+            self._ids = np.array(list(self.added.values()), dtype=np.int32)
+            self._offs = np.arange(len(added) + 1, dtype=np.int64)
+        new = distinct.join(self._vocab, on="w", how="anti")["w"]
+        if new.len():
+            flat, offs = self._bpe(new.to_list())
+            start = self._vocab.height
+            self._vocab = pl.concat([self._vocab, pl.DataFrame({"w": new, "wid": np.arange(start, start + new.len())})])
+            self._offs = np.concatenate((self._offs, self._offs[-1] + offs[1:]))
+            self._ids = np.concatenate((self._ids, flat))
+        return self._vocab, self._ids, self._offs
 
     def _phantoms(self, occ: pl.DataFrame, occ_start: np.ndarray, n_tok: np.ndarray) -> np.ndarray | None:
         """Tokens that begin with a character the pipeline inserted (none here)."""
