@@ -11,7 +11,7 @@ are compared token for token before the ratio is printed.
 
 No peer install needed: the baseline is transformers, a curate dependency.
 
-    python benchmarks/render_bench.py                      # real records from ../shared/data
+    python benchmarks/render_bench.py                      # every real conversation in ../shared/data, once
     python benchmarks/render_bench.py --records 20000 --template llama-3
 """
 from __future__ import annotations
@@ -54,6 +54,13 @@ def real_conversations() -> list[list[dict]]:
     if f.is_file():
         for r in json.loads(f.read_text()):
             out.append([{"role": m["role"], "content": m["content"]} for m in r["messages"]])
+    f = SHARED / "formats" / "alpaca_history_oasst_zh.json"  # multi-turn, Chinese
+    if f.is_file():
+        for r in json.loads(f.read_text()):
+            turns = [*(r.get("history") or []), [r["instruction"] + (("\n\n" + r["input"]) if r.get("input") else ""),
+                                               r["output"]]]
+            out.append([m for q, a in turns for m in ({"role": "user", "content": q},
+                                                      {"role": "assistant", "content": a})])
     return out
 
 
@@ -95,7 +102,8 @@ def load_tokenizer(path: str | None = None):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=6000)
+    ap.add_argument("--records", type=int, default=None,
+                    help="records to render (default: every real conversation once; more repeats them)")
     ap.add_argument("--template", default="chatml")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--tokenizer", default=None, help="local tokenizer directory")
@@ -104,7 +112,9 @@ def main() -> None:
 
     convs = real_conversations() or synthetic_conversations(2000)
     source = "real (../shared/data/formats)" if (SHARED / "formats").is_dir() else "synthetic"
-    convs = (convs * (args.records // len(convs) + 1))[: args.records]
+    records = args.records or len(convs)
+    distinct = min(records, len(convs))
+    convs = (convs * (records // len(convs) + 1))[:records]
     # distinct ids so nothing is deduplicated away by accident
     rows = [{"id": f"{i:07d}-{conversation_id(m)}", "source": "bench", "task": f"t{i % 4}", "messages": m,
              "meta": "{}", "origin": f"bench:{i}"} for i, m in enumerate(convs)]
@@ -153,7 +163,7 @@ def main() -> None:
             mismatched += 1
 
     n = len(convs)
-    print(f"best of {args.rounds} interleaved rounds; records: {n} ({source}), template {args.template}, tokenizer {tok_name}, max_length {args.max_length}")
+    print(f"best of {args.rounds} interleaved rounds; records: {n} ({distinct} distinct, {source}), template {args.template}, tokenizer {tok_name}, max_length {args.max_length}")
     print(f"rendered {rendered.examples.height}, dropped {rendered.dropped.height} "
           f"{rendered.stats['dropped']}, packed into {packed.height} rows; "
           f"{kept - mismatched}/{kept} identical to apply_chat_template")

@@ -63,25 +63,35 @@ def best_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
 
 
 def pack_examples(examples: pl.DataFrame, capacity: int) -> pl.DataFrame:
-    """Packed rows: input_ids, labels (concatenated), seq_lens, ids, tasks, sources."""
-    lengths = examples["input_ids"].list.len().to_numpy()
+    """Packed rows: input_ids, labels (concatenated), seq_lens, ids, tasks, sources. The
+    examples are put in (row, position) order once; each output column is then that order's
+    values cut at row boundaries (Arrow list offsets), without a group-by."""
+    import pyarrow as pa
+
+    lengths = examples["input_ids"].list.len().to_numpy().astype(np.int64)
     bins = best_fit_decreasing(lengths, capacity)
-    row_of = np.empty(len(lengths), dtype=np.int64)
-    pos_of = np.empty(len(lengths), dtype=np.int64)
-    for r, members in enumerate(bins):
-        row_of[members] = r
-        pos_of[members] = np.arange(len(members))
-    return (
-        examples.with_columns(pl.Series("_row", row_of), pl.Series("_pos", pos_of))
-        .sort("_row", "_pos")
-        .group_by("_row", maintain_order=True)
-        .agg(
-            pl.col("input_ids").explode().cast(pl.Int32),
-            pl.col("labels").explode().cast(pl.Int32),
-            pl.col("input_ids").list.len().cast(pl.Int32).alias("seq_lens"),
-            pl.col("id").alias("ids"),
-            pl.col("task").alias("tasks"),
-            pl.col("source").alias("sources"),
-        )
-        .drop("_row")
-    )
+    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(lengths))
+    members = np.fromiter((len(m) for m in bins), dtype=np.int64, count=len(bins))
+    ordered = examples[order]
+    lens = lengths[order]
+    first_member = np.concatenate(([0], np.cumsum(members)))
+    row_tokens = np.add.reduceat(lens, first_member[:-1]) if len(bins) else np.zeros(0, dtype=np.int64)
+    member_offsets = pa.array(first_member, pa.int32())
+    token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
+
+    def tokens(col: str) -> pa.Array:
+        flat = ordered[col].explode().cast(pl.Int32).to_arrow()
+        return pa.ListArray.from_arrays(token_offsets, flat)
+
+    def per_member(values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(member_offsets, values)
+
+    table = pa.table({
+        "input_ids": tokens("input_ids"),
+        "labels": tokens("labels"),
+        "seq_lens": per_member(pa.array(lens.astype(np.int32))),
+        "ids": per_member(ordered["id"].cast(pl.String).to_arrow()),
+        "tasks": per_member(ordered["task"].cast(pl.String).to_arrow()),
+        "sources": per_member(ordered["source"].cast(pl.String).to_arrow()),
+    })
+    return pl.from_arrow(table)

@@ -119,7 +119,7 @@ class WordCache:
     """Batch tokenizer for one byte-level BPE tokenizer (see the module docstring)."""
 
     def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray, pattern: str, boundary: str,
-                 nfc: bool = False):
+                 nfc: bool = False, pre_key: str = ""):
         self.backend = backend
         self.word_re, self.boundary_re, self.nfc = marked_pattern(pattern), boundary, nfc
         self.added = added
@@ -128,8 +128,7 @@ class WordCache:
         self.sep, self.sep_id = next(iter(sorted(added.items(), key=lambda kv: kv[1])), (None, None))
         # whether polars and the tokenizer agree on a character's class: a property of the
         # pre-tokenizer, shared by every WordCache over the same one in this process
-        self.char_ok: dict[str, bool] = _CHAR_OK.setdefault(json.dumps(json.loads(backend.to_str()).get("pre_tokenizer"),
-                                                                       sort_keys=True), {})
+        self.char_ok: dict[str, bool] = _CHAR_OK.setdefault(pre_key, {})
         self._vocab: pl.DataFrame | None = None  # the word table (see _learn)
 
     # ------------------------------------------------------------------ set-up
@@ -182,7 +181,8 @@ class WordCache:
             byte_len[tid] = len(token)
         for content, tid in added.items():
             byte_len[tid] = len(content.encode("utf-8"))
-        return cls(backend, added, byte_len, pattern, boundary, nfc=norm is not None)
+        return cls(backend, added, byte_len, pattern, boundary, nfc=norm is not None,
+                   pre_key=json.dumps(pre, sort_keys=True))
 
     # ------------------------------------------------------------------ character classes
     def _classify(self, chars: list[str]) -> None:
@@ -355,7 +355,7 @@ class MetaspaceWordCache(WordCache):
     PHANTOM = "\x03"
 
     def __init__(self, backend, added, byte_len, prepend_all: bool, split: bool):
-        super().__init__(backend, added, byte_len, GPT2_RE, GPT2_BOUNDARY)
+        super().__init__(backend, added, byte_len, GPT2_RE, GPT2_BOUNDARY, pre_key="metaspace")
         self.prepend_all = prepend_all
         body = "[\u2581\x03][^\u2581\x00\x01\x03]*" if split else "[\u2581\x03]+[^\u2581\x00\x01\x03]*"
         self.word_re = r"\x00[^\x01]*\x01|" + body + r"|[^\u2581\x00\x01\x03]+"
@@ -467,9 +467,13 @@ class _Batch:
         counts = np.fromiter((len(r) for r in ranges), dtype=np.int64, count=len(ranges))
         doc = np.repeat(np.arange(len(ranges)), counts)
         r = np.array([p for rs in ranges for p in rs], dtype=np.int64).reshape(-1, 2)
-        for k in np.flatnonzero(~self.ascii[doc] & self.fast[doc] & (r[:, 1] > r[:, 0])).tolist():
-            text = self.texts[doc[k]]
-            r[k] = len(text[: r[k, 0]].encode("utf-8")), len(text[: r[k, 1]].encode("utf-8"))
+        todo = np.flatnonzero(~self.ascii[doc] & self.fast[doc] & (r[:, 1] > r[:, 0]))
+        if len(todo):  # characters -> bytes, one table per non-ASCII text
+            groups = np.split(todo, np.flatnonzero(np.diff(doc[todo])) + 1)
+            for ks in groups:
+                raw = np.frombuffer(self.texts[doc[ks[0]]].encode("utf-8"), dtype=np.uint8)
+                byte_of_char = np.append(np.flatnonzero((raw & 0xC0) != 0x80), len(raw))
+                r[ks] = byte_of_char[r[ks]]
         g = r + self.base[doc][:, None]
         first = np.searchsorted(self.ends, g[:, 0], side="right")
         last = np.searchsorted(self.ends - self.widths, g[:, 1], side="left") - 1

@@ -220,3 +220,17 @@ def test_real_instruction_files_match_the_tokenizer():
     tok = sample_tokenizer()
     got = check_same(tok, WordCache.for_tokenizer(tok), texts, expect_fast=False)
     assert sum(g is not None for g in got) >= 0.99 * len(texts)
+
+
+def test_word_table_is_kept_across_batches_and_restarted_when_full(monkeypatch):
+    import curate.word_cache as wc
+
+    tok = sample_tokenizer()
+    cache = WordCache.for_tokenizer(tok)
+    check_same(tok, cache, CORPUS)
+    size = cache._vocab.height
+    check_same(tok, cache, CORPUS)  # nothing new to learn
+    assert cache._vocab.height == size
+    monkeypatch.setattr(wc, "MAX_WORDS", 5)
+    check_same(tok, cache, CORPUS_CORNERS + CORPUS)  # starts afresh, still exact
+    assert cache._vocab.height < size + len(CORPUS_CORNERS) * 10
