@@ -429,12 +429,13 @@ class _Batch:
         if phantoms is not None and len(phantoms):
             self.widths[phantoms] -= 1  # the inserted "▁" has no bytes in the text
         self.ends = np.cumsum(self.widths)
-        self.base = np.concatenate(([0], self.ends))[bounds[:-1]]  # bytes before each text
+        ends0 = np.concatenate(([0], self.ends))
+        self.base = ends0[bounds[:-1]]  # bytes before each text
+        self.series = series
         n_bytes = series.str.len_bytes().to_numpy().astype(np.int64)
         self.ascii = n_bytes == series.str.len_chars().to_numpy()
         # a text whose tokens' bytes do not add up to its own goes to the tokenizer (never seen)
-        own = np.concatenate(([0], self.ends))[bounds[1:]] - self.base
-        self.fast = fast & (own == n_bytes)
+        self.fast = fast & (ends0[bounds[1:]] - self.base == n_bytes)
         if phantoms is not None and len(phantoms):
             # a token that is only the inserted "▁" covers the next character (the tokenizer's offsets)
             for k in phantoms[self.widths[phantoms] == 0].tolist():
@@ -449,6 +450,7 @@ class _Batch:
     def of_one(cls, t: TokenizedText) -> "_Batch":
         one = cls.__new__(cls)
         one.texts, one.ids, one.widths, one.ends = [t.text], t.ids, t.widths, t.ends
+        one.series = pl.Series([t.text], dtype=pl.String)
         one.bounds, one.base = np.array([0, len(t.ids)]), np.zeros(1, dtype=np.int64)
         one.ascii, one.fast = np.array([t.text.isascii()]), np.array([True])
         return one
@@ -468,12 +470,10 @@ class _Batch:
         doc = np.repeat(np.arange(len(ranges)), counts)
         r = np.array([p for rs in ranges for p in rs], dtype=np.int64).reshape(-1, 2)
         todo = np.flatnonzero(~self.ascii[doc] & self.fast[doc] & (r[:, 1] > r[:, 0]))
-        if len(todo):  # characters -> bytes, one table per non-ASCII text
-            groups = np.split(todo, np.flatnonzero(np.diff(doc[todo])) + 1)
-            for ks in groups:
-                raw = np.frombuffer(self.texts[doc[ks[0]]].encode("utf-8"), dtype=np.uint8)
-                byte_of_char = np.append(np.flatnonzero((raw & 0xC0) != 0x80), len(raw))
-                r[ks] = byte_of_char[r[ks]]
+        if len(todo):  # characters -> bytes in non-ASCII texts: the bytes of each prefix
+            prefixes = pl.DataFrame({"t": self.series.gather(np.repeat(doc[todo], 2)), "n": r[todo].ravel()})
+            r[todo] = prefixes.select(pl.col("t").str.slice(0, pl.col("n")).str.len_bytes()).to_series() \
+                .to_numpy().astype(np.int64).reshape(-1, 2)
         g = r + self.base[doc][:, None]
         first = np.searchsorted(self.ends, g[:, 0], side="right")
         last = np.searchsorted(self.ends - self.widths, g[:, 1], side="left") - 1
