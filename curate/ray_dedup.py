@@ -94,7 +94,7 @@ def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResul
     left = right = np.zeros(0, np.int64)
     if len(idx) >= 2:
         keys = pa.table({"k": pa.array(band[idx].ravel()), "r": pa.array(np.repeat(idx, bands))})
-        parts_n = 2 * executor._cluster_cpus()
+        parts_n = 2 * executor.cluster_cpus()
         step = max(1, -(-keys.num_rows // parts_n))
         ds = ray.data.from_arrow([keys.slice(lo, step) for lo in range(0, keys.num_rows, step)])
         # A range-partitioned sort on the bucket key (Ray Data's sort shuffle): rows with

@@ -234,7 +234,7 @@ class RayExecutor:
             return "planned"
         return "driver"
 
-    def _cluster_cpus(self) -> int:
+    def cluster_cpus(self) -> int:
         try:
             return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
         except Exception:  # noqa: BLE001 - only a sizing hint
@@ -243,7 +243,7 @@ class RayExecutor:
     def blocks(self, table: pl.DataFrame) -> list[pa.Table]:
         """Cut `table` into contiguous Arrow blocks (the row order is the output order)."""
         n = table.height
-        size = self.block_rows or min(DEFAULT_BLOCK_ROWS, max(1, math.ceil(n / (2 * self._cluster_cpus()))))
+        size = self.block_rows or min(DEFAULT_BLOCK_ROWS, max(1, math.ceil(n / (2 * self.cluster_cpus()))))
         # oldest compat level: plain large_string/large_list Arrow types, which every
         # Ray Data operator handles; polars reads them back to the same dtypes.
         return [table.slice(lo, size).to_arrow(compat_level=pl.CompatLevel.oldest()) for lo in range(0, n, size)]
@@ -343,7 +343,7 @@ class RayExecutor:
         out = {k: _same([p[k] for p in parts]) for k in parts[0] if k not in ("errors", "scored", "unscored", "by_task")}
         if "errors" in parts[0]:
             out["errors"] = _sum([p["errors"] for p in parts])
-        out.update(stage._summary(kept, stage.config.score_column))
+        out.update(stage.summary(kept, stage.config.score_column))
         return out
 
     def close(self) -> None:

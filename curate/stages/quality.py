@@ -180,7 +180,7 @@ class QualityStage(Stage):
             raise ValueError(f"stage {self.name!r}: column {col!r} already exists; give this stage a `column`")
         scorer = getattr(self, f"_score_{c.scorer}")
         scored, extra = scorer(table, col)
-        stats = {"scorer": c.scorer, "column": col, **extra, **self._summary(scored, col)}
+        stats = {"scorer": c.scorer, "column": col, **extra, **self.summary(scored, col)}
         return StageResult(kept=scored, dropped=table.clear().with_columns(pl.lit(None, pl.String).alias("_reason")),
                            stats=stats)
 
@@ -284,7 +284,9 @@ class QualityStage(Stage):
                  "answer_tokens": int(joined["n_tokens"].fill_null(0).sum())}
         return pl.concat([table, new], how="horizontal"), extra
 
-    def _summary(self, scored: pl.DataFrame, col: str) -> dict:
+    def summary(self, scored: pl.DataFrame, col: str) -> dict:
+        """Score distribution per task (n, scored, mean, quantiles) of `col`: public so that an
+        executor that scores in blocks recomputes it over the whole table."""
         s = pl.col(col).cast(pl.Float64)
         valid = s.is_not_null() & s.is_not_nan()
         per = (scored.group_by("task").agg(
