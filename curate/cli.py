@@ -3,7 +3,6 @@ when `[train]` is present, the trainer. Heavy imports happen inside commands so 
 `curate --help` stays instant."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.config import SourceConfig, source_files
-from curate.schema import RECORD_SCHEMA, ROLES, conversation_id, empty_records
+from curate.schema import RECORD_SCHEMA, conversation_id, empty_records
 
 COMPRESSIONS = (".gz", ".zst", ".zstd")
 FILE_TYPES = {

@@ -87,6 +87,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+BYTE_TO_CHAR = _bytes_to_unicode()
+
+
 class TokenizedText:
     """One text's ids and, per token, where it ends in the text's UTF-8 bytes."""
 
@@ -118,10 +121,16 @@ class TokenizedText:
 class WordCache:
     """Batch tokenizer for one byte-level BPE tokenizer (see the module docstring)."""
 
-    def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray, pattern: str, boundary: str,
+    # whether a batch's non-ASCII characters are first classified by the tokenizer's own
+    # pre-tokenizer (a regex split on letters/numbers/spaces needs it; a cut at "▁" does not)
+    CHECK_CHARACTER_CLASSES = True
+
+    def __init__(self, backend, added: dict[str, int], byte_len: np.ndarray, word_re: str, boundary_re: str | None,
                  nfc: bool = False, pre_key: str = ""):
+        """`word_re`: the word regex over marked text (see `marked_pattern`); `boundary_re`:
+        where to put the lookahead's mark (None: no mark)."""
         self.backend = backend
-        self.word_re, self.boundary_re, self.nfc = marked_pattern(pattern), boundary, nfc
+        self.word_re, self.boundary_re, self.nfc = word_re, boundary_re, nfc
         self.added = added
         self.byte_len = byte_len
         self.added_re = "|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))
@@ -171,7 +180,7 @@ class WordCache:
             added[tok.content] = int(tid)
         if not added:
             return None  # the joined-words encoding (_bpe) needs an added token as separator
-        alphabet = set(_bytes_to_unicode().values())
+        alphabet = set(BYTE_TO_CHAR.values())
         vocab = backend.get_vocab(with_added_tokens=False)
         size = max([*vocab.values(), *added.values()]) + 1
         byte_len = np.zeros(size, dtype=np.int64)
@@ -181,7 +190,7 @@ class WordCache:
             byte_len[tid] = len(token)
         for content, tid in added.items():
             byte_len[tid] = len(content.encode("utf-8"))
-        return cls(backend, added, byte_len, pattern, boundary, nfc=norm is not None,
+        return cls(backend, added, byte_len, marked_pattern(pattern), boundary, nfc=norm is not None,
                    pre_key=json.dumps(pre, sort_keys=True))
 
     # ------------------------------------------------------------------ character classes
@@ -242,7 +251,7 @@ class WordCache:
 
     def _model_text(self, word: str) -> str:
         """What the BPE model sees for a word (ByteLevel maps bytes to printable characters)."""
-        table = _bytes_to_unicode()
+        table = BYTE_TO_CHAR
         return "".join(table[b] for b in word.encode("utf-8"))
 
     def encode(self, texts: list[str]) -> list[TokenizedText | None]:
@@ -281,10 +290,12 @@ class WordCache:
         if n == 0:
             return _Batch(texts, s, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32), self.byte_len,
                           np.zeros(1, dtype=np.int64))
-        nonascii = s.str.extract_all(r"[^\x00-\x7F]").explode().drop_nulls().unique().to_list()
-        self._classify(nonascii)
-        bad_chars = [c for c in nonascii if not self.char_ok[c]]
         fallback = self._fallback(s)
+        bad_chars: list[str] = []
+        if self.CHECK_CHARACTER_CLASSES:
+            nonascii = s.str.extract_all(r"[^\x00-\x7F]").explode().drop_nulls().unique().to_list()
+            self._classify(nonascii)
+            bad_chars = [c for c in nonascii if not self.char_ok[c]]
         if bad_chars:
             fallback = fallback | s.str.contains("|".join(re.escape(c) for c in bad_chars))
         fast = ~fallback.to_numpy()
@@ -351,14 +362,14 @@ class MetaspaceWordCache(WordCache):
     covers the next character, as the tokenizer's offsets say)."""
 
     OPEN, CLOSE = SEGMENT_MARK, "\x01"
+    CHECK_CHARACTER_CLASSES = False  # words are cut at "▁" only
     MARKS_RE = "[\x00\x01\x02\x03\u2581]"  # a literal "▁" would be a space to the model
     PHANTOM = "\x03"
 
     def __init__(self, backend, added, byte_len, prepend_all: bool, split: bool):
-        super().__init__(backend, added, byte_len, GPT2_RE, GPT2_BOUNDARY, pre_key="metaspace")
-        self.prepend_all = prepend_all
         body = "[\u2581\x03][^\u2581\x00\x01\x03]*" if split else "[\u2581\x03]+[^\u2581\x00\x01\x03]*"
-        self.word_re = r"\x00[^\x01]*\x01|" + body + r"|[^\u2581\x00\x01\x03]+"
+        super().__init__(backend, added, byte_len, r"\x00[^\x01]*\x01|" + body + r"|[^\u2581\x00\x01\x03]+", None)
+        self.prepend_all = prepend_all
 
     @classmethod
     def for_spec(cls, backend, spec: dict) -> "MetaspaceWordCache | None":
@@ -411,11 +422,6 @@ class MetaspaceWordCache(WordCache):
     def _phantoms(self, occ, occ_start, n_tok):
         starts = occ["w"].str.starts_with(self.PHANTOM).to_numpy()
         return occ_start[starts & (n_tok > 0)]
-
-    def _classify(self, chars: list[str]) -> None:
-        # no character classes: the words are cut at "▁" only
-        for c in chars:
-            self.char_ok[c] = True
 
 
 class _Batch:

@@ -71,7 +71,7 @@ def story(rng: random.Random) -> str:
     s.append(rng.choice([f"Then {b} came and they played all day.",
                          f"But the {obj} fell into the {rng.choice(['river', 'mud', 'grass'])}.",
                          f"The {pet} ran away with the {obj}.",
-                         f"It started to rain, so they went home."]))
+                         "It started to rain, so they went home."]))
     s.append(rng.choice([f"In the end, {a} and {b} were good friends.",
                          f"{a} learned to share with {b}.",
                          f"They were {rng.choice(FEELINGS)} and went to sleep.",

@@ -916,10 +916,10 @@ def _para_council(rng):
     goal = rng.choice(["reduce traffic in the centre", "improve air quality", "give young families more space to play",
                        "cut the city's energy use", "attract more visitors", "make the streets safer at night"])
     cost, month, k = rng.randint(2, 250), rng.choice(_MONTHS), rng.randint(4, 36)
-    extras = [f"Opponents argued that the money should have been spent on housing.",
+    extras = ["Opponents argued that the money should have been spent on housing.",
               f"Mayor {rng.choice(_PEOPLE)} called the vote a turning point for the city.",
               "A public consultation last year showed broad support for the idea.",
-              f"The council will publish monthly progress reports online.",
+              "The council will publish monthly progress reports online.",
               "Several shop owners fear that the building work will keep customers away."]
     rng.shuffle(extras)
     text = (f"The city council of {city} voted {yes} to {no} on {rng.choice(_WEEKDAYS)} to {measure}. The plan, which "
@@ -1089,7 +1089,7 @@ def _code_tasks(rng: random.Random):
     v = rng.choice(["nums", "values", "numbers", "items", "xs", "data"])
     s = rng.choice(["text", "s", "word", "sentence", "string"])
     tasks = [
-        (f"returns the sum of the squares of a list of numbers",
+        ("returns the sum of the squares of a list of numbers",
          rng.choice(["sum_of_squares", "square_sum", "total_squares"]),
          rng.choice([f"({v}):\n    return sum(x * x for x in {v})\n",
                      f"({v}):\n    total = 0\n    for x in {v}:\n        total += x ** 2\n    return total\n"])),

@@ -14,10 +14,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.base import StageContext
 from curate.stages.decontaminate import STAGE, Config
 from curate.typed_config import ConfigError, load_dataclass
+from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -29,11 +29,7 @@ SHORT = "What is the capital city of the country Australia?"  # 9 words: indexed
 
 
 def table(pairs) -> pl.DataFrame:
-    rows = []
-    for i, (u, a) in enumerate(pairs):
-        msgs = [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        rows.append({"id": conversation_id(msgs), "source": "t", "task": "t", "messages": msgs, "meta": "{}", "origin": f"t:{i}"})
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records([pair(u, a) for u, a in pairs])
 
 
 def write_jsonl(path: Path, items, gz=False):

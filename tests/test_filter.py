@@ -11,22 +11,18 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.base import StageContext
 from curate.stages.filter import INSTRUCTION_CHECKS, STAGE, Config
 from curate.text_stats import repetition_stats
 from curate.typed_config import ConfigError, load_dataclass
+from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def table(convs) -> pl.DataFrame:
     """Records from (user, assistant) pairs or full message lists."""
-    rows = []
-    for i, c in enumerate(convs):
-        msgs = c if isinstance(c, list) else [{"role": "user", "content": c[0]}, {"role": "assistant", "content": c[1]}]
-        rows.append({"id": conversation_id(msgs), "source": "t", "task": "t", "messages": msgs, "meta": "{}", "origin": f"t:{i}"})
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records([c if isinstance(c, list) else pair(*c) for c in convs])
 
 
 def run(convs, **cfg):

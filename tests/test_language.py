@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate import langid
-from curate.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.base import StageContext
 from curate.stages.language import STAGE, Config
 from curate.typed_config import ConfigError, load_dataclass
+from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -23,11 +23,7 @@ ZH = "今天天气晴朗温暖，非常适合和朋友们在公园里散步。�
 
 
 def table(pairs) -> pl.DataFrame:
-    rows = []
-    for i, (u, a) in enumerate(pairs):
-        msgs = [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        rows.append({"id": conversation_id(msgs), "source": "t", "task": "t", "messages": msgs, "meta": "{}", "origin": f"t:{i}"})
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records([pair(u, a) for u, a in pairs])
 
 
 def run(pairs=None, frame=None, **cfg):

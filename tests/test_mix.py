@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_MESSAGES, POLARS_SCHEMA
+from curate.schema import POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.mix import Config, MixStage, apportion
 from curate.typed_config import ConfigError, load_dataclass

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate.pii import KINDS, scan
-from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.schema import POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.pii import STAGE, Config
 from curate.typed_config import ConfigError, load_dataclass
+from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -62,12 +63,7 @@ def test_look_alikes_are_left_alone(text):
 
 
 def table(texts) -> pl.DataFrame:
-    rows = []
-    for i, t in enumerate(texts):
-        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": t},
-                {"role": "assistant", "content": f"Noted: {t}"}]
-        rows.append({"id": conversation_id(msgs), "source": "t", "task": "t", "messages": msgs, "meta": "{}", "origin": f"t:{i}"})
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records([[{"role": "system", "content": "Be brief."}, *pair(t, f"Noted: {t}")] for t in texts])
 
 
 def run(texts, **cfg):

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 
 

@@ -10,14 +10,13 @@ import pytest
 
 from curate.config import RenderConfig
 from curate.render import IGNORE, RenderError, assign_split, render_examples
-from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.schema import conversation_id
+from helpers import records
 from test_render_tokenizers import byte_bpe_tokenizer, get_tokenizer
 
 
 def table(convs: list[list[dict]], tasks=None) -> pl.DataFrame:
-    rows = [{"id": conversation_id(m), "source": "src", "task": (tasks[i] if tasks else "qa"), "messages": m,
-             "meta": "{}", "origin": f"f:{i}"} for i, m in enumerate(convs)]
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records(convs, source="src", task=(lambda i: tasks[i]) if tasks else "qa", origin="f")
 
 
 def exchange(i: int, turns: int = 1, words: int = 3) -> list[dict]:

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_MESSAGES, POLARS_SCHEMA
+from curate.schema import POLARS_MESSAGES
 from curate.stages.base import StageContext
 from curate.stages.select import Config, SelectStage
 from curate.typed_config import ConfigError, load_dataclass

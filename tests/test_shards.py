@@ -6,27 +6,21 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
 
 from curate.config import RenderConfig
 from curate.render import render_examples
-from curate.schema import POLARS_SCHEMA, conversation_id
 from curate.shards import (ShardError, check_examples, check_tokenizer, manifest_tokenizer_fingerprint, open_split,
                            token_counts, tokenizer_fingerprint, write_shards)
+from helpers import pair, records
 from test_render_tokenizers import get_tokenizer
 
 
 def convs(n: int) -> pl.DataFrame:
-    rows = []
-    for i in range(n):
-        m = [{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
-             {"role": "assistant", "content": f"Answer {i}: " + "because " * (1 + i % 11)}]
-        rows.append({"id": conversation_id(m), "source": f"s{i % 2}", "task": f"t{i % 3}", "messages": m,
-                     "meta": "{}", "origin": f"f:{i}"})
-    return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+    return records([pair(f"Question {i}: " + "why " * (i % 7), f"Answer {i}: " + "because " * (1 + i % 11))
+                    for i in range(n)], source=lambda i: f"s{i % 2}", task=lambda i: f"t{i % 3}", origin="f")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from curate.render import span_tokens
 from curate.word_cache import SPLIT_FAMILY, MetaspaceWordCache, WordCache
-from tests.test_render_tokenizers import CHAT_SPECIALS, CORPUS, bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
+from test_render_tokenizers import CHAT_SPECIALS, CORPUS, bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -104,7 +104,7 @@ def _table(name: str, d: dict, array: bool = False) -> str:
 def write_pipeline(path: Path, out_dir: Path, data: Path, stages: list[dict], render: dict, train: dict | None,
                    fmt: str = "alpaca") -> Path:
     """One arm's pipeline.toml: a single source (task from each record's `task` field)."""
-    parts = [f"# efficacy benchmark arm, written by benchmarks/efficacy/run.py\n",
+    parts = ["# efficacy benchmark arm, written by benchmarks/efficacy/run.py\n",
              _table("run", {"output_dir": str(out_dir), "seed": 0}),
              _table("sources", {"name": data.stem, "path": str(data), "format": fmt, "task_field": "task"}, array=True)]
     parts += [_table("stages", s, array=True) for s in stages]
@@ -442,6 +442,19 @@ def main(argv: list[str] | None = None) -> dict:
             f"({res['trained_supervised']} sup. tokens, {steps} steps)")
         return res
 
+    def curate_arm(arm: str, label: str, stages: list[dict]) -> tuple[Path, dict]:
+        """Curate the pool with `stages` into runs/<arm>; record the ledger and which planted
+        defects survived."""
+        p = write_pipeline(pipes / f"{arm}.toml", out / "runs" / arm, data / "pool.jsonl", stages, render, train)
+        man = curate_run(p)
+        meta["curation"][arm] = {"ledger": man["ledger"]}
+        if have("pool_labels.jsonl"):
+            meta["curation"][arm]["kept_by_planted_defect"] = defect_mix(
+                out / "runs" / arm, read_jsonl(data / "pool.jsonl"), read_jsonl(data / "pool_labels.jsonl"))
+        log(f"{label}: kept {man['ledger']['kept']} of {man['ledger']['read']}; "
+            f"{meta['curation'][arm].get('kept_by_planted_defect')}")
+        return p, man
+
     def simple_arm(arm: str, file: Path) -> None:
         p = write_pipeline(pipes / f"{arm}.toml", out / "runs" / arm, file, [], render, train)
         man = curate_run(p)
@@ -464,14 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"kind": "quality", "scorer": "perplexity", "model": str(ref_model), "roles": PLAIN_ROLES,
              "separator": "\n", "max_length": 256},
             {"kind": "select", "column": "perplexity", "keep": "lowest", "top_fraction": a.keep_fraction}]
-        p = write_pipeline(pipes / "curated.toml", out / "runs" / "curated", data / "pool.jsonl", stages, render, train)
-        man = curate_run(p)
-        meta["curation"]["curated"] = {"ledger": man["ledger"]}
-        if have("pool_labels.jsonl"):
-            meta["curation"]["curated"]["kept_by_planted_defect"] = defect_mix(
-                out / "runs" / "curated", read_jsonl(data / "pool.jsonl"), read_jsonl(data / "pool_labels.jsonl"))
-        log(f"curated (perplexity): kept {man['ledger']['kept']} of {man['ledger']['read']}; "
-            f"{meta['curation']['curated'].get('kept_by_planted_defect')}")
+        p, man = curate_arm("curated", "curated (perplexity)", stages)
         curated_rows = kept_records(out / "runs" / "curated")
         if "curated" in arms:
             results["curated"] = [train_arm("curated", p, out / "runs" / "curated", s, man) for s in range(seeds)]
@@ -481,14 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)],
              "functions": {t: f"verifiers:{t}" for t in ("reverse", "shift", "lookup")}},
             {"kind": "select", "column": "verifier", "min": 1.0}]
-        p = write_pipeline(pipes / "verified.toml", out / "runs" / "verified", data / "pool.jsonl", stages, render, train)
-        man = curate_run(p)
-        meta["curation"]["verified"] = {"ledger": man["ledger"]}
-        if have("pool_labels.jsonl"):
-            meta["curation"]["verified"]["kept_by_planted_defect"] = defect_mix(
-                out / "runs" / "verified", read_jsonl(data / "pool.jsonl"), read_jsonl(data / "pool_labels.jsonl"))
-        log(f"verified: kept {man['ledger']['kept']} of {man['ledger']['read']}; "
-            f"{meta['curation']['verified'].get('kept_by_planted_defect')}")
+        p, man = curate_arm("verified", "verified", stages)
         results["verified"] = [train_arm("verified", p, out / "runs" / "verified", s, man) for s in range(seeds)]
 
     if "raw" in arms:

@@ -109,22 +109,20 @@ def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
     return out
 
 
-def count_tokens(texts: pl.Series, tokenizer_path: Path | None, batch_size: int = 1000) -> tuple[pl.Series, str]:
-    """Token counts per text, and what counted them."""
-    if tokenizer_path is None:
-        return texts.fill_null("").str.count_matches(r"\S+").cast(pl.Int64), "whitespace"
+def count_tokens(texts: pl.Series, tokenizer_file: Path | None, batch_size: int = 1000) -> pl.Series:
+    """Token counts per text: with the tokenizer in `tokenizer_file`, else whitespace words."""
+    if tokenizer_file is None:
+        return texts.fill_null("").str.count_matches(r"\S+").cast(pl.Int64)
     from tokenizers import Tokenizer
 
-    p = Path(tokenizer_path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise ValueError(f"mix: unit = \"tokens\" needs a fast tokenizer (tokenizer.json) at {p}")
-    tok = Tokenizer.from_file(str(file))
+    if not tokenizer_file.is_file():
+        raise ValueError(f"mix: unit = \"tokens\" needs a fast tokenizer (tokenizer.json) at {tokenizer_file}")
+    tok = Tokenizer.from_file(str(tokenizer_file))
     counts: list[int] = []
     values = texts.fill_null("").to_list()
     for i in range(0, len(values), batch_size):
         counts += [len(e.ids) for e in tok.encode_batch(values[i:i + batch_size], add_special_tokens=False)]
-    return pl.Series(counts, dtype=pl.Int64), str(file)
+    return pl.Series(counts, dtype=pl.Int64)
 
 
 class MixStage(PlannedStage):
@@ -140,24 +138,27 @@ class MixStage(PlannedStage):
     ROW = ROW
     keys_per_row = True
 
+    def _tokenizer_file(self) -> Path | None:
+        """The render tokenizer's tokenizer.json, which counts tokens (None: whitespace words)."""
+        render = self.context.render
+        tok = getattr(render, "tokenizer", None) if render is not None else None
+        if not tok:
+            return None
+        p = self.context.resolve(tok)
+        return p / "tokenizer.json" if p.is_dir() else p
+
     def _counted_with(self) -> str:
         """What counts the units: "examples", "whitespace" or the tokenizer file."""
         if self.config.unit == "examples":
             return "examples"
-        render = self.context.render
-        tok = getattr(render, "tokenizer", None) if render is not None else None
-        if not tok:
-            return "whitespace"
-        p = self.context.resolve(tok)
-        return str(p / "tokenizer.json" if p.is_dir() else p)
+        file = self._tokenizer_file()
+        return "whitespace" if file is None else str(file)
 
     def _units(self, table: pl.DataFrame) -> pl.Series:
         if self.config.unit == "examples":
             return pl.Series([1] * len(table), dtype=pl.Int64)
-        render = self.context.render
-        tok = getattr(render, "tokenizer", None) if render is not None else None
         texts = table.select(text_view(self.config.token_view)).to_series()
-        return count_tokens(texts, self.context.resolve(tok) if tok else None)[0]
+        return count_tokens(texts, self._tokenizer_file())
 
     def process(self, table: pl.DataFrame) -> StageResult:
         return self.process_planned(table)
