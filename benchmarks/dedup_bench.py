@@ -223,7 +223,7 @@ def pr(found: set, truth: set) -> tuple[float, float]:
 
 def run_ours(texts, args, bands, rows, table=None):
     from curate.stages.base import StageContext
-    from curate.stages.dedup import Config, DedupStage
+    from curate.stages.dedup.stage import Config, DedupStage
 
     table = records_table(texts) if table is None else table
     cfg = Config(kind="dedup", method="minhash", threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
@@ -311,7 +311,7 @@ def current_rss_mib() -> float:
 
 def ours_only(args) -> dict:
     """One process: build the record table, then time the stage and sample its memory."""
-    from curate import minhash as mh
+    from curate.stages.dedup import minhash as mh
 
     texts, _, origin = corpus(args.records, args.seed)
     table = records_table(texts)
@@ -357,7 +357,7 @@ def main() -> None:
               f"(+{out['stage_peak_rss_mib'] - out['rss_before_mib']} MiB)")
         return
 
-    from curate import minhash as mh
+    from curate.stages.dedup import minhash as mh
 
     bands, rows = mh.lsh_params(args.threshold, args.num_perm)
     texts, groups, origin = corpus(args.records, args.seed)

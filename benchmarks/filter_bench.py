@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
-from curate.schema import POLARS_SCHEMA  # noqa: E402
+from curate.contract.schema import POLARS_SCHEMA  # noqa: E402
 from curate.stages.base import StageContext  # noqa: E402
-from curate.stages.filter import STAGE, Config  # noqa: E402
-from curate.typed_config import load_dataclass  # noqa: E402
+from curate.stages.filter.stage import STAGE, Config  # noqa: E402
+from curate.contract.typed_config import load_dataclass  # noqa: E402
 
 FORMATS = ROOT.parent / "shared" / "data" / "formats"
 

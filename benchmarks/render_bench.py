@@ -3,7 +3,7 @@
 Baseline (what most fine-tuning scripts do): per conversation,
 `tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
 return_assistant_tokens_mask=True)`, then labels = ids where the mask is set. Ours:
-`curate.render.render_examples` (the word cache for byte-level BPE tokenizers, else batched
+`curate.render.renderer.render_examples` (the word cache for byte-level BPE tokenizers, else batched
 Rust tokenization; numpy masks, checks) followed by best-fit-decreasing packing of the train
 split. Same records, same template, same
 tokenizer, same process; the tokenizer is loaded before either clock starts. Both outputs
@@ -29,10 +29,10 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from curate.config import RenderConfig  # noqa: E402
-from curate.packing import pack_examples  # noqa: E402
-from curate.render import IGNORE, render_examples  # noqa: E402
-from curate.schema import POLARS_SCHEMA, conversation_id  # noqa: E402
+from curate.render.config import RenderConfig  # noqa: E402
+from curate.render.packing import pack_examples  # noqa: E402
+from curate.render.renderer import IGNORE, render_examples  # noqa: E402
+from curate.contract.schema import POLARS_SCHEMA, conversation_id  # noqa: E402
 
 SHARED = Path(os.environ.get("CURATE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -121,7 +121,7 @@ def main() -> None:
     table = pl.DataFrame(rows, schema=POLARS_SCHEMA)
     tok, tok_name = load_tokenizer(args.tokenizer)
     cfg = RenderConfig(template=args.template, tokenizer="bench", max_length=args.max_length, val_fraction=0.0)
-    from curate.chat_templates import builtin_text
+    from curate.render.templates import builtin_text
 
     tok.chat_template = builtin_text(args.template)
     tok.apply_chat_template(convs[0], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)  # warm

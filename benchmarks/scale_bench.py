@@ -98,16 +98,16 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
 
 
 def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
-    from curate.config import load_config
-    from curate.runner import run_pipeline
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
 
     cfg = load_config(pipeline)
     if executor == "ray":
-        from curate.ray_executor import RayExecutor
+        from curate.pipeline.ray_executor import RayExecutor
 
         ex = RayExecutor(num_cpus=ray_cpus)
     else:
-        from curate.executor import LocalExecutor
+        from curate.pipeline.executor import LocalExecutor
 
         ex = LocalExecutor()
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from curate.scorers import lm
+from curate.stages.common import lm
 
 WORDS = ("once upon a time there was a little girl named lily she liked to play in the park with her "
          "dog one day they found a big red ball and were very happy").split()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.contract.schema import POLARS_SCHEMA, conversation_id
 
 
 def pair(user: str, assistant: str) -> list[dict]:

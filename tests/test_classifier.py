@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from curate.classifier import TrainOptions, metrics, roc_auc, train_classifier
+from curate.stages.quality.classifier import TrainOptions, metrics, roc_auc, train_classifier
 from curate.cli import main
 from curate.stages.base import StageContext
-from curate.stages.quality import Config, QualityStage
-from curate.typed_config import load_dataclass
+from curate.stages.quality.stage import Config, QualityStage
+from curate.contract.typed_config import load_dataclass
 
 TOPICS = ["the water cycle", "photosynthesis", "a binary search", "the french revolution", "compound interest",
           "how vaccines work", "plate tectonics", "a hash table", "the moon's phases", "supply and demand"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.classifier import TrainOptions, train_classifier
-from curate.config import SourceConfig
-from curate.readers import read_source
+from curate.stages.quality.classifier import TrainOptions, train_classifier
+from curate.read.sources import SourceConfig
+from curate.read.readers import read_source
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 QUALITY_DEFECTS = {"empty_answer", "merged_instructions", "placeholder_answer", "refusal", "repeated_text",

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from curate.config import load_config
-from curate.typed_config import ConfigError
+from curate.pipeline.config import load_config
+from curate.contract.typed_config import ConfigError
 
 GOOD = """
 [run]

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate.stages.base import StageContext
-from curate.stages.decontaminate import STAGE, Config
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.decontaminate.stage import STAGE, Config
+from curate.contract.typed_config import ConfigError, load_dataclass
 from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -119,7 +119,7 @@ def test_missing_files_and_fields_are_refused(evalset):
 
 
 def test_config_loader_refuses_missing_evalset(tmp_path):
-    from curate.config import load_config
+    from curate.pipeline.config import load_config
 
     (tmp_path / "data.jsonl").write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n")
     (tmp_path / "pipeline.toml").write_text(
@@ -203,8 +203,8 @@ def test_gsm8k_planted_recall_and_false_positives():
 
 @pytest.mark.skipif(not (SHARED / "formats").is_dir() or not GSM8K.is_file(), reason="../shared/data is absent")
 def test_real_instruction_files_are_clean_against_gsm8k_and_humaneval():
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
 
     evalsets = [{"path": "gsm8k_test.jsonl", "fields": ["question"]},
                 {"path": "HumanEval.jsonl.gz", "fields": ["prompt", "canonical_solution"], "id_field": "task_id"}]

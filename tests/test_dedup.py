@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.contract.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.base import DETAIL, REASON, StageContext
-from curate.stages.dedup import Config, DedupStage
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.dedup.stage import Config, DedupStage
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 
 def record(prompt: str, answer: str, source: str = "s", **extra) -> dict:
@@ -289,7 +289,7 @@ def test_semantic_with_local_model(tmp_path, shared_data):
     """stories260K (a real pretrained Llama) as the embedding model: exact copies embed
     identically and are clustered; at a cosine threshold of 1 - 1e-6 nothing else is."""
     pytest.importorskip("transformers")
-    pytest.importorskip("curate.scorers.lm")
+    pytest.importorskip("curate.stages.common.lm")
     model = shared_data("models", "stories260K")
     rows = [record("Once upon a time there was a little cat.", "a"),
             record("Once upon a time there was a little cat.", "a longer answer"),
@@ -303,8 +303,8 @@ def test_semantic_with_local_model(tmp_path, shared_data):
 # ---- through the real runner -------------------------------------------------------------
 
 def test_pipeline_run_ledger_and_rejects(tmp_path):
-    from curate.config import load_config
-    from curate.runner import run_pipeline
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
 
     base = ["Summarise the plot of the novel in three short sentences for a child",
             "Translate the following sentence into French and explain the grammar",

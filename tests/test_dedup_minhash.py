@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from datasketch import LeanMinHash, MinHash
 
-from curate import minhash as mh
-from curate.union_find import components
+from curate.stages.dedup import minhash as mh
+from curate.stages.dedup.union_find import components
 
 
 def _python_shingles(text: str, n: int, unit: str) -> list[tuple[str, ...]]:

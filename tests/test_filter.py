@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate.stages.base import StageContext
-from curate.stages.filter import INSTRUCTION_CHECKS, STAGE, Config
-from curate.text_stats import repetition_stats
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.filter.stage import INSTRUCTION_CHECKS, STAGE, Config
+from curate.stages.common.text_stats import repetition_stats
+from curate.contract.typed_config import ConfigError, load_dataclass
 from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -194,7 +194,7 @@ def test_repetition_checks():
 
 
 def reference_repetition(text: str, n_top=(2, 3, 4), n_dup=(5, 6, 7, 8, 9, 10)) -> dict:
-    """Plain-Python statement of the statistics, as documented in curate.text_stats."""
+    """Plain-Python statement of the statistics, as documented in curate.stages.common.text_stats."""
     out = {}
     total = len(text)
     for name, units in (("line", text.split("\n")), ("para", re.split(r"\n[ \t]*\n\s*", text))):
@@ -291,8 +291,8 @@ FORMATS = SHARED / "formats"
 
 @pytest.mark.skipif(not FORMATS.is_dir(), reason="../shared/data is absent")
 def test_real_files_hit_counts():
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
 
     counts = {}
     for f in sorted(FORMATS.glob("*.json")):

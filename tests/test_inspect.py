@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from curate.cli import main
-from curate.inspect import print_profile, profile_path
-from curate.views import text_view
+from curate.look.inspect import print_profile, profile_path
+from curate.contract.views import text_view
 from test_report import TOKENIZER, shared_run, stage, write_inputs
 
 
@@ -36,8 +36,8 @@ def test_data_file(tmp_path):
     t = prof["table"]
     assert t["rows"] == len(lines) - 2 and t["by_task"] == {"qa": t["rows"]}
     # per-role character percentiles equal polars' on the parsed table
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
 
     table = read_source(SourceConfig(name="qa", path=str(tmp_path / "qa.jsonl")), tmp_path).table
     user = table.select(text_view("user").str.len_chars()).to_series()

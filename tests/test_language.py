@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate import langid
+from curate.stages.language import langid
 from curate.stages.base import StageContext
-from curate.stages.language import STAGE, Config
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.language.stage import STAGE, Config
+from curate.contract.typed_config import ConfigError, load_dataclass
 from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

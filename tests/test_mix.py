@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_SCHEMA
+from curate.contract.schema import POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.mix import Config, MixStage, apportion
-from curate.typed_config import ConfigError, load_dataclass
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "stories260K"
 

@@ -1,7 +1,7 @@
 import polars as pl
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_SCHEMA, conversation_id
+from curate.contract.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.normalize import Config, Normalize
 
 

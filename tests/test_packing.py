@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate.packing import best_fit_decreasing, pack_examples
-from curate.shards import position_ids
+from curate.render.packing import best_fit_decreasing, pack_examples
+from curate.contract.shards import position_ids
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.pii import KINDS, scan
-from curate.schema import POLARS_SCHEMA
+from curate.stages.pii.detectors import KINDS, scan
+from curate.contract.schema import POLARS_SCHEMA
 from curate.stages.base import StageContext
-from curate.stages.pii import STAGE, Config
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.pii.stage import STAGE, Config
+from curate.contract.typed_config import ConfigError, load_dataclass
 from helpers import pair, records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -76,7 +76,7 @@ def test_redact_rewrites_contents_keeps_ids_and_counts():
     t = table(["mail a@b.io", "nothing here", "call +1 415-555-0132, mail c@d.io"])
     res = run(["mail a@b.io", "nothing here", "call +1 415-555-0132, mail c@d.io"])
     assert res.dropped.height == 0 and res.kept.height == 3
-    assert res.kept["id"].to_list() == t["id"].to_list()  # ids are kept: see curate/stages/pii.py
+    assert res.kept["id"].to_list() == t["id"].to_list()  # ids are kept: see curate/stages/pii/stage.py
     assert res.kept["messages"][0].to_list()[1]["content"] == "mail <EMAIL>"
     assert res.kept["messages"][0].to_list()[2]["content"] == "Noted: mail <EMAIL>"
     assert res.kept["messages"][1].to_list() == t["messages"][1].to_list()
@@ -134,8 +134,8 @@ def test_config_errors():
 
 @pytest.mark.skipif(not (SHARED / "formats").is_dir(), reason="../shared/data is absent")
 def test_real_files_counts():
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
 
     found = {}
     for f in sorted((SHARED / "formats").glob("*.json")):

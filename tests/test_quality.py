@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from curate.stages.base import StageContext
-from curate.stages.quality import Config, QualityStage, lm_inputs
-from curate.typed_config import ConfigError, load_dataclass
+from curate.stages.quality.stage import Config, QualityStage, lm_inputs
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "stories260K"
 
@@ -204,7 +204,7 @@ def test_conditioned_answer_is_the_tail_of_the_joint_tokenization_stories260k():
     contains (and no EOS was scored)."""
     from transformers import AutoTokenizer
 
-    from curate.scorers.lm import build_sequences
+    from curate.stages.common.lm import build_sequences
 
     tok = AutoTokenizer.from_pretrained(STORIES)
     prompts = ["User: What did Lily find?\nAssistant: ", "User: Tell me a story.\nAssistant: "]
@@ -233,7 +233,7 @@ def test_build_sequences_offsets_truncation_and_eos(tiny_lm):
     cuts the prompt from the left (a cut answer gets no EOS); an empty answer is unscored."""
     from transformers import AutoTokenizer
 
-    from curate.scorers.lm import build_sequences
+    from curate.stages.common.lm import build_sequences
 
     tok = AutoTokenizer.from_pretrained(tiny_lm)
     assert tok.is_fast

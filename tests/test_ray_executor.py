@@ -17,10 +17,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
 
-from curate.config import load_config  # noqa: E402
-from curate.executor import LocalExecutor  # noqa: E402
-from curate.ray_executor import FAULT_ENV, RayExecutor  # noqa: E402
-from curate.runner import run_pipeline  # noqa: E402
+from curate.pipeline.config import load_config  # noqa: E402
+from curate.pipeline.executor import LocalExecutor  # noqa: E402
+from curate.pipeline.ray_executor import FAULT_ENV, RayExecutor  # noqa: E402
+from curate.pipeline.runner import run_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -72,7 +72,7 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
     ex = RayExecutor(block_rows=900)
     logs: list[str] = []
-    from curate.progress import Progress
+    from curate.contract.progress import Progress
 
     progress = Progress(enabled=False)
     progress.log = logs.append  # type: ignore[method-assign]
@@ -179,7 +179,7 @@ def test_aggregated_stages_identical_to_local(ray_cluster, tmp_path):
     toml.write_text(AGGREGATED.format(raw=SAMPLE / "raw"))
     cfg = load_config(toml)
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
-    from curate.progress import Progress
+    from curate.contract.progress import Progress
 
     logs: list[str] = []
     progress = Progress(enabled=False)

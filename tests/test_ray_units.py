@@ -14,10 +14,10 @@ import pytest
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
-    from curate.executor import make_executor
+    from curate.pipeline.executor import make_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    monkeypatch.delitem(sys.modules, "curate.ray_executor", raising=False)
+    monkeypatch.delitem(sys.modules, "curate.pipeline.ray_executor", raising=False)
     with pytest.raises(RuntimeError, match=r"pip install 'curate\[ray\]'"):
         make_executor(SimpleNamespace(executor="ray", ray_address=None, seed=0))
 
@@ -26,10 +26,10 @@ def test_bucket_pairs_equal_dedup_candidates():
     """The per-partition pair rule (run after Ray's shuffle) gives DedupStage.candidate_pairs'
     pairs, big buckets (star to the first row) included."""
     pytest.importorskip("ray")
-    from curate.ray_dedup import _bucket_pairs
-    from curate.ray_executor import _from_ipc
+    from curate.pipeline.ray_dedup import _bucket_pairs
+    from curate.pipeline.ray_blocks import from_ipc
     from curate.stages.base import StageContext
-    from curate.stages.dedup import Config, DedupStage
+    from curate.stages.dedup.stage import Config, DedupStage
 
     rng = np.random.default_rng(0)
     n, bands = 3000, 4
@@ -45,14 +45,14 @@ def test_bucket_pairs_equal_dedup_candidates():
     parts = [keys.filter((pl.col("k") % 2) == p).to_arrow() for p in (0, 1)]
     out = [_bucket_pairs(16)(p) for p in parts]
     assert sum(o["keys"][0].as_py() for o in out) == keys["k"].n_unique()
-    got = pl.concat([_from_ipc(o["pairs"][0].as_py()) for o in out]).unique().sort("l", "rr")
+    got = pl.concat([from_ipc(o["pairs"][0].as_py()) for o in out]).unique().sort("l", "rr")
     assert len(left) > 1000
     assert np.array_equal(got["l"].to_numpy(), left) and np.array_equal(got["rr"].to_numpy(), right)
 
 
 def test_stats_merge_rules():
     pytest.importorskip("ray")
-    from curate.ray_executor import _same, _sum
+    from curate.pipeline.ray_executor import _same, _sum
 
     assert _sum([{"a": 1, "b": {"x": 2}}, {"a": 3, "b": {"y": 1}}, {}]) == {"a": 4, "b": {"x": 2, "y": 1}}
     assert _same([{"eval_items": 3}, {"eval_items": 3}]) == {"eval_items": 3}
@@ -66,8 +66,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sample_table():
-    from curate.config import load_config
-    from curate.readers import read_source
+    from curate.pipeline.config import load_config
+    from curate.read.readers import read_source
 
     cfg = load_config(ROOT / "sample_data" / "pipeline.toml")
     return pl.concat([read_source(s, ROOT / "sample_data").table for s in cfg.sources], how="vertical_relaxed")
@@ -87,9 +87,11 @@ def test_filter_block_states_merge_to_the_whole_table_state(kind, extra, tmp_pat
     import importlib
 
     from curate.stages.base import StageContext
-    from curate.typed_config import load_dataclass
+    from curate.contract.typed_config import load_dataclass
 
-    mod = importlib.import_module(f"curate.stages.{kind}")
+    from curate.stages import STAGE_MODULES
+
+    mod = importlib.import_module(STAGE_MODULES[kind])
     cfg = load_dataclass(mod.Config, {"kind": kind, **extra})
     ctx = StageContext(run_dir=tmp_path, config_dir=ROOT / "sample_data", seed=0, stage_dir=tmp_path)
     table = _sample_table()

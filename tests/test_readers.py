@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from curate.config import SourceConfig
-from curate.readers import detect_format, read_source
+from curate.read.sources import SourceConfig
+from curate.read.readers import detect_format, read_source
 from tests.conftest import shared
 
 REAL_FILES = {

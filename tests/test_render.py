@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curate.chat_templates import ChatTemplate, builtin_names, builtin_text
-from curate.render import IGNORE, Renderer
+from curate.render.templates import ChatTemplate, builtin_names, builtin_text
+from curate.render.renderer import IGNORE, Renderer
 from test_render_tokenizers import TOKENIZERS, get_tokenizer
 
 BUILTINS = builtin_names()

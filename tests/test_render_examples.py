@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.config import RenderConfig
-from curate.render import IGNORE, RenderError, assign_split, render_examples
-from curate.schema import conversation_id
+from curate.render.config import RenderConfig
+from curate.render.renderer import IGNORE, RenderError, assign_split, render_examples
+from curate.contract.schema import conversation_id
 from helpers import records
 from test_render_tokenizers import byte_bpe_tokenizer, get_tokenizer
 
@@ -216,7 +216,7 @@ def test_span_tokens_equals_offset_rule():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from curate.render import span_token_mask, span_tokens
+    from curate.render.renderer import span_token_mask, span_tokens
 
     bt = get_tokenizer("byte_bpe")
     backend = bt.backend_tokenizer
@@ -240,8 +240,8 @@ def test_span_tokens_equals_offset_rule():
 
 
 def test_check_config_refuses_before_work(tmp_path):
-    from curate.render import check_config
-    from curate.typed_config import ConfigError
+    from curate.render.renderer import check_config
+    from curate.contract.typed_config import ConfigError
 
     (tmp_path / "tok").mkdir()
     check_config(RenderConfig(tokenizer="tok"), tmp_path)

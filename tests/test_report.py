@@ -16,8 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.config import load_config
-from curate.runner import run_pipeline
+from curate.pipeline.config import load_config
+from curate.pipeline.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "sample_data" / "tokenizer"
@@ -168,7 +168,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(run_dir):
-    from curate.report import write_report
+    from curate.look.report import write_report
 
     path = write_report(run_dir)
     assert path == run_dir / "report.html"
@@ -295,7 +295,7 @@ def test_untrusted_text_is_escaped_and_nothing_is_fetched(report):
 
 
 def test_report_is_deterministic(run_dir, report, tmp_path):
-    from curate.report import write_report
+    from curate.look.report import write_report
 
     again = write_report(run_dir, tmp_path / "again.html").read_text(encoding="utf-8")
     assert again == report
@@ -303,7 +303,7 @@ def test_report_is_deterministic(run_dir, report, tmp_path):
 
 def test_partial_runs_render_with_notes(tmp_path):
     """No render, then no manifest at all (a run that stopped): still a report."""
-    from curate.report import build_report
+    from curate.look.report import build_report
 
     run = build_run(tmp_path, render=False)
     s = summary(build_report(run))["sections"]
@@ -352,7 +352,7 @@ SAMPLE_PIPELINE = ROOT / "sample_data" / "pipeline.toml"
 def test_sample_run_report(tmp_path):
     """The bundled sample pipeline (every stage kind) end to end: every section but
     training is drawn, and the figures agree with its manifest."""
-    from curate.report import write_report
+    from curate.look.report import write_report
 
     m = run_pipeline(load_config(SAMPLE_PIPELINE), out_dir=tmp_path / "sample")
     # the manifest keeps the tokenizer path as written (relative to sample_data/), and this

@@ -156,7 +156,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_report_in_headless_chromium(tmp_path, tmp_path_factory):
-    from curate.report import write_report
+    from curate.look.report import write_report
 
     report = write_report(shared_run(tmp_path_factory), tmp_path / "report.html")
     shot = tmp_path / "report.png"

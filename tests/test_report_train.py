@@ -16,7 +16,7 @@ def test_report_with_train_stage(tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from curate.report import write_report
+    from curate.look.report import write_report
     from train import parse_train_config
 
     run = build_run(tmp_path / "data")

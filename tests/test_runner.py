@@ -5,9 +5,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.atomic import sha256_file
-from curate.config import load_config
-from curate.runner import run_pipeline
+from curate.contract.atomic import sha256_file
+from curate.pipeline.config import load_config
+from curate.pipeline.runner import run_pipeline
 from curate.stages.normalize import Normalize
 
 SAMPLE_TOKENIZER = Path(__file__).resolve().parent.parent / "sample_data" / "tokenizer"

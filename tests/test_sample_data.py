@@ -320,7 +320,7 @@ def test_eval_leaks_are_planted_and_only_there():
 
 def test_wrong_language_answers_are_identified_by_fasttext():
     fasttext = pytest.importorskip("fasttext")
-    model_path = Path(__file__).resolve().parents[1] / "curate" / "resources" / "lid.176.ftz"
+    from curate.stages.language.langid import DEFAULT_MODEL as model_path
     if not model_path.exists():
         pytest.skip("language-ID model not bundled in this checkout")
     model = fasttext.load_model(str(model_path))
@@ -444,8 +444,8 @@ def test_readme_counts_match_ground_truth():
 def test_project_reader_quarantines_exactly_the_malformed_inputs():
     """The record origins in defects.json are the ones curate's reader gives, and it
     quarantines exactly the planted malformed inputs."""
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
 
     def csv_end_lines(rel):
         # A CSV row spans several lines; a reader may name it by its first line (as
@@ -478,8 +478,8 @@ def test_normalize_makes_the_after_normalize_duplicates_identical(tmp_path):
     the planted unicode noise comes out clean."""
     import polars as pl
 
-    from curate.config import SourceConfig
-    from curate.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.read.readers import read_source
     from curate.stages.base import StageContext
     from curate.stages.normalize import Config, Normalize
 

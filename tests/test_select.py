@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.schema import POLARS_MESSAGES
+from curate.contract.schema import POLARS_MESSAGES
 from curate.stages.base import StageContext
 from curate.stages.select import Config, SelectStage
-from curate.typed_config import ConfigError, load_dataclass
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 
 def make_table(rows):

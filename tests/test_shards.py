@@ -10,10 +10,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from curate.config import RenderConfig
-from curate.render import render_examples
-from curate.shards import (ShardError, check_examples, check_tokenizer, manifest_tokenizer_fingerprint, open_split,
-                           token_counts, tokenizer_fingerprint, write_shards)
+from curate.render.config import RenderConfig
+from curate.render.renderer import render_examples
+from curate.contract.shards import (ShardError, check_examples, check_tokenizer, manifest_tokenizer_fingerprint,
+                                    open_split, tokenizer_fingerprint)
+from curate.render.shards import token_counts, write_shards
 from helpers import pair, records
 from test_render_tokenizers import get_tokenizer
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from curate.task_templates import available_templates, build_messages, load_task_template, template_fields
+from curate.read.task_templates import available_templates, build_messages, load_task_template, template_fields
 
 
 def cfg(name, **fields):

@@ -6,11 +6,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from curate.chat_templates import (ChatTemplate, TemplateError, TemplateSecurityError, builtin_names, describe,
-                                   load_template, templates_cli)
-from curate.config import RenderConfig
-from curate.render import RenderError, render_examples
-from curate.schema import POLARS_SCHEMA
+from curate.cli.templates import templates_cli
+from curate.render.templates import (ChatTemplate, TemplateError, TemplateSecurityError, builtin_names, describe,
+                                     load_template)
+from curate.render.config import RenderConfig
+from curate.render.renderer import RenderError, render_examples
+from curate.contract.schema import POLARS_SCHEMA
 from test_render_tokenizers import get_tokenizer
 
 MSGS = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]

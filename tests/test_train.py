@@ -1,7 +1,7 @@
 """The trainer on tiny in-test models and hand-written shards (plus stories260K when present).
 
 Shards are written here by a small fixture writer that follows the shard contract
-(curate/shards.py): Arrow IPC streams with input_ids/labels (+ seq_lens/ids/tasks/sources
+(curate/render/shards.py): Arrow IPC streams with input_ids/labels (+ seq_lens/ids/tasks/sources
 when packed) and a manifest carrying the tokenizer fingerprint. The synthetic tasks are
 learnable (copy / reverse a prompt), so a falling loss means the model learned something."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from curate.shards import tokenizer_fingerprint
-from curate.typed_config import ConfigError
+from curate.contract.shards import tokenizer_fingerprint
+from curate.contract.typed_config import ConfigError
 from train.config import TrainConfig, parse_train_config
 from train.data import DataError, load_split, make_batch, plan_epoch, read_manifest
 
@@ -46,7 +46,7 @@ def examples(n: int, seed: int = 0, lo: int = 10, hi: int = 60, bos: int = 1, eo
 
 def write_run(run: Path, tok, train, val, packed: bool = True, row_tokens: int = 64, template: str = TEMPLATE) -> Path:
     """A run directory with shards and a manifest, as `curate run` leaves it."""
-    from curate.atomic import sha256_file
+    from curate.contract.atomic import sha256_file
 
     manifest = {"render": {"template": "test", "template_text": template,
                            "template_sha256": __import__("hashlib").sha256(template.encode()).hexdigest(),

@@ -1,4 +1,4 @@
-"""The word cache (curate/word_cache.py) gives the tokenizer's own ids, offsets and spans."""
+"""The word cache (curate/render/word_cache.py) gives the tokenizer's own ids, offsets and spans."""
 from __future__ import annotations
 
 import functools
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curate.render import span_tokens
-from curate.word_cache import SPLIT_FAMILY, MetaspaceWordCache, WordCache
+from curate.render.renderer import span_tokens
+from curate.render.word_cache import SPLIT_FAMILY, MetaspaceWordCache, WordCache
 from test_render_tokenizers import CHAT_SPECIALS, CORPUS, bpe_tokenizer, byte_bpe_tokenizer, stories_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def test_real_instruction_files_match_the_tokenizer():
 
 
 def test_word_table_is_kept_across_batches_and_restarted_when_full(monkeypatch):
-    import curate.word_cache as wc
+    import curate.render.word_cache as wc
 
     tok = sample_tokenizer()
     cache = WordCache.for_tokenizer(tok)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from curate.atomic import _fsync_dir, atomic_path, write_json
+from curate.contract.atomic import fsync_dir, atomic_path, write_json
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -62,7 +62,7 @@ def save(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer
     final = ckpt_root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     write_json(ckpt_root / "latest.json", {"step": step, "dir": name})
     olds = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
     for old in olds[: max(0, len(olds) - (keep - 1))]:

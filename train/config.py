@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curate.typed_config import ConfigError, load_dataclass
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 ADAPTER_METHODS = ("lora", "dora", "ia3", "loha", "lokr")
 

@@ -1,5 +1,5 @@
 """Shards -> training batches. The trainer's one meeting point with curation: the manifest
-and the Arrow shards (through `curate.shards.open_split` when present).
+and the Arrow shards (through `curate.render.shards.open_split` when present).
 
 A split is loaded into flat numpy arrays (token ids, labels) plus an example table
 (start, length, task) and a row table (which examples share one packed row). Packed and
@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from curate.shards import ShardError, check_examples, open_split
-from curate.shards import tokenizer_fingerprint as _contract_fingerprint
+from curate.contract.shards import ShardError, check_examples, open_split
+from curate.contract.shards import tokenizer_fingerprint as _contract_fingerprint
 
 IGNORE = -100
 
@@ -60,7 +60,7 @@ def _shard_path(run_dir: Path, split: str, file: str) -> Path:
 
 def shard_hashes(run_dir: Path, manifest: dict, verify: bool = True) -> dict:
     """sha256 of every shard, checked against the manifest (a changed shard is refused)."""
-    from curate.atomic import sha256_file
+    from curate.contract.atomic import sha256_file
 
     out = {}
     for split, entries in manifest.get("shards", {}).items():
@@ -324,5 +324,5 @@ def eval_batches(split: Split, micro_batch_tokens: int, rank: int = 0, world: in
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """The shard contract's fingerprint of a tokenizer (curate/shards.py defines it)."""
+    """The shard contract's fingerprint of a tokenizer (curate/render/shards.py defines it)."""
     return _contract_fingerprint(tokenizer)["fingerprint"]

@@ -17,7 +17,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from curate.atomic import _fsync_dir, sha256_file, write_json
+from curate.contract.atomic import fsync_dir, sha256_file, write_json
 
 
 def chat_template(manifest: dict, tokenizer) -> str | None:
@@ -55,7 +55,7 @@ def _publish(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _staging(final: Path) -> Path:

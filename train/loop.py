@@ -164,7 +164,7 @@ class Metrics:
 
     def flush(self) -> None:
         if self.main:
-            from curate.atomic import write_text
+            from curate.contract.atomic import write_text
 
             write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
             if self.tb is not None:
@@ -476,7 +476,7 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
                 return {"interrupted": True, "step": res["step"], "adapter": name, "output_dir": str(out)}
             if dist.main:
                 save_adapter(model, tok, template, target, None if cfg.adapters == "single" or cfg.method == "full" else name)
-                from curate.atomic import write_json
+                from curate.contract.atomic import write_json
 
                 write_json(done_marker, res)
             summaries[name], paths[name] = res, target

@@ -25,7 +25,7 @@ loss on a fixed reference text before/after).
 
 How the curation and training are driven: each arm is a pipeline.toml written into
 OUT/pipelines/ (open them: they are what a user would write), run with
-curate.config.load_config + curate.runner.run_pipeline (= `curate run PIPELINE.toml`),
+curate.pipeline.config.load_config + curate.pipeline.runner.run_pipeline (= `curate run PIPELINE.toml`),
 then trained with train.parse_train_config + train.run_training (= `curate train
 PIPELINE.toml`) once per seed. In-process rather than a subprocess per call only to save
 the interpreter start-up on a 2-core machine.
@@ -135,15 +135,15 @@ def cleaning_stages(evalset: Path | None) -> list[dict]:
 
 def curate_run(pipeline: Path, fresh: bool = True) -> dict:
     """= `curate run PIPELINE --no-train`."""
-    from curate.config import load_config
-    from curate.runner import run_pipeline
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
 
     return run_pipeline(load_config(pipeline), fresh=fresh)
 
 
 def curate_train(pipeline: Path, run_dir: Path, overrides: dict, quiet: bool = True) -> dict:
     """= `curate train PIPELINE` with [train] keys overridden (seed, steps, output_dir)."""
-    from curate.config import load_config
+    from curate.pipeline.config import load_config
     from train import parse_train_config, run_training
 
     cfg = load_config(pipeline)
@@ -191,7 +191,7 @@ def supervised_spent(train_dir: Path) -> int:
 def load_eval_examples(run_dir: Path) -> list[dict]:
     """The test set as the product rendered it (unpacked shards): prompt ids = everything
     before the last answer, answer ids = the supervised tokens (the answer and its EOS)."""
-    from curate.shards import open_split
+    from curate.contract.shards import open_split
 
     t = open_split(run_dir, "train").to_pylist()
     out = []

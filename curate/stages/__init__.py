@@ -9,12 +9,12 @@ import importlib
 
 STAGE_MODULES = {
     "normalize": "curate.stages.normalize",
-    "filter": "curate.stages.filter",
-    "language": "curate.stages.language",
-    "pii": "curate.stages.pii",
-    "decontaminate": "curate.stages.decontaminate",
-    "dedup": "curate.stages.dedup",
-    "quality": "curate.stages.quality",
+    "filter": "curate.stages.filter.stage",
+    "language": "curate.stages.language.stage",
+    "pii": "curate.stages.pii.stage",
+    "decontaminate": "curate.stages.decontaminate.stage",
+    "dedup": "curate.stages.dedup.stage",
+    "quality": "curate.stages.quality.stage",
     "select": "curate.stages.select",
     "mix": "curate.stages.mix",
 }

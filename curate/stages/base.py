@@ -19,8 +19,7 @@ from typing import Any, Callable, ClassVar
 
 import polars as pl
 
-REASON = "_reason"
-DETAIL = "_detail"
+from curate.contract.ledger import DETAIL, REASON  # noqa: F401  (stages name these columns)
 
 
 @dataclass
@@ -91,7 +90,7 @@ def same_value(values: list, what: str = "value") -> Any:
 
 class FilterStage(Stage):
     """A per-row decision (see the module doc). Executors that run `annotate` block by
-    block on workers (curate/ray_executor.py) carry what `annotate` left on each worker's
+    block on workers (curate/pipeline/ray_executor.py) carry what `annotate` left on each worker's
     instance back through the pair `block_state` / `merge_block_states`, then call
     `process` on the driver with the gathered annotations (`decide`), so the decision and
     every statistic come from the same code as a local run."""

@@ -40,10 +40,10 @@ from typing import Literal
 
 import polars as pl
 
-from curate.schema import stable_keys
+from curate.contract.schema import stable_keys
 from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
-from curate.typed_config import ConfigError
-from curate.views import VIEWS, text_view
+from curate.contract.typed_config import ConfigError
+from curate.contract.views import VIEWS, text_view
 
 ROW = "__mix_row"
 GROUP = "__mix_group"

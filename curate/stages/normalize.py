@@ -28,7 +28,7 @@ from typing import Literal
 
 import polars as pl
 
-from curate.schema import recompute_ids
+from curate.contract.schema import recompute_ids
 from curate.stages.base import REASON, Stage, StageResult
 
 # Lower-cased spellings of "there is no input", seen in Alpaca, Dolly and their derivatives.

@@ -27,8 +27,8 @@ import numpy as np
 import polars as pl
 
 from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
-from curate.typed_config import ConfigError
-from curate.views import VIEWS, text_view
+from curate.contract.typed_config import ConfigError
+from curate.contract.views import VIEWS, text_view
 
 ROW = "__select_row"
 GROUP = "__select_group"
@@ -212,7 +212,7 @@ class SelectStage(PlannedStage):
     def _diverse(self, cand: pl.DataFrame, n_in: dict) -> pl.DataFrame:
         """Greedy walk: inherently sequential (each decision depends on what was kept), so
         one Python step per candidate, each a vectorised distance to all kept rows."""
-        from curate.embeddings import embed
+        from curate.stages.common.embeddings import embed
 
         c = self.config
         ctx = self.context

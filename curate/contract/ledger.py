@@ -1,0 +1,74 @@
+"""The ledger: every input accounted for. For every run,
+
+    read == kept + quarantined + sum(dropped[stage][reason])
+
+where `kept` counts distinct records that reached the output (rows a `mix` stage repeated
+to upsample are reported apart, under `upsampled`, and are not records read)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from curate.contract.atomic import write_parquet
+
+# The columns a stage adds to say why it drops a row (and, optionally, a detail: which
+# duplicate, which eval item); the runner moves them into rejects/.
+REASON = "_reason"
+DETAIL = "_detail"
+
+REJECT_META = ("stage", "reason", "detail")
+
+
+@dataclass
+class Ledger:
+    read: int = 0
+    quarantined: int = 0
+    kept: int = 0
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    upsampled: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, stage: str, reasons: dict[str, int]) -> None:
+        if reasons:
+            bucket = self.dropped.setdefault(stage, {})
+            for r, n in reasons.items():
+                bucket[r] = bucket.get(r, 0) + int(n)
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(n for reasons in self.dropped.values() for n in reasons.values())
+
+    def reconciles(self) -> bool:
+        return self.read == self.kept + self.quarantined + self.total_dropped
+
+    def as_dict(self) -> dict:
+        return {
+            "read": self.read,
+            "quarantined": self.quarantined,
+            "kept": self.kept,
+            "dropped": {s: dict(sorted(r.items())) for s, r in self.dropped.items()},
+            "upsampled": dict(self.upsampled),
+            "reconciles": self.reconciles(),
+        }
+
+
+def reason_counts(dropped: pl.DataFrame) -> dict[str, int]:
+    if dropped.height == 0:
+        return {}
+    counts = dropped.group_by(REASON).len().sort(REASON)
+    return {str(r): int(n) for r, n in counts.iter_rows()}
+
+
+def write_rejects(path, stage: str, dropped: pl.DataFrame) -> int:
+    """Write a stage's dropped rows with stage, reason and detail columns. Always writes
+    (an empty file too), so a resumed run finds the same files as an unbroken one."""
+    detail = pl.col(DETAIL).cast(pl.String) if DETAIL in dropped.columns else pl.lit(None, pl.String)
+    out = dropped.with_columns(
+        pl.lit(stage).alias("stage"),
+        pl.col(REASON).cast(pl.String).alias("reason") if REASON in dropped.columns else pl.lit(None, pl.String).alias("reason"),
+        detail.alias("detail"),
+    ).drop([c for c in (REASON, DETAIL) if c in dropped.columns])
+    front = [c for c in ("stage", "reason", "detail", "id", "source", "task", "origin") if c in out.columns]
+    out = out.select(front + [c for c in out.columns if c not in front])
+    write_parquet(path, out)
+    return out.height

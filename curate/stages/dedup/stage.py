@@ -1,0 +1,526 @@
+"""Deduplication: exact (hash of the normalised text view) or MinHash near-duplicates
+(LSH band buckets -> verified candidate pairs -> union-find clusters), optionally
+semantic (sentence embeddings, cosine threshold). One row per cluster is kept by a rule
+(`keep`), the others are dropped with `_reason = "duplicate_of"` and `_detail` = the id
+of the row kept in their place. Kept rows get `<name>_cluster` (the kept id of their
+cluster, their own id when unique) and `<name>_cluster_size`.
+
+Everything per row is column-wise: normalisation is a polars expression, signatures are
+numpy over all shingles of a chunk (`curate.stages.dedup.minhash`), band buckets are a polars
+group-by, verification is vectorised over candidate pairs, and clustering is a
+vectorised union-find (`curate.stages.dedup.union_find`). Memory: the only per-row state kept across
+chunks is fixed-width (a uint64 key for exact; num_perm uint32 + bands uint64 for
+MinHash), so it grows linearly and small with the input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from curate.stages.dedup import minhash as mh
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
+from curate.contract.typed_config import ConfigError
+from curate.stages.dedup.union_find import components
+from curate.contract.views import text_view
+
+REASON_DUPLICATE = "duplicate_of"
+_IDX = "__dedup_idx"
+ROW = "__dedup_row"
+HASH = "__dedup_hash"
+_KEEPER = "__dedup_keeper"
+PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
+
+
+HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")
+
+
+@dataclass
+class Config:
+    kind: Literal["dedup"]
+    name: str | None = None
+    method: Literal["exact", "minhash", "semantic"] = "minhash"
+    # Which text a duplicate is judged on. Default `user` (the user turns): the same
+    # question asked twice, whose best answer is kept. `prompt` adds system and tool turns;
+    # a system prompt shared by a whole source (SourceConfig.system) then makes unrelated
+    # short questions look alike, which is why it is not the default.
+    view: Literal["user", "prompt", "response", "conversation"] = "user"
+    normalize: list[str] = field(default_factory=lambda: list(mh.NORMALIZE_STEPS))
+    # --- minhash ---
+    threshold: float = 0.8  # Jaccard similarity of shingle sets
+    num_perm: int = 128
+    ngram: int = 3  # shingle length; 3 words suits short prompts (5 is common for web pages)
+    ngram_unit: Literal["word", "char"] = "word"  # char for text without spaces (Chinese, Japanese)
+    seed: int | None = None  # MinHash permutation seed; None: the run's seed
+    bands: int | None = None  # LSH bands and rows per band; derived from threshold when absent
+    rows: int | None = None
+    verify: bool = True  # check every candidate pair's Jaccard before merging clusters
+    verify_by: Literal["exact", "estimate"] = "exact"  # exact shingle-set Jaccard, or the signature estimate
+    max_bucket: int = 64  # a bucket larger than this links its members to its first one only
+    chunk_size: int = 50_000  # rows per chunk while computing signatures
+    # --- semantic ---
+    model: str | None = None  # local sentence-embedding model directory (transformers)
+    cosine_threshold: float = 0.92
+    batch_size: int = 64
+    max_length: int = 256
+    # --- which member of a cluster is kept ---
+    keep: Literal["best", "first", "source_priority"] = "best"
+    score_column: str | None = None  # keep="best": default the first of heuristic, fasttext, verifier, quality_*
+    sources: list[str] = field(default_factory=list)  # keep="source_priority": most trusted first
+    examples: int = 5  # clusters shown in the report
+
+    def validate(self) -> None:
+        bad = [s for s in self.normalize if s not in mh.NORMALIZE_STEPS]
+        if bad:
+            raise ConfigError("normalize", f"unknown step(s) {bad}; known: {', '.join(mh.NORMALIZE_STEPS)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("threshold", f"must be in (0, 1], got {self.threshold}")
+        if self.num_perm < 2:
+            raise ConfigError("num_perm", f"must be at least 2, got {self.num_perm}")
+        if self.ngram < 1:
+            raise ConfigError("ngram", f"must be at least 1, got {self.ngram}")
+        if (self.bands is None) != (self.rows is None):
+            raise ConfigError("bands" if self.bands is None else "rows", "give both `bands` and `rows`, or neither")
+        if self.bands is not None:
+            if self.bands < 1 or self.rows < 1:
+                raise ConfigError("bands", "bands and rows must be positive")
+            if self.bands * self.rows > self.num_perm:
+                raise ConfigError("bands", f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if self.max_bucket < 2:
+            raise ConfigError("max_bucket", "must be at least 2")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size", "must be positive")
+        if self.keep == "source_priority" and not self.sources:
+            raise ConfigError("sources", 'keep = "source_priority" needs the ordered list of `sources`')
+        if self.sources and self.keep != "source_priority":
+            raise ConfigError("sources", 'only used with keep = "source_priority"')
+        if self.method == "semantic":
+            if not self.model:
+                raise ConfigError("model", 'method = "semantic" needs a local sentence-embedding model directory')
+            if not -1.0 <= self.cosine_threshold <= 1.0:
+                raise ConfigError("cosine_threshold", f"must be in [-1, 1], got {self.cosine_threshold}")
+        elif self.model is not None:
+            raise ConfigError("model", 'only used with method = "semantic"')
+        if self.examples < 0:
+            raise ConfigError("examples", "must be >= 0")
+
+    def check_paths(self, base_dir) -> None:
+        if self.method == "semantic" and self.model:
+            p = Path(self.model).expanduser()
+            p = p if p.is_absolute() else Path(base_dir) / p
+            if not p.is_dir():
+                raise ConfigError("model", f"no model directory at {p}")
+
+    def lsh(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return mh.lsh_params(self.threshold, self.num_perm)
+
+
+class DedupStage(PlannedStage):
+    """Exact dedup is a PlannedStage: per block, the hash of each row's normalised text
+    and its keep-rule keys; on the driver, the keep rule over the rows whose hash occurs
+    more than once (`plan`: hash -> kept row, kept id, cluster size); per block, a join
+    on the hash marks the dropped rows. MinHash and semantic dedup cluster the whole
+    table (`roots`), then share the keep rule and output with exact (`from_clusters`)."""
+
+    kind = "dedup"
+    Config = Config
+    ROW = ROW
+    keys_per_row = True
+
+    def plannable(self) -> bool:
+        return self.config.method == "exact"
+
+    # ---- text ----------------------------------------------------------------------
+    def _normalized(self, frame: pl.DataFrame) -> pl.Series:
+        """The normalised text view of `frame`'s rows. The view is materialised first so
+        that the normalisation's branches do not each recompute it."""
+        view = frame.select(text_view(self.config.view).alias("t"))
+        return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series()
+
+    def normalized_chunks(self, table: pl.DataFrame):
+        for lo in range(0, table.height, self.config.chunk_size):
+            yield lo, self._normalized(table.slice(lo, self.config.chunk_size))
+
+    def minhash_seed(self) -> int:
+        return self.config.seed if self.config.seed is not None else int(self.context.seed)
+
+    # ---- clustering: each returns (root per row, pair stats) -----------------------------
+    def _minhash_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        band, has, sig = self.minhash_block(table)
+        left, right = self.candidate_pairs(band, has)
+        return self.minhash_clusters(table, band, has, sig, left, right)
+
+    # MinHash's steps, public so that a distributed executor runs the same code
+    # (curate/pipeline/ray_dedup.py): minhash_block per block on workers, candidate_pairs' rule per
+    # shuffled bucket partition, minhash_clusters on the driver.
+    def minhash_block(self, table: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per row of `table`: band hashes (n x bands uint64), whether its text has any
+        shingle, and its signature (n x num_perm uint32) only when verify_by = "estimate"
+        needs it. Row-local: blocks give the rows of the whole table's arrays."""
+        cfg = self.config
+        n = table.height
+        bands, rows = cfg.lsh()
+        a, b = mh.permutations(cfg.num_perm, self.minhash_seed())
+        keep_sig = cfg.verify and cfg.verify_by == "estimate"
+        sig = np.empty((n, cfg.num_perm), dtype=np.uint32) if keep_sig else None
+        band = np.empty((n, bands), dtype=np.uint64)
+        has = np.empty(n, dtype=bool)
+        for lo, texts in self.normalized_chunks(table):
+            s, counts = mh.signatures(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
+            hi = lo + len(texts)
+            band[lo:hi] = mh.band_hashes(s, bands, rows)
+            has[lo:hi] = counts > 0
+            if keep_sig:
+                sig[lo:hi] = s
+        return band, has, sig
+
+    def minhash_clusters(self, table: pl.DataFrame, band: np.ndarray, has: np.ndarray, sig: np.ndarray | None,
+                         left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Candidate pairs -> verified pairs (exact shingle Jaccard or the signature
+        estimate) -> the cluster root of every row, and the pair statistics."""
+        cfg = self.config
+        bands, rows = cfg.lsh()
+        stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
+        if cfg.verify and len(left):
+            if cfg.verify_by == "estimate":
+                sim = _estimated_jaccard(sig, left, right)
+            else:
+                sim = self._exact_jaccard(table, left, right)
+            ok = sim >= cfg.threshold
+            left, right = left[ok], right[ok]
+        stats["verified_pairs"] = int(len(left))
+        return components(table.height, left, right), stats
+
+    def candidate_pairs(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate pairs from band buckets, grouped by polars, not a dict per row.
+        A band's hash is seeded with the band's index, so one u64 column is the bucket
+        key: rows in singleton buckets are filtered out first (most of them), and only
+        the rest is grouped."""
+        bands = band.shape[1]
+        idx = np.nonzero(has)[0].astype(np.int64)
+        if len(idx) < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        long = pl.DataFrame({"k": band[idx].ravel(), "r": np.repeat(idx, bands)})
+        shared = long.filter(pl.col("k").is_duplicated())
+        members = (
+            shared.group_by("k")
+            .agg(pl.col("r").unique().sort())
+            .filter(pl.col("r").list.len() > 1)
+            .with_row_index("bucket")
+        )
+        size = pl.col("r").list.len()
+        small = members.filter(size <= self.config.max_bucket).select("bucket", "r").explode("r")
+        pairs = [
+            small.join(small, on="bucket", suffix="_2").filter(pl.col("r") < pl.col("r_2")).select(
+                pl.col("r").alias("l"), pl.col("r_2").alias("rr")
+            )
+        ]
+        big = members.filter(size > self.config.max_bucket)
+        if big.height:
+            # Large buckets are nearly always exact copies: a star to the first member keeps
+            # the pair count linear; the trade-off is a member unlike the first being missed.
+            pairs.append(
+                big.select(pl.col("r").list.first().alias("l"), pl.col("r").list.slice(1).alias("rr")).explode("rr")
+            )
+        allp = pl.concat(pairs).unique().sort("l", "rr")
+        return allp["l"].to_numpy().astype(np.int64), allp["rr"].to_numpy().astype(np.int64)
+
+    def _exact_jaccard(self, table: pl.DataFrame, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of the shingle sets of each candidate pair. Shingles are rebuilt
+        only for rows in some candidate pair (memory follows the candidates, not the
+        input); intersections are counted by joining pairs with the (row, shingle) table."""
+        cfg = self.config
+        involved = np.unique(np.concatenate([left, right]))
+        keys = []
+        for lo in range(0, len(involved), cfg.chunk_size):
+            rows = involved[lo:lo + cfg.chunk_size]
+            texts = self._normalized(table[pl.Series(rows)])
+            lists = texts.to_frame("t").select(mh.tokens_expr(pl.col("t"), cfg.ngram_unit)).to_series()
+            sh, counts = mh.shingle_hashes(*mh.token_hashes(lists), cfg.ngram)
+            # one u64 per (row, shingle): the row's position in `involved`, then the hash
+            pos = np.repeat(np.arange(lo, lo + len(rows), dtype=np.uint64), counts)
+            keys.append((pos << np.uint64(32)) | sh.astype(np.uint64))
+        key = np.sort(np.concatenate(keys))  # sets: each (row, shingle) once (sort + diff
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
+        key_pos = (key >> np.uint64(32)).astype(np.int64)
+        size_of = np.bincount(key_pos, minlength=len(involved))
+        shingles = pl.DataFrame({"p": key_pos, "h": key & np.uint64(0xFFFFFFFF)})
+        members = pl.DataFrame({"key": key})
+        out = np.empty(len(left), dtype=np.float64)
+        step = 100_000
+        for lo in range(0, len(left), step):
+            pl_, pr_ = np.searchsorted(involved, left[lo:lo + step]), np.searchsorted(involved, right[lo:lo + step])
+            pairs = pl.DataFrame({"o": np.arange(len(pl_)), "p": pl_, "q": pr_.astype(np.uint64)})
+            inter = (
+                pairs.join(shingles, on="p")
+                .select("o", ((pl.col("q") * (1 << 32)) | pl.col("h")).alias("key"))
+                .join(members, on="key", how="semi")
+                .group_by("o")
+                .len()
+            )
+            common = np.zeros(len(pl_), dtype=np.float64)
+            common[inter["o"].to_numpy()] = inter["len"].to_numpy()
+            union = size_of[pl_] + size_of[pr_] - common
+            out[lo:lo + step] = np.divide(common, union, out=np.zeros_like(common), where=union > 0)
+        return out
+
+    def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
+        """Embeddings from a local model directory (curate.stages.common.embeddings, cached by id in the
+        stage directory), then every pair with cosine >= cosine_threshold, by blocked
+        matrix products. Exhaustive: O(n^2) dot products, fine for instruction sets of
+        up to some hundred thousand rows on CPU; MinHash is the method for larger ones."""
+        from curate.stages.common import embeddings
+
+        cfg = self.config
+        texts = table.select(text_view(cfg.view).alias("t")).to_series()
+        emb = embeddings.embed(
+            table, texts, "model", model=self.context.resolve(cfg.model), cache_dir=self.context.stage_dir,
+            batch_size=cfg.batch_size, max_length=cfg.max_length, log=self.context.log,
+        )
+        left, right = similar_pairs(emb, cfg.cosine_threshold)
+        return components(table.height, left, right), {"similar_pairs": int(len(left))}
+
+    # ---- keep rule -----------------------------------------------------------------------
+    def _score_column(self, table: pl.DataFrame) -> str | None:
+        cfg = self.config
+        if cfg.score_column is not None:
+            if cfg.score_column not in table.columns:
+                raise ValueError(f"stage {self.name!r}: score_column {cfg.score_column!r} is not a column "
+                                 f"(columns: {', '.join(table.columns)})")
+            if not table.schema[cfg.score_column].is_numeric():
+                raise ValueError(f"stage {self.name!r}: score_column {cfg.score_column!r} is not numeric")
+            return cfg.score_column
+        # The quality stage names its column after its scorer; these three rank higher = better
+        # (perplexity and ifd do not, so they are only used when named in `score_column`).
+        for c in table.columns:
+            if (c.startswith("quality_") or c in HIGHER_IS_BETTER) and table.schema[c].is_numeric():
+                return c
+        return None
+
+    def _keep_keys(self, table: pl.DataFrame) -> pl.DataFrame:
+        """Per row, the keep rule's sort keys after the cluster: source priority, score
+        (higher first), answer length (longer first), and the id (row-local: computed per
+        block). The id is always there: it also names the cluster."""
+        cfg = self.config
+        cols = []
+        if cfg.keep == "source_priority":
+            order = {s: i for i, s in enumerate(cfg.sources)}
+            cols.append(pl.col("source").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias(PRIO))
+        if cfg.keep in ("best", "source_priority"):
+            score = self._score_column(table)
+            if score is not None:
+                cols.append(pl.col(score).cast(pl.Float64).fill_nan(None).alias(SCORE))
+            cols.append(text_view("response").str.len_chars().alias(LEN))
+        cols.append(pl.col("id"))
+        return table.select(cols)
+
+    def _rank_keepers(self, clusters: pl.DataFrame) -> pl.DataFrame:
+        """The keep rule: within each `root` group, the first row by the keep keys, then
+        `_IDX` (the row's position). `clusters` has root, _IDX and `_keep_keys`'
+        columns; returns root -> keeper (that row's _IDX)."""
+        keys, desc = ["root"], [False]
+        order = [(PRIO, False), (SCORE, True), (LEN, True), ("id", False)] if self.config.keep != "first" else []
+        for c, d in order:
+            if c in clusters.columns:
+                keys.append(c)
+                desc.append(d)
+        keys.append(_IDX)
+        desc.append(False)
+        ranked = clusters.sort(keys, descending=desc, nulls_last=True)
+        return ranked.unique(subset="root", keep="first", maintain_order=True).select("root", pl.col(_IDX).alias("keeper"))
+
+    def _keepers(self, table: pl.DataFrame, roots: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """Index of the kept row of each row's cluster."""
+        score = self._score_column(table) if self.config.keep != "first" else None
+        clusters = pl.DataFrame([pl.Series("root", roots), pl.Series(_IDX, np.arange(table.height, dtype=np.int64))])
+        clusters = clusters.hstack(self._keep_keys(table))
+        first = self._rank_keepers(clusters)
+        keeper = pl.DataFrame({"root": roots}).join(first, on="root", how="left", maintain_order="left")["keeper"]
+        return keeper.to_numpy().astype(np.int64), score
+
+    # ---- stage -----------------------------------------------------------------------------
+    def process(self, table: pl.DataFrame) -> StageResult:
+        cfg = self.config
+        n = table.height
+        if cfg.method == "exact":
+            return self.process_planned(table)
+        if cfg.method == "minhash":
+            roots, pair_stats = self._minhash_roots(table) if n else (np.zeros(0, np.int64), {})
+        else:
+            roots, pair_stats = self._semantic_roots(table) if n else (np.zeros(0, np.int64), {})
+        return self.from_clusters(table, roots, pair_stats)
+
+    def from_clusters(self, table: pl.DataFrame, roots: np.ndarray, pair_stats: dict) -> StageResult:
+        """The keep rule, the `duplicate_of` marks, the cluster columns and the stats,
+        given each row's cluster root (found locally, or on a cluster: curate/pipeline/ray_dedup.py)."""
+        n = table.height
+        keeper, score = self._keepers(table, roots) if n else (np.zeros(0, np.int64), None)
+        return self._result(table, keeper, score, pair_stats)
+
+    def _result(self, table: pl.DataFrame, keeper: np.ndarray, score: str | None, pair_stats: dict) -> StageResult:
+        n = table.height
+        ids = table["id"]
+        size = pl.DataFrame({"k": keeper}).select(pl.len().over("k")).to_series().cast(pl.UInt32)
+        out = table.with_columns(
+            ids.gather(keeper).alias(f"{self.name}_cluster") if n else pl.lit(None, pl.String).alias(f"{self.name}_cluster"),
+            size.alias(f"{self.name}_cluster_size") if n else pl.lit(None, pl.UInt32).alias(f"{self.name}_cluster_size"),
+        )
+        is_kept = pl.Series(keeper == np.arange(n))
+        kept = out.filter(is_kept)
+        dropped = out.filter(~is_kept).with_columns(
+            pl.lit(REASON_DUPLICATE).alias(REASON), pl.col(f"{self.name}_cluster").alias(DETAIL)
+        )
+        stats = self._stats(out, keeper, is_kept, score, pair_stats)
+        return StageResult(kept=kept, dropped=dropped, stats=stats)
+
+    # ---- exact dedup as planned steps -------------------------------------------------------
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Per row: position, the hash of the normalised text, the keep-rule keys and
+        the id. Hash values only decide grouping (never reach the output), so polars'
+        fast hash is fine here: every worker runs the same polars."""
+        hashes = pl.concat([t.hash(seed=0) for _, t in self.normalized_chunks(block)]) if block.height else pl.Series([], dtype=pl.UInt64)
+        return block.select(pl.col(ROW)).with_columns(hashes.alias(HASH)).hstack(self._keep_keys(block))
+
+    def plan(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """hash -> kept row, its id and the cluster size, for the hashes two or more rows
+        share (the others are their own clusters): the keep rule, root = the hash. The
+        driver holds the keys of all rows once (fixed width but the id)."""
+        dup = keys.filter(pl.col(HASH).is_duplicated())
+        first = self._rank_keepers(dup.rename({HASH: "root", ROW: _IDX}))
+        clusters = (first.rename({"root": HASH, "keeper": _KEEPER})
+                    .join(dup.group_by(HASH).agg(pl.len().cast(pl.UInt32).alias("__size")), on=HASH)
+                    .join(dup.select(pl.col(ROW).alias(_KEEPER), pl.col("id").alias("__cluster")), on=_KEEPER)
+                    .with_columns(pl.col(_KEEPER).cast(pl.Int64))
+                    .sort(HASH))
+        return clusters
+
+    def apply_plan(self, block: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
+        """A join on the hash marks each row with its cluster's kept row (its own row
+        when its hash is unique), the kept id and the cluster size."""
+        j = block.join(plan, on=HASH, how="left", maintain_order="left")
+        return j.select(
+            *[c for c in block.columns if c not in (HASH, PRIO, SCORE, LEN)],
+            pl.coalesce(pl.col("__cluster"), pl.col("id")).alias(f"{self.name}_cluster"),
+            pl.col("__size").fill_null(1).cast(pl.UInt32).alias(f"{self.name}_cluster_size"),
+            pl.coalesce(pl.col(_KEEPER), pl.col(ROW).cast(pl.Int64)).alias(_KEEPER),
+        )
+
+    def finish(self, decided: pl.DataFrame, plan: pl.DataFrame) -> StageResult:
+        keeper = decided[_KEEPER].to_numpy().astype(np.int64)
+        out = decided.drop(ROW, _KEEPER)
+        score = self._score_column(out) if self.config.keep != "first" else None
+        n = out.height
+        is_kept = pl.Series(keeper == np.arange(n))
+        kept = out.filter(is_kept)
+        dropped = out.filter(~is_kept).with_columns(
+            pl.lit(REASON_DUPLICATE).alias(REASON), pl.col(f"{self.name}_cluster").alias(DETAIL))
+        return StageResult(kept=kept, dropped=dropped, stats=self._stats(out, keeper, is_kept, score, {}))
+
+    def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
+        cfg = self.config
+        stats: dict = {"method": cfg.method, "view": cfg.view, "keep": cfg.keep, "rows_in": out.height,
+                       "duplicates": int(out.height - int(is_kept.sum()))}
+        if cfg.keep != "first":
+            stats["score_column"] = score
+        if cfg.method == "minhash":
+            stats.update({"threshold": cfg.threshold, "num_perm": cfg.num_perm, "ngram": cfg.ngram,
+                          "ngram_unit": cfg.ngram_unit, "seed": self.minhash_seed(),
+                          "verify": (cfg.verify_by if cfg.verify else "off")})
+        elif cfg.method == "semantic":
+            stats["cosine_threshold"] = cfg.cosine_threshold
+        stats.update(pair_stats)
+        sizes = pl.DataFrame({"k": keeper}).group_by("k").len().filter(pl.col("len") > 1)
+        hist = sizes.group_by("len").agg(pl.len().alias("n")).sort("len")
+        stats["clusters"] = {
+            "count": sizes.height,
+            "size_histogram": {str(s): int(c) for s, c in hist.iter_rows()},
+            "largest": int(sizes["len"].max()) if sizes.height else 0,
+        }
+        if out.height and stats["duplicates"]:
+            stats.update(self._exact_near_split(out, keeper))
+            stats["examples"] = self._examples(out, keeper, sizes)
+        else:
+            stats["examples"] = []
+        return stats
+
+    def _exact_near_split(self, out: pl.DataFrame, keeper: np.ndarray) -> dict:
+        """How many dropped rows are exact copies (same normalised text as their kept row)
+        and how many are near-duplicates, for the report."""
+        drop_idx = np.nonzero(keeper != np.arange(len(keeper)))[0]
+        a = self._normalized(out[pl.Series(drop_idx)])
+        b = self._normalized(out[pl.Series(keeper[drop_idx])])
+        exact = int((a == b).sum())
+        return {"dropped_exact": exact, "dropped_near": int(len(drop_idx) - exact)}
+
+    def _examples(self, out: pl.DataFrame, keeper: np.ndarray, sizes: pl.DataFrame) -> list[dict]:
+        """A few clusters for the report: near-duplicate clusters first (they show what
+        the threshold does), largest first, ties by kept id; members' ids and short texts."""
+        cfg = self.config
+        if cfg.examples == 0 or sizes.height == 0:
+            return []
+        # only rows of clusters with 2+ members: the report never needs the others
+        members = out.with_columns(pl.Series("k", keeper)).join(sizes.rename({"len": "size"}), on="k",
+                                                                maintain_order="left")
+        members = members.with_columns(
+            text_view(cfg.view).alias("text"), self._normalized(members).alias("norm")
+        ).with_columns(pl.col("norm").n_unique().over("k").alias("variants"))
+        members = members.with_columns(out["id"].gather(members["k"]).alias("kept_id"))
+        picked = (
+            members.group_by("kept_id")
+            .agg(pl.col("size").first(), pl.col("variants").first())
+            .sort(pl.col("variants") > 1, "size", "kept_id", descending=[True, True, False])
+            .head(cfg.examples)
+        )
+        examples = []
+        for kept_id, size, variants in picked.iter_rows():
+            rows = members.filter(pl.col("kept_id") == kept_id).sort(pl.col("id") != kept_id, "id").head(5)
+            examples.append({
+                "kept": kept_id,
+                "size": int(size),
+                "exact": bool(variants == 1),
+                "members": [
+                    {"id": r["id"], "source": r["source"], "kept": r["id"] == kept_id, "text": _short(r["text"])}
+                    for r in rows.select("id", "source", "text").iter_rows(named=True)
+                ],
+            })
+        return examples
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, step: int = 100_000) -> np.ndarray:
+    """Share of equal signature values per pair: MinHash's unbiased Jaccard estimate."""
+    out = np.empty(len(left), dtype=np.float64)
+    for lo in range(0, len(left), step):
+        out[lo:lo + step] = (sig[left[lo:lo + step]] == sig[right[lo:lo + step]]).mean(axis=1)
+    return out
+
+
+def similar_pairs(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """All (i < j) with cosine(emb[i], emb[j]) >= threshold; rows are L2-normalised.
+    Blocks of rows against the rows after them bound memory to block * n floats."""
+    emb = np.asarray(emb, dtype=np.float32)
+    n = emb.shape[0]
+    ls, rs = [], []
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        sim = emb[lo:hi] @ emb[lo:].T
+        i, j = np.nonzero(sim >= threshold)
+        j = j + lo
+        upper = j > i + lo
+        ls.append(i[upper] + lo)
+        rs.append(j[upper])
+    if not ls:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ls).astype(np.int64), np.concatenate(rs).astype(np.int64)
+
+
+STAGE = DedupStage
