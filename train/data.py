@@ -1,5 +1,5 @@
 """Shards -> training batches. The trainer's one meeting point with curation: the manifest
-and the Arrow shards (through `curate.render.shards.open_split` when present).
+and the Arrow shards (through `curate.contract.shards.open_split` when present).
 
 A split is loaded into flat numpy arrays (token ids, labels) plus an example table
 (start, length, task) and a row table (which examples share one packed row). Packed and
