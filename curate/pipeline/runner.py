@@ -239,6 +239,10 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         manifest["render"] = {
             "template": rendered.fingerprints.get("template"),
             "template_sha256": rendered.fingerprints.get("template_sha256"),
+            # the exact template (file relative to config_dir, text, date) for exporters
+            "template_path": (rendered.fingerprints.get("template_source") or {}).get("path"),
+            "template_text": (rendered.fingerprints.get("template_source") or {}).get("text"),
+            "date": rendered.fingerprints.get("date"),
             "tokenizer": rendered.fingerprints.get("tokenizer"),
             "end_of_turn": rendered.fingerprints.get("end_of_turn"),
             "train_on": cfg.render.train_on, "max_length": cfg.render.max_length, "pack": cfg.render.pack,
