@@ -136,7 +136,12 @@ _WATCHDOG = _Watchdog()
 
 
 def _builtin_dir():
-    """Built-in templates: the installed `curate_templates` package, else the checkout's folder."""
+    """Built-in templates: a checkout's own folder (beside its pyproject.toml) first, so the
+    code and templates of one checkout go together even when another checkout is installed
+    in editable mode; else the installed `curate_templates` package (a wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "templates" / "chat").is_dir():
+        return root / "templates" / "chat"
     try:
         from importlib.resources import files
 
