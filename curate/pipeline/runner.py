@@ -257,6 +257,10 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
         raise LedgerError(f"ledger does not reconcile: {manifest['ledger']}")
+    if cfg.export is not None:  # the curated conversations as JSONL / Parquet / datasets (curate.render.export)
+        from curate.render.export import write_export
+
+        manifest["export"] = write_export(table, cfg, out, manifest, rendered.dropped if cfg.render else None)
     write_json(out / "manifest.json", manifest)
     write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     return manifest
