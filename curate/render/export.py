@@ -322,7 +322,7 @@ def write_export(table: pl.DataFrame, cfg, run_dir: Path, manifest: dict, droppe
         "columns": tables["train"].column_names,
         "files": {f: _sha256(out / f) for f in files},
         "datasets": "datasets" if "datasets" in ecfg.formats else None,
-        "notes": {s: i for s, i in info.items() if i},
+        "notes": {s: {k: v for k, v in i.items() if v} for s, i in info.items() if any(i.values())},
     }
     if ecfg.card:
         write_text(out / "README.md", dataset_card(cfg, manifest, section, df))
