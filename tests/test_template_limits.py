@@ -33,6 +33,7 @@ HOSTILE_SIZE = {
     "list times a billion": "{% set x = [1]*10**9 %}",
     "huge power": "{{ 2**(10**10) }}",
     "doubling in a loop": "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
+    "doubling with ~": "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
     "center filter": "{{ 'a'|center(10**9) }}",
     "string method": "{{ 'a'.ljust(10**9) }}",
     "percent width": "{{ '%*s' % (10**9, 'a') }}",
@@ -174,3 +175,13 @@ def test_manifest_records_the_template_and_date(tmp_path, monkeypatch):
     ex = open_split(conf / "run", "train")
     assert "Today: 23 Jul 2024" in tok.decode(ex.column("input_ids")[0].as_py())
     assert os.path.basename(r["template_path"]) == "mine.jinja"
+
+
+def test_memory_watch_stops_values_kept_out_of_the_output():
+    # each value is under the size limit and nothing is output: only the memory watch sees it
+    src = "{% set x %}{% for i in range(99999) %}{{ 'x' * 900000 }}{% endfor %}{% endset %}done"
+    t = ChatTemplate("hoard", src, max_chars=1_000_000, time_limit=60)
+    if not Path("/proc/self/statm").is_file():
+        pytest.skip("the memory watch needs /proc (Linux)")
+    with pytest.raises(TemplateLimitError, match="grew the process by more than 256 MiB"):
+        t.render(MSGS)

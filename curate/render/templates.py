@@ -18,11 +18,15 @@ out-of-memory:
   (`'a'*10**9`, `2**10**10`, doubling a string in a loop); so are filter and string-method
   calls whose integer arguments exceed it (`'a'|center(10**9)`, `'a'.ljust(10**9)`), and
   any filter or method result over it;
-- time: one watchdog thread per process watches the renders in progress and, past the
-  deadline, raises `TemplateLimitError` inside the rendering thread
-  (`PyThreadState_SetAsyncExc`: delivered between bytecodes, so it stops pure-template
-  loops such as nested `range(99999)` or iterating a long string, but not one long C call;
-  the size checks keep C calls short). Recursion (`RecursionError`) and any other Python
+- time and memory: one watchdog thread per process watches the renders in progress and,
+  past the deadline or when the process has grown by more than 64 bytes per allowed
+  character during the render (values kept in `{% set %}` blocks, lists built in loops),
+  stops the render from inside its thread (`PyThreadState_SetAsyncExc`: delivered between
+  bytecodes, so it stops pure-template loops such as nested `range(99999)` or iterating a
+  long string, but not one long C call; the size checks keep C calls short). The memory
+  watch reads /proc/self/statm (Linux); elsewhere only time and sizes are bounded. It
+  looks every 50 ms, so a render allocating very fast may overshoot by what it allocates
+  in that time. Recursion (`RecursionError`) and any other Python
   exception a template raises on one conversation become a `TemplateError` too, so the
   renderer drops that record (`template_error`) and the run goes on.
 Trade-off: a format width inside a string (`'{:>999999999}'.format(x)`) is not parsed, so
@@ -81,47 +85,83 @@ def parse_date(value: str | None) -> datetime:
 # --------------------------------------------------------------------------- the time watchdog
 
 
+def _rss() -> int | None:
+    """This process's resident memory in bytes (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    import os as _os
+
+    _PAGE = _os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE = 4096
+
+
 class _Watchdog:
-    """One daemon thread per process: renders register (thread id, deadline); past its
-    deadline a render gets TemplateLimitError raised inside its thread. Registering is a
-    dict assignment under a lock (no thread per render)."""
+    """One daemon thread per process: renders register (thread id, deadline, memory budget);
+    past its deadline, or when the process's resident memory has grown by more than the
+    budget since the render began (seen at the watchdog's first look at it), a render gets
+    `_RenderTimeout` raised inside its thread. Registering is a dict assignment under a lock
+    (no thread per render, no system call per render)."""
 
     POLL = 0.05
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.active: dict[int, list] = {}  # thread id -> [deadline, fired]
+        self.active: dict[int, list] = {}  # thread id -> [deadline, fired (None|"time"|"memory"), rss0, budget]
         self.thread: threading.Thread | None = None
 
     def _loop(self):
         while True:
             time.sleep(self.POLL)
-            now = time.monotonic()
+            if not self.active:
+                continue
+            now, rss = time.monotonic(), _rss()
             with self.lock:
                 for tid, slot in self.active.items():
-                    if not slot[1] and now > slot[0]:
-                        slot[1] = True
+                    if slot[1] is not None:
+                        continue
+                    if slot[2] is None:
+                        slot[2] = rss
+                    why = "time" if now > slot[0] else None
+                    if why is None and rss is not None and slot[2] is not None and rss - slot[2] > slot[3]:
+                        why = "memory"
+                    if why is not None:
+                        slot[1] = why
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid),
                                                                    ctypes.py_object(_RenderTimeout))
 
-    def start(self, seconds: float) -> int:
+    def start(self, seconds: float, memory_budget: int) -> int:
         tid = threading.get_ident()
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._loop, name="curate-template-watchdog", daemon=True)
                 self.thread.start()
-            self.active[tid] = [time.monotonic() + seconds, False]
+            deadline = time.monotonic() + seconds if seconds and seconds > 0 else float("inf")
+            self.active[tid] = [deadline, None, None, memory_budget]
         return tid
 
-    def stop(self, tid: int) -> bool:
-        """Unregister; True when the deadline fired. A timeout fired but not yet delivered
-        is cleared here, so it can never surface after the render returned."""
+    def stop(self, tid: int) -> str | None:
+        """Unregister; the limit that fired ("time" or "memory") or None. A stop fired but not
+        yet delivered is cleared here, so it can never surface after the render returned."""
         with self.lock:
             slot = self.active.pop(tid, None)
-            if slot is not None and slot[1]:
+            if slot is not None and slot[1] is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
-                return True
-        return False
+                return slot[1]
+        return None
+
+
+def memory_budget(max_chars: int) -> int:
+    """How much the process may grow during one render: 64 bytes per allowed character
+    (a str holds up to 4 per character, and a template may keep several values alive),
+    at least 256 MiB so that other threads' allocations never trip it."""
+    return max(256 << 20, 64 * max_chars)
 
 
 class _RenderTimeout(BaseException):
@@ -199,6 +239,7 @@ def template_source(spec: str, base_dir: Path | None = None, tokenizer=None) -> 
 
 def _make_environment(max_chars: int = DEFAULT_MAX_CHARS, when: datetime | None = None):
     import jinja2
+    import jinja2.compiler
     import jinja2.ext
     import jinja2.nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -250,11 +291,30 @@ def _make_environment(max_chars: int = DEFAULT_MAX_CHARS, when: datetime | None 
             too_big(f"the result of {name}")
         return value
 
+    sized = (str, list, tuple)
+
+    class BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
+        """`a ~ b` (Jinja's string concatenation) through a size-checked join."""
+
+        def visit_Concat(self, node, frame):
+            self.write("environment.curate_join((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    def curate_join(seq):
+        parts = [str(x) for x in seq]
+        if sum(map(len, parts)) > max_chars:
+            too_big("a ~ concatenation")
+        return "".join(parts)
+
     class StrictSandbox(ImmutableSandboxedEnvironment):
         """Raise on the first unsafe attribute instead of returning a silent undefined;
         refuse operators and calls that would build a value over the size limit."""
 
         intercepted_binops = frozenset(["*", "**", "+", "%"])
+        code_generator_class = BoundedCodeGenerator
 
         def unsafe_undefined(self, obj, attribute):
             raise TemplateSecurityError(
@@ -263,7 +323,11 @@ def _make_environment(max_chars: int = DEFAULT_MAX_CHARS, when: datetime | None 
             )
 
         def call_binop(self, context, operator, left, right):
-            sized = (str, list, tuple)
+            if operator == "+":  # the common case (every template concatenates): kept short
+                out = left + right
+                if type(out) in sized and len(out) > max_chars:
+                    too_big(f"{type(left).__name__} + {type(right).__name__}")
+                return out
             if operator == "*":
                 n, seq = (right, left) if isinstance(left, sized) else (left, right)
                 if isinstance(seq, sized) and isinstance(n, int) and len(seq) * n > max_chars:
@@ -275,9 +339,6 @@ def _make_environment(max_chars: int = DEFAULT_MAX_CHARS, when: datetime | None 
             elif operator == "%":
                 vals = right if isinstance(right, tuple) else (right,)
                 check_args("%", vals, {})
-            if operator == "+" and isinstance(left, sized) and isinstance(right, sized) \
-                    and len(left) + len(right) > max_chars:
-                too_big(f"{type(left).__name__} + {type(right).__name__}")
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
@@ -337,6 +398,7 @@ def _make_environment(max_chars: int = DEFAULT_MAX_CHARS, when: datetime | None 
         return filt
 
     env = StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTracker, jinja2.ext.loopcontrols])
+    env.curate_join = curate_join
     env.filters["tojson"] = tojson
     env.filters = {k: bounded(k, f) for k, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
@@ -382,8 +444,8 @@ class ChatTemplate:
         blocks: list[str] = []
         spans: list[tuple[int, int]] = []
         size, limit = 0, self.max_chars
-        tid = _WATCHDOG.start(self.time_limit) if self.time_limit and self.time_limit > 0 else None
-        fired = False
+        tid = _WATCHDOG.start(self.time_limit, memory_budget(limit))
+        fired = None
         try:
             try:
                 with self._tracker.track(blocks, spans):
@@ -396,10 +458,9 @@ class ChatTemplate:
                                 "(render.template_max_chars)")
                         blocks.append(block)
             finally:
-                if tid is not None:
-                    fired = _WATCHDOG.stop(tid)
+                fired = _WATCHDOG.stop(tid) or fired
         except _RenderTimeout:
-            fired = True
+            fired = fired or "time"
         except TemplateSecurityError:
             raise
         except TemplateLimitError as exc:
@@ -416,6 +477,10 @@ class ChatTemplate:
             raise TemplateLimitError(f"chat template {self.name!r} ran out of memory") from None
         except Exception as exc:  # a template's own bug on this conversation (1/0, a bad index, ...)
             raise TemplateError(f"chat template {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if fired == "memory":
+            raise TemplateLimitError(
+                f"chat template {self.name!r} grew the process by more than {memory_budget(limit) >> 20:,} MiB in one "
+                "render (64 bytes per character of render.template_max_chars)")
         if fired:
             raise TemplateLimitError(f"chat template {self.name!r} ran past its time limit of {self.time_limit:g} s "
                                      "(render.template_time_limit)")
