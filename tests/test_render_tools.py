@@ -135,3 +135,10 @@ def test_bad_extra_drops_only_that_record(tmp_path):
     out = render_examples(t, cfg, tmp_path, seed=0, tokenizer=tok)
     assert out.examples.height == 2 and out.dropped["_reason"].to_list() == ["template_error"]
     assert "message 2: `extra` is not valid JSON" in out.dropped["_detail"][0]
+
+
+def test_tools_column_takes_only_tool_schemas():
+    metas = [json.dumps({"tools": TOOLS}), json.dumps({"tools": json.dumps(TOOLS)}), json.dumps({"tools": "a knife"}),
+             json.dumps({"tools": ["knife", "board"]}), "{}", json.dumps({"other": 1, "note": "tools"}), None]
+    col = tools_column(pl.DataFrame({"meta": metas}, schema={"meta": pl.String})).to_list()
+    assert [json.loads(c) if c else None for c in col] == [TOOLS, TOOLS, None, None, None, None, None]

@@ -216,8 +216,9 @@ TOOLS_COL = "_tools"
 
 
 def tools_column(table: pl.DataFrame) -> pl.Series:
-    """Each conversation's `tools` (meta["tools"]) as a JSON string, null where none. Only
-    the rows whose meta mentions "tools" are parsed."""
+    """Each conversation's `tools` (meta["tools"]: a list of tool schemas, or a JSON string of
+    one) as a JSON string, null where none. Only the rows whose meta mentions "tools" are
+    parsed."""
     n = table.height
     if "meta" not in table.columns or n == 0:
         return pl.Series(TOOLS_COL, [None] * n, dtype=pl.String)
@@ -231,8 +232,15 @@ def tools_column(table: pl.DataFrame) -> pl.Series:
             except (TypeError, ValueError):
                 continue
             tools = obj.get("tools") if isinstance(obj, dict) else None
-            if tools:
-                out[int(i)] = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+            if isinstance(tools, str):  # some sets keep the schemas as a JSON string
+                try:
+                    tools = json.loads(tools)
+                except ValueError:
+                    continue
+            # only a list of tool schemas (objects) is `tools` in the HF sense; a record's own
+            # field that happens to be called "tools" ("a knife and a board") is left alone
+            if isinstance(tools, list) and tools and all(isinstance(t, dict) for t in tools):
+                out[int(i)] = json.dumps(tools, ensure_ascii=False)
     return pl.Series(TOOLS_COL, out, dtype=pl.String)
 
 
