@@ -185,3 +185,18 @@ def test_memory_watch_stops_values_kept_out_of_the_output():
         pytest.skip("the memory watch needs /proc (Linux)")
     with pytest.raises(TemplateLimitError, match="grew the process by more than 256 MiB"):
         t.render(MSGS)
+
+
+def test_date_recorded_only_when_set_or_read(tmp_path):
+    from datetime import datetime, timezone
+
+    (tmp_path / "dated.jinja").write_text(DATED)
+    t = _table([[{"role": "system", "content": "Hi."}, *pair("q", "a")]])
+    tok = get_tokenizer("bpe")
+    plain = render_examples(t, RenderConfig(tokenizer="x"), tmp_path, seed=0, tokenizer=tok)
+    assert plain.fingerprints["date"] is None and plain.stats["notes"] == []  # the manifest stays the same every day
+    dated = render_examples(t, RenderConfig(template="dated.jinja", tokenizer="x"), tmp_path, seed=0, tokenizer=tok)
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert dated.fingerprints["date"] == today and "set render.date to pin it" in dated.stats["notes"][0]
+    pinned = render_examples(t, RenderConfig(tokenizer="x", date="2020-01-02"), tmp_path, seed=0, tokenizer=tok)
+    assert pinned.fingerprints["date"] == "2020-01-02"

@@ -613,6 +613,7 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         tokenizer = load_tokenizer(cfg.tokenizer, base_dir, cfg.trust_remote_code)
     # The date strftime_now() returns is fixed once per run (and recorded), so that every
     # worker renders the same text.
+    pinned = cfg.date is not None
     cfg = replace(cfg, date=cfg.date or parse_date(None).date().isoformat())
     try:
         template = template_for(cfg, base_dir, tokenizer)
@@ -670,7 +671,8 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         "template": template.name,
         "template_sha256": template.sha256,
         "template_source": template.source(base_dir),
-        "date": cfg.date,
+        # recorded when set, or when the template reads it (else the manifest would change daily)
+        "date": cfg.date if pinned or template.uses_date else None,
         "tokenizer": {"path": str(cfg.tokenizer), **tokenizer_fingerprint(tokenizer)},
         "end_of_turn": {"text": renderer.end_of_turn, "ids": renderer.end_of_turn_ids},
         "train_on": cfg.train_on,
