@@ -46,7 +46,7 @@ def _load(pipeline: str, with_train: bool):
 @click.option("--address", default=None, help="Ray cluster address (with --executor ray).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Try the pipeline on a seeded sample of N records per source, in <output_dir>-limit-N.")
+              help="Try the pipeline on a seeded sample of N records per source, in <output_dir>-limit-N (or --out).")
 def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
     """Run PIPELINE (a pipeline.toml): read, clean, select, render, write shards; then train."""
     from curate.contract.progress import Progress
