@@ -45,7 +45,9 @@ def _load(pipeline: str, with_train: bool):
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Overrides [run].executor.")
 @click.option("--address", default=None, help="Ray cluster address (with --executor ray).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Try the pipeline on a seeded sample of N records per source, in <output_dir>-limit-N (or --out).")
+def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
     """Run PIPELINE (a pipeline.toml): read, clean, select, render, write shards; then train."""
     from curate.contract.progress import Progress
     from curate.pipeline.runner import LedgerError, run_pipeline
@@ -57,7 +59,11 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
         cfg.run.ray_address = address
     progress = Progress(enabled=not quiet)
     try:
-        manifest = run_pipeline(cfg, out_dir=out_dir, fresh=fresh, progress=progress)
+        if limit is not None and not out_dir:
+            from curate.pipeline.runner import limited_output_dir
+
+            out_dir = str(limited_output_dir(cfg, limit))
+        manifest = run_pipeline(cfg, out_dir=out_dir, fresh=fresh, progress=progress, limit=limit)
     except LedgerError as exc:
         progress.close()
         raise click.ClickException(f"internal error: {exc}") from None
@@ -112,6 +118,10 @@ def validate(pipeline):
 from curate.cli.templates import templates_cli  # noqa: E402  (click + stdlib only)
 
 main.add_command(templates_cli, "templates")
+# [cli:init]
+from curate.cli.init import init_cmd  # noqa: E402  (click + stdlib at import)
+
+main.add_command(init_cmd)
 # [cli:classifier]
 from curate.cli.classifier import classifier_cli  # noqa: E402
 

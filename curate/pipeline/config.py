@@ -6,6 +6,7 @@ the key and, where it can, the line.
     [[sources]]  name, path, format, task | task_field, ...
     [[stages]]   kind = "...", plus that kind's own keys (see curate/stages/)
     [render]     template, tokenizer, max_length, pack, val_fraction, ...
+    [export]     shape, formats, dir: the curated conversations as JSONL/Parquet/datasets
     [train]      validated by the trainer (train/config.py), kept here as a table
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from curate.read.sources import SourceConfig, source_files
 from curate.render.config import RenderConfig
+from curate.render.export import ExportConfig
 from curate.stages import STAGE_MODULES, stage_class
 from curate.contract.typed_config import ConfigError, load_dataclass, locate_line
 
@@ -39,6 +41,7 @@ class PipelineConfig:
     render: RenderConfig | None
     train: dict | None
     raw: dict  # the parsed toml, as written
+    export: ExportConfig | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -56,19 +59,22 @@ class PipelineConfig:
         def plain(x):
             return asdict(x) if is_dataclass(x) else x
 
-        return {
+        out = {
             "run": plain(self.run),
             "sources": [plain(s) for s in self.sources],
             "stages": [plain(s) for s in self.stages],
             "render": plain(self.render) if self.render else None,
             "train": self.train,
         }
+        if self.export is not None:  # only when present, so configs without it keep their hash
+            out["export"] = plain(self.export)
+        return out
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-TOP_LEVEL = {"run", "sources", "stages", "render", "train"}
+TOP_LEVEL = {"run", "sources", "stages", "render", "export", "train"}
 
 
 def parse_config(data: dict, path: Path, text: str = "", check_files: bool = True) -> PipelineConfig:
@@ -110,10 +116,12 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
             if stage_names.index(n) != i:
                 raise ConfigError(f"stages[{i}].name", f"two stages are both named {n!r}: give one a `name`")
         render = load_dataclass(RenderConfig, data["render"], "render") if "render" in data else None
+        export = load_dataclass(ExportConfig, data["export"], "export") if "export" in data else None
         train = data.get("train")
         if train is not None and not isinstance(train, dict):
             raise ConfigError("train", "must be a table")
-        cfg = PipelineConfig(path=path, run=run, sources=sources, stages=stages, render=render, train=train, raw=data)
+        cfg = PipelineConfig(path=path, run=run, sources=sources, stages=stages, render=render, train=train, raw=data,
+                             export=export)
         if check_files:
             for i, s in enumerate(sources):
                 if not source_files(s, cfg.base_dir):

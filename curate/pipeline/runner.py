@@ -99,20 +99,32 @@ def _clean_stale(out: Path, keep_stage_dirs: set[str]) -> None:
                 f.unlink()
 
 
+def limited_output_dir(cfg: PipelineConfig, limit: int) -> Path:
+    """Where `--limit N` runs go: beside the full run, never into it."""
+    base = cfg.output_dir()
+    return base.with_name(f"{base.name}-limit-{limit}")
+
+
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path | None = None, fresh: bool = False,
-                 progress: Progress | None = None, executor: Executor | None = None) -> dict:
-    """Run the curation pipeline of `cfg`; returns the manifest (also written to disk)."""
+                 progress: Progress | None = None, executor: Executor | None = None,
+                 limit: int | None = None) -> dict:
+    """Run the curation pipeline of `cfg`; returns the manifest (also written to disk).
+    `limit`: a seeded sample of that many records per source (curate.read.limit), run into
+    `limited_output_dir` unless out_dir is given."""
     progress = progress or Progress(enabled=False)
+    if limit is not None and out_dir is None:
+        out_dir = limited_output_dir(cfg, limit)
     own_executor = executor is None
     executor = executor or make_executor(cfg.run)
     try:
-        return _run(cfg, out_dir, fresh, progress, executor)
+        return _run(cfg, out_dir, fresh, progress, executor, limit)
     finally:
         if own_executor:
             executor.close()
 
 
-def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor: Executor) -> dict:
+def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor: Executor,
+         limit: int | None = None) -> dict:
     out = cfg.output_dir(out_dir).resolve()
     if fresh and out.exists():
         for sub in ("stages", "rejects", "shards", "quarantine.jsonl", "manifest.json", "report.html", "timings.json"):
@@ -130,6 +142,8 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
 
     # ---- read
     fingerprint = input_fingerprint(cfg)
+    if limit is not None:
+        fingerprint = _hash(fingerprint, "limit", limit)
     read_dir = out / "stages" / READ_DIR
     info = _done(read_dir, fingerprint)
     t0 = time.perf_counter()
@@ -139,6 +153,12 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     else:
         with progress.stage("read", total=len(cfg.sources)) as done:
             reads = [read_source(s, cfg.base_dir, progress.log) for s in cfg.sources]
+            totals = [r.table.height for r in reads]
+            if limit is not None:  # --limit: a seeded sample per source (curate.read.limit)
+                from curate.read.limit import sample_records
+
+                for r in reads:
+                    r.table = sample_records(r.table, limit, cfg.run.seed)
             tables = [r.table for r in reads if r.table.height]
             table = pl.concat(tables, how="vertical") if tables else empty_records()
             quarantine = [q for r in reads for q in r.quarantine]
@@ -152,12 +172,15 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
                 "sources": [{"name": r.name, "format": r.format, "files": r.files, "read": r.read,
                              "records": r.table.height, "quarantined": len(r.quarantine)} for r in reads],
             }
+            if limit is not None:
+                info["limit"] = {"per_source": limit, "records_before": dict(zip([r.name for r in reads], totals))}
             write_json(read_dir / "done.json", info)
             done(table.height, 0, f"{len(quarantine):,} quarantined")
     timings["read"] = time.perf_counter() - t0
     ledger.read = info["rows_out"] + info["quarantined"]
     ledger.quarantined = info["quarantined"]
     source_info = info["sources"]
+    info_limit = info.get("limit")
 
     # ---- stages
     stage_reports = []
@@ -212,6 +235,8 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         "stages": stage_reports,
         "quarantine": {"file": "quarantine.jsonl", "rows": ledger.quarantined},
     }
+    if info_limit is not None:
+        manifest["limit"] = info_limit
 
     # ---- render and shards
     upsampled_total = sum(ledger.upsampled.values())
@@ -239,6 +264,10 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         manifest["render"] = {
             "template": rendered.fingerprints.get("template"),
             "template_sha256": rendered.fingerprints.get("template_sha256"),
+            # the exact template (file relative to config_dir, text, date) for exporters
+            "template_path": (rendered.fingerprints.get("template_source") or {}).get("path"),
+            "template_text": (rendered.fingerprints.get("template_source") or {}).get("text"),
+            "date": rendered.fingerprints.get("date"),
             "tokenizer": rendered.fingerprints.get("tokenizer"),
             "end_of_turn": rendered.fingerprints.get("end_of_turn"),
             "train_on": cfg.render.train_on, "max_length": cfg.render.max_length, "pack": cfg.render.pack,
@@ -253,6 +282,10 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
         raise LedgerError(f"ledger does not reconcile: {manifest['ledger']}")
+    if cfg.export is not None:  # the curated conversations as JSONL / Parquet / datasets (curate.render.export)
+        from curate.render.export import write_export
+
+        manifest["export"] = write_export(table, cfg, out, manifest, rendered.dropped if cfg.render else None)
     write_json(out / "manifest.json", manifest)
     write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     return manifest

@@ -26,6 +26,7 @@ class SourceConfig:
     task_template: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
     system: str | None = None  # a system prompt to prepend to every record of this source
+    license: str | None = None  # the data's licence as you declare it (e.g. "cc-by-sa-3.0"), for the export's dataset card
 
     def validate(self) -> None:
         if self.task and self.task_field:

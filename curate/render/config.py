@@ -20,6 +20,12 @@ class RenderConfig:
     shard_rows: int = 10000  # rows per shard file, bounding shard size
     trust_remote_code: bool = False
     batch_size: int = 1000
+    # seconds one conversation's render may take before it is dropped as template_error
+    # (a real template needs well under a millisecond; 0 turns the limit off)
+    template_time_limit: float = 10.0
+    template_max_chars: int = 32_000_000  # characters one render may output or build in one value
+    # the date strftime_now() returns (YYYY-MM-DD[THH:MM:SS]); unset: today (UTC), recorded in the manifest
+    date: str | None = None
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -28,3 +34,14 @@ class RenderConfig:
             raise ConfigError("max_length", f"must be at least 8, got {self.max_length}")
         if self.shard_rows < 1:
             raise ConfigError("shard_rows", "must be positive")
+        if self.template_time_limit < 0:
+            raise ConfigError("template_time_limit", f"must be >= 0 (0: no limit), got {self.template_time_limit}")
+        if self.template_max_chars < 1000:
+            raise ConfigError("template_max_chars", f"must be at least 1000, got {self.template_max_chars}")
+        if self.date is not None:
+            from curate.render.templates import parse_date
+
+            try:
+                parse_date(self.date)
+            except ValueError as exc:
+                raise ConfigError("date", str(exc)) from None

@@ -13,18 +13,28 @@ prefixes of the full text. Never from searching for marker strings.
 
 The text is tokenized with add_special_tokens=False, as apply_chat_template does: the
 template writes BOS itself, so it is never doubled.
+
+Conversations are given to the template whole, as `apply_chat_template(messages, tools=...)`
+gets them: each message's `extra` (a JSON object of its keys other than role/content:
+`tool_calls`, `tool_call_id`, `name`, unknown keys; null or absent when there are none) is
+merged into the message dict, and the conversation's `tools` (kept in `meta` under "tools")
+go to the template as `tools=`. A table without `extra` renders as before. A template error
+on one conversation (including a time or size limit, see curate.render.templates) drops that
+conversation with reason `template_error` and the message; the run goes on.
 """
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.render.templates import ChatTemplate, TemplateError, TemplateSecurityError, load_template, special_tokens_kwargs
+from curate.render.templates import (ChatTemplate, TemplateError, TemplateSecurityError, load_template, parse_date,
+                                     special_tokens_kwargs)
 from curate.contract.schema import stable_keys
 from curate.render.word_cache import WordCache
 
@@ -178,6 +188,72 @@ class EncodingSpans:
         return self.enc.offsets
 
 
+# --------------------------------------------------------------------------- conversations
+
+
+def message_dicts(messages: list[dict]) -> list[dict]:
+    """The message dicts a template sees: role and content (None values left out, as
+    before), then the keys of `extra` (a JSON object string) merged in."""
+    out = []
+    for i, m in enumerate(messages):
+        d = {k: v for k, v in m.items() if v is not None and k != "extra"}
+        extra = m.get("extra")
+        if extra:
+            try:
+                more = json.loads(extra)
+            except (TypeError, ValueError) as exc:
+                raise TemplateError(f"message {i}: `extra` is not valid JSON: {exc}") from None
+            if not isinstance(more, dict):
+                raise TemplateError(f"message {i}: `extra` must be a JSON object, got {type(more).__name__}")
+            for k, v in more.items():
+                if k not in ("role", "content"):
+                    d[k] = v
+        out.append(d)
+    return out
+
+
+TOOLS_COL = "_tools"
+
+
+def tools_column(table: pl.DataFrame) -> pl.Series:
+    """Each conversation's `tools` (meta["tools"]: a list of tool schemas, or a JSON string of
+    one) as a JSON string, null where none. Only the rows whose meta mentions "tools" are
+    parsed."""
+    n = table.height
+    if "meta" not in table.columns or n == 0:
+        return pl.Series(TOOLS_COL, [None] * n, dtype=pl.String)
+    meta = table["meta"].cast(pl.String)
+    hit = meta.str.contains('"tools"', literal=True).fill_null(False)
+    out: list = [None] * n
+    if hit.any():
+        for i in np.flatnonzero(hit.to_numpy()):
+            try:
+                obj = json.loads(meta[int(i)])
+            except (TypeError, ValueError):
+                continue
+            tools = obj.get("tools") if isinstance(obj, dict) else None
+            if isinstance(tools, str):  # some sets keep the schemas as a JSON string
+                try:
+                    tools = json.loads(tools)
+                except ValueError:
+                    continue
+            # only a list of tool schemas (objects) is `tools` in the HF sense; a record's own
+            # field that happens to be called "tools" ("a knife and a board") is left alone
+            if isinstance(tools, list) and tools and all(isinstance(t, dict) for t in tools):
+                out[int(i)] = json.dumps(tools, ensure_ascii=False)
+    return pl.Series(TOOLS_COL, out, dtype=pl.String)
+
+
+def _parse_tools(value):
+    if value is None:
+        return None
+    try:
+        tools = json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise TemplateError(f"meta.tools is not valid JSON: {exc}") from None
+    return tools or None
+
+
 # --------------------------------------------------------------------------- renderer
 
 
@@ -199,14 +275,15 @@ class Renderer:
         self.word_cache = WordCache.for_tokenizer(tokenizer)
 
     # -- rendering text and spans
-    def _spans_by_prefix(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        full, _ = self.template.render(messages, **self.kwargs)
+    def _spans_by_prefix(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+        full, _ = self.template.render(messages, tools=tools, **self.kwargs)
         spans = []
         for i, m in enumerate(messages):
             if m.get("role") != "assistant":
                 continue
-            before, _ = self.template.render(messages[:i], add_generation_prompt=True, **self.kwargs) if i else ("", [])
-            upto, _ = self.template.render(messages[: i + 1], **self.kwargs)
+            before, _ = (self.template.render(messages[:i], add_generation_prompt=True, tools=tools, **self.kwargs)
+                         if i else ("", []))
+            upto, _ = self.template.render(messages[: i + 1], tools=tools, **self.kwargs)
             if not (full.startswith(upto) and upto.startswith(before)):
                 raise TemplateError(
                     f"template {self.template.name!r} has no {{% generation %}} blocks and its renders of a "
@@ -216,11 +293,12 @@ class Renderer:
             spans.append((len(before), len(upto)))
         return full, spans
 
-    def render_text(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    def render_text(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+        """`messages` as stored (role, content, optional `extra`); `tools` a parsed list or None."""
+        messages = message_dicts(messages)
         if self.template.has_generation:
-            return self.template.render(messages, **self.kwargs)
-        return self._spans_by_prefix(messages)
+            return self.template.render(messages, tools=tools, **self.kwargs)
+        return self._spans_by_prefix(messages, tools)
 
     def _probe(self) -> tuple[str, list[int]]:
         """Find the end-of-turn text: what the template writes after an assistant answer inside
@@ -246,12 +324,13 @@ class Renderer:
         return tail, [int(i) for i in ids]
 
     # -- the batch path
-    def render_texts(self, conversations: list[list[dict]]) -> list[Encoded]:
-        """Template step only (pure Python, holds the GIL)."""
+    def render_texts(self, conversations: list[list[dict]], tools: list | None = None) -> list[Encoded]:
+        """Template step only (pure Python, holds the GIL). `tools`: per conversation, its
+        tools as a JSON string or None."""
         out: list[Encoded] = []
-        for msgs in conversations:
+        for k, msgs in enumerate(conversations):
             try:
-                text, spans = self.render_text(msgs)
+                text, spans = self.render_text(msgs, _parse_tools(tools[k]) if tools is not None else None)
             except TemplateSecurityError:
                 raise
             except TemplateError as exc:
@@ -294,8 +373,8 @@ class Renderer:
                 self._plan(ex, *next(it))
         return rendered
 
-    def render_batch(self, conversations: list[list[dict]]) -> list[Encoded]:
-        rendered = self.render_texts(conversations)
+    def render_batch(self, conversations: list[list[dict]], tools: list | None = None) -> list[Encoded]:
+        rendered = self.render_texts(conversations, tools)
         return self.finish(rendered, self.encode(rendered))
 
     def _plan(self, ex: Encoded, enc, found: list) -> None:
@@ -413,10 +492,14 @@ def assign_split(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Seri
 REASON_COL, DETAIL_COL, TRUNCATED_COL = "_render_reason", "_render_detail", "_render_truncated"
 
 
-def tokenize_aligned(renderer: "Renderer", messages: pl.Series, batch_size: int) -> pa.Table:
-    """Render, tokenize and mask `messages`; one output row per input row, in order:
-    input_ids and labels (null when dropped), the drop reason and detail, truncated."""
+def tokenize_aligned(renderer: "Renderer", messages: pl.Series, batch_size: int,
+                     tools: pl.Series | None = None) -> pa.Table:
+    """Render, tokenize and mask `messages` (with each row's `tools` JSON, when given); one
+    output row per input row, in order: input_ids and labels (null when dropped), the drop
+    reason and detail, truncated."""
     n = messages.len()
+    if tools is not None and tools.null_count() == tools.len():
+        tools = None
     reasons: list = [None] * n
     details: list = [None] * n
     truncated = np.zeros(n, dtype=bool)
@@ -443,7 +526,8 @@ def tokenize_aligned(renderer: "Renderer", messages: pl.Series, batch_size: int)
         pending = None
         step = max(1, min(batch_size, PIPELINE_CHUNK)) if renderer.word_cache is None else WORD_CACHE_CHUNK
         for start in range(0, n, step):
-            rendered = renderer.render_texts(messages.slice(start, step).to_list())
+            rendered = renderer.render_texts(messages.slice(start, step).to_list(),
+                                             tools.slice(start, step).to_list() if tools is not None else None)
             future = pool.submit(renderer.encode, rendered)
             if pending is not None:
                 collect(*pending)
@@ -481,10 +565,18 @@ class RenderBlock:
         renderer = RenderBlock._cache.get(key)
         if renderer is None:
             tokenizer = load_tokenizer(cfg.tokenizer, Path(self.base_dir), cfg.trust_remote_code)
-            template = load_template(cfg.template, Path(self.base_dir), tokenizer)
-            renderer = Renderer(template, tokenizer, cfg.max_length, cfg.train_on, cfg.overflow)
+            renderer = Renderer(template_for(cfg, Path(self.base_dir), tokenizer), tokenizer, cfg.max_length,
+                                cfg.train_on, cfg.overflow)
             RenderBlock._cache[key] = renderer
-        return tokenize_aligned(renderer, pl.from_arrow(block)["messages"], cfg.batch_size)
+        frame = pl.from_arrow(block)
+        return tokenize_aligned(renderer, frame["messages"], cfg.batch_size,
+                                frame[TOOLS_COL] if TOOLS_COL in frame.columns else None)
+
+
+def template_for(cfg, base_dir: Path, tokenizer) -> ChatTemplate:
+    """The run's compiled template with its limits and date from `[render]`."""
+    return load_template(cfg.template, base_dir, tokenizer, time_limit=cfg.template_time_limit,
+                         max_chars=cfg.template_max_chars, date=cfg.date)
 
 
 def _samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
@@ -519,8 +611,12 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         if not cfg.tokenizer:
             raise RenderError("render.tokenizer is required")
         tokenizer = load_tokenizer(cfg.tokenizer, base_dir, cfg.trust_remote_code)
+    # The date strftime_now() returns is fixed once per run (and recorded), so that every
+    # worker renders the same text.
+    pinned = cfg.date is not None
+    cfg = replace(cfg, date=cfg.date or parse_date(None).date().isoformat())
     try:
-        template = load_template(cfg.template, base_dir, tokenizer)
+        template = template_for(cfg, base_dir, tokenizer)
         renderer = Renderer(template, tokenizer, cfg.max_length, cfg.train_on, cfg.overflow)
     except TemplateError as exc:
         raise RenderError(f"render.template: {exc}") from exc
@@ -528,11 +624,16 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
     split = assign_split(table, cfg.val_fraction, seed)
     # Each distinct conversation is rendered once: a mix stage's upsampled repeats share
     # their id (a content hash), and get the same tokens back through a join.
-    unique = table.select("id", "messages").unique("id", keep="first", maintain_order=True)
+    unique = table.select("id", "messages", *(["meta"] if "meta" in table.columns else [])).unique(
+        "id", keep="first", maintain_order=True)
+    tools = tools_column(unique)
+    has_tools = tools.null_count() < tools.len()
     if map_blocks is None:
-        aligned = tokenize_aligned(renderer, unique["messages"], cfg.batch_size)
+        aligned = tokenize_aligned(renderer, unique["messages"], cfg.batch_size, tools if has_tools else None)
     else:  # an executor spreads the (row-local) tokenization; rows come back in order
-        aligned = map_blocks(unique.select("messages"), RenderBlock(cfg, str(base_dir)))
+        frame = unique.select("messages").with_columns(tools) if has_tools else unique.select("messages")
+        aligned = map_blocks(frame, RenderBlock(cfg, str(base_dir)))
+    unique = unique.select("id", "messages")
     u = unique.select("id").hstack(pl.from_arrow(aligned))
     tokens = u.filter(pl.col(REASON_COL).is_null()).select("id", "input_ids", "labels")
     base = table.select(pl.col("id", "source", "task").cast(pl.String)).with_columns(split)
@@ -560,12 +661,18 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],
         "mask_source": "generation" if template.has_generation else "prefix",
+        "with_tools": int(tools.len() - tools.null_count()),
+        "notes": ([f"the template calls strftime_now(): it rendered with the date {cfg.date} (set render.date to pin "
+                   "it; unset, a run on another day renders other text)"] if template.uses_date else []),
         "checks": checks,
         "samples": _samples(tokenizer, examples.filter(pl.col("split") == "train")),
     }
     fingerprints = {
         "template": template.name,
         "template_sha256": template.sha256,
+        "template_source": template.source(base_dir),
+        # recorded when set, or when the template reads it (else the manifest would change daily)
+        "date": cfg.date if pinned or template.uses_date else None,
         "tokenizer": {"path": str(cfg.tokenizer), **tokenizer_fingerprint(tokenizer)},
         "end_of_turn": {"text": renderer.end_of_turn, "ids": renderer.end_of_turn_ids},
         "train_on": cfg.train_on,
