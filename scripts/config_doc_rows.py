@@ -5,6 +5,7 @@ into docs/config.md, and edit the meaning; tests/test_docs_config.py fails until
 is documented exactly once.
 
     python scripts/config_doc_rows.py            # missing rows, by section
+    python scripts/config_doc_rows.py --write    # append them to their sections (then edit)
 """
 from __future__ import annotations
 
@@ -55,8 +56,26 @@ def default_of(f: dataclasses.Field) -> str:
     return "(required)"
 
 
+def insert_rows(page: str, section: str, rows: list[str]) -> str:
+    """`page` with `rows` appended to the table of `## section` (the section and its table
+    added at the end when the page has none)."""
+    lines = page.rstrip("\n").split("\n")
+    try:
+        start = lines.index(f"## {section}")
+    except ValueError:
+        return "\n".join(lines + ["", f"## {section}", "", "| key | default | meaning |", "| --- | --- | --- |", *rows]) + "\n"
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("## "):
+        end += 1
+    last_row = max((i for i in range(start, end) if lines[i].startswith("|")), default=end - 1)
+    return "\n".join(lines[: last_row + 1] + rows + lines[last_row + 1:]) + "\n"
+
+
 def main() -> int:
-    documented = documented_keys(ROOT / "docs" / "config.md")
+    page_path = ROOT / "docs" / "config.md"
+    documented = documented_keys(page_path)
+    write = "--write" in sys.argv[1:]
+    page = page_path.read_text(encoding="utf-8")
     missing = 0
     sections = config_sections()
     for title, keys in expected_doc_keys().items():
@@ -68,12 +87,14 @@ def main() -> int:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         rows = [k for k in keys if k not in have]
         if rows:
-            print(f"## {title}")
-            for k in rows:
-                print(f"| `{k}` | {default_of(fields[k])} | {comments.get(k) or '?'} |")
-                missing += 1
-            print()
-    return 1 if missing else 0
+            lines = [f"| `{k}` | {default_of(fields[k])} | {comments.get(k) or '?'} |" for k in rows]
+            missing += len(lines)
+            if write:
+                page = insert_rows(page, title, lines)
+            print(f"## {title}", *lines, "", sep="\n")
+    if write and missing:
+        page_path.write_text(page, encoding="utf-8")
+    return 1 if missing and not write else 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def config_sections() -> dict[str, type]:
         for fname, inner in nested_dataclasses(cls).items():
             sections[f'[[stages]] kind = "{kind}" · {fname} entries'] = inner
     sections["[render]"] = RenderConfig
+    from curate.render.export import ExportConfig
+
+    sections["[export]"] = ExportConfig
     try:
         from train.config import TrainConfig  # the trainer validates [train]; curation never imports it
     except ImportError:  # pragma: no cover - a build without the trainer
