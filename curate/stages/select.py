@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult, unknown_group_names
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -61,6 +61,20 @@ class Config:
     max_length: int = 512
     device: str = "cpu"
     trust_remote_code: bool = False
+    # a quotas name that no task (or source) read has: an error (true) or a warning
+    strict: bool = True
+
+    def column_refs(self) -> list[tuple[str, str]]:
+        refs = [("column", self.column)]
+        if self.diversity is not None and self.embedding == "column" and self.embedding_column:
+            refs.append(("embedding_column", self.embedding_column))
+        return refs
+
+    def check_data(self, names: dict[str, list[str]]) -> list[str]:
+        msg = unknown_group_names(list(self.quotas), names.get(self.by, []), self.by, "quotas") if self.quotas else None
+        if msg and self.strict:
+            raise ConfigError("quotas", msg + " (set strict = false to only warn)")
+        return [msg] if msg else []
 
     def validate(self) -> None:
         if self.min is not None and self.max is not None and self.min > self.max:

@@ -83,6 +83,13 @@ class Config:
     sources: list[str] = field(default_factory=list)  # keep="source_priority": most trusted first
     examples: int = 5  # clusters shown in the report
 
+    def output_columns(self) -> list[str]:
+        n = self.name or "dedup"
+        return [f"{n}_cluster", f"{n}_cluster_size", f"{n}_cluster_agreement"]
+
+    def column_refs(self) -> list[tuple[str, str]]:
+        return [("score_column", self.score_column)] if self.score_column and self.keep != "first" else []
+
     def validate(self) -> None:
         bad = [s for s in self.normalize if s not in mh.NORMALIZE_STEPS]
         if bad:

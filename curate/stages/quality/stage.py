@@ -75,6 +75,16 @@ class Config:
     def score_column(self) -> str:
         return self.column or self.scorer
 
+    def output_columns(self) -> list[str]:
+        c = self.score_column
+        extra = {"perplexity": ["loss"], "ifd": ["loss_cond", "loss_answer"], "verifier": ["error"],
+                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "fold"]}.get(self.scorer)
+        if extra is None:  # heuristic: one column per feature
+            from curate.stages.quality.heuristic import DEFAULT_WEIGHTS
+
+            extra = list(DEFAULT_WEIGHTS)
+        return [c] + [f"{c}_{x}" for x in extra] + ([f"{c}_embedding"] if self.embed else [])
+
     def validate(self) -> None:
         s = self.scorer
         if s in ("fasttext", "perplexity", "ifd") and not self.model:
