@@ -85,3 +85,15 @@ def test_config_errors():
         load_dataclass(Config, {"kind": "consensus", "answer_similarity": 0}, "s").validate()
     with pytest.raises(ConfigError, match="min_group"):
         load_dataclass(Config, {"kind": "consensus", "min_group": 1}, "s").validate()
+
+
+def test_variants_of_the_majority_answer_are_kept(tmp_path):
+    # near-equality is not transitive: W and V each agree with T but not with each other,
+    # so their support is below T's; being near T, they are the majority, not outvoted
+    t = "a b c d e f g h i j"
+    w = t + " k l"                    # Jaccard with t: 10/12
+    v = "a b c d e f g h i m"         # with t: 9/11; with w: 9/13 (not near)
+    convs = [pair("Q", t)] * 2 + [pair("Q", w)] * 2 + [pair("Q", v), pair("Q", "no")]
+    res = run(tmp_path, convs)
+    assert [m[1]["content"] for m in res.dropped["messages"]] == ["no"]
+    assert sorted(res.kept["consensus_support"].to_list()) == [3, 4, 4, 5, 5]

@@ -22,7 +22,11 @@ Columns (prefix = the stage's name, default `consensus`):
 
 With `drop = "minority"` (default) a record is dropped (`minority_answer`, detail: its
 support, the majority's, and one majority record's id) when its group has at least
-`min_group` records and its answer's support is below the group's highest. Ties are kept
+`min_group` records, the group's top answer has more than `majority` (default half) of
+the group's support, its answer's support is below the top's, and its answer is
+not near-equal to a most-supported answer (a variant of the majority answer stays:
+agreement by near-equality is not transitive, so "2 of 4 agree" may still agree with the
+top answer). Ties are kept
 (there is no majority to follow); groups smaller than `min_group` are kept (two records
 that disagree are a tie, not a vote). `drop = "none"` only adds the columns, for `select
 column = "consensus"` or for reading the conflicts in the report.
@@ -74,6 +78,8 @@ class Config:
     # "minority": drop records outvoted within their prompt group; "none": columns only
     drop: Literal["minority", "none"] = "minority"
     min_group: int = 3  # groups smaller than this never drop a record
+    # drop only where the top answer's support share exceeds this (0.5: a true majority)
+    majority: float = 0.5
     examples: int = 8  # conflicting groups shown in the report
 
     def validate(self) -> None:
@@ -84,6 +90,8 @@ class Config:
             raise ConfigError("answer_similarity", f"must be in (0, 1], got {self.answer_similarity}")
         if self.max_answers < 2:
             raise ConfigError("max_answers", "must be at least 2")
+        if not 0.0 <= self.majority < 1.0:
+            raise ConfigError("majority", f"must be in [0, 1), got {self.majority}")
         if self.min_group < 2:
             raise ConfigError("min_group", "must be at least 2")
         if self.examples < 0:
@@ -113,12 +121,14 @@ class ConsensusStage(Stage):
         return t.with_row_index(_ROW).with_columns(
             pl.when(pl.col(_P).str.len_chars() > 0).then(pl.col(_P)).otherwise(own).alias(_P))
 
-    def support(self, keys: pl.DataFrame) -> pl.DataFrame:
+    def support(self, keys: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Per distinct (prompt, answer): its count and its support (the counts of every
-        answer of the same prompt that agrees with it, its own included)."""
+        answer of the same prompt that agrees with it, its own included); and the pairs
+        of distinct answers that are near-equal (`_AID`, `_AID_b`)."""
         c = self.config
         answers = keys.group_by(_P, _A).agg(pl.len().cast(pl.Int64).alias("n")).sort(_P, _A).with_row_index(_AID)
         sup = answers.select(_AID, pl.col("n").alias("support"))
+        near = pl.DataFrame(schema={_AID: pl.UInt32, f"{_AID}_b": pl.UInt32})
         if c.answer_similarity < 1.0:
             d = pl.len().over(_P)
             cand = answers.filter((d > 1) & (d <= c.max_answers)).with_columns(
@@ -127,18 +137,19 @@ class ConsensusStage(Stage):
                 pairs = cand.join(cand, on=_P, suffix="_b").filter(pl.col(_AID) < pl.col(f"{_AID}_b"))
                 inter = pl.col("w").list.set_intersection(pl.col("w_b")).list.len()
                 union = pl.col("w").list.set_union(pl.col("w_b")).list.len()
-                near = pairs.filter(inter >= c.answer_similarity * union.clip(lower_bound=1)).select(_AID, "n", f"{_AID}_b", "n_b")
-                gain = pl.concat([near.select(pl.col(_AID), pl.col("n_b").alias("g")),
-                                  near.select(pl.col(f"{_AID}_b").alias(_AID), pl.col("n").alias("g"))])
+                pn = pairs.filter(inter >= c.answer_similarity * union.clip(lower_bound=1)).select(_AID, "n", f"{_AID}_b", "n_b")
+                gain = pl.concat([pn.select(pl.col(_AID), pl.col("n_b").alias("g")),
+                                  pn.select(pl.col(f"{_AID}_b").alias(_AID), pl.col("n").alias("g"))])
                 gain = gain.group_by(_AID).agg(pl.col("g").sum())
                 sup = sup.join(gain, on=_AID, how="left").select(_AID, pl.col("support") + pl.col("g").fill_null(0))
-        return answers.join(sup, on=_AID).sort(_AID)
+                near = pn.select(_AID, f"{_AID}_b")
+        return answers.join(sup, on=_AID).sort(_AID), near
 
     def process(self, table: pl.DataFrame) -> StageResult:
         c = self.config
         n = self.name
         keys = self.keys(table)
-        answers = self.support(keys)
+        answers, near = self.support(keys)
         answers = answers.with_columns(
             pl.col("n").sum().over(_P).alias("size"),
             pl.len().over(_P).alias("n_answers"),
@@ -150,10 +161,15 @@ class ConsensusStage(Stage):
             (((pl.col("support") == pl.col("best")).sum().over(_P) > 1)
              & (pl.col("n").filter(pl.col("support") == pl.col("best")).sum().over(_P) > pl.col("best"))).alias("tie"),
         )
+        # an answer near-equal to a top answer is a variant of the majority, not outvoted
+        top = answers.filter(pl.col("support") == pl.col("best")).select(_AID)
+        near_top = pl.concat([near.join(top, left_on=f"{_AID}_b", right_on=_AID).select(_AID),
+                              near.join(top, on=_AID).select(pl.col(f"{_AID}_b").alias(_AID)), top]).unique()
+        answers = answers.with_columns(pl.col(_AID).is_in(near_top[_AID].implode()).alias("with_top"))
         group_first = keys.group_by(_P).agg(pl.col("id").min().alias("group"))
         majority_id = (keys.join(answers.filter(pl.col("support") == pl.col("best")).select(_P, _A), on=[_P, _A])
                        .group_by(_P).agg(pl.col("id").min().alias("majority_id")))
-        per = (keys.join(answers.select(_P, _A, "support", "size", "n_answers", "best", "conflict", "tie"),
+        per = (keys.join(answers.select(_P, _A, "support", "size", "n_answers", "best", "conflict", "tie", "with_top"),
                          on=[_P, _A], how="left", maintain_order="left")
                .join(group_first, on=_P, how="left", maintain_order="left")
                .join(majority_id, on=_P, how="left", maintain_order="left")
@@ -170,7 +186,8 @@ class ConsensusStage(Stage):
         ]
         out = table.with_columns(cols)
         if c.drop == "minority":
-            minority = ((per["size"] >= c.min_group) & (per["support"] < per["best"])).alias("m")
+            minority = ((per["size"] >= c.min_group) & (per["support"] < per["best"]) & ~per["with_top"]
+                        & (per["best"] > c.majority * per["size"])).alias("m")
         else:
             minority = pl.Series("m", [False] * table.height, dtype=pl.Boolean)
         detail = per.select(pl.format("{}/{} agree; the majority answer has {}/{} (e.g. {})", "support", "size",
@@ -178,7 +195,13 @@ class ConsensusStage(Stage):
         kept = out.filter(~minority)
         dropped = out.filter(minority).with_columns(pl.lit(REASON_MINORITY).alias(REASON),
                                                     detail.filter(minority).alias(DETAIL))
-        return StageResult(kept=kept, dropped=dropped, stats=self._stats(keys, per, answers, table, minority))
+        stats = self._stats(keys, per, answers, table, minority)
+        if stats["dropped_minority"]:
+            per_task = ", ".join(f"{t} {v['dropped']}" for t, v in stats["by_task"].items() if v["dropped"])
+            self.context.log(f"{self.name}: dropped {stats['dropped_minority']:,} outvoted answers ({per_task}); "
+                             "on open-ended tasks (code, writing) an outvoted answer may be a valid alternative: "
+                             "drop = \"none\" keeps them and only adds the columns")
+        return StageResult(kept=kept, dropped=dropped, stats=stats)
 
     def _stats(self, keys, per, answers, table, minority) -> dict:
         c = self.config
@@ -188,7 +211,7 @@ class ConsensusStage(Stage):
         conf = groups.filter(pl.col("conflict"))
         stats = {
             "prompt_view": c.prompt_view, "answer_view": c.answer_view, "answer_similarity": c.answer_similarity,
-            "drop": c.drop, "min_group": c.min_group, "rows_in": table.height,
+            "drop": c.drop, "min_group": c.min_group, "majority": c.majority, "rows_in": table.height,
             "groups": groups.height, "groups_repeated": multi.height,
             "rows_in_repeated_groups": int(multi["size"].sum() or 0),
             "conflict_groups": conf.height, "rows_in_conflict_groups": int(conf["size"].sum() or 0),
