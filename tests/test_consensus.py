@@ -97,3 +97,16 @@ def test_variants_of_the_majority_answer_are_kept(tmp_path):
     res = run(tmp_path, convs)
     assert [m[1]["content"] for m in res.dropped["messages"]] == ["no"]
     assert sorted(res.kept["consensus_support"].to_list()) == [3, 4, 4, 5, 5]
+
+
+def test_select_keeps_the_majority_answer_from_the_columns(tmp_path):
+    from curate.stages.select import Config as SelectConfig, SelectStage
+
+    convs = [pair("Q", "yes")] * 3 + [pair("Q", "no")] + [pair("R", "x")]
+    cons = run(tmp_path, convs, drop="none")
+    assert cons.dropped.height == 0
+    cfg = load_dataclass(SelectConfig, {"kind": "select", "column": "consensus_majority", "min": 1}, "stages[1]")
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path / "s", log=lambda m: None)
+    sel = SelectStage(cfg, ctx).process(cons.kept)
+    assert sorted(m[1]["content"] for m in sel.kept["messages"]) == ["x", "yes", "yes", "yes"]
+    assert sel.dropped["_reason"].to_list() == ["below_min"]
