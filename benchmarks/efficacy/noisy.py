@@ -190,7 +190,7 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         if not model:
             return None
         return no_mix + [{"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
-                          "cv_epochs": 2, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
+                          "cv_epochs": 3, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
                          {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8},
                          equal_mix()]
     raise ValueError(arm)
@@ -206,9 +206,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cv", action="store_true", help="add the consensus + cross-validated loss arm")
     ap.add_argument("--model", default=str(REPO.parent / "shared" / "data" / "models" / "stories260K"))
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the cv arm")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families = 1, 300, "words"
+    if args.cv:
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a busy small machine one thread is often faster
     out = Path(args.out)
     base_stages, render = recipe()
     # default before random: the random subset is drawn to the default arm's size
