@@ -25,6 +25,31 @@ def test_noisy_multitask_recipe_runs_and_orders_consensus_before_dedup(tmp_path)
     led = m["ledger"]
     assert led["read"] == led["kept"] + led["quarantined"] + sum(sum(v.values()) for v in led["dropped"].values())
     assert m["shards"]["train"]
+    from curate.look.report import build_report
+
+    html = build_report(tmp_path / "run")
+    assert 'id="consensus"' in html and "conflicting groups" in html and "distinct answers" in html
+    assert '<section id="scorers" data-status="skipped"' in html  # no score-based select in the recipe
+
+
+def test_report_warns_on_an_unvalidated_select(tmp_path):
+    from curate.look.report import build_report
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+
+    text = (REPO / "recipes" / "noisy-multitask.toml").read_text()
+    src = str((REPO / "benchmarks" / "efficacy" / "example_pool.jsonl").resolve())
+    text = text.replace('"../benchmarks/efficacy/example_pool.jsonl"', f'"{src}"')
+    text = text.replace('tokenizer = "../sample_data/tokenizer"', f'tokenizer = "{(REPO / "sample_data" / "tokenizer").resolve()}"')
+    text = text.replace('[[stages]]\nkind = "mix"', '[[stages]]\nkind = "quality"\nscorer = "heuristic"\n\n'
+                        '[[stages]]\nkind = "select"\ncolumn = "heuristic"\ntop_fraction = 0.9\n\n[[stages]]\nkind = "mix"')
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    m = run_pipeline(load_config(p), out_dir=tmp_path / "run")
+    sel = next(s for s in m["stages"] if s["kind"] == "select")
+    assert sel["stats"]["signal"]["verdict"] == "unvalidated"
+    html = build_report(tmp_path / "run")
+    assert '<section id="scorers" data-status="ok"' in html and "WARNING" in html and "unvalidated" in html
 
 
 def test_noisy_benchmark_quick(tmp_path):
