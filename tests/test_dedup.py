@@ -152,14 +152,39 @@ def test_keep_best_uses_quality_column(tmp_path):
     assert rows[2]["id"] in res2.kept["id"].to_list()
 
 
-def test_keep_best_without_score_prefers_longest_answer_then_id(tmp_path):
+def test_keep_best_without_score_prefers_shorter_normalised_text_then_id(tmp_path):
+    # the same question (user view) asked three times: equal text, so the smallest id wins,
+    # and the agreement column says the three answers disagree
     rows = [record(PROMPT, "short"), record(PROMPT, "the longest answer here"), record(PROMPT, "medium one")]
     res = run(table(rows), tmp_path, method="exact")
     assert res.stats["score_column"] is None
-    assert res.kept["id"].to_list() == [rows[1]["id"]]
-    tie = [record(PROMPT, "aaaa"), record(PROMPT, "bbbb")]
-    res = run(table(tie), tmp_path, method="exact")
-    assert res.kept["id"].to_list() == [min(r["id"] for r in tie)]
+    assert res.kept["id"].to_list() == [min(r["id"] for r in rows)]
+    assert res.kept["dedup_cluster_agreement"].to_list() == pytest.approx([1 / 3])
+    # a padded near-copy loses to the clean one (issue 16: ties used to go to the longest)
+    clean = "How do I make an omelette with three eggs and some cheese at home"
+    padded = [record(clean, "Whisk the eggs."), record("just " + clean + " ok thanks", "Whisk the eggs.")]
+    for method in ("minhash", "exact"):
+        kw = {"threshold": 0.5} if method == "minhash" else {"normalize": ["case"]}
+        res = run(table(padded), tmp_path, method=method, view="conversation", **kw)
+        if method == "minhash":
+            assert res.kept["id"].to_list() == [padded[0]["id"]]
+            assert res.kept["dedup_cluster_agreement"].to_list() == [1.0]
+    # the score comes first: the padded copy wins when it scores higher
+    scored = [dict(padded[0], quality_heuristic=0.1), dict(padded[1], quality_heuristic=0.9)]
+    res = run(table(scored), tmp_path, method="minhash", view="conversation", threshold=0.5)
+    assert res.kept["id"].to_list() == [padded[1]["id"]]
+
+
+def test_cluster_agreement_exact_and_minhash_agree(tmp_path):
+    rows = [record(PROMPT, "yes")] * 3 + [record(PROMPT, "no")] + [record("other question entirely here", "x")]
+    rows = [dict(r, origin=f"s:{i}") for i, r in enumerate(rows)]
+    for method in ("exact", "minhash"):
+        res = run(table(rows), tmp_path, method=method, view="user")
+        k = res.kept.sort("dedup_cluster_size")
+        assert k["dedup_cluster_size"].to_list() == [1, 4]
+        kept_yes = k["messages"][1][1]["content"] == "yes"
+        assert k["dedup_cluster_agreement"].to_list() == pytest.approx([1.0, 0.75 if kept_yes else 0.25]), method
+        assert res.stats["clusters"]["kept_minority_answer"] == (0 if kept_yes else 1)
 
 
 def test_keep_first(tmp_path):
@@ -296,7 +321,8 @@ def test_semantic_with_local_model(tmp_path, shared_data):
             record("The boy ran to the park to play with his red ball.", "b"),
             record("Lily liked to bake cakes with her mother on Sundays.", "c")]
     res = run(table(rows), tmp_path, method="semantic", model=str(model), cosine_threshold=1 - 1e-6)
-    assert res.kept.height == 3 and res.dropped[DETAIL].to_list() == [rows[1]["id"]]
+    # equal user text: the keep rule's last tie-break, the smaller id, picks the kept copy
+    assert res.kept.height == 3 and res.dropped[DETAIL].to_list() == [min(rows[0]["id"], rows[1]["id"])]
     assert res.stats["similar_pairs"] == 1
 
 

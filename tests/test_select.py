@@ -198,3 +198,45 @@ def test_blockwise_plan_equals_process(tmp_path, kw):
     for size in (10, 33):
         got = blockwise(stage, t, size)
         assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
+
+
+# ---- a scorer must earn its select ---------------------------------------------------------
+
+def _labelled(score_of, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    good = rng.random(n) < 0.5
+    t = make_table([("t", float(score_of(g, rng)), f"u{i}", "a") for i, g in enumerate(good)])
+    return t.with_columns(pl.Series("verifier", good.astype(float)))
+
+
+def _select(tmp_path, table, logs, **kw):
+    cfg = load_dataclass(Config, {"kind": "select", "column": "score", "top_fraction": 0.5, **kw}, "stages[0]")
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path / "st", log=logs.append)
+    return SelectStage(cfg, ctx).process(table)
+
+
+def test_auc_warning_fires_on_a_random_scorer_not_on_a_good_one(tmp_path):
+    logs = []
+    rnd = _select(tmp_path, _labelled(lambda g, r: r.random()), logs)
+    s = rnd.stats["signal"]
+    assert s["labels"] == "verifier" and s["verdict"] == "no_signal" and s["ci"][0] < 0.5 < s["ci"][1]
+    assert "warning" in s and any(m.startswith("WARNING select") for m in logs)
+    logs.clear()
+    good = _select(tmp_path, _labelled(lambda g, r: r.random() + (0.6 if g else 0.0)), logs)
+    s = good.stats["signal"]
+    assert s["verdict"] == "signal" and s["auc"] > 0.7 and "warning" not in s and not logs
+    # the same good score selected the wrong way round is inverted
+    inv = _select(tmp_path, _labelled(lambda g, r: r.random() + (0.6 if g else 0.0)), logs, keep="lowest")
+    assert inv.stats["signal"]["verdict"] == "inverted"
+
+
+def test_require_signal_refuses_a_random_scorer_and_unvalidated_selection(tmp_path):
+    with pytest.raises(ConfigError, match="require_signal.*does not separate"):
+        _select(tmp_path, _labelled(lambda g, r: r.random()), [], require_signal=True)
+    unlabelled = _labelled(lambda g, r: r.random()).drop("verifier")
+    res = _select(tmp_path, unlabelled, [])
+    assert res.stats["signal"]["verdict"] == "unvalidated" and "unvalidated" in res.stats["signal"]["note"]
+    with pytest.raises(ConfigError, match="not validated"):
+        _select(tmp_path, unlabelled, [], require_signal=True)
+    ok = _select(tmp_path, _labelled(lambda g, r: r.random() + (0.6 if g else 0.0)), [], require_signal=True)
+    assert ok.kept.height == 100

@@ -50,6 +50,7 @@ def _load(pipeline: str, with_train: bool):
 def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
     """Run PIPELINE (a pipeline.toml): read, clean, select, render, write shards; then train."""
     from curate.contract.progress import Progress
+    from curate.contract.typed_config import ConfigError
     from curate.pipeline.runner import LedgerError, run_pipeline
 
     cfg, train_cfg = _load(pipeline, with_train=not no_train)
@@ -64,6 +65,9 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
 
             out_dir = str(limited_output_dir(cfg, limit))
         manifest = run_pipeline(cfg, out_dir=out_dir, fresh=fresh, progress=progress, limit=limit)
+    except ConfigError as exc:  # refused once the data is known (a mix weight naming no task)
+        progress.close()
+        raise click.ClickException(exc.message()) from None
     except LedgerError as exc:
         progress.close()
         raise click.ClickException(f"internal error: {exc}") from None

@@ -677,8 +677,73 @@ def section_stats(run: RunData) -> Section:
 
 
 # Pictures first, the row-level browsers (rejects, raw stats) last.
+def section_consensus(run: RunData) -> Section:
+    """Prompt groups whose answers conflict (consensus stages): counts, per task, and the
+    largest conflicting groups with each distinct answer's count and support."""
+    cs = [s for s in run.stages if s.get("kind") == "consensus"]
+    if not cs:
+        return Section("consensus", "Answer conflicts", None, "no consensus stage in this run")
+    parts, data = [], {}
+    for s in cs:
+        st = s.get("stats") or {}
+        facts = [("rows in", st.get("rows_in")), ("prompt groups", st.get("groups")),
+                 ("repeated prompts", st.get("groups_repeated")), ("conflicting groups", st.get("conflict_groups")),
+                 ("rows in conflicting groups", st.get("rows_in_conflict_groups")), ("ties", st.get("tie_groups")),
+                 ("minority answers dropped", st.get("dropped_minority")), ("largest group", st.get("largest_group"))]
+        parts.append(f"<h3>{_e(s['name'])}</h3><p class=\"meta\">" + " · ".join(
+            f"{_e(k)} <b>{_e(f'{v:,}' if isinstance(v, int) else v)}</b>" for k, v in facts if v is not None) + "</p>")
+        by_task = st.get("by_task") or {}
+        if by_task:
+            parts.append(_table(["task", "rows", "in conflicting groups", "dropped (minority answer)"],
+                                [[_e(t), int(v.get("rows", 0)), int(v.get("in_conflict", 0)), int(v.get("dropped", 0))]
+                                 for t, v in sorted(by_task.items())]))
+        for ex in st.get("examples") or []:
+            rows = [[_e(_excerpt(a.get("answer"), 160)), int(a.get("count", 0)), int(a.get("support", 0)),
+                     f"<code>{_e(a.get('id'))}</code>"] for a in ex.get("top") or []]
+            parts.append(f'<div class="cluster"><div class="dim">group <code>{_e(ex.get("group"))}</code> · '
+                         f'{_e(ex.get("size"))} records · {_e(ex.get("answers"))} distinct answers</div>'
+                         f'<div class="txt">{_e(_excerpt(ex.get("prompt")))}</div>'
+                         + _table(["answer", "records", "support", "e.g."], rows) + "</div>")
+        data[s["name"]] = {"conflict_groups": st.get("conflict_groups"), "dropped_minority": st.get("dropped_minority"),
+                           "examples": len(st.get("examples") or [])}
+    note = ('<p class="note">Records with the same normalised prompt vote with their answers; support counts the '
+            'records whose answer agrees (exactly or near-equal). Run consensus before dedup: dedup removes the copies '
+            'that are the votes.</p>')
+    return Section("consensus", "Answer conflicts", note + "".join(parts), data=data)
+
+
+def section_scorers(run: RunData) -> Section:
+    """Each scorer's measured power (AUC on trusted labels, bootstrap interval) and each
+    select's verdict; a select on an unvalidated or chance-level score says so loudly."""
+    rows, warns, data = [], [], {}
+    for s in run.stages:
+        if s.get("kind") not in ("quality", "select"):
+            continue
+        st = s.get("stats") or {}
+        m = st.get("signal")
+        col = st.get("column")
+        if not isinstance(m, dict):
+            if s.get("kind") == "quality":
+                continue
+            m = {"verdict": "unvalidated", "note": "no validation recorded"}
+        ci = m.get("ci")
+        rows.append([_e(s["name"]), _e(s["kind"]), _e(col), _e(m.get("labels") or "none"),
+                     _e(m.get("labelled", "")), _e(m.get("auc") if m.get("auc") is not None else ""),
+                     _e(f"{ci[0]}-{ci[1]}" if ci else ""), f"<b>{_e(m.get('verdict'))}</b>"])
+        if s.get("kind") == "select" and m.get("verdict") != "signal":
+            warns.append(m.get("warning") or f"{s['name']}: selection on {col!r} is unvalidated ({m.get('note', '')})")
+        data[s["name"]] = {"auc": m.get("auc"), "verdict": m.get("verdict")}
+    if not rows:
+        return Section("scorers", "Scorer validation", None, "no quality or select stage in this run")
+    body = "".join(f'<p class="warn"><b>WARNING</b> {_e(w)}</p>' for w in warns)
+    body += _table(["stage", "kind", "score", "labels", "labelled rows", "AUC", "95% interval", "verdict"], rows)
+    body += ('<p class="note">AUC: the chance that a record the labels call good scores better than one they call bad '
+             '(0.5 = a coin). A select whose score is not shown to beat a coin keeps a random sample of its input.</p>')
+    return Section("scorers", "Scorer validation", body, data=data)
+
+
 SECTIONS = (section_overview, section_funnel, section_lengths, section_rendered, section_scores, section_languages,
-            section_mix, section_duplicates, section_decontamination, section_samples, section_training,
+            section_scorers, section_consensus, section_mix, section_duplicates, section_decontamination, section_samples, section_training,
             section_rejects, section_stats)
 
 CSS = """
@@ -689,7 +754,7 @@ nav a.skipped{color:#888}
 main{padding:8px 24px 40px;max-width:1400px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 16px;margin:14px 0}
 section h2{margin:4px 0 8px;font-size:17px}section h3{font-size:14px;margin:12px 0 6px}
-.note{color:#666;font-style:italic}.dim{color:#666;font-size:12px}
+.note{color:#666;font-style:italic}.warn{color:#a00;background:#fee;padding:4px 8px;border-left:4px solid #a00}.dim{color:#666;font-size:12px}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.cell{border:1px solid #eee;border-radius:4px;padding:4px;background:#fff}
 table{border-collapse:collapse;margin:8px 0;font-size:12.5px}th,td{border:1px solid #ddd;padding:3px 7px;vertical-align:top;text-align:left}
 th{background:#f0f3f7}td.num{text-align:right;font-variant-numeric:tabular-nums}

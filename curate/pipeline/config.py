@@ -115,6 +115,9 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
         for i, n in enumerate(stage_names):
             if stage_names.index(n) != i:
                 raise ConfigError(f"stages[{i}].name", f"two stages are both named {n!r}: give one a `name`")
+        from curate.pipeline.checks import check_columns
+
+        check_columns(stages)
         render = load_dataclass(RenderConfig, data["render"], "render") if "render" in data else None
         export = load_dataclass(ExportConfig, data["export"], "export") if "export" in data else None
         train = data.get("train")

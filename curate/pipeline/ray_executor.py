@@ -301,10 +301,13 @@ class RayExecutor:
             return {"hits": _sum([p["hits"] for p in parts])}
         # quality: constants stay, error counts add up, and the score summary is
         # recomputed over the whole table by the stage's own summariser.
-        out = {k: _same([p[k] for p in parts]) for k in parts[0] if k not in ("errors", "scored", "unscored", "by_task")}
+        out = {k: _same([p[k] for p in parts]) for k in parts[0]
+               if k not in ("errors", "scored", "unscored", "by_task", "signal")}
         if "errors" in parts[0]:
             out["errors"] = _sum([p["errors"] for p in parts])
         out.update(stage.summary(kept, stage.config.score_column))
+        if "signal" in parts[0]:  # the AUC of the whole table, not of one block
+            out["signal"] = stage.signal(kept, stage.config.score_column)
         return out
 
     def close(self) -> None:

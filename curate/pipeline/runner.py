@@ -181,6 +181,7 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     ledger.quarantined = info["quarantined"]
     source_info = info["sources"]
     info_limit = info.get("limit")
+    _check_names(cfg, table, progress.log)
 
     # ---- stages
     stage_reports = []
@@ -289,6 +290,21 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
     write_json(out / "manifest.json", manifest)
     write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     return manifest
+
+
+def _check_names(cfg: PipelineConfig, table: pl.DataFrame, log) -> None:
+    """Group names in stage configs (mix weights, select quotas) against the tasks and
+    sources read, before any stage runs; a refusal names the config file."""
+    from curate.contract.typed_config import ConfigError
+    from curate.pipeline.checks import check_names
+
+    names = {c: sorted(table[c].drop_nulls().unique().to_list()) for c in ("task", "source")}
+    try:
+        check_names(cfg.stages, names, log)
+    except ConfigError as exc:
+        exc.file = str(cfg.path)
+        exc.args = (exc.message(),)
+        raise
 
 
 def _needs_render(stage_cfg: Any) -> bool:

@@ -17,6 +17,7 @@ STAGE_MODULES = {
     "quality": "curate.stages.quality.stage",
     "select": "curate.stages.select",
     "mix": "curate.stages.mix",
+    "consensus": "curate.stages.consensus.stage",
 }
 
 

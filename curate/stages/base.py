@@ -81,6 +81,23 @@ def sum_counts(values: list[dict]) -> dict:
     return out
 
 
+def unknown_group_names(given, valid: list[str], what: str, key: str) -> str | None:
+    """A one-line message for the names in `given` (other than "*") that are not in `valid`
+    (the groups the data has), with the closest valid name; None when all exist. For a
+    Config's `check_data` (curate/pipeline/checks.py runs it after reading)."""
+    import difflib
+
+    bad = [g for g in given if g != "*" and g not in valid]
+    if not bad:
+        return None
+    parts = []
+    for b in bad:
+        close = difflib.get_close_matches(b, valid, n=1)
+        parts.append(f"{b!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"{key} names {what}(s) the data does not have: {', '.join(parts)}; "
+            f"the {what}s read are: {', '.join(valid) or '(none)'}")
+
+
 def same_value(values: list, what: str = "value") -> Any:
     """The one value every block reports (a constant of the stage, e.g. eval index size)."""
     if any(v != values[0] for v in values):

@@ -41,7 +41,7 @@ from typing import Literal
 import polars as pl
 
 from curate.contract.schema import stable_keys
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult, unknown_group_names
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -68,6 +68,20 @@ class Config:
     val_fraction: float = 0.05
     val_max: int | None = None
     token_view: str = "conversation"
+    # a weights/targets name that no task (or source) read has: an error (true) or a warning
+    strict: bool = True
+
+    def check_data(self, names: dict[str, list[str]]) -> list[str]:
+        """After reading: every group named in weights/targets exists (a typo would drop
+        the whole task as `not_in_mix`)."""
+        out = []
+        for key, given in (("weights", self.weights), ("targets", self.targets)):
+            msg = unknown_group_names(list(given), names.get(self.by, []), self.by, key)
+            if msg and self.strict:
+                raise ConfigError(key, msg + " (set strict = false to only warn)")
+            if msg:
+                out.append(msg)
+        return out
 
     def validate(self) -> None:
         if self.weights and self.targets:

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
+from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult, unknown_group_names
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -61,6 +61,25 @@ class Config:
     max_length: int = 512
     device: str = "cpu"
     trust_remote_code: bool = False
+    # a quotas name that no task (or source) read has: an error (true) or a warning
+    strict: bool = True
+    # trusted labels (1 good, 0 bad, null unlabelled) the score's AUC is measured on;
+    # default: a `trusted` or `verifier` column when an earlier stage made one
+    signal: str | None = None
+    # refuse to select when the score's AUC is within noise of 0.5 (or nothing validates it)
+    require_signal: bool = False
+
+    def column_refs(self) -> list[tuple[str, str]]:
+        refs = [("column", self.column)] + ([("signal", self.signal)] if self.signal else [])
+        if self.diversity is not None and self.embedding == "column" and self.embedding_column:
+            refs.append(("embedding_column", self.embedding_column))
+        return refs
+
+    def check_data(self, names: dict[str, list[str]]) -> list[str]:
+        msg = unknown_group_names(list(self.quotas), names.get(self.by, []), self.by, "quotas") if self.quotas else None
+        if msg and self.strict:
+            raise ConfigError("quotas", msg + " (set strict = false to only warn)")
+        return [msg] if msg else []
 
     def validate(self) -> None:
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -203,11 +222,42 @@ class SelectStage(PlannedStage):
                            pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
         return t.drop(NULL, KEY, QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
 
+    def validation(self, table: pl.DataFrame) -> dict:
+        """The score's power on trusted labels (curate.stages.common.signal), warned about
+        loudly when it is within noise of a coin; refused with `require_signal`."""
+        from curate.contract.typed_config import ConfigError
+        from curate.stages.common import signal as sig
+
+        c = self.config
+        label = c.signal
+        if label is None:
+            label = next((x for x in sig.LABEL_COLUMNS if x in table.columns and x != c.column), None)
+        if label is not None and label not in table.columns:
+            raise ValueError(f"stage {self.name!r}: signal column {label!r} is not in the table")
+        if label is None:
+            m = {"labels": None, "verdict": "unvalidated",
+                 "note": "no trusted labels (a `trusted` or `verifier` column): this selection is unvalidated"}
+        else:
+            scores = table[c.column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            labels = table[label].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            m = sig.measure(scores, labels, higher_is_better=c.keep == "highest", seed=self.context.seed,
+                            label_column=label)
+        warn = sig.warning_text(c.column, m)
+        if warn:
+            m["warning"] = warn
+            self.context.log(f"WARNING {self.name}: {warn}")
+        if c.require_signal and m["verdict"] != "signal":
+            raise ConfigError("require_signal", f"stage {self.name!r} refuses to select: "
+                              + (warn or f"score {c.column!r} is not validated: {m.get('note')}"))
+        return m
+
     def finish(self, decided: pl.DataFrame, plan: pl.DataFrame | None) -> StageResult:
         n_in = dict(decided.group_by(GROUP).len().iter_rows())
         kept = decided.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
         dropped = decided.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
-        return StageResult(kept=kept, dropped=dropped, stats=self._stats(decided, n_in))
+        stats = self._stats(decided, n_in)
+        stats["signal"] = self.validation(decided)
+        return StageResult(kept=kept, dropped=dropped, stats=stats)
 
     def _diverse(self, cand: pl.DataFrame, n_in: dict) -> pl.DataFrame:
         """Greedy walk: inherently sequential (each decision depends on what was kept), so

@@ -61,7 +61,7 @@ def load_causal_lm(model_dir: str | Path, adapter: str | Path | None = None, dev
     return model, tok
 
 
-def _buckets(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+def length_buckets(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches, cur = [], []
     for i in order:
@@ -85,7 +85,7 @@ def sequence_losses(model, seqs: list[list[int]], starts: list[int], pad_id: int
     counts = np.zeros(n, dtype=np.int64)
     embeds = None
     device = next(model.parameters()).device
-    for batch in _buckets([len(s) for s in seqs], batch_size, max_batch_tokens):
+    for batch in length_buckets([len(s) for s in seqs], batch_size, max_batch_tokens):
         width = max(len(seqs[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -122,7 +122,7 @@ def _bos(tok) -> list[int]:
     return [tok.bos_token_id] if tok.bos_token_id is not None else []
 
 
-def _pad_id(tok) -> int:
+def pad_id(tok) -> int:
     for t in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
         if t is not None:
             return int(t)
@@ -190,7 +190,7 @@ def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_
     """Per example: loss_cond, n_tokens, and with `ifd` loss_answer and ifd; NaN where the
     answer is empty. `score_eos`: see `build_sequences`."""
     cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length, score_eos)
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     loss_c, n_tok, emb = sequence_losses(model, cond, cstart, pad, batch_size=batch_size,
                                          max_batch_tokens=max_batch_tokens, want_embeddings=want_embeddings)
     out = {"loss_cond": loss_c, "n_tokens": n_tok}
@@ -222,11 +222,11 @@ def embed_texts(model_dir: str | Path, texts: list[str], *, batch_size: int = 32
         hf_logging.set_verbosity(level)
     model.to(resolve_device(device)).eval()
     ids = tok(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-    ids = [x if x else [_pad_id(tok)] for x in ids]
-    pad = _pad_id(tok)
+    ids = [x if x else [pad_id(tok)] for x in ids]
+    pad = pad_id(tok)
     dev = next(model.parameters()).device
     out = None
-    for batch in _buckets([len(x) for x in ids], batch_size, batch_size * max_length):
+    for batch in length_buckets([len(x) for x in ids], batch_size, batch_size * max_length):
         width = max(len(ids[i]) for i in batch)
         t = torch.full((len(batch), width), pad, dtype=torch.long)
         m = torch.zeros((len(batch), width), dtype=torch.long)

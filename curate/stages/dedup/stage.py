@@ -2,8 +2,18 @@
 (LSH band buckets -> verified candidate pairs -> union-find clusters), optionally
 semantic (sentence embeddings, cosine threshold). One row per cluster is kept by a rule
 (`keep`), the others are dropped with `_reason = "duplicate_of"` and `_detail` = the id
-of the row kept in their place. Kept rows get `<name>_cluster` (the kept id of their
-cluster, their own id when unique) and `<name>_cluster_size`.
+of the row kept in their place. Every row gets `<name>_cluster` (the kept id of its
+cluster, its own id when unique), `<name>_cluster_size` and `<name>_cluster_agreement`
+(the share of the cluster whose normalised answer equals the kept row's: 1.0 when every
+copy said the same; low when the prompt was asked with different answers). What dedup
+removes stays as information on the representative: a user view dedup (`view = "user"`)
+with agreement 0.3 kept one answer among disagreeing ones. Run `consensus` before dedup to
+decide by the vote; dedup after it only removes the copies.
+
+Keep rule (`keep = "best"`): the highest `score_column` first, then the SHORTER
+normalised text of the view, then the smallest id. Shorter, not longer: among copies of
+equal score the extra characters are padding ("just How do I make an omelette..."), a
+repeated sentence, a trailing signature, far more often than useful content.
 
 Everything per row is column-wise: normalisation is a polars expression, signatures are
 numpy over all shingles of a chunk (`curate.stages.dedup.minhash`), band buckets are a polars
@@ -33,6 +43,7 @@ ROW = "__dedup_row"
 HASH = "__dedup_hash"
 _KEEPER = "__dedup_keeper"
 PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
+ANS = "__dedup_answer"  # hash of the normalised answer: the cluster's answer agreement
 
 
 HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")
@@ -71,6 +82,13 @@ class Config:
     score_column: str | None = None  # keep="best": default the first of heuristic, fasttext, verifier, quality_*
     sources: list[str] = field(default_factory=list)  # keep="source_priority": most trusted first
     examples: int = 5  # clusters shown in the report
+
+    def output_columns(self) -> list[str]:
+        n = self.name or "dedup"
+        return [f"{n}_cluster", f"{n}_cluster_size", f"{n}_cluster_agreement"]
+
+    def column_refs(self) -> list[tuple[str, str]]:
+        return [("score_column", self.score_column)] if self.score_column and self.keep != "first" else []
 
     def validate(self) -> None:
         bad = [s for s in self.normalize if s not in mh.NORMALIZE_STEPS]
@@ -304,8 +322,9 @@ class DedupStage(PlannedStage):
 
     def _keep_keys(self, table: pl.DataFrame) -> pl.DataFrame:
         """Per row, the keep rule's sort keys after the cluster: source priority, score
-        (higher first), answer length (longer first), and the id (row-local: computed per
-        block). The id is always there: it also names the cluster."""
+        (higher first), normalised text length of the view (shorter first), the id
+        (row-local: computed per block; the id is always there: it also names the
+        cluster), and the hash of the normalised answer (for the agreement column)."""
         cfg = self.config
         cols = []
         if cfg.keep == "source_priority":
@@ -315,16 +334,22 @@ class DedupStage(PlannedStage):
             score = self._score_column(table)
             if score is not None:
                 cols.append(pl.col(score).cast(pl.Float64).fill_nan(None).alias(SCORE))
-            cols.append(text_view("response").str.len_chars().alias(LEN))
+            cols.append(self._normalized(table).str.len_chars().alias(LEN) if table.height
+                        else pl.lit(None, pl.UInt32).alias(LEN))
         cols.append(pl.col("id"))
+        cols.append(self._answer_hash(table).alias(ANS) if table.height else pl.lit(None, pl.UInt64).alias(ANS))
         return table.select(cols)
+
+    def _answer_hash(self, table: pl.DataFrame) -> pl.Series:
+        view = table.select(text_view("response").alias("t"))
+        return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series().hash(seed=0)
 
     def _rank_keepers(self, clusters: pl.DataFrame) -> pl.DataFrame:
         """The keep rule: within each `root` group, the first row by the keep keys, then
         `_IDX` (the row's position). `clusters` has root, _IDX and `_keep_keys`'
         columns; returns root -> keeper (that row's _IDX)."""
         keys, desc = ["root"], [False]
-        order = [(PRIO, False), (SCORE, True), (LEN, True), ("id", False)] if self.config.keep != "first" else []
+        order = [(PRIO, False), (SCORE, True), (LEN, False), ("id", False)] if self.config.keep != "first" else []
         for c, d in order:
             if c in clusters.columns:
                 keys.append(c)
@@ -366,9 +391,15 @@ class DedupStage(PlannedStage):
         n = table.height
         ids = table["id"]
         size = pl.DataFrame({"k": keeper}).select(pl.len().over("k")).to_series().cast(pl.UInt32)
+        if n:
+            ans = self._answer_hash(table)
+            agree = (pl.DataFrame({"k": keeper, "same": ans == ans.gather(keeper)})
+                     .select(pl.col("same").cast(pl.Float64).mean().over("k")).to_series())
         out = table.with_columns(
             ids.gather(keeper).alias(f"{self.name}_cluster") if n else pl.lit(None, pl.String).alias(f"{self.name}_cluster"),
             size.alias(f"{self.name}_cluster_size") if n else pl.lit(None, pl.UInt32).alias(f"{self.name}_cluster_size"),
+            agree.alias(f"{self.name}_cluster_agreement") if n
+            else pl.lit(None, pl.Float64).alias(f"{self.name}_cluster_agreement"),
         )
         is_kept = pl.Series(keeper == np.arange(n))
         kept = out.filter(is_kept)
@@ -392,8 +423,12 @@ class DedupStage(PlannedStage):
         driver holds the keys of all rows once (fixed width but the id)."""
         dup = keys.filter(pl.col(HASH).is_duplicated())
         first = self._rank_keepers(dup.rename({HASH: "root", ROW: _IDX}))
+        kept_ans = dup.select(pl.col(ROW).alias(_KEEPER), pl.col(ANS).alias("__kept_ans"))
+        agree = (dup.join(first.rename({"root": HASH, "keeper": _KEEPER}), on=HASH).join(kept_ans, on=_KEEPER)
+                 .group_by(HASH).agg((pl.col(ANS) == pl.col("__kept_ans")).cast(pl.Float64).mean().alias("__agree")))
         clusters = (first.rename({"root": HASH, "keeper": _KEEPER})
                     .join(dup.group_by(HASH).agg(pl.len().cast(pl.UInt32).alias("__size")), on=HASH)
+                    .join(agree, on=HASH)
                     .join(dup.select(pl.col(ROW).alias(_KEEPER), pl.col("id").alias("__cluster")), on=_KEEPER)
                     .with_columns(pl.col(_KEEPER).cast(pl.Int64))
                     .sort(HASH))
@@ -404,9 +439,10 @@ class DedupStage(PlannedStage):
         when its hash is unique), the kept id and the cluster size."""
         j = block.join(plan, on=HASH, how="left", maintain_order="left")
         return j.select(
-            *[c for c in block.columns if c not in (HASH, PRIO, SCORE, LEN)],
+            *[c for c in block.columns if c not in (HASH, PRIO, SCORE, LEN, ANS)],
             pl.coalesce(pl.col("__cluster"), pl.col("id")).alias(f"{self.name}_cluster"),
             pl.col("__size").fill_null(1).cast(pl.UInt32).alias(f"{self.name}_cluster_size"),
+            pl.col("__agree").fill_null(1.0).alias(f"{self.name}_cluster_agreement"),
             pl.coalesce(pl.col(_KEEPER), pl.col(ROW).cast(pl.Int64)).alias(_KEEPER),
         )
 
@@ -440,6 +476,10 @@ class DedupStage(PlannedStage):
             "count": sizes.height,
             "size_histogram": {str(s): int(c) for s, c in hist.iter_rows()},
             "largest": int(sizes["len"].max()) if sizes.height else 0,
+            # clusters whose kept row's answer is shared by less than half of the cluster
+            "kept_minority_answer": int(out.filter(pl.Series(keeper == np.arange(out.height))
+                                                   & (pl.col(f"{self.name}_cluster_agreement") < 0.5)).height)
+            if out.height else 0,
         }
         if out.height and stats["duplicates"]:
             stats.update(self._exact_near_split(out, keeper))

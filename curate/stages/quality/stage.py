@@ -36,13 +36,14 @@ from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
 LM_SCORERS = ("perplexity", "ifd")
+HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")  # the others are losses: lower is better
 DEFAULT_ROLES = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "tool": "Tool: "}
 
 
 @dataclass
 class Config:
     kind: Literal["quality"]
-    scorer: Literal["heuristic", "fasttext", "perplexity", "ifd", "verifier"]
+    scorer: Literal["heuristic", "fasttext", "perplexity", "ifd", "verifier", "cv_loss"]
     name: str | None = None
     column: str | None = None  # default: the scorer's name
     # fasttext: the classifier .bin; perplexity/ifd: a local AutoModelForCausalLM directory
@@ -70,16 +71,32 @@ class Config:
     # verifier
     functions: dict[str, str] = field(default_factory=dict)  # task (or "*") -> "module:function"
     python_path: list[str] = field(default_factory=list)
+    # cv_loss: train `model` on k-1 folds of the pool, score the held-out fold (k fine-tunings)
+    folds: int = 3  # k, 2..5
+    cv_method: Literal["lora", "full"] = "lora"  # how each fold's model is fine-tuned
+    cv_epochs: int = 1  # passes over the k-1 training folds
+    cv_lr: float = 5e-4  # learning rate of the fold fine-tuning
+    cv_lora_r: int = 16  # LoRA rank (cv_method = "lora")
 
     @property
     def score_column(self) -> str:
         return self.column or self.scorer
 
+    def output_columns(self) -> list[str]:
+        c = self.score_column
+        extra = {"perplexity": ["loss"], "ifd": ["loss_cond", "loss_answer"], "verifier": ["error"],
+                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "fold"]}.get(self.scorer)
+        if extra is None:  # heuristic: one column per feature
+            from curate.stages.quality.heuristic import DEFAULT_WEIGHTS
+
+            extra = list(DEFAULT_WEIGHTS)
+        return [c] + [f"{c}_{x}" for x in extra] + ([f"{c}_embedding"] if self.embed else [])
+
     def validate(self) -> None:
         s = self.scorer
-        if s in ("fasttext", "perplexity", "ifd") and not self.model:
+        if s in ("fasttext", "perplexity", "ifd", "cv_loss") and not self.model:
             raise ConfigError("model", f"required for scorer = {s!r}")
-        if s not in ("fasttext", "perplexity", "ifd") and self.model:
+        if s not in ("fasttext", "perplexity", "ifd", "cv_loss") and self.model:
             raise ConfigError("model", f"not used by scorer = {s!r}")
         if self.adapter and s not in LM_SCORERS:
             raise ConfigError("adapter", "only the perplexity and ifd scorers take an adapter")
@@ -114,6 +131,15 @@ class Config:
                 raise ConfigError(key, "must be >= 1")
         if self.max_length < 8:
             raise ConfigError("max_length", "must be at least 8")
+        if s == "cv_loss":
+            if not 2 <= self.folds <= 5:
+                raise ConfigError("folds", f"must be 2..5, got {self.folds}")
+            if self.cv_epochs < 1:
+                raise ConfigError("cv_epochs", "must be >= 1")
+            if not self.cv_lr > 0:
+                raise ConfigError("cv_lr", "must be > 0")
+            if self.cv_lora_r < 1:
+                raise ConfigError("cv_lora_r", "must be >= 1")
 
     def check_paths(self, base_dir) -> None:
         def res(p):
@@ -122,7 +148,7 @@ class Config:
 
         if self.scorer == "fasttext" and not res(self.model).is_file():
             raise ConfigError("model", f"no fastText model at {res(self.model)} (train one: curate classifier train)")
-        if self.scorer in LM_SCORERS:
+        if self.scorer in LM_SCORERS or self.scorer == "cv_loss":
             m = res(self.model)
             if not (m / "config.json").is_file():
                 raise ConfigError("model", f"no model directory (config.json) at {m}")
@@ -181,6 +207,7 @@ class QualityStage(Stage):
         scorer = getattr(self, f"_score_{c.scorer}")
         scored, extra = scorer(table, col)
         stats = {"scorer": c.scorer, "column": col, **extra, **self.summary(scored, col)}
+        stats["signal"] = self.signal(scored, col)
         return StageResult(kept=scored, dropped=table.clear().with_columns(pl.lit(None, pl.String).alias("_reason")),
                            stats=stats)
 
@@ -222,6 +249,55 @@ class QualityStage(Stage):
 
     def _score_ifd(self, table, col):
         return self._score_lm(table, col, ifd=True)
+
+    def _score_cv_loss(self, table: pl.DataFrame, col: str):
+        """Cross-validated loss: records are split into `folds` by a seeded hash of their
+        id (exact copies share an id, so they share a fold: a copy never vouches for
+        itself); for each fold a fresh copy of `model` is fine-tuned on the other folds
+        and scores this fold's answers. Columns: `col` the held-out answer loss (lower =
+        the rest of the pool finds the answer likely), `col_base_loss` the base model's,
+        `col_ratio` their ratio (below 1: the pool taught the model this answer), and
+        `col_fold`. Not cached: every fold's model depends on the whole pool."""
+        from curate.contract.schema import stable_keys
+        from curate.stages.common import finetune, lm
+
+        c = self.config
+        ctx = self.context
+        model_dir = ctx.resolve(c.model)
+        roles = {**DEFAULT_ROLES, **c.roles}
+        inputs = lm_inputs(table, roles, c.separator)
+        prompts, answers = inputs["prompt"].to_list(), inputs["answer"].to_list()
+        fold = np.asarray(stable_keys(table["id"].to_list(), ctx.seed, "cv_loss"), dtype=np.uint64) % np.uint64(c.folds)
+        fold = fold.astype(np.int64)
+        kw = dict(max_length=c.max_length, batch_size=c.batch_size, max_batch_tokens=c.max_batch_tokens,
+                  score_eos=c.score_eos)
+        model, tok = lm.load_causal_lm(model_dir, None, c.device, c.dtype, c.trust_remote_code)
+        base = lm.score(model, tok, prompts, answers, ifd=False, **kw)["loss_cond"]
+        held = np.full(table.height, np.nan)
+        history = {}
+        for f in range(c.folds):
+            train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            if not len(test_idx):
+                continue
+            model, tok = lm.load_causal_lm(model_dir, None, c.device, c.dtype, c.trust_remote_code)
+            if c.cv_method == "lora":
+                model = finetune.add_lora(model, c.cv_lora_r)
+            ctx.log(f"{self.name}: fold {f + 1}/{c.folds}: training on {len(train_idx):,}, scoring {len(test_idx):,}")
+            history[str(f)] = finetune.fine_tune(
+                model, tok, [prompts[i] for i in train_idx], [answers[i] for i in train_idx], epochs=c.cv_epochs,
+                lr=c.cv_lr, seed=ctx.seed * 101 + f, **kw)
+            held[test_idx] = lm.score(model, tok, [prompts[i] for i in test_idx], [answers[i] for i in test_idx],
+                                      ifd=False, **kw)["loss_cond"]
+            del model
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = held / base
+        out = table.with_columns(pl.Series(col, lm.finite_or_none(held), dtype=pl.Float64),
+                                 pl.Series(f"{col}_base_loss", lm.finite_or_none(base), dtype=pl.Float64),
+                                 pl.Series(f"{col}_ratio", lm.finite_or_none(ratio), dtype=pl.Float64),
+                                 pl.Series(f"{col}_fold", fold, dtype=pl.Int32))
+        return out, {"model": c.model, "folds": c.folds, "method": c.cv_method, "epochs": c.cv_epochs,
+                     "lr": c.cv_lr, "train_loss": history,
+                     "fine_tunings": len(history), "trained_records": int(sum((fold != f).sum() for f in range(c.folds)))}
 
     def _score_lm(self, table: pl.DataFrame, col: str, ifd: bool):
         from curate.stages.common import score_cache as cache
@@ -283,6 +359,26 @@ class QualityStage(Stage):
                  "computed": int(table["id"].n_unique()) - n_cached,
                  "answer_tokens": int(joined["n_tokens"].fill_null(0).sum())}
         return pl.concat([table, new], how="horizontal"), extra
+
+    def signal(self, scored: pl.DataFrame, col: str) -> dict | None:
+        """The score's AUC on trusted labels (a `trusted` or `verifier` column made before
+        this stage), oriented by the scorer (perplexity, ifd, cv_loss: lower is better);
+        None when there are no labels. Public: an executor that scores in blocks calls it
+        over the whole table."""
+        from curate.stages.common import signal as sig
+
+        label = next((x for x in sig.LABEL_COLUMNS if x in scored.columns and x != col), None)
+        if label is None:
+            return None
+        scores = scored[col].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        labels = scored[label].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        m = sig.measure(scores, labels, higher_is_better=self.config.scorer in HIGHER_IS_BETTER,
+                        seed=self.context.seed, label_column=label)
+        warn = sig.warning_text(col, m)
+        if warn:
+            m["warning"] = warn
+            self.context.log(f"WARNING {self.name}: {warn}")
+        return m
 
     def summary(self, scored: pl.DataFrame, col: str) -> dict:
         """Score distribution per task (n, scored, mean, quantiles) of `col`: public so that an

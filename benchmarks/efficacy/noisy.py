@@ -1,0 +1,274 @@
+"""Does curation with no user code clean a noisy multi-task pool nobody tuned it for?
+
+    python benchmarks/efficacy/noisy.py                  # 2 families x 3 seeds, ~1-2 min
+    python benchmarks/efficacy/noisy.py --quick          # 1 family, 1 seed, small pool (tests)
+    python benchmarks/efficacy/noisy.py --cv --model DIR # adds the consensus + cv-loss arm
+
+The pool (per family, per seed) follows the issue's measurement: of the unique records 60%
+have the right answer, 30% a plausible wrong one, 10% a refusal; then 20% extra exact
+copies. Two task families from two independent generators (digit_tasks.py: reverse,
+shift, lookup; word_tasks.py: capital, plural, acronym); `lookup` and `capital` are fixed
+key -> answer tables, so their prompts recur with conflicting answers.
+
+Arms (each a pipeline.toml in OUT/pipelines, run by curate's own runner; every arm ends
+in the same `mix` with equal task weights, so task balance is equal across arms):
+  raw        normalize only
+  random     normalize + exact dedup, then a random subset the size of `default`
+  default    recipes/noisy-multitask.toml as shipped, only its [[sources]] swapped
+  cv         default + quality scorer = "cv_loss" + select (needs --cv and a model)
+  verifier   default + a verifier select (checkers.py, written without importing the
+             generators): the CHECKABLE-task upper bound (tables have no checker)
+  oracle     the raw pool's correct records (same copies), normalize + exact dedup
+
+Metric: precision of the curated set (share of kept records whose answer is right,
+judged with the generator's answer key, which no arm reads), per family, mean ± std over
+seeds, and the fraction of the raw-to-oracle precision gap each arm closes; plus kept
+rows and answer tokens. This is a data-quality measurement, not a trained model's exact
+match: see docs/curation-efficacy.md for what that leaves open.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+import digit_tasks  # noqa: E402
+import word_tasks  # noqa: E402
+
+RECIPE = REPO / "recipes" / "noisy-multitask.toml"
+REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, I cannot answer this.",
+            "I am unable to provide that information.", "Sorry, I don't know."]
+ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of default",
+        "default": "default recipe, no user code", "cv": "default + cross-validated loss select",
+        "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
+
+
+def _digits_family():
+    def draw(rng, task):
+        if task == "lookup":
+            return rng.choice(sorted(digit_tasks.LOOKUP))
+        return "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 6)))
+
+    def wrong(rng, task, x, right):
+        if task == "lookup":
+            return rng.choice([v for v in digit_tasks.LOOKUP.values() if v != right])
+        d = list(right)
+        i = rng.randrange(len(d))
+        d[i] = str((int(d[i]) + rng.randint(1, 9)) % 10)
+        return "".join(d)
+
+    return digit_tasks.TASKS, digit_tasks.PHRASES, digit_tasks.solve, draw, wrong
+
+
+def _words_family():
+    return word_tasks.TASKS, word_tasks.PHRASES, word_tasks.solve, word_tasks.draw, word_tasks.wrong
+
+
+FAMILIES = {"digits": _digits_family, "words": _words_family}
+
+
+def make_pool(family: str, n_unique: int, seed: int) -> tuple[list[dict], dict]:
+    """The pool (Alpaca rows with `task`) and the answer key {(task, prompt): right}."""
+    tasks, phrases, solve, draw, wrong = FAMILIES[family]()
+    rng = random.Random(f"{family}:{seed}")
+    base, key = [], {}
+    for i in range(n_unique):
+        task = tasks[i % len(tasks)]
+        x = draw(rng, task)
+        prompt, right = rng.choice(phrases[task]).format(x=x), solve(task, x)
+        key[(task, prompt)] = right
+        u = rng.random()
+        answer = right if u < 0.6 else (wrong(rng, task, x, right) if u < 0.9 else rng.choice(REFUSALS))
+        base.append({"instruction": prompt, "input": "", "output": answer, "task": task})
+    pool = base + [dict(base[rng.randrange(len(base))]) for _ in range(round(0.2 * len(base)))]
+    rng.shuffle(pool)
+    return pool, key
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def write_pipeline(path: Path, out: Path, pool: Path, stages: list[dict], render: dict) -> Path:
+    lines = ["[run]", f"output_dir = {_toml(str(out))}", "seed = 0", "",
+             "[[sources]]", 'name = "pool"', f"path = {_toml(str(pool))}", 'format = "alpaca"', 'task_field = "task"', ""]
+    for s in stages:
+        lines.append("[[stages]]")
+        lines += [f"{k} = {_toml(v)}" for k, v in s.items()]
+        lines.append("")
+    lines.append("[render]")
+    lines += [f"{k} = {_toml(v)}" for k, v in render.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def recipe() -> tuple[list[dict], dict]:
+    data = tomllib.loads(RECIPE.read_text(encoding="utf-8"))
+    render = dict(data["render"])
+    if not Path(render["tokenizer"]).is_absolute():
+        render["tokenizer"] = str((RECIPE.parent / render["tokenizer"]).resolve())
+    return data["stages"], render
+
+
+def equal_mix(total: int | None = None) -> dict:
+    m = {"kind": "mix", "name": "balance", "by": "task", "weights": {"*": 1.0}, "val_fraction": 0.0}
+    if total is not None:
+        m["total"] = total
+    return m
+
+
+def run_arm(pipeline: Path) -> tuple[Path, dict]:
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+
+    cfg = load_config(pipeline)
+    manifest = run_pipeline(cfg, fresh=True)
+    return cfg.output_dir(), manifest
+
+
+def measure(run_dir: Path, manifest: dict, key: dict) -> dict:
+    import polars as pl
+
+    from curate.contract.views import text_view
+
+    last = manifest["stages"][-1]["output"]
+    t = pl.read_parquet(run_dir / last / "data.parquet")
+    t = t.select("task", text_view("user").alias("p"), text_view("response").alias("a"))
+    right = [key.get((task, p)) == a for task, p, a in t.iter_rows()]
+    per_task = dict(t.group_by("task").len().sort("task").iter_rows())
+    tokens = sum(v.get("supervised_tokens", 0) for v in (manifest.get("tokens") or {}).get("by_task", {}).values())
+    return {"rows": t.height, "precision": sum(right) / max(t.height, 1), "per_task": per_task,
+            "distinct_right": len({(task, p) for (task, p, a), ok in zip(t.iter_rows(), right) if ok}),
+            "supervised_tokens": tokens}
+
+
+def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None) -> list[dict] | None:
+    if arm == "raw":
+        return [{"kind": "normalize"}, equal_mix()]
+    if arm == "oracle":
+        return [{"kind": "normalize"}, {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"},
+                equal_mix()]
+    if arm == "random":
+        return [{"kind": "normalize"}, {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"},
+                equal_mix(default_rows)]
+    no_mix = [s for s in base_stages if s["kind"] != "mix"]
+    if arm == "default":
+        return no_mix + [equal_mix()]
+    if arm == "verifier":
+        fns = {t: f"checkers:{t}" for t in ("reverse", "shift", "plural", "acronym")}
+        fns["*"] = "checkers:no_opinion"
+        return no_mix[:2] + [{"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)], "functions": fns},
+                             {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [equal_mix()]
+    if arm == "cv":
+        if not model:
+            return None
+        return no_mix + [{"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
+                          "cv_epochs": 3, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
+                         {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8},
+                         equal_mix()]
+    raise ValueError(arm)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/curate-noisy")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--unique", type=int, default=3000, help="unique records per family (before the 20%% copies)")
+    ap.add_argument("--families", default="digits,words")
+    ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 300 unique records")
+    ap.add_argument("--cv", action="store_true", help="add the consensus + cross-validated loss arm")
+    ap.add_argument("--model", default=str(REPO.parent / "shared" / "data" / "models" / "stories260K"))
+    ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the cv arm")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.unique, args.families = 1, 300, "words"
+    if args.cv:
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a busy small machine one thread is often faster
+    out = Path(args.out)
+    base_stages, render = recipe()
+    # default before random: the random subset is drawn to the default arm's size
+    arms = ["raw", "default", "random"] + (["cv"] if args.cv else []) + ["verifier", "oracle"]
+    results: dict = {}
+    t0 = time.perf_counter()
+    for family in args.families.split(","):
+        for seed in range(args.seeds):
+            pool, key = make_pool(family, args.unique, seed)
+            d = out / family / f"seed{seed}"
+            pool_file = write_jsonl(d / "pool.jsonl", pool)
+            oracle_file = write_jsonl(d / "oracle.jsonl",
+                                      [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
+            default_rows = None
+            for arm in arms:
+                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows)
+                if stages is None:
+                    continue
+                src = oracle_file if arm == "oracle" else pool_file
+                p = write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
+                run_dir, manifest = run_arm(p)
+                m = measure(run_dir, manifest, key)
+                if arm == "default":
+                    default_rows = m["rows"]
+                results.setdefault(family, {}).setdefault(arm, []).append(m)
+    wall = time.perf_counter() - t0
+    text = table(results, args, wall)
+    print(text)
+    if args.results:
+        Path(args.results).write_text(text, encoding="utf-8")
+    return results
+
+
+def _ms(xs: list[float], fmt: str = "{:.3f}") -> str:
+    if len(xs) == 1:
+        return fmt.format(xs[0])
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+
+
+def table(results: dict, args, wall: float) -> str:
+    cmd = "python benchmarks/efficacy/noisy.py " + " ".join(sys.argv[1:])
+    lines = [f"Command: `{cmd.strip()}`", "",
+             f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; {wall:.0f} s wall.", "",
+             "| family | arm | kept rows | answer tokens | precision | gap closed | distinct right prompts |",
+             "|---|---|---|---|---|---|---|"]
+    for family, arms in results.items():
+        raw = [m["precision"] for m in arms["raw"]]
+        orc = [m["precision"] for m in arms["oracle"]]
+        for arm, ms in arms.items():
+            gaps = [(m["precision"] - r) / (o - r) if o > r else float("nan") for m, r, o in zip(ms, raw, orc)]
+            lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} | "
+                         f"{_ms([m['supervised_tokens'] for m in ms], '{:.0f}')} | {_ms([m['precision'] for m in ms])} | "
+                         f"{_ms(gaps, '{:.0%}')} | {_ms([m['distinct_right'] for m in ms], '{:.0f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
