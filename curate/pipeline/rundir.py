@@ -21,7 +21,6 @@ outputs).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -49,9 +48,12 @@ def check_output_dir(out: str | Path, inputs: list[Path], source_roots: list[Pat
     o = Path(out).expanduser().resolve()
     if o.parent == o:
         raise RunDirError(f"output directory {o} is the file system root")
-    with contextlib.suppress(RuntimeError, KeyError):
-        if o == Path.home().resolve():
-            raise RunDirError(f"output directory {o} is the home directory")
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home directory known
+        home = None
+    if o == home:
+        raise RunDirError(f"output directory {o} is the home directory")
     for f in inputs:
         fr = Path(f).resolve()
         if fr == o or o in fr.parents:
