@@ -142,3 +142,11 @@ def test_versions_import_neither_torch_nor_transformers():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_run_killed_while_writing_its_first_marker_can_start_again(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "..curate-run.json.tmp777").write_text("{")
+    rd = RunDir.open(out)
+    assert sorted(os.listdir(out)) == [MARKER] and rd.marker["writes"] == []

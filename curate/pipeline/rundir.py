@@ -22,6 +22,7 @@ outputs).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
@@ -30,6 +31,7 @@ from pathlib import Path
 from curate.contract.atomic import remove_temp_files, write_json
 
 MARKER = ".curate-run.json"
+MARKER_TMP = re.compile(r"^\.\.curate-run\.json\.tmp\d+$")  # a run killed while writing its first marker
 PROJECT = "curate"
 LEGACY_ENTRIES = ("stages", "rejects", "shards", "quarantine.jsonl", "manifest.json", "report.html", "timings.json")
 
@@ -81,7 +83,7 @@ class RunDir:
             raise RunDirError(f"output directory {root} exists and is not a directory")
         marker_path = root / MARKER
         marker = None
-        if root.is_dir() and any(root.iterdir()):
+        if root.is_dir() and any(not MARKER_TMP.match(c.name) for c in root.iterdir()):
             if marker_path.is_file():
                 try:
                     marker = json.loads(marker_path.read_text(encoding="utf-8"))
