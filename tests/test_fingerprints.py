@@ -4,7 +4,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 import curate.pipeline.fingerprint as fp
 from curate.contract.progress import Progress

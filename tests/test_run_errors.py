@@ -3,7 +3,6 @@ with --debug; temporary files removed on failure and on the next start."""
 import errno
 import pathlib
 
-import pytest
 from click.testing import CliRunner
 
 from curate.cli import main

@@ -28,6 +28,14 @@ class RunConfig:
     seed: int = 0
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    # rows per part: filter, language, pii, decontaminate, normalize and locally scored
+    # quality run part by part, each finished part kept for resume inside the stage;
+    # the output does not depend on it
+    part_rows: int = 50000
+
+    def validate(self) -> None:
+        if self.part_rows < 1:
+            raise ConfigError("part_rows", f"must be >= 1, got {self.part_rows}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, is_dataclass
@@ -42,9 +43,10 @@ from curate.contract.ledger import REASON, Ledger, drop_counts, reason_counts, w
 from curate.contract.progress import Progress
 from curate.contract.schema import empty_records
 from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
+from curate.pipeline.blocks import PartCache
 from curate.pipeline.executor import Executor, make_executor
 from curate.pipeline.fingerprint import FileHashes, config_files
-from curate.pipeline.rundir import RunDir, RunDirError, check_output_dir
+from curate.pipeline.rundir import RunDir, check_output_dir
 from curate.read.readers import read_source
 from curate.read.sources import source_files
 from curate.stages import stage_class
@@ -245,7 +247,11 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
                                    log=progress.log, render=cfg.render)
             stage = stage_class(stage_cfg.kind)(stage_cfg, context)
             with progress.stage(f"{index}/{len(cfg.stages)} {name}", total=rows_in) as done:
-                result = executor.process(stage, table)
+                parted = getattr(executor, "process_in_parts", None)
+                if parted is not None:  # part-granular resume inside the stage
+                    result = parted(stage, table, PartCache(sdir / "parts", _hash(fingerprint, cfg.run.part_rows)))
+                else:
+                    result = executor.process(stage, table)
                 dropped = reason_counts(result.dropped)
                 upsampled = int(result.stats.get("upsampled", 0) or 0)
                 if rows_in + upsampled != result.kept.height + result.dropped.height:
@@ -259,6 +265,8 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
                         "stats": result.stats,
                         "sha256": {"data": hashes.sha256(data), "rejects": hashes.sha256(rejects_path)}}
                 write_json(sdir / "done.json", info)
+                if (sdir / "parts").is_dir():  # the finished stage supersedes its parts
+                    shutil.rmtree(sdir / "parts")
                 table = result.kept
                 done(table.height, sum(dropped.values()), f"{upsampled:,} upsampled" if upsampled else "")
         data_sha = info["sha256"]["data"]
