@@ -88,3 +88,28 @@ def test_temp_files_of_a_killed_run_are_removed_on_the_next_start(tmp_path):
     assert not any(f.exists() for f in left)
     assert (run / "notes.tmp").exists()
     assert sum("removed a temporary file" in x for x in log.lines) == 3
+
+
+def test_sigterm_ends_in_one_line_and_removes_temp_files(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from curate.stages.normalize import Normalize
+
+    p = make_inputs(tmp_path, render=True)
+    orig = Normalize.process
+
+    def process(self, table):
+        if self.name == "normalize_again":
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell
+        return orig(self, table)
+
+    monkeypatch.setattr(Normalize, "process", process)
+    before = signal.getsignal(signal.SIGTERM)
+    r = CliRunner().invoke(main, ["run", str(p), "--no-train", "--quiet"])
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only
+    assert r.exit_code == 130
+    assert r.output.strip() == "Error: interrupted; nothing finished was lost, rerun to resume"
+    assert _tmp_files(tmp_path / "run") == []
+    monkeypatch.undo()
+    assert run_pipeline(load_config(p))["ledger"]["reconciles"]

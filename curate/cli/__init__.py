@@ -37,8 +37,7 @@ class _Group(click.Group):
         def _term(signum, frame):
             raise KeyboardInterrupt
 
-        if threading_main():
-            signal.signal(signal.SIGTERM, _term)
+        previous = signal.signal(signal.SIGTERM, _term) if threading_main() else None
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
@@ -48,6 +47,9 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {_one_line(exc)}", err=True)
             sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def threading_main() -> bool:
