@@ -41,7 +41,8 @@ def _is_no_space(exc: BaseException) -> bool:
     return "No space left on device" in str(exc) or "os error 28" in str(exc)
 
 
-_FAULT_AFTER = int(os.environ.get("CURATE_FAULT_AFTER_WRITES", "0") or 0)
+_FAULT_AFTER = int(os.environ.get("CURATE_FAULT_AFTER_WRITES", "0")) if \
+    os.environ.get("CURATE_FAULT_AFTER_WRITES", "").isdigit() else 0
 _FAULT_TMP = os.environ.get("CURATE_FAULT_MODE", "") == "tmp"
 _writes = 0
 
