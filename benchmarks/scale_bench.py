@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--sizes", default=None, help="comma-separated record counts: a growth table over sizes")
     ap.add_argument("--executors", default="local,ray", help="which executors to measure (ray only if installed)")
+    ap.add_argument("--part-rows", default=None,
+                    help="with --sizes: comma-separated [run] part_rows values, each measured side by side")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -190,7 +192,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     wanted = [e for e in args.executors.split(",") if e]
     if args.sizes:
-        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus)
+        parts = [int(x) for x in args.part_rows.split(",")] if args.part_rows else [None]
+        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts)
     data = work / f"records_{args.records}.jsonl"
     if not data.exists():
         t0 = time.perf_counter()
@@ -229,8 +232,9 @@ def _available(wanted: list[str]) -> list[str]:
     return wanted
 
 
-def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int) -> None:
-    """Peak RSS and wall per size and executor, and each size's ratio to the smallest."""
+def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_rows: list[int | None]) -> None:
+    """Peak RSS and wall per size, executor and part size, and each size's ratio to the
+    smallest; every part size must give the same output digest."""
     env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
     for k in ("RAY_TMPDIR", "TMPDIR"):
         Path(env[k]).mkdir(exist_ok=True)
@@ -240,28 +244,30 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int) -> No
         data = work / f"records_{n}.jsonl"
         if not data.exists():
             generate(data, n)
-        pipeline = work / f"pipeline_{n}.toml"
-        pipeline.write_text(f'[run]\nseed = 0\n[[sources]]\nname = "gen"\npath = "{data}"\nformat = "alpaca"\n'
-                            f'task = "qa"\n{STAGES}')
-        digests = {}
-        for ex in executors:
-            r = measure(ex, pipeline, work / f"run_{ex}_{n}", ray_cpus, env)
-            digests[ex] = digest(work / f"run_{ex}_{n}")
-            rows.append({"records": n, "executor": ex, **r, "digest": digests[ex]})
-            print(f"{n:,} {ex}: {r}", flush=True)
+        for pr in part_rows:
+            pipeline = work / f"pipeline_{n}_{pr}.toml"
+            extra = f"part_rows = {pr}\n" if pr else ""
+            pipeline.write_text(f'[run]\nseed = 0\n{extra}[[sources]]\nname = "gen"\npath = "{data}"\n'
+                                f'format = "alpaca"\ntask = "qa"\n{STAGES}')
+            for ex in executors:
+                label = ex if pr is None else f"{ex}/{pr}"
+                run = work / f"run_{ex}_{n}_{pr}"
+                r = measure(ex, pipeline, run, ray_cpus, env)
+                rows.append({"records": n, "executor": label, **r, "digest": digest(run)})
+                print(f"{n:,} {label}: {r}", flush=True)
     print(f"\n{os.cpu_count()} CPUs; peak RSS = the child process tree; x = ratio to the smallest size")
-    print(f"{'records':>10} {'executor':<9}{'pipeline s':>11}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
+    print(f"{'records':>10} {'executor':<18}{'pipeline s':>11}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
           f"{'KiB/record':>12}  digest")
     first = {}
     for r in rows:
         f = first.setdefault(r["executor"], r)
-        print(f"{r['records']:>10,} {r['executor']:<9}{r['pipeline_s']:>11.1f}{r['pipeline_s'] / f['pipeline_s']:>6.2f}"
+        print(f"{r['records']:>10,} {r['executor']:<18}{r['pipeline_s']:>11.1f}{r['pipeline_s'] / f['pipeline_s']:>6.2f}"
               f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
               f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['digest']}")
-    if len(executors) == 2:
-        for n in sorted(sizes):
-            d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
-            print(f"{n:,}: local and ray outputs identical: {d.get('local') == d.get('ray')}")
+    for n in sorted(sizes):
+        d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
+        if len(d) > 1:
+            print(f"{n:,}: outputs identical across {', '.join(d)}: {len(set(d.values())) == 1}")
 
 
 if __name__ == "__main__":

@@ -179,8 +179,14 @@ def process_in_parts(stage: Stage, table: pl.DataFrame, part_rows: int, cache: P
     mode = part_mode(stage)
     if mode is None or table.height <= part_rows:
         return stage.process(table)
-    cls = type(stage)
-    shared = stage.shared_resource() if mode == "annotate" else None
+    # One worker instance for all parts (models load once), apart from `stage`, which
+    # decides over the merged states as the driver does under Ray. Reuse is safe:
+    # `block_state()` is what the *last* `annotate` call left (FilterStage's contract).
+    worker = type(stage)(stage.config, stage.context)
+    if mode == "annotate":
+        shared = stage.shared_resource()
+        if shared is not None:
+            worker.use_shared_resource(shared)
     outs_a, outs_b, payloads, resumed = [], [], [], 0
     for i, lo in enumerate(range(0, table.height, part_rows)):
         part = table.slice(lo, part_rows)
@@ -189,10 +195,7 @@ def process_in_parts(stage: Stage, table: pl.DataFrame, part_rows: int, cache: P
             a_df, b_df, payload = hit
             resumed += 1
         else:
-            worker = cls(stage.config, stage.context)  # a fresh instance per part, as on a Ray worker
             if mode == "annotate":
-                if shared is not None:
-                    worker.use_shared_resource(shared)
                 a_df, b_df = worker.annotate(part), None
                 payload = encode_state(worker.block_state())
             else:
