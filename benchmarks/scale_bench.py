@@ -3,6 +3,11 @@ pipeline (no render, no train) with the local executor and with the Ray executor
 time and peak memory of each, side by side, and whether their outputs are identical.
 
     /work/venv/bin/python benchmarks/scale_bench.py --records 1000000 [--work DIR] [--ray-cpus 2]
+    /work/venv/bin/python benchmarks/scale_bench.py --sizes 25000,100000,400000 --executors local
+
+`--sizes` runs every size and prints peak RSS and wall per size, with each size's ratio to
+the smallest: how memory and time grow with the input (linear today: the runner holds the
+record table in memory between stages; see docs/run-directory.md, "Memory model").
 
 Needs the `ray` extra for the Ray half (pip install '.[ray]'); without it only the local
 executor runs, with a message. Each executor runs in its own child process; peak memory
@@ -170,6 +175,10 @@ def digest(run: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--sizes", default=None, help="comma-separated record counts: a growth table over sizes")
+    ap.add_argument("--executors", default="local,ray", help="which executors to measure (ray only if installed)")
+    ap.add_argument("--part-rows", default=None,
+                    help="with --sizes: comma-separated [run] part_rows values, each measured side by side")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -181,6 +190,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_bench_"))
     work.mkdir(parents=True, exist_ok=True)
+    wanted = [e for e in args.executors.split(",") if e]
+    if args.sizes:
+        parts = [int(x) for x in args.part_rows.split(",")] if args.part_rows else [None]
+        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts)
     data = work / f"records_{args.records}.jsonl"
     if not data.exists():
         t0 = time.perf_counter()
@@ -193,12 +206,7 @@ def main() -> None:
     env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
     for k in ("RAY_TMPDIR", "TMPDIR"):
         Path(env[k]).mkdir(exist_ok=True)
-    try:
-        import ray  # noqa: F401
-        executors = ["local", "ray"]
-    except ImportError:
-        print("ray is not installed (pip install '.[ray]'): measuring the local executor only")
-        executors = ["local"]
+    executors = _available(wanted)
     rows = {}
     for ex in executors:
         rows[ex] = measure(ex, pipeline, work / f"run_{ex}", args.ray_cpus, env)
@@ -212,6 +220,54 @@ def main() -> None:
         l, r = rows["local"], rows["ray"]
         print(f"ray/local wall ratio {r['pipeline_s'] / l['pipeline_s']:.2f}, peak memory ratio "
               f"{r['peak_rss_gib'] / l['peak_rss_gib']:.2f}, identical output: {l['digest'] == r['digest']}")
+
+
+def _available(wanted: list[str]) -> list[str]:
+    if "ray" in wanted:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("ray is not installed (pip install '.[ray]'): measuring the local executor only")
+            wanted = [e for e in wanted if e != "ray"]
+    return wanted
+
+
+def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_rows: list[int | None]) -> None:
+    """Peak RSS and wall per size, executor and part size, and each size's ratio to the
+    smallest; every part size must give the same output digest."""
+    env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
+    for k in ("RAY_TMPDIR", "TMPDIR"):
+        Path(env[k]).mkdir(exist_ok=True)
+    executors = _available(wanted)
+    rows = []
+    for n in sorted(sizes):
+        data = work / f"records_{n}.jsonl"
+        if not data.exists():
+            generate(data, n)
+        for pr in part_rows:
+            pipeline = work / f"pipeline_{n}_{pr}.toml"
+            extra = f"part_rows = {pr}\n" if pr else ""
+            pipeline.write_text(f'[run]\nseed = 0\n{extra}[[sources]]\nname = "gen"\npath = "{data}"\n'
+                                f'format = "alpaca"\ntask = "qa"\n{STAGES}')
+            for ex in executors:
+                label = ex if pr is None else f"{ex}/{pr}"
+                run = work / f"run_{ex}_{n}_{pr}"
+                r = measure(ex, pipeline, run, ray_cpus, env)
+                rows.append({"records": n, "executor": label, **r, "digest": digest(run)})
+                print(f"{n:,} {label}: {r}", flush=True)
+    print(f"\n{os.cpu_count()} CPUs; peak RSS = the child process tree; x = ratio to the smallest size")
+    print(f"{'records':>10} {'executor':<18}{'pipeline s':>11}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
+          f"{'KiB/record':>12}  digest")
+    first = {}
+    for r in rows:
+        f = first.setdefault(r["executor"], r)
+        print(f"{r['records']:>10,} {r['executor']:<18}{r['pipeline_s']:>11.1f}{r['pipeline_s'] / f['pipeline_s']:>6.2f}"
+              f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
+              f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['digest']}")
+    for n in sorted(sizes):
+        d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
+        if len(d) > 1:
+            print(f"{n:,}: outputs identical across {', '.join(d)}: {len(set(d.values())) == 1}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_bucket_pairs_equal_dedup_candidates():
 
 def test_stats_merge_rules():
     pytest.importorskip("ray")
-    from curate.pipeline.ray_executor import _same, _sum
+    from curate.pipeline.blocks import same_values as _same, sum_values as _sum
 
     assert _sum([{"a": 1, "b": {"x": 2}}, {"a": 3, "b": {"y": 1}}, {}]) == {"a": 4, "b": {"x": 2, "y": 1}}
     assert _same([{"eval_items": 3}, {"eval_items": 3}]) == {"eval_items": 3}

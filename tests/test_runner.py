@@ -109,8 +109,11 @@ def test_input_change_invalidates_resume(tmp_path):
 
 
 def _digest(run: Path) -> dict:
+    """Every output's sha256; the run's own bookkeeping (its marker with a random run id,
+    the file-hash cache keyed by mtimes) and timings are not outputs."""
     return {str(p.relative_to(run)): sha256_file(p) for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name != "timings.json" and p.suffix != ".html"}
+            if p.is_file() and p.name != "timings.json" and p.suffix != ".html"
+            and not p.relative_to(run).parts[0].startswith(".")}
 
 
 def test_killed_run_resumes_to_identical_bytes(tmp_path, monkeypatch):

@@ -3,6 +3,9 @@ when `[train]` is present, the trainer. Heavy imports happen inside commands so 
 `curate --help` stays instant."""
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -10,10 +13,58 @@ import click
 from curate import __version__
 
 
-@click.group()
+def _one_line(exc: BaseException) -> str:
+    """A failure as the one line a user reads: what, and the file it names."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = getattr(exc, "path", None) or exc.filename or "a file"
+        return f"no space left writing {where}; nothing finished was lost, rerun to resume"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; nothing finished was lost, rerun to resume"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text} ({exc.filename})"
+    return text if type(exc).__name__ in ("RunDirError", "ConfigError") else f"{type(exc).__name__}: {text}"
+
+
+class _Group(click.Group):
+    """Every failure ends in one `Error:` line naming the file or key (exit 1); `--debug`
+    (or CURATE_DEBUG=1) shows the traceback instead. SIGTERM is turned into an
+    interruption, so temporary files are removed on the way out, as on Ctrl-C."""
+
+    def invoke(self, ctx):
+        import signal
+
+        def _term(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _term) if threading_main() else None
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the one place every failure is turned into a line
+            if ctx.obj and ctx.obj.get("debug") or os.environ.get("CURATE_DEBUG"):
+                raise
+            click.echo(f"Error: {_one_line(exc)}", err=True)
+            sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="curate")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def main(ctx, debug) -> None:
     """Curate instruction data into clean, balanced training shards, and train on them."""
+    ctx.obj = {"debug": debug}
 
 
 def _load(pipeline: str, with_train: bool):
@@ -51,6 +102,7 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
     """Run PIPELINE (a pipeline.toml): read, clean, select, render, write shards; then train."""
     from curate.contract.progress import Progress
     from curate.contract.typed_config import ConfigError
+    from curate.pipeline.rundir import RunDir, RunDirError
     from curate.pipeline.runner import LedgerError, run_pipeline
 
     cfg, train_cfg = _load(pipeline, with_train=not no_train)
@@ -69,11 +121,16 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
         progress.close()
         raise click.ClickException(exc.message()) from None
     except LedgerError as exc:
-        progress.close()
         raise click.ClickException(f"internal error: {exc}") from None
+    except RunDirError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         progress.close()
-    run_dir = cfg.output_dir(out_dir).resolve()
+    rd = RunDir.open(cfg.output_dir(out_dir))
+    run_dir = rd.root
+    rd.own("report.html")
+    if train_cfg is not None:
+        rd.own("train")
     led = manifest["ledger"]
     click.echo(f"read {led['read']:,}  kept {led['kept']:,}  quarantined {led['quarantined']:,}  "
                f"dropped {sum(sum(r.values()) for r in led['dropped'].values()):,}  -> {run_dir}")

@@ -2,8 +2,16 @@
 
     read == kept + quarantined + sum(dropped[stage][reason])
 
-where `kept` counts distinct records that reached the output (rows a `mix` stage repeated
-to upsample are reported apart, under `upsampled`, and are not records read)."""
+where `kept` counts distinct records that reached the output. Rows a `mix` stage repeated
+to upsample (column `repeat` > 0; the original is `repeat` 0) are not records read: they
+are counted apart, under `upsampled` (per stage that added them) and `copies_dropped` (per
+stage or render that dropped them), so that also
+
+    rows in the output == kept + sum(upsampled) - sum(copies_dropped)
+
+A record whose original row is dropped counts once in `dropped`, however many of its
+copies went with it (they are all dropped together: every later decision is a function
+of the row's content, which its copies share)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +35,7 @@ class Ledger:
     kept: int = 0
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     upsampled: dict[str, int] = field(default_factory=dict)
+    copies_dropped: dict[str, int] = field(default_factory=dict)
 
     def drop(self, stage: str, reasons: dict[str, int]) -> None:
         if reasons:
@@ -38,6 +47,11 @@ class Ledger:
     def total_dropped(self) -> int:
         return sum(n for reasons in self.dropped.values() for n in reasons.values())
 
+    @property
+    def copies_kept(self) -> int:
+        """Upsampled copies still in the output."""
+        return sum(self.upsampled.values()) - sum(self.copies_dropped.values())
+
     def reconciles(self) -> bool:
         return self.read == self.kept + self.quarantined + self.total_dropped
 
@@ -48,6 +62,7 @@ class Ledger:
             "kept": self.kept,
             "dropped": {s: dict(sorted(r.items())) for s, r in self.dropped.items()},
             "upsampled": dict(self.upsampled),
+            "copies_dropped": dict(self.copies_dropped),
             "reconciles": self.reconciles(),
         }
 
@@ -57,6 +72,23 @@ def reason_counts(dropped: pl.DataFrame) -> dict[str, int]:
         return {}
     counts = dropped.group_by(REASON).len().sort(REASON)
     return {str(r): int(n) for r, n in counts.iter_rows()}
+
+
+def drop_counts(dropped: pl.DataFrame, reason_col: str = REASON) -> tuple[dict[str, int], int]:
+    """(records dropped by reason, upsampled copies dropped) of a frame of dropped rows: a
+    row with `repeat` > 0 is a copy, not a record."""
+    if dropped.height == 0:
+        return {}, 0
+    if "repeat" in dropped.columns:
+        is_copy = pl.col("repeat").fill_null(0) > 0
+        copies = int(dropped.select(is_copy.sum()).item())
+        records = dropped.filter(~is_copy)
+    else:
+        copies, records = 0, dropped
+    if records.height == 0:
+        return {}, copies
+    counts = records.group_by(reason_col).len().sort(reason_col)
+    return {str(r): int(n) for r, n in counts.iter_rows()}, copies
 
 
 def write_rejects(path, stage: str, dropped: pl.DataFrame) -> int:

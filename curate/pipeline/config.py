@@ -30,6 +30,14 @@ class RunConfig:
     seed: int = 0
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    # rows per part: filter, language, pii, decontaminate, normalize and locally scored
+    # quality run part by part, each finished part kept for resume inside the stage;
+    # the output does not depend on it
+    part_rows: int = 50000
+
+    def validate(self) -> None:
+        if self.part_rows < 1:
+            raise ConfigError("part_rows", f"must be >= 1, got {self.part_rows}")
 
 
 @dataclass
@@ -129,6 +137,12 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
             for i, s in enumerate(sources):
                 if not source_files(s, cfg.base_dir):
                     raise ConfigError(f"sources[{i}].path", f"no input file at {cfg.resolve(s.path)}")
+            from curate.pipeline.rundir import RunDirError, check_output_dir
+
+            try:
+                check_output_dir(cfg.output_dir(), pipeline_inputs(cfg), source_roots(cfg))
+            except RunDirError as exc:
+                raise ConfigError("run.output_dir", str(exc))
             for i, st in enumerate(stages):
                 check = getattr(st, "check_paths", None)
                 if check is not None:
@@ -145,6 +159,34 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
         return cfg
     except ConfigError as exc:
         fail(exc)
+
+
+def source_roots(cfg: PipelineConfig) -> list[Path]:
+    """The folders that directory and glob sources list files from (the part of a glob
+    before its first wildcard)."""
+    roots = []
+    for s in cfg.sources:
+        if any(ch in s.path for ch in "*?["):
+            parts = []
+            for part in Path(s.path).parts:
+                if any(ch in part for ch in "*?["):
+                    break
+                parts.append(part)
+            roots.append(cfg.resolve(Path(*parts)) if parts else cfg.base_dir)
+        elif cfg.resolve(s.path).is_dir():
+            roots.append(cfg.resolve(s.path))
+    return roots
+
+
+def pipeline_inputs(cfg: PipelineConfig) -> list[Path]:
+    """Every file the pipeline reads: source files and the files stage and render configs
+    name (eval sets, models, tokenizers, templates, ...)."""
+    from curate.pipeline.fingerprint import config_files
+
+    files = [f for s in cfg.sources for f in source_files(s, cfg.base_dir)]
+    for st in [*cfg.stages, cfg.render]:
+        files.extend(config_files(st, cfg.base_dir))
+    return files
 
 
 def load_config(path: str | Path, check_files: bool = True) -> PipelineConfig:

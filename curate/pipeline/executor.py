@@ -20,10 +20,25 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
+    """Runs each stage in this process. With `part_rows`, the stages that can be cut into
+    parts without changing their output (curate/pipeline/blocks.py) run part by part and
+    keep each finished part in `RUN/stages/NN-name/parts/` (`process_in_parts`), so a run
+    killed inside a stage resumes from its last finished part."""
+
     name = "local"
 
+    def __init__(self, part_rows: int | None = None):
+        self.part_rows = part_rows
+
     def process(self, stage: Stage, table: pl.DataFrame) -> StageResult:
-        return stage.process(table)
+        return self.process_in_parts(stage, table, None)
+
+    def process_in_parts(self, stage: Stage, table: pl.DataFrame, cache) -> StageResult:
+        if not self.part_rows:
+            return stage.process(table)
+        from curate.pipeline.blocks import process_in_parts
+
+        return process_in_parts(stage, table, self.part_rows, cache, stage.context.log)
 
     def close(self) -> None:
         pass
@@ -37,4 +52,4 @@ def make_executor(run_cfg) -> Executor:
             raise RuntimeError("executor = \"ray\" needs Ray: pip install 'curate[ray]' "
                                f"(import failed: {exc})") from None
         return RayExecutor(address=run_cfg.ray_address, seed=run_cfg.seed)
-    return LocalExecutor()
+    return LocalExecutor(part_rows=getattr(run_cfg, "part_rows", None))

@@ -71,25 +71,11 @@ import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
 import ray.data
 
+from curate.pipeline.blocks import assemble_annotations, assemble_blocks, decode_state, encode_state, part_mode
 from curate.pipeline.ray_blocks import FAULT_ENV, from_ipc, maybe_fault, portable, to_ipc, worker_stage  # noqa: F401
-from curate.stages.base import FilterStage, PlannedStage, Stage, StageResult
+from curate.stages.base import PlannedStage, Stage, StageResult
 
 DEFAULT_BLOCK_ROWS = 50_000
-_BLOCK_KINDS = {"normalize", "quality"}
-_LOCAL_SCORERS = {"heuristic", "fasttext", "verifier"}
-
-
-def _encode_state(state: dict) -> str:
-    """A FilterStage's `block_state()` as JSON: polars Series travel as Arrow IPC (hex)."""
-    out = {}
-    for k, v in state.items():
-        out[k] = {"series": to_ipc(v.to_frame()).hex()} if isinstance(v, pl.Series) else {"json": v}
-    return json.dumps(out)
-
-
-def _decode_state(text: str) -> dict:
-    return {k: from_ipc(bytes.fromhex(v["series"])).to_series() if "series" in v else v["json"]
-            for k, v in json.loads(text).items()}
 
 
 def _planned_task(step: str, cls: type, config: Any, context: Any, plan_ref: Any) -> Callable[[pa.Table], pa.Table]:
@@ -119,30 +105,12 @@ def _block_task(mode: str, cls: type, config: Any, context: Any, shared_ref: Any
                 stage.use_shared_resource(ray.get(shared_ref))
             out = stage.annotate(df)
             return pa.table({"rows": [df.height], "a": [to_ipc(out)], "b": [b""],
-                             "state": [_encode_state(stage.block_state())]})
+                             "state": [encode_state(stage.block_state())]})
         res = stage.process(df)
         return pa.table({"rows": [df.height], "a": [to_ipc(res.kept)], "b": [to_ipc(res.dropped)],
                          "state": [json.dumps(res.stats, default=str)]})
 
     return run
-
-
-def _sum(values: list) -> Any:
-    if all(isinstance(v, dict) for v in values):
-        out: dict = {}
-        for v in values:
-            for k, x in v.items():
-                out[k] = _sum([out[k], x]) if k in out else x
-        return out
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return sum(values)
-    raise TypeError(f"cannot sum {values!r}")
-
-
-def _same(values: list) -> Any:
-    if any(v != values[0] for v in values):
-        raise ValueError(f"per-block values differ: {values!r}")
-    return values[0]
 
 
 class RayExecutor:
@@ -183,12 +151,9 @@ class RayExecutor:
     def plan(self, stage: Stage) -> str:
         """Where `stage` runs: "blocks", "annotate", "dedup" or "driver" (see module doc)."""
         kind = stage.kind
-        if isinstance(stage, FilterStage):
-            return "annotate"
-        if kind == "normalize":
-            return "blocks"
-        if kind == "quality" and getattr(stage.config, "scorer", None) in _LOCAL_SCORERS:
-            return "blocks"
+        mode = part_mode(stage)
+        if mode is not None:
+            return mode
         if kind == "dedup" and getattr(stage.config, "method", None) == "minhash":
             return "dedup"
         if isinstance(stage, PlannedStage) and stage.plannable():
@@ -255,16 +220,10 @@ class RayExecutor:
         n_blocks = len(rows)
         a = [from_ipc(x) for x in res.column("a").to_pylist()]
         if where == "annotate":
-            # One chunk, as a local stage's output is: parquet bytes depend on the chunk layout.
-            annotated = pl.concat(a, how="vertical", rechunk=True)
-            stage.merge_block_states([_decode_state(s) for s in res.column("state").to_pylist()])
-            # The stage's own process() decides and summarises, on the gathered annotations.
-            result = stage.decide(table, annotated)
+            result = assemble_annotations(stage, table, a, [decode_state(x) for x in res.column("state").to_pylist()])
         else:
-            kept = pl.concat(a, how="vertical", rechunk=True)
-            dropped = pl.concat([from_ipc(x) for x in res.column("b").to_pylist()], how="vertical", rechunk=True)
-            stats = self._merge_stats(stage, kept, [json.loads(s) for s in res.column("state").to_pylist()])
-            result = StageResult(kept=kept, dropped=dropped, stats=stats)
+            dropped = [from_ipc(x) for x in res.column("b").to_pylist()]
+            result = assemble_blocks(stage, a, dropped, [json.loads(x) for x in res.column("state").to_pylist()])
         stage.context.log(f"[{stage.name}] ray: {n_blocks} block(s) on workers ({where})")
         return result
 
@@ -295,20 +254,6 @@ class RayExecutor:
         if sum(rows) != n:
             raise RuntimeError(f"ray: stage {stage.name!r} saw {sum(rows)} of {n} rows")
         return len(rows)
-
-    def _merge_stats(self, stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
-        if stage.kind == "normalize":
-            return {"hits": _sum([p["hits"] for p in parts])}
-        # quality: constants stay, error counts add up, and the score summary is
-        # recomputed over the whole table by the stage's own summariser.
-        out = {k: _same([p[k] for p in parts]) for k in parts[0]
-               if k not in ("errors", "scored", "unscored", "by_task", "signal")}
-        if "errors" in parts[0]:
-            out["errors"] = _sum([p["errors"] for p in parts])
-        out.update(stage.summary(kept, stage.config.score_column))
-        if "signal" in parts[0]:  # the AUC of the whole table, not of one block
-            out["signal"] = stage.signal(kept, stage.config.score_column)
-        return out
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():

@@ -1,18 +1,30 @@
 """The pipeline runner: read -> [[stages]] -> render -> shards -> manifest.
 
 The runner, not the stages, owns the bookkeeping:
-  - the ledger (read = kept + quarantined + dropped, checked stage by stage),
+  - the run directory (curate/pipeline/rundir.py): it must be new, empty or a curate run
+    (marker `RUN/.curate-run.json` listing what runs wrote there); every write goes
+    through `RunDir.own/path`, checked inside RUN after resolving symlinks; only entries
+    a run wrote are ever deleted,
+  - the ledger (read = kept + quarantined + dropped, checked stage by stage), recomputed
+    from the stage outputs and rejects on disk, never taken from a `done.json`; rows a
+    `mix` stage repeated (`repeat` > 0) are counted apart: `upsampled` when added,
+    `copies_dropped` when a later stage or render drops them,
   - rejects (`RUN/rejects/NN-name.parquet`) and quarantine (`RUN/quarantine.jsonl`),
-  - resume: each finished stage leaves `RUN/stages/NN-name/{data.parquet,done.json}`; the
-    `done.json` holds a fingerprint chained from the inputs' bytes and every config up to
-    that stage, so a rerun reuses exactly the stages whose inputs and config are unchanged,
-  - atomic writes, so a run killed anywhere resumes to the same bytes.
+  - resume: each finished stage leaves `RUN/stages/NN-name/{data.parquet,done.json}`. Its
+    fingerprint chains the inputs' bytes, every config up to that stage, the sha256 of
+    every file those configs read (curate/pipeline/fingerprint.py) and the sha256 of the
+    stage's input data. `done.json` records the sha256 of its data and rejects and its
+    counts; a rerun reuses a stage only when all of them still match the files, otherwise
+    it recomputes that stage and logs why,
+  - atomic writes, so a run killed anywhere resumes to the same bytes; temporary files a
+    killed run left are removed when the next one starts.
 Timings go to `RUN/timings.json`, not the manifest, so the manifest is as deterministic as
 the shards are.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import platform
 import shutil
@@ -23,20 +35,26 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from curate import __version__
-from curate.contract.atomic import sha256_file, write_json, write_parquet, write_text
-from curate.pipeline.config import PipelineConfig
-from curate.read.sources import source_files
-from curate.pipeline.executor import Executor, make_executor
-from curate.contract.ledger import Ledger, reason_counts, write_rejects
+from curate.contract.atomic import write_json, write_parquet, write_text
+from curate.contract.ledger import REASON, Ledger, drop_counts, reason_counts, write_rejects
 from curate.contract.progress import Progress
-from curate.read.readers import read_source
 from curate.contract.schema import empty_records
+from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
+from curate.pipeline.blocks import PartCache
+from curate.pipeline.executor import Executor, make_executor
+from curate.pipeline.fingerprint import FileHashes, config_files
+from curate.pipeline.rundir import RunDir, check_output_dir
+from curate.read.readers import read_source
+from curate.read.sources import source_files
 from curate.stages import stage_class
 from curate.stages.base import StageContext
 
 READ_DIR = "00-read"
+HASH_CACHE = ".curate-cache/hashes.json"
+VERSIONED = ("polars", "pyarrow", "numpy", "datasketch", "tokenizers", "transformers", "jinja2", "torch")
 
 
 class LedgerError(RuntimeError):
@@ -55,48 +73,61 @@ def _hash(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def input_fingerprint(cfg: PipelineConfig) -> str:
+def input_fingerprint(cfg: PipelineConfig, hashes: FileHashes | None = None) -> str:
     """Hash of every input file's bytes plus the source configs and seed."""
+    hashes = hashes or FileHashes(None)
     files = []
     for s in cfg.sources:
         for f in source_files(s, cfg.base_dir):
-            files.append([s.name, f.name, f.stat().st_size, sha256_file(f)])
+            files.append([s.name, f.name, f.stat().st_size, hashes.sha256(f)])
     return _hash("curate", __version__, [_plain(s) for s in cfg.sources], cfg.run.seed, files)
 
 
-def _done(stage_dir: Path, fingerprint: str) -> dict | None:
-    done = stage_dir / "done.json"
-    if not (done.is_file() and (stage_dir / "data.parquet").is_file()):
-        return None
-    info = json.loads(done.read_text())
-    return info if info.get("fingerprint") == fingerprint else None
-
-
 def versions() -> dict:
+    """Versions of the libraries a run may use, read from package metadata: nothing is
+    imported for this (importing torch and transformers costs ~250 MB and seconds)."""
     out = {"python": platform.python_version(), "curate": __version__}
-    for mod in ("polars", "pyarrow", "numpy", "datasketch", "tokenizers", "transformers", "jinja2", "torch"):
+    for mod in VERSIONED:
         m = sys.modules.get(mod)
-        if m is None:
+        v = getattr(m, "__version__", None) if m is not None else None
+        if v is None:
             try:
-                m = __import__(mod)
-            except Exception:  # noqa: BLE001 - a missing optional module is just not listed
-                continue
-        out[mod] = getattr(m, "__version__", "?")
+                v = importlib.metadata.version(mod)
+            except importlib.metadata.PackageNotFoundError:
+                continue  # a missing optional module is just not listed
+        out[mod] = v
     return out
 
 
-def _clean_stale(out: Path, keep_stage_dirs: set[str]) -> None:
-    """Remove stage outputs and rejects from an earlier, different pipeline."""
-    stages = out / "stages"
-    if stages.is_dir():
-        for d in stages.iterdir():
-            if d.is_dir() and d.name not in keep_stage_dirs:
-                shutil.rmtree(d)
-    rejects = out / "rejects"
-    if rejects.is_dir():
-        for f in rejects.iterdir():
-            if f.suffix == ".parquet" and f.stem not in keep_stage_dirs and f.stem != "render":
-                f.unlink()
+def _parquet_rows(path: Path) -> int:
+    return pq.read_metadata(path).num_rows
+
+
+def _check_done(done_path: Path, fingerprint: str, parts: dict[str, Path], hashes: FileHashes) -> tuple[dict | None, str]:
+    """done.json if it matches `fingerprint` and the sha256 of every part; else (None, why)
+    with why "" when the stage simply has not run (or ran under another fingerprint)."""
+    if not done_path.is_file():
+        return None, ""
+    try:
+        info = json.loads(done_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"its done.json is unreadable ({exc})"
+    if not isinstance(info, dict):
+        return None, "its done.json is not an object"
+    if info.get("fingerprint") != fingerprint:
+        return None, "its config, the files it reads or its input changed"
+    recorded = info.get("sha256") or {}
+    for key, path in parts.items():
+        if not path.is_file():
+            return None, f"{path.name} is missing"
+        if recorded.get(key) != hashes.sha256(path):
+            return None, f"{path.name} does not match the checksum in its done.json"
+    return info, ""
+
+
+def _recompute_log(progress: Progress, name: str, why: str) -> None:
+    if why:
+        progress.log(f"[{name}] recomputing: {why}")
 
 
 def limited_output_dir(cfg: PipelineConfig, limit: int) -> Path:
@@ -114,115 +145,169 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path | None = None, fresh: 
     progress = progress or Progress(enabled=False)
     if limit is not None and out_dir is None:
         out_dir = limited_output_dir(cfg, limit)
+    out = check_output_dir(cfg.output_dir(out_dir), pipeline_inputs(cfg), source_roots(cfg))
+    run_dir = RunDir.open(out, fresh=fresh, log=progress.log)
     own_executor = executor is None
     executor = executor or make_executor(cfg.run)
     try:
-        return _run(cfg, out_dir, fresh, progress, executor, limit)
+        return _run(cfg, run_dir, progress, executor, limit)
     finally:
         if own_executor:
             executor.close()
 
 
-def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor: Executor,
-         limit: int | None = None) -> dict:
-    out = cfg.output_dir(out_dir).resolve()
-    if fresh and out.exists():
-        for sub in ("stages", "rejects", "shards", "quarantine.jsonl", "manifest.json", "report.html", "timings.json"):
-            p = out / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _clean_stale(rd: RunDir, keep_stage_dirs: set[str]) -> None:
+    """Remove stage outputs and rejects an earlier, different pipeline wrote here (only
+    entries listed in the run marker: nothing a run did not write)."""
+    for rel in rd.owned_children("stages"):
+        if Path(rel).name not in keep_stage_dirs:
+            rd.remove(rel)
+    for rel in rd.owned_children("rejects"):
+        p = Path(rel)
+        if p.suffix == ".parquet" and p.stem not in keep_stage_dirs and p.stem != "render":
+            rd.remove(rel)
+
+
+def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progress, fingerprint: str,
+          limit: int | None = None):
+    read_dir = rd.own(f"stages/{READ_DIR}")
+    data, qpath = read_dir / "data.parquet", rd.own("quarantine.jsonl")
+    info, why = _check_done(read_dir / "done.json", fingerprint, {"data": data, "quarantine": qpath}, hashes)
+    if info is not None:
+        try:
+            table = pl.read_parquet(data)
+            n_quarantined = sum(1 for line in qpath.open("rb") if line.strip())
+            if (table.height, n_quarantined) != (info.get("rows_out"), info.get("quarantined")):
+                info, why = None, "its done.json counts do not match its data"
+        except Exception as exc:  # noqa: BLE001 - a damaged part means recompute, never a crash
+            info, why = None, f"its data is unreadable ({type(exc).__name__}: {exc})"
+    if info is not None:
+        progress.log(f"[read] resumed: {table.height:,} records from {read_dir}")
+        return table, info, n_quarantined
+    _recompute_log(progress, "read", why)
+    with progress.stage("read", total=len(cfg.sources)) as done:
+        reads = [read_source(s, cfg.base_dir, progress.log) for s in cfg.sources]
+        totals = [r.table.height for r in reads]
+        if limit is not None:  # --limit: a seeded sample per source (curate.read.limit)
+            from curate.read.limit import sample_records
+
+            for r in reads:
+                r.table = sample_records(r.table, limit, cfg.run.seed)
+        tables = [r.table for r in reads if r.table.height]
+        table = pl.concat(tables, how="vertical") if tables else empty_records()
+        quarantine = [q for r in reads for q in r.quarantine]
+        write_text(qpath, "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in quarantine))
+        write_parquet(data, table)
+        info = {
+            "fingerprint": fingerprint,
+            "rows_out": table.height,
+            "quarantined": len(quarantine),
+            "sha256": {"data": hashes.sha256(data), "quarantine": hashes.sha256(qpath)},
+            "sources": [{"name": r.name, "format": r.format, "files": r.files, "read": r.read,
+                         "records": r.table.height, "quarantined": len(r.quarantine)} for r in reads],
+        }
+        if limit is not None:
+            info["limit"] = {"per_source": limit, "records_before": dict(zip([r.name for r in reads], totals))}
+        write_json(read_dir / "done.json", info)
+        done(table.height, 0, f"{len(quarantine):,} quarantined")
+    return table, info, len(quarantine)
+
+
+def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor, limit: int | None = None) -> dict:
+    out = rd.root
     stage_names = [getattr(s, "name", None) or s.kind for s in cfg.stages]
     stage_dirs = [f"{i:02d}-{n}" for i, n in enumerate(stage_names, start=1)]
-    _clean_stale(out, {READ_DIR, *stage_dirs})
+    _clean_stale(rd, {READ_DIR, *stage_dirs})
+    hashes = FileHashes(rd.own(HASH_CACHE))
     timings: dict[str, float] = {}
     ledger = Ledger()
 
     # ---- read
-    fingerprint = input_fingerprint(cfg)
+    t0 = time.perf_counter()
+    fingerprint = input_fingerprint(cfg, hashes)
     if limit is not None:
         fingerprint = _hash(fingerprint, "limit", limit)
-    read_dir = out / "stages" / READ_DIR
-    info = _done(read_dir, fingerprint)
-    t0 = time.perf_counter()
-    if info is not None:
-        table = pl.read_parquet(read_dir / "data.parquet")
-        progress.log(f"[read] resumed: {table.height:,} records from {read_dir}")
-    else:
-        with progress.stage("read", total=len(cfg.sources)) as done:
-            reads = [read_source(s, cfg.base_dir, progress.log) for s in cfg.sources]
-            totals = [r.table.height for r in reads]
-            if limit is not None:  # --limit: a seeded sample per source (curate.read.limit)
-                from curate.read.limit import sample_records
-
-                for r in reads:
-                    r.table = sample_records(r.table, limit, cfg.run.seed)
-            tables = [r.table for r in reads if r.table.height]
-            table = pl.concat(tables, how="vertical") if tables else empty_records()
-            quarantine = [q for r in reads for q in r.quarantine]
-            write_text(out / "quarantine.jsonl",
-                       "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in quarantine))
-            write_parquet(read_dir / "data.parquet", table)
-            info = {
-                "fingerprint": fingerprint,
-                "rows_out": table.height,
-                "quarantined": len(quarantine),
-                "sources": [{"name": r.name, "format": r.format, "files": r.files, "read": r.read,
-                             "records": r.table.height, "quarantined": len(r.quarantine)} for r in reads],
-            }
-            if limit is not None:
-                info["limit"] = {"per_source": limit, "records_before": dict(zip([r.name for r in reads], totals))}
-            write_json(read_dir / "done.json", info)
-            done(table.height, 0, f"{len(quarantine):,} quarantined")
+    table, info, n_quarantined = _read(cfg, rd, hashes, progress, fingerprint, limit)
     timings["read"] = time.perf_counter() - t0
-    ledger.read = info["rows_out"] + info["quarantined"]
-    ledger.quarantined = info["quarantined"]
+    ledger.read = table.height + n_quarantined
+    ledger.quarantined = n_quarantined
     source_info = info["sources"]
     info_limit = info.get("limit")
     _check_names(cfg, table, progress.log)
+    data_sha = info["sha256"]["data"]
+    render_files = hashes.digest(config_files(cfg.render, cfg.base_dir, out)) if cfg.render is not None else None
 
     # ---- stages
     stage_reports = []
     for index, (stage_cfg, name, dirname) in enumerate(zip(cfg.stages, stage_names, stage_dirs), start=1):
-        fingerprint = _hash(fingerprint, stage_cfg.kind, _plain(stage_cfg), _plain(cfg.render) if _needs_render(stage_cfg) else None)
-        sdir = out / "stages" / dirname
-        rejects_path = out / "rejects" / f"{dirname}.parquet"
-        info = _done(sdir, fingerprint)
+        needs_render = _needs_render(stage_cfg)
+        fingerprint = _hash(fingerprint, stage_cfg.kind, _plain(stage_cfg),
+                            _plain(cfg.render) if needs_render else None,
+                            hashes.digest(config_files(stage_cfg, cfg.base_dir, out)),
+                            render_files if needs_render else None, data_sha)
+        sdir = rd.own(f"stages/{dirname}")
+        rejects_path = rd.own(f"rejects/{dirname}.parquet")
+        data = sdir / "data.parquet"
         t0 = time.perf_counter()
         rows_in = table.height
-        if info is not None and rejects_path.is_file():
-            table = pl.read_parquet(sdir / "data.parquet")
+        info, why = _check_done(sdir / "done.json", fingerprint, {"data": data, "rejects": rejects_path}, hashes)
+        if info is not None:
+            try:
+                resumed = pl.read_parquet(data)
+                rejected = pl.read_parquet(rejects_path, columns=[c for c in ("reason", "repeat")
+                                                                  if c in pq.read_schema(rejects_path).names])
+                if (info.get("rows_in"), info.get("rows_out"), sum((info.get("dropped") or {}).values())) \
+                        != (rows_in, resumed.height, rejected.height):
+                    info, why = None, "its done.json counts do not match its data"
+            except Exception as exc:  # noqa: BLE001 - a damaged part means recompute, never a crash
+                info, why = None, f"its data is unreadable ({type(exc).__name__}: {exc})"
+        if info is not None:
+            table = resumed
+            records_dropped, copies_dropped = drop_counts(rejected, "reason")
             progress.log(f"[{name}] resumed: {table.height:,} rows from {sdir}")
         else:
+            _recompute_log(progress, name, why)
             context = StageContext(run_dir=out, config_dir=cfg.base_dir, seed=cfg.run.seed, stage_dir=sdir,
                                    log=progress.log, render=cfg.render)
             stage = stage_class(stage_cfg.kind)(stage_cfg, context)
             with progress.stage(f"{index}/{len(cfg.stages)} {name}", total=rows_in) as done:
-                result = executor.process(stage, table)
+                parted = getattr(executor, "process_in_parts", None)
+                if parted is not None:  # part-granular resume inside the stage
+                    result = parted(stage, table, PartCache(sdir / "parts", _hash(fingerprint, cfg.run.part_rows)))
+                else:
+                    result = executor.process(stage, table)
                 dropped = reason_counts(result.dropped)
                 upsampled = int(result.stats.get("upsampled", 0) or 0)
                 if rows_in + upsampled != result.kept.height + result.dropped.height:
                     raise LedgerError(f"stage {name!r}: {rows_in} rows in, {upsampled} added by upsampling, but "
                                       f"{result.kept.height} kept + {result.dropped.height} dropped")
+                records_dropped, copies_dropped = drop_counts(result.dropped, REASON)
                 write_rejects(rejects_path, name, result.dropped)
-                write_parquet(sdir / "data.parquet", result.kept)
+                write_parquet(data, result.kept)
                 info = {"fingerprint": fingerprint, "name": name, "kind": stage_cfg.kind, "rows_in": rows_in,
                         "rows_out": result.kept.height, "dropped": dropped, "upsampled": upsampled,
-                        "stats": result.stats}
+                        "stats": result.stats,
+                        "sha256": {"data": hashes.sha256(data), "rejects": hashes.sha256(rejects_path)}}
                 write_json(sdir / "done.json", info)
+                if (sdir / "parts").is_dir():  # the finished stage supersedes its parts
+                    shutil.rmtree(sdir / "parts")
                 table = result.kept
                 done(table.height, sum(dropped.values()), f"{upsampled:,} upsampled" if upsampled else "")
+        data_sha = info["sha256"]["data"]
         timings[name] = time.perf_counter() - t0
-        ledger.drop(name, info["dropped"])
-        if info.get("upsampled"):
-            ledger.upsampled[name] = info["upsampled"]
+        # The ledger from the files: rows added = out - in + dropped rows.
+        added = table.height - rows_in + sum(records_dropped.values()) + copies_dropped
+        ledger.drop(name, records_dropped)
+        if added:
+            ledger.upsampled[name] = added
+        if copies_dropped:
+            ledger.copies_dropped[name] = copies_dropped
         stage_reports.append({
-            "index": index, "name": name, "kind": stage_cfg.kind, "rows_in": info["rows_in"],
-            "rows_out": info["rows_out"], "dropped": info["dropped"], "upsampled": info.get("upsampled", 0),
+            "index": index, "name": name, "kind": stage_cfg.kind, "rows_in": rows_in,
+            "rows_out": table.height, "dropped": info["dropped"], "upsampled": info.get("upsampled", 0),
             "stats": info["stats"], "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet",
         })
+    hashes.save()
 
     manifest: dict[str, Any] = {
         "curate_version": __version__,
@@ -240,7 +325,6 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         manifest["limit"] = info_limit
 
     # ---- render and shards
-    upsampled_total = sum(ledger.upsampled.values())
     if cfg.render is not None:
         t0 = time.perf_counter()
         from curate.render.renderer import render_examples
@@ -253,14 +337,16 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
             if table.height != rendered.examples.height + rendered.dropped.height:
                 raise LedgerError(f"render: {table.height} rows in, {rendered.examples.height} rendered + "
                                   f"{rendered.dropped.height} dropped")
-            write_rejects(out / "rejects" / "render.parquet", "render", rendered.dropped)
-            ledger.drop("render", dropped)
+            write_rejects(rd.own("rejects/render.parquet"), "render", rendered.dropped)
+            records_dropped, copies_dropped = drop_counts(rendered.dropped, REASON)
+            ledger.drop("render", records_dropped)
+            if copies_dropped:
+                ledger.copies_dropped["render"] = copies_dropped
             done(rendered.examples.height, sum(dropped.values()))
         with progress.stage("shards", total=rendered.examples.height) as done:
-            shards_dir = out / "shards"
-            if shards_dir.exists():
-                shutil.rmtree(shards_dir)
-            shards = write_shards(rendered.examples, shards_dir, cfg.render)
+            if (out / "shards").exists() or (out / "shards").is_symlink():
+                rd.remove("shards")
+            shards = write_shards(rendered.examples, rd.own("shards"), cfg.render)
             done(rendered.examples.height, 0, f"{sum(len(v) for k, v in shards.items() if k in ('train', 'val'))} files")
         manifest["render"] = {
             "template": rendered.fingerprints.get("template"),
@@ -276,19 +362,21 @@ def _run(cfg: PipelineConfig, out_dir, fresh: bool, progress: Progress, executor
         }
         manifest["shards"] = {k: v for k, v in shards.items() if k in ("train", "val")}
         manifest["tokens"] = token_counts(rendered.examples)
-        ledger.kept = rendered.examples.height - upsampled_total
+        final_rows = rendered.examples.height
         timings["render"] = time.perf_counter() - t0
     else:
-        ledger.kept = table.height - upsampled_total
+        final_rows = table.height
+    ledger.kept = final_rows - ledger.copies_kept
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
         raise LedgerError(f"ledger does not reconcile: {manifest['ledger']}")
     if cfg.export is not None:  # the curated conversations as JSONL / Parquet / datasets (curate.render.export)
         from curate.render.export import write_export
 
+        rd.own(cfg.export.dir)
         manifest["export"] = write_export(table, cfg, out, manifest, rendered.dropped if cfg.render else None)
-    write_json(out / "manifest.json", manifest)
-    write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
+    write_json(rd.own("manifest.json"), manifest)
+    write_json(rd.own("timings.json"), {k: round(v, 3) for k, v in timings.items()})
     return manifest
 
 
