@@ -46,8 +46,8 @@ from curate.read.sources import (COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES, FILE_TY
 RAW_PREVIEW = 1000  # characters of a quarantined input kept for inspection
 DEFAULT_BATCH_ROWS = 65_536
 PARSE_BLOCK = 8_192  # lines polars parses at once; a bad line sends only its block per-line
-BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
-        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 class RecordError(ValueError):
@@ -112,8 +112,8 @@ def _open_text(path: Path) -> tuple[Any, bool]:
     UTF-16/32 (lines are str, re-encoded by the caller). Returns (stream, is_text)."""
     enc, bom = sniff_encoding(path)
     fh = open_binary(path)
+    fh.read(bom)
     if enc == "utf-8":
-        fh.read(bom)
         return fh, False
     return io.TextIOWrapper(fh, encoding=enc, newline=""), True
 
@@ -289,15 +289,21 @@ def _slices(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
 
 def _csv_items(path: Path, limit: int, prog: _Progress) -> Iterator[tuple[str, Any, str | None, Any]]:
     enc, bom = sniff_encoding(path)
-    if csv.field_size_limit() < limit:
-        csv.field_size_limit(limit)  # process-wide, only ever raised: a field may be up to a record's size
     fh = open_binary(path)
     fh.read(bom)
     with io.TextIOWrapper(fh, encoding=enc, newline="") as text:
         reader = csv.DictReader(text)
         start = 2  # a row's origin is its first physical line (rows may span several)
         prog.line = 1
-        for row in reader:
+        while True:
+            # The field limit is process-wide: set before every row, so sources with other
+            # limits read in between cannot change this one's. Over it, csv.Error: the rest
+            # of the file cannot be resynchronised and is quarantined as one entry.
+            csv.field_size_limit(limit)
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
             prog.items += 1
             extra = row.pop(None, None)
             if extra:
@@ -720,8 +726,13 @@ class SourceStream:
             for block in blocks:
                 got_any = True
                 if self.format == "auto":
+                    items = _first_items(block, cfg.max_record_bytes)
+                    if not items:  # nothing decodable yet: the entries carry their own errors
+                        yield empty_records(), [self._entry(shown, e[0], None, e[2], e[3]) for e in block]
+                        index += len(block)
+                        continue
                     try:
-                        self.format = detect_format(_first_items(block, cfg.max_record_bytes))
+                        self.format = detect_format(items)
                     except RecordError as exc:
                         yield empty_records(), [self._entry(shown, "#file", "format", f"{exc}", b"")]
                         return
@@ -741,25 +752,28 @@ class SourceStream:
     def _blocks(self, path: Path, ftype: str, prog: _Progress) -> Iterator[list]:
         """Blocks of at most batch_rows entries (loc, item, error, raw); for JSONL whose
         format allows it, entries of good lines hold the raw bytes (item is `_RAW`) and are
-        parsed column-wise in `_block`."""
+        parsed column-wise in `_block`. When the file breaks, the entries read before the
+        break are yielded first, then the error is raised."""
         limit = self.cfg.max_record_bytes
-        if ftype == "jsonl":
-            block: list = []
-            for n, line, size in _lines(path, limit, prog):
-                prog.items += 1
-                block.append((f"{n}", _RAW, None, line) if line is not None else _parse_line(n, None, size, limit))
-                if len(block) >= self.batch_rows:
-                    yield block
-                    block = []
+        block: list = []
+        try:
+            if ftype == "jsonl":
+                for n, line, size in _lines(path, limit, prog):
+                    prog.items += 1
+                    block.append((f"{n}", _RAW, None, line) if line is not None else _parse_line(n, None, size, limit))
+                    if len(block) >= self.batch_rows:
+                        yield block
+                        block = []
+            else:
+                for entry in iter_items(path, ftype, limit, self.batch_rows, prog):
+                    block.append(entry)
+                    if len(block) >= self.batch_rows:
+                        yield block
+                        block = []
+        except Exception:
             if block:
                 yield block
-            return
-        block = []
-        for entry in iter_items(path, ftype, limit, self.batch_rows, prog):
-            block.append(entry)
-            if len(block) >= self.batch_rows:
-                yield block
-                block = []
+            raise
         if block:
             yield block
 
