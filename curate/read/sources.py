@@ -256,6 +256,7 @@ def source_files(cfg: SourceConfig, base: Path, log: Callable[[str], None] | Non
     """The data files of a source (the module docstring's rules), sorted. Raises
     ConfigError for a hub path that is not cached or an ambiguous/missing split."""
     p = local_path(cfg, base)
+    split_done = False
     is_glob = not cfg.path.startswith(HF_PREFIX) and any(ch in cfg.path for ch in "*?[")
     if not is_glob and p.is_file():
         return [p]
@@ -269,6 +270,7 @@ def source_files(cfg: SourceConfig, base: Path, log: Callable[[str], None] | Non
             if cfg.split not in splits:
                 raise ConfigError("split", f"{p} has no split {cfg.split!r} (splits: {', '.join(splits)})")
             p = p / cfg.split
+            split_done = True
         found, root = walk_files(p), p
     else:
         return []
@@ -288,7 +290,7 @@ def source_files(cfg: SourceConfig, base: Path, log: Callable[[str], None] | Non
         files.append(f)
     if root is not None and (p / "state.json").is_file():
         files = _state_order(p, files)
-    if root is not None:
+    if root is not None and not split_done:
         files = _pick_split(cfg, p, files)
     return files
 
