@@ -108,3 +108,54 @@ def test_recompute_ids_matches_conversation_id():
             [{"role": "user", "content": None, "extra": None}], []]
     df = pl.DataFrame({"messages": msgs}, schema={"messages": readers.POLARS_SCHEMA["messages"]})
     assert recompute_ids(df)["id"].to_list() == [conversation_id(m) for m in msgs]
+
+
+MSG_TRICKY = [
+    '{"messages": [{"role": "user", "content": "Hi \\u00e9?"}, {"role": "assistant", "content": "Hello."}], "id": 3}',
+    '{"messages": [{"role": " Human ", "content": "Hi?"}, {"role": "GPT", "content": null}]}',
+    '{"messages": [{"role": "user", "content": "Hi?"}, {"role": "wizard", "content": "x"}]}',
+    '{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": 5}]}',
+    '{"messages": [{"role": "user", "content": "Hi?", "role": "assistant"}]}',
+    '{"messages": []}',
+    '{"messages": null}',
+    '{"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}',
+    '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+    '{"messages": [{"role": "user", "content": "q", "name": "ann"}, {"role": "assistant", "content": "a"}]}',
+]
+
+
+def test_messages_column_wise_matches_per_line(tmp_path, monkeypatch):
+    text = "\n".join(MSG_TRICKY) + "\n"
+    for system in (None, "Be kind."):
+        fast, slow = both(tmp_path, text, monkeypatch, format="messages", system=system)
+        same(fast, slow)
+    mapped = '{"messages": [{"role": " Human ", "content": "Hi?"}, {"role": "GPT", "content": "Yo."}]}'
+    first = '{"messages": [{"role": "user", "content": "Hi \\u00e9?"}, {"role": "assistant", "content": "Hello."}]}'
+    plain = "\n".join([first, mapped, MSG_TRICKY[8]]) + "\n"
+    calls = []
+    real = readers._fast_flat
+
+    def spy(*a):
+        out = real(*a)
+        calls.append(out[0].height if out[0] is not None else 0)
+        return out
+
+    monkeypatch.setattr(readers, "_fast_flat", spy)
+    (tmp_path / "p.jsonl").write_text(plain)
+    read_source(SourceConfig(name="s", path=str(tmp_path / "p.jsonl"), format="messages"), tmp_path)
+    assert calls == [3]  # all three plain records went column-wise
+
+
+turn = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "Human", "x", None, 3])},
+                             optional={"content": st.one_of(st.text(max_size=10), st.none(), st.integers()),
+                                       "name": st.text(max_size=3)})
+msg_record = st.fixed_dictionaries({"messages": st.lists(turn, max_size=4)},
+                                   optional={"id": st.one_of(st.text(max_size=5), st.integers(0, 9)), "n": scalars})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(msg_record, min_size=1, max_size=10))
+def test_random_messages_match(tmp_path, monkeypatch, recs):
+    text = "".join(json.dumps(r) + "\n" for r in recs)
+    fast, slow = both(tmp_path, text, monkeypatch, format="messages")
+    same(fast, slow)

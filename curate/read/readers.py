@@ -552,7 +552,8 @@ FLAT = {
     "dolly": (("instruction", "response"), ("context",), ("instruction", "context"), "response", ()),
     "prompt_completion": (("prompt", "completion"), (), ("prompt",), "completion", ()),
 }
-USED = {"alpaca": {"system", "history", "instruction", "input", "output"},
+FLAT["messages"] = (("messages",), (), (), "", ())  # turns of {role, content} strings only
+USED = {"messages": {"messages"}, "alpaca": {"system", "history", "instruction", "input", "output"},
         "dolly": {"instruction", "context", "response"}, "prompt_completion": {"prompt", "completion"}}
 _PLAIN_KEY = re.compile(r'[^"\\\x00-\x1f]+\Z')
 _KEY = r'"(?:[^"\\]|\\.)*"\s*:'
@@ -585,8 +586,13 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
         return None, everything
     meta_keys = sorted(k for k in cols if k not in used and k != task_key)
     checked = [k for k in cols if k not in absent]
+    turns = fmt == "messages"
+    if turns and not _plain_turns(df.schema["messages"]):
+        return None, everything
     for k in checked:
         dtype = df.schema[k]
+        if turns and k == "messages":
+            continue
         text_col = k in used or k == task_key
         if not _PLAIN_KEY.match(k) or (text_col and dtype not in (pl.String, pl.Null)) or \
                 (not text_col and dtype not in (pl.String, pl.Int64, pl.Boolean)):
@@ -601,9 +607,14 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
     n_keys = raw.str.count_matches(_KEY)
     n_str = raw.str.count_matches(_KEY + r'\s*"')
     strings = [k for k in df.columns if df.schema[k] == pl.String]
-    counts = df.select(pl.sum_horizontal([pl.col(k).is_not_null() for k in df.columns]).cast(pl.UInt32).alias("all"),
-                       pl.sum_horizontal([pl.col(k).is_not_null() for k in strings] or [pl.lit(0)])
-                       .cast(pl.UInt32).alias("str"))
+    el = pl.element()
+    inner = (pl.col("messages").list.eval(sum(el.struct.field(f.name).is_not_null().cast(pl.UInt32)
+                                              for f in df.schema["messages"].inner.fields)).list.sum()
+             .fill_null(0).cast(pl.UInt32) if turns else pl.lit(0, pl.UInt32))
+    counts = df.select((pl.sum_horizontal([pl.col(k).is_not_null() for k in df.columns]).cast(pl.UInt32) + inner)
+                       .alias("all"),
+                       (pl.sum_horizontal([pl.col(k).is_not_null() for k in strings] or [pl.lit(0)])
+                        .cast(pl.UInt32) + inner).alias("str"))
     ok = (~raw.str.contains(_SURROGATE) & (n_keys == counts["all"]) & (n_str == counts["str"]))
     for k in required + tuple(meta_keys):
         ok = ok & df[k].is_not_null()
@@ -614,6 +625,10 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
         if task_key not in cols:
             return None, everything
         ok = ok & (df[task_key].str.strip_chars().str.len_chars() > 0).fill_null(False)
+    if turns:  # a non-empty list whose every role is known
+        known = pl.col("messages").list.eval(el.struct.field("role").str.strip_chars().str.to_lowercase()
+                                             .is_in(list(ROLE_MAP)).fill_null(False).all()).list.first()
+        ok = ok & df.select(((pl.col("messages").list.len() > 0) & known).fill_null(False).alias("k"))["k"]
     ok_list = ok.to_list()
     rest = [i for i, good in enumerate(ok_list) if not good]
     df = df.with_row_index("_pos").filter(ok)
@@ -623,13 +638,16 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
     def opt(k: str) -> pl.Expr:
         return pl.col(k).fill_null("") if k in cols else pl.lit("")
 
-    user = pl.concat_str([pl.when(opt(k) != "").then(opt(k)) for k in user_parts], separator="\n\n",
-                         ignore_nulls=True)
-    system = opt("system") if "system" in optional else pl.lit("")
-    if cfg.system:
-        system = pl.when(system != "").then(system).otherwise(pl.lit(cfg.system))
-    messages = _message_lists(df, [("system", system, system != ""), ("user", user, pl.lit(True)),
-                                   ("assistant", pl.col(answer), pl.lit(True))])
+    if turns:
+        messages = _plain_messages(df, cfg.system)
+    else:
+        user = pl.concat_str([pl.when(opt(k) != "").then(opt(k)) for k in user_parts], separator="\n\n",
+                             ignore_nulls=True)
+        system = opt("system") if "system" in optional else pl.lit("")
+        if cfg.system:
+            system = pl.when(system != "").then(system).otherwise(pl.lit(cfg.system))
+        messages = _message_lists(df, [("system", system, system != ""), ("user", user, pl.lit(True)),
+                                       ("assistant", pl.col(answer), pl.lit(True))])
     pieces = []
     for k in meta_keys:
         value = json_string(pl.col(k)) if df.schema[k] == pl.String else pl.col(k).cast(pl.String)
@@ -646,6 +664,34 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
     out = out.with_columns(canonical_turns(pl.col("messages")).alias("_canon"))
     out = out.with_columns(ids_from_canonical(out["_canon"])).drop("_canon")
     return out, rest
+
+
+def _plain_turns(dtype: pl.DataType) -> bool:
+    """A messages column polars typed as a list of {role, content} string structs (no other
+    per-turn key, so no `extra` to build: those records take the per-line path)."""
+    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
+        return False
+    fields = {f.name: f.dtype for f in dtype.inner.fields}
+    return "role" in fields and set(fields) <= {"role", "content"} and \
+        all(d in (pl.String, pl.Null) for d in fields.values())
+
+
+def _plain_messages(df: pl.DataFrame, system: str | None) -> pl.Series:
+    """`convert_messages` column-wise for plain turns: roles mapped, null content as ""."""
+    el = pl.element()
+    fields = {f.name for f in df.schema["messages"].inner.fields}
+    role = el.struct.field("role").str.strip_chars().str.to_lowercase().replace_strict(ROLE_MAP, return_dtype=pl.String)
+    content = el.struct.field("content").fill_null("") if "content" in fields else pl.lit("")
+    msgs = df.select(pl.col("messages").list.eval(pl.struct(role.alias("role"), content.cast(pl.String).alias("content"),
+                                                            pl.lit(None, pl.String).alias("extra")))
+                     .cast(pl.List(POLARS_MESSAGE)))["messages"]
+    if system:
+        has = msgs.list.eval((el.struct.field("role") == "system").any()).list.first()
+        head = pl.Series([[{"role": "system", "content": system, "extra": None}]], dtype=pl.List(POLARS_MESSAGE))
+        msgs = pl.DataFrame({"m": msgs, "h": has}).select(
+            pl.when(pl.col("h")).then(pl.col("m")).otherwise(pl.concat_list([pl.lit(head).first(), pl.col("m")]))
+        )["m"]
+    return msgs.alias("messages")
 
 
 def _message_lists(df: pl.DataFrame, turns: list[tuple[str, pl.Expr, pl.Expr]]) -> pl.Series:
