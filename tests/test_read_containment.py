@@ -253,3 +253,14 @@ def test_pipeline_ledger_reconciles_over_bad_files(tmp_path):
     assert ledger["read"] == ledger["kept"] + dropped + ledger["quarantined"]
     q = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert sorted((x["file"], x["line"]) for x in q)[:2] == [("data/bad.jsonl", "3"), ("data/bad.jsonl", "4")]
+
+
+def test_a_first_block_of_only_bad_lines_is_quarantined_line_by_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text("{bad\n[1\n" + lines(GOOD))
+    stream = iter_source(SourceConfig(name="s", path=str(f)), tmp_path, batch_rows=2)
+    got = list(stream)
+    assert stream.format == "alpaca"
+    q = [e for _, qs in got for e in qs]
+    assert [(e["line"], e["error"].split(":")[0]) for e in q] == [("1", "bad JSON"), ("2", "bad JSON")]
+    assert sum(t.height for t, _ in got) == len(GOOD)

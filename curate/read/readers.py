@@ -819,7 +819,9 @@ class SourceStream:
                 if self.format == "auto":
                     items = _first_items(block, cfg.max_record_bytes)
                     if not items:  # nothing decodable yet: the entries carry their own errors
-                        yield empty_records(), [self._entry(shown, e[0], None, e[2], e[3]) for e in block]
+                        parsed = [_parse_line(int(e[0]), e[3], len(e[3]), cfg.max_record_bytes) if e[1] is _RAW else e
+                                  for e in block]
+                        yield empty_records(), [self._entry(shown, e[0], None, e[2], e[3]) for e in parsed]
                         index += len(block)
                         continue
                     try:
