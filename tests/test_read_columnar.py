@@ -3,7 +3,8 @@ same records, ids, meta bytes, origins and quarantine, on tricky and on random i
 import json
 
 import polars as pl
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from curate.contract.schema import conversation_id, recompute_ids
 from curate.read import readers

@@ -32,17 +32,32 @@ import gzip
 import io
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
-from curate.contract.schema import (POLARS_MESSAGE, POLARS_SCHEMA, RECORD_SCHEMA, canonical_turns, empty_records,
-                                    ids_from_canonical, json_string, recompute_ids)
-from curate.read.sources import (COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES, FILE_TYPES, SourceConfig,  # noqa: F401
-                                 file_type_of, source_files)
+from curate.contract.schema import (
+    POLARS_MESSAGE,
+    POLARS_SCHEMA,
+    RECORD_SCHEMA,
+    canonical_turns,
+    empty_records,
+    ids_from_canonical,
+    json_string,
+    recompute_ids,
+)
+from curate.read.sources import (  # noqa: F401
+    COMPRESSIONS,
+    DEFAULT_MAX_RECORD_BYTES,
+    FILE_TYPES,
+    SourceConfig,
+    file_type_of,
+    source_files,
+)
 
 RAW_PREVIEW = 1000  # characters of a quarantined input kept for inspection
 DEFAULT_BATCH_ROWS = 65_536
@@ -738,7 +753,7 @@ class SourceStream:
         self.files: list[str] = []
         self._it = self._run()
 
-    def __iter__(self) -> "SourceStream":
+    def __iter__(self) -> SourceStream:
         return self
 
     def __next__(self) -> tuple[pl.DataFrame, list[dict]]:
