@@ -86,6 +86,7 @@ def test_hub_cache_resolved_offline(tmp_path, monkeypatch):
     _hub(tmp_path / "hub")
     r = read_source(SourceConfig(name="h", path="hf://datasets/acme/colours", split="train"), tmp_path)
     assert r.table.height == len(RECS) and not r.quarantine
+    assert r.table["origin"][0] == "hf://datasets/acme/colours:data/train-00000-of-00002.parquet:#0"
     pinned = read_source(SourceConfig(name="h", path="hf://datasets/acme/colours@" + "a" * 40, split="test"), tmp_path)
     assert pinned.table.height == 1
 

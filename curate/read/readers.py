@@ -54,8 +54,10 @@ from curate.read.sources import (  # noqa: F401
     COMPRESSIONS,
     DEFAULT_MAX_RECORD_BYTES,
     FILE_TYPES,
+    HF_PREFIX,
     SourceConfig,
     file_type_of,
+    local_path,
     source_files,
 )
 
@@ -812,8 +814,10 @@ class SourceStream:
                 return [_msg(m["role"], m["content"], m.get("extra")) for m in
                         build_messages(rec, cfg, index, base_dir=self.base_dir)], used_fields
 
+        hub = local_path(cfg, self.base_dir) if cfg.path.startswith(HF_PREFIX) else None
         for path in source_files(cfg, self.base_dir, self.log):
-            shown = _display(path, self.root)
+            # A hub file is shown as the source path and its place in the snapshot.
+            shown = f"{cfg.path}:{_display(path, hub)}" if hub is not None else _display(path, self.root)
             self.files.append(shown)
             try:
                 ftype = file_type(path, cfg.file_type)
