@@ -48,6 +48,11 @@ TRICKY = [
     '[1, 2]',
     '{"instruction": "big int", "output": "y", "n": 123456789012345678901234567890}',
     '{bad json',
+    '{"instruction": "int-ish", "output": "y", "n": 1}',
+    '{"instruction": "bool in int", "output": "y", "n": true}',
+    '{"instruction": "float in int", "output": "y", "n": 1.5}',
+    '{"instruction": "exp in int", "output": "y", "n": 1e2}',
+    '{"instruction": "int as float", "output": "y", "n": 1.0}',
     '{"instruction": "crlf", "output": "c"}\r',
 ]
 
@@ -160,3 +165,25 @@ def test_random_messages_match(tmp_path, monkeypatch, recs):
     text = "".join(json.dumps(r) + "\n" for r in recs)
     fast, slow = both(tmp_path, text, monkeypatch, format="messages")
     same(fast, slow)
+
+
+def test_lines_the_schema_sample_missed_match(tmp_path, monkeypatch):
+    """The decoder's schema comes from a sample of the block: a line outside the sample
+    with another type, another key or a coercible value must still come out as per-line."""
+    clean = [json.dumps({"instruction": f"q{i}", "output": f"a{i}", "n": i, "tag": "t", "ok": True})
+             for i in range(600)]
+    odd = ['{"instruction": "q", "output": "a", "n": true, "tag": "t", "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 1.5, "tag": "t", "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 1e2, "tag": "t", "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 1.0, "tag": "t", "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 3, "tag": 7, "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 3, "tag": "t", "ok": 1}',
+           '{"instruction": "q", "output": 5, "n": 3, "tag": "t", "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 3, "tag": "t", "ok": true, "new": "key"}',
+           '{"instruction": "q", "output": "a", "n": 3, "tag": {"x": "y"}, "ok": true}',
+           '{"instruction": "q", "output": "a", "n": 3, "tag": ["t"], "ok": true}']
+    for line in odd:
+        lines = list(clean)
+        lines[1] = line  # 600 // 256 = 2: the sample takes even lines only
+        fast, slow = both(tmp_path, "\n".join(lines) + "\n", monkeypatch, format="alpaca")
+        same(fast, slow)
