@@ -582,11 +582,13 @@ def _fast_flat(lines: list[bytes], fmt: str, cfg: SourceConfig, task_key: str | 
     """Parse a block of JSONL lines column-wise. Returns (records of the rows it vouches
     for, with their block position in `_pos`; positions left to the per-line path).
 
-    polars' JSON reader is not byte-exact with `json.loads` everywhere: it coerces a number
-    to a string when a column mixes them, keeps the first of duplicate keys, cannot tell a
-    missing key from null, and decodes lone surrogates differently. Each is detected on the
-    raw lines (a key's occurrences counted, its value's first character checked) and such
-    rows, or the whole block when its columns have other types, go per-line."""
+    polars' JSON decoding is not byte-exact with `json.loads` everywhere: it coerces a number
+    to a string (and true, 1.5 or 1e2 to an integer) to fit the schema, drops keys the schema
+    lacks, keeps the first of duplicate keys, cannot tell a missing key from null, and
+    decodes lone surrogates differently. Each is detected on the raw lines (keys counted at
+    every depth, string values counted, integer literals matched) and such rows, or the
+    whole block when its columns have other types, go per-line. The trade: a block whose
+    rows differ in keys or types mostly goes per-line (correct, only slower)."""
     n = len(lines)
     everything = list(range(n))
     raw = pl.Series("raw", lines, dtype=pl.Binary).cast(pl.String, strict=False)
