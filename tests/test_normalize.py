@@ -68,7 +68,16 @@ def test_alternation_optional_and_trailing_turns_trimmed():
 def test_tool_turns_kept_between_assistant_turns():
     conv = [u("weather?"), a('{"call": "w"}'), {"role": "tool", "content": '{"t": 3}'}, a("3 degrees")]
     r = run([conv])
-    assert r.kept["messages"][0].to_list() == conv
+    assert r.kept["messages"][0].to_list() == [{**m, "extra": None} for m in conv]
+
+
+def test_extra_kept_and_hashed():
+    calls = '{"tool_calls": [{"function": {"arguments": "{}", "name": "w"}, "type": "function"}]}'
+    conv = [u("weather?"), {"role": "assistant", "content": "Let me look.", "extra": calls},
+            {"role": "tool", "content": "3", "extra": '{"tool_call_id": "c1"}'}, a("3 degrees")]
+    r = run([conv])
+    assert r.kept["messages"][0].to_list() == [{"extra": None, **m} for m in conv]
+    assert r.kept["id"][0] == conversation_id(conv) != conversation_id([{**m, "extra": None} for m in conv])
 
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)

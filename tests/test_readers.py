@@ -39,8 +39,8 @@ def test_real_alpaca_history_expands_to_turns(tmp_path):
     i = next(i for i, rec in enumerate(raw) if rec["history"])
     msgs = r.table["messages"][i].to_list()
     assert len(msgs) == 2 * len(raw[i]["history"]) + 2
-    assert msgs[0] == {"role": "user", "content": raw[i]["history"][0][0]}
-    assert msgs[-1] == {"role": "assistant", "content": raw[i]["output"]}
+    assert msgs[0] == {"role": "user", "content": raw[i]["history"][0][0], "extra": None}
+    assert msgs[-1] == {"role": "assistant", "content": raw[i]["output"], "extra": None}
 
 
 def test_real_sharegpt_tools_maps_roles_and_keeps_tools_in_meta(tmp_path):

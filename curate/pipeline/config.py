@@ -135,8 +135,13 @@ def parse_config(data: dict, path: Path, text: str = "", check_files: bool = Tru
                              export=export)
         if check_files:
             for i, s in enumerate(sources):
-                if not source_files(s, cfg.base_dir):
-                    raise ConfigError(f"sources[{i}].path", f"no input file at {cfg.resolve(s.path)}")
+                try:
+                    found = source_files(s, cfg.base_dir)
+                except ConfigError as exc:  # a hub dataset not cached, a split missing or ambiguous
+                    raise ConfigError(f"sources[{i}].{exc.key}", exc.reason)
+                if not found:
+                    where = s.path if s.path.startswith("hf://") else cfg.resolve(s.path)
+                    raise ConfigError(f"sources[{i}].path", f"no input file at {where}")
             from curate.pipeline.rundir import RunDirError, check_output_dir
 
             try:

@@ -82,7 +82,9 @@ class Normalize(Stage):
                        .otherwise(content))
         if c.tidy_whitespace or line:
             content = content.str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
-        cleaned = pl.col("messages").list.eval(pl.struct(role.alias("role"), content.alias("content")))
+        # `extra` (tool calls, names, other per-turn keys) passes through untouched.
+        cleaned = pl.col("messages").list.eval(pl.struct(role.alias("role"), content.alias("content"),
+                                                         el.struct.field("extra").alias("extra")))
         # Empty system/tool turns carry nothing; turns after the last assistant turn cannot be trained.
         keep_turn = ~(role.is_in(["system", "tool"]) & (el.struct.field("content") == ""))
         cleaned = cleaned.list.eval(el.filter(keep_turn))
@@ -92,6 +94,7 @@ class Normalize(Stage):
         out = table.with_columns(cleaned.alias("messages"))
         # Per-conversation checks as list aggregations.
         content = el.struct.field("content")
+        calls = el.struct.field("extra").str.json_path_match("$.tool_calls").is_not_null()
         pos = pl.int_range(pl.len())
         prev = role.shift(1)
         msgs = pl.col("messages")
@@ -101,7 +104,8 @@ class Normalize(Stage):
         reasons = [
             (first_user.is_null() | last_asst.is_null() | (last_asst < first_user), "no_assistant_after_user"),
             (msgs.list.eval(((role == "user") & (content == "")).any()).list.first(), "empty_prompt"),
-            (msgs.list.eval(((role == "assistant") & (content == "")).any()).list.first(), "empty_answer"),
+            # An assistant turn that only calls tools (its calls in `extra`) is not an empty answer.
+            (msgs.list.eval(((role == "assistant") & (content == "") & ~calls).any()).list.first(), "empty_answer"),
             (msgs.list.eval(((role == "system") & (pos > 0)).any()).list.first(), "system_not_first"),
             (first_asst < first_user, "assistant_first"),
         ]

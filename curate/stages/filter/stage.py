@@ -380,7 +380,9 @@ class HeuristicFilter(FilterStage):
         answer, ...), computed on that subset and joined back by row index."""
         cfg = self.config
         el = pl.element()
-        is_asst = el.struct.field("role") == "assistant"
+        # A turn that only calls tools (content "", its calls in `extra`) is not an answer to judge.
+        calls_only = (el.struct.field("content") == "") & el.struct.field("extra").str.json_path_match("$.tool_calls").is_not_null()
+        is_asst = (el.struct.field("role") == "assistant") & ~calls_only.fill_null(False)
         answers = pl.col("messages").list.eval(pl.when(is_asst).then(el.struct.field("content"))).list.drop_nulls()
         frame = frame.with_row_index("__i").with_columns(
             text_view("user").alias("__user"),

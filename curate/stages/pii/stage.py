@@ -71,7 +71,8 @@ class PIIStage(FilterStage):
         per_row = turns.group_by("_row", maintain_order=True).agg(
             *[pl.col(c).fill_null(0).sum().cast(pl.Int32).alias(f"{self.name}_{k}") for c, k in zip(counts_cols, cfg.kinds)],
             pl.when(pl.col("messages").is_not_null())
-            .then(pl.struct(role.alias("role"), pl.coalesce("_t", content).alias("content")))
+            .then(pl.struct(role.alias("role"), pl.coalesce("_t", content).alias("content"),
+                            pl.col("messages").struct.field("extra").alias("extra")))
             .drop_nulls().alias("_messages"),
         )
         return per_row.sort("_row")
