@@ -85,6 +85,10 @@ class Config:
     check_mismatch: bool = True
     mismatch_exempt_pattern: str = TRANSLATION_RE
     model: str | None = None  # a fastText .bin/.ftz; default: the bundled lid.176.ftz
+    # Processes sharing fastText prediction (this one + workers - 1 spawned once), for 20,000+
+    # distinct texts; output is identical for any value. None: the usable CPUs, at most 8.
+    # Set 1 where each executor worker already has a core of its own (Ray).
+    workers: int | None = None
 
     def validate(self) -> None:
         for r in self.on:
@@ -98,6 +102,8 @@ class Config:
             raise ConfigError("min_score", f"must be in [0, 1], got {self.min_score}")
         if self.min_chars < 0 or self.max_chars < 1:
             raise ConfigError("max_chars", "min_chars must be >= 0 and max_chars >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers", f"must be >= 1, got {self.workers}")
         if self.unspaced_weight < 1:
             raise ConfigError("unspaced_weight", f"must be >= 1, got {self.unspaced_weight}")
         if self.model is None:  # the bundled model's labels are known without a path
@@ -138,7 +144,8 @@ class LanguageStage(FilterStage):
         frame = table.with_columns([_clean(text_view(ROLE_VIEWS[r]), cfg.max_chars).alias(f"__lt_{r}") for r in cfg.on])
         judged = {r: weighted_letters(pl.col(f"__lt_{r}"), cfg.unspaced_weight) >= cfg.min_chars for r in cfg.on}
         texts = pl.concat([frame.filter(judged[r]).select(pl.col(f"__lt_{r}").alias("t")) for r in cfg.on]).unique(maintain_order=True)
-        langs, scores = langid.predict(texts["t"].to_list(), self._model_path())
+        workers = cfg.workers if cfg.workers is not None else min(8, langid.usable_cpus())
+        langs, scores = langid.predict(texts["t"].to_list(), self._model_path(), workers=workers)
         lut = texts.with_columns(pl.Series("lang", langs, dtype=pl.String), pl.Series("score", scores, dtype=pl.Float64))
         for r in cfg.on:
             lang, score = f"{self.name}_{r}", f"{self.name}_{r}_score"
