@@ -49,7 +49,10 @@ class Config:
     # a system prompt shared by a whole source (SourceConfig.system) then makes unrelated
     # short questions look alike, which is why it is not the default.
     view: Literal["user", "prompt", "response", "conversation"] = "user"
-    normalize: list[str] = field(default_factory=lambda: list(mh.NORMALIZE_STEPS))
+    # Text normalisation before hashing, in this fixed order: unicode (NFKC), case, punctuation
+    # (to spaces), whitespace. Default: all four for exact (punctuation-only copies are
+    # copies); minhash without punctuation, which merges "2+3" with "2*3" (docs/dedup.md).
+    normalize: list[str] | None = None
     # --- minhash ---
     threshold: float = 0.8  # Jaccard similarity of shingle sets
     num_perm: int = 128
@@ -79,7 +82,7 @@ class Config:
     examples: int = 5  # clusters shown in the report
 
     def validate(self) -> None:
-        bad = [s for s in self.normalize if s not in mh.NORMALIZE_STEPS]
+        bad = [s for s in (self.normalize or []) if s not in mh.NORMALIZE_STEPS]
         if bad:
             raise ConfigError("normalize", f"unknown step(s) {bad}; known: {', '.join(mh.NORMALIZE_STEPS)}")
         if not 0.0 < self.threshold <= 1.0:
@@ -120,6 +123,11 @@ class Config:
             if not p.is_dir():
                 raise ConfigError("model", f"no model directory at {p}")
 
+    def normalize_steps(self) -> list[str]:
+        if self.normalize is not None:
+            return list(self.normalize)
+        return list(mh.NORMALIZE_STEPS if self.method == "exact" else mh.DEFAULT_NORMALIZE)
+
     def lsh(self) -> tuple[int, int]:
         if self.bands is not None:
             return self.bands, self.rows
@@ -146,7 +154,7 @@ class DedupStage(PlannedStage):
         """The normalised text view of `frame`'s rows. The view is materialised first so
         that the normalisation's branches do not each recompute it."""
         view = frame.select(text_view(self.config.view).alias("t"))
-        return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series()
+        return view.select(mh.normalized(pl.col("t"), self.config.normalize_steps())).to_series()
 
     def normalized_chunks(self, table: pl.DataFrame):
         for lo in range(0, table.height, self.config.chunk_size):
@@ -451,7 +459,8 @@ class DedupStage(PlannedStage):
 
     def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
         cfg = self.config
-        stats: dict = {"method": cfg.method, "view": cfg.view, "keep": cfg.keep, "rows_in": out.height,
+        stats: dict = {"method": cfg.method, "view": cfg.view, "normalize": cfg.normalize_steps(), "keep": cfg.keep,
+                       "rows_in": out.height,
                        "duplicates": int(out.height - int(is_kept.sum()))}
         if cfg.keep != "first":
             stats["score_column"] = score
