@@ -401,3 +401,18 @@ def test_jaccard_bound_never_rejects_a_true_pair(tmp_path):
         np.testing.assert_array_equal(bounded >= t, exact >= t)  # the same verdicts
         ok = bounded >= t
         np.testing.assert_allclose(bounded[ok], exact[ok])  # exact where it matters
+
+
+def test_default_normalisation_keeps_punctuation_for_minhash(tmp_path):
+    """Issue #20: punctuation-to-spaces merges texts that differ only in operators and
+    decimal points; MinHash's default keeps punctuation (exact dedup still folds it)."""
+    math = ["Compute 12+7*3 and then 4-2/8 for the quiz, please show every step of it.",
+            "Compute 12*7+3 and then 4/2-8 for the quiz, please show every step of it.",
+            "Compute 1.27 3 and then 4.28 for the quiz, please show every step of it."]
+    df = table([record(t, "a") for t in math])
+    res = run(df, tmp_path, threshold=0.7, ngram=3)
+    assert res.dropped.height == 0 and res.stats["normalize"] == ["unicode", "case", "whitespace"]
+    old = run(df, tmp_path, threshold=0.7, ngram=3, normalize=["unicode", "case", "punctuation", "whitespace"])
+    assert old.dropped.height == 1  # the first two both read "compute 12 7 3 and then 4 2 8 ..."
+    copies = table([record("Hello, world! How are you?", "a"), record("hello world how are you", "a")])
+    assert run(copies, tmp_path, method="exact").dropped.height == 1  # exact: punctuation-only copies
