@@ -166,3 +166,23 @@ def test_oasst_zh_fails_an_english_only_stage():
     for lang in ("language_user", "language_assistant"):
         assert (res.kept[lang] == "zh").sum() == 0 or res.kept.filter(pl.col(lang) == "zh")["messages"].list.eval(
             pl.element().struct.field("content").str.contains("翻译|translat")).list.any().all()
+
+
+def test_workers_give_identical_output(monkeypatch):
+    """Prediction split over processes equals one call (threshold lowered so a small list
+    is split)."""
+    texts = [EN, FR, DE, ZH] * 30 + [f"{EN} number {i}" for i in range(40)]
+    one = langid.predict(texts, workers=1)
+    monkeypatch.setattr(langid, "PARALLEL_MIN_TEXTS", 20)
+    try:
+        two = langid.predict(texts, workers=2)
+    finally:
+        langid.shutdown_pools()
+    assert two == one
+
+
+def test_workers_config_refused():
+    with pytest.raises(ConfigError, match="workers"):
+        load_dataclass(Config, {"kind": "language", "workers": 0})
+    with pytest.raises(ConfigError, match="unspaced_weight"):
+        load_dataclass(Config, {"kind": "language", "unspaced_weight": 0})
