@@ -184,3 +184,12 @@ def test_string_hashes_stable_and_distinct():
     assert h[[1, 6]].tolist() == [1717907392117157463, 17006824895508781379]
     again = mh.string_hashes(pl.Series(["x", "héllo", None]).slice(1, 1))  # sliced Arrow offsets
     assert again.tolist() == [h[5]]
+
+
+@pytest.mark.parametrize("width", [128, 64, 13])
+def test_sketch_agreement_counts_equal_bytes(width):
+    rng = np.random.default_rng(width)
+    sk = rng.integers(0, 4, size=(300, width)).astype(np.uint8)  # many equal bytes, some zero
+    left, right = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
+    want = (sk[left] == sk[right]).sum(axis=1)
+    np.testing.assert_array_equal(mh.sketch_agreement(sk, left, right, step=777), want)
