@@ -20,10 +20,20 @@ Run (from the repository root; curate is imported from the checkout):
 
 A peer that is not installed is skipped with a message; the script still runs ours.
 
-Fairness notes (printed too):
-  * Every tool sees the same lowercase, punctuation-free, single-spaced texts, so all
-    normalisations agree and shingles are the same word n-grams; datatrove is given a
-    whitespace word tokenizer (its English default is NLTK's, which needs a download).
+Corpus (`--corpus`): `real` (default) is real instruction-data sentences with their
+punctuation, digits and code, recombined into texts and given planted variants (word
+edits, upper-cased words, doubled spaces); the ground truth is exact Jaccard of word
+n-grams of the lower-cased, whitespace-split text (punctuation kept: "2+3" is not "2*3").
+`words` is the earlier corpus: lowercase, punctuation-free word sequences, where every
+normalisation agrees.
+
+Fairness notes:
+  * Every tool sees the same raw texts and its own default normalisation (curate's
+    default; text-dedup lower-cases and splits on non-alphanumerics; datatrove's
+    default simplification); datatrove is given a whitespace word tokenizer (its
+    English default is NLTK's, which needs a download). `--normalize` sets curate's.
+  * Memory: each tool's peak RSS above the process's RSS just before it (sampled every
+    20 ms), so what an earlier tool left allocated is not counted against the next.
   * datatrove's four steps run in this process as one task (its executor parallelises
     over tasks/files); text-dedup runs its own CLI entry point with --num_proc 1 (it
     forks, which is unsafe next to polars' thread pool). Ours is one process whose
@@ -124,6 +134,89 @@ def corpus(n: int, seed: int) -> tuple[list[str], np.ndarray, str]:
     return texts, np.asarray(groups)[order], origin
 
 
+def real_pool() -> tuple[list[str], str]:
+    """Real instruction-data texts with their punctuation, digits and code: every prompt,
+    input and answer of sample_data/raw/qa_alpaca.jsonl and, when present, ../shared/data's
+    Alpaca and messages demos and GSM8K (math: "48/2 = 24", where punctuation carries the
+    meaning), split into sentences."""
+    import re
+
+    texts: list[str] = []
+    for line in (ROOT / "sample_data" / "raw" / "qa_alpaca.jsonl").read_text(errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            texts += [v for k in ("instruction", "input", "output") if isinstance(v := r.get(k), str)]
+    used = ["sample_data/raw/qa_alpaca.jsonl"]
+    for name in ("formats/alpaca_llamafactory_demo.json", "formats/messages_llamafactory_kto_demo.json"):
+        f = SHARED / name
+        if f.is_file():
+            used.append(name)
+            for r in json.loads(f.read_text(encoding="utf-8")):
+                texts += [r[k] for k in ("instruction", "input", "output") if isinstance(r.get(k), str)]
+                texts += [m["content"] for m in r.get("messages", []) if isinstance(m.get("content"), str)]
+    f = SHARED / "evalsets" / "gsm8k_test.jsonl"
+    if f.is_file():
+        used.append("evalsets/gsm8k_test.jsonl")
+        for line in f.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            texts += [r["question"], r["answer"]]
+    sentences = sorted({s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+|\n+", t) if len(s.split()) >= 4})
+    return sentences, f"{len(sentences):,} distinct sentences of {', '.join(used)}"
+
+
+def real_corpus(n: int, seed: int) -> tuple[list[str], np.ndarray, str]:
+    """n texts of 2-6 real sentences each (so unrelated texts share whole sentences, as
+    real instruction sets do), 30% of base texts with 1-3 planted variants: 0-8 word edits
+    (substitutions, deletions, insertions of words of the pool), random upper-casing of
+    words and doubled spaces (which case and whitespace normalisation undo)."""
+    sentences, origin = real_pool()
+    words = np.array(sorted({w for s in sentences for w in s.split()}), dtype=object)
+    rng = np.random.default_rng(seed)
+    docs: list[list[str]] = []
+    groups: list[int] = []
+    g = 0
+    while len(docs) < n:
+        base = " ".join(sentences[i] for i in rng.integers(0, len(sentences), rng.integers(2, 7))).split()
+        docs.append(base)
+        groups.append(g)
+        if rng.random() < 0.3:
+            for _ in range(rng.integers(1, 4)):
+                if len(docs) >= n:
+                    break
+                v = list(base)
+                for _ in range(rng.integers(0, 9)):
+                    op, pos = rng.random(), int(rng.integers(len(v)))
+                    if op < 0.6:
+                        v[pos] = str(words[rng.integers(len(words))])
+                    elif op < 0.8 and len(v) > 10:
+                        del v[pos]
+                    else:
+                        v.insert(pos, str(words[rng.integers(len(words))]))
+                for _ in range(rng.integers(0, 3)):
+                    pos = int(rng.integers(len(v)))
+                    v[pos] = v[pos].upper()
+                docs.append(v)
+                groups.append(g)
+        g += 1
+    order = rng.permutation(n)
+    texts = []
+    for k in order:
+        d = docs[k]
+        sep = ["  " if rng.random() < 0.02 else " " for _ in d]
+        texts.append("".join(w + s for w, s in zip(d, sep)).strip())
+    return texts, np.asarray(groups)[order], origin
+
+
+def truth_text(text: str) -> str:
+    """The text the ground truth is computed on: lower case, whitespace-separated words
+    with their punctuation (what makes two texts near-duplicates is their words, digits
+    and operators, not their case or spacing)."""
+    return " ".join(text.lower().split())
+
+
 def records_table(texts: list[str]):
     """The canonical record table (user prompt = text), built column-wise."""
     import polars as pl
@@ -187,7 +280,7 @@ def subsample(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def shingles(text: str, n: int) -> set:
-    toks = text.split()
+    toks = truth_text(text).split()
     return {tuple(toks[i:i + n]) for i in range(max(len(toks) - n + 1, 1))}
 
 
@@ -214,6 +307,41 @@ def found_pairs(labels: np.ndarray, idx: np.ndarray) -> set:
     return {(m[a], m[b]) for m in by.values() for a in range(len(m)) for b in range(a + 1, len(m))}
 
 
+def removal_pr(texts: list[str], labels: np.ndarray, removed: np.ndarray, idx: np.ndarray, truth: set,
+               n: int, threshold: float) -> tuple[float, float]:
+    """Removal precision and recall over the subsample. A removed row is right when some
+    other member of the cluster the tool put it in is a true near-duplicate of it (exact
+    Jaccard >= threshold, computed here for every removed row of the subsample). Of each
+    group of subsample rows joined by true pairs, all but one should be removed."""
+    members = defaultdict(list)
+    for i, lab in enumerate(labels):
+        members[lab].append(i)
+    gone = [int(i) for i in idx if removed[i]]
+    right = 0
+    for i in gone:
+        a = shingles(texts[i], n)
+        for j in members[labels[i]]:
+            if j != i:
+                b = shingles(texts[j], n)
+                if len(a & b) / len(a | b) >= threshold:
+                    right += 1
+                    break
+    dup_rows = {i for p in truth for i in p}
+    parent = {i: i for i in dup_rows}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in truth:
+        parent[find(a)] = find(b)
+    should = len(dup_rows) - len({find(i) for i in dup_rows})
+    found = len(set(gone) & dup_rows)
+    return (right / len(gone) if gone else 1.0), (min(1.0, found / should) if should else 1.0)
+
+
 def pr(found: set, truth: set) -> tuple[float, float]:
     tp = len(found & truth)
     return (tp / len(found) if found else 1.0), (tp / len(truth) if truth else 1.0)
@@ -226,8 +354,9 @@ def run_ours(texts, args, bands, rows, table=None):
     from curate.stages.dedup.stage import Config, DedupStage
 
     table = records_table(texts) if table is None else table
+    extra = {"normalize": args.normalize.split(",")} if args.normalize else {}
     cfg = Config(kind="dedup", method="minhash", threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
-                 bands=bands, rows=rows, seed=1)
+                 bands=bands, rows=rows, seed=1, **extra)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(run_dir=Path(tmp), config_dir=Path(tmp), seed=1, stage_dir=Path(tmp), log=lambda m: None)
         t0 = time.perf_counter()
@@ -237,7 +366,7 @@ def run_ours(texts, args, bands, rows, table=None):
     labels = np.arange(table.height)
     for rid, kept in zip(res.dropped["id"].to_list(), res.dropped["_detail"].to_list()):
         labels[pos[rid]] = pos[kept]
-    return dt, labels, res.dropped.height
+    return dt, labels, res.dropped.height, labels != np.arange(table.height)
 
 
 def run_datatrove(texts, args, bands, rows):
@@ -275,7 +404,9 @@ def run_datatrove(texts, args, bands, rows):
     cid = np.array([d.metadata.get("minhash_cluster_id", -1) for d in docs])
     dup = cid >= 0
     labels[dup] = len(texts) + cid[dup]
-    return dt, labels, len(texts) - len(kept)
+    removed = np.ones(len(texts), dtype=bool)
+    removed[[int(d.id) for d in kept]] = False
+    return dt, labels, len(texts) - len(kept), removed
 
 
 def run_text_dedup(texts, args, bands, rows):
@@ -292,7 +423,7 @@ def run_text_dedup(texts, args, bands, rows):
         dt = time.perf_counter() - t0
         kept = len(datasets.load_from_disk(f"{tmp}/out"))
     labels = np.array([tdm.uf.find(i) for i in range(len(texts))])
-    return dt, labels, len(texts) - kept
+    return dt, labels, len(texts) - kept, labels != np.arange(len(texts))
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -313,7 +444,7 @@ def ours_only(args) -> dict:
     """One process: build the record table, then time the stage and sample its memory."""
     from curate.stages.dedup import minhash as mh
 
-    texts, _, origin = corpus(args.records, args.seed)
+    texts, _, origin = make_corpus(args)
     table = records_table(texts)
     del texts
     gc.collect()
@@ -321,12 +452,16 @@ def ours_only(args) -> dict:
     before = current_rss_mib()
     cpu0 = time.process_time()
     with RssSampler() as rss:
-        dt, _, dropped = run_ours(None, args, bands, rows, table=table)
+        dt, _, dropped, _ = run_ours(None, args, bands, rows, table=table)
     cpu = time.process_time() - cpu0  # all threads; on a shared machine wall time also counts waiting
     return {"records": args.records, "seconds": round(dt, 2), "records_per_s": round(args.records / dt),
             "cpu_seconds": round(cpu, 1),
             "dropped": dropped, "table_mib": round(table.estimated_size() / 2**20),
             "rss_before_mib": round(before), "stage_peak_rss_mib": round(rss.peak), "words": origin}
+
+
+def make_corpus(args):
+    return (real_corpus if args.corpus == "real" else corpus)(args.records, args.seed)
 
 
 def main() -> None:
@@ -337,6 +472,10 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--subsample", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", choices=["real", "words"], default="real",
+                    help="real: sentences of real instruction data with punctuation (default); words: "
+                         "lowercase punctuation-free word sequences")
+    ap.add_argument("--normalize", default="", help="curate's normalize steps, comma list; empty: the default")
     ap.add_argument("--peers", default="datatrove,text-dedup", help="comma list; empty for ours only")
     ap.add_argument("--million", action="store_true", help="time ours on 1,000,000 records in a fresh process")
     ap.add_argument("--ours-only-json", action="store_true", help=argparse.SUPPRESS)
@@ -347,7 +486,8 @@ def main() -> None:
         return
     if args.million:
         cmd = [sys.executable, __file__, "--ours-only-json", "--records", "1000000", "--num-perm", str(args.num_perm),
-               "--ngram", str(args.ngram), "--threshold", str(args.threshold), "--seed", str(args.seed)]
+               "--ngram", str(args.ngram), "--threshold", str(args.threshold), "--seed", str(args.seed),
+               "--corpus", args.corpus, "--normalize", args.normalize]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(f"curate dedup, 1,000,000 records (num_perm {args.num_perm}, {args.ngram}-gram words, "
               f"threshold {args.threshold}): {out['seconds']} s wall ({out['cpu_seconds']} s CPU), "
@@ -360,10 +500,11 @@ def main() -> None:
     from curate.stages.dedup import minhash as mh
 
     bands, rows = mh.lsh_params(args.threshold, args.num_perm)
-    texts, groups, origin = corpus(args.records, args.seed)
+    texts, groups, origin = make_corpus(args)
     sub = subsample(groups, args.subsample, args.seed)
     truth = true_pairs(texts, sub, args.ngram, args.threshold)
-    print(f"{args.records:,} records ({origin}); num_perm {args.num_perm}, {args.ngram}-gram words, threshold "
+    print(f"{args.records:,} records ({origin}); curate normalize "
+          f"{args.normalize or 'default'}; num_perm {args.num_perm}, {args.ngram}-gram words, threshold "
           f"{args.threshold}, LSH {bands} bands x {rows} rows for every tool")
     print(f"ground truth: exact Jaccard over all pairs of a {len(sub):,}-record subsample: {len(truth):,} pairs >= "
           f"{args.threshold}")
@@ -386,17 +527,24 @@ def main() -> None:
     results = {}
     for name, fn in tools:
         gc.collect()
-        dt, labels, dropped = fn(texts, args, bands, rows)
-        p, r = pr(found_pairs(labels, sub), truth)
-        results[name] = (dt, p, r, dropped)
-        print(f"  {name:<16} {dt:8.1f} s  {args.records / dt:>10,.0f} records/s  dropped {dropped:>7,}  "
-              f"precision {p:.3f}  recall {r:.3f}", flush=True)
+        before = current_rss_mib()
+        c0 = time.process_time()
+        with RssSampler() as rss:
+            dt, labels, dropped, removed = fn(texts, args, bands, rows)
+        cpu = time.process_time() - c0
+        mem = rss.peak - before
+        p, r = removal_pr(texts, labels, removed, sub, truth, args.ngram, args.threshold)
+        pp, prr = pr(found_pairs(labels, sub), truth)
+        results[name] = (dt, p, r, dropped, mem, cpu)
+        print(f"  {name:<16} {dt:8.1f} s ({cpu:6.1f} s CPU) {args.records / dt:>10,.0f} records/s  dropped {dropped:>7,}  "
+              f"removal precision {p:.3f} recall {r:.3f}  (cluster pairs: {pp:.3f} / {prr:.3f})  "
+              f"peak +{mem:,.0f} MiB", flush=True)
     ours = results["curate"]
     print("ratios (curate / peer):")
-    for name, (dt, p, r, _) in results.items():
+    for name, (dt, p, r, _, mem, cpu) in results.items():
         if name != "curate":
-            print(f"  vs {name:<14} speed {dt / ours[0]:5.1f}x   recall {ours[2]:.3f} vs {r:.3f}   "
-                  f"precision {ours[1]:.3f} vs {p:.3f}")
+            print(f"  vs {name:<14} speed {dt / ours[0]:5.1f}x (CPU {cpu / ours[5]:4.1f}x)   memory {ours[4] / max(mem, 1):4.2f}x   "
+                  f"removal recall {ours[2]:.3f} vs {r:.3f}   precision {ours[1]:.3f} vs {p:.3f}")
     print(f"peak RSS of this process: {peak_rss_mib():.0f} MiB")
 
 

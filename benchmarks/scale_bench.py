@@ -4,10 +4,15 @@ time and peak memory of each, side by side, and whether their outputs are identi
 
     /work/venv/bin/python benchmarks/scale_bench.py --records 1000000 [--work DIR] [--ray-cpus 2]
     /work/venv/bin/python benchmarks/scale_bench.py --sizes 25000,100000,400000 --executors local
+    /work/venv/bin/python benchmarks/scale_bench.py --dedup-only 250000,1000000,2000000
 
 `--sizes` runs every size and prints peak RSS and wall per size, with each size's ratio to
 the smallest: how memory and time grow with the input (linear today: the runner holds the
 record table in memory between stages; see docs/run-directory.md, "Memory model").
+The dedup-only mode runs the pipeline's two dedup stages (same settings) on the same
+generated records, built in memory, one fresh process per size, and prints near_dedup's
+time per record at each size and its ratio to the smallest size (issue #20: linear in
+records means that ratio stays near 1).
 
 Needs the `ray` extra for the Ray half (pip install '.[ray]'); without it only the local
 executor runs, with a message. Each executor runs in its own child process; peak memory
@@ -73,6 +78,11 @@ temperature = 2.0
 
 
 def generate(path: Path, n: int, seed: int = 0) -> None:
+    records(n, seed).write_ndjson(path)
+
+
+def records(n: int, seed: int = 0) -> pl.DataFrame:
+    """The generated records as an Alpaca frame (instruction, input, output)."""
     recs = []
     for line in (ROOT / "sample_data" / "raw" / "qa_alpaca.jsonl").read_text(errors="replace").splitlines():
         try:
@@ -99,7 +109,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
         .when(pl.Series(near)).then(pl.col("output").gather(src) + " indeed")
         .otherwise(pl.col("output")),
     )
-    df.write_ndjson(path)
+    return df
 
 
 def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
@@ -120,6 +130,74 @@ def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
     wall = time.perf_counter() - t0
     ex.close()
     print(json.dumps({"wall": wall}))
+
+
+def canonical(df: pl.DataFrame) -> pl.DataFrame:
+    """The generated Alpaca frame as canonical records (user = instruction, assistant =
+    output), built column-wise: the dedup-only mode skips reading and the row stages."""
+    n = df.height
+    return df.select(
+        pl.format("r{}", pl.int_range(n).cast(pl.String).str.zfill(9)).alias("id"),
+        pl.lit("gen").alias("source"),
+        pl.lit("qa").alias("task"),
+        pl.concat_list(
+            pl.struct(pl.lit("user").alias("role"), pl.col("instruction").alias("content")),
+            pl.struct(pl.lit("assistant").alias("role"), pl.col("output").alias("content")),
+        ).alias("messages"),
+        pl.lit("{}").alias("meta"),
+        pl.format("gen:{}", pl.int_range(n)).alias("origin"),
+    )
+
+
+def dedup_child(n: int) -> None:
+    """One size of the dedup-only mode, in its own process: the pipeline's two dedup
+    stages (same config as STAGES) on n generated records; near_dedup timed alone."""
+    import resource
+
+    from curate.stages.base import StageContext
+    from curate.stages.dedup.stage import Config, DedupStage
+
+    table = canonical(records(n))
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = StageContext(run_dir=Path(tmp), config_dir=Path(tmp), seed=0, stage_dir=Path(tmp), log=lambda m: None)
+        t0 = time.perf_counter()
+        exact = DedupStage(Config(kind="dedup", name="exact_dedup", method="exact", view="conversation"), ctx)
+        table = exact.process(table).kept.select("id", "source", "task", "messages", "meta", "origin")
+        t_exact = time.perf_counter() - t0
+        near = DedupStage(Config(kind="dedup", name="near_dedup", method="minhash", view="conversation",
+                                 threshold=0.7), ctx)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = near.process(table)
+        t_near, c_near = time.perf_counter() - t0, time.process_time() - c0
+    st = res.stats
+    print(json.dumps({"records": n, "after_exact": table.height, "exact_s": t_exact, "near_s": t_near, "near_cpu_s": c_near,
+                      "candidate_pairs": st.get("candidate_pairs"), "prefiltered_pairs": st.get("pairs_after_prefilter"),
+                      "verified_pairs": st.get("verified_pairs"), "dropped": res.dropped.height,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": rss0,
+                      "dropped_digest": hashlib.sha256("\n".join(sorted(res.dropped["id"].to_list())).encode()).hexdigest()[:16]}))
+
+
+def dedup_only(sizes: list[int]) -> None:
+    """Dedup time per record across sizes (issue #20: within 1.3x from 250k to 2M)."""
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--dedup-child", str(n)], check=True, capture_output=True,
+                             text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    print(f"\n{'records':>10}{'near_dedup s':>14}{'CPU s':>8}{'us/record':>11}{'candidates':>12}{'prefiltered':>12}"
+          f"{'verified':>10}{'dropped':>9}{'peak MiB':>10}")
+    for r in rows:
+        print(f"{r['records']:>10,}{r['near_s']:>14.1f}{r['near_cpu_s']:>8.1f}{1e6 * r['near_s'] / r['after_exact']:>11.1f}"
+              f"{r['candidate_pairs']:>12,}{r['prefiltered_pairs'] or 0:>12,}{r['verified_pairs']:>10,}"
+              f"{r['dropped']:>9,}{r['peak_rss_mib']:>10.0f}")
+    base = rows[0]["near_s"] / rows[0]["after_exact"]
+    for r in rows[1:]:
+        cpu = (r["near_cpu_s"] / r["after_exact"]) / (rows[0]["near_cpu_s"] / rows[0]["after_exact"])
+        print(f"time per record at {r['records']:,} / at {rows[0]['records']:,}: "
+              f"{r['near_s'] / r['after_exact'] / base:.2f}x wall, {cpu:.2f}x CPU")
 
 
 def _tree_rss(pid: int) -> int:
@@ -184,7 +262,14 @@ def main() -> None:
     ap.add_argument("--child", choices=["local", "ray"])
     ap.add_argument("--pipeline", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--dedup-only", default=None, metavar="SIZES",
+                    help="comma list of record counts (e.g. 250000,1000000,2000000): time the dedup stages alone")
+    ap.add_argument("--dedup-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.dedup_child:
+        return dedup_child(args.dedup_child)
+    if args.dedup_only:
+        return dedup_only([int(x) for x in args.dedup_only.split(",")])
     if args.child:
         return child(args.child, args.pipeline, args.out, args.ray_cpus)
 

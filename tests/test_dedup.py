@@ -401,3 +401,44 @@ def test_exact_blockwise_plan_equals_process(tmp_path, kw):
         plan = stage.plan(pl.concat(keys))
         got = stage.finish(pl.concat([stage.apply_plan(stage.with_keys(b, k), plan) for b, k in zip(blocks, keys)]), plan)
         assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
+
+
+def test_jaccard_bound_never_rejects_a_true_pair(tmp_path):
+    """The 256-bucket upper bound in `_exact_jaccard(..., threshold)` is >= the exact
+    Jaccard of every pair, so the pairs it lets through are all pairs that verify."""
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(300)]
+    base = [rng.choices(vocab, k=rng.randint(5, 80)) for _ in range(60)]
+    docs = []
+    for b in base:  # each base with variants sharing 30-100% of its words
+        docs.append(b)
+        for _ in range(3):
+            keep = rng.randint(len(b) * 3 // 10, len(b))
+            docs.append(b[:keep] + rng.choices(vocab, k=len(b) - keep))
+    df = table([record(" ".join(d), "a") for d in docs])
+    config = load_dataclass(Config, {"kind": "dedup", "ngram": 2}, "stages[0]")
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path, log=lambda m: None)
+    stage = DedupStage(config, ctx)
+    left, right = np.array([(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs))]).T
+    exact = stage._exact_jaccard(df, left, right)
+    for t in (0.3, 0.5, 0.8):
+        bounded = stage._exact_jaccard(df, left, right, threshold=t)
+        assert np.all(bounded >= exact - 1e-12)  # an upper bound everywhere
+        np.testing.assert_array_equal(bounded >= t, exact >= t)  # the same verdicts
+        ok = bounded >= t
+        np.testing.assert_allclose(bounded[ok], exact[ok])  # exact where it matters
+
+
+def test_default_normalisation_keeps_punctuation_for_minhash(tmp_path):
+    """Issue #20: punctuation-to-spaces merges texts that differ only in operators and
+    decimal points; MinHash's default keeps punctuation (exact dedup still folds it)."""
+    math = ["Compute 12+7*3 and then 4-2/8 for the quiz, please show every step of it.",
+            "Compute 12*7+3 and then 4/2-8 for the quiz, please show every step of it.",
+            "Compute 1.27 3 and then 4.28 for the quiz, please show every step of it."]
+    df = table([record(t, "a") for t in math])
+    res = run(df, tmp_path, threshold=0.7, ngram=3)
+    assert res.dropped.height == 0 and res.stats["normalize"] == ["unicode", "case", "whitespace"]
+    old = run(df, tmp_path, threshold=0.7, ngram=3, normalize=["unicode", "case", "punctuation", "whitespace"])
+    assert old.dropped.height == 1  # the first two both read "compute 12 7 3 and then 4 2 8 ..."
+    copies = table([record("Hello, world! How are you?", "a"), record("hello world how are you", "a")])
+    assert run(copies, tmp_path, method="exact").dropped.height == 1  # exact: punctuation-only copies

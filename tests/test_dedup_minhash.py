@@ -132,3 +132,64 @@ def test_union_find_equals_reference(seed):
 
 def test_union_find_no_edges():
     assert components(4, np.zeros(0), np.zeros(0)).tolist() == [0, 1, 2, 3]
+
+
+def _reference_bucket_pairs(band, has, max_bucket):
+    """The candidate rule written plainly: a dict of buckets, all pairs or a star."""
+    buckets: dict[int, set[int]] = {}
+    for i in np.nonzero(has)[0]:
+        for key in band[i]:
+            buckets.setdefault(int(key), set()).add(int(i))
+    pairs = set()
+    for members in buckets.values():
+        m = sorted(members)
+        if len(m) < 2:
+            continue
+        if len(m) <= max_bucket:
+            pairs.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])
+        else:
+            pairs.update((m[0], b) for b in m[1:])
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("seed,max_bucket", [(0, 64), (1, 3), (2, 2)])
+def test_bucket_pairs_equal_plain_rule(seed, max_bucket):
+    from curate.stages.dedup.stage import bucket_pairs
+
+    rng = np.random.default_rng(seed)
+    n, bands = 400, 6
+    # few distinct keys per band, so buckets of every size occur (1 to ~40 rows)
+    band = (rng.integers(0, 60, size=(n, bands)) + np.arange(bands) * 1000).astype(np.uint64)
+    has = rng.random(n) > 0.1
+    left, right = bucket_pairs(band, has, max_bucket)
+    assert list(zip(left.tolist(), right.tolist())) == _reference_bucket_pairs(band, has, max_bucket)
+
+
+def test_agreement_floor_is_a_binomial_tail():
+    from scipy.stats import binom
+
+    for values, t in [(128, 0.7), (128, 0.8), (64, 0.5), (16, 0.9)]:
+        c = mh.agreement_floor(values, t, miss=1e-6)
+        assert binom.cdf(c - 1, values, t) <= 1e-6 < binom.cdf(c, values, t)
+    assert mh.agreement_floor(2, 0.8) == 0  # too few values to reject anything safely
+
+
+def test_string_hashes_stable_and_distinct():
+    vals = ["", "a", "b", "ab", "ba", "héllo", "你好", "a" * 1000, "a" * 999 + "b"]
+    h = mh.string_hashes(pl.Series(vals))
+    assert len(set(h.tolist())) == len(vals)
+    # fixed integer arithmetic: these values must never change between releases (they
+    # decide signatures, hence which rows are candidates)
+    assert mh.string_hashes(pl.Series(["a", "你好"])).tolist() == [1717907392117157463, 17006824895508781379]
+    assert h[[1, 6]].tolist() == [1717907392117157463, 17006824895508781379]
+    again = mh.string_hashes(pl.Series(["x", "héllo", None]).slice(1, 1))  # sliced Arrow offsets
+    assert again.tolist() == [h[5]]
+
+
+@pytest.mark.parametrize("width", [128, 64, 13])
+def test_sketch_agreement_counts_equal_bytes(width):
+    rng = np.random.default_rng(width)
+    sk = rng.integers(0, 4, size=(300, width)).astype(np.uint8)  # many equal bytes, some zero
+    left, right = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
+    want = (sk[left] == sk[right]).sum(axis=1)
+    np.testing.assert_array_equal(mh.sketch_agreement(sk, left, right, step=777), want)

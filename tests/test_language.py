@@ -132,3 +132,57 @@ def test_oasst_zh_is_chinese():
     print(f"oasst zh: {share:.3f} of {langs.len()} judged answers identified as zh;", res.stats["languages"]["assistant"])
     assert share >= 0.95
     assert res.stats["languages"]["user"] and next(iter(res.stats["languages"]["user"])) == "zh"
+
+
+def test_short_chinese_is_judged():
+    """Issue #15: short Chinese turns used to get no language (too few letters to judge),
+    so an English-only stage let them through. A character of an unspaced script now
+    counts as `unspaced_weight` letters."""
+    pairs = [("今天你吃饭了吗？", "已经吃过了，谢谢你的关心。"), ("你还能做什么?", "我可以替你写代码，作文等"),
+             ("OK", "42")]
+    res = run(pairs, keep=["en"])
+    assert res.dropped.height == 2 and set(res.dropped["_reason"]) == {"wrong_language"}
+    assert res.dropped["language_user"].to_list() == ["zh", "zh"]
+    assert res.kept["language_user"].to_list() == [None]  # "OK" is still too short to judge
+    # weight 1 (letters only) is the old rule: the short Chinese prompts go unjudged
+    old = run(pairs, keep=["en"], unspaced_weight=1)
+    assert old.dropped.height == 0 and old.kept["language_user"].null_count() == 3
+
+
+@pytest.mark.skipif(not ZH_FILE.is_file(), reason="../shared/data is absent")
+def test_oasst_zh_fails_an_english_only_stage():
+    """Of 689 Chinese conversations (with their history turns), only those in English, the
+    translation requests (exempt) and texts with almost no letters pass keep = ["en"]
+    (43 passed before: every short Chinese turn went unjudged)."""
+    items = json.loads(ZH_FILE.read_text(encoding="utf-8"))
+    convs = []
+    for it in items:
+        msgs = [m for u, a in (it.get("history") or []) for m in pair(u, a)]
+        convs.append(msgs + pair(it["instruction"] + ("\n" + it["input"] if it["input"] else ""), it["output"]))
+    res = run(frame=records(convs), keep=["en"])
+    assert res.kept.height + res.dropped.height == len(items)
+    assert res.kept.height <= 12, res.kept.height
+    # what passes is English, exempt, or has almost no letters: never a judged Chinese turn
+    for lang in ("language_user", "language_assistant"):
+        assert (res.kept[lang] == "zh").sum() == 0 or res.kept.filter(pl.col(lang) == "zh")["messages"].list.eval(
+            pl.element().struct.field("content").str.contains("翻译|translat")).list.any().all()
+
+
+def test_workers_give_identical_output(monkeypatch):
+    """Prediction split over processes equals one call (threshold lowered so a small list
+    is split)."""
+    texts = [EN, FR, DE, ZH] * 30 + [f"{EN} number {i}" for i in range(40)]
+    one = langid.predict(texts, workers=1)
+    monkeypatch.setattr(langid, "PARALLEL_MIN_TEXTS", 20)
+    try:
+        two = langid.predict(texts, workers=2)
+    finally:
+        langid.shutdown_pools()
+    assert two == one
+
+
+def test_workers_config_refused():
+    with pytest.raises(ConfigError, match="workers"):
+        load_dataclass(Config, {"kind": "language", "workers": 0})
+    with pytest.raises(ConfigError, match="unspaced_weight"):
+        load_dataclass(Config, {"kind": "language", "unspaced_weight": 0})

@@ -27,6 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.stages.base import Stage, StageResult
+from curate.stages.dedup import minhash as mh
 from curate.pipeline.ray_blocks import from_ipc, maybe_fault, portable, to_ipc, worker_stage
 
 
@@ -78,13 +79,16 @@ def ray_minhash_dedup(executor, stage: Stage, table: pl.DataFrame) -> StageResul
     cfg = stage.config
     n = table.height
     bands, rows = cfg.lsh()
-    keep_sig = cfg.verify and cfg.verify_by == "estimate"
+    # the signature (verify_by = "estimate") or the 1-byte sketch of the exact path's pre-check
+    keep_sig = cfg.verify and (cfg.verify_by == "estimate" or cfg.prefilter)
+    sig_dtype, sig_width = ((np.uint32, cfg.num_perm) if cfg.verify_by == "estimate"
+                            else (np.uint8, min(cfg.num_perm, mh.SKETCH_VALUES)))
     res = executor.map_blocks(table, _signature_task(type(stage), cfg, portable(stage.context), keep_sig))
     if sum(res.column("rows").to_pylist()) != n:
         raise RuntimeError(f"ray: stage {stage.name!r} lost rows while computing signatures")
     band = np.concatenate([np.frombuffer(x, np.uint64).reshape(-1, bands) for x in res.column("band").to_pylist()])
     has = np.concatenate([np.frombuffer(x, bool) for x in res.column("has").to_pylist()])
-    sig = (np.concatenate([np.frombuffer(x, np.uint32).reshape(-1, cfg.num_perm) for x in res.column("sig").to_pylist()])
+    sig = (np.concatenate([np.frombuffer(x, sig_dtype).reshape(-1, sig_width) for x in res.column("sig").to_pylist()])
            if keep_sig else None)
 
     # ---- band buckets, grouped by Ray Data's hash shuffle

@@ -15,16 +15,22 @@ from typing import Iterable
 
 import polars as pl
 
-# Words for length statistics: whitespace-separated runs (what "words" means in Gopher/C4).
-WORD_RE = r"\S+"
+# Scripts written without spaces between words (Chinese, Japanese kana, Thai, Lao, Khmer,
+# Myanmar, Tibetan): counting whitespace-separated runs makes a whole sentence one "word".
+UNSPACED_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
+# Words for length statistics: whitespace-separated runs (what "words" means in Gopher/C4),
+# except that each character of an unspaced script counts as one word. For Chinese that is
+# an upper bound (its words average about 1.5 characters), so a `max_words` bound applies to
+# it as it does to English, and a short Chinese answer is not one enormous "word".
+WORD_RE = rf"[{UNSPACED_CLASS}]|[^\s{UNSPACED_CLASS}]+"
 # Tokens when no tokenizer is configured: word runs and single punctuation marks; a cheap
 # stand-in that tracks subword-tokenizer counts within a small factor for Latin script.
 TOKEN_RE = r"\w+|[^\w\s]"
 # Words for repetition n-grams: alphanumeric runs, punctuation dropped (as DataTrove does).
 NGRAM_WORD_RE = r"\w+"
 URL_RE = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]{}]+"
-# Scripts written without spaces between words: word-based statistics do not apply.
-UNSPACED_SCRIPT_RE = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]"
+# One character of an unspaced script: word-based ratio statistics do not apply to them.
+UNSPACED_SCRIPT_RE = rf"[{UNSPACED_CLASS}]"
 # "Symbols": neither letter, digit, whitespace nor ordinary prose punctuation. Markup, code
 # operators, emoji and decorative runs count; commas, quotes and full stops do not.
 SYMBOL_RE = r"[^\p{L}\p{M}\p{N}\s.,;:!?'\"()\-\u2018\u2019\u201c\u201d\u3001\u3002\uff0c\uff1f\uff01\uff1a\uff1b]"
@@ -41,13 +47,28 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 CODE_BLOCK_RE = r"(?s)```.*?(?:```|$)"
 
 
+def word_count(text: pl.Expr) -> pl.Expr:
+    """Words of a String expression by WORD_RE: whitespace-separated runs, one per
+    character of an unspaced script ("今天你吃饭了吗？" is 8: 7 characters and the mark)."""
+    return text.str.count_matches(WORD_RE)
+
+
+def weighted_letters(text: pl.Expr, unspaced_weight: int) -> pl.Expr:
+    """Letters of a String expression, each character of an unspaced script counted as
+    `unspaced_weight` letters: a length that means about the same amount of text in
+    every script (one Chinese character carries about as much as a short English word),
+    for rules such as "too short to judge"."""
+    spaced = text.str.count_matches(rf"[\p{{L}}--[{UNSPACED_CLASS}]]")
+    return spaced + text.str.count_matches(UNSPACED_SCRIPT_RE) * unspaced_weight
+
+
 def basic_stats(text: pl.Expr, prose: pl.Expr | None = None) -> dict[str, pl.Expr]:
     """Length and character-class statistics of a String expression, by name. Character
     ratios are taken over `prose` when given (e.g. the text without fenced code, whose
     braces and operators are not noise)."""
     chars = text.str.len_chars()
     nonspace = chars - text.str.count_matches(r"\s")
-    words = text.str.count_matches(WORD_RE)
+    words = word_count(text)
     prose = text if prose is None else prose
     p_nonspace = prose.str.len_chars() - prose.str.count_matches(r"\s")
     url_chars = text.str.extract_all(URL_RE).list.eval(pl.element().str.len_chars()).list.sum()

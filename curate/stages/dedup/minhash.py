@@ -15,20 +15,30 @@ datasketch's; `tests/test_dedup_minhash.py` checks the equality bit for bit agai
 `datasketch.MinHash(hashfunc=shingle_hashfunc(...))`.
 
 The shingle hash (`hashfunc`) is the one deliberate change from datasketch's default
-(`sha1_hash32` of each shingle's bytes): SHA-1 runs once per *distinct token* of a chunk
-(vocabulary-sized, not shingle-sized), and a shingle's hash is a 64-bit polynomial mix of
-its tokens' hashes, finalised with fmix64 and folded to 32 bits. That mix is plain numpy
-over all shingles of a chunk, and, unlike polars' `hash()`, stable across library
-versions, so signatures do not change between releases. `shingle_hashfunc` is the same
-function for one shingle, to hand to datasketch.
+(`sha1_hash32` of each shingle's bytes), and it is vectorised end to end:
+
+* a token's hash (`string_hashes`) is a simple-tabulation hash of its UTF-8 bytes: the
+  sum (mod 2**64) of fmix64(position << 8 | byte) over its bytes, mixed with its length
+  by a last fmix64. Distinct strings of one length differ in some (position, byte) term,
+  so they collide only when two sums of pseudo-random 64-bit values meet (odds about
+  2**-64 per pair). It is numpy over the bytes of a chunk's distinct tokens (one
+  `np.add.reduceat`), not a Python SHA-1 call per distinct token as before;
+* a shingle's hash is a 64-bit polynomial mix of its tokens' 64-bit hashes, finalised
+  with fmix64 and folded to 32 bits, plain numpy over all shingles of a chunk.
+
+Both are fixed integer arithmetic, unlike polars' `hash()` stable across library versions
+and machines, so signatures do not change between releases. `shingle_hashfunc` is the
+same function for one shingle, to hand to datasketch, and the signatures test checks
+datasketch's MinHash with it bit for bit. (The SHA-1 token hash of earlier versions gave
+other signatures, hence other LSH candidates; verified results differ only where a pair's
+candidacy did, and the estimate's accuracy is the same: `tests/test_dedup_minhash.py`.)
 
 Normalisation of the text (Unicode NFKC, case, punctuation, whitespace) is a polars
 expression shared with exact deduplication (`normalized`).
 """
 from __future__ import annotations
 
-import hashlib
-import struct
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -36,6 +46,10 @@ import polars as pl
 import pyarrow as pa
 
 NORMALIZE_STEPS = ("unicode", "case", "punctuation", "whitespace")
+# MinHash's default drops `punctuation`: turning punctuation and symbols into spaces merges texts
+# that differ in them ("2+3" and "2*3", "52.5" and "52 5", code), which on a planted set
+# cost removal precision (0.975 at 5-grams) for no recall (see docs/dedup.md).
+DEFAULT_NORMALIZE = ("unicode", "case", "whitespace")
 
 _M64 = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (odd)
 _SEED64 = np.uint64(0xCBF29CE484222325)  # FNV offset basis, a non-zero start value
@@ -62,11 +76,6 @@ def normalized(expr: pl.Expr, steps: Sequence[str] = NORMALIZE_STEPS) -> pl.Expr
     return expr
 
 
-def token_hash32(token: str) -> int:
-    """datasketch's own `sha1_hash32`, applied to one token's UTF-8 bytes."""
-    return struct.unpack("<I", hashlib.sha1(token.encode("utf-8")).digest()[:4])[0]
-
-
 def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xFF51AFD7ED558CCD)
@@ -84,8 +93,39 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
+def string_hashes(strings: pl.Series) -> np.ndarray:
+    """A stable 64-bit hash of each string's UTF-8 bytes, vectorised over the column (see
+    the module docstring); null hashes like the empty string."""
+    arr = strings.cast(pl.String).to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+    lengths = np.diff(offsets)
+    if arr.null_count:  # a null's offsets span no bytes, but make sure
+        lengths = np.where(np.asarray(arr.is_null()), 0, lengths)
+    out = np.zeros(n, dtype=np.uint64)
+    nonempty = lengths > 0
+    with np.errstate(over="ignore"):
+        if nonempty.any():
+            data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+            starts = offsets[:-1][nonempty]
+            lens = lengths[nonempty]
+            # the bytes of the non-empty strings, in order, and each byte's position in its string
+            first = np.repeat(starts, lens)
+            pos = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+            byte = data[first + pos].astype(np.uint64)
+            term = _fmix64(((pos.astype(np.uint64) << np.uint64(8)) | byte) + _SEED64)
+            out[nonempty] = np.add.reduceat(term, np.cumsum(lens) - lens)
+        return _fmix64(out ^ ((lengths.astype(np.uint64) + np.uint64(1)) * _M64))
+
+
 def _mix_step(h: np.ndarray, tok: np.ndarray) -> np.ndarray:
-    return (h ^ tok.astype(np.uint64)) * _M64
+    return (h ^ tok.astype(np.uint64, copy=False)) * _M64
 
 
 def _finish(h: np.ndarray) -> np.ndarray:
@@ -95,10 +135,11 @@ def _finish(h: np.ndarray) -> np.ndarray:
 def shingle_hashfunc(shingle: Iterable[str]) -> int:
     """The shingle hash for one shingle (a tuple of tokens), for
     `datasketch.MinHash(hashfunc=shingle_hashfunc)`; identical to the vectorised one."""
+    toks = string_hashes(pl.Series(list(shingle), dtype=pl.String))
     with np.errstate(over="ignore"):
         h = np.array([_SEED64], dtype=np.uint64)
-        for tok in shingle:
-            h = _mix_step(h, np.array([token_hash32(tok)], dtype=np.uint32))
+        for tok in toks:
+            h = _mix_step(h, np.array([tok], dtype=np.uint64))
         return int(_finish(h)[0])
 
 
@@ -112,8 +153,9 @@ def tokens_expr(text: pl.Expr, unit: str) -> pl.Expr:
 
 
 def token_hashes(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten a list<str> column into (token hashes uint32, per-row token counts).
-    SHA-1 runs once per distinct token of the column (the vocabulary). Occurrences find
+    """Flatten a list<str> column into (token hashes uint64, per-row token counts).
+    `string_hashes` runs once per distinct token of the column (the vocabulary, whose
+    bytes are far fewer than the text's). Occurrences find
     their token's hash through polars' own 64-bit string hash, used only as a key inside
     this call (its values never leave it, so its instability across polars versions does
     not matter; two distinct tokens of one chunk colliding has odds about vocab^2 / 2^64)."""
@@ -122,11 +164,11 @@ def token_hashes(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     if len(flat) != int(lengths.sum()):  # polars' explode of an empty list changed across versions
         flat = lists.list.eval(pl.element()).explode().drop_nulls()
     if len(flat) == 0:
-        return np.zeros(0, dtype=np.uint32), lengths
+        return np.zeros(0, dtype=np.uint64), lengths
     keys = flat.hash(seed=0)
     firsts = pl.DataFrame({"k": keys, "t": flat}).unique(subset="k", keep="first", maintain_order=True)
-    codes = pl.Series("c", [token_hash32(t) for t in firsts["t"].to_list()], dtype=pl.UInt32)
-    hashed = keys.replace_strict(firsts["k"], codes, return_dtype=pl.UInt32)
+    codes = pl.Series("c", string_hashes(firsts["t"]), dtype=pl.UInt64)
+    hashed = keys.replace_strict(firsts["k"], codes, return_dtype=pl.UInt64)
     return hashed.to_numpy(), lengths
 
 
@@ -239,4 +281,47 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
             for k in range(j * rows, (j + 1) * rows):
                 h = _mix_step(h, sig[:, k])
             out[:, j] = _fmix64(h)
+    return out
+
+
+# ---- pre-verification on signature agreement --------------------------------------------
+SKETCH_VALUES = 128  # signature values kept per row for pre-verification (1 byte each)
+
+
+def sketch(sig: np.ndarray) -> np.ndarray:
+    """(rows, min(num_perm, SKETCH_VALUES)) uint8: the low byte of each of the first
+    signature values (b-bit MinHash, Li & König 2010, with b = 8). Two rows agree on a
+    value with probability J + (1 - J) / 256 (equal minima, or unequal ones whose low
+    bytes meet), so the share of agreeing bytes still estimates Jaccard, at 1/4 of the
+    signature's memory when num_perm = 128 (128 bytes a row, as much as 16 band keys)."""
+    return np.ascontiguousarray(sig[:, :SKETCH_VALUES].astype(np.uint8))
+
+
+def agreement_floor(values: int, threshold: float, miss: float = 1e-6) -> int:
+    """The fewest agreeing sketch bytes a pair at Jaccard `threshold` shows except with
+    probability <= `miss`: the largest c with P(Binomial(values, threshold) < c) <= miss.
+    A pair at Jaccard >= threshold agrees on each byte with probability >= threshold
+    (independent per permutation), so rejecting pairs below c loses a true pair with
+    probability <= miss, and a pair far below the threshold is rejected before its exact
+    Jaccard is computed. 0 when `values` is too small to reject anything safely."""
+    t = min(max(float(threshold), 0.0), 1.0)
+    if t >= 1.0:
+        return values
+    if t <= 0.0:
+        return 0
+    cdf = 0.0  # P(X < c), accumulated c = 0, 1, ...
+    for c in range(values + 1):
+        pmf = math.exp(math.lgamma(values + 1) - math.lgamma(c + 1) - math.lgamma(values - c + 1)
+                       + c * math.log(t) + (values - c) * math.log1p(-t))
+        if cdf + pmf > miss:
+            return c
+        cdf += pmf
+    return values
+
+
+def sketch_agreement(sk: np.ndarray, left: np.ndarray, right: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """Number of equal sketch bytes of each (left, right) pair, vectorised in steps."""
+    out = np.empty(len(left), dtype=np.int32)
+    for lo in range(0, len(left), step):
+        out[lo:lo + step] = (sk[left[lo:lo + step]] == sk[right[lo:lo + step]]).sum(axis=1, dtype=np.int32)
     return out

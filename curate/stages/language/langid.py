@@ -5,9 +5,20 @@ install, no download on first use.
 The model is loaded once per process and path (a lock guards the first load, so threads
 share one copy); predictions are batched (fastText's `predict` takes a list and runs the
 loop in C++). fastText needs single-line input, so newlines become spaces first.
+
+Cores: fastText's Python `predict` holds the GIL for the whole call (measured: a Python
+thread spinning beside it gets 2% of its usual ticks), so threads cannot share the work.
+`predict(..., workers=N)` splits a large list into N contiguous parts: this process
+predicts one part while N-1 worker processes (spawned once per process and model, kept for
+later calls, each with its own copy of the model: lid.176.ftz is under 1 MB) predict the
+others, and the parts are joined in order. Each text's prediction depends on that text
+alone, so the output is identical to one call. Below `PARALLEL_MIN_TEXTS` texts one call
+is cheaper than shipping the texts to another process.
 """
 from __future__ import annotations
 
+import atexit
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +26,15 @@ from pathlib import Path
 DEFAULT_MODEL = Path(__file__).parent / "resources" / "lid.176.ftz"
 _LOCK = threading.Lock()
 _MODELS: dict[str, object] = {}
+_POOLS: dict[tuple[str, int], object] = {}
+PARALLEL_MIN_TEXTS = 20_000  # fewer texts than this: one call in this process
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def load_model(path: str | Path | None = None):
@@ -39,8 +59,7 @@ def labels(path: str | None = None) -> frozenset[str]:
     return frozenset(lab.removeprefix("__label__") for lab in load_model(path).get_labels())
 
 
-def predict(texts: list[str], path: str | Path | None = None, batch_size: int = 10000) -> tuple[list[str], list[float]]:
-    """Top-1 language and its probability for each text, in one batched call per chunk."""
+def _predict_here(texts: list[str], path: str | None, batch_size: int) -> tuple[list[str], list[float]]:
     model = load_model(path)
     langs: list[str] = []
     scores: list[float] = []
@@ -49,4 +68,53 @@ def predict(texts: list[str], path: str | Path | None = None, batch_size: int = 
         labs, probs = model.predict(chunk, k=1)
         langs.extend(lab[0].removeprefix("__label__") if lab else "" for lab in labs)
         scores.extend(float(min(p[0], 1.0)) if len(p) else 0.0 for p in probs)
+    return langs, scores
+
+
+def _pool(path: str | None, processes: int):
+    """Worker processes for (model, count), started once (spawn: safe beside the
+    threads of polars and torch, which fork is not) and shut down at exit."""
+    key = (str(Path(path or DEFAULT_MODEL).resolve()), processes)
+    with _LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=load_model, initargs=(key[0],))
+            _POOLS[key] = pool
+            if len(_POOLS) == 1:
+                atexit.register(shutdown_pools)
+    return pool
+
+
+def shutdown_pools() -> None:
+    """Stop the worker processes (also run at exit)."""
+    with _LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict(texts: list[str], path: str | Path | None = None, batch_size: int = 10000,
+            workers: int = 1) -> tuple[list[str], list[float]]:
+    """Top-1 language and its probability for each text, in one batched call per chunk;
+    with workers > 1 and at least PARALLEL_MIN_TEXTS texts, split over this process and
+    workers - 1 worker processes, with identical output (see the module docstring)."""
+    path = None if path is None else str(path)
+    workers = max(1, min(int(workers), len(texts) // max(1, PARALLEL_MIN_TEXTS // 2) or 1))
+    if workers == 1 or len(texts) < PARALLEL_MIN_TEXTS:
+        return _predict_here(texts, path, batch_size)
+    load_model(path)  # a missing model fails here, with its path, not in a worker
+    step = -(-len(texts) // workers)
+    parts = [texts[lo:lo + step] for lo in range(0, len(texts), step)]
+    pool = _pool(path, workers - 1)
+    futures = [pool.submit(_predict_here, part, path, batch_size) for part in parts[1:]]
+    langs, scores = _predict_here(parts[0], path, batch_size)
+    for f in futures:
+        lg, sc = f.result()
+        langs.extend(lg)
+        scores.extend(sc)
     return langs, scores
