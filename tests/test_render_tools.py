@@ -13,7 +13,7 @@ import pytest
 
 from curate.contract.schema import conversation_id
 from curate.render.config import RenderConfig
-from curate.render.renderer import IGNORE, Renderer, message_dicts, render_examples, tools_column
+from curate.render.renderer import IGNORE, Renderer, calls_as_text, message_dicts, render_examples, tools_column
 from curate.render.templates import ChatTemplate, builtin_names, builtin_text
 from test_render_tokenizers import get_tokenizer
 
@@ -83,9 +83,22 @@ def test_tool_conversations_match_apply_chat_template(name):
         msgs = tool_conversation(i)
         ex = renderer.render_batch([stored(msgs)], [json.dumps(TOOLS)])[0]
         assert ex.reason is None, ex.error
-        ids, mask = hf(tok, tpl.text, msgs, TOOLS)
+        # a template that never reads tool_calls gets them as text in the content (calls_as_text)
+        given = msgs if "tool_calls" in tpl.text else calls_as_text(msgs)
+        ids, mask = hf(tok, tpl.text, given, TOOLS)
         assert ex.input_ids.tolist() == ids, name
         assert ex.mask.astype(int).tolist() == mask, name
+
+
+def test_a_template_without_tool_support_trains_the_call_as_text():
+    """chatml never reads tool_calls: a turn that only calls a tool must not train as an
+    empty answer; the call is written into the trained span as JSON."""
+    tok = get_tokenizer("bpe")
+    tpl = ChatTemplate("chatml", builtin_text("chatml"))
+    text, spans = Renderer(tpl, tok, max_length=10**9).render_text(stored(tool_conversation(2)))
+    trained = [text[s:e] for s, e in spans]
+    assert trained[0].startswith('{"name": "get_weather", "arguments": "{\\"city\\": \\"city 2\\"}"}')
+    assert calls_as_text([{"role": "user", "content": "x"}]) == [{"role": "user", "content": "x"}]
 
 
 def test_qwen_renders_tool_calls_and_tools_in_the_trained_span():

@@ -48,5 +48,9 @@ def portable(context: Any) -> Any:
 
 
 def worker_stage(cls: type, config: Any, context: Any) -> Stage:
-    """A fresh stage instance on a worker."""
+    """A fresh stage instance on a worker. A stage that would spread its own work over
+    processes (language ID's `workers`) gets one: Ray already gives each worker its core,
+    and more would oversubscribe them (the output does not depend on it)."""
+    if getattr(config, "workers", 0) is None:
+        config = replace(config, workers=1)
     return cls(config, context)

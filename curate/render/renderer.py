@@ -212,6 +212,28 @@ def message_dicts(messages: list[dict]) -> list[dict]:
     return out
 
 
+def calls_as_text(messages: list[dict]) -> list[dict]:
+    """For a template that never reads `tool_calls`: each message's calls written into its
+    content as JSON (`{"name", "arguments"}`, a list when there are several), after any text,
+    so an assistant turn that only calls a tool does not train as an empty answer. A
+    template that renders `tool_calls` itself gets the messages unchanged (and the output
+    stays token-for-token `apply_chat_template`'s); this fallback is the one place the
+    renderer writes what the template would not."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if not calls:
+            out.append(m)
+            continue
+        plain = [c.get("function", c) if isinstance(c, dict) else c for c in calls]
+        text = json.dumps(plain[0] if len(plain) == 1 else plain, ensure_ascii=False)
+        content = m.get("content") or ""
+        d = {k: v for k, v in m.items() if k != "tool_calls"}
+        d["content"] = f"{content}\n{text}" if content else text
+        out.append(d)
+    return out
+
+
 TOOLS_COL = "_tools"
 
 
@@ -269,6 +291,8 @@ class Renderer:
         self.train_on = train_on
         self.overflow = overflow
         self.kwargs = special_tokens_kwargs(tokenizer)
+        # a template that never mentions tool_calls would drop them: see calls_as_text
+        self.template_reads_calls = "tool_calls" in template.text
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.end_of_turn, self.end_of_turn_ids = self._probe()
         # byte-level BPE tokenizers get the exact column-wise word-cache path
@@ -296,6 +320,8 @@ class Renderer:
     def render_text(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
         """`messages` as stored (role, content, optional `extra`); `tools` a parsed list or None."""
         messages = message_dicts(messages)
+        if not self.template_reads_calls:
+            messages = calls_as_text(messages)
         if self.template.has_generation:
             return self.template.render(messages, tools=tools, **self.kwargs)
         return self._spans_by_prefix(messages, tools)
