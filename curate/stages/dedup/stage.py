@@ -381,7 +381,7 @@ class DedupStage(PlannedStage):
 
     def _answer_hash(self, table: pl.DataFrame) -> pl.Series:
         view = table.select(text_view("response").alias("t"))
-        return view.select(mh.normalized(pl.col("t"), self.config.normalize)).to_series().hash(seed=0)
+        return view.select(mh.normalized(pl.col("t"), self.config.normalize_steps())).to_series().hash(seed=0)
 
     def _rank_keepers(self, clusters: pl.DataFrame) -> pl.DataFrame:
         """The keep rule: within each `root` group, the first row by the keep keys, then
