@@ -52,7 +52,7 @@ def check_resume(out: Path, fingerprint: str, cfg=None, shard_hashes: dict | Non
         return f"the checkpoints in {ckpts} were made with another config or other shards"
     now = _config(cfg)
     old = rec.get("config") or {}
-    keys = sorted(k for k in set(now) | set(old) if json.dumps(now.get(k), default=str) != json.dumps(old.get(k), default=str))
+    keys = sorted(k for k in set(now) | set(old) if json.dumps(now.get(k), sort_keys=True, default=str) != json.dumps(old.get(k), sort_keys=True, default=str))
     parts = []
     if keys:
         parts.append("config changed: " + ", ".join(f"{k} {old.get(k)!r} -> {now.get(k)!r}" for k in keys[:6]))

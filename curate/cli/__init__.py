@@ -116,6 +116,12 @@ main.add_command(templates_cli, "templates")
 from curate.cli.classifier import classifier_cli  # noqa: E402
 
 main.add_command(classifier_cli)
+# [cli:eval] [cli:chat]
+from curate.cli.chat import chat_cmd  # noqa: E402  (click only; torch loads inside the command)
+from curate.cli.eval import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd)
+main.add_command(chat_cmd)
 # [cli:train]
 @main.command("train")
 @click.argument("target", type=click.Path(exists=True))
