@@ -332,3 +332,61 @@ def test_default_monitor_measures_on_self_samples(tiny, tok, tmp_path):
     assert s["forgetting_reference"] == "self_samples" and s["kl_to_base"] > 0
     assert s["ref_loss_after"] != pytest.approx(s["ref_loss_before"], abs=1e-7)
     assert list((run / "train" / "reference").glob("self_samples-*.npz"))
+
+
+# --------------------------------------------------------------------------- curate run resumes training
+
+
+def test_curate_run_resumes_an_interrupted_training(tiny, tmp_path, monkeypatch):
+    """`curate run` killed during training, run again: it resumes from the last checkpoint
+    and ends with the same adapter weights as an unbroken run; `curate eval --test` reads a
+    data file with the project's readers and renders it with the run's template."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    import train.loop
+    from curate.cli import main
+    from test_runner import make_inputs
+
+    pipeline = make_inputs(tmp_path, render=True)
+    pipeline.write_text(pipeline.read_text() + f"""
+[train]
+base_model = "{tiny}"
+r = 4
+lr = 3e-3
+epochs = 2
+batch_tokens = 128
+micro_batch_tokens = 128
+eval_every = 3
+save_every = 2
+warmup = 0.0
+forgetting = {{ samples = 2, max_tokens = 64, seq_len = 32 }}
+""")
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(pipeline), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    real, calls = train.loop.make_batch, []
+
+    def dying(*args, **kw):
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train.loop, "make_batch", dying)
+    res = runner.invoke(main, ["run", str(pipeline), "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and not (tmp_path / "b" / "train" / "adapter").exists()
+    monkeypatch.setattr(train.loop, "make_batch", real)
+    res = runner.invoke(main, ["run", str(pipeline), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "resumed from step-" in res.output
+    wa = load_file(str(tmp_path / "a" / "train" / "adapter" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "train" / "adapter" / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+
+    res = runner.invoke(main, ["eval", str(tmp_path / "b"), "--test", str(tmp_path / "alpaca.jsonl"), "--arms", "tuned",
+                               "--task", "qa", "--limit", "3", "--max-new-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "b" / "manifest.json").read_text())["eval"]
+    assert ev["source"].endswith("alpaca.jsonl") and ev["tasks"]["qa"]["tuned"]["n"] == 3
+    assert "malformed test record" in res.output  # the broken lines of alpaca.jsonl were skipped, not fatal

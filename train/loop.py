@@ -377,19 +377,32 @@ def _fmt(row: dict) -> str:
 
 
 class _progress:
-    """A tqdm bar with loss, tokens/s and ETA on the main process of an interactive run."""
+    """Progress per step: a tqdm bar (loss, tokens/s, ETA) on an interactive main process;
+    otherwise (a log file, `curate run`'s console) a line every ~5% of the steps with the
+    step, loss, tokens/s over the steps so far and the ETA."""
 
     def __init__(self, total: int, initial: int, main: bool, log) -> None:
-        self.bar, self.log = None, log
+        self.bar, self.log, self.main = None, log, main
+        self.total, self.done, self.start = total, initial, initial
+        self.every = max(1, total // 20)
+        self.t0, self.tokens = time.perf_counter(), 0
         if main and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, row: dict) -> None:
+        self.done += 1
+        self.tokens += int(row.get("tokens", 0))
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
             self.bar.update(1)
+        elif self.main and (self.done % self.every == 0 or self.done == self.total):
+            dt = time.perf_counter() - self.t0
+            n = self.done - self.start
+            eta = dt / n * (self.total - self.done) if n else 0.0
+            self.log(f"[train] {row.get('adapter', 'default')}: step {self.done}/{self.total} loss {row['loss']:.4f}, "
+                     f"{self.tokens / dt if dt > 0 else 0:,.0f} tokens/s, ETA {_duration(eta)}")
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
@@ -400,6 +413,11 @@ class _progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # --- the entry point --------------------------------------------------------------------

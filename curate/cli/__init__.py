@@ -71,8 +71,14 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet):
     _write_report(run_dir, quiet, tokenizer)  # before training too: a failed training still leaves a report
     if train_cfg is not None:
         from train import run_training
+        from train.data import DataError
+        from train.loop import TrainingError
 
-        summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None))
+        try:  # an interrupted training resumes from its last checkpoint when config and shards still match
+            summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None),
+                                   resume=False if fresh else "auto")
+        except (DataError, TrainingError) as exc:
+            raise click.ClickException(str(exc)) from None
         _record_training(run_dir, summary)
         click.echo(f"trained: {summary.get('adapter_dir', run_dir / 'train')}")
         _write_report(run_dir, quiet, tokenizer)

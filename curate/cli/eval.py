@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 
-def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int | None, log):
+def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int | None, log, task: str | None = None,
+                task_field: str | None = None):
     """Read and render a test file the way the run rendered its data."""
     from curate.contract.typed_config import ConfigError, load_dataclass
     from curate.read.readers import read_source
@@ -28,7 +29,7 @@ def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int |
     base_dir = Path(manifest["pipeline"]).parent if manifest.get("pipeline") else Path(run_dir)
     try:
         rcfg = load_dataclass(RenderConfig, dict(table), "render")
-        src = SourceConfig(name="test", path=str(Path(test).resolve()), format=fmt)
+        src = SourceConfig(name="test", path=str(Path(test).resolve()), format=fmt, task=task, task_field=task_field)
         src.validate()
     except ConfigError as exc:
         raise click.ClickException(exc.message()) from None
@@ -52,6 +53,8 @@ def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int |
 @click.option("--test", "test", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Held-out prompts with reference answers (any supported format); default: the run's val split.")
 @click.option("--format", "fmt", default="auto", show_default=True, help="Record format of --test.")
+@click.option("--task", default=None, help="Task name of every --test record (as a source's `task`).")
+@click.option("--task-field", default=None, help="Field of a --test record that holds its task (as a source's `task_field`).")
 @click.option("-k", "--shots", "k", default=3, show_default=True, help="Curated train examples before the prompt (few_shot arm).")
 @click.option("--arms", default="base,few_shot,tuned", show_default=True, help="Which of base, few_shot, tuned to run.")
 @click.option("--limit", type=int, default=None, help="At most this many items per task.")
@@ -61,7 +64,7 @@ def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int |
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--no-write", is_flag=True, help="Print only; leave the manifest and report as they are.")
-def eval_cmd(run_dir, test, fmt, k, arms, limit, max_new_tokens, batch_size, base_model, device, threads, no_write):
+def eval_cmd(run_dir, test, fmt, task, task_field, k, arms, limit, max_new_tokens, batch_size, base_model, device, threads, no_write):
     """Exact match and answer loss per task: base vs few-shot base vs tuned model of RUN_DIR."""
     from curate.contract.atomic import write_json
     from train.data import DataError, load_split, read_manifest
@@ -80,7 +83,7 @@ def eval_cmd(run_dir, test, fmt, k, arms, limit, max_new_tokens, batch_size, bas
         vocab = trained.model.get_input_embeddings().num_embeddings
         train = load_split(run, "train", manifest, vocab)
         if test:
-            items = _test_items(run, manifest, test, fmt, limit, click.echo)
+            items = _test_items(run, manifest, test, fmt, limit, click.echo, task, task_field)
             source = str(Path(test).resolve())
         else:
             if not (manifest.get("shards") or {}).get("val"):
