@@ -109,7 +109,12 @@ def shots_from_split(split: Split, k: int, exclude: set[str] = frozenset()) -> d
     return out
 
 
-def with_shots(prompt: list[int], shots: list[list[int]], bos_id: int | None) -> list[int]:
+def with_shots(prompt: list[int], shots: list[list[int]], bos_id: int | None, max_len: int | None = None) -> list[int]:
+    """The shots, then the prompt, BOS only at the start. With `max_len`, the earliest shots
+    are left out until the whole fits (the prompt itself is never cut)."""
+    shots = list(shots)
+    while shots and max_len is not None and sum(len(s) for s in shots) + len(prompt) > max_len:
+        shots.pop(0)
     seqs = [*shots, prompt]
     out = list(seqs[0])
     for s in seqs[1:]:
@@ -149,7 +154,9 @@ def run_arm(model, items: list[EvalItem], tokenizer, stop_ids: list[int], prefix
     """Per item: the greedy answer, exact match and answer NLL for one arm."""
     bos = tokenizer.bos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
-    prompts = [with_shots(it.prompt, prefix.get(it.task, []), bos) if prefix else it.prompt for it in items]
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = limit - max_new_tokens if isinstance(limit, int) else None
+    prompts = [with_shots(it.prompt, prefix.get(it.task, []), bos, limit) if prefix else it.prompt for it in items]
     gens = greedy(model, prompts, stop_ids, pad, max_new_tokens, batch_size)
     nll = answer_nll(model, [(p, it.answer) for p, it in zip(prompts, items)], pad, batch_size)
     stops = set(stop_ids)
