@@ -390,3 +390,16 @@ forgetting = {{ samples = 2, max_tokens = 64, seq_len = 32 }}
     ev = json.loads((tmp_path / "b" / "manifest.json").read_text())["eval"]
     assert ev["source"].endswith("alpaca.jsonl") and ev["tasks"]["qa"]["tuned"]["n"] == 3
     assert "malformed test record" in res.output  # the broken lines of alpaca.jsonl were skipped, not fatal
+
+
+def test_fp16_refused_and_threads_key(tiny):
+    from curate.contract.typed_config import ConfigError
+    from train.config import parse_train_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_train_config({"base_model": str(tiny), "dtype": "float16"}, Path("/"))
+    assert err.value.key == "train.dtype" and "loss scaling" in str(err.value.message())
+    assert parse_train_config({"base_model": str(tiny), "threads": 1}, Path("/")).threads == 1
+    with pytest.raises(ConfigError) as err:
+        parse_train_config({"base_model": str(tiny), "threads": 0}, Path("/"))
+    assert err.value.key == "train.threads"

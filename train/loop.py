@@ -151,7 +151,7 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+                self.tb = SummaryWriter(str(inside(path.parent, path.parent / "tensorboard")))
             except ImportError:
                 pass
 
@@ -563,7 +563,7 @@ def _reference(cfg: TrainConfig, val, tok, model, device, out: Path, log, base_k
         from train.forgetting import self_sample_split
 
         ref = self_sample_split(model, tok, base_key, f.samples, f.max_tokens, f.seq_len, f.temperature, f.seed,
-                                device, out / "reference")
+                                device, inside(out, out / "reference"))
         if ref is not None:
             log(f"[train] forgetting reference: {len(ref.ex_len)} samples the base model wrote ({len(ref.tokens)} tokens)")
         return ref

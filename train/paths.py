@@ -18,11 +18,13 @@ import hashlib
 import re
 from pathlib import Path
 
+from train.data import DataError
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _RESERVED = {"", ".", "..", "tmp", "checkpoints"}
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(DataError):
     """A path the trainer would write lies outside the run directory."""
 
 
