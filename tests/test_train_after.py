@@ -403,3 +403,25 @@ def test_fp16_refused_and_threads_key(tiny):
     with pytest.raises(ConfigError) as err:
         parse_train_config({"base_model": str(tiny), "threads": 0}, Path("/"))
     assert err.value.key == "train.threads"
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_per_task_early_stopping(tiny, tok, tmp_path, monkeypatch, per_task):
+    """Scripted val losses: the overall loss only worsens after step 0 while `copy` keeps
+    improving. Plain early stopping stops after `patience` evaluations; per_task goes on."""
+    import train.loop
+    from train import run_training
+
+    script = iter([(5.0, 5.0)] + [(4.9 - 0.1 * i, 6.0 + 0.5 * i) for i in range(100)])
+
+    def fake_evaluate(model, batches, n_tasks, dist):
+        copy, rev = next(script)
+        return torch.tensor([[copy * 10, 10.0], [rev * 10, 10.0]], dtype=torch.float64)
+
+    monkeypatch.setattr(train.loop, "evaluate", fake_evaluate)
+    run = write_run(tmp_path / "r", tok, examples(48, 0), examples(8, 1))
+    s = run_training(run, cfg_for(tiny, max_steps=8, eval_every=1, batch_tokens=64,
+                                  early_stopping={"patience": 2, "per_task": per_task}), log=quiet)
+    assert s["best_step"] == 0
+    assert s["total_steps"] > 4
+    assert (s["stopped_early"], s["steps"]) == ((False, s["total_steps"]) if per_task else (True, 2))

@@ -20,6 +20,10 @@ ADAPTER_METHODS = ("lora", "dora", "ia3", "loha", "lokr")
 class EarlyStopping:
     patience: int = 3  # evaluations without improvement before stopping; 0 = off
     min_delta: float = 0.0  # an improvement must lower val loss by more than this
+    # per_task: an evaluation where any task's own val loss improved (by min_delta) does not
+    # count against patience, so a minority task still learning is not cut off by the
+    # majority's plateau; the exported weights are still those of the best overall val loss
+    per_task: bool = False
 
     def validate(self) -> None:
         if self.patience < 0:

@@ -228,12 +228,19 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         """Early-stopping bookkeeping; saves the best weights; True when patience ran out."""
         if "val_loss" not in row:
             return False
-        if state["best"] is None or row["val_loss"] < state["best"] - cfg.early_stopping.min_delta:
+        delta = cfg.early_stopping.min_delta
+        task_improved = False
+        if cfg.early_stopping.per_task:  # patience counts evaluations in which no task improved
+            best_by = state.setdefault("best_by_task", {})
+            for t, v in (row.get("val_loss_by_task") or {}).items():
+                if t not in best_by or v < best_by[t] - delta:
+                    best_by[t], task_improved = v, True
+        if state["best"] is None or row["val_loss"] < state["best"] - delta:
             state.update(best=row["val_loss"], best_step=row["step"], bad_evals=0)
             if dist.main:
                 ckpt.save_weights(root / "best.safetensors", params)
             return False
-        state["bad_evals"] += 1
+        state["bad_evals"] = 0 if task_improved else state["bad_evals"] + 1
         return 0 < cfg.early_stopping.patience <= state["bad_evals"]
 
     def save_checkpoint() -> None:
