@@ -43,14 +43,19 @@ def _builtin_template(name: str) -> str | None:
 def chat_template(manifest: dict, tokenizer, run_dir: Path | None = None) -> str | None:
     """The template text the shards were rendered with, taken from the run, never from the
     working directory. In order: the manifest's own copy (`template_text`), the file it
-    names (`template_path`, or `template` when that is a path) resolved against the
-    directory of the run's pipeline file, a built-in template of that name, the tokenizer's
+    names (`template_path`, or `template` when that is a path) resolved against the run's
+    `config_dir` (else the directory of its pipeline file), a built-in template of that name, the tokenizer's
     own (for `template = "tokenizer"`). When the manifest records `template_sha256` only a
     text with that hash is returned; if none has it, TemplateMismatch is raised before any
     training (shipping another template than the one trained on is the bug this prevents)."""
     render = manifest.get("render", {}) or {}
     want = render.get("template_sha256")
-    config_dir = Path(manifest["pipeline"]).parent if isinstance(manifest.get("pipeline"), str) else None
+    if isinstance(manifest.get("config_dir"), str):
+        config_dir = Path(manifest["config_dir"])
+    elif isinstance(manifest.get("pipeline"), str):
+        config_dir = Path(manifest["pipeline"]).parent
+    else:
+        config_dir = None
     candidates: list[tuple[str, str]] = []
     for key in ("template_text", "chat_template"):
         if isinstance(render.get(key), str):

@@ -26,7 +26,7 @@ def _test_items(run_dir: Path, manifest: dict, test: str, fmt: str, limit: int |
     table = (manifest.get("config") or {}).get("render")
     if not table:
         raise click.ClickException(f"the manifest of {run_dir} records no [render] config to render {test} with")
-    base_dir = Path(manifest["pipeline"]).parent if manifest.get("pipeline") else Path(run_dir)
+    base_dir = Path(manifest.get("config_dir") or (Path(manifest["pipeline"]).parent if manifest.get("pipeline") else run_dir))
     try:
         rcfg = load_dataclass(RenderConfig, dict(table), "render")
         src = SourceConfig(name="test", path=str(Path(test).resolve()), format=fmt, task=task, task_field=task_field)
