@@ -222,7 +222,8 @@ def model_card(manifest: dict, shard_hashes: dict, cfg: dict, base_ref: dict, su
              f"# {'Adapter' if cfg.get('method') != 'full' else 'Model'} trained by curate"
              + (f" (task {task!r})" if task else ""), "",
              f"Base model: `{base_ref.get('name', '')}`, {cfg.get('method')} (r {cfg.get('r')}, alpha {cfg.get('alpha')}), "
-             f"lr {cfg.get('lr')}, {cfg.get('epochs')} epoch(s), seed {cfg.get('seed')}.", "",
+             f"lr {cfg.get('lr') or ('1e-05' if cfg.get('method') == 'full' else '0.0002')}, {cfg.get('epochs')} epoch(s), "
+             f"seed {cfg.get('seed')}.", "",
              f"Chat template: `{render.get('template')}` (sha256 `{str(render.get('template_sha256'))[:16]}`), shipped in "
              f"the tokenizer; turns end with `{eot}`, which `generation_config.eos_token_id` lists.", "",
              "## Data", "",
