@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--arm", type=int, default=None, help="run only this arm (0-based index)")
     args = ap.parse_args()
     import torch
 
@@ -48,7 +49,9 @@ def main() -> None:
     table = dict((manifest.get("config") or {}).get("train") or {})
     base_dir = Path(manifest["pipeline"]).parent
     rows = []
-    for arm, over in ARMS.items():
+    for j, (arm, over) in enumerate(ARMS.items()):
+        if args.arm is not None and j != args.arm:
+            continue
         for seed in [int(s) for s in args.seeds.split(",")]:
             work = Path(tempfile.mkdtemp(prefix="betas-"))
             shutil.copytree(src / "shards", work / "shards")
@@ -71,9 +74,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['arm']:<46}{r['seed']:>5}{r['best_val_loss']:>10.4f}{r['answer_loss']:>10.4f}{r['exact_match']:>7.3f}"
               f"{r['kl_to_base']:>9.4f}{r['steps']:>6}")
-    mean = {a: sum(r["answer_loss"] for r in rows if r["arm"] == a) / max(1, sum(r["arm"] == a for r in rows)) for a in ARMS}
-    a, b = list(ARMS)
-    print(f"\nanswer loss ratio ({b}) / ({a}): {mean[b] / mean[a]:.3f}")
+    mean = {a: sum(r["answer_loss"] for r in rows if r["arm"] == a) / n for a in ARMS
+            if (n := sum(r["arm"] == a for r in rows))}
+    if len(mean) == 2:
+        a, b = list(ARMS)
+        print(f"\nanswer loss ratio ({b}) / ({a}): {mean[b] / mean[a]:.3f}")
 
 
 if __name__ == "__main__":
