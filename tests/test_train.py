@@ -121,7 +121,8 @@ def run_dir(tmp_path, tok) -> Path:
 
 def cfg_for(model: Path, **kw) -> TrainConfig:
     base = dict(base_model=str(model), batch_tokens=256, micro_batch_tokens=128, lr=3e-3, eval_every=4,
-                save_every=0, warmup=0.0, r=4, alpha=8.0)
+                save_every=0, warmup=0.0, r=4, alpha=8.0,
+                forgetting={"samples": 2, "max_tokens": 96, "seq_len": 48})  # a small self-sampled reference
     base.update(kw)
     return parse_train_config(base, Path("/"))
 

@@ -20,6 +20,10 @@ ADAPTER_METHODS = ("lora", "dora", "ia3", "loha", "lokr")
 class EarlyStopping:
     patience: int = 3  # evaluations without improvement before stopping; 0 = off
     min_delta: float = 0.0  # an improvement must lower val loss by more than this
+    # per_task: an evaluation where any task's own val loss improved (by min_delta) does not
+    # count against patience, so a minority task still learning is not cut off by the
+    # majority's plateau; the exported weights are still those of the best overall val loss
+    per_task: bool = False
 
     def validate(self) -> None:
         if self.patience < 0:
@@ -32,17 +36,27 @@ class EarlyStopping:
 class Forgetting:
     """The forgetting monitor: KL(base || adapted) and reference loss on a fixed text set.
 
-    `reference = "val_prompts"` uses the prompt tokens of the val split (what the model
-    saw as context, never trained on); a path names a UTF-8 text file of general text,
-    one document per blank-line-separated block."""
+    `reference = "self_samples"` (the default) is general text the base model itself
+    writes: `samples` continuations from BOS at `temperature`, seeded, generated once and
+    cached in RUN/train/reference/ - what the base knew, not the task's own text (val
+    prompts are in-domain, so their loss falls as training goes on and under-reports
+    drift). `"val_prompts"` uses the prompt tokens of the val split; a path names a UTF-8
+    text file of general text, one document per blank-line-separated block."""
 
-    reference: str = "val_prompts"
+    reference: str = "self_samples"  # "self_samples" | "val_prompts" | path to a UTF-8 text file
     max_tokens: int = 4096  # reference tokens evaluated (bounds the monitor's cost)
     seq_len: int = 256  # reference text is cut into windows of this many tokens
+    samples: int = 16  # self_samples: number of base-model samples drawn from BOS
+    temperature: float = 1.0  # self_samples: sampling temperature
+    seed: int = 1234  # self_samples: sampling seed (same seed, same reference)
 
     def validate(self) -> None:
         if self.max_tokens < 1 or self.seq_len < 2:
             raise ConfigError("max_tokens", "max_tokens must be >= 1 and seq_len >= 2")
+        if self.samples < 1:
+            raise ConfigError("samples", "must be >= 1")
+        if not self.temperature > 0:
+            raise ConfigError("temperature", "must be > 0")
 
 
 @dataclass
@@ -80,6 +94,7 @@ class TrainConfig:
     output_dir: str = "train"  # relative to the run directory
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"
+    threads: int | None = None  # CPU threads for torch (training, eval, chat); unset = torch's default (all cores)
 
     def validate(self) -> None:
         if not self.base_model:
@@ -119,6 +134,11 @@ class TrainConfig:
             raise ConfigError("adapters", "per_task needs an adapter method, not \"full\"")
         if self.method == "full" and self.merge:
             raise ConfigError("merge", "method = \"full\" already writes a full model")
+        if self.dtype == "float16":
+            raise ConfigError("dtype", "float16 training needs loss scaling, which the trainer does not do (gradients "
+                                       "underflow silently); use \"bfloat16\" on a GPU or \"float32\"")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads", f"must be >= 1, got {self.threads}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
@@ -143,10 +163,10 @@ def parse_train_config(data: dict, base_dir: Path) -> TrainConfig:
         cfg.base_model = str(cand.resolve())
     elif p.is_absolute() or cfg.base_model.startswith((".", "~")) or cfg.base_model.count("/") != 1:
         raise ConfigError("train.base_model", f"no model directory at {cand}")
-    if cfg.forgetting.reference != "val_prompts":
+    if cfg.forgetting.reference not in ("val_prompts", "self_samples"):
         ref = Path(cfg.forgetting.reference).expanduser()
         ref = ref if ref.is_absolute() else base_dir / ref
         if not ref.is_file():
-            raise ConfigError("train.forgetting.reference", f"no reference text file at {ref} (or use \"val_prompts\")")
+            raise ConfigError("train.forgetting.reference", f"no reference text file at {ref} (or use \"self_samples\" or \"val_prompts\")")
         cfg.forgetting.reference = str(ref.resolve())
     return cfg

@@ -166,9 +166,16 @@ def load_split(run_dir: Path, split: str, manifest: dict, vocab_size: int | None
     packed = "seq_lens" in names
     if n_rows:
         try:
-            checks = check_examples(table, expect_end_of_turn=False)
+            render = manifest.get("render") or {}
+            eot_ids = list((render.get("end_of_turn") or {}).get("ids") or [])
+            checks = check_examples(table, eot_ids, expect_end_of_turn=bool(eot_ids) and render.get("train_on") != "all")
         except ShardError as exc:
             raise DataError(f"mask check failed on the {split} split: {exc}") from exc
+        if checks["runs_without_end_of_turn"]:
+            eot = (render.get("end_of_turn") or {}).get("text")
+            raise DataError(f"mask check failed: {checks['runs_without_end_of_turn']} supervised span(s) of the {split} "
+                            f"split do not end with the end-of-turn {eot!r} (ids {eot_ids}): the model would never "
+                            f"learn to stop; re-render the shards with `curate run`")
         if checks["zero_supervised"]:
             raise DataError(f"mask check failed: {checks['zero_supervised']} {split} example(s) have no supervised "
                             f"token (labels all -100); re-render the shards")

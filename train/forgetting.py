@@ -56,6 +56,52 @@ def reference_split(reference: str, val: Split | None, tokenizer, max_tokens: in
                  ["reference"], np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64), False)
 
 
+def _as_split(chunks: list[np.ndarray]) -> Split | None:
+    chunks = [c for c in chunks if len(c) >= 2]
+    if not chunks:
+        return None
+    tokens = np.concatenate(chunks).astype(np.int32)
+    lens = np.asarray([len(c) for c in chunks], np.int64)
+    start = np.cumsum(lens) - lens
+    n = len(chunks)
+    return Split(tokens, tokens.copy(), start, lens, np.zeros(n, np.int32), [f"ref{i}" for i in range(n)],
+                 ["reference"], np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64), False)
+
+
+def self_sample_split(model, tokenizer, base_key: str, samples: int, max_tokens: int, seq_len: int,
+                      temperature: float, seed: int, device, cache_dir: Path) -> Split | None:
+    """The default reference: `samples` texts the base model writes from BOS (each at most
+    `seq_len` tokens, all together at most about `max_tokens`), at `temperature`, seeded.
+    Generated once and cached in `cache_dir` (an .npz of token ids, keyed by the base
+    model's files and the sampling settings), so a resume or a rerun measures forgetting on
+    the very same text. Trade-off: the base's own samples are what it knew in the sense
+    of what it would say; they are not a curated general corpus (pass a text file for that)."""
+    import hashlib
+
+    from train.generate import sample_from_bos
+
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        return None
+    length = max(2, min(seq_len, -(-max_tokens // samples)))
+    key = hashlib.sha256(f"{base_key}|{samples}|{length}|{temperature}|{seed}|{bos}".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"self_samples-{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            tokens, lens = z["tokens"], z["lens"]
+        chunks = np.split(tokens, np.cumsum(lens)[:-1]) if len(lens) else []
+    else:
+        chunks = sample_from_bos(model, int(bos), samples, length, temperature, seed, stop_id=tokenizer.eos_token_id)
+        from curate.contract.atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, tokens=np.concatenate(chunks).astype(np.int32) if chunks else np.zeros(0, np.int32),
+                         lens=np.asarray([len(c) for c in chunks], np.int64))
+    return _as_split(list(chunks))
+
+
 def _logits(model, batch) -> torch.Tensor:
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=batch.keep)
     return out.logits.float().reshape(-1, out.logits.shape[-1])

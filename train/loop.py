@@ -32,8 +32,11 @@ from train import checkpoint as ckpt
 from train.config import TrainConfig
 from train.data import IGNORE, DataError, Split, eval_batches, load_split, make_batch, plan_epoch, read_manifest, \
     shard_hashes, tokenizer_fingerprint
-from train.export import chat_template, save_adapter, save_merged, write_provenance
+from train.export import ExportInfo, base_reference, chat_template, model_card, save_adapter, save_merged, \
+    write_provenance
 from train.forgetting import ForgettingMonitor, reference_split
+from train.paths import inside, safe_name, safe_names
+from train.provenance import check_resume, run_fingerprint, start_fresh
 from train.model import is_adapter, load_base, pick_device, pick_dtype, trainable, wrap
 
 
@@ -148,7 +151,7 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+                self.tb = SummaryWriter(str(inside(path.parent, path.parent / "tensorboard")))
             except ImportError:
                 pass
 
@@ -197,7 +200,7 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         if ref is not None else None
     base_params = {k: p.detach().clone() for k, p in params.items()} if cfg.l2_to_base > 0 else None
 
-    root = out / "checkpoints" / name
+    root = inside(out, out / "checkpoints" / safe_name(name))
     state = {"step": 0, "epoch": 0, "pos": 0, "best": None, "best_step": None, "bad_evals": 0, "tokens": 0,
              "stopped_early": False, "first_eval": None}
     last = ckpt.latest(root) if resume else None
@@ -225,12 +228,19 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         """Early-stopping bookkeeping; saves the best weights; True when patience ran out."""
         if "val_loss" not in row:
             return False
-        if state["best"] is None or row["val_loss"] < state["best"] - cfg.early_stopping.min_delta:
+        delta = cfg.early_stopping.min_delta
+        task_improved = False
+        if cfg.early_stopping.per_task:  # patience counts evaluations in which no task improved
+            best_by = state.setdefault("best_by_task", {})
+            for t, v in (row.get("val_loss_by_task") or {}).items():
+                if t not in best_by or v < best_by[t] - delta:
+                    best_by[t], task_improved = v, True
+        if state["best"] is None or row["val_loss"] < state["best"] - delta:
             state.update(best=row["val_loss"], best_step=row["step"], bad_evals=0)
             if dist.main:
                 ckpt.save_weights(root / "best.safetensors", params)
             return False
-        state["bad_evals"] += 1
+        state["bad_evals"] = 0 if task_improved else state["bad_evals"] + 1
         return 0 < cfg.early_stopping.patience <= state["bad_evals"]
 
     def save_checkpoint() -> None:
@@ -374,19 +384,32 @@ def _fmt(row: dict) -> str:
 
 
 class _progress:
-    """A tqdm bar with loss, tokens/s and ETA on the main process of an interactive run."""
+    """Progress per step: a tqdm bar (loss, tokens/s, ETA) on an interactive main process;
+    otherwise (a log file, `curate run`'s console) a line every ~5% of the steps with the
+    step, loss, tokens/s over the steps so far and the ETA."""
 
     def __init__(self, total: int, initial: int, main: bool, log) -> None:
-        self.bar, self.log = None, log
+        self.bar, self.log, self.main = None, log, main
+        self.total, self.done, self.start = total, initial, initial
+        self.every = max(1, total // 20)
+        self.t0, self.tokens = time.perf_counter(), 0
         if main and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, row: dict) -> None:
+        self.done += 1
+        self.tokens += int(row.get("tokens", 0))
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
             self.bar.update(1)
+        elif self.main and (self.done % self.every == 0 or self.done == self.total):
+            dt = time.perf_counter() - self.t0
+            n = self.done - self.start
+            eta = dt / n * (self.total - self.done) if n else 0.0
+            self.log(f"[train] {row.get('adapter', 'default')}: step {self.done}/{self.total} loss {row['loss']:.4f}, "
+                     f"{self.tokens / dt if dt > 0 else 0:,.0f} tokens/s, ETA {_duration(eta)}")
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
@@ -397,6 +420,11 @@ class _progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # --- the entry point --------------------------------------------------------------------
@@ -414,23 +442,29 @@ def check_tokenizer(manifest: dict, tok, base_model: str) -> None:
         raise DataError(f"tokenizer mismatch: shards have vocab_size {info['vocab_size']}, the model's tokenizer {len(tok)}")
 
 
-def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = False, merge: bool | None = None,
+def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool | str = False, merge: bool | None = None,
                  stop_after: int | None = None) -> dict:
     """Train on RUN/shards, write RUN/<cfg.output_dir>/, return a summary for the manifest.
 
-    `resume` continues from the last checkpoint (same losses as an uninterrupted run);
-    `merge` overrides cfg.merge; `stop_after` stops as if interrupted after that many steps
-    of the current adapter, leaving a checkpoint (for time-boxed jobs and tests)."""
+    `resume=True` continues from the last checkpoint (same losses as an uninterrupted run)
+    and refuses checkpoints made with another config or other shards; `resume="auto"` (what
+    `curate run` passes) resumes when the checkpoints match and starts over, saying why,
+    when they do not. `merge` overrides cfg.merge; `stop_after` stops as if interrupted
+    after that many steps of the current adapter, leaving a checkpoint (for time-boxed jobs
+    and tests). Every file written lies under `run_dir` (checked after resolving symlinks)."""
     run_dir = Path(run_dir)
     dist = Dist()
     if not dist.main:  # one voice under torchrun
         log = lambda *_a, **_k: None  # noqa: E731
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
         device = pick_device(cfg, dist.local_rank)
         dtype = pick_dtype(cfg, device)
         manifest = read_manifest(run_dir)
         hashes = shard_hashes(run_dir, manifest)
+        out = inside(run_dir, run_dir / cfg.output_dir)
         model, tok = load_base(cfg, device, dtype)
         check_tokenizer(manifest, tok, cfg.base_model)
         vocab = model.get_input_embeddings().num_embeddings
@@ -439,11 +473,24 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
             raise DataError("the train split is empty")
         val = load_split(run_dir, "val", manifest, vocab) if manifest.get("shards", {}).get("val") else None
         val = val if val is not None and val.n_rows else None
-        ref = reference_split(cfg.forgetting.reference, val, tok, cfg.forgetting.max_tokens, cfg.forgetting.seq_len)
-        template = chat_template(manifest, tok)
-        out = run_dir / cfg.output_dir
+        template = chat_template(manifest, tok, run_dir)
+        fingerprint = run_fingerprint(cfg, hashes)
+        if resume:
+            why = check_resume(out, fingerprint, cfg, hashes)
+            if why and resume != "auto":
+                raise TrainingError(f"--resume refused: {why}; run `curate train` without --resume to start over")
+            if why:
+                log(f"[train] not resuming: {why}; training from step 0")
+                resume = False
+            elif resume == "auto":
+                resume = (out / "checkpoints").is_dir()
+        if dist.main:
+            start_fresh(out, fingerprint, cfg, hashes, clear=not resume)
+        dist.barrier()
+        base_ref = base_reference(cfg.base_model)
+        ref = _reference(cfg, val, tok, model, device, out, log, json.dumps(base_ref, sort_keys=True))
         out.mkdir(parents=True, exist_ok=True)
-        metrics = Metrics(out / "metrics.jsonl", resume, dist.main)
+        metrics = Metrics(inside(run_dir, out / "metrics.jsonl"), resume, dist.main)
         if not resume:
             metrics.rows = []
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -451,6 +498,7 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
         log(f"[train] {cfg.method} on {cfg.base_model} ({device}, {str(dtype).removeprefix('torch.')}); "
             f"{train.n_rows} train rows, {0 if val is None else val.n_rows} val rows; world size {dist.world}")
 
+        names = safe_names(train.tasks) if cfg.adapters == "per_task" else {"default": "default"}
         if cfg.adapters == "per_task":
             width = int(max(train.row_lengths().max(), val.row_lengths().max() if val else 0))
             units = [(t, train.select_examples(train.ex_task == train.tasks.index(t), width),
@@ -458,15 +506,23 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
                      for t in train.tasks]
         else:
             units = [("default", train, val)]
+        eot = (manifest.get("render") or {}).get("end_of_turn") or {}
+        cfg_dict = cfg.to_dict()
+
+        def info(task: str | None, res: dict) -> ExportInfo:
+            return ExportInfo(eot.get("text"), list(eot.get("ids") or []), base_ref,
+                              model_card(manifest, hashes, cfg_dict, base_ref, res, task))
 
         summaries, paths = {}, {}
-        for name, tr, va in units:
+        for task, tr, va in units:
+            name = names[task]  # the peft adapter name and folder name: safe, never a path from data
             torch.manual_seed(cfg.seed)
-            done_marker = out / "checkpoints" / name / "done.json"
-            target = out / ("model" if cfg.method == "full" else "adapter" if cfg.adapters == "single" else f"adapters/{name}")
+            done_marker = inside(run_dir, out / "checkpoints" / name / "done.json")
+            target = inside(run_dir, out / ("model" if cfg.method == "full" else "adapter" if cfg.adapters == "single"
+                                            else f"adapters/{name}"))
             if resume and done_marker.is_file() and target.is_dir():
-                summaries[name] = json.loads(done_marker.read_text())
-                paths[name] = target
+                summaries[task] = json.loads(done_marker.read_text())
+                paths[task] = target
                 model = _reload_unit(model, cfg, name, target)
                 continue
             model = wrap(model, cfg, name)
@@ -475,32 +531,50 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
                 metrics.flush()
                 return {"interrupted": True, "step": res["step"], "adapter": name, "output_dir": str(out)}
             if dist.main:
-                save_adapter(model, tok, template, target, None if cfg.adapters == "single" or cfg.method == "full" else name)
+                save_adapter(model, tok, template, target, None if cfg.adapters == "single" or cfg.method == "full" else name,
+                             info=info(task if cfg.adapters == "per_task" else None, res))
                 from curate.contract.atomic import write_json
 
-                write_json(done_marker, res)
-            summaries[name], paths[name] = res, target
+                write_json(done_marker, {**res, "fingerprint": fingerprint})
+            summaries[task], paths[task] = res, target
             metrics.flush()
         dist.barrier()
 
         merged_path = None
         if merge and dist.main and cfg.adapters == "single" and cfg.method != "full":
-            merged_path = save_merged(model, tok, template, out / "merged")
+            merged_path = save_merged(model, tok, template, inside(run_dir, out / "merged"), info=info(None, summaries["default"]))
         summary = {
             "method": cfg.method, "base_model": cfg.base_model, "device": str(device), "dtype": str(dtype),
             "world_size": dist.world, "metrics": str(out / "metrics.jsonl"), "merged": str(merged_path) if merged_path else None,
+            "fingerprint": fingerprint, "forgetting_reference": cfg.forgetting.reference,
         }
         if cfg.adapters == "single":
             summary.update(summaries["default"])
             summary["adapter_dir"] = str(paths["default"])
         else:
-            summary["adapters"] = {t: {**s, "path": str(paths[t])} for t, s in summaries.items()}
+            summary["adapters"] = {t: {**s, "path": str(paths[t]), "adapter_name": names[t]} for t, s in summaries.items()}
+            summary["adapter_names"] = names
             summary["adapter_dir"] = str(out / "adapters")
         if dist.main:
-            summary["provenance"] = str(write_provenance(out, run_dir, hashes, cfg.to_dict(), {"summary": summary}))
+            summary["provenance"] = str(write_provenance(out, run_dir, hashes, cfg_dict,
+                                                         {"summary": summary, "base_model_ref": base_ref}))
         return summary
     finally:
         dist.close()
+
+
+def _reference(cfg: TrainConfig, val, tok, model, device, out: Path, log, base_key: str):
+    """The forgetting monitor's reference set (see train/forgetting.py)."""
+    f = cfg.forgetting
+    if f.reference == "self_samples":
+        from train.forgetting import self_sample_split
+
+        ref = self_sample_split(model, tok, base_key, f.samples, f.max_tokens, f.seq_len, f.temperature, f.seed,
+                                device, inside(out, out / "reference"))
+        if ref is not None:
+            log(f"[train] forgetting reference: {len(ref.ex_len)} samples the base model wrote ({len(ref.tokens)} tokens)")
+        return ref
+    return reference_split(f.reference, val, tok, f.max_tokens, f.seq_len)
 
 
 def _reload_unit(model, cfg: TrainConfig, name: str, path: Path):

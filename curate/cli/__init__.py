@@ -138,8 +138,14 @@ def run(pipeline, out_dir, fresh, no_train, executor, address, quiet, limit):
     _write_report(run_dir, quiet, tokenizer)  # before training too: a failed training still leaves a report
     if train_cfg is not None:
         from train import run_training
+        from train.data import DataError
+        from train.loop import TrainingError
 
-        summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None))
+        try:  # an interrupted training resumes from its last checkpoint when config and shards still match
+            summary = run_training(run_dir, train_cfg, log=progress.log if not quiet else (lambda s: None),
+                                   resume=False if fresh else "auto")
+        except (DataError, TrainingError) as exc:
+            raise click.ClickException(str(exc)) from None
         _record_training(run_dir, summary)
         click.echo(f"trained: {summary.get('adapter_dir', run_dir / 'train')}")
         _write_report(run_dir, quiet, tokenizer)
@@ -187,6 +193,12 @@ main.add_command(init_cmd)
 from curate.cli.classifier import classifier_cli  # noqa: E402
 
 main.add_command(classifier_cli)
+# [cli:eval] [cli:chat]
+from curate.cli.chat import chat_cmd  # noqa: E402  (click only; torch loads inside the command)
+from curate.cli.eval import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd)
+main.add_command(chat_cmd)
 # [cli:train]
 @main.command("train")
 @click.argument("target", type=click.Path(exists=True))

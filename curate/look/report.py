@@ -660,7 +660,35 @@ def section_training(run: RunData) -> Section:
                   _e(charts.fmt_num(d["best_val_loss"]) if d["best_val_loss"] is not None else "—"),
                   _e(charts.fmt_num(d["last_val_loss"]) if d["last_val_loss"] is not None else "—")] for a, d in data.items()]
     html = _grid(figs) + _table(["adapter", "steps", "val loss at start", "best val loss", "last val loss"], rows_html)
-    return Section("training", "Training curves", html, charts=len(figs), data=data)
+    extra, extra_data = _training_outcome(run)
+    data.update(extra_data)
+    return Section("training", "Training curves", html + extra, charts=len(figs), data=data)
+
+
+def _training_outcome(run: RunData) -> tuple[str, dict]:
+    """Forgetting before/after on the monitor's reference, and `curate eval`'s table (manifest `eval`)."""
+    def num(v):
+        return _e(charts.fmt_num(v)) if isinstance(v, (int, float)) else "—"
+
+    parts, data = [], {}
+    tr = run.manifest.get("train") or {}
+    units = tr.get("adapters") or ({"default": tr} if tr else {})
+    rows = [[_e(a), num(u.get("kl_to_base")), num(u.get("ref_loss_before")), num(u.get("ref_loss_after"))]
+            for a, u in units.items() if u.get("kl_to_base") is not None]
+    if rows:
+        parts.append(f"<h3>Forgetting <span class=\"dim\">— on {_e(tr.get('forgetting_reference', 'the reference'))} "
+                     f"text</span></h3>" + _table(["adapter", "KL to base", "reference loss before", "reference loss after"], rows))
+    ev = run.manifest.get("eval") or {}
+    if ev.get("tasks"):
+        arms = ev.get("arms") or []
+        head = ["task", "n"] + [f"{a} {m}" for a in arms for m in ("EM", "loss")]
+        trs = [[_e(t), (by.get(arms[0]) or {}).get("n", "")]
+               + [num((by.get(a) or {}).get(m)) for a in arms for m in ("exact_match", "answer_loss")]
+               for t, by in [*ev["tasks"].items(), ("(all)", ev.get("overall") or {})]]
+        parts.append(f"<h3>Eval <span class=\"dim\">— {_e(ev.get('source'))}, few-shot k = {_e(ev.get('k'))}, exact match "
+                     f"(normalised) and answer loss per token</span></h3>" + _table(head, trs))
+        data["eval"] = ev.get("overall")
+    return "".join(parts), data
 
 
 def section_stats(run: RunData) -> Section:

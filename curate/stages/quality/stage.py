@@ -61,6 +61,7 @@ class Config:
     max_batch_tokens: int = 8192
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    threads: int | None = None  # perplexity/ifd: CPU threads for torch; unset = torch's default (all cores)
     roles: dict[str, str] = field(default_factory=dict)  # role -> prefix, over DEFAULT_ROLES
     separator: str = "\n"
     embed: bool = False
@@ -327,7 +328,7 @@ class QualityStage(Stage):
             from curate.stages.common import lm
 
             if "m" not in loaded:
-                loaded["m"] = lm.load_causal_lm(model_dir, adapter, c.device, c.dtype, c.trust_remote_code)
+                loaded["m"] = lm.load_causal_lm(model_dir, adapter, c.device, c.dtype, c.trust_remote_code, c.threads)
             model, tok = loaded["m"]
             prompts = [by_id[i][0] for i in ids]
             answers = [by_id[i][1] for i in ids]
