@@ -75,11 +75,15 @@ class TrainConfig:
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch CPU threads for training; 0 = torch's default (all cores). On a busy machine 1 can beat 2
+    threads: int = 0
     gradient_checkpointing: bool = False
     merge: bool = False  # also write the adapter merged into the base model
     output_dir: str = "train"  # relative to the run directory
     trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"
+    # "segments": SDPA run per packed example, causal, no dense mask (train/attention.py; same
+    # result as "sdpa", faster on packed rows); or any transformers name: "sdpa", "eager", ...
+    attn_implementation: str = "segments"
 
     def validate(self) -> None:
         if not self.base_model:
@@ -102,6 +106,8 @@ class TrainConfig:
             raise ConfigError("batch_tokens", "batch_tokens and micro_batch_tokens must be positive")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError("grad_clip", "must be > 0 (omit it to turn clipping off)")
+        if self.threads < 0:
+            raise ConfigError("threads", f"must be >= 0 (0 = torch's default), got {self.threads}")
         if self.eval_every < 1:
             raise ConfigError("eval_every", "must be >= 1")
         if self.save_every < 0:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from train import checkpoint as ckpt
+from train.attention import uses_segments
 from train.config import TrainConfig
 from train.data import IGNORE, DataError, Split, eval_batches, load_split, make_batch, plan_epoch, read_manifest, \
     shard_hashes, tokenizer_fingerprint
@@ -112,7 +113,8 @@ def row_targets(split: Split) -> np.ndarray:
 
 def token_logits(model, b) -> torch.Tensor:
     """Logits at the batch's supervised positions only, [n, vocab] in fp32."""
-    out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep)
+    extra = {"curate_segments": b.segments} if b.segments and uses_segments(model) else {}
+    out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep, **extra)
     return out.logits.float().reshape(-1, out.logits.shape[-1])
 
 
@@ -427,6 +429,8 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool = F
         log = lambda *_a, **_k: None  # noqa: E731
     try:
         torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         device = pick_device(cfg, dist.local_rank)
         dtype = pick_dtype(cfg, device)
         manifest = read_manifest(run_dir)
