@@ -32,6 +32,8 @@ memory (VmHWM on CPU, max_memory_allocated on GPU) and the thread pool belong to
 alone; the parent prints the table and the ratios, with the load average before each run.
 Throughput is tokens (real, non-padding) per second of training steps: ours sums its step times
 (batch building included), TRL is timed from on_train_begin to on_train_end (no eval, no saving).
+Tokens per CPU-second (process time over the same span) is printed beside it: on a shared machine
+whose load changes from one run to the next it is the steadier of the two; both ratios are shown.
 """
 from __future__ import annotations
 
@@ -123,6 +125,7 @@ def run_ours(args, model_dir: Path) -> dict:
     step_time = sum(r["tokens"] / r["tokens_per_s"] for r in steps_rows)
     final = [r for r in rows if r["kind"] == "eval"][-1]
     return {"tokens": tokens, "steps": len(steps_rows), "train_s": step_time, "wall_s": wall,
+            "cpu_s": sum(r["cpu_s"] for r in steps_rows),
             "first_loss": steps_rows[0]["loss"], "last_loss": steps_rows[-1]["loss"], "val_loss": final["val_loss"],
             "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}",
             "adapter": summary.get("adapter_dir")}
@@ -162,10 +165,10 @@ def run_trl(args, model_dir: Path) -> dict:
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            clock["t0"] = time.perf_counter()
+            clock["t0"], clock["c0"] = time.perf_counter(), time.process_time()
 
         def on_train_end(self, *a, **k):
-            clock["t1"] = time.perf_counter()
+            clock["t1"], clock["c1"] = time.perf_counter(), time.process_time()
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "loss" in logs:
@@ -186,6 +189,7 @@ def run_trl(args, model_dir: Path) -> dict:
     wall = time.perf_counter() - t0
     val = held_out_loss(trainer.model, args, torch.device(args.device))
     return {"tokens": seen["tokens"], "steps": trainer.state.global_step, "train_s": clock["t1"] - clock["t0"],
+            "cpu_s": clock["c1"] - clock["c0"],
             "wall_s": wall, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "val_loss": val, "note": f"packing=True, packing_strategy=bfd (padding-free), per_device_train_batch_size "
                                      f"{per_device}, max_length {max_len}, accumulation {accum}, sdpa"}
@@ -243,7 +247,7 @@ def main() -> None:
           f"device {args.device}, threads {args.threads}, LoRA r{args.r}/alpha{2 * args.r}, lr {args.lr}, "
           f"token budget {args.tokens}")
     print(f"{'rows':>4} {'trainer':<8} {'rep':>3} {'load':>5} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} "
-          f"{'peak MB':>8} {'val loss':>8}")
+          f"{'tok/cpu-s':>9} {'peak MB':>8} {'val loss':>8}")
     for rep in range(args.repeat):
         for rows in arms:
             for who in who_all if rep % 2 == 0 else who_all[::-1]:
@@ -260,7 +264,8 @@ def main() -> None:
                 r["load"] = load
                 results.setdefault((rows, who), []).append(r)
                 print(f"{rows:>4} {who:<8} {rep:>3} {load:>5.1f} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} "
-                      f"{r['tokens'] / r['train_s']:>8.0f} {r['peak_mb']:>8.0f} {r['val_loss']:>8.4f}", flush=True)
+                      f"{r['tokens'] / r['train_s']:>8.0f} {r['tokens'] / r['cpu_s']:>9.0f} {r['peak_mb']:>8.0f} {r['val_loss']:>8.4f}",
+                      flush=True)
     for (rows, who), rs in results.items():
         if rs:
             print(f"{who} ({rows} row(s)/step): {rs[0].get('note')}")
@@ -270,6 +275,9 @@ def main() -> None:
     def rate(r: dict) -> float:
         return r["tokens"] / r["train_s"]
 
+    def cpu_rate(r: dict) -> float:
+        return r["tokens"] / r["cpu_s"]
+
     def median(xs: list[float]) -> float:
         xs = sorted(xs)
         return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
@@ -278,9 +286,11 @@ def main() -> None:
     for rows in arms:
         o, t = results[(rows, "ours")], results[(rows, "trl")]
         sp = [rate(a) / rate(b) for a, b in zip(o, t)]
+        cp = [cpu_rate(a) / cpu_rate(b) for a, b in zip(o, t)]
         mem = [a["peak_mb"] / b["peak_mb"] for a, b in zip(o, t)]
         loss = [a["val_loss"] / b["val_loss"] for a, b in zip(o, t)]
         print(f"  {rows} row(s)/step: tokens/s {' '.join(f'{x:.2f}x' for x in sp)} (median {median(sp):.2f}x); "
+              f"tokens per CPU-second {' '.join(f'{x:.2f}x' for x in cp)} (median {median(cp):.2f}x); "
               f"peak memory {' '.join(f'{x:.2f}x' for x in mem)}; held-out loss {' '.join(f'{x:.4f}' for x in loss)}")
     best_trl = max(arms, key=lambda a: median([rate(r) for r in results[(a, "trl")]]))
     best_ours = max(arms, key=lambda a: median([rate(r) for r in results[(a, "ours")]]))
