@@ -17,19 +17,26 @@ attention registry; its mask function is SDPA's own, so a caller that passes no 
 (generation, the forgetting monitor, another tool loading the model) gets plain masked SDPA,
 exactly as with `attn_implementation = "sdpa"`. The trainer passes `curate_segments` (a tuple
 of (row, start, length) per example, built with the batch in numpy: no host sync) through
-the model's forward kwargs, which transformers hands to every attention call.
+the model's forward kwargs, which transformers hands to every attention call, inside
+`passing_segments()`, which makes the mask function return None: transformers' dense [B, L, L]
+mask (about 5 ms per forward of one 512-token row here) is then not built at all.
 
 Trade-offs: one SDPA call per example per layer, so a micro-batch of hundreds of very short
 examples pays Python overhead per call (still linear, and cheap next to an L^2 mask); the
-dense mask is still built by transformers once per forward (O(B L^2) booleans, small next to
-attention itself). On a GPU with flash-attention installed, `attn_implementation =
-"flash_attention_2"` with cu_seqlens does the same thing in one kernel."""
+mask is skipped through a context variable, since transformers' mask functions never see the
+forward's kwargs, so a forward that passes segments must run inside `passing_segments()`
+(train.loop.token_logits does). On a GPU with flash-attention installed,
+`attn_implementation = "flash_attention_2"` with cu_seqlens does the same in one kernel."""
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import torch
 import torch.nn.functional as F
 
 NAME = "curate_segments"
+_PASSING = contextvars.ContextVar("curate_segments_passing", default=False)
 
 
 def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -61,15 +68,33 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return out.transpose(1, 2).contiguous(), None
 
 
+@contextlib.contextmanager
+def passing_segments():
+    """Around a forward that passes `curate_segments`: the dense mask is not built (nothing
+    would read it)."""
+    token = _PASSING.set(True)
+    try:
+        yield
+    finally:
+        _PASSING.reset(token)
+
+
+def segment_mask(*args, **kwargs):
+    """SDPA's mask, or None inside `passing_segments()`."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _PASSING.get() else sdpa_mask(*args, **kwargs)
+
+
 def register() -> str:
     """Make "curate_segments" a transformers attention implementation (idempotent); its
     name, for `attn_implementation`."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     AttentionInterface.register(NAME, segment_attention)
     if NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
-        AttentionMaskInterface.register(NAME, sdpa_mask)
+        AttentionMaskInterface.register(NAME, segment_mask)
     return NAME
 
 

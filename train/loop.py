@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from train import checkpoint as ckpt
-from train.attention import uses_segments
+from train.attention import passing_segments, uses_segments
 from train.config import TrainConfig
 from train.data import IGNORE, DataError, Split, eval_batches, load_split, make_batch, plan_epoch, read_manifest, \
     shard_hashes, tokenizer_fingerprint
@@ -116,8 +116,12 @@ def row_targets(split: Split) -> np.ndarray:
 
 def token_logits(model, b) -> torch.Tensor:
     """Logits at the batch's supervised positions only, [n, vocab] in fp32."""
-    extra = {"curate_segments": b.segments} if b.segments and uses_segments(model) else {}
-    out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep, **extra)
+    if b.segments and uses_segments(model):
+        with passing_segments():
+            out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep,
+                        curate_segments=b.segments)
+    else:
+        out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep)
     return out.logits.float().reshape(-1, out.logits.shape[-1])
 
 
