@@ -2,9 +2,8 @@
 
 A packed row holds several examples that must not attend to each other. transformers turns
 the restarting `position_ids` into a dense [L, L] block-diagonal mask and SDPA then runs the
-masked kernel over the whole row: every query against every key, and (on CPU) no skipping of
-the causal upper half. With stories260K (head_dim 8, rows of ~500 tokens) that was about
-two thirds of the whole training step.
+masked kernel over the whole row. With stories260K (head_dim 8, rows of ~500 tokens) that was
+about two thirds of the whole training step (docs/training-performance.md).
 
 `segment_attention` instead calls SDPA once per example, on that example's slice of the row,
 with `is_causal=True` and no mask: the cost is sum(l_i^2 / 2) instead of L^2, and the fast
@@ -19,7 +18,7 @@ exactly as with `attn_implementation = "sdpa"`. The trainer passes `curate_segme
 of (row, start, length) per example, built with the batch in numpy: no host sync) through
 the model's forward kwargs, which transformers hands to every attention call, inside
 `passing_segments()`, which makes the mask function return None: transformers' dense [B, L, L]
-mask (about 5 ms per forward of one 512-token row here) is then not built at all.
+mask (2-5 ms per forward of one 512-token row here) is then not built at all.
 
 Trade-offs: one SDPA call per example per layer, so a micro-batch of hundreds of very short
 examples pays Python overhead per call (still linear, and cheap next to an L^2 mask); the
