@@ -100,6 +100,31 @@ def test_overflow_drop_and_truncate_at_turn_boundaries(tok):
     assert set(tiny.dropped["_reason"]) == {"too_long"}
 
 
+def test_truncate_cuts_inside_a_first_turn_too_long_to_fit(tok):
+    """A single-turn example whose answer runs past max_length is cut at max_length inside the
+    answer (not dropped): a prefix of the full rendering, the answer's kept tokens supervised,
+    no end-of-turn token at the cut."""
+    conv = [{"role": "user", "content": "Tell me."}, {"role": "assistant", "content": "it is that " * 40}]
+    t = table([conv])
+    full = render_examples(t, cfg(max_length=10**6), Path("."), 0, tokenizer=tok).examples.row(0, named=True)
+    full_lab = np.asarray(full["labels"])
+    first_sup = int(np.flatnonzero(full_lab != IGNORE)[0])
+    limit = first_sup + 10
+    assert limit < len(full["input_ids"]) - 5
+    dropped = render_examples(t, cfg(max_length=limit), Path("."), 0, tokenizer=tok)
+    assert dropped.examples.height == 0
+    cut = render_examples(t, cfg(max_length=limit, overflow="truncate"), Path("."), 0, tokenizer=tok)
+    assert cut.examples.height == 1 and cut.stats["truncated"] == 1 and cut.dropped.height == 0
+    row = cut.examples.row(0, named=True)
+    assert row["input_ids"] == full["input_ids"][:limit]
+    assert row["labels"] == full["labels"][:limit]
+    assert (np.asarray(row["labels"]) != IGNORE).sum() == 10
+    assert row["input_ids"][-1] != tok.convert_tokens_to_ids("<|im_end|>")
+    for mode in ("last_assistant", "all"):
+        other = render_examples(t, cfg(max_length=limit, overflow="truncate", train_on=mode), Path("."), 0, tokenizer=tok)
+        assert other.examples.height == 1 and len(other.examples["input_ids"][0]) == limit
+
+
 def test_train_on_modes(tok):
     conv = exchange(0, turns=3)
     t = table([conv])

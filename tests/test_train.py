@@ -149,7 +149,8 @@ def test_config_defaults_and_refusals(tiny_model):
              ({"early_stopping": {"patience": -1}}, "train.early_stopping.patience"),
              ({"method": "full", "kl_to_base": 0.1}, "train.kl_to_base"),
              ({"l2_to_base": 0.1}, "train.l2_to_base"), ({"base_model": "/no/such/dir"}, "train.base_model"),
-             ({"forgetting": {"reference": "missing.txt"}}, "train.forgetting.reference")]
+             ({"forgetting": {"reference": "missing.txt"}}, "train.forgetting.reference"),
+             ({"threads": -1}, "train.threads")]
     for extra, key in cases:
         with pytest.raises(ConfigError) as err:
             parse_train_config({"base_model": str(tiny_model), **extra}, Path("/tmp"))
@@ -201,6 +202,88 @@ def test_packed_and_unpacked_give_same_loss(tiny_model, tok, tmp_path):
         totals.append((nll / n, n))
     assert totals[0][1] == totals[1][1] == sum(sum(t != -100 for t in e[3]) for e in tr)
     assert abs(totals[0][0] - totals[1][0]) < 1e-5
+
+
+def _lora(model_dir: Path, attn: str):
+    """The tiny model under `attn`, wrapped in a LoRA with non-zero B (so adapters matter)."""
+    from train.model import load_base, wrap
+
+    cfg = cfg_for(model_dir, attn_implementation=attn)
+    torch.manual_seed(0)
+    model, _ = load_base(cfg, torch.device("cpu"), torch.float32)
+    model = wrap(model, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(n)))
+    return model
+
+
+def test_segment_attention_equals_masked_sdpa(tiny_model, tok, tmp_path):
+    """train/attention.py: SDPA per packed example (causal, no mask, padding skipped) gives the
+    logits, loss and LoRA gradients of transformers' masked SDPA over the whole row; without
+    segments (generation, the forgetting monitor) it is plain masked SDPA."""
+    from train.attention import uses_segments
+    from train.loop import token_logits
+
+    run = write_run(tmp_path / "r", tok, examples(16, 7), examples(2, 8), packed=True, row_tokens=80)
+    split = load_split(run, "train", read_manifest(run))
+    rows = np.arange(min(4, split.n_rows))
+    b = make_batch(split, rows, pad_id=0)
+    assert max(np.diff(split.row_ptr)[rows]) > 1 and (b.position_ids[:, -1] == b.position_ids[:, -1].min()).any()
+    assert sum(n for _, _, n in b.segments) == b.n_tokens  # every example, no padding segment
+    out = {}
+    for attn in ("sdpa", "segments"):
+        model = _lora(tiny_model, attn)
+        assert uses_segments(model) == (attn == "segments")
+        logits = token_logits(model, b)
+        loss = torch.nn.functional.cross_entropy(logits, b.targets, reduction="sum") / len(b.targets)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():  # no segments passed: the mask path
+            plain = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits
+        out[attn] = (logits.detach(), loss.item(), grads, plain)
+    (l1, v1, g1, p1), (l2, v2, g2, p2) = out["sdpa"], out["segments"]
+    torch.testing.assert_close(l2, l1, atol=1e-5, rtol=1e-5)
+    assert abs(v1 - v2) < 1e-6 and g1.keys() == g2.keys() and len(g1) > 0
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p2, p1, atol=1e-6, rtol=1e-6)
+
+
+def test_loss_at_supervised_positions_equals_full_logits_loss(tiny_model, tok, tmp_path):
+    """token_logits keeps only the positions whose next token is supervised; the loss from
+    them equals the loss from the full [B, L, vocab] logits with shifted labels (-100 ignored)."""
+    from train.loop import token_logits
+
+    run = write_run(tmp_path / "r", tok, examples(12, 9), examples(2, 10), packed=True)
+    split = load_split(run, "train", read_manifest(run))
+    b = make_batch(split, np.arange(min(3, split.n_rows)), pad_id=0)
+    model = _lora(tiny_model, "segments").eval()
+    with torch.no_grad():
+        kept = torch.nn.functional.cross_entropy(token_logits(model, b), b.targets, reduction="sum")
+        full = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits.double()
+    # full-logits reference: label at t+1 unless padding, unsupervised, or the start of a new example
+    labels = torch.full_like(b.input_ids, -100)
+    labels[:, :-1] = torch.where(b.keep[:, :-1], b.input_ids[:, 1:], -100)
+    ref = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), labels[:, :-1].reshape(-1),
+                                            reduction="sum", ignore_index=-100)
+    assert int((labels != -100).sum()) == len(b.targets)
+    assert abs(kept.item() - ref.item()) / ref.item() < 1e-6
+
+
+def test_same_seed_same_weights(tiny_model, tok, tmp_path):
+    from safetensors.torch import load_file
+
+    from train.loop import run_training
+
+    weights = []
+    for i in range(2):
+        run = write_run(tmp_path / f"r{i}", tok, examples(24, 11), examples(4, 12))
+        run_training(run, cfg_for(tiny_model, max_steps=3, eval_every=3), log=quiet)
+        weights.append(load_file(run / "train" / "adapter" / "adapter_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_plan_epoch_steps_never_exceed_batch_tokens(tok, tmp_path):

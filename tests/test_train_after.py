@@ -400,8 +400,9 @@ def test_fp16_refused_and_threads_key(tiny):
         parse_train_config({"base_model": str(tiny), "dtype": "float16"}, Path("/"))
     assert err.value.key == "train.dtype" and "loss scaling" in str(err.value.message())
     assert parse_train_config({"base_model": str(tiny), "threads": 1}, Path("/")).threads == 1
+    assert parse_train_config({"base_model": str(tiny), "threads": 0}, Path("/")).threads == 0  # torch's default
     with pytest.raises(ConfigError) as err:
-        parse_train_config({"base_model": str(tiny), "threads": 0}, Path("/"))
+        parse_train_config({"base_model": str(tiny), "threads": -2}, Path("/"))
     assert err.value.key == "train.threads"
 
 

@@ -93,8 +93,12 @@ class TrainConfig:
     merge: bool = False  # also write the adapter merged into the base model
     output_dir: str = "train"  # relative to the run directory
     trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"
-    threads: int | None = None  # CPU threads for torch (training, eval, chat); unset = torch's default (all cores)
+    # "segments": SDPA run per packed example, causal, no dense mask (train/attention.py; same
+    # result as "sdpa", faster on packed rows); or any transformers name: "sdpa", "eager", ...
+    attn_implementation: str = "segments"
+    # CPU threads for torch (training, eval, chat); unset or 0 = torch's default (all cores). On a busy
+    # machine 1 thread can beat 2: measure (docs/training-performance.md)
+    threads: int | None = None
 
     def validate(self) -> None:
         if not self.base_model:
@@ -137,8 +141,8 @@ class TrainConfig:
         if self.dtype == "float16":
             raise ConfigError("dtype", "float16 training needs loss scaling, which the trainer does not do (gradients "
                                        "underflow silently); use \"bfloat16\" on a GPU or \"float32\"")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("threads", f"must be >= 1, got {self.threads}")
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError("threads", f"must be >= 0 (0 or unset: torch's default), got {self.threads}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 

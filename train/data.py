@@ -276,10 +276,11 @@ class Batch:
     target_task: torch.Tensor  # [n] task index of each target
     n_tokens: int  # real (non-padding) tokens
     ids: list[str]  # example ids, for error messages
+    segments: tuple = ()  # (row, start, length) of every example, for train/attention.py
 
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.position_ids.to(device), self.keep.to(device),
-                     self.targets.to(device), self.target_task.to(device), self.n_tokens, self.ids)
+                     self.targets.to(device), self.target_task.to(device), self.n_tokens, self.ids, self.segments)
 
 
 def make_batch(split: Split, rows: np.ndarray, pad_id: int = 0) -> Batch:
@@ -309,9 +310,12 @@ def make_batch(split: Split, rows: np.ndarray, pad_id: int = 0) -> Batch:
     targets = lab[:, 1:][keep[:, :-1]]
     ttask = task[:, 1:][keep[:, :-1]]
     ids = [split.ex_id[e] for e in np.concatenate(ex_lists)]
+    seg_row = np.repeat(np.arange(len(rows)), [len(e) + 1 for e in ex_lists])
+    real = (seg_ex >= 0) & (seg_len > 0)
+    segments = tuple(zip(seg_row[real].tolist(), (seg_first - seg_row * width)[real].tolist(), seg_len[real].tolist()))
     return Batch(torch.from_numpy(tok.astype(np.int64)), torch.from_numpy(pos.astype(np.int64)),
                  torch.from_numpy(keep), torch.from_numpy(targets.astype(np.int64)),
-                 torch.from_numpy(ttask.astype(np.int64)), int(row_len.sum()), ids)
+                 torch.from_numpy(ttask.astype(np.int64)), int(row_len.sum()), ids, segments)
 
 
 def eval_batches(split: Split, micro_batch_tokens: int, rank: int = 0, world: int = 1) -> list[Batch]:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from train import checkpoint as ckpt
+from train.attention import passing_segments, uses_segments
 from train.config import TrainConfig
 from train.data import IGNORE, DataError, Split, eval_batches, load_split, make_batch, plan_epoch, read_manifest, \
     shard_hashes, tokenizer_fingerprint
@@ -98,8 +99,11 @@ def lr_lambda(cfg: TrainConfig, total: int):
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.betas[0], weight_decay=cfg.weight_decay)
+    kind = {p.device.type for p in params}
+    # fused AdamW (one kernel over all parameters) where torch has it; foreach elsewhere
+    fused = {"fused": True} if kind <= {"cpu"} or kind <= {"cuda"} else {"foreach": True}
     return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                             foreach=True)
+                             **fused)
 
 
 def row_targets(split: Split) -> np.ndarray:
@@ -115,7 +119,12 @@ def row_targets(split: Split) -> np.ndarray:
 
 def token_logits(model, b) -> torch.Tensor:
     """Logits at the batch's supervised positions only, [n, vocab] in fp32."""
-    out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep)
+    if b.segments and uses_segments(model):
+        with passing_segments():
+            out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep,
+                        curate_segments=b.segments)
+    else:
+        out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False, logits_to_keep=b.keep)
     return out.logits.float().reshape(-1, out.logits.shape[-1])
 
 
@@ -263,12 +272,11 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
     while not done:
         steps = plan(state["epoch"])
         micro = steps[state["pos"]]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n_sup = int(sum(row_sup[mb].sum() for mb in micro))
         n_tok = int(sum(row_len[mb].sum() for mb in micro))
         denom = max(n_sup, 1)
-        stats = torch.zeros(3, dtype=torch.float64)  # nll, kl, non-finite flag
-        bad_ids: list[str] = []
+        nlls, kls, batch_ids = [], [], []
         for mb in micro[dist.rank :: dist.world]:
             b = make_batch(tr, mb, pad_id).to(device)
             logits = token_logits(model, b)
@@ -280,11 +288,13 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
                 logp = F.log_softmax(logits, -1)
                 kl = (logp.exp() * (logp - base)).sum()
                 loss = loss + cfg.kl_to_base * kl
-                stats[1] += kl.item()
+                kls.append(kl.detach())
             (loss / denom).backward()
-            stats[0] += nll.item()
-            if not math.isfinite(nll.item()) and not bad_ids:
-                bad_ids, stats[2] = b.ids, 1.0
+            nlls.append(nll.detach())
+            batch_ids.append(b.ids)
+        stats, bad_ids = _step_stats(nlls, kls), []  # one host sync per step, not per micro-batch
+        if stats[2] > 0:
+            bad_ids = batch_ids[int(np.flatnonzero(~np.isfinite(torch.stack(nlls).double().cpu().numpy()))[0])]
         if dist.world > 1:
             _allreduce_grads(plist, dist)
             dist.sum(stats)
@@ -308,7 +318,7 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         dt = time.perf_counter() - t0
         row = {"adapter": name, "step": state["step"], "epoch": state["epoch"], "kind": "train",
                "loss": float(stats[0]) / denom, "lr": lr, "tokens": n_tok, "supervised_tokens": n_sup,
-               "tokens_per_s": n_tok / dt if dt > 0 else 0.0}
+               "tokens_per_s": n_tok / dt if dt > 0 else 0.0, "cpu_s": time.process_time() - c0}
         if gnorm is not None:
             row["grad_norm"] = float(gnorm)
         if cfg.kl_to_base > 0:
@@ -359,6 +369,16 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         "ref_loss_after": final_eval.get("ref_loss"), "tokens": state["tokens"],
         "tokens_per_s": (state["tokens"] - tok_start) / wall if wall > 0 else None,
     }
+
+
+def _step_stats(nlls: list, kls: list) -> torch.Tensor:
+    """[summed nll, summed kl, 1.0 if any micro-batch's loss is non-finite] of this rank's
+    micro-batches, float64 on the CPU, in one device-to-host copy."""
+    if not nlls:
+        return torch.zeros(3, dtype=torch.float64)
+    n = torch.stack(nlls).double()
+    k = torch.stack(kls).double().sum() if kls else n.new_zeros(())
+    return torch.stack([n.sum(), k, (~torch.isfinite(n)).any().double()]).cpu()
 
 
 def _allreduce_grads(plist: list, dist: Dist) -> None:
@@ -460,6 +480,8 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool | s
         torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         device = pick_device(cfg, dist.local_rank)
         dtype = pick_dtype(cfg, device)
         manifest = read_manifest(run_dir)

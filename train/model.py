@@ -29,8 +29,13 @@ def load_base(cfg: TrainConfig, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(cfg.base_model, trust_remote_code=cfg.trust_remote_code)
+    attn = cfg.attn_implementation
+    if attn == "segments":
+        from train.attention import register
+
+        attn = register()
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                                                 attn_implementation=cfg.attn_implementation)
+                                                 attn_implementation=attn)
     model.config.use_cache = False
     return model.to(device), tok
 

@@ -415,17 +415,25 @@ class Renderer:
             return
         ex.token_spans = spans = found[: len(ex.spans)]
         eot_tokens = found[len(ex.spans):]
-        kept = len(spans)
+        kept, cut_inside = len(spans), False
         if n > self.max_length:
             # Cut only right after a whole assistant turn (its end-of-turn token included):
             # never inside a header, never leaving a turn without its terminator.
+            # When not even the first assistant turn fits whole, cut inside it at max_length
+            # (what a long single-turn answer needs); that cut turn has no end-of-turn token.
             fits = [j for j, ts in enumerate(spans) if ts is not None and ts[1] + 1 <= self.max_length]
-            if not fits:
+            first = next((j for j, ts in enumerate(spans) if ts is not None), None)
+            if fits:
+                kept = fits[-1] + 1
+                ex.length = spans[fits[-1]][1] + 1
+            elif first is not None and max(spans[first][0], 1) < self.max_length:
+                kept, cut_inside = first + 1, True
+                ex.length = self.max_length
+                spans = spans[:first] + [(spans[first][0], self.max_length - 1)]
+            else:
                 ex.reason = "too_long"
-                ex.detail = f"{n} tokens > max_length {self.max_length}, and no whole assistant turn fits"
+                ex.detail = f"{n} tokens > max_length {self.max_length}, and no assistant turn starts within it"
                 return
-            kept = fits[-1] + 1
-            ex.length = spans[fits[-1]][1] + 1
             ex.truncated = True
         if self.train_on == "all":
             ex.supervised = [(0, ex.length - 1)]
@@ -440,6 +448,8 @@ class Renderer:
         if self.train_on != "all":
             trained = range(kept) if self.train_on == "assistant" else [kept - 1]
             for j in trained:
+                if cut_inside and j == kept - 1:
+                    continue
                 tokens = eot_tokens[j]
                 if tokens is None or tokens[0] < 1 or not any(a <= tokens[0] and tokens[1] <= b for a, b in ex.supervised):
                     ex.reason = "end_of_turn_unsupervised"
