@@ -39,13 +39,14 @@ expression shared with exact deduplication (`normalized`).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-NORMALIZE_STEPS = ("unicode", "case", "punctuation", "whitespace")
+# the normalisation steps (shared with consensus, which must group the same texts dedup does)
+from curate.stages.common.text_norm import STEPS as NORMALIZE_STEPS, normalized  # noqa: E402,F401
 # MinHash's default drops `punctuation`: turning punctuation and symbols into spaces merges texts
 # that differ in them ("2+3" and "2*3", "52.5" and "52 5", code), which on a planted set
 # cost removal precision (0.975 at 5-grams) for no recall (see docs/dedup.md).
@@ -54,26 +55,6 @@ DEFAULT_NORMALIZE = ("unicode", "case", "whitespace")
 _M64 = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (odd)
 _SEED64 = np.uint64(0xCBF29CE484222325)  # FNV offset basis, a non-zero start value
 _MAX32 = np.uint32(0xFFFFFFFF)
-
-
-def normalized(expr: pl.Expr, steps: Sequence[str] = NORMALIZE_STEPS) -> pl.Expr:
-    """Normalise a String expression column-wise: `unicode` (NFKC: full-width forms,
-    ligatures, compatibility characters fold to one spelling), `case` (lower),
-    `punctuation` (Unicode punctuation and symbols become spaces), `whitespace` (runs of
-    whitespace become one space, ends stripped). Steps run in that fixed order."""
-    if "unicode" in steps:
-        # ASCII is already NFKC-normal: normalise only rows with a non-ASCII character
-        # (bytes != characters), which makes this step about 5x cheaper on English text.
-        expr = pl.when(expr.str.len_bytes() != expr.str.len_chars()).then(expr.str.normalize("NFKC")).otherwise(expr)
-    if "case" in steps:
-        expr = expr.str.to_lowercase()
-    if "punctuation" in steps:
-        expr = expr.str.replace_all(r"[\p{P}\p{S}]+", " ")
-    if "whitespace" in steps:
-        # same result as replace_all(r"\s+", " "), several times faster: most text has
-        # only single plain spaces, which this pattern does not touch
-        expr = expr.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
-    return expr
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
