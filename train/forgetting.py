@@ -46,17 +46,11 @@ def reference_split(reference: str, val: Split | None, tokenizer, max_tokens: in
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         stream = np.asarray([t for x in ids for t in (*bos, *x)], dtype=np.int32)[:max_tokens]
         chunks = [stream[i : i + seq_len] for i in range(0, len(stream), seq_len) if len(stream[i : i + seq_len]) >= 2]
-    if not chunks:
-        return None
-    tokens = np.concatenate(chunks).astype(np.int32)
-    lens = np.asarray([len(c) for c in chunks], np.int64)
-    start = np.cumsum(lens) - lens
-    n = len(chunks)
-    return Split(tokens, tokens.copy(), start, lens, np.zeros(n, np.int32), [f"ref{i}" for i in range(n)],
-                 ["reference"], np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64), False)
+    return _as_split(chunks)
 
 
 def _as_split(chunks: list[np.ndarray]) -> Split | None:
+    """Token windows (at least 2 tokens each) as a Split whose every next token is a target."""
     chunks = [c for c in chunks if len(c) >= 2]
     if not chunks:
         return None

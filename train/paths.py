@@ -18,6 +18,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from curate.contract.paths import resolved_inside
 from train.data import DataError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -48,9 +49,9 @@ def safe_names(names: list[str]) -> dict[str, str]:
 
 def inside(run_dir: Path, path: Path) -> Path:
     """`path` (made absolute, symlinks resolved) when it lies under `run_dir`; else refuse."""
-    root = Path(run_dir).resolve()
-    p = Path(path)
-    real = (p if p.is_absolute() else root / p).resolve()
-    if real != root and root not in real.parents:
-        raise UnsafePathError(f"refusing to write {path}: it resolves to {real}, outside the run directory {root}")
+    real = resolved_inside(run_dir, path)
+    if real is None:
+        root = Path(run_dir).resolve()
+        raise UnsafePathError(f"refusing to write {path}: it resolves to {(root / path).resolve()}, "
+                              f"outside the run directory {root}")
     return real

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from curate.contract.atomic import remove_temp_files, write_json
+from curate.contract.paths import resolved_inside
 
 MARKER = ".curate-run.json"
 MARKER_TMP = re.compile(r"^\.\.curate-run\.json\.tmp\d+$")  # a run killed while writing its first marker
@@ -126,7 +127,7 @@ class RunDir:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise RunDirError(f"refusing to write {rel!r}: not a path inside the run directory")
         p = self.root / rel
-        if not _is_within(p.resolve(), self.root):
+        if resolved_inside(self.root, p) is None:
             raise RunDirError(f"refusing to write {p}: it resolves to {p.resolve()}, outside the run directory")
         return p
 
