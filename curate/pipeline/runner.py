@@ -39,19 +39,19 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.contract.atomic import write_json, write_parquet, write_text
-from curate.contract.ledger import DETAIL, REASON, Ledger, drop_counts, reason_counts, write_rejects
+from curate.contract.ledger import REASON, Ledger, drop_counts, reason_counts, write_rejects
 from curate.contract.progress import Progress
 from curate.contract.schema import empty_records
 from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
 from curate.pipeline.blocks import PartCache
 from curate.pipeline.executor import Executor, make_executor
 from curate.pipeline.fingerprint import FileHashes, config_files
+from curate.pipeline import trusted
 from curate.pipeline.rundir import RunDir, check_output_dir
 from curate.read.readers import read_source
 from curate.read.sources import source_files
 from curate.stages import stage_class
 from curate.stages.base import StageContext
-from curate.stages.common.signal import trusted_labels
 
 READ_DIR = "00-read"
 HASH_CACHE = ".curate-cache/hashes.json"
@@ -236,9 +236,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     info_limit = info.get("limit")
     _check_names(cfg, table, progress.log)
     data_sha = info["sha256"]["data"]
-    trusted = trusted_labels(table, cfg.sources)  # `trusted = true` sources: labels every scorer is measured on
-    if trusted is not None:
-        table = table.with_columns(trusted)
+    table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
     render_files = hashes.digest(config_files(cfg.render, cfg.base_dir, out)) if cfg.render is not None else None
 
     # ---- stages
@@ -327,23 +325,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     }
     if info_limit is not None:
         manifest["limit"] = info_limit
-
-    # trusted records validate scorers; they reach the shards only with trusted_train = true
-    holdout = [s.name for s in cfg.sources if s.trusted and not s.trusted_train]
-    if holdout:
-        held = table.filter(pl.col("source").is_in(holdout))
-        table = table.filter(~pl.col("source").is_in(holdout))
-        held = held.with_columns(pl.lit("trusted_holdout").alias(REASON),
-                                 pl.lit("a trusted = true source: validation only").alias(DETAIL))
-        write_rejects(rd.own("rejects/trusted.parquet"), "trusted", held)
-        records_dropped, copies_dropped = drop_counts(held, REASON)
-        ledger.drop("trusted", records_dropped)
-        if copies_dropped:
-            ledger.copies_dropped["trusted"] = copies_dropped
-        manifest["trusted_holdout"] = {"sources": holdout, "rows": held.height, "rejects": "rejects/trusted.parquet"}
-        if held.height:
-            progress.log(f"[trusted] {held.height:,} trusted record(s) held out of the shards (validation only; "
-                         "trusted_train = true trains on them)")
+    table = trusted.hold_out(table, cfg.sources, rd, ledger, manifest, progress.log)  # validation-only rows out
 
     # ---- render and shards
     if cfg.render is not None:
