@@ -234,7 +234,8 @@ def train_and_eval(pipeline: Path, run_dir: Path, manifest: dict, seed: int, bud
     return out
 
 
-def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None) -> list[dict] | None:
+def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None,
+               cv_epochs: int = 3) -> list[dict] | None:
     if arm == "raw":
         return [{"kind": "normalize"}, equal_mix()]
     if arm == "oracle":
@@ -255,7 +256,7 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         if not model:
             return None
         return no_mix + [{"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
-                          "cv_epochs": 3, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
+                          "cv_epochs": cv_epochs, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
                          {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8},
                          equal_mix()]
     raise ValueError(arm)
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--families", default="digits,words")
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 300 unique records")
     ap.add_argument("--cv", action="store_true", help="add the consensus + cross-validated loss arm")
+    ap.add_argument("--cv-epochs", type=int, default=3, help="--cv: epochs of each fold's fine-tuning")
     ap.add_argument("--model", default=str(REPO.parent / "shared" / "data" / "models" / "stories260K"))
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the cv arm and --train")
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
             test_file = write_jsonl(d / "test.jsonl", make_test(family, args.test_per_task, pool)) if train else None
             default_rows = None
             for arm in arms:
-                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows)
+                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows, args.cv_epochs)
                 if stages is None:
                     continue
                 src = oracle_file if arm == "oracle" else pool_file
