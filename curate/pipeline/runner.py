@@ -46,6 +46,7 @@ from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
 from curate.pipeline.blocks import PartCache
 from curate.pipeline.executor import Executor, make_executor
 from curate.pipeline.fingerprint import FileHashes, config_files
+from curate.pipeline import trusted
 from curate.pipeline.rundir import RunDir, check_output_dir
 from curate.read.readers import read_source
 from curate.read.sources import source_files
@@ -235,6 +236,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     info_limit = info.get("limit")
     _check_names(cfg, table, progress.log)
     data_sha = info["sha256"]["data"]
+    table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
     render_files = hashes.digest(config_files(cfg.render, cfg.base_dir, out)) if cfg.render is not None else None
 
     # ---- stages
@@ -323,6 +325,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     }
     if info_limit is not None:
         manifest["limit"] = info_limit
+    table = trusted.hold_out(table, cfg.sources, rd, ledger, manifest, progress.log)  # validation-only rows out
 
     # ---- render and shards
     if cfg.render is not None:
