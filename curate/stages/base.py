@@ -344,6 +344,12 @@ class PlannedStage(Stage):
     def process_planned(self, table: pl.DataFrame) -> StageResult:
         return run_planned(self, table, max(1, table.height))
 
+    def merge_part_stats(self, plan: Plan, part_stats: list[dict]) -> None:
+        """What `apply` found that `plan.stats` reports (dedup: the texts of the report's
+        example members), from the parts' StageResult.stats, when they were applied on
+        copies of the plan (workers). `apply` also writes it into the `plan.stats` it was
+        given, so a runner that applies in-process needs no call. Default: nothing."""
+
     # ---- the four-step adapter (Ray executor) ------------------------------------------
     def needs_keys(self) -> bool:
         return True
@@ -361,15 +367,21 @@ class PlannedStage(Stage):
         first = int(block[self.ROW][0]) if block.height else 0
         if block.height and int(block[self.ROW][-1]) != first + block.height - 1:
             raise ValueError(f"stage {self.name!r}: apply_plan needs a block of consecutive rows")
+        import json
+
         res = self.apply(block.drop(self.ROW), plan, first)
+        part_stats = json.dumps(res.stats if res.stats is not plan.stats else {})
         return pl.DataFrame({"first": [first], "rows": [block.height], "kept": [_ipc(res.kept)],
-                             "dropped": [_ipc(res.dropped)]}, schema={"first": pl.Int64, "rows": pl.Int64,
-                                                                      "kept": pl.Binary, "dropped": pl.Binary})
+                             "dropped": [_ipc(res.dropped)], "stats": [part_stats]},
+                            schema={"first": pl.Int64, "rows": pl.Int64, "kept": pl.Binary, "dropped": pl.Binary,
+                                    "stats": pl.String})
 
     def finish(self, decided: pl.DataFrame, plan: Plan) -> StageResult:
         import io
+        import json
 
         decided = decided.sort("first")
+        self.merge_part_stats(plan, [json.loads(x) for x in decided["stats"]])
         results = [StageResult(kept=pl.read_ipc(io.BytesIO(k)), dropped=pl.read_ipc(io.BytesIO(d)))
                    for k, d in zip(decided["kept"], decided["dropped"])]
         bounds = [(f, f + r) for f, r in zip(decided["first"], decided["rows"])]
