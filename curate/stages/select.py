@@ -213,7 +213,7 @@ class SelectStage(PlannedStage):
         row's key (~40 B a row) in one place. Parts could send only their best `quota`
         candidates per group, but `top_fraction`'s quota depends on the whole group's
         size, which would cost one more pass over the data."""
-        v = self._verdicts(keys)
+        v = self._verdicts(keys.rechunk())  # one chunk: float sums must not depend on the parts
         n_in = {g: int(n) for g, n in v.group_by(GROUP).len().iter_rows()}
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))

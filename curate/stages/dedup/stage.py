@@ -496,6 +496,7 @@ class DedupStage(PlannedStage):
         decisions for the rows of clusters of 2+ (a unique row is its own cluster of size
         1 with agreement 1.0: absent from `decisions`) and the stats."""
         cfg = self.config
+        keys = keys.rechunk()  # one chunk: nothing may depend on how the rows were parted
         n = keys.height
         score_col = next((c for c in keys.columns if c.startswith(SCORE + ":")), None)
         score = score_col.split(":", 1)[1] if score_col is not None else None
