@@ -97,7 +97,7 @@ def arm(name: str, rows: int, part_rows: int) -> dict:
         for lo, hi in part_bounds(rows, part_rows):
             k = st.keys(part(lo, hi))
             keys.append(k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
-        keys = pl.concat(keys, how="vertical")
+        keys = pl.concat(keys, how="vertical", rechunk=True)  # one chunk: plan's rechunk is then free
         key_bytes = keys.estimated_size()
         plan = st.plan(keys)
         dups, decided = plan.stats["duplicates"], plan.decisions.height

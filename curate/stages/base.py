@@ -234,7 +234,7 @@ def run_planned(stage: Any, table: pl.DataFrame, part_rows: int) -> StageResult:
         if k.height != hi - lo:
             raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {hi - lo}")
         keys.append(k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
-    plan = stage.plan(pl.concat(keys, how="vertical"))
+    plan = stage.plan(pl.concat(keys, how="vertical", rechunk=True))
     results = [stage.apply(table.slice(lo, hi - lo), plan, lo) for lo, hi in bounds]
     return assemble(results, bounds, plan)
 
