@@ -144,3 +144,19 @@ def test_not_plannable_configurations(tmp_path):
     sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
                                                     "diversity": 0.1}, "s"), _ctx(tmp_path))
     assert not has_plan(sel)
+
+
+def test_adapter_on_copies_of_the_plan_equals_process(tmp_path):
+    """The Ray executor's four-step adapter applies blocks on workers, each with its own
+    copy of the plan: the report examples' texts come back through the blocks' stats."""
+    import copy
+
+    table = handmade()
+    stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "exact", "view": "user"}, "s"),
+                       _ctx(tmp_path))
+    whole = stage.process(table)
+    assert whole.stats["examples"] and all(m["text"] for e in whole.stats["examples"] for m in e["members"])
+    t = stage.number_rows(table)
+    plan = stage.plan(pl.concat([stage.block_keys(t.slice(lo, 25)) for lo in range(0, t.height, 25)]))
+    decided = pl.concat([stage.apply_plan(t.slice(lo, 25), copy.deepcopy(plan)) for lo in range(0, t.height, 25)])
+    same(stage.finish(decided, plan), whole)
