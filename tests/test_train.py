@@ -418,6 +418,38 @@ def test_early_stopping_keeps_best(tiny_model, tok, run_dir):
     assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b)
 
 
+def test_early_stopped_summary_measures_the_exported_weights(tiny_model, tok, run_dir):
+    """With early stopping the summary's KL, reference loss and per-task val loss are
+    those of the restored best weights that get exported, not of the last evaluation's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from train import run_training
+    from train.export import base_reference
+    from train.forgetting import ForgettingMonitor, self_sample_split
+
+    cfg = cfg_for(tiny_model, epochs=3, lr=3e-2, eval_every=2, early_stopping={"patience": 2, "min_delta": 10.0})
+    s = run_training(run_dir, cfg, log=quiet)
+    out = run_dir / "train"
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]
+    assert s["stopped_early"] and s["best_step"] == 0 and last["step"] == s["steps"] and last["kl_to_base"] > 1e-4
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out / "adapter").eval()
+    f = cfg.forgetting  # the cached self-sample reference the run measured on
+    ref = self_sample_split(model, tok, json.dumps(base_reference(cfg.base_model), sort_keys=True), f.samples,
+                            f.max_tokens, f.seq_len, f.temperature, f.seed, "cpu", out / "reference")
+    kl, nll, _, n = ForgettingMonitor(model, ref, cfg.micro_batch_tokens, "cpu", True).measure(model).tolist()
+    assert s["kl_to_base"] == pytest.approx(kl / n, abs=1e-7) and s["kl_to_base"] < 1e-9
+    assert s["ref_loss_after"] == pytest.approx(nll / n, abs=1e-6) == pytest.approx(s["ref_loss_before"], abs=1e-6)
+    split = load_split(run_dir, "val", read_manifest(run_dir))
+    b = make_batch(split, np.arange(split.n_rows), pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits[b.keep]
+    nll_tok = torch.nn.functional.cross_entropy(logits, b.targets, reduction="none")
+    task = b.target_task.numpy()
+    for i, t in enumerate(split.tasks):
+        assert s["val_loss_by_task"][t] == pytest.approx(float(nll_tok[task == i].mean()), abs=1e-5)
+
+
 def test_kl_to_base_grows_with_learning_rate(tiny_model, tok, tmp_path):
     from train import run_training
 
@@ -453,7 +485,11 @@ def test_other_adapter_methods(tiny_model, tok, tmp_path, method):
 
     run = write_run(tmp_path / "r", tok, examples(16, 0), examples(4, 1))
     s = run_training(run, cfg_for(tiny_model, method=method, max_steps=2, eval_every=2, lr=1e-2), log=quiet)
-    assert s["kl_to_base"] > 0
+    assert losses(run / "train", "eval", "kl_to_base")[-1][1] > 0  # the monitor sees the trained weights
+    if s["best_step"] == 0:  # val did not improve: the step-0 weights are exported, and summarised
+        assert s["kl_to_base"] < 1e-9
+    else:
+        assert s["kl_to_base"] > 0
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "train" / "adapter")
 
 

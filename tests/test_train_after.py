@@ -196,6 +196,14 @@ def test_end_of_turn_checked_at_load(tiny, tok, tmp_path):
     run = chatml_run(tmp_path / "bad", tok, bad, chatml_examples(tok, pairs[:2], "v"))
     with pytest.raises(DataError, match=r"1 supervised span\(s\) of the train split do not end with the end-of-turn '<\|im_end\|>'"):
         run_training(run, cfg_for(tiny, max_steps=1, eval_every=1), log=quiet)
+    # an answer the renderer cut at max_length (render.stats.truncated) lacks its end-of-turn by design
+    set_render(run, stats={"truncated": 1})
+    run_training(run, cfg_for(tiny, max_steps=1, eval_every=1), log=quiet)
+    two = [(i, t, ids, lab[:-1] + [-100]) if n in (2, 3) else (i, t, ids, lab) for n, (i, t, ids, lab) in enumerate(good)]
+    run = chatml_run(tmp_path / "bad2", tok, two, chatml_examples(tok, pairs[:2], "v"))
+    set_render(run, stats={"truncated": 1})
+    with pytest.raises(DataError, match=r"2 supervised span\(s\) .* \(only 1 answer\(s\) were cut at max_length\)"):
+        run_training(run, cfg_for(tiny, max_steps=1, eval_every=1), log=quiet)
 
 
 def test_export_generation_config_card_and_base_reference(tiny, tok, tmp_path):

@@ -171,11 +171,16 @@ def load_split(run_dir: Path, split: str, manifest: dict, vocab_size: int | None
             checks = check_examples(table, eot_ids, expect_end_of_turn=bool(eot_ids) and render.get("train_on") != "all")
         except ShardError as exc:
             raise DataError(f"mask check failed on the {split} split: {exc}") from exc
-        if checks["runs_without_end_of_turn"]:
+        # `[render] overflow = "truncate"` cuts an answer at max_length on purpose: that cut span has
+        # no end-of-turn, and the renderer counts such examples in render.stats.truncated (both
+        # splits together). More spans without one than that is a broken mask.
+        truncated = int((render.get("stats") or {}).get("truncated") or 0)
+        if checks["runs_without_end_of_turn"] > truncated:
             eot = (render.get("end_of_turn") or {}).get("text")
+            also = f" (only {truncated} answer(s) were cut at max_length)" if truncated else ""
             raise DataError(f"mask check failed: {checks['runs_without_end_of_turn']} supervised span(s) of the {split} "
-                            f"split do not end with the end-of-turn {eot!r} (ids {eot_ids}): the model would never "
-                            f"learn to stop; re-render the shards with `curate run`")
+                            f"split do not end with the end-of-turn {eot!r} (ids {eot_ids}){also}: the model would "
+                            f"never learn to stop; re-render the shards with `curate run`")
         if checks["zero_supervised"]:
             raise DataError(f"mask check failed: {checks['zero_supervised']} {split} example(s) have no supervised "
                             f"token (labels all -100); re-render the shards")

@@ -220,7 +220,8 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
     elif resume:
         metrics.truncate(name, -1)
 
-    def run_eval(step: int) -> dict:
+    def measure(step: int) -> dict:
+        """Val loss (overall, per task) and the forgetting monitor, on the model's current weights."""
         row: dict = {"adapter": name, "step": step, "kind": "eval"}
         if val_batches or va is not None:
             acc = evaluate(model, val_batches, len(va.tasks), dist)
@@ -229,6 +230,10 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         if monitor is not None:
             kl, nll, nll_base, n = dist.sum(monitor.measure(model)).tolist()
             row.update(kl_to_base=kl / max(n, 1), ref_loss=nll / max(n, 1), ref_loss_base=nll_base / max(n, 1))
+        return row
+
+    def run_eval(step: int) -> dict:
+        row = measure(step)
         metrics.add(row)
         metrics.flush()
         return row
@@ -356,6 +361,10 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(weights[k].to(p.device, p.dtype))
+        # The summary describes the exported weights: measure the restored best ones again
+        # (one more val + monitor pass) rather than quoting the last eval, which saw later
+        # weights. Not added to metrics.jsonl: that file is the history of the run as trained.
+        final_eval = measure(state["best_step"])
     state["step_done"] = state["step"]
     save_checkpoint()
     train_rows = [r for r in metrics.rows if r.get("kind") == "train" and r.get("adapter") == name]
