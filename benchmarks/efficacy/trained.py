@@ -260,11 +260,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--k", type=int, default=3, help="shots for the few-shot arm")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--model", default=str(MODEL))
-    ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 300 unique records, 1500-token budget")
+    ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 150 unique records, 600-token budget (tests)")
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.unique, args.families, args.budget, args.test = 1, 300, "words", 1500, 60
+        args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
     t0 = time.perf_counter()
     jobs = build(args)
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
