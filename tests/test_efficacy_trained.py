@@ -1,0 +1,60 @@
+"""benchmarks/efficacy/trained.py end to end on a tiny pool (`--quick`): every arm is curated,
+rendered for the real model, trained with the product's trainer and scored through
+`curate eval`'s code. Exact-match values are not asserted (a 600-token budget on one
+seed teaches a 260k model nothing); the structure, the equal budget and the bookkeeping are.
+Skips when ../shared/data/models/stories260K is absent."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks" / "efficacy"
+MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("efficacy_trained", BENCH / "trained.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_test_prompts_are_clean_and_unseen():
+    mod = _load()
+    import noisy
+
+    pool, key = noisy.make_pool("digits", 200, 0)
+    rows = mod.test_rows("digits", key, 200, 0)
+    seen = {p for (_t, p) in key}
+    _, fresh = noisy.make_pool("digits", 200, 10_000)
+    assert rows and all(fresh[(r["task"], r["instruction"])] == r["output"] for r in rows)  # the right answers
+    assert {r["task"] for r in rows} == {"reverse", "shift", "lookup"}
+    for r in rows:
+        if r["task"] not in mod.TABLES:
+            assert r["instruction"] not in seen  # rule tasks: inputs the pool never had
+    assert len({(r["task"], r["instruction"]) for r in rows}) == len(rows)
+
+
+@pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="stories260K not present")
+def test_quick_end_to_end(tmp_path):
+    mod = _load()
+    rows = mod.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--results", str(tmp_path / "t.md")])
+    arms = {r["arm"] for r in rows}
+    assert arms == {"base", "few_shot", "raw", "default", "random", "verifier", "oracle"}
+    trained = [r for r in rows if r["arm"] not in ("base", "few_shot")]
+    # the same supervised-token budget for every trained arm, and each really trained
+    assert len({r["supervised_budget"] for r in trained}) == 1
+    assert all(r["steps"] >= 1 and r["tokens"] > 0 for r in trained)
+    for r in rows:
+        assert 0.0 <= r["exact_match"] <= 1.0
+        assert set(r["by_task"]) == {"capital", "plural", "acronym"}
+    assert next(r for r in trained if r["arm"] == "oracle")["precision"] == 1.0
+    text = (tmp_path / "t.md").read_text()
+    assert "gap closed" in text and "base model + k curated shots" in text
+    assert json.loads((tmp_path / "trained.json").read_text()) == rows
