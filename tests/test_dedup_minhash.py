@@ -210,3 +210,15 @@ def test_sketch_agreement_counts_equal_bytes(width):
     left, right = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
     want = (sk[left] == sk[right]).sum(axis=1)
     np.testing.assert_array_equal(mh.sketch_agreement(sk, left, right, step=777), want)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 200])
+def test_signatures_identical_for_any_thread_count(threads):
+    rng = np.random.default_rng(threads)
+    counts = rng.integers(0, 30, 500)
+    counts[::9] = 0  # rows without shingles stay all-max
+    sh = rng.integers(0, 2**32, int(counts.sum()), dtype=np.uint64).astype(np.uint32)
+    a, b = mh.permutations(64, 1)
+    one = mh.signatures_from_shingles(sh, counts, a, b, threads=1)
+    np.testing.assert_array_equal(mh.signatures_from_shingles(sh, counts, a, b, threads=threads), one)
+    assert (one[counts == 0] == 0xFFFFFFFF).all() and (one[counts > 0] < 0xFFFFFFFF).any()
