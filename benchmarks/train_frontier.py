@@ -84,11 +84,14 @@ REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forg
 # arm -> (label, data set, [train] overrides). `lr` values are filled in from the defaults
 # at run time (LoRA / full learning_rate), so the arms follow train/config.py if it changes.
 LORA_LR = "lora_lr"
+EPOCHS = "epochs"  # ("epochs", k): k times the grid's --epochs (the budget every other arm gets)
 ARMS: dict[str, tuple[str, str, dict]] = {
     "default": ("default [train] (LoRA)", "tasks", {}),
     "lr_10x": ("LoRA, lr 10x", "tasks", {"lr": (LORA_LR, 10.0)}),
     "lr_0.1x": ("LoRA, lr 0.1x", "tasks", {"lr": (LORA_LR, 0.1)}),
-    "epochs_3": ("LoRA, 3 epochs", "tasks", {"epochs": 3}),
+    "lr_5x": ("LoRA, lr 5x", "tasks", {"lr": (LORA_LR, 5.0)}),
+    "lr_50x": ("LoRA, lr 50x", "tasks", {"lr": (LORA_LR, 50.0)}),
+    "epochs_3": ("LoRA, 3x the epochs", "tasks", {"epochs": (EPOCHS, 3)}),
     "no_early_stop": ("LoRA, early stopping off", "tasks", {"early_stopping": {"patience": 0}}),
     "kl_0.1": ("LoRA + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
     "kl_1": ("LoRA + kl_to_base 1", "tasks", {"kl_to_base": 1.0}),
@@ -237,14 +240,23 @@ def test_items(run_dir: Path, test_file: Path):
 # --------------------------------------------------------------------------- one arm
 
 
-def arm_train_table(arm: str, model: Path) -> dict:
+def arm_train_table(arm: str, model: Path, epochs: int = 1) -> dict:
+    """The arm's [train] table. `epochs` is the grid's budget: every arm trains that many
+    epochs (the default [train] trains 1), the 3-epochs arm three times as many."""
     from train.config import TrainConfig
 
     _, _, over = ARMS[arm]
     lora_lr = TrainConfig(base_model="x").learning_rate
     t = {"base_model": str(model), **SIZE}
+    if epochs != 1:
+        t["epochs"] = epochs
     for k, v in over.items():
-        t[k] = v[1] * lora_lr if isinstance(v, tuple) and v[0] == LORA_LR else v
+        if isinstance(v, tuple) and v[0] == LORA_LR:
+            t[k] = v[1] * lora_lr
+        elif isinstance(v, tuple) and v[0] == EPOCHS:
+            t[k] = v[1] * epochs
+        else:
+            t[k] = v
     return t
 
 
@@ -265,7 +277,7 @@ def reference(model_dir: Path, cache: Path):
     return base, tok, ref
 
 
-def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> dict:
+def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref, epochs: int = 1) -> dict:
     """Train one (arm, seed) on its curated run and score what it exported."""
     from train import parse_train_config, run_training
     from train.eval import evaluate
@@ -282,7 +294,7 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> di
     work.mkdir(parents=True)
     shutil.copytree(src / "shards", work / "shards")
     shutil.copy(src / "manifest.json", work / "manifest.json")
-    table = {**arm_train_table(arm, model), "seed": seed}
+    table = {**arm_train_table(arm, model, epochs), "seed": seed}
     cfg = parse_train_config(table, REPO)
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -304,7 +316,7 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> di
     return res
 
 
-def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path) -> None:
+def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path, epochs: int = 1) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -316,7 +328,7 @@ def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path) -
     base, _tok, ref = reference(model, out / "reference")
     items = test_items(out / "runs" / "tasks", out / "data" / "test.jsonl")
     for arm, seed in jobs:
-        r = run_one(arm, seed, out, model, items, base, ref)
+        r = run_one(arm, seed, out, model, items, base, ref, epochs)
         with open(results, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
         print(f"  {arm:<16} seed {seed}: EM {r['exact_match']:.3f} KL {r['kl_to_base']:.4f} "
@@ -412,6 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick 1)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ",".join(ARMS))
     ap.add_argument("--train-examples", type=int, default=None, help="curated set size before cleaning (default 4000)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs every arm trains (the budget; the 3-epochs arm 3x)")
+    ap.add_argument("--test-examples", type=int, default=None, help="held-out prompts per task (default 100; --quick 20)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
     ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -420,7 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = a.out.resolve()
     if a.worker:  # internal: "results.jsonl|arm:seed,arm:seed,..."
         res, jobs = a.worker.split("|", 1)
-        worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res))
+        worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res),
+               a.epochs)
         return {}
     if not (model / "config.json").is_file():
         raise SystemExit(f"no model at {model} (pass --model DIR)")
@@ -441,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    train_rows, test_rows = task_data(n_train, 20 if a.quick else 100)
+    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100))
     write_jsonl(out / "data" / "tasks.jsonl", train_rows)
     write_jsonl(out / "data" / "test.jsonl", test_rows)
     datasets = sorted({ARMS[x][1] for x in arms} | {"tasks"})
@@ -472,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--model", str(model),
+                               "--epochs", str(a.epochs),
                                "--worker", f"{out / f'runs-{i}.jsonl'}|" + ",".join(f"{x}:{s}" for x, s in share)],
                               env=env) for i, share in enumerate(shares)]
     codes = [p.wait() for p in procs]
@@ -487,6 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
     cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"command": cmd, "model": model.name, "tasks": list(TASKS), "seeds": seeds, "jobs": n, "quick": a.quick,
+            "epochs": a.epochs,
             "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
             "load_average_end": load, "test_items": base["items"]}
     doc = {"meta": meta, "arms": rows, "runs": runs}
