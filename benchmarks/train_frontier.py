@@ -1,6 +1,6 @@
 """The mitigation frontier: task skill against forgetting, for the seed's five mitigations.
 
-    python benchmarks/train_frontier.py                      # the grid: every arm, 3 seeds (CPU, ~25 min)
+    python benchmarks/train_frontier.py --epochs 7 --jobs 2  # the grid: every arm, 3 seeds (CPU, hours)
     python benchmarks/train_frontier.py --quick              # smoke run: every arm, 1 seed, tiny data
     python benchmarks/train_frontier.py --arms default,full --seeds 1 --jobs 2
 
@@ -30,8 +30,10 @@ Arms (each is the default [train] with one thing changed; the table says which):
                  stopping patience 3, betas (0.9, 0.999), warmup 3%), except the size
                  keys below
   lr 10x         LoRA at 10x the default lr: where the grid shows the default lr leaves skill unlearned
+  lr 5x / 50x    LoRA at 5x (1e-3) and 50x (1e-2): the lr probe (LoRA usually needs a higher lr
+                 than full fine-tuning to learn a task at all)
   lr 0.1x        LoRA at 0.1x
-  3 epochs       LoRA, 3 epochs (early stopping on)
+  3 epochs       LoRA, 3x the grid's epochs (early stopping on)
   no early stop  LoRA, patience 0
   kl_to_base a/b LoRA with the KL-to-base regulariser at two weights
   full           full fine-tuning at its default lr (1e-5)
@@ -46,9 +48,16 @@ The size keys, the same for every arm: batch_tokens = micro_batch_tokens = 1024 
 default 16384 tokens per step would give this ~100k-token set 6 steps an epoch),
 eval_every 10, save_every 0, threads 1. Everything else is the product's default.
 
-Budget: the grid is sized for <= 25 minutes on a loaded 2-core CPU (1 torch thread per
-run; `--jobs N` runs N worker processes, each training its share of the (arm, seed) pairs
-one after another). --quick is for the test: 1 seed, a few hundred examples.
+Budget: `--epochs E` (default 1) is the number of epochs every arm trains (the default
+[train] trains 1; the 3-epochs arm 3E). One epoch of the default 4000 examples is ~82k
+tokens (~27k supervised), which is too little for any arm to answer a held-out prompt
+exactly, and neither is 3 epochs (~62k supervised tokens; exact match still 0 in every
+arm probed, full FT at lr 1e-3 included: train_frontier.md). The efficacy benchmark's full
+FT at lr 1e-3 reached exact match ~0.9 on shift with ~130k supervised tokens, so E ~ 7 is
+the estimate to try next (not yet measured), at ~7x the wall time of E = 1: on a loaded
+2-core CPU that is hours for the 16 x 3 grid, not minutes. 1 torch thread per run; `--jobs N` runs N worker
+processes, each training its share of the (arm, seed) pairs one after another. --quick is
+for the test: 1 seed, a few hundred examples.
 
 Output (--out, default runs/frontier): frontier.json (every run, per-arm means and stds,
 the Pareto set), frontier.svg (exact match vs KL, one point per arm with +-1 std bars,
