@@ -34,7 +34,8 @@ Arms (each is the default [train] with one thing changed; the table says which):
                  than full fine-tuning to learn a task at all)
   lr 0.1x        LoRA at 0.1x
   3 epochs       LoRA, 3x the grid's epochs (early stopping on)
-  no early stop  LoRA, patience 0
+  no early stop  LoRA, patience 0 (lr_5x_no_early_stop: at 5x the lr, where early stopping
+                 ended LoRA at step 70 of 581 in the 7-epoch probe)
   kl_to_base a/b LoRA with the KL-to-base regulariser at two weights
   full           full fine-tuning at its default lr (1e-5)
   full_lora_lr   full fine-tuning at the LoRA default lr (2e-4), so both methods are
@@ -102,6 +103,8 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "lr_50x": ("LoRA, lr 50x", "tasks", {"lr": (LORA_LR, 50.0)}),
     "epochs_3": ("LoRA, 3x the epochs", "tasks", {"epochs": (EPOCHS, 3)}),
     "no_early_stop": ("LoRA, early stopping off", "tasks", {"early_stopping": {"patience": 0}}),
+    "lr_5x_no_early_stop": ("LoRA, lr 5x, early stopping off", "tasks",
+                            {"lr": (LORA_LR, 5.0), "early_stopping": {"patience": 0}}),
     "kl_0.1": ("LoRA + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
     "kl_1": ("LoRA + kl_to_base 1", "tasks", {"kl_to_base": 1.0}),
     "full": ("full FT, its default lr", "tasks", {"method": "full"}),
