@@ -1,6 +1,6 @@
 """The mitigation frontier: task skill against forgetting, for the seed's five mitigations.
 
-    python benchmarks/train_frontier.py                      # the grid: every arm, 3 seeds (CPU, ~25 min)
+    python benchmarks/train_frontier.py --epochs 7 --jobs 2  # the grid: every arm, 3 seeds (CPU, hours)
     python benchmarks/train_frontier.py --quick              # smoke run: every arm, 1 seed, tiny data
     python benchmarks/train_frontier.py --arms default,full --seeds 1 --jobs 2
 
@@ -30,9 +30,12 @@ Arms (each is the default [train] with one thing changed; the table says which):
                  stopping patience 3, betas (0.9, 0.999), warmup 3%), except the size
                  keys below
   lr 10x         LoRA at 10x the default lr: where the grid shows the default lr leaves skill unlearned
+  lr 5x / 50x    LoRA at 5x (1e-3) and 50x (1e-2): the lr probe (LoRA usually needs a higher lr
+                 than full fine-tuning to learn a task at all)
   lr 0.1x        LoRA at 0.1x
-  3 epochs       LoRA, 3 epochs (early stopping on)
-  no early stop  LoRA, patience 0
+  3 epochs       LoRA, 3x the grid's epochs (early stopping on)
+  no early stop  LoRA, patience 0 (lr_5x_no_early_stop: at 5x the lr, where early stopping
+                 ended LoRA at step 70 of 581 in the 7-epoch probe)
   kl_to_base a/b LoRA with the KL-to-base regulariser at two weights
   full           full fine-tuning at its default lr (1e-5)
   full_lora_lr   full fine-tuning at the LoRA default lr (2e-4), so both methods are
@@ -46,9 +49,17 @@ The size keys, the same for every arm: batch_tokens = micro_batch_tokens = 1024 
 default 16384 tokens per step would give this ~100k-token set 6 steps an epoch),
 eval_every 10, save_every 0, threads 1. Everything else is the product's default.
 
-Budget: the grid is sized for <= 25 minutes on a loaded 2-core CPU (1 torch thread per
-run; `--jobs N` runs N worker processes, each training its share of the (arm, seed) pairs
-one after another). --quick is for the test: 1 seed, a few hundred examples.
+Budget: `--epochs E` (default 1) is the number of epochs every arm trains (the default
+[train] trains 1; the 3-epochs arm 3E). One epoch of the default 4000 examples is ~82k
+tokens (~27k supervised), which is too little for any arm to answer a held-out prompt
+exactly, and neither is 3 epochs (~62k supervised tokens; exact match still 0 in every
+arm probed, full FT at lr 1e-3 included: train_frontier.md). The efficacy benchmark's full
+FT at lr 1e-3 reached exact match ~0.9 on shift with ~130k supervised tokens; here E = 7
+(~144k supervised) took full FT at lr 1e-3 to exact match 1.0 on both tasks (1 seed), so
+E = 7 is the size at which the skill axis moves, at ~7x the wall time of E = 1: on a
+loaded 2-core CPU that is hours for the 17 x 3 grid, not minutes. 1 torch thread per run; `--jobs N` runs N worker
+processes, each training its share of the (arm, seed) pairs one after another. --quick is
+for the test: 1 seed, a few hundred examples.
 
 Output (--out, default runs/frontier): frontier.json (every run, per-arm means and stds,
 the Pareto set), frontier.svg (exact match vs KL, one point per arm with +-1 std bars,
@@ -84,12 +95,17 @@ REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forg
 # arm -> (label, data set, [train] overrides). `lr` values are filled in from the defaults
 # at run time (LoRA / full learning_rate), so the arms follow train/config.py if it changes.
 LORA_LR = "lora_lr"
+EPOCHS = "epochs"  # ("epochs", k): k times the grid's --epochs (the budget every other arm gets)
 ARMS: dict[str, tuple[str, str, dict]] = {
     "default": ("default [train] (LoRA)", "tasks", {}),
     "lr_10x": ("LoRA, lr 10x", "tasks", {"lr": (LORA_LR, 10.0)}),
     "lr_0.1x": ("LoRA, lr 0.1x", "tasks", {"lr": (LORA_LR, 0.1)}),
-    "epochs_3": ("LoRA, 3 epochs", "tasks", {"epochs": 3}),
+    "lr_5x": ("LoRA, lr 5x", "tasks", {"lr": (LORA_LR, 5.0)}),
+    "lr_50x": ("LoRA, lr 50x", "tasks", {"lr": (LORA_LR, 50.0)}),
+    "epochs_3": ("LoRA, 3x the epochs", "tasks", {"epochs": (EPOCHS, 3)}),
     "no_early_stop": ("LoRA, early stopping off", "tasks", {"early_stopping": {"patience": 0}}),
+    "lr_5x_no_early_stop": ("LoRA, lr 5x, early stopping off", "tasks",
+                            {"lr": (LORA_LR, 5.0), "early_stopping": {"patience": 0}}),
     "kl_0.1": ("LoRA + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
     "kl_1": ("LoRA + kl_to_base 1", "tasks", {"kl_to_base": 1.0}),
     "full": ("full FT, its default lr", "tasks", {"method": "full"}),
@@ -237,14 +253,23 @@ def test_items(run_dir: Path, test_file: Path):
 # --------------------------------------------------------------------------- one arm
 
 
-def arm_train_table(arm: str, model: Path) -> dict:
+def arm_train_table(arm: str, model: Path, epochs: int = 1) -> dict:
+    """The arm's [train] table. `epochs` is the grid's budget: every arm trains that many
+    epochs (the default [train] trains 1), the 3-epochs arm three times as many."""
     from train.config import TrainConfig
 
     _, _, over = ARMS[arm]
     lora_lr = TrainConfig(base_model="x").learning_rate
     t = {"base_model": str(model), **SIZE}
+    if epochs != 1:
+        t["epochs"] = epochs
     for k, v in over.items():
-        t[k] = v[1] * lora_lr if isinstance(v, tuple) and v[0] == LORA_LR else v
+        if isinstance(v, tuple) and v[0] == LORA_LR:
+            t[k] = v[1] * lora_lr
+        elif isinstance(v, tuple) and v[0] == EPOCHS:
+            t[k] = v[1] * epochs
+        else:
+            t[k] = v
     return t
 
 
@@ -265,7 +290,7 @@ def reference(model_dir: Path, cache: Path):
     return base, tok, ref
 
 
-def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> dict:
+def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref, epochs: int = 1) -> dict:
     """Train one (arm, seed) on its curated run and score what it exported."""
     from train import parse_train_config, run_training
     from train.eval import evaluate
@@ -282,7 +307,7 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> di
     work.mkdir(parents=True)
     shutil.copytree(src / "shards", work / "shards")
     shutil.copy(src / "manifest.json", work / "manifest.json")
-    table = {**arm_train_table(arm, model), "seed": seed}
+    table = {**arm_train_table(arm, model, epochs), "seed": seed}
     cfg = parse_train_config(table, REPO)
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -304,7 +329,7 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> di
     return res
 
 
-def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path) -> None:
+def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path, epochs: int = 1) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -316,7 +341,7 @@ def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path) -
     base, _tok, ref = reference(model, out / "reference")
     items = test_items(out / "runs" / "tasks", out / "data" / "test.jsonl")
     for arm, seed in jobs:
-        r = run_one(arm, seed, out, model, items, base, ref)
+        r = run_one(arm, seed, out, model, items, base, ref, epochs)
         with open(results, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
         print(f"  {arm:<16} seed {seed}: EM {r['exact_match']:.3f} KL {r['kl_to_base']:.4f} "
@@ -412,6 +437,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick 1)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ",".join(ARMS))
     ap.add_argument("--train-examples", type=int, default=None, help="curated set size before cleaning (default 4000)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs every arm trains (the budget; the 3-epochs arm 3x)")
+    ap.add_argument("--test-examples", type=int, default=None, help="held-out prompts per task (default 100; --quick 20)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
     ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -420,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = a.out.resolve()
     if a.worker:  # internal: "results.jsonl|arm:seed,arm:seed,..."
         res, jobs = a.worker.split("|", 1)
-        worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res))
+        worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res),
+               a.epochs)
         return {}
     if not (model / "config.json").is_file():
         raise SystemExit(f"no model at {model} (pass --model DIR)")
@@ -441,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    train_rows, test_rows = task_data(n_train, 20 if a.quick else 100)
+    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100))
     write_jsonl(out / "data" / "tasks.jsonl", train_rows)
     write_jsonl(out / "data" / "test.jsonl", test_rows)
     datasets = sorted({ARMS[x][1] for x in arms} | {"tasks"})
@@ -472,6 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--model", str(model),
+                               "--epochs", str(a.epochs),
                                "--worker", f"{out / f'runs-{i}.jsonl'}|" + ",".join(f"{x}:{s}" for x, s in share)],
                               env=env) for i, share in enumerate(shares)]
     codes = [p.wait() for p in procs]
@@ -487,6 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
     cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"command": cmd, "model": model.name, "tasks": list(TASKS), "seeds": seeds, "jobs": n, "quick": a.quick,
+            "epochs": a.epochs,
             "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
             "load_average_end": load, "test_items": base["items"]}
     doc = {"meta": meta, "arms": rows, "runs": runs}

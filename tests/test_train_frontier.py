@@ -69,3 +69,22 @@ def test_quick_mode_end_to_end(tmp_path):
 
     html = write_report(out / "runs" / "tasks").read_text()
     assert '<section id="frontier" data-status="ok" data-charts="1">' in html
+
+
+def test_arm_tables_follow_the_defaults_and_the_epoch_budget(tmp_path):
+    from train.config import TrainConfig
+
+    tf = _bench()
+    lr = TrainConfig(base_model="x").learning_rate
+    m = tmp_path  # a model directory (parse_train_config checks that it exists)
+    assert "epochs" not in tf.arm_train_table("default", m) and "learning_rate" not in tf.arm_train_table("default", m)
+    assert tf.arm_train_table("default", m, epochs=2)["epochs"] == 2
+    assert tf.arm_train_table("epochs_3", m)["epochs"] == 3
+    assert tf.arm_train_table("epochs_3", m, epochs=2)["epochs"] == 6
+    assert tf.arm_train_table("lr_50x", m)["lr"] == pytest.approx(50 * lr)
+    full = tf.arm_train_table("full_5x", m, epochs=3)
+    assert full["method"] == "full" and full["lr"] == pytest.approx(5 * lr) and full["epochs"] == 3
+    for arm in tf.ARMS:  # every arm's table is one the trainer accepts
+        from train import parse_train_config
+
+        parse_train_config({**tf.arm_train_table(arm, m, epochs=2), "seed": 0}, REPO)
