@@ -88,7 +88,7 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     assert any("[near_dedup] ray: signatures on" in m for m in logs)
     assert any("[exact_dedup] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
     assert any("[mix] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
-    assert any("[select] ray:" in m and "planned: apply (row-local" in m for m in logs)
+    assert any("[select] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
     assert render_blocks and render_blocks[0] > 1  # tokenization ran in blocks on workers
 
 
