@@ -41,6 +41,27 @@ def test_tie_keeps_everything_and_is_flagged(tmp_path):
     assert res.stats["tie_groups"] == 1
 
 
+def test_ties_drop_removes_contested_groups_only(tmp_path):
+    # "K1": 4 records, 4 different answers (support 1 each: a tie, nothing to follow);
+    # "K2": 2 vs 2 with a minority of 1 (majority = 0: plurality); "K3": a clear winner;
+    # "K4": a 2-record tie, below min_group
+    convs = ([pair("K1", a) for a in ("11", "12", "13", "14")]
+             + [pair("K2", "20")] * 2 + [pair("K2", "21")] * 2 + [pair("K2", "22")]
+             + [pair("K3", "30")] * 3 + [pair("K3", "31")]
+             + [pair("K4", "40"), pair("K4", "41")])
+    keep = run(tmp_path, convs, majority=0.0)
+    assert keep.dropped["_reason"].to_list() == ["minority_answer"] * 2  # K2's "22" and K3's "31"
+    res = run(tmp_path, convs, majority=0.0, ties="drop")
+    assert set(res.dropped["messages"].list.get(0).struct.field("content")) == {"K1", "K2", "K3"}
+    by = res.dropped.group_by("_reason").len().sort("_reason")
+    assert by.rows() == [("minority_answer", 2), ("tied_answers", 8)]  # K1's 4 + K2's 4 tied; K2's 22, K3's 31
+    assert sorted(res.kept["messages"].list.get(1).struct.field("content").to_list()) == ["30", "30", "30", "40", "41"]
+    assert res.stats["dropped_tied"] == 8 and res.stats["dropped_minority"] == 2
+    assert res.kept.height + res.dropped.height == len(convs)
+    with pytest.raises(ConfigError):
+        run(tmp_path, convs, ties="maybe")
+
+
 def test_small_groups_never_drop(tmp_path):
     res = run(tmp_path, [pair("Q", "a b c d"), pair("Q", "x y z"), pair("Q", "x y z")], min_group=4)
     assert res.dropped.height == 0 and res.kept["consensus_conflict"].all()

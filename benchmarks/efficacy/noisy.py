@@ -50,7 +50,8 @@ REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, 
             "I am unable to provide that information.", "Sorry, I don't know."]
 ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of default",
         "default": "default recipe, no user code", "cv": "default + cross-validated loss select",
-        "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
+        "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records",
+        "base": "base model, no training", "fewshot": "few-shot: base model + k curated examples (default arm's)"}
 
 
 def _digits_family():
@@ -115,7 +116,8 @@ def _toml(v) -> str:
     raise TypeError(v)
 
 
-def write_pipeline(path: Path, out: Path, pool: Path, stages: list[dict], render: dict) -> Path:
+def write_pipeline(path: Path, out: Path, pool: Path, stages: list[dict], render: dict,
+                   train: dict | None = None) -> Path:
     lines = ["[run]", f"output_dir = {_toml(str(out))}", "seed = 0", "",
              "[[sources]]", 'name = "pool"', f"path = {_toml(str(pool))}", 'format = "alpaca"', 'task_field = "task"', ""]
     for s in stages:
@@ -124,6 +126,8 @@ def write_pipeline(path: Path, out: Path, pool: Path, stages: list[dict], render
         lines.append("")
     lines.append("[render]")
     lines += [f"{k} = {_toml(v)}" for k, v in render.items()]
+    if train:
+        lines += ["", "[train]"] + [f"{k} = {_toml(v)}" for k, v in train.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -169,7 +173,69 @@ def measure(run_dir: Path, manifest: dict, key: dict) -> dict:
             "supervised_tokens": tokens}
 
 
-def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None) -> list[dict] | None:
+# --------------------------------------------------------------------------- --train
+
+
+def make_test(family: str, n_per_task: int, pool: list[dict]) -> list[dict]:
+    """Clean test records (right answers), drawn with their own seed. Prompts already in the
+    pool are avoided where the task's space allows (reverse, shift, acronym); the tables
+    (`lookup`, `capital`) and `plural` (40 nouns) have few prompts, so theirs were seen in
+    training: for those, the test asks "did the model learn the right answer", not
+    "does it generalise"."""
+    tasks, phrases, solve, draw, _ = FAMILIES[family]()
+    rng = random.Random(f"{family}:test")
+    seen = {r["instruction"] for r in pool}
+    out = []
+    for task in tasks:
+        got: dict[str, str] = {}
+        for _ in range(50 * n_per_task):
+            if len(got) >= n_per_task:
+                break
+            x = draw(rng, task)
+            prompt = rng.choice(phrases[task]).format(x=x)
+            if prompt in got or (prompt in seen and rng.random() < 0.97):
+                continue
+            got[prompt] = solve(task, x)
+        out += [{"instruction": p, "input": "", "output": a, "task": task} for p, a in got.items()]
+    return out
+
+
+def train_settings(model: str, lr: float, micro_batch_tokens: int, max_length: int, threads: int) -> dict:
+    """The [train] table every trained arm shares (full fine-tuning, as in run.py): only
+    seed and max_steps differ (steps from the arm's share of answer tokens, so every arm
+    trains on the same number of supervised tokens)."""
+    import run as trained  # benchmarks/efficacy/run.py: the trained-model driver's helpers
+
+    return {"base_model": model, "method": "full", "lr": lr,
+            "batch_tokens": trained.step_tokens(micro_batch_tokens, max_length),
+            "micro_batch_tokens": micro_batch_tokens, "warmup": 0.05, "eval_every": 100_000, "save_every": 0,
+            "device": "cpu", "threads": threads, "early_stopping": {"patience": 0}}
+
+
+def train_and_eval(pipeline: Path, run_dir: Path, manifest: dict, seed: int, budget: int, batch_tokens: int,
+                   test_file: Path, arms: str, shots: int) -> dict:
+    """`curate train` at a fixed supervised-token budget, then `curate eval --test` (the
+    CLI's own code path, in-process): greedy exact match per task, per eval arm."""
+    import run as trained
+    from curate.cli.eval import eval_cmd
+
+    steps, epochs = trained.budget_steps(manifest, budget, batch_tokens)
+    trained.curate_train(pipeline, run_dir, {"seed": seed, "max_steps": steps, "epochs": epochs})
+    eval_cmd.main([str(run_dir), "--test", str(test_file), "--format", "alpaca", "--task-field", "task",
+                   "--arms", arms, "-k", str(shots), "--max-new-tokens", "12", "--batch-size", "64",
+                   "--threads", "1"], standalone_mode=False)
+    ev = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["eval"]
+    out = {}
+    for arm in ev["arms"]:
+        by_task = {t: v[arm]["exact_match"] for t, v in ev["tasks"].items()}
+        out[arm] = {"em": statistics.mean(by_task.values()), "em_by_task": by_task,
+                    "loss": ev["overall"][arm]["answer_loss"]}
+    out["tuned"].update(steps=steps, trained_supervised=trained.supervised_spent(run_dir / "train"))
+    return out
+
+
+def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None,
+               cv_epochs: int = 3) -> list[dict] | None:
     if arm == "raw":
         return [{"kind": "normalize"}, equal_mix()]
     if arm == "oracle":
@@ -190,7 +256,7 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         if not model:
             return None
         return no_mix + [{"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
-                          "cv_epochs": 3, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
+                          "cv_epochs": cv_epochs, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
                          {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8},
                          equal_mix()]
     raise ValueError(arm)
@@ -204,18 +270,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--families", default="digits,words")
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 300 unique records")
     ap.add_argument("--cv", action="store_true", help="add the consensus + cross-validated loss arm")
+    ap.add_argument("--cv-epochs", type=int, default=3, help="--cv: epochs of each fold's fine-tuning")
     ap.add_argument("--model", default=str(REPO.parent / "shared" / "data" / "models" / "stories260K"))
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the cv arm")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the cv arm and --train")
+    ap.add_argument("--train", action="store_true",
+                    help="also train the model on every arm's shards (fixed supervised-token budget) and measure "
+                         "greedy exact match on clean test prompts with `curate eval`; adds base and few-shot arms")
+    ap.add_argument("--budget", type=int, default=30_000, help="--train: supervised tokens per arm")
+    ap.add_argument("--lr", type=float, default=3e-3, help="--train: learning rate (full fine-tuning)")
+    ap.add_argument("--batch-tokens", type=int, default=1024, help="--train: micro-batch tokens (one step)")
+    ap.add_argument("--test-per-task", type=int, default=100, help="--train: clean test prompts per task")
+    ap.add_argument("--shots", type=int, default=4, help="--train: curated examples in the few-shot arm")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families = 1, 300, "words"
-    if args.cv:
+        args.budget, args.test_per_task = min(args.budget, 2000), min(args.test_per_task, 10)
+    if args.cv or args.train:
         import torch
 
         torch.set_num_threads(args.threads)  # on a busy small machine one thread is often faster
     out = Path(args.out)
     base_stages, render = recipe()
+    train = None
+    if args.train:
+        # the model's own tokenizer and the benchmark's compact template (plain.jinja); the
+        # precision metric reads the stage output, so it does not depend on this
+        render = {"template": str(HERE / "plain.jinja"), "tokenizer": args.model, "max_length": 128, "pack": True}
+        train = train_settings(args.model, args.lr, args.batch_tokens, render["max_length"], args.threads)
     # default before random: the random subset is drawn to the default arm's size
     arms = ["raw", "default", "random"] + (["cv"] if args.cv else []) + ["verifier", "oracle"]
     results: dict = {}
@@ -227,15 +309,25 @@ def main(argv: list[str] | None = None) -> dict:
             pool_file = write_jsonl(d / "pool.jsonl", pool)
             oracle_file = write_jsonl(d / "oracle.jsonl",
                                       [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
+            test_file = write_jsonl(d / "test.jsonl", make_test(family, args.test_per_task, pool)) if train else None
             default_rows = None
             for arm in arms:
-                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows)
+                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows, args.cv_epochs)
                 if stages is None:
                     continue
                 src = oracle_file if arm == "oracle" else pool_file
-                p = write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
+                p = write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render, train)
                 run_dir, manifest = run_arm(p)
                 m = measure(run_dir, manifest, key)
+                if train:
+                    ev = train_and_eval(p, run_dir, manifest, seed, args.budget, train["batch_tokens"], test_file,
+                                        "base,few_shot,tuned" if arm == "default" else "tuned", args.shots)
+                    m["train"] = ev["tuned"]
+                    if arm == "default":  # the untrained model, bare and prompted with curated examples
+                        results.setdefault(family, {}).setdefault("base", []).append({"train": ev["base"]})
+                        results[family].setdefault("fewshot", []).append({"train": ev["few_shot"]})
+                    print(f"[{time.perf_counter() - t0:6.0f}s] {family} seed {seed} {arm}: precision "
+                          f"{m['precision']:.3f}, EM {ev['tuned']['em']:.3f} {ev['tuned']['em_by_task']}", flush=True)
                 if arm == "default":
                     default_rows = m["rows"]
                 results.setdefault(family, {}).setdefault(arm, []).append(m)
@@ -263,10 +355,32 @@ def table(results: dict, args, wall: float) -> str:
         raw = [m["precision"] for m in arms["raw"]]
         orc = [m["precision"] for m in arms["oracle"]]
         for arm, ms in arms.items():
+            if "precision" not in ms[0]:
+                continue
             gaps = [(m["precision"] - r) / (o - r) if o > r else float("nan") for m, r, o in zip(ms, raw, orc)]
             lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} | "
                          f"{_ms([m['supervised_tokens'] for m in ms], '{:.0f}')} | {_ms([m['precision'] for m in ms])} | "
                          f"{_ms(gaps, '{:.0%}')} | {_ms([m['distinct_right'] for m in ms], '{:.0f}')} |")
+    if any("train" in ms[0] for arms in results.values() for ms in arms.values()):
+        lines += ["", f"Trained: {args.model}, full fine-tuning, {args.budget:,} supervised tokens per arm "
+                      f"(lr {args.lr}, {args.batch_tokens} tokens per step, {args.threads} torch thread(s)); greedy "
+                      f"exact match (`curate eval`) on {args.test_per_task} clean test prompts per task; few-shot "
+                      f"k = {args.shots}. Gap closed = (EM - raw EM) / (oracle EM - raw EM).", ""]
+        for family, arms in results.items():
+            tasks = sorted(arms["raw"][0]["train"]["em_by_task"])
+            lines += [f"| family | arm | trained sup. tokens | EM (macro) | gap closed | "
+                      + " | ".join(f"EM {t}" for t in tasks) + " |", "|---" * (5 + len(tasks)) + "|"]
+            raw = [m["train"]["em"] for m in arms["raw"]]
+            orc = [m["train"]["em"] for m in arms["oracle"]]
+            for arm, ms in arms.items():
+                if "train" not in ms[0]:
+                    continue
+                em = [m["train"]["em"] for m in ms]
+                gaps = [(e - r) / (o - r) if o - r > 1e-9 else float("nan") for e, r, o in zip(em, raw, orc)]
+                sup = [m["train"].get("trained_supervised", 0) for m in ms]
+                lines.append(f"| {family} | {ARMS[arm]} | {_ms(sup, '{:.0f}')} | {_ms(em)} | {_ms(gaps, '{:.0%}')} | "
+                             + " | ".join(_ms([m["train"]["em_by_task"][t] for m in ms]) for t in tasks) + " |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 

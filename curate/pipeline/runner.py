@@ -48,6 +48,7 @@ from curate.pipeline.executor import Executor, StageJob, make_executor, run_whol
 from curate.pipeline.parts import StageProgress
 from curate.pipeline.memory import choose_part_rows
 from curate.pipeline.fingerprint import FileHashes, config_files
+from curate.pipeline import trusted
 from curate.pipeline.rundir import RunDir, check_output_dir
 from curate.read.readers import iter_source, read_source
 from curate.read.sources import source_files
@@ -437,6 +438,8 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
 
     # ---- render and shards
     table = P.read_dataset(in_dir, in_entries) if (cfg.render is not None or cfg.export is not None) else None
+    if table is not None:  # FIXME(h1d): trusted.label is not applied yet on the streaming read path
+        table = trusted.hold_out(table, cfg.sources, rd, ledger, manifest, progress.log)  # validation-only rows out
     if cfg.render is not None:
         t0 = time.perf_counter()
         from curate.render.renderer import render_examples

@@ -71,8 +71,18 @@ class SourceConfig:
     split: str | None = None
     # longest record (a JSONL/CSV line, a JSON item) in bytes; longer ones are quarantined unparsed
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # records you trust, used to measure every scorer's AUC (a `trusted` column); held out of the shards
+    trusted: bool = False
+    # trusted = true: the record field holding its label (true/false or 1/0); unset = every record is good
+    trusted_label: str | None = None
+    trusted_train: bool = False  # trusted = true: also train on these records (default: validation only)
 
     def validate(self) -> None:
+        if (self.trusted_label is not None or self.trusted_train) and not self.trusted:
+            raise ConfigError("trusted_label" if self.trusted_label is not None else "trusted_train",
+                              "only meaningful with trusted = true")
+        if self.trusted_label is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.trusted_label):
+            raise ConfigError("trusted_label", f"not a plain field name: {self.trusted_label!r}")
         if self.task and self.task_field:
             raise ConfigError("task_field", "give either `task` or `task_field`, not both")
         if self.file_type is not None and self.file_type not in FILE_TYPE_NAMES:

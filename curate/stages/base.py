@@ -10,6 +10,10 @@ Two shapes:
                columns (plus `<stage>_flag` with the reason and `<stage>_flag_detail`),
                drop moves failing rows out.
                Computing a statistic stays separate from deciding on it (Data-Juicer).
+  PlannedStage a whole-table decision (dedup, select, mix) made from small per-row key
+               columns: `keys(part)` -> `plan(keys) -> Plan` -> `apply(part, plan,
+               first_row)`, so that a runner holds one part of rows at a time plus the
+               keys of all rows (see PlannedStage and `run_planned`).
 """
 from __future__ import annotations
 
@@ -172,63 +176,213 @@ class FilterStage(Stage):
         return StageResult(kept=kept, dropped=dropped, stats=stats)
 
 
+ROW_COL = "_row"  # the global input position the runner adds to the keys (UInt64)
+
+
+@dataclass
+class Plan:
+    """What a whole-table stage decided, from the keys of every row (see PlannedStage).
+
+    decisions  one row per input row that is dropped or gains columns, sorted by `_row`
+               (UInt64, the row's global input position): `_reason` (String, null =
+               kept), `_detail` (String), plus the columns the stage adds to kept rows
+               (null for rows that are dropped). Rows absent are kept as they are, with
+               the stage's own defaults for its added columns (dedup: a unique row is its
+               own cluster of size 1). Only the stage's `apply` interprets the added
+               columns; a runner may read `_row` and `_reason` (e.g. to count).
+    stats      exactly what `process()` puts in StageResult.stats (the manifest entry).
+    order      None: the output is the kept rows in input order, each once. Otherwise
+               (mix: upsampling repeats rows) `_row` (UInt64) and `repeat` (Int32, 0 =
+               the original row) for every output row, in output order. When `order` is
+               sorted by (`_row`, `repeat`) - mix's case - the parts' `apply` outputs
+               concatenated in part order are already in output order.
+    """
+
+    decisions: pl.DataFrame
+    stats: dict
+    order: pl.DataFrame | None = None
+
+
+def has_plan(stage: Any) -> bool:
+    """Whether a runner may run `stage` through keys -> plan -> apply: it has the three
+    methods and this configuration can be decided from keys (`plannable()`, e.g. not
+    select's sequential diversity walk nor semantic dedup). False: call
+    `process(whole table)`."""
+    if not all(callable(getattr(stage, m, None)) for m in ("keys", "plan", "apply")):
+        return False
+    plannable = getattr(stage, "plannable", None)
+    return bool(plannable()) if callable(plannable) else True
+
+
+def part_bounds(n: int, part_rows: int) -> list[tuple[int, int]]:
+    """[lo, hi) of consecutive parts of at most `part_rows` rows (one empty part for n = 0)."""
+    step = max(1, int(part_rows))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
+
+
+def run_planned(stage: Any, table: pl.DataFrame, part_rows: int) -> StageResult:
+    """The whole-table stage `stage` over `table` cut into parts of `part_rows` rows, as a
+    streaming runner runs it: `keys` per part (checked: one row per input row), the keys
+    concatenated in order with `_row` added, one `plan`, `apply` per part, and the kept
+    and dropped rows reassembled (kept in `plan.order` when given). The reference every
+    runner's streaming path must equal; `process()` of the planned stages is this with
+    one part."""
+    bounds = part_bounds(table.height, part_rows)
+    keys = []
+    for lo, hi in bounds:
+        k = stage.keys(table.slice(lo, hi - lo))
+        if k.height != hi - lo:
+            raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {hi - lo}")
+        keys.append(k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
+    plan = stage.plan(pl.concat(keys, how="vertical", rechunk=True))
+    results = [stage.apply(table.slice(lo, hi - lo), plan, lo) for lo, hi in bounds]
+    return assemble(results, bounds, plan)
+
+
+def assemble(results: list[StageResult], bounds: list[tuple[int, int]], plan: Plan) -> StageResult:
+    """The stage's result from its parts' `apply` results ([lo, hi) of each part, in
+    part order): dropped rows concatenated, kept rows concatenated (in `plan.order` when
+    given) and the plan's stats."""
+    kept = [r.kept for r in results]
+    if plan.order is not None:
+        kept = [_in_order(k, plan.order, lo, hi) for k, (lo, hi) in zip(kept, bounds)]
+    kept_all = pl.concat(kept, how="vertical")
+    if plan.order is not None:
+        kept_all = kept_all.sort("__out_pos").drop("__out_pos")
+    return StageResult(kept=kept_all, dropped=pl.concat([r.dropped for r in results], how="vertical"),
+                       stats=plan.stats)
+
+
+def _in_order(kept: pl.DataFrame, order: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
+    """A part's kept rows (in the sequence `order` has them) with their output position."""
+    pos = (order.with_row_index("__out_pos")
+           .filter((pl.col(ROW_COL) >= lo) & (pl.col(ROW_COL) < hi))["__out_pos"])
+    if len(pos) != kept.height:
+        raise RuntimeError(f"apply() kept {kept.height} rows of part [{lo}, {hi}), the plan's order has {len(pos)}")
+    return kept.with_columns(pos)
+
+
+def decided_part(part: pl.DataFrame, plan: Plan, first_row: int) -> pl.DataFrame:
+    """`part` with its `_row` and the plan's decision columns joined on (null where the
+    plan has no row for it), plus `__decided` (the plan has a row for it). Reads only the
+    slice of `plan.decisions` that falls in the part (decisions are sorted by `_row`)."""
+    n = part.height
+    d = plan.decisions
+    rows = d[ROW_COL]
+    a = int(rows.search_sorted(first_row, side="left")) if d.height else 0
+    b = int(rows.search_sorted(first_row + n, side="left")) if d.height else 0
+    d = d.slice(a, b - a).with_columns(pl.lit(True).alias("__decided"))
+    p = part.with_columns(pl.int_range(first_row, first_row + n, dtype=pl.UInt64).alias(ROW_COL))
+    return p.join(d, on=ROW_COL, how="left", maintain_order="left").with_columns(pl.col("__decided").fill_null(False))
+
+
+def split_decided(joined: pl.DataFrame, drop: list[str] | tuple = ()) -> StageResult:
+    """Kept rows (`_reason` null, without `_reason`, `_detail` and the helper columns) and
+    dropped rows (with `_reason`, `_detail`) of a `decided_part` frame; `drop` names
+    further columns to remove from both."""
+    internal = [ROW_COL, "__decided", *drop]
+    dropped = joined.filter(pl.col(REASON).is_not_null()).drop(internal)
+    kept = joined.filter(pl.col(REASON).is_null()).drop(internal + [REASON, DETAIL])
+    return StageResult(kept=kept, dropped=dropped)
+
+
+def _ipc(df: pl.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.write_ipc(buf)
+    return buf.getvalue()
+
+
 class PlannedStage(Stage):
-    """A whole-table decision made from aggregated statistics (select's per-group cutoffs,
-    mix's per-group walk): four steps, so that a distributed executor runs the per-row
-    work block by block and only the small key columns meet on the driver.
+    """A whole-table decision (dedup, select, mix) made from small per-row key columns,
+    so that a runner holds one part of the rows at a time, plus the keys of every row:
 
-      block_keys(block)        per block: the key columns the plan needs (group, score,
-                               tie-break key, units, ...): no message text
-      plan(keys)               once, over all blocks' keys concatenated in row order: a
-                               small, picklable plan (per-group cutoffs, sizes)
-      apply_plan(block, plan)  per block: the block with its decision (`_reason`,
-                               `_detail`, and any rows it repeats), in row order
-      finish(decided, plan)    once, over all decided blocks concatenated: kept,
-                               dropped and stats
+      keys(part) -> pl.DataFrame       row-local: one row per input row, same order; only
+                                       small columns (hashes, MinHash band keys and
+                                       sketches, scores, group, task, token counts,
+                                       ids), never message text
+      plan(keys) -> Plan               once, over every part's keys concatenated in order,
+                                       with `_row` (UInt64, global input position) added
+                                       by the runner: the decisions and the stats
+      apply(part, plan, first_row)     row-local given the plan: the part's kept rows
+        -> StageResult                 (input columns + added ones, repeats included) and
+                                       dropped rows (`_reason`, `_detail`); first_row =
+                                       the global position of the part's first row
 
-    `process` is exactly these four over one block (the whole table), so the local and the
-    distributed results are the same by construction. Rows carry their position in the
-    whole table in column ROW (`number_rows`, done once before the table is cut into
-    blocks): the stable tie-break. When `keys_per_row`, `block_keys` returns one row per
-    input row and its columns are attached to the block before `apply_plan` (they are
-    computed once: counting tokens is per-row work). `plannable()` false: this
-    configuration cannot be decided from keys (e.g. select's diversity walk); `process`
-    runs its own way and an executor runs it whole."""
+    `process(table)` is `run_planned(self, table, len(table))`: one code path, so the
+    streaming result equals the whole-table one by construction (tests pin it for
+    small and large parts). `plannable()` false: this configuration cannot be decided
+    from keys (select's diversity walk, semantic dedup); `process` runs it whole and
+    `has_plan` says so to the runner.
+
+    Memory: the keys of all rows meet in `plan` (bytes per row: docs/pipeline.md, "Whole-
+    table stages from keys"); `decisions` holds only the rows that are dropped or gain
+    columns, `order` one small row per output row.
+
+    The older four-step names (`number_rows`, `block_keys`, `plan`, `with_keys`,
+    `apply_plan`, `finish`) remain as a thin adapter over the three, for the Ray
+    executor's planned path (curate/pipeline/ray_executor.py): `block_keys` is `keys`
+    with `_row` taken from the block's ROW column, `apply_plan` runs `apply` on a block
+    (contiguous rows) and packs its kept and dropped rows as Arrow IPC bytes in one row,
+    `finish` unpacks and reassembles them like `run_planned`."""
 
     ROW: ClassVar[str] = "__row"
-    keys_per_row: ClassVar[bool] = False
 
     def plannable(self) -> bool:
         return True
 
+    def keys(self, part: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def plan(self, keys: pl.DataFrame) -> Plan:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def process_planned(self, table: pl.DataFrame) -> StageResult:
+        return run_planned(self, table, max(1, table.height))
+
+    def merge_part_stats(self, plan: Plan, part_stats: list[dict]) -> None:
+        """What `apply` found that `plan.stats` reports (dedup: the texts of the report's
+        example members), from the parts' StageResult.stats, when they were applied on
+        copies of the plan (workers). `apply` also writes it into the `plan.stats` it was
+        given, so a runner that applies in-process needs no call. Default: nothing."""
+
+    # ---- the four-step adapter (Ray executor) ------------------------------------------
     def needs_keys(self) -> bool:
-        """False when `plan` needs no keys at all (a row-local configuration): the
-        executor then skips the keys pass and calls `plan(None)`."""
         return True
 
     def number_rows(self, table: pl.DataFrame) -> pl.DataFrame:
         return table if self.ROW in table.columns else table.with_row_index(self.ROW)
 
-    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def plan(self, keys: pl.DataFrame | None) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def apply_plan(self, block: pl.DataFrame, plan: Any) -> pl.DataFrame:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def finish(self, decided: pl.DataFrame, plan: Any) -> StageResult:  # pragma: no cover - interface
-        raise NotImplementedError
+    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
+        return self.keys(block.drop(self.ROW)).with_columns(block[self.ROW].cast(pl.UInt64).alias(ROW_COL))
 
     def with_keys(self, block: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
-        """The block with its per-row key columns attached (when `keys_per_row`)."""
-        if not self.keys_per_row:
-            return block
-        return block.hstack(keys.select([c for c in keys.columns if c not in block.columns]))
+        return block
 
-    def process_planned(self, table: pl.DataFrame) -> StageResult:
-        t = self.number_rows(table)
-        keys = self.block_keys(t) if self.needs_keys() else None
-        plan = self.plan(keys)
-        return self.finish(self.apply_plan(self.with_keys(t, keys) if keys is not None else t, plan), plan)
+    def apply_plan(self, block: pl.DataFrame, plan: Plan) -> pl.DataFrame:
+        first = int(block[self.ROW][0]) if block.height else 0
+        if block.height and int(block[self.ROW][-1]) != first + block.height - 1:
+            raise ValueError(f"stage {self.name!r}: apply_plan needs a block of consecutive rows")
+        import json
+
+        res = self.apply(block.drop(self.ROW), plan, first)
+        part_stats = json.dumps(res.stats if res.stats is not plan.stats else {})
+        return pl.DataFrame({"first": [first], "rows": [block.height], "kept": [_ipc(res.kept)],
+                             "dropped": [_ipc(res.dropped)], "stats": [part_stats]},
+                            schema={"first": pl.Int64, "rows": pl.Int64, "kept": pl.Binary, "dropped": pl.Binary,
+                                    "stats": pl.String})
+
+    def finish(self, decided: pl.DataFrame, plan: Plan) -> StageResult:
+        import io
+        import json
+
+        decided = decided.sort("first")
+        self.merge_part_stats(plan, [json.loads(x) for x in decided["stats"]])
+        results = [StageResult(kept=pl.read_ipc(io.BytesIO(k)), dropped=pl.read_ipc(io.BytesIO(d)))
+                   for k, d in zip(decided["kept"], decided["dropped"])]
+        bounds = [(f, f + r) for f, r in zip(decided["first"], decided["rows"])]
+        return assemble(results, bounds, plan)

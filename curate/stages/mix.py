@@ -41,7 +41,8 @@ from typing import Literal
 import polars as pl
 
 from curate.contract.schema import stable_keys
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult, unknown_group_names
+from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part,
+                                 unknown_group_names)
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -51,6 +52,8 @@ UNITS = "__mix_units"
 ORDER = "__mix_order"
 VKEY = "__mix_vkey"
 TASK = "__mix_task"
+TASK_NULL = "__mix_task_null"
+COPIES = "__mix_copies"  # output rows of an input row: its train copies, or 1 for a val row
 
 
 @dataclass
@@ -140,17 +143,18 @@ def count_tokens(texts: pl.Series, tokenizer_file: Path | None, batch_size: int 
 
 
 class MixStage(PlannedStage):
-    """Planned from per-row keys (PlannedStage): each block gives its rows' group, task,
-    size in units (tokens are counted here, on workers under Ray) and the seeded order
-    keys; the driver plans from those keys alone (sizes -> `_plan` -> the walk -> the val
-    rows -> the walk again) and reduces every decision to a per-group or per-task cutoff
-    in a fixed order (`_cutoffs`): a row's copies and split follow from its own keys and
-    its group's cutoff (`apply_plan`), block by block."""
+    """Planned from per-row keys (PlannedStage): each part gives its rows' group, task,
+    size in units (tokens are counted here, part by part) and the two seeded order keys
+    (~40 B a row plus the group and task strings, never text); `plan` works from those
+    keys alone (sizes -> `_plan` -> the walk -> the val rows -> the walk again), reduces
+    every decision to a per-group or per-task cutoff in a fixed order (`_cutoffs`), and
+    gives every row its copies and split. `decisions` has one row per input row (every
+    kept row gains `split` and `repeat`); `order` lists the output rows, (`_row`,
+    `repeat`) ascending, so it holds one small row per output row, repeats included."""
 
     kind = "mix"
     Config = Config
     ROW = ROW
-    keys_per_row = True
 
     def _tokenizer_file(self) -> Path | None:
         """The render tokenizer's tokenizer.json, which counts tokens (None: whitespace words)."""
@@ -177,28 +181,29 @@ class MixStage(PlannedStage):
     def process(self, table: pl.DataFrame) -> StageResult:
         return self.process_planned(table)
 
-    # ------------------------------------------------------------------ the four planned steps
-    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
-        """Per row: position, group, task, units and the two seeded order keys (the
-        per-row work: token counts and hashes)."""
+    # ------------------------------------------------------------------ keys -> plan -> apply
+    def keys(self, part: pl.DataFrame) -> pl.DataFrame:
+        """Per row: group, task (and whether it was null), units and the two seeded order
+        keys (the per-row work: token counts and hashes)."""
         c = self.config
         for col in ("repeat", "split"):
-            if col in block.columns:
+            if col in part.columns:
                 raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
-        ids = block["id"].to_list()
-        return block.select(
-            pl.col(ROW), pl.col(c.by).fill_null("").alias(GROUP), pl.col("task").fill_null("").alias(TASK),
-            self._units(block).alias(UNITS),
+        ids = part["id"].to_list()
+        return part.select(
+            pl.col(c.by).fill_null("").alias(GROUP), pl.col("task").fill_null("").alias(TASK),
+            pl.col("task").is_null().alias(TASK_NULL), self._units(part).alias(UNITS),
             pl.Series(ORDER, stable_keys(ids, self.context.seed, "mix"), dtype=pl.UInt64),
             pl.Series(VKEY, stable_keys(ids, self.context.seed, "val"), dtype=pl.UInt64),
         )
 
-    def plan(self, keys: pl.DataFrame) -> dict:
+    def plan(self, keys: pl.DataFrame) -> Plan:
         """Plan and walk once to see which rows the mix leaves over, pick the val rows
         (preferring those), then plan and walk again without them, so the train split
-        alone has the requested proportions. Each walk and the val pick leave as cutoffs."""
+        alone has the requested proportions. Each walk and the val pick leave as
+        cutoffs, from which every row's copies and split follow."""
         c = self.config
-        t = keys
+        t = keys.rename({ROW_COL: ROW}).rechunk()
         rows_per = {g: int(n) for g, n in t.group_by(GROUP).len().iter_rows()}
         listed = {g: 0 for g in (c.weights or c.targets) if g != "*"}  # named in the config, maybe absent
         shares1, targets, achievable, sizes = self._plan_for(t, groups=listed)
@@ -209,44 +214,44 @@ class MixStage(PlannedStage):
             pool = t.filter(~self._is_val(t, walk1, val, shares1))
             shares, targets, achievable, sizes = self._plan_for(pool, groups={**listed, **{g: 0 for g in sizes}})
             walk2 = self._cutoffs(pool, self._walk(pool, achievable))
-        return {"shares1": shares1, "walk1": walk1, "val": val, "walk2": walk2, "shares": shares, "targets": targets,
-                "achievable": achievable, "sizes": sizes, "rows_per": rows_per, "counted_with": self._counted_with()}
-
-    def apply_plan(self, block: pl.DataFrame, plan: dict) -> pl.DataFrame:
-        """Row-local given the plan: val rows, train copies (`repeat` 0, 1, ...) and the
-        rows left out, in row order."""
-        c = self.config
-        is_val = self._is_val(block, plan["walk1"], plan["val"], plan["shares1"])
-        copies = pl.when(is_val).then(0).otherwise(self._train_copies(block, plan["walk2"]))
-        b = block.with_columns(is_val.alias("__val"), copies.alias("__copies"))
-        train = (b.filter(pl.col("__copies") > 0)
-                 .with_columns(pl.int_ranges(0, pl.col("__copies"), dtype=pl.Int32).alias("repeat"))
-                 .explode("repeat").with_columns(pl.lit("train").alias("split")))
-        val = b.filter(pl.col("__val")).with_columns(pl.lit(0, pl.Int32).alias("repeat"), pl.lit("val").alias("split"))
-        shares, targets, sizes = plan["shares"], plan["targets"], plan["sizes"]
-        # rechunk: polars 2.1's pl.format panics on some filtered multi-chunk string columns
-        out = b.filter(~pl.col("__val") & (pl.col("__copies") == 0)).rechunk().with_columns(
-            pl.when(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
+        is_val = self._is_val(t, walk1, val, shares1)
+        copies = pl.when(is_val).then(1).otherwise(self._train_copies(t, walk2))
+        d = t.with_columns(is_val.alias("__val"), copies.alias(COPIES))
+        kept_rows = pl.col(COPIES) > 0
+        d = d.with_columns(
+            pl.when(kept_rows).then(pl.lit(None, pl.String))
+            .when(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
             .then(pl.lit("mix_downsampled")).otherwise(pl.lit("not_in_mix")).alias(REASON),
-            pl.format("{} {}: target {} of {} {}", pl.lit(c.by), pl.col(GROUP),
-                      pl.col(GROUP).replace_strict(targets, default=0, return_dtype=pl.Int64),
-                      pl.col(GROUP).replace_strict(sizes, default=0, return_dtype=pl.Int64), pl.lit(c.unit)).alias(DETAIL),
+            pl.when(kept_rows).then(pl.lit(None, pl.String)).otherwise(pl.format(
+                "{} {}: target {} of {} {}", pl.lit(c.by), pl.col(GROUP),
+                pl.col(GROUP).replace_strict(targets, default=0, return_dtype=pl.Int64),
+                pl.col(GROUP).replace_strict(sizes, default=0, return_dtype=pl.Int64), pl.lit(c.unit))).alias(DETAIL),
+            pl.when(pl.col("__val")).then(pl.lit("val")).when(kept_rows).then(pl.lit("train"))
+            .otherwise(pl.lit(None, pl.String)).alias("split"),
         )
-        cols = block.columns + ["repeat", "split", REASON, DETAIL]
-        return (pl.concat([train, val, out], how="diagonal_relaxed").select(cols)
-                .sort(ROW, "repeat", nulls_last=True))
+        out = (d.filter(kept_rows)
+               .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat"))
+        stats = self._stats(out.with_columns(pl.when(pl.col(TASK_NULL)).then(None).otherwise(pl.col(TASK)).alias("task")),
+                            shares, targets, achievable, sizes, rows_per, self._counted_with())
+        added = [pl.col(UNITS).alias(self.tokens_column())] if c.unit == "tokens" else []
+        decisions = d.select(pl.col(ROW).alias(ROW_COL), REASON, DETAIL, *added, "split", COPIES)
+        order = out.select(pl.col(ROW).alias(ROW_COL), "repeat")
+        return Plan(decisions=decisions, stats=stats, order=order)
 
-    def finish(self, decided: pl.DataFrame, plan: dict) -> StageResult:
-        c = self.config
-        kept_all = decided.filter(pl.col(REASON).is_null())
-        stats = self._stats(kept_all, plan["shares"], plan["targets"], plan["achievable"], plan["sizes"],
-                            plan["rows_per"], plan["counted_with"])
-        internal = [ROW, GROUP, TASK, ORDER, VKEY]
-        kept = kept_all.drop(internal + [REASON, DETAIL] + ([] if c.unit == "tokens" else [UNITS]))
-        if c.unit == "tokens":
-            kept = kept.rename({UNITS: f"{self.name}_tokens"})
-        dropped = decided.filter(pl.col(REASON).is_not_null()).drop(internal + [UNITS, "repeat", "split"])
-        return StageResult(kept=kept, dropped=dropped, stats=stats)
+    def tokens_column(self) -> str:
+        return f"{self.name}_tokens"
+
+    def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
+        """Row-local given the plan: the part's kept rows, each as many times as its
+        copies (`repeat` 0, 1, ...; val rows once), with `split` (and the token count
+        when unit = "tokens"), in row order; the rows left out with their reason."""
+        j = decided_part(part, plan, first_row)
+        added = [self.tokens_column()] if self.config.unit == "tokens" else []
+        kept = (j.filter(pl.col(REASON).is_null())
+                .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat")
+                .select(*part.columns, *added, "repeat", "split"))
+        dropped = j.filter(pl.col(REASON).is_not_null()).select(*part.columns, REASON, DETAIL)
+        return StageResult(kept=kept, dropped=dropped, stats=plan.stats)
 
     # ------------------------------------------------------------------ cutoffs
     def _cutoffs(self, t: pl.DataFrame, walk: pl.DataFrame) -> pl.DataFrame:

@@ -26,15 +26,17 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult, unknown_group_names
+from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part, split_decided,
+                                 unknown_group_names)
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
 ROW = "__select_row"
 GROUP = "__select_group"
+LABEL = "__select_label"  # key column `__select_label:<label column>`
 # Order within a group, best first: (missing score, key, id, position in the table).
 CAND, NULL, KEY, SCORE, QUOTA = "__cand", "__null", "__key", "__score", "__quota"
-ORDER = [GROUP, NULL, KEY, "id", ROW]
+ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
 
 
 @dataclass
@@ -113,11 +115,14 @@ class Config:
 
 
 class SelectStage(PlannedStage):
-    """Thresholds are row-local; the quota walk is decided from per-group cutoffs in the
-    order `ORDER` (best first, ties by id, then position): `plan` sorts the candidates'
-    keys and finds each group's last kept key, `apply_plan` keeps a candidate iff its key
-    is at or before its group's cutoff. A distributed executor runs the thresholds, the
-    keys and the cutoff filter block by block; only the keys meet on the driver."""
+    """Planned from keys (PlannedStage): per row, its group, score, id (and trusted label,
+    for the signal check): ~40-60 bytes a row, never text. `plan` judges the thresholds
+    on the keys, then decides the quota walk by one cutoff per group in the order `ORDER`
+    (best first, ties by id, then position): it sorts the candidates' keys, finds each
+    group's last kept key, and a candidate is over quota iff its key comes after its
+    group's cutoff. `apply` only joins the decisions on the row position. With
+    `diversity` the walk is sequential (each decision depends on the rows kept before
+    it, by their embeddings) and runs whole (`plannable()` false)."""
 
     kind = "select"
     Config = Config
@@ -134,31 +139,58 @@ class SelectStage(PlannedStage):
     def plannable(self) -> bool:
         return self.config.diversity is None  # the Deita walk is sequential: see _diverse
 
-    def needs_keys(self) -> bool:
+    def has_quota(self) -> bool:
         c = self.config
         return bool(c.quotas) or c.top_k is not None or c.top_fraction is not None
 
     def process(self, table: pl.DataFrame) -> StageResult:
         if self.plannable():
             return self.process_planned(table)
-        t = self.thresholds(self.number_rows(table))
-        n_in = dict(t.group_by(GROUP).len().iter_rows())
-        cand = (t.with_columns(self.block_keys(t).select(NULL, KEY)).filter(pl.col(REASON).is_null())
-                .sort(ORDER))
-        walked = self._diverse(cand, n_in).drop(NULL, KEY)
-        final = pl.concat([t.filter(pl.col(REASON).is_not_null()), walked], how="vertical_relaxed").sort(ROW)
-        return self.finish(final, None)
+        # diversity: thresholds from the keys, the walk over the whole table's candidates
+        v = self._verdicts(self.keys(table).with_columns(pl.int_range(table.height, dtype=pl.UInt64).alias(ROW_COL)))
+        n_in = dict(v.group_by(GROUP).len().iter_rows())
+        cand = (table.hstack(v.select(GROUP, NULL, KEY, ROW_COL))
+                .filter(v[REASON].is_null()).sort(ORDER))
+        walked = self._diverse(cand, n_in).select(ROW_COL, pl.col(REASON).alias("__r"), pl.col(DETAIL).alias("__d"))
+        v = (v.join(walked, on=ROW_COL, how="left", maintain_order="left")
+             .with_columns(pl.coalesce(REASON, "__r").alias(REASON), pl.coalesce(DETAIL, "__d").alias(DETAIL))
+             .drop("__r", "__d"))
+        plan = Plan(decisions=v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL),
+                    stats=self._plan_stats(v, n_in))
+        return self.apply(table, plan, 0)
 
-    # ------------------------------------------------------------------ the four planned steps
-    def thresholds(self, t: pl.DataFrame) -> pl.DataFrame:
-        """Row-local: the group and the missing/min/max verdicts (`_reason`, `_detail`)."""
+    # ------------------------------------------------------------------ keys -> plan -> apply
+    def label_column(self, columns: list[str]) -> str | None:
+        """The trusted-label column the score's signal is measured on (None: none)."""
+        from curate.stages.common import signal as sig
+
         c = self.config
-        if c.column not in t.columns:
+        label = c.signal
+        if label is None:
+            label = next((x for x in sig.LABEL_COLUMNS if x in columns and x != c.column), None)
+        if label is not None and label not in columns:
+            raise ValueError(f"stage {self.name!r}: signal column {label!r} is not in the table")
+        return label
+
+    def keys(self, part: pl.DataFrame) -> pl.DataFrame:
+        """Per row: group, score (Float64), id and, when there is one, the trusted label
+        (column `__select_label:<name>`). No text."""
+        c = self.config
+        if c.column not in part.columns:
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
-                             f"(columns: {', '.join(c for c in t.columns if c != ROW)}); run a quality stage that makes it first")
-        group_expr = pl.lit("all") if c.by == "global" else pl.col(c.by).fill_null("")
-        t = t.with_columns(group_expr.alias(GROUP))
-        score = pl.col(c.column).cast(pl.Float64)
+                             f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
+        group_expr = pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")
+        cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE), pl.col("id")]
+        label = self.label_column(part.columns)
+        if label is not None:
+            cols.append(pl.col(label).cast(pl.Float64).alias(f"{LABEL}:{label}"))
+        return part.select(cols)
+
+    def _verdicts(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """The keys with the threshold verdicts (`_reason`, `_detail`: missing/min/max),
+        whether each row is still a candidate, and its order key (NULL, KEY)."""
+        c = self.config
+        score = pl.col(SCORE)
         missing = score.is_null() | score.is_nan()
         reason = pl.when(missing & pl.lit(c.missing == "drop")).then(pl.lit("missing_score"))
         detail = pl.when(missing).then(pl.lit(None, pl.String))
@@ -168,46 +200,45 @@ class SelectStage(PlannedStage):
         if c.max is not None:
             reason = reason.when(~missing & (score > c.max)).then(pl.lit("above_max"))
             detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
-        return t.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
-                              detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL))
-
-    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
-        """One row per row of the block: its group, whether it is still a candidate
-        after the thresholds, and the order key `ORDER` (no text)."""
-        c = self.config
-        t = block if REASON in block.columns else self.thresholds(block)
-        score = pl.col(c.column).cast(pl.Float64)
         # best first; missing scores (when kept) last; + 0.0 makes -0.0 and 0.0 one key
         key = ((-score if c.keep == "highest" else score) + 0.0).fill_nan(None)
-        return t.select(pl.col(GROUP), pl.col(REASON).is_null().alias(CAND), key.is_null().alias(NULL),
-                        key.fill_null(0.0).alias(KEY), pl.col("id"), pl.col(ROW), score.alias(SCORE))
+        t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
+                              detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL),
+                              key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
+        return t.with_columns(pl.col(REASON).is_null().alias(CAND))
 
-    def plan(self, keys: pl.DataFrame | None) -> pl.DataFrame | None:
-        """Per group: its quota and the key of the last row it keeps (null: the quota
-        covers every candidate, or is 0). None: no quota at all (thresholds only).
-        Trade-off: this sorts every row's key on the driver (~40 B a row). Blocks could
-        send only their best `quota` candidates per group, but `top_fraction`'s quota
-        depends on the whole group's size, which would cost one more pass over the data."""
-        if keys is None:
-            return None
-        n_in = {g: int(n) for g, n in keys.group_by(GROUP).len().iter_rows()}
+    def plan(self, keys: pl.DataFrame) -> Plan:
+        """Thresholds, then per group its quota and the key of the last row it keeps; a
+        candidate after its group's cutoff is `over_quota`. Trade-off: this sorts every
+        row's key (~40 B a row) in one place. Parts could send only their best `quota`
+        candidates per group, but `top_fraction`'s quota depends on the whole group's
+        size, which would cost one more pass over the data."""
+        v = self._verdicts(keys.rechunk())  # one chunk: float sums must not depend on the parts
+        n_in = {g: int(n) for g, n in v.group_by(GROUP).len().iter_rows()}
+        if self.has_quota():
+            v = self._over_quota(v, self._cutoffs(v, n_in))
+        decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
+        return Plan(decisions=decisions, stats=self._plan_stats(v, n_in))
+
+    def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
+        res = split_decided(decided_part(part, plan, first_row))
+        return StageResult(kept=res.kept, dropped=res.dropped, stats=plan.stats)
+
+    def _cutoffs(self, v: pl.DataFrame, n_in: dict) -> pl.DataFrame:
+        """Per group: its quota and the order key of the last row it keeps (null: the
+        quota covers every candidate, or is 0)."""
         quotas = pl.DataFrame({GROUP: list(n_in), QUOTA: [self._quota(g, n) for g, n in n_in.items()]},
                               schema={GROUP: pl.String, QUOTA: pl.Int64})
         quotas = quotas.with_columns(pl.col(QUOTA).fill_null(pl.col(GROUP).replace_strict(n_in, return_dtype=pl.Int64)))
-        last = (keys.filter(pl.col(CAND)).sort(ORDER)
+        last = (v.filter(pl.col(CAND)).sort(ORDER)
                 .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
                 .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
                 .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in ORDER[1:]], pl.col(SCORE).alias("__cut_score")))
         return quotas.join(last, on=GROUP, how="left").sort(GROUP)
 
-    def apply_plan(self, block: pl.DataFrame, plan: pl.DataFrame | None) -> pl.DataFrame:
-        """Row-local given the plan: a candidate is over its group's quota iff its order
-        key comes after the group's cutoff."""
-        t = self.thresholds(block)
-        if plan is None:
-            return t
-        k = self.block_keys(t).select(NULL, KEY)
-        t = t.hstack(k).join(plan, on=GROUP, how="left", maintain_order="left")
+    def _over_quota(self, v: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
+        """A candidate is over its group's quota iff its order key comes after the cutoff."""
+        t = v.join(cut, on=GROUP, how="left", maintain_order="left")
         null, key, ident, row = (pl.col(x) for x in ORDER[1:])
         cn, ck, ci, cr = (pl.col(f"__cut{x}") for x in ORDER[1:])
         # lexicographic (null, key, id, row) <= cutoff
@@ -220,26 +251,27 @@ class SelectStage(PlannedStage):
                                        pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
         t = t.with_columns(pl.when(over).then(pl.lit("over_quota")).otherwise(pl.col(REASON)).alias(REASON),
                            pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
-        return t.drop(NULL, KEY, QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
+        return t.drop(QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
 
-    def validation(self, table: pl.DataFrame) -> dict:
+    def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
+        stats = self._stats(v, n_in)
+        label = next((x.split(":", 1)[1] for x in v.columns if x.startswith(LABEL + ":")), None)
+        scores = v[SCORE].fill_null(float("nan")).to_numpy()
+        labels = v[f"{LABEL}:{label}"].fill_null(float("nan")).to_numpy() if label is not None else None
+        stats["signal"] = self.validation(scores, labels, label)
+        return stats
+
+    def validation(self, scores, labels, label: str | None) -> dict:
         """The score's power on trusted labels (curate.stages.common.signal), warned about
         loudly when it is within noise of a coin; refused with `require_signal`."""
         from curate.contract.typed_config import ConfigError
         from curate.stages.common import signal as sig
 
         c = self.config
-        label = c.signal
-        if label is None:
-            label = next((x for x in sig.LABEL_COLUMNS if x in table.columns and x != c.column), None)
-        if label is not None and label not in table.columns:
-            raise ValueError(f"stage {self.name!r}: signal column {label!r} is not in the table")
         if label is None:
             m = {"labels": None, "verdict": "unvalidated",
                  "note": "no trusted labels (a `trusted` or `verifier` column): this selection is unvalidated"}
         else:
-            scores = table[c.column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-            labels = table[label].cast(pl.Float64).fill_null(float("nan")).to_numpy()
             m = sig.measure(scores, labels, higher_is_better=c.keep == "highest", seed=self.context.seed,
                             label_column=label)
         warn = sig.warning_text(c.column, m)
@@ -250,14 +282,6 @@ class SelectStage(PlannedStage):
             raise ConfigError("require_signal", f"stage {self.name!r} refuses to select: "
                               + (warn or f"score {c.column!r} is not validated: {m.get('note')}"))
         return m
-
-    def finish(self, decided: pl.DataFrame, plan: pl.DataFrame | None) -> StageResult:
-        n_in = dict(decided.group_by(GROUP).len().iter_rows())
-        kept = decided.filter(pl.col(REASON).is_null()).drop(ROW, GROUP, REASON, DETAIL)
-        dropped = decided.filter(pl.col(REASON).is_not_null()).drop(ROW, GROUP)
-        stats = self._stats(decided, n_in)
-        stats["signal"] = self.validation(decided)
-        return StageResult(kept=kept, dropped=dropped, stats=stats)
 
     def _diverse(self, cand: pl.DataFrame, n_in: dict) -> pl.DataFrame:
         """Greedy walk: inherently sequential (each decision depends on what was kept), so
@@ -312,7 +336,7 @@ class SelectStage(PlannedStage):
                 d["kept"] = int(n)
             else:
                 d["dropped"][r] = int(n)
-        kept_scores = final.filter(pl.col(REASON).is_null())[c.column].cast(pl.Float64).drop_nans().drop_nulls()
+        kept_scores = final.filter(pl.col(REASON).is_null())[SCORE].drop_nans().drop_nulls()
         return {
             "column": c.column,
             "keep": c.keep,

@@ -12,10 +12,21 @@ select that follows is a random sample, as far as these labels can tell), `inver
 (below 0.5: the score prefers the bad records), `unvalidated` (no labels, or fewer than
 `MIN_PER_CLASS` of either class). Trade-off: labels from a verifier only cover the tasks it
 checks; the AUC says nothing about the others, and the stats name how many rows had a label.
+
+A `[[sources]]` entry with `trusted = true` makes the `trusted` column (`trusted_labels`):
+its records' labels (its `trusted_label` field, or 1 = good for all), null elsewhere. With
+good labels only (a trusted set of right answers and no known-bad ones), `measure` compares
+them with the UNLABELLED rows (`positive_vs_unlabelled`): if a fraction a of the unlabelled
+rows is good, that AUC is a/2 + (1 - a) * (the true AUC), so it is pulled toward 0.5 but is
+above 0.5 exactly when the true AUC is, and the verdict keeps its meaning. It assumes the
+trusted records look like the pool's good ones: a trusted set from another task mix or of
+other lengths measures that difference too (give it bad examples, `trusted_label`, to
+measure good against bad directly).
 """
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 MIN_PER_CLASS = 5
 LABEL_COLUMNS = ("trusted", "verifier")  # looked for, in this order, when none is named
@@ -68,9 +79,18 @@ def measure(scores: np.ndarray, labels: np.ndarray, *, higher_is_better: bool = 
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     ok = np.isfinite(scores) & np.isfinite(labels)
-    s = scores[ok] if higher_is_better else -scores[ok]
     y = labels[ok] >= 0.5
-    out = {"labels": label_column, "labelled": int(ok.sum()), "good": int(y.sum()), "bad": int((~y).sum()),
+    mode = "labelled"
+    if label_column == "trusted" and int((~y).sum()) < MIN_PER_CLASS:
+        # good labels only: trusted records against the unlabelled rest (see the module doc)
+        unl = np.isfinite(scores) & ~np.isfinite(labels)
+        if int(y.sum()) >= MIN_PER_CLASS and int(unl.sum()) >= MIN_PER_CLASS:
+            ok = (ok & (labels >= 0.5)) | unl
+            y = np.isfinite(labels[ok])
+            mode = "positive_vs_unlabelled"
+    s = scores[ok] if higher_is_better else -scores[ok]
+    out = {"labels": label_column if mode == "labelled" else f"{label_column} vs unlabelled",
+           "mode": mode, "labelled": int(ok.sum()), "good": int(y.sum()), "bad": int((~y).sum()),
            "higher_is_better": higher_is_better}
     if out["good"] < MIN_PER_CLASS or out["bad"] < MIN_PER_CLASS:
         out.update(verdict="unvalidated", auc=None, ci=None,
@@ -93,3 +113,24 @@ def warning_text(column: str, m: dict) -> str | None:
         return (f"score {column!r} prefers the BAD records: AUC {m['auc']} (95% interval {m['ci'][0]}-{m['ci'][1]}) "
                 f"on {m['labelled']} records labelled by {m['labels']!r}; check `keep` (highest/lowest)")
     return None
+
+
+def trusted_labels(table: pl.DataFrame, sources) -> pl.Series | None:
+    """The `trusted` column for a table read from `sources` (SourceConfig-like: name,
+    trusted, trusted_label): per row of a trusted source its label (1.0 good, 0.0 bad; from
+    the `trusted_label` field of the record's `meta`, read as true/false/1/0; other values
+    are null = unlabelled), or 1.0 when the source names no label field; null for the rows
+    of other sources. None when no source is trusted."""
+    trusted = [s for s in sources if getattr(s, "trusted", False)]
+    if not trusted or "source" not in table.columns:
+        return None
+    expr = pl.lit(None, dtype=pl.Float64)
+    for s in reversed(trusted):
+        if s.trusted_label:
+            raw = pl.col("meta").str.json_path_match(f"$.{s.trusted_label}").str.to_lowercase()
+            val = (pl.when(raw.is_in(["true", "1", "1.0"])).then(1.0)
+                   .when(raw.is_in(["false", "0", "0.0"])).then(0.0).otherwise(None))
+        else:
+            val = pl.lit(1.0)
+        expr = pl.when(pl.col("source") == s.name).then(val).otherwise(expr)
+    return table.select(expr.cast(pl.Float64).alias("trusted")).to_series()

@@ -27,7 +27,11 @@ the group's support, its answer's support is below the top's, and its answer is
 not near-equal to a most-supported answer (a variant of the majority answer stays:
 agreement by near-equality is not transitive, so "2 of 4 agree" may still agree with the
 top answer). Ties are kept
-(there is no majority to follow); groups smaller than `min_group` are kept (two records
+(there is no majority to follow) unless `ties = "drop"`, which drops every record of such a
+group (`tied_answers`): a prompt asked `min_group`+ times whose answers never converge has
+no answer to trust (on a fixed table in the efficacy benchmark: a key asked 8 times with 8
+different answers, 7 of them wrong). Trade-off: on open-ended prompts, where every answer
+differs, it drops them all: keep the default there; groups smaller than `min_group` are kept (two records
 that disagree are a tie, not a vote). `drop = "none"` only adds the columns, for `select
 column = "consensus"` or for reading the conflicts in the report.
 
@@ -61,6 +65,7 @@ from curate.stages.base import DETAIL, REASON, Stage, StageResult
 from curate.stages.common.text_norm import STEPS, normalized
 
 REASON_MINORITY = "minority_answer"
+REASON_TIE = "tied_answers"
 _ROW, _P, _A, _AID = "__cons_row", "__cons_prompt", "__cons_answer", "__cons_aid"
 
 
@@ -80,6 +85,8 @@ class Config:
     min_group: int = 3  # groups smaller than this never drop a record
     # drop only where the top answer's support share exceeds this (0.5: a true majority)
     majority: float = 0.5
+    # "drop": also drop every record of a group (>= min_group) whose top answers tie ("tied_answers")
+    ties: Literal["keep", "drop"] = "keep"
     examples: int = 8  # conflicting groups shown in the report
 
     def validate(self) -> None:
@@ -190,17 +197,26 @@ class ConsensusStage(Stage):
                         & (per["best"] > c.majority * per["size"])).alias("m")
         else:
             minority = pl.Series("m", [False] * table.height, dtype=pl.Boolean)
+        tied = pl.Series("t", [False] * table.height, dtype=pl.Boolean)
+        if c.drop == "minority" and c.ties == "drop":  # a contested prompt with no winner: none of its answers
+            tied = ((per["size"] >= c.min_group) & per["tie"] & ~minority).alias("t")
         detail = per.select(pl.format("{}/{} agree; the majority answer has {}/{} (e.g. {})", "support", "size",
                                       "best", "size", "majority_id")).to_series()
-        kept = out.filter(~minority)
-        dropped = out.filter(minority).with_columns(pl.lit(REASON_MINORITY).alias(REASON),
-                                                    detail.filter(minority).alias(DETAIL))
+        gone = minority | tied
+        kept = out.filter(~gone)
+        dropped = out.filter(gone).with_columns(
+            pl.when(tied.filter(gone)).then(pl.lit(REASON_TIE)).otherwise(pl.lit(REASON_MINORITY)).alias(REASON),
+            detail.filter(gone).alias(DETAIL))
         stats = self._stats(keys, per, answers, table, minority)
+        stats["ties"], stats["dropped_tied"] = c.ties, int(tied.sum())
         if stats["dropped_minority"]:
             per_task = ", ".join(f"{t} {v['dropped']}" for t, v in stats["by_task"].items() if v["dropped"])
             self.context.log(f"{self.name}: dropped {stats['dropped_minority']:,} outvoted answers ({per_task}); "
                              "on open-ended tasks (code, writing) an outvoted answer may be a valid alternative: "
                              "drop = \"none\" keeps them and only adds the columns")
+        if stats["dropped_tied"]:
+            self.context.log(f"{self.name}: dropped {stats['dropped_tied']:,} records of prompts whose top answers "
+                             "tie (ties = \"drop\"); on open-ended tasks every answer differs and ties: keep them there")
         return StageResult(kept=kept, dropped=dropped, stats=stats)
 
     def _stats(self, keys, per, answers, table, minority) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from curate.stages.dedup import minhash as mh
-from curate.stages.base import DETAIL, REASON, PlannedStage, StageResult
+from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part
 from curate.contract.typed_config import ConfigError
 from curate.stages.dedup.union_find import components
 from curate.contract.views import text_view
@@ -44,6 +44,9 @@ ROW = "__dedup_row"
 HASH = "__dedup_hash"
 _KEEPER = "__dedup_keeper"
 PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
+SRC, BANDS, HAS, SIG = "__dedup_source", "__dedup_bands", "__dedup_has", "__dedup_sig"  # keys (planned)
+EX = "__dedup_example"  # decisions: "i:j" = member j of the report's example i
+EXAMPLE_TEXTS = "example_texts"  # an apply result's stats: the example texts it found
 ANS = "__dedup_answer"  # hash of the normalised answer: the cluster's answer agreement
 
 
@@ -166,7 +169,12 @@ class DedupStage(PlannedStage):
     keys_per_row = True
 
     def plannable(self) -> bool:
-        return self.config.method == "exact"
+        """Exact, and MinHash verified by the signature estimate or not at all. MinHash with
+        verify_by = "exact" (the default) rebuilds the shingles of every candidate pair's
+        rows from their text, which keys do not carry; semantic compares embeddings of
+        every pair: both run whole."""
+        cfg = self.config
+        return cfg.method == "exact" or (cfg.method == "minhash" and (not cfg.verify or cfg.verify_by == "estimate"))
 
     # ---- text ----------------------------------------------------------------------
     def _normalized(self, frame: pl.DataFrame) -> pl.Series:
@@ -417,7 +425,7 @@ class DedupStage(PlannedStage):
     def process(self, table: pl.DataFrame) -> StageResult:
         cfg = self.config
         n = table.height
-        if cfg.method == "exact":
+        if self.plannable():
             return self.process_planned(table)
         if cfg.method == "minhash":
             roots, pair_stats = self._minhash_roots(table) if n else (np.zeros(0, np.int64), {})
@@ -454,55 +462,173 @@ class DedupStage(PlannedStage):
         stats = self._stats(out, keeper, is_kept, score, pair_stats)
         return StageResult(kept=kept, dropped=dropped, stats=stats)
 
-    # ---- exact dedup as planned steps -------------------------------------------------------
-    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
-        """Per row: position, the hash of the normalised text, the keep-rule keys and
-        the id. Hash values only decide grouping (never reach the output), so polars'
-        fast hash is fine here: every worker runs the same polars."""
-        hashes = pl.concat([t.hash(seed=0) for _, t in self.normalized_chunks(block)]) if block.height else pl.Series([], dtype=pl.UInt64)
-        return block.select(pl.col(ROW)).with_columns(hashes.alias(HASH)).hstack(self._keep_keys(block))
+    # ---- keys -> plan -> apply (PlannedStage) ------------------------------------------------
+    def keys(self, part: pl.DataFrame) -> pl.DataFrame:
+        """Per row, no text: the hash of the normalised view (exact's cluster key; for
+        MinHash it tells exact copies from near ones in the stats), the keep-rule keys
+        (`_keep_keys`; the score column's name rides in the column name
+        `__dedup_score:<name>`), the source (for the report's examples) and, for MinHash,
+        the band keys (bands x u64), whether the text has a shingle and, with
+        verify_by = "estimate", the signature (num_perm x u32)."""
+        cfg = self.config
+        n = part.height
+        norm = pl.concat([t for _, t in self.normalized_chunks(part)]) if n else pl.Series([], dtype=pl.String)
+        cols = [norm.hash(seed=0).alias(HASH)]
+        kk = self._keep_keys(part)
+        if SCORE in kk.columns:
+            kk = kk.rename({SCORE: f"{SCORE}:{self._score_column(part)}"})
+        out = pl.DataFrame(cols).hstack(kk)
+        if cfg.examples:
+            out = out.with_columns(part["source"].alias(SRC))
+        if cfg.method == "minhash":
+            band, has, sig = self.minhash_block(part)
+            bands = band.shape[1]
+            out = out.with_columns(pl.Series(BANDS, band, dtype=pl.Array(pl.UInt64, bands)),
+                                   pl.Series(HAS, has, dtype=pl.Boolean))
+            if sig is not None:
+                out = out.with_columns(pl.Series(SIG, sig, dtype=pl.Array(pl.UInt32, cfg.num_perm)))
+        return out
 
-    def plan(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """hash -> kept row, its id and the cluster size, for the hashes two or more rows
-        share (the others are their own clusters): the keep rule, root = the hash. The
-        driver holds the keys of all rows once (fixed width but the id)."""
-        dup = keys.filter(pl.col(HASH).is_duplicated())
-        first = self._rank_keepers(dup.rename({HASH: "root", ROW: _IDX}))
-        kept_ans = dup.select(pl.col(ROW).alias(_KEEPER), pl.col(ANS).alias("__kept_ans"))
-        agree = (dup.join(first.rename({"root": HASH, "keeper": _KEEPER}), on=HASH).join(kept_ans, on=_KEEPER)
-                 .group_by(HASH).agg((pl.col(ANS) == pl.col("__kept_ans")).cast(pl.Float64).mean().alias("__agree")))
-        clusters = (first.rename({"root": HASH, "keeper": _KEEPER})
-                    .join(dup.group_by(HASH).agg(pl.len().cast(pl.UInt32).alias("__size")), on=HASH)
-                    .join(agree, on=HASH)
-                    .join(dup.select(pl.col(ROW).alias(_KEEPER), pl.col("id").alias("__cluster")), on=_KEEPER)
-                    .with_columns(pl.col(_KEEPER).cast(pl.Int64))
-                    .sort(HASH))
-        return clusters
-
-    def apply_plan(self, block: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
-        """A join on the hash marks each row with its cluster's kept row (its own row
-        when its hash is unique), the kept id and the cluster size."""
-        j = block.join(plan, on=HASH, how="left", maintain_order="left")
-        return j.select(
-            *[c for c in block.columns if c not in (HASH, PRIO, SCORE, LEN, ANS)],
-            pl.coalesce(pl.col("__cluster"), pl.col("id")).alias(f"{self.name}_cluster"),
-            pl.col("__size").fill_null(1).cast(pl.UInt32).alias(f"{self.name}_cluster_size"),
-            pl.col("__agree").fill_null(1.0).alias(f"{self.name}_cluster_agreement"),
-            pl.coalesce(pl.col(_KEEPER), pl.col(ROW).cast(pl.Int64)).alias(_KEEPER),
-        )
-
-    def finish(self, decided: pl.DataFrame, plan: pl.DataFrame) -> StageResult:
-        keeper = decided[_KEEPER].to_numpy().astype(np.int64)
-        out = decided.drop(ROW, _KEEPER)
-        score = self._score_column(out) if self.config.keep != "first" else None
-        n = out.height
+    def plan(self, keys: pl.DataFrame) -> Plan:
+        """Each row's cluster root (exact: its hash; MinHash: union-find over the verified
+        candidate pairs, by the same `candidate_pairs` and `minhash_clusters` as
+        `process`), the keep rule (`_rank_keepers`, tie-break = global row), then the
+        decisions for the rows of clusters of 2+ (a unique row is its own cluster of size
+        1 with agreement 1.0: absent from `decisions`) and the stats."""
+        cfg = self.config
+        keys = keys.rechunk()  # one chunk: nothing may depend on how the rows were parted
+        n = keys.height
+        score_col = next((c for c in keys.columns if c.startswith(SCORE + ":")), None)
+        score = score_col.split(":", 1)[1] if score_col is not None else None
+        if score_col is not None:
+            keys = keys.rename({score_col: SCORE})
+        pair_stats: dict = {}
+        if cfg.method == "exact":
+            roots = keys[HASH].rank("dense").cast(pl.Int64).to_numpy() if n else np.zeros(0, np.int64)
+        elif n:
+            band = keys[BANDS].to_numpy() if n else None
+            has = keys[HAS].to_numpy()
+            sig = keys[SIG].to_numpy() if SIG in keys.columns else None
+            left, right = self.candidate_pairs(np.ascontiguousarray(band, dtype=np.uint64), has)
+            roots, pair_stats = self.minhash_clusters(keys, band, has, sig, left, right)
+        else:
+            roots = np.zeros(0, np.int64)
+        clusters = pl.DataFrame([pl.Series("root", roots, dtype=pl.Int64),
+                                 pl.Series(_IDX, np.arange(n, dtype=np.int64))]).hstack(
+            keys.select([c for c in (PRIO, SCORE, LEN, "id") if c in keys.columns]))
+        first = self._rank_keepers(clusters)
+        keeper = (clusters.select("root").join(first, on="root", how="left", maintain_order="left")["keeper"]
+                  .to_numpy().astype(np.int64))
+        if self.config.keep == "first":
+            score = None
+        k = pl.DataFrame({"k": keeper}).with_columns(pl.len().over("k").cast(pl.UInt32).alias("__size"))
+        ans = keys[ANS]
+        t = keys.select(HASH, "id", *([SRC] if SRC in keys.columns else [])).with_columns(
+            pl.Series("k", keeper), k["__size"],
+            pl.int_range(n, dtype=pl.UInt64).alias(ROW_COL),
+            keys["id"].gather(keeper).alias("__cluster") if n else pl.lit(None, pl.String).alias("__cluster"),
+            (ans == ans.gather(keeper)).cast(pl.Float64).alias("__same") if n else pl.lit(None, pl.Float64).alias("__same"),
+        ).with_columns(pl.col("__same").mean().over("k").alias("__agree"))
         is_kept = pl.Series(keeper == np.arange(n))
-        kept = out.filter(is_kept)
-        dropped = out.filter(~is_kept).with_columns(
-            pl.lit(REASON_DUPLICATE).alias(REASON), pl.col(f"{self.name}_cluster").alias(DETAIL))
-        return StageResult(kept=kept, dropped=dropped, stats=self._stats(out, keeper, is_kept, score, {}))
+        stats = self._plan_stats(t, keeper, is_kept, score, pair_stats)
+        multi = t.filter(pl.col("__size") > 1).with_columns(
+            pl.when(pl.col("k") != pl.col(ROW_COL).cast(pl.Int64)).then(pl.lit(REASON_DUPLICATE))
+            .otherwise(pl.lit(None, pl.String)).alias(REASON))
+        decisions = multi.select(
+            ROW_COL, REASON, pl.when(pl.col(REASON).is_not_null()).then(pl.col("__cluster")).alias(DETAIL),
+            pl.col("__cluster").alias(f"{self.name}_cluster"), pl.col("__size").alias(f"{self.name}_cluster_size"),
+            pl.col("__agree").alias(f"{self.name}_cluster_agreement"))
+        ex = self._example_rows(stats)
+        if ex:
+            decisions = decisions.join(pl.DataFrame({ROW_COL: [r for r, _ in ex], EX: [e for _, e in ex]},
+                                                    schema={ROW_COL: pl.UInt64, EX: pl.String}),
+                                       on=ROW_COL, how="left", maintain_order="left")
+        else:
+            decisions = decisions.with_columns(pl.lit(None, pl.String).alias(EX))
+        return Plan(decisions=decisions, stats=stats)
 
-    def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
+    def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
+        """A join on the row: each row's cluster columns (its own id, size 1 and agreement
+        1.0 when the plan has no row for it), the duplicates out with `duplicate_of` and
+        the kept id. The report's example members in this part get their short text in
+        `plan.stats["examples"]` (the only text the stats carry; see `merge_part_stats`)."""
+        j = decided_part(part, plan, first_row)
+        name = self.name
+        j = j.with_columns(
+            pl.coalesce(pl.col(f"{name}_cluster"), pl.col("id")).alias(f"{name}_cluster"),
+            pl.col(f"{name}_cluster_size").fill_null(1).cast(pl.UInt32),
+            pl.col(f"{name}_cluster_agreement").fill_null(1.0).cast(pl.Float64))
+        texts = self._fill_example_texts(j, plan.stats)
+        cols = [*part.columns, f"{name}_cluster", f"{name}_cluster_size", f"{name}_cluster_agreement"]
+        kept = j.filter(pl.col(REASON).is_null()).select(cols)
+        dropped = j.filter(pl.col(REASON).is_not_null()).select(*cols, REASON, DETAIL)
+        return StageResult(kept=kept, dropped=dropped, stats={EXAMPLE_TEXTS: texts} if texts else {})
+
+    def merge_part_stats(self, plan: Plan, part_stats: list[dict]) -> None:
+        """Put the example texts the parts' `apply` found (returned in their stats, e.g.
+        from workers whose copy of the plan is not the driver's) into `plan.stats`."""
+        for s in part_stats:
+            for key, text in (s or {}).get(EXAMPLE_TEXTS, {}).items():
+                i, j = (int(x) for x in key.split(":"))
+                plan.stats["examples"][i]["members"][j]["text"] = text
+
+    def _fill_example_texts(self, j: pl.DataFrame, stats: dict) -> dict:
+        if EX not in j.columns:
+            return {}
+        ex = j.filter(pl.col(EX).is_not_null())
+        if not ex.height:
+            return {}
+        texts = ex.select(text_view(self.config.view).alias("t"))["t"].to_list()
+        found = {key: _short(t) for key, t in zip(ex[EX].to_list(), texts)}
+        self.merge_part_stats(Plan(decisions=j.clear(), stats=stats), [{EXAMPLE_TEXTS: found}])
+        return found
+
+    def _example_rows(self, stats: dict) -> list[tuple[int, str]]:
+        return [(m.pop("__row"), f"{i}:{jx}") for i, e in enumerate(stats.get("examples", []))
+                for jx, m in enumerate(e["members"])]
+
+    def _plan_stats(self, t: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
+        """`_stats` from keys: exact copies are told from near ones by the hash of the
+        normalised view (a 64-bit hash: a collision would count a near copy as exact, with
+        odds ~n / 2**64), the examples' members by id and source, their texts left to
+        `apply` (None here)."""
+        cfg = self.config
+        out = t.select(pl.col("__agree").alias(f"{self.name}_cluster_agreement")) if t.height else pl.DataFrame()
+        stats = self._stats(out if t.height else pl.DataFrame({f"{self.name}_cluster_agreement": []}),
+                            keeper, is_kept, score, pair_stats, examples=False)
+        if t.height and stats["duplicates"]:
+            drop_idx = np.nonzero(keeper != np.arange(len(keeper)))[0]
+            h = t[HASH]
+            exact = int((h.gather(drop_idx) == h.gather(keeper[drop_idx])).sum())
+            stats.update({"dropped_exact": exact, "dropped_near": int(len(drop_idx) - exact)})
+            stats["examples"] = self._examples_from_keys(t)
+        else:
+            stats["examples"] = []
+        return stats
+
+    def _examples_from_keys(self, t: pl.DataFrame) -> list[dict]:
+        """`_examples`' choice (near clusters first, largest first, ties by kept id; kept
+        member first, then by id; at most 5 members) from the keys; "text" None until
+        `apply` fills it, "__row" the member's row (taken out by `plan`)."""
+        cfg = self.config
+        members = t.filter(pl.col("__size") > 1)
+        if cfg.examples == 0 or members.height == 0:
+            return []
+        members = members.with_columns(pl.col(HASH).n_unique().over("k").alias("variants"))
+        picked = (members.group_by("__cluster").agg(pl.col("__size").first(), pl.col("variants").first())
+                  .sort(pl.col("variants") > 1, "__size", "__cluster", descending=[True, True, False])
+                  .head(cfg.examples))
+        examples = []
+        for kept_id, size, variants in picked.iter_rows():
+            rows = (members.filter(pl.col("__cluster") == kept_id)
+                    .sort(pl.col("id") != kept_id, "id").head(5))
+            examples.append({"kept": kept_id, "size": int(size), "exact": bool(variants == 1), "members": [
+                {"id": r["id"], "source": r[SRC], "kept": r["id"] == kept_id, "text": None, "__row": int(r[ROW_COL])}
+                for r in rows.select("id", SRC, ROW_COL).iter_rows(named=True)]})
+        return examples
+
+    def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict,
+               examples: bool = True) -> dict:
         cfg = self.config
         stats: dict = {"method": cfg.method, "view": cfg.view, "normalize": cfg.normalize_steps(), "keep": cfg.keep,
                        "rows_in": out.height,
@@ -527,6 +653,8 @@ class DedupStage(PlannedStage):
                                                    & (pl.col(f"{self.name}_cluster_agreement") < 0.5)).height)
             if out.height else 0,
         }
+        if not examples:
+            return stats
         if out.height and stats["duplicates"]:
             stats.update(self._exact_near_split(out, keeper))
             stats["examples"] = self._examples(out, keeper, sizes)

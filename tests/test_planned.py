@@ -1,0 +1,162 @@
+"""Whole-table stages from keys (curate/stages/base.py: keys -> plan -> apply): for every
+planned stage and configuration, `run_planned(stage, table, part_rows=k)` gives exactly
+the kept table, the dropped table (reasons, details) and the stats of `process(table)`,
+for parts of a few rows (duplicates and groups across part boundaries) and one part."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.contract.schema import POLARS_SCHEMA, conversation_id
+from curate.contract.typed_config import load_dataclass
+from curate.stages.base import ROW_COL, StageContext, has_plan, run_planned
+from curate.stages.dedup.stage import Config as DedupConfig, DedupStage
+from curate.stages.mix import Config as MixConfig, MixStage
+from curate.stages.select import Config as SelectConfig, SelectStage
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "raw" / "qa_alpaca.jsonl"
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> pl.DataFrame:
+    """rows: (source, task, prompt, answer); a `heuristic` score from a seeded rng."""
+    rng = random.Random(7)
+    recs = []
+    for i, (source, task, prompt, answer) in enumerate(rows):
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        recs.append({"id": conversation_id(msgs), "source": source, "task": task, "messages": msgs, "meta": "{}",
+                     "origin": f"{source}:{i}", "heuristic": rng.choice([0.5, 0.7, 0.9, None])})
+    return pl.DataFrame(recs, schema={**POLARS_SCHEMA, "heuristic": pl.Float64})
+
+
+def handmade(n: int = 120, seed: int = 3) -> pl.DataFrame:
+    """Exact copies, copies with other answers and near copies (one word changed), spread
+    over the table so that clusters cross every part boundary."""
+    rng = random.Random(seed)
+    bases = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n // 4)]
+    rows = []
+    for i in range(n):
+        b = bases[rng.randrange(len(bases))]
+        kind = rng.random()
+        if kind < 0.3:
+            words = b.split()
+            words[rng.randrange(len(words))] = rng.choice(WORDS)
+            b = " ".join(words)
+        answer = rng.choice(["yes", "no", "yes indeed", f"answer {i % 3}"])
+        rows.append((rng.choice(["a", "b", "c"]), rng.choice(["qa", "math", "chat"]), b, answer))
+    return _table(rows)
+
+
+def sample() -> pl.DataFrame:
+    recs = []
+    for line in SAMPLE.read_bytes().splitlines()[:700]:  # the sample plants broken lines: skip them
+        try:
+            r = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(r, dict) and isinstance(r.get("instruction"), str):
+            recs.append(r)
+    return _table([("alpaca", ["qa", "convert", "math"][i % 3], f"{r['instruction']} {r.get('input', '')}".strip(),
+                    str(r.get("output", ""))) for i, r in enumerate(recs)])
+
+
+def _ctx(tmp_path: Path) -> StageContext:
+    return StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=11, stage_dir=tmp_path / "st", log=lambda m: None)
+
+
+def same(a, b) -> None:
+    assert a.kept.columns == b.kept.columns and a.dropped.columns == b.dropped.columns
+    assert a.kept.equals(b.kept), "kept rows differ"
+    assert a.dropped.equals(b.dropped), "dropped rows differ"
+    assert json.dumps(a.stats, sort_keys=True, default=str) == json.dumps(b.stats, sort_keys=True, default=str)
+
+
+DEDUP = [
+    {"method": "exact", "view": "conversation", "keep": "best", "score_column": "heuristic"},
+    {"method": "exact", "view": "user", "keep": "first"},
+    {"method": "exact", "view": "user", "keep": "source_priority", "sources": ["b", "a"]},
+    {"method": "minhash", "view": "user", "threshold": 0.5, "verify_by": "estimate", "keep": "best"},
+    {"method": "minhash", "view": "user", "threshold": 0.5, "verify": False, "keep": "first", "examples": 0},
+    {"method": "minhash", "view": "conversation", "threshold": 0.5, "verify_by": "estimate", "num_perm": 64,
+     "keep": "source_priority", "sources": ["c"]},
+]
+SELECT = [
+    {"column": "heuristic", "min": 0.6},
+    {"column": "heuristic", "by": "task", "top_k": 7, "missing": "keep"},
+    {"column": "heuristic", "by": "source", "top_fraction": 0.3, "keep": "lowest"},
+]
+MIX = [
+    {},
+    {"weights": {"qa": 2, "math": 1}, "val_fraction": 0.1},
+    {"targets": {"qa": 30, "*": 10}, "max_repeat": 3, "val_fraction": 0.1},
+    {"by": "source", "temperature": 2.0, "cap": 20, "max_repeat": 2.5},
+]
+CASES = ([(DedupStage, DedupConfig, "dedup", c) for c in DEDUP] + [(SelectStage, SelectConfig, "select", c) for c in SELECT]
+         + [(MixStage, MixConfig, "mix", c) for c in MIX])
+
+
+@pytest.mark.parametrize("stage_cls,config_cls,kind,cfg", CASES, ids=lambda x: json.dumps(x) if isinstance(x, dict) else None)
+@pytest.mark.parametrize("data", ["handmade", "sample"])
+def test_planned_equals_process(tmp_path, stage_cls, config_cls, kind, cfg, data):
+    if data == "sample" and not SAMPLE.is_file():
+        pytest.skip("sample data absent")
+    table = handmade() if data == "handmade" else sample()
+    stage = stage_cls(load_dataclass(config_cls, {"kind": kind, **cfg}, "stages[0]"), _ctx(tmp_path))
+    assert has_plan(stage)
+    whole = stage.process(table)
+    if kind == "dedup":
+        assert whole.stats["duplicates"] > 0  # the case has something to decide
+    for part_rows in (7, 64, table.height + 5):
+        same(run_planned(stage, table, part_rows), whole)
+
+
+def test_keys_carry_no_text(tmp_path):
+    table = handmade()
+    texts = {m["content"] for ms in table["messages"].to_list() for m in ms}
+    for stage_cls, config_cls, kind, cfg in CASES:
+        stage = stage_cls(load_dataclass(config_cls, {"kind": kind, **cfg}, "stages[0]"), _ctx(tmp_path))
+        keys = stage.keys(table)
+        assert keys.height == table.height
+        for col in keys.columns:
+            if keys.schema[col] == pl.String:
+                assert not texts & set(keys[col].drop_nulls().to_list()), (kind, col)
+
+
+def test_dedup_plan_decides_only_clustered_rows(tmp_path):
+    table = handmade()
+    stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "exact", "view": "user"}, "s"),
+                       _ctx(tmp_path))
+    keys = stage.keys(table).with_columns(pl.int_range(table.height, dtype=pl.UInt64).alias(ROW_COL))
+    plan = stage.plan(keys)
+    res = stage.process(table)
+    assert plan.decisions.height == int((res.kept["dedup_cluster_size"] > 1).sum()) + res.dropped.height
+    assert plan.decisions[ROW_COL].is_sorted()
+
+
+def test_not_plannable_configurations(tmp_path):
+    mk = lambda **c: DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **c}, "s"), _ctx(tmp_path))  # noqa: E731
+    assert not has_plan(mk(method="minhash"))  # exact verification rebuilds shingles from text
+    assert has_plan(mk(method="minhash", verify_by="estimate"))
+    sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
+                                                    "diversity": 0.1}, "s"), _ctx(tmp_path))
+    assert not has_plan(sel)
+
+
+def test_adapter_on_copies_of_the_plan_equals_process(tmp_path):
+    """The Ray executor's four-step adapter applies blocks on workers, each with its own
+    copy of the plan: the report examples' texts come back through the blocks' stats."""
+    import copy
+
+    table = handmade()
+    stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "exact", "view": "user"}, "s"),
+                       _ctx(tmp_path))
+    whole = stage.process(table)
+    assert whole.stats["examples"] and all(m["text"] for e in whole.stats["examples"] for m in e["members"])
+    t = stage.number_rows(table)
+    plan = stage.plan(pl.concat([stage.block_keys(t.slice(lo, 25)) for lo in range(0, t.height, 25)]))
+    decided = pl.concat([stage.apply_plan(t.slice(lo, 25), copy.deepcopy(plan)) for lo in range(0, t.height, 25)])
+    same(stage.finish(decided, plan), whole)
