@@ -28,6 +28,7 @@ the manifest stage entry's `memory`:
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -37,7 +38,7 @@ import polars as pl
 
 from curate.contract.ledger import REASON, reject_frame
 from curate.pipeline import parts as P
-from curate.stages.base import Stage, StageResult
+from curate.stages.base import Stage, StageResult, has_plan
 
 HEAVY = ("messages", "meta")  # the columns statistics never read (see the module doc)
 ROW = "_row"
@@ -73,12 +74,6 @@ class StageOutput:
     stats: dict = field(default_factory=dict)
     memory: str = "parts"
     rows_out: int = 0
-
-
-def has_plan(stage: Stage) -> bool:
-    """The stage implements the keys/plan/apply protocol (curate/stages/base.py): its class
-    defines `keys`, `plan` and `apply` (consensus' own `keys` helper alone does not count)."""
-    return all(callable(getattr(type(stage), m, None)) for m in ("keys", "plan", "apply"))
 
 
 def light(df: pl.DataFrame) -> pl.DataFrame:
@@ -166,6 +161,13 @@ class LocalExecutor:
                            rows_out=sum(int(x["rows"]) for x in entries))
 
     def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
+        """keys per part -> one plan -> apply per part (curate/stages/base.py run_planned is
+        the reference this equals). With an `order` sorted by `_row` (mix: repeats follow
+        their original), the applied parts in part order are the output. Any other order
+        (rows moved across parts): each applied part is written with its output positions
+        and the output is read back in windows of `part_rows` positions (one filtered scan
+        of the applied parts per window: I/O grows with windows x parts; memory stays one
+        window)."""
         bounds = P.offsets(job.in_entries)
         keys = []
         for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
@@ -175,36 +177,41 @@ class LocalExecutor:
             keys.append(k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW)))
         plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
         del keys
-        order = getattr(plan, "order", None)
-        target = job.progress.folder / "applied" if order is not None else job.out_dir
-        entries, rejects, kept_rows = [], [], []
+        order = plan.order
+        moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
+        positions = order.with_row_index("__out_pos").select(ROW, "__out_pos") if moved else None
+        target = job.progress.folder / "applied" if moved else job.out_dir
+        entries, rejects, part_stats = [], [], []
         for i, (first, part) in enumerate(zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))):
             res = stage.apply(part, plan, first)
+            if res.stats is not plan.stats:
+                part_stats.append(json.loads(json.dumps(res.stats or {}, default=str)))
             P.write_parquet(job.progress.rejects_path(i), reject_frame(stage.name, res.dropped))
             rejects.append(job.progress.rejects_path(i))
-            if order is not None:
-                if ROW not in res.kept.columns:
-                    raise RuntimeError(f"stage {stage.name!r}: apply() must keep {ROW!r} when the plan has an order")
-                kept_rows.append(res.kept[ROW].cast(pl.Int64).to_numpy())
-            entries.append(P.write_part(target, i, res.kept))
+            kept = res.kept
+            if moved:
+                pos = positions.filter((pl.col(ROW) >= first) & (pl.col(ROW) < first + part.height))["__out_pos"]
+                if len(pos) != kept.height:
+                    raise RuntimeError(f"stage {stage.name!r}: apply() kept {kept.height} rows of a part, "
+                                       f"its plan's order has {len(pos)}")
+                kept = kept.with_columns(pos)
+            entries.append(P.write_part(target, i, kept))
+            del part, res, kept
+        merge = getattr(stage, "merge_part_stats", None)
+        if callable(merge) and part_stats:
+            merge(plan, part_stats)
         job.log(f"[{stage.name}] {len(entries)} parts, planned from key columns of {int(bounds[-1]):,} rows")
-        if order is None:
-            return StageOutput(entries=entries, rejects=rejects, stats=plan.stats, memory="keys",
-                               rows_out=sum(int(x["rows"]) for x in entries))
-        # Rows in the order table's order: position of each wanted `_row` among the kept rows.
-        kept = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
-        wanted = order[ROW].cast(pl.Int64).to_numpy()
-        pos = np.searchsorted(kept, wanted)
-        if len(wanted) and (pos.max() >= len(kept) or not np.array_equal(kept[pos], wanted)):
-            raise RuntimeError(f"stage {stage.name!r}: its order names rows it did not keep")
-        out = []
-        for k, lo in enumerate(range(0, max(len(wanted), 1), job.part_rows)):
-            rows = P.gather(target, entries, pos[lo:lo + job.part_rows])
-            if "repeat" in order.columns and "repeat" not in rows.columns:
-                rows = rows.with_columns(order["repeat"].slice(lo, job.part_rows).cast(pl.Int32))
-            out.append(P.write_part(job.out_dir, k, rows.drop(ROW)))
-        return StageOutput(entries=out, rejects=rejects, stats=plan.stats, memory="keys",
-                           rows_out=sum(int(x["rows"]) for x in out))
+        if moved:
+            files = [str(target / e["file"]) for e in entries]
+            out = []
+            for k, lo in enumerate(range(0, max(order.height, 1), job.part_rows)):
+                rows = (pl.scan_parquet(files).filter((pl.col("__out_pos") >= lo) & (pl.col("__out_pos") < lo + job.part_rows))
+                        .collect().sort("__out_pos").drop("__out_pos"))
+                out.append(P.write_part(job.out_dir, k, rows))
+            entries = out
+            shutil.rmtree(target, ignore_errors=True)
+        return StageOutput(entries=entries, rejects=rejects, stats=plan.stats, memory="keys",
+                           rows_out=sum(int(x["rows"]) for x in entries))
 
     def _whole(self, stage: Stage, job: StageJob) -> StageOutput:
         return run_whole(self, stage, job)

@@ -295,6 +295,7 @@ def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progres
                     batches = stream
                 records = quarantined = 0
                 for table, q in batches:
+                    table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
                     sink.add(table)
                     records += table.height
                     quarantined += len(q)
@@ -437,8 +438,10 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         manifest["limit"] = info_limit
 
     # ---- render and shards
-    table = P.read_dataset(in_dir, in_entries) if (cfg.render is not None or cfg.export is not None) else None
-    if table is not None:  # FIXME(h1d): trusted.label is not applied yet on the streaming read path
+    holds_out = any(getattr(s, "trusted", False) and not getattr(s, "trusted_train", False) for s in cfg.sources)
+    table = (P.read_dataset(in_dir, in_entries)
+             if (cfg.render is not None or cfg.export is not None or holds_out) else None)
+    if table is not None:  # `trusted` labels were added per batch at the read
         table = trusted.hold_out(table, cfg.sources, rd, ledger, manifest, progress.log)  # validation-only rows out
     if cfg.render is not None:
         t0 = time.perf_counter()
@@ -480,7 +483,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         final_rows = rendered.examples.height
         timings["render"] = time.perf_counter() - t0
     else:
-        final_rows = rows_in
+        final_rows = table.height if table is not None else rows_in
     ledger.kept = final_rows - ledger.copies_kept
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
