@@ -272,11 +272,10 @@ def write_jsonl(p: Path, rows: list[dict]) -> Path:
 
 def kept_records(run_dir: Path) -> list[dict]:
     """The curated records (the last stage's output), as Alpaca rows with their task."""
-    import polars as pl
+    from curate.contract.datasets import read_dataset
 
     man = json.loads((run_dir / "manifest.json").read_text())
-    last = run_dir / man["stages"][-1]["output"] / "data.parquet"
-    df = pl.read_parquet(last, columns=["task", "messages"])
+    df = read_dataset(run_dir / man["stages"][-1]["output"], columns=["task", "messages"])
     rows = []
     for task, msgs in df.iter_rows():
         user = next(m["content"] for m in msgs if m["role"] == "user")
