@@ -286,6 +286,9 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None,
                     help="with --sizes: also run this source tree (e.g. a worktree of main) as arm 'base', "
                          "interleaved with the local executor, same inputs")
+    ap.add_argument("--near-verify", choices=["exact", "estimate"], default="exact",
+                    help="near_dedup's verify_by: exact (the default; a whole-table stage) or estimate "
+                         "(planned from keys: every stage of the pipeline then streams)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -295,6 +298,9 @@ def main() -> None:
                     help="comma list of record counts (e.g. 250000,1000000,2000000): time the dedup stages alone")
     ap.add_argument("--dedup-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global STAGES
+    if args.near_verify != "exact":
+        STAGES = STAGES.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{args.near_verify}"\n', 1)
     if args.dedup_child:
         return dedup_child(args.dedup_child)
     if args.dedup_only:
