@@ -250,16 +250,22 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
 
 
 def _stage_at(run: Path, t: float) -> str:
+    """The step running `t` seconds into the pipeline: timings.json's durations laid end to
+    end in run order (read, the manifest's stages, render, shards; timings.json itself is
+    written with sorted keys)."""
     try:
         timings = json.loads((run / "timings.json").read_text())
-    except OSError:
+        stages = [s["name"] for s in json.loads((run / "manifest.json").read_text())["stages"]]
+    except (OSError, ValueError, KeyError):
         return "?"
     end = 0.0
-    for name, secs in timings.items():
-        end += secs
+    for name in ["read", *stages, "render", "shards"]:
+        if name not in timings:
+            continue
+        end += timings[name]
         if t <= end:
             return name
-    return "after " + (list(timings)[-1] if timings else "?")
+    return "after the stages"
 
 
 def digest(run: Path) -> str:
