@@ -218,15 +218,21 @@ def _tree_rss(pid: int) -> int:
 
 
 def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) -> dict:
+    """Wall, peak RSS of the child's process tree, and the stage running at the peak
+    (from timings.json: the stages' durations laid end to end after the child's start-up,
+    so approximate to a sampling period and the time between stages)."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", executor, "--pipeline", str(pipeline),
                              "--out", str(out), "--ray-cpus", str(ray_cpus)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    peak = [0]
+    peak, at = [0], [0.0]
     stop = threading.Event()
+    start = time.perf_counter()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss = _tree_rss(proc.pid)
+            if rss > peak[0]:
+                peak[0], at[0] = rss, time.perf_counter() - start
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -239,14 +245,40 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
     if proc.returncode:
         raise SystemExit(f"{executor} run failed (rc {proc.returncode})")
     res = json.loads(stdout.strip().splitlines()[-1])
-    return {"pipeline_s": res["wall"], "process_s": total, "peak_rss_gib": peak[0] / 2**30}
+    return {"pipeline_s": res["wall"], "process_s": total, "peak_rss_gib": peak[0] / 2**30,
+            "peak_stage": _stage_at(out, at[0] - (total - res["wall"]))}
+
+
+def _stage_at(run: Path, t: float) -> str:
+    """The step running `t` seconds into the pipeline: timings.json's durations laid end to
+    end in run order (read, the manifest's stages, render, shards; timings.json itself is
+    written with sorted keys)."""
+    try:
+        timings = json.loads((run / "timings.json").read_text())
+        stages = [s["name"] for s in json.loads((run / "manifest.json").read_text())["stages"]]
+    except (OSError, ValueError, KeyError):
+        return "?"
+    end = 0.0
+    for name in ["read", *stages, "render", "shards"]:
+        if name not in timings:
+            continue
+        end += timings[name]
+        if t <= end:
+            return name
+    return "after the stages"
 
 
 def digest(run: Path) -> str:
+    """The ledger, every stage's manifest entry (less `memory`: how the rows were held)
+    and every stage's rows by value, whatever the layout (one data.parquet before #19,
+    part-*.parquet after), so that runs of the trees before and after compare."""
     m = json.loads((run / "manifest.json").read_text())
-    h = hashlib.sha256(json.dumps([m["ledger"], m["stages"]], sort_keys=True).encode())
-    for p in sorted((run / "stages").glob("*/data.parquet")):
-        h.update(p.read_bytes())
+    stages = [{k: v for k, v in s.items() if k != "memory"} for s in m["stages"]]
+    h = hashlib.sha256(json.dumps([m["ledger"], stages], sort_keys=True).encode())
+    for d in sorted(p for p in (run / "stages").iterdir() if p.is_dir()):
+        files = sorted(d.glob("part-*.parquet")) or [d / "data.parquet"]
+        df = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        h.update(f"{d.name}:{df.height}:{df.columns}:{int(df.hash_rows(seed=0).sum())}".encode())
     return h.hexdigest()[:16]
 
 
@@ -257,6 +289,12 @@ def main() -> None:
     ap.add_argument("--executors", default="local,ray", help="which executors to measure (ray only if installed)")
     ap.add_argument("--part-rows", default=None,
                     help="with --sizes: comma-separated [run] part_rows values, each measured side by side")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="with --sizes: also run this source tree (e.g. a worktree of main) as arm 'base', "
+                         "interleaved with the local executor, same inputs")
+    ap.add_argument("--near-verify", choices=["exact", "estimate"], default="exact",
+                    help="near_dedup's verify_by: exact (the default; a whole-table stage) or estimate "
+                         "(planned from keys: every stage of the pipeline then streams)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -266,6 +304,9 @@ def main() -> None:
                     help="comma list of record counts (e.g. 250000,1000000,2000000): time the dedup stages alone")
     ap.add_argument("--dedup-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global STAGES
+    if args.near_verify != "exact":
+        STAGES = STAGES.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{args.near_verify}"\n', 1)
     if args.dedup_child:
         return dedup_child(args.dedup_child)
     if args.dedup_only:
@@ -278,7 +319,7 @@ def main() -> None:
     wanted = [e for e in args.executors.split(",") if e]
     if args.sizes:
         parts = [int(x) for x in args.part_rows.split(",")] if args.part_rows else [None]
-        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts)
+        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts, args.base)
     data = work / f"records_{args.records}.jsonl"
     if not data.exists():
         t0 = time.perf_counter()
@@ -317,7 +358,8 @@ def _available(wanted: list[str]) -> list[str]:
     return wanted
 
 
-def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_rows: list[int | None]) -> None:
+def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_rows: list[int | None],
+           base: Path | None = None) -> None:
     """Peak RSS and wall per size, executor and part size, and each size's ratio to the
     smallest; every part size must give the same output digest."""
     env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
@@ -334,21 +376,23 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
             extra = f"part_rows = {pr}\n" if pr else ""
             pipeline.write_text(f'[run]\nseed = 0\n{extra}[[sources]]\nname = "gen"\npath = "{data}"\n'
                                 f'format = "alpaca"\ntask = "qa"\n{STAGES}')
-            for ex in executors:
-                label = ex if pr is None else f"{ex}/{pr}"
-                run = work / f"run_{ex}_{n}_{pr}"
-                r = measure(ex, pipeline, run, ray_cpus, env)
+            arms = ([("base", "local", {**env, "PYTHONPATH": str(base)})] if base else []) + \
+                [(ex, ex, {**env, "PYTHONPATH": str(ROOT)}) for ex in executors]
+            for name, ex, arm_env in arms:
+                label = name if pr is None else f"{name}/{pr}"
+                run = work / f"run_{name}_{n}_{pr}"
+                r = measure(ex, pipeline, run, ray_cpus, arm_env)
                 rows.append({"records": n, "executor": label, **r, "digest": digest(run)})
                 print(f"{n:,} {label}: {r}", flush=True)
     print(f"\n{os.cpu_count()} CPUs; peak RSS = the child process tree; x = ratio to the smallest size")
     print(f"{'records':>10} {'executor':<18}{'pipeline s':>11}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
-          f"{'KiB/record':>12}  digest")
+          f"{'KiB/record':>12}  {'peak in':<14}digest")
     first = {}
     for r in rows:
         f = first.setdefault(r["executor"], r)
         print(f"{r['records']:>10,} {r['executor']:<18}{r['pipeline_s']:>11.1f}{r['pipeline_s'] / f['pipeline_s']:>6.2f}"
               f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
-              f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['digest']}")
+              f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['peak_stage']:<14}{r['digest']}")
     for n in sorted(sizes):
         d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
         if len(d) > 1:

@@ -16,6 +16,7 @@ from curate.contract.schema import POLARS_SCHEMA, conversation_id
 from curate.stages.base import DETAIL, REASON, StageContext
 from curate.stages.dedup.stage import Config, DedupStage
 from curate.contract.typed_config import ConfigError, load_dataclass
+from curate.contract.datasets import read_dataset
 
 
 def record(prompt: str, answer: str, source: str = "s", **extra) -> dict:
@@ -355,7 +356,7 @@ def test_pipeline_run_ledger_and_rejects(tmp_path):
     assert stage["stats"]["clusters"]["count"] == 3 and stage["stats"]["dropped_near"] == 3
     rejects = pl.read_parquet(tmp_path / "run" / stage["rejects"])
     assert set(rejects["source"].to_list()) == {"scraped"}
-    kept = pl.read_parquet(tmp_path / "run" / stage["output"] / "data.parquet")
+    kept = read_dataset(tmp_path / "run" / stage["output"])
     assert set(rejects.columns) & {"detail", "_detail"}
     detail = rejects["detail" if "detail" in rejects.columns else "_detail"].to_list()
     assert set(detail) <= set(kept["id"].to_list())

@@ -14,6 +14,7 @@ from curate.cli import main
 from curate.look.inspect import print_profile, profile_path
 from curate.contract.views import text_view
 from test_report import TOKENIZER, shared_run, stage, write_inputs
+from curate.contract.datasets import read_dataset
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_run_dir(run_dir):
     assert prof["kind"] == "run" and prof["ledger"] == m["ledger"]
     assert [s["rows"] for s in prof["funnel"][2:-1]] == [s["rows_out"] for s in m["stages"]]
     t = prof["table"]
-    last = pl.read_parquet(run_dir / m["stages"][-1]["output"] / "data.parquet")
+    last = read_dataset(run_dir / m["stages"][-1]["output"])
     assert t["stage"] == m["stages"][-1]["name"] and t["rows"] == last.height
     assert t["by_task"] == {k: v for k, v in last.group_by("task").len().sort("len", descending=True).iter_rows()}
     assert set(t["languages"]) == {"language_user", "language_assistant"}

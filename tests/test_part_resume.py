@@ -1,7 +1,9 @@
-"""#19 part-granular work inside a stage: row-local stages (normalize, filter, pii,
-language, decontaminate, locally scored quality) run in parts of `[run] part_rows` rows,
-each finished part kept in RUN/stages/NN-name/parts/; a run killed inside a stage resumes
-from its last finished part, and the output is the same bytes whatever the part size."""
+"""#19 part-granular work inside a stage: the read cuts the input into parts of
+`[run] part_rows` rows (RUN/stages/00-read/part-IIIII.parquet); row-local stages (normalize,
+filter, pii, language, decontaminate, locally scored quality) run part by part, each
+finished part recorded in RUN/stages/NN-name/parts/; a run killed inside a stage resumes
+from its last finished part, and the output is the same whatever the part size (the same
+rows in every stage, the same bytes in rejects/ and shards/)."""
 from pathlib import Path
 
 import pytest
@@ -26,9 +28,29 @@ on = "assistant"
 """
 
 
+def _frame_digest(df) -> str:
+    """The frame's schema and values (not its Arrow buffers: polars' string-view buffers
+    depend on how a column was concatenated, its values do not)."""
+    import hashlib
+    import json
+
+    text = json.dumps([str(df.schema), df.to_dicts()], default=str, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _outputs(run: Path) -> dict:
-    files = [*run.glob("stages/*/data.parquet"), *run.glob("rejects/*.parquet"), *run.glob("shards/*/*.arrow")]
-    return {str(p.relative_to(run)): sha256_file(p) for p in sorted(files)}
+    """sha256 of rejects/ and shards/ files; of each stage's rows (parts concatenated: part
+    files follow `part_rows`, their concatenation must not)."""
+    import json
+
+    from curate.pipeline import parts as P
+
+    files = [*run.glob("rejects/*.parquet"), *run.glob("shards/*/*.arrow")]
+    out = {str(p.relative_to(run)): sha256_file(p) for p in sorted(files)}
+    for done in sorted(run.glob("stages/*/done.json")):
+        entries = json.loads(done.read_text())["parts"]
+        out[str(done.parent.relative_to(run))] = _frame_digest(P.read_dataset(done.parent, entries))
+    return out
 
 
 def _manifest(m: dict) -> dict:
@@ -48,7 +70,7 @@ def test_parts_give_the_same_bytes_as_one_whole_table(tmp_path):
     whole = run_pipeline(_cfg(tmp_path, 50000), out_dir=tmp_path / "whole")
     log = Lines()
     parted = run_pipeline(_cfg(tmp_path, 7), out_dir=tmp_path / "parted", progress=log)
-    assert any("[filter] 7 parts of up to 7 rows (annotate)" in x for x in log.lines), log.lines
+    assert any("[filter] 8 parts of up to 7 rows (annotate)" in x for x in log.lines), log.lines
     assert any("[normalize] 8 parts" in x for x in log.lines), log.lines
     assert _outputs(tmp_path / "parted") == _outputs(tmp_path / "whole")
     assert _manifest(parted) == _manifest(whole)
@@ -76,8 +98,8 @@ def test_killed_inside_a_stage_resumes_from_its_last_finished_part(tmp_path, mon
     kill[0] = False
     log = Lines()
     run_pipeline(cfg, out_dir=tmp_path / "run", progress=log)
-    assert len(calls) == 7 - 3  # only the parts not finished before the kill
-    assert any("[filter] 7 parts" in x and "3 resumed" in x for x in log.lines), log.lines
+    assert len(calls) == 8 - 3  # only the parts not finished before the kill
+    assert any("[filter] 8 parts" in x and "3 resumed" in x for x in log.lines), log.lines
     assert _outputs(tmp_path / "run") == _outputs(tmp_path / "clean")
 
 
@@ -96,12 +118,12 @@ def test_a_damaged_part_is_computed_again(tmp_path, monkeypatch):
     monkeypatch.setattr(Filter, "annotate", annotate)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, out_dir=tmp_path / "run")
-    part = next((tmp_path / "run" / "stages").glob("*-filter/parts/part-00001.arrow"))
+    part = next((tmp_path / "run" / "stages").glob("*-filter/part-00001.parquet"))
     part.write_bytes(part.read_bytes()[:100])
     n.clear()
     monkeypatch.setattr(Filter, "annotate", lambda self, t: n.append(1) or orig(self, t))
     run_pipeline(cfg, out_dir=tmp_path / "run")
-    assert len(n) == 6  # part 0 resumed, part 1 damaged and recomputed, 2..6 new
+    assert len(n) == 7  # part 0 resumed, part 1 damaged and recomputed, 2..7 new
     assert _outputs(tmp_path / "run") == _outputs(tmp_path / "clean")
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from curate.contract.schema import conversation_id
 from curate.read.readers import read_source
 from curate.read.sources import SourceConfig
+from curate.contract.datasets import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
@@ -165,9 +166,9 @@ val_fraction = 0.0
 ''')
     res = CliRunner().invoke(main, ["run", str(tmp_path / "pipeline.toml"), "--no-train", "--quiet"])
     assert res.exit_code == 0, res.output
-    read = pl.read_parquet(tmp_path / "out" / "stages" / "00-read" / "data.parquet")
+    read = read_dataset(tmp_path / "out" / "stages" / "00-read")
     last = tmp_path / "out" / "stages" / "10-mix"
-    final = pl.read_parquet(last / "data.parquet")
+    final = read_dataset(last)
     assert final.height == len(CONVS), json.loads((tmp_path / "out" / "manifest.json").read_text())["ledger"]
     before = {r["id"]: r["messages"] for r in read.iter_rows(named=True)}
     for row in final.iter_rows(named=True):

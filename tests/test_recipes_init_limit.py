@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.pipeline.config import load_config, parse_config
 from curate.pipeline.runner import limited_output_dir, run_pipeline
+from curate.contract.datasets import read_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -161,7 +162,7 @@ def test_limit_samples_per_source_into_its_own_run(tmp_path):
     assert m["ledger"]["read"] == 7 + 7 + 1 and m["ledger"]["reconciles"]  # the broken line stays quarantined
     # seeded: the same sample again, another with another seed, spread over the file
     def sample(d: Path) -> list[str]:
-        return pl.read_parquet(d / "stages" / "00-read" / "data.parquet")["origin"].to_list()
+        return read_dataset(d / "stages" / "00-read")["origin"].to_list()
 
     first = sample(run)
     m2 = run_pipeline(cfg, out_dir=tmp_path / "again", limit=7)

@@ -18,6 +18,7 @@ import pytest
 
 from curate.pipeline.config import load_config
 from curate.pipeline.runner import run_pipeline
+from curate.contract.datasets import read_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "sample_data" / "tokenizer"
@@ -223,8 +224,8 @@ def test_funnel_and_rejects_agree_with_manifest(report, run_dir):
 def test_histograms_scores_languages_mix(report, run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     s = summary(report)["sections"]
-    read = pl.read_parquet(run_dir / "stages" / "00-read" / "data.parquet")
-    last = pl.read_parquet(run_dir / m["stages"][-1]["output"] / "data.parquet")
+    read = read_dataset(run_dir / "stages" / "00-read")
+    last = read_dataset(run_dir / m["stages"][-1]["output"])
     assert s["lengths"]["data"]["before"] == read.height and s["lengths"]["data"]["after"] == last.height
     assert set(s["lengths"]["data"]["tasks"]) == {"qa", "dialogue"}
     # chars and tokens per task: 2 tasks x 2 measures
@@ -237,7 +238,7 @@ def test_histograms_scores_languages_mix(report, run_dir):
     assert sc["thresholds"] and sc["thresholds"][0] == pytest.approx(sel["stats"]["kept_score"]["min"])
     assert 'class="marker"' in re.search(r'<section id="scores".*?</section>', report, re.S).group(0)
     # per task (select ranks by task): the lowest score the select kept in that task
-    sel_out = pl.read_parquet(run_dir / sel["output"] / "data.parquet")
+    sel_out = read_dataset(run_dir / sel["output"])
     assert sc["task_thresholds"] == {t: pytest.approx(v) for t, v in sel_out.group_by("task").agg(pl.col("heuristic").min()).iter_rows()}
     assert s["scores"]["charts"] == 1 + 2  # all tasks + one per task
     # languages: judged counts come from the language stage's own stats

@@ -68,7 +68,7 @@ def test_unexpected_error_is_one_line_naming_the_type(tmp_path, monkeypatch):
     import curate.pipeline.runner as runner
 
     p = make_inputs(tmp_path)
-    monkeypatch.setattr(runner, "read_source", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad\nthing")))
+    monkeypatch.setattr(runner, "iter_source", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad\nthing")))
     r = CliRunner().invoke(main, ["run", str(p), "--quiet"])
     assert r.exit_code == 1 and r.output.strip() == "Error: ValueError: bad thing"
 

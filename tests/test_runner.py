@@ -79,7 +79,7 @@ def test_ledger_rejects_quarantine(tmp_path):
     rej = pl.read_parquet(run / "rejects" / "01-normalize.parquet")
     assert rej.height == 5 and set(rej["stage"]) == {"normalize"}
     assert rej.columns[:3] == ["stage", "reason", "detail"]
-    assert (run / "stages" / "02-normalize_again" / "data.parquet").is_file()
+    assert (run / "stages" / "02-normalize_again" / "part-00000.parquet").is_file()
     assert m["stages"][0]["rows_in"] == 51 and m["stages"][0]["rows_out"] == 46
     assert [s["format"] for s in m["sources"]] == ["alpaca", "sharegpt"]
 

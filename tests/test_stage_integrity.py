@@ -28,7 +28,7 @@ def _setup(tmp_path):
 def test_garbage_answers_in_a_finished_stage_are_detected_and_recomputed(tmp_path):
     cfg, clean = _setup(tmp_path)
     run = tmp_path / "run"
-    part = run / "stages" / "01-normalize" / "data.parquet"
+    part = run / "stages" / "01-normalize" / "part-00000.parquet"
     df = pl.read_parquet(part)
     rows = df.to_dicts()
     for r in rows[:: 10]:  # 10% of the answers
@@ -67,7 +67,7 @@ def test_edited_counts_in_done_json_never_reach_the_manifest(tmp_path):
 def test_truncated_stage_parquet_is_recomputed_not_a_crash(tmp_path):
     cfg, clean = _setup(tmp_path)
     run = tmp_path / "run"
-    part = run / "stages" / "02-normalize_again" / "data.parquet"
+    part = run / "stages" / "02-normalize_again" / "part-00000.parquet"
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     rejects = run / "rejects" / "01-normalize.parquet"
     rejects.write_bytes(b"PAR1 not a parquet")

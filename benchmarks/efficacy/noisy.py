@@ -159,10 +159,11 @@ def run_arm(pipeline: Path) -> tuple[Path, dict]:
 def measure(run_dir: Path, manifest: dict, key: dict) -> dict:
     import polars as pl
 
+    from curate.contract.datasets import read_dataset
     from curate.contract.views import text_view
 
     last = manifest["stages"][-1]["output"]
-    t = pl.read_parquet(run_dir / last / "data.parquet")
+    t = read_dataset(run_dir / last)
     t = t.select("task", text_view("user").alias("p"), text_view("response").alias("a"))
     right = [key.get((task, p)) == a for task, p, a in t.iter_rows()]
     per_task = dict(t.group_by("task").len().sort("task").iter_rows())
