@@ -59,12 +59,11 @@ TABLES = {"lookup", "capital"}
 
 def kept_jsonl(run_dir: Path, manifest: dict, path: Path) -> int:
     """The arm's kept records (its last stage's table) as Alpaca JSONL with `task`."""
-    import polars as pl
-
+    from curate.contract.datasets import read_dataset
     from curate.contract.views import text_view
 
     last = manifest["stages"][-1]["output"]
-    t = pl.read_parquet(run_dir / last / "data.parquet")
+    t = read_dataset(run_dir / last)
     t = t.select("task", text_view("user").alias("instruction"), text_view("response").alias("output"))
     rows = [{"instruction": p, "input": "", "output": a, "task": task} for task, p, a in t.iter_rows()]
     noisy.write_jsonl(path, rows)

@@ -10,7 +10,7 @@ The runner, not the stages, owns the bookkeeping:
     `mix` stage repeated (`repeat` > 0) are counted apart: `upsampled` when added,
     `copies_dropped` when a later stage or render drops them,
   - rejects (`RUN/rejects/NN-name.parquet`) and quarantine (`RUN/quarantine.jsonl`),
-  - resume: each finished stage leaves `RUN/stages/NN-name/{data.parquet,done.json}`. Its
+  - resume: each finished stage leaves `RUN/stages/NN-name/{part-*.parquet,done.json}`. Its
     fingerprint chains the inputs' bytes, every config up to that stage, the sha256 of
     every file those configs read (curate/pipeline/fingerprint.py) and the sha256 of the
     stage's input data. `done.json` records the sha256 of its data and rejects and its
