@@ -58,52 +58,32 @@ def worker_stage(cls: type, config: Any, context: Any) -> Stage:
 
 
 # ---------------------------------------------------------------------------- parts
-# The minimal part writer the Ray parts path needs (curate/pipeline/ray_executor.py,
-# `RayExecutor.run_parts`), in the run layout of issue #19: a stage's output is
-# `RUN/stages/NN-name/part-*.parquet` plus a `done.json` listing the parts in order with
-# their rows and sha256; its rejects `RUN/rejects/NN-name/part-*.parquet`. Workers write
-# their parts straight into the run directory, which must therefore be on a file system
-# every node sees at the same path (one machine: always; a cluster: NFS or the like).
-# Written atomically (temp file, fsync, rename): a task that Ray retries after its worker
-# died rewrites the same bytes, and a half-written part is never seen under its name.
-# The streaming local runner's part API (curate/pipeline/parts.py, branch h1) owns this
-# layout once it lands; this writer keeps the same file names so the two can meet.
+# What the Ray parts path (curate/pipeline/ray_executor.py, `RayExecutor.stage_parts`)
+# adds to the part layout of curate/pipeline/parts.py (RUN/stages/NN-name/part-IIIII.parquet
+# + done.json). Workers write their parts straight into the run directory, which must
+# therefore be on a file system every node sees at the same path (one machine: always; a
+# cluster: NFS or the like). Every write is atomic (temp file, fsync, rename): a task that
+# Ray retries after its worker died rewrites the same bytes, and a half-written part is
+# never seen under its name.
 
 TEXT_COLUMNS = ("messages", "meta", "origin", "id")  # what a worker never sends to the driver
 
 
-def part_name(*index: int) -> str:
-    """`part-00003.parquet`, or `part-001-00003.parquet` for (source 1, batch 3)."""
-    return "part-" + "-".join(f"{i:03d}" if k < len(index) - 1 else f"{i:05d}" for k, i in enumerate(index)) + ".parquet"
+def rejects_part(stage_dir: Path, i: int) -> Path:
+    """Where a worker writes input part `i`'s rejects while the stage runs (the name
+    parts.StageProgress uses); merged into RUN/rejects/NN-name.parquet at the end."""
+    return Path(stage_dir) / "parts" / f"rejects-{i:05d}.parquet"
 
 
-def write_part(folder: Path, name: str, df: pl.DataFrame) -> dict:
-    """One part, atomically, with the project's deterministic parquet settings; returns
-    its entry for done.json: name, rows, sha256."""
-    from curate.contract.atomic import sha256_file, write_parquet
-
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    write_parquet(target, df)
-    return {"name": name, "rows": df.height, "sha256": sha256_file(target)}
-
-
-def write_rejects_part(folder: Path, name: str, stage: str, dropped: pl.DataFrame) -> dict:
-    """A stage's dropped rows of one part, with stage, reason and detail columns
-    (curate.contract.ledger.write_rejects)."""
+def write_rejects_part(path: Path, stage: str, dropped: pl.DataFrame) -> dict:
+    """One part's dropped rows with stage, reason and detail columns
+    (curate.contract.ledger.write_rejects); returns {"file", "rows", "sha256"}."""
     from curate.contract.atomic import sha256_file
     from curate.contract.ledger import write_rejects
 
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    write_rejects(target, stage, dropped)
-    return {"name": name, "rows": dropped.height, "sha256": sha256_file(target)}
-
-
-def read_parts(folder: Path, parts: list[dict], columns: list[str] | None = None) -> pl.DataFrame:
-    """Parts concatenated in order (the whole stage output: only where a step needs it)."""
-    frames = [pl.read_parquet(folder / p["name"], columns=columns) for p in parts]
-    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_rejects(path, stage, dropped)
+    return {"file": path.name, "rows": dropped.height, "sha256": sha256_file(path)}
 
 
 def without_text(df: pl.DataFrame) -> pl.DataFrame:

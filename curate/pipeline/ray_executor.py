@@ -259,7 +259,7 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ the parts path (issue #19)
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
-        """`fn` over `items` (small descriptors: part names, source indexes), one Ray Data
+        """`fn` over `items` (small descriptors: part numbers, source indexes), one Ray Data
         task per item (`map_batches`, batch_size 1), results in item order. The items and
         the results are small; the data moves through the run directory, not the driver.
         A task whose worker dies is resubmitted by Ray Data (max_retries -1 for system
@@ -270,49 +270,71 @@ class RayExecutor:
         ds = self._ray.data.from_items(items, override_num_blocks=len(items))
         return ds.map_batches(fn, batch_size=1, batch_format="pyarrow").take_all()
 
-    def read_parts(self, sources: list, base_dir: Path, folder: Path, batch_rows: int) -> list[dict]:
-        """Every source read on workers (one task per source, `_read_task`) into read parts in
-        `folder`; per source: parts, format, files and quarantine entries (the inputs that
-        could not be parsed: small previews, gathered on the driver for quarantine.jsonl)."""
-        got = self.map_items([{"source": i} for i in range(len(sources))],
-                             _read_task(sources, Path(base_dir), Path(folder), batch_rows))
-        return [{"name": sources[r["source"]].name, "format": r["format"] or sources[r["source"]].format,
-                 "files": json.loads(r["files"]), "parts": json.loads(r["parts"]),
-                 "quarantine": json.loads(r["quarantine"])} for r in sorted(got, key=lambda r: r["source"])]
+    def read_parts(self, sources: list, base_dir: Path, folder: Path, batch_rows: int) -> tuple[list[dict], list[dict]]:
+        """Every source read on workers (one task per source, `_read_task`) into the read
+        dataset in `folder` (parts.py layout: part-IIIII.parquet, numbered in source order,
+        then batch order); returns (part entries, per-source info with its quarantine
+        entries: the inputs that could not be parsed, small previews, which the driver
+        writes to quarantine.jsonl)."""
+        from curate.contract.schema import empty_records
+        from curate.pipeline.parts import part_file, write_part
+
+        folder = Path(folder)
+        got = sorted(self.map_items([{"source": i} for i in range(len(sources))],
+                                    _read_task(sources, Path(base_dir), folder, batch_rows)), key=lambda r: r["source"])
+        entries: list[dict] = []
+        info = []
+        for r in got:
+            for e in json.loads(r["parts"]):  # the workers' temp names -> part numbers, in order
+                os.replace(folder / "parts" / e["file"], folder / part_file(len(entries)))
+                entries.append({**e, "file": part_file(len(entries))})
+            cfg = sources[r["source"]]
+            info.append({"name": cfg.name, "format": r["format"] or cfg.format, "files": json.loads(r["files"]),
+                         "records": sum(e["rows"] for e in json.loads(r["parts"])),
+                         "quarantine": json.loads(r["quarantine"])})
+        if not entries:
+            entries.append(write_part(folder, 0, empty_records()))
+        if (folder / "parts").is_dir():
+            (folder / "parts").rmdir()
+        return entries, info
 
     def stage_parts(self, stage: Stage, src: Path, parts: list[dict], out: Path, rejects: Path,
                     part_rows: int = DEFAULT_BLOCK_ROWS) -> StageParts:
-        """Run `stage` over the input parts `parts` (in `src`), writing its output parts to
-        `out` and its rejects parts to `rejects` (see `parts_mode`). Row-local stages and
-        the plan protocol keep one output part per input part, under the same name."""
+        """Run `stage` over the dataset `parts` in `src` (parts.py layout), writing its output
+        dataset to `out` (part-IIIII.parquet; done.json is the caller's) and its rejects to
+        the file `rejects` (see `parts_mode`). Row-local stages and the plan protocol keep
+        one output part per input part, under the same number."""
+        from curate.pipeline.parts import dataset_schema, offsets
+
         mode = parts_mode(stage)
+        if mode == "gather":
+            return self._gathered(stage, src, parts, out, rejects, part_rows)
         ctx = portable(stage.context)
         cls, cfg = type(stage), stage.config
-        rows_in = sum(p["rows"] for p in parts)
-        items, first = [], 0
-        for p in parts:
-            items.append({"name": p["name"], "first_row": first})
-            first += p["rows"]
-        if mode == "gather" or not parts:
-            return self._gathered(stage, src, parts, out, rejects, part_rows)
+        bounds = offsets(parts)
+        rows_in = int(bounds[-1])
+        # parts may type an all-null column Null where others type it: every worker casts
+        # its part to the dataset's unified schema, as parts.iter_parts does locally
+        schema = dataset_schema(src, parts) if len(parts) > 1 else None
+        items = [{"i": i, "file": p["file"], "first_row": int(bounds[i])} for i, p in enumerate(parts)]
         stats_extra: dict | None = None
         if mode in ("annotate", "blocks"):
             ref = None
             if mode == "annotate":
                 shared = stage.shared_resource()
                 ref = self._ray.put(shared) if shared is not None else None
-            res = self.map_items(items, _part_task(mode, cls, cfg, ctx, ref, src, out, rejects))
+            res = self.map_items(items, _part_task(mode, cls, cfg, ctx, ref, src, out, schema))
         else:  # the plan protocol: keys per part -> plan on the driver -> apply per part
-            keyed = self.map_items(items, _part_task("keys", cls, cfg, ctx, None, src, out, rejects))
+            keyed = self.map_items(items, _part_task("keys", cls, cfg, ctx, None, src, out, schema))
             self._check_part_rows(stage, keyed, rows_in)
-            keys = pl.concat([from_ipc(r["keys"]) for r in keyed], how="vertical", rechunk=True)
+            keys = pl.concat([from_ipc(r["keys"]) for r in keyed], how="vertical_relaxed", rechunk=True)
             plan = stage.plan(keys)
-            del keys
+            del keys, keyed
             order = getattr(plan, "order", None)
             if order is not None and order.height > 1 and not bool((order[PLAN_ROW].diff().drop_nulls() >= 0).all()):
                 raise RuntimeError(f"ray: stage {stage.name!r} reorders rows across parts (Plan.order); "
                                    "the parts path writes parts in input order")
-            res = self.map_items(items, _part_task("apply", cls, cfg, ctx, self._ray.put(plan), src, out, rejects))
+            res = self.map_items(items, _part_task("apply", cls, cfg, ctx, self._ray.put(plan), src, out, schema))
             stats_extra = dict(getattr(plan, "stats", None) or {})
         self._check_part_rows(stage, res, rows_in)
         dropped, records, copies, upsampled = {}, {}, 0, 0
@@ -324,22 +346,36 @@ class RayExecutor:
         if mode == "annotate":
             # the stage's own decision code over the text-free annotations of all parts,
             # with the parts' states merged: its statistics are the whole table's
-            summary = pl.concat([from_ipc(r["summary"]) for r in res], how="vertical", rechunk=True)
+            summary = pl.concat([from_ipc(r["summary"]) for r in res], how="vertical_relaxed", rechunk=True)
             stage.merge_block_states([decode_state(r["state"]) for r in res])
             stats = stage.decide(summary, summary).stats
+            del summary
         elif mode == "blocks":
-            stats_parts = [json.loads(r["state"]) for r in res]
-            kept = (pl.concat([from_ipc(r["summary"]) for r in res], how="vertical", rechunk=True)
+            kept = (pl.concat([from_ipc(r["summary"]) for r in res], how="vertical_relaxed", rechunk=True)
                     if stage.kind == "quality" else pl.DataFrame())
-            stats = merge_stats(stage, kept, stats_parts)
+            stats = merge_stats(stage, kept, [json.loads(r["state"]) for r in res])
         else:
             stats = stats_extra or {}
             upsampled = int(stats.get("upsampled", upsampled) or 0)
+        rej = self._merge_rejects(out, len(parts), rejects)
         stage.context.log(f"[{stage.name}] ray: {len(parts)} part(s) on workers ({mode}); "
                           "parts written by the workers")
-        return StageParts(parts=[json.loads(r["kept"]) for r in res], rejects=[json.loads(r["rejects"]) for r in res],
-                          rows_in=rows_in, dropped=dropped, records_dropped=records, copies_dropped=copies,
+        return StageParts(parts=[json.loads(r["part"]) for r in res], rejects=rej, rows_in=rows_in,
+                          dropped=dropped, records_dropped=records, copies_dropped=copies,
                           upsampled=upsampled, stats=stats, mode=mode)
+
+    def _merge_rejects(self, stage_dir: Path, n: int, target: Path) -> dict:
+        """The parts' rejects (stage_dir/parts/rejects-IIIII.parquet) streamed into one file
+        by a worker (parts.merge_parquet: fixed row groups, so the bytes do not depend on
+        the parts), then the per-part files removed; returns {"file", "rows", "sha256"}."""
+        from curate.pipeline.ray_blocks import rejects_part
+
+        files = [str(rejects_part(stage_dir, i)) for i in range(n)]
+        got = self.map_items([{"files": json.dumps(files)}], _merge_task(str(target)))[0]
+        for f in files:
+            os.unlink(f)
+        (Path(stage_dir) / "parts").rmdir()
+        return {"file": Path(target).name, "rows": int(got["rows"]), "sha256": got["sha256"]}
 
     def _gathered(self, stage: Stage, src: Path, parts: list[dict], out: Path, rejects: Path,
                   part_rows: int) -> StageParts:
@@ -347,20 +383,21 @@ class RayExecutor:
         walk, LM-scored quality, a PlannedStage not yet on the keys -> plan -> apply
         protocol): the driver reads its input whole and runs the in-memory Ray path
         (`process`: MinHash signatures and planned keys still on workers), then writes the
-        output as parts of `part_rows` rows. Logged: this is where the driver holds a table."""
+        output in `part_rows` windows. Logged: this is where the driver holds a table."""
         from curate.contract.ledger import REASON, drop_counts, reason_counts
-        from curate.contract.schema import empty_records
-        from curate.pipeline.ray_blocks import part_name, read_parts, write_part, write_rejects_part
+        from curate.pipeline.parts import read_dataset, write_part
+        from curate.pipeline.ray_blocks import rejects_part, write_rejects_part
 
-        table = read_parts(src, parts) if parts else empty_records()
+        table = read_dataset(src, parts)
         if table.height:
             stage.context.log(f"[{stage.name}] ray: no parts path for this stage; its input "
                               f"({table.height:,} rows) is gathered on the driver")
         result = self.process(stage, table)
         n = result.kept.height
-        kept = [write_part(out, part_name(k), result.kept.slice(lo, part_rows))
+        kept = [write_part(out, k, result.kept.slice(lo, part_rows))
                 for k, lo in enumerate(range(0, max(n, 1), part_rows))]
-        rej = [write_rejects_part(rejects, part_name(0), stage.name, result.dropped)]
+        write_rejects_part(rejects_part(out, 0), stage.name, result.dropped)
+        rej = self._merge_rejects(out, 1, rejects)
         records, copies = drop_counts(result.dropped, REASON)
         return StageParts(parts=kept, rejects=rej, rows_in=table.height, dropped=reason_counts(result.dropped),
                           records_dropped=records, copies_dropped=copies,
@@ -411,11 +448,11 @@ def parts_mode(stage: Stage) -> str:
 
 def _read_task(sources: list, base_dir: Path, folder: Path, batch_rows: int) -> Callable[[pa.Table], pa.Table]:
     """map_batches function: one row per source index; the worker streams the source
-    (`iter_source`, at most `batch_rows` input rows held) and writes each batch as a read
-    part `part-SSS-BBBBB.parquet`. One task per source: a source's files are read in
-    order by one task, because auto format detection and a task template's record
-    index carry over from file to file."""
-    from curate.pipeline.ray_blocks import part_name, write_part
+    (`iter_source`, at most `batch_rows` input rows held) and writes each batch to
+    `folder/parts/read-SSS-BBBBB.parquet`; the driver renames them to part numbers. One
+    task per source: a source's files are read in order by one task, because auto
+    format detection and a task template's record index carry over from file to file."""
+    from curate.contract.atomic import sha256_file, write_parquet
     from curate.read.readers import iter_source
 
     def run(batch: pa.Table) -> pa.Table:
@@ -427,7 +464,10 @@ def _read_task(sources: list, base_dir: Path, folder: Path, batch_rows: int) -> 
             for table, q in stream:
                 quarantine += q
                 if table.height:
-                    parts.append(write_part(folder, part_name(si, len(parts)), table))
+                    path = folder / "parts" / f"read-{si:03d}-{len(parts):05d}.parquet"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_parquet(path, table)
+                    parts.append({"file": path.name, "rows": table.height, "sha256": sha256_file(path)})
             out.append({"source": si, "parts": json.dumps(parts), "format": stream.format or "",
                         "files": json.dumps(stream.files),
                         "quarantine": json.dumps(quarantine, ensure_ascii=False, default=str)})
@@ -436,19 +476,32 @@ def _read_task(sources: list, base_dir: Path, folder: Path, batch_rows: int) -> 
     return run
 
 
+def _merge_task(target: str) -> Callable[[pa.Table], pa.Table]:
+    def run(batch: pa.Table) -> pa.Table:
+        from curate.pipeline.parts import merge_parquet
+
+        got = merge_parquet([Path(f) for f in json.loads(batch.column("files")[0].as_py())], Path(target))
+        return pa.table({"rows": [got["rows"]], "sha256": [got["sha256"]]})
+
+    return run
+
+
 def _part_task(mode: str, cls: type, config: Any, context: Any, ref: Any, src: Path, out: Path,
-               rejects: Path) -> Callable[[pa.Table], pa.Table]:
-    """map_batches function over part descriptors (name, first_row): read the part from
+               schema: dict | None) -> Callable[[pa.Table], pa.Table]:
+    """map_batches function over part descriptors (i, file, first_row): read the part from
     the run directory, run the stage's row-local step on it, write the output part and
     the rejects part, return counts, sha256 and the text-free summary the driver needs."""
     from curate.contract.ledger import REASON, drop_counts, reason_counts
-    from curate.pipeline.ray_blocks import state_without_rows, without_text, write_part, write_rejects_part
+    from curate.pipeline.parts import read_part, write_part
+    from curate.pipeline.ray_blocks import rejects_part, state_without_rows, without_text, write_rejects_part
 
     def run(batch: pa.Table) -> pa.Table:
         rows = []
         for d in batch.to_pylist():
             maybe_fault()
-            part = pl.read_parquet(src / d["name"])
+            part = read_part(src / d["file"])
+            if schema is not None and dict(part.schema) != schema:
+                part = part.cast(schema)
             stage = worker_stage(cls, config, context)
             summary, state = b"", ""
             if mode == "annotate":
@@ -467,14 +520,14 @@ def _part_task(mode: str, cls: type, config: Any, context: Any, ref: Any, src: P
                 keys = stage.keys(part)
                 keys = keys.select(pl.int_range(d["first_row"], d["first_row"] + part.height, dtype=pl.UInt64)
                                    .alias(PLAN_ROW), pl.exclude(PLAN_ROW))
-                rows.append({"name": d["name"], "rows": part.height, "keys": to_ipc(keys)})
+                rows.append({"i": d["i"], "rows": part.height, "keys": to_ipc(keys)})
                 continue
             else:  # "apply"
                 res = stage.apply(part, ray.get(ref), d["first_row"])
-            kept = write_part(out, d["name"], res.kept)
-            rej = write_rejects_part(rejects, d["name"], stage.name, res.dropped)
+            entry = write_part(out, d["i"], res.kept)
+            write_rejects_part(rejects_part(out, d["i"]), stage.name, res.dropped)
             records, copies = drop_counts(res.dropped, REASON)
-            rows.append({"name": d["name"], "rows": part.height, "kept": json.dumps(kept), "rejects": json.dumps(rej),
+            rows.append({"i": d["i"], "rows": part.height, "part": json.dumps(entry),
                          "dropped": json.dumps(reason_counts(res.dropped)), "records_dropped": json.dumps(records),
                          "copies_dropped": copies, "state": state, "summary": summary,
                          "upsampled": int((res.stats or {}).get("upsampled", 0) or 0)})
@@ -488,8 +541,8 @@ class StageParts:
     """One finished stage on parts, as the driver knows it: the parts (in order) with rows
     and sha256, the rejects parts, the drop counts and the stage's statistics."""
 
-    parts: list[dict]
-    rejects: list[dict]
+    parts: list[dict]        # parts.py PART_ENTRY: file, rows, sha256
+    rejects: dict            # the merged rejects file: file, rows, sha256
     rows_in: int
     dropped: dict            # reason -> rows (copies included), as done.json records it
     records_dropped: dict    # reason -> records (upsampled copies not counted)
@@ -514,8 +567,9 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
                  part_rows: int | None = None) -> dict:
     """The curation pipeline of `cfg` on Ray with no driver that holds the table: sources
     read on workers into parts, every stage on parts (`RayExecutor.stage_parts`), each
-    stage's `done.json` listing its parts; then render and shards. Returns the manifest
-    (ledger, stage reports, shards), also written to RUN/manifest.json.
+    stage's `done.json` listing its parts (curate/pipeline/parts.py layout); then render
+    and shards. Returns the manifest (ledger, stage reports, shards), also written to
+    RUN/manifest.json.
 
     What still goes through the driver: the quarantine entries; per stage, the text-free
     rows of row-local stages whose statistics are over the whole table (filter,
@@ -523,16 +577,16 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
     input of a stage with no parts path (`parts_mode` "gather"); and the final stage's
     output for render, whose split, per-id de-duplication, sort, packing and shard
     writing are global (curate.render.renderer.render_examples; tokenization is on the
-    workers). Not here yet: stage resume (the streaming local runner's done.json /
-    part-level resume), `--limit`, export and the report. This is the executor half of
-    issue #19; the runner (curate/pipeline/runner.py) is meant to call `stage_parts`
-    per stage once it runs on parts."""
+    workers). Not here: stage resume (fingerprints, part-level resume: the streaming
+    runner's), `--limit`, export and the report. This is the executor half of issue #19:
+    the streaming runner (curate/pipeline/runner.py) is meant to call `read_parts` and
+    `stage_parts` in place of its own per-part loop when the executor is Ray."""
     from curate.contract.atomic import write_json, write_text
     from curate.contract.ledger import Ledger
     from curate.contract.progress import Progress
     from curate.pipeline.checks import check_names
     from curate.pipeline.config import pipeline_inputs, source_roots
-    from curate.pipeline.ray_blocks import read_parts
+    from curate.pipeline.parts import read_dataset
     from curate.pipeline.rundir import RunDir, check_output_dir
     from curate.stages import stage_class
     from curate.stages.base import StageContext
@@ -542,43 +596,45 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
     out = check_output_dir(cfg.output_dir(out_dir), pipeline_inputs(cfg), source_roots(cfg))
     rd = RunDir.open(out, fresh=fresh, log=progress.log)
 
-    def fresh_dir(rel: str) -> Path:
-        if rd.owns(rel) and (out / rel).exists():
+    def fresh_path(rel: str) -> Path:
+        if rd.owns(rel) and ((out / rel).exists() or (out / rel).is_symlink()):
             rd.remove(rel)
         return rd.own(rel)
 
     ledger = Ledger()
-    read_dir = fresh_dir("stages/00-read")
-    reads = executor.read_parts(cfg.sources, cfg.base_dir, read_dir, part_rows)
-    quarantine = [q for r in reads for q in r["quarantine"]]
+    read_dir = fresh_path("stages/00-read")
+    read_dir.mkdir(parents=True, exist_ok=True)
+    parts, reads = executor.read_parts(cfg.sources, cfg.base_dir, read_dir, part_rows)
+    quarantine = [q for r in reads for q in r.pop("quarantine")]
     write_text(rd.own("quarantine.jsonl"),
                "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in quarantine))
-    parts = [p for r in reads for p in r["parts"]]
     rows = sum(p["rows"] for p in parts)
-    write_json(read_dir / "done.json", {"rows_out": rows, "quarantined": len(quarantine), "parts": parts})
+    write_json(read_dir / "done.json", {"rows_out": rows, "quarantined": len(quarantine), "parts": parts,
+                                        "sources": reads})
     ledger.read, ledger.quarantined = rows + len(quarantine), len(quarantine)
-    sources = [{"name": r["name"], "format": r["format"], "files": r["files"], "read": None,
-                "records": sum(p["rows"] for p in r["parts"]), "quarantined": len(r["quarantine"])} for r in reads]
-    names = {c: sorted(pl.concat([pl.scan_parquet(read_dir / p["name"]).select(c).unique().collect() for p in parts]
-                                 )[c].drop_nulls().unique().to_list()) if parts else [] for c in ("task", "source")}
-    check_names(cfg.stages, names, progress.log)
+    groups = read_dataset(read_dir, parts, columns=["task", "source"])  # two short columns, for config checks
+    check_names(cfg.stages, {c: sorted(groups[c].drop_nulls().unique().to_list()) for c in ("task", "source")},
+                progress.log)
+    del groups
 
     src, reports = read_dir, []
     for index, stage_cfg in enumerate(cfg.stages, start=1):
         name = getattr(stage_cfg, "name", None) or stage_cfg.kind
         dirname = f"{index:02d}-{name}"
-        sdir, rdir = fresh_dir(f"stages/{dirname}"), fresh_dir(f"rejects/{dirname}")
+        sdir, rpath = fresh_path(f"stages/{dirname}"), fresh_path(f"rejects/{dirname}.parquet")
+        sdir.mkdir(parents=True, exist_ok=True)
         context = StageContext(run_dir=out, config_dir=cfg.base_dir, seed=cfg.run.seed, stage_dir=sdir,
                                log=progress.log, render=cfg.render)
         stage = stage_class(stage_cfg.kind)(stage_cfg, context)
-        res = executor.stage_parts(stage, src, parts, sdir, rdir, part_rows)
+        res = executor.stage_parts(stage, src, parts, sdir, rpath, part_rows)
         if res.rows_in + res.upsampled != res.rows_out + sum(res.dropped.values()):
             raise RuntimeError(f"stage {name!r}: {res.rows_in} rows in, {res.upsampled} added by upsampling, but "
                                f"{res.rows_out} kept + {sum(res.dropped.values())} dropped")
+        stats = json.loads(json.dumps(res.stats, default=str))
         write_json(sdir / "done.json", {"name": name, "kind": stage_cfg.kind, "rows_in": res.rows_in,
                                         "rows_out": res.rows_out, "dropped": res.dropped,
-                                        "upsampled": res.upsampled, "stats": res.stats, "parts": res.parts,
-                                        "rejects": res.rejects})
+                                        "upsampled": res.upsampled, "stats": stats, "parts": res.parts,
+                                        "rejects": res.rejects, "ray": res.mode})
         added = res.rows_out - res.rows_in + sum(res.records_dropped.values()) + res.copies_dropped
         ledger.drop(name, res.records_dropped)
         if added:
@@ -587,11 +643,10 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
             ledger.copies_dropped[name] = res.copies_dropped
         reports.append({"index": index, "name": name, "kind": stage_cfg.kind, "rows_in": res.rows_in,
                         "rows_out": res.rows_out, "dropped": res.dropped, "upsampled": res.upsampled,
-                        "stats": json.loads(json.dumps(res.stats, default=str)), "output": f"stages/{dirname}",
-                        "rejects": f"rejects/{dirname}"})
+                        "stats": stats, "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet"})
         src, parts = sdir, res.parts
 
-    manifest: dict[str, Any] = {"seed": cfg.run.seed, "sources": sources, "stages": reports,
+    manifest: dict[str, Any] = {"seed": cfg.run.seed, "sources": reads, "stages": reports,
                                 "quarantine": {"file": "quarantine.jsonl", "rows": ledger.quarantined}}
     final_rows = sum(p["rows"] for p in parts)
     if cfg.render is not None:
@@ -599,17 +654,15 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
         from curate.render.renderer import render_examples
         from curate.render.shards import token_counts, write_shards
 
-        table = read_parts(src, parts)  # render is global: see the docstring
+        table = read_dataset(src, parts)  # render is global: see the docstring
         rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed, map_blocks=executor.render_blocks)
         del table
-        write_rejects(rd.own("rejects/render.parquet"), "render", rendered.dropped)
+        write_rejects(fresh_path("rejects/render.parquet"), "render", rendered.dropped)
         records, copies = drop_counts(rendered.dropped, REASON)
         ledger.drop("render", records)
         if copies:
             ledger.copies_dropped["render"] = copies
-        if (out / "shards").exists():
-            rd.remove("shards")
-        shards = write_shards(rendered.examples, rd.own("shards"), cfg.render)
+        shards = write_shards(rendered.examples, fresh_path("shards"), cfg.render)
         manifest["shards"] = {k: v for k, v in shards.items() if k in ("train", "val")}
         manifest["tokens"] = token_counts(rendered.examples)
         manifest["render"] = {"dropped": reason_counts(rendered.dropped), "stats": rendered.stats}
