@@ -3,7 +3,8 @@
 Baseline (what most fine-tuning scripts do): per conversation,
 `tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
 return_assistant_tokens_mask=True)`, then labels = ids where the mask is set. Ours:
-`curate.render.renderer.render_examples` (the word cache for byte-level BPE tokenizers, else batched
+`curate.render.renderer.render_examples` (the word cache for byte-level BPE and SentencePiece-style
+Metaspace tokenizers, else batched
 Rust tokenization; numpy masks, checks) followed by best-fit-decreasing packing of the train
 split. Same records, same template, same
 tokenizer, same process; the tokenizer is loaded before either clock starts. Both outputs

@@ -234,3 +234,29 @@ def test_word_table_is_kept_across_batches_and_restarted_when_full(monkeypatch):
     monkeypatch.setattr(wc, "MAX_WORDS", 5)
     check_same(tok, cache, CORPUS_CORNERS + CORPUS)  # starts afresh, still exact
     assert cache._vocab.height < size + len(CORPUS_CORNERS) * 10
+
+
+def test_stories260k_cuts_at_barrier_characters_and_stays_exact_on_real_text():
+    """stories260K's 165 merges join 35 characters: every other character (CJK, digits,
+    newlines, most punctuation) is a word of its own, and the ids stay the tokenizer's."""
+    tok = stories_tokenizer()
+    cache = WordCache.for_tokenizer(tok)
+    assert cache.joinable is not None
+    import polars as pl
+
+    words = pl.DataFrame({"text": ["你好世界，12\n<|im_start|>"]}).select(
+        cache._marked().str.extract_all(cache.word_re)).to_series()[0].to_list()
+    assert words[:8] == ["\x03", "你", "好", "世", "界", "，", "1", "2"]  # "\x03": the prepended "▁"
+    assert words[8] == "\n"
+    f = SHARED / "formats" / "alpaca_history_oasst_zh.json"
+    if not f.is_file():
+        pytest.skip(f"shared data not present: {f}")
+    texts = [r["instruction"] + "\n" + r["output"] for r in json.loads(f.read_text())[:200]]
+    got = check_same(tok, cache, texts, expect_fast=False)
+    assert sum(g is not None for g in got) >= 0.99 * len(texts)
+
+
+def test_a_merge_of_byte_tokens_turns_barriers_off():
+    assert MetaspaceWordCache.joinable_class({"ab": 5, "a": 1, "b": 2}, [["a", "b"]]) == r"\x{61}-\x{62}"
+    assert MetaspaceWordCache.joinable_class({"ab": 5}, [["<0xE4>", "<0xB8>"]]) is None
+    assert MetaspaceWordCache.joinable_class({"ab": 5}, ["<0xE4> <0xB8>"]) is None

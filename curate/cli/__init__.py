@@ -280,8 +280,10 @@ def inspect_cmd(path, samples, as_json, tokenizer, fmt, stage, plain):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Output file (default RUN_DIR/report.html).")
 @click.option("--tokenizer", default=None, help="tokenizer.json (or its directory) when the run's own is not found.")
-def report_cmd(run_dir, out, tokenizer):
+@click.option("--frontier", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A frontier results JSON (benchmarks/train_frontier.py) to show; default RUN_DIR/frontier.json if present.")
+def report_cmd(run_dir, out, tokenizer, frontier):
     """Write the self-contained HTML report of RUN_DIR."""
     from curate.look.report import write_report
 
-    click.echo(str(write_report(Path(run_dir), Path(out) if out else None, tokenizer)))
+    click.echo(str(write_report(Path(run_dir), Path(out) if out else None, tokenizer, frontier)))

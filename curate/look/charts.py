@@ -1,12 +1,12 @@
 """Small hand-written SVG charts for the HTML report: histograms, horizontal bars, line
-charts and the ledger funnel.
+charts, a labelled scatter with a Pareto frontier, and the ledger funnel.
 
 Why not matplotlib: inline SVG needs no dependency, renders offline in any browser, is a
 few kilobytes per chart, and is byte-for-byte deterministic (matplotlib embeds ids and
 font metrics that vary across versions). The trade-off is fewer chart kinds; the report
-only needs these four. Charts label series directly (swatch + name in the header, line
-names at the line ends) so nobody has to hunt for a legend. All text is escaped here:
-labels come from user data.
+only needs these five. Charts label series directly (swatch + name in the header, line
+names at the line ends, point names beside the points) so nobody has to hunt for a
+legend. All text is escaped here: labels come from user data.
 """
 from __future__ import annotations
 
@@ -240,6 +240,88 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
         label = name if len(name) <= 13 else name[:12] + "…"
         body.append(f'<text x="{left + pw + 4}" y="{_fx(y + 4)}" fill="{color}">{escape(label)} {fmt_num(v)}</text>')
     return _svg(width, height, title, body, "lines")
+
+
+def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, frontier: str | None = None,
+            width: int = 560, height: int = 340) -> str:
+    """One labelled point per dict `{label, x, y, dx?, dy?, frontier?}`, with +-dx / +-dy
+    error bars; points whose `frontier` is true are filled and joined by a step line (the
+    Pareto frontier, in x order), the rest drawn hollow. `frontier` names the better corner
+    ("upper-left": high y, low x) and is written in the header. Labels sit beside their
+    points, nudged apart vertically; the axes start at 0 when the data is non-negative
+    (an error bar never makes an axis negative)."""
+    pts = [p for p in points if p.get("x") is not None and p.get("y") is not None
+           and math.isfinite(p["x"]) and math.isfinite(p["y"])]
+    left, right, top, bottom = 52, 170, 40, 36
+    pw, ph = width - left - right, height - top - bottom
+    body = _header(title, [], width)
+    if frontier:
+        body.append(f'<text x="8" y="32" fill="#666">filled, joined: the Pareto frontier (better: {escape(frontier)})</text>')
+    if not pts:
+        return _svg(width, height, title, body, "scatter")
+
+    def span(vals, errs):
+        lo = min(v - e for v, e in zip(vals, errs))
+        hi = max(v + e for v, e in zip(vals, errs))
+        lo = 0.0 if min(vals) >= 0 else lo
+        if hi <= lo:
+            hi = lo + (abs(lo) or 1.0)
+        return lo, hi + (hi - lo) * 0.05
+
+    x0, x1 = span([p["x"] for p in pts], [abs(p.get("dx") or 0) for p in pts])
+    y0, y1 = span([p["y"] for p in pts], [abs(p.get("dy") or 0) for p in pts])
+
+    def X(v):
+        return left + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
+
+    def Y(v):
+        return top + ph - (min(max(v, y0), y1) - y0) / (y1 - y0) * ph
+
+    yt = [t for t in nice_ticks(y0, y1, 4) if y0 <= t <= y1]
+    for t, text in zip(yt, tick_labels(yt)):
+        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{_fx(Y(t))}" y2="{_fx(Y(t))}" stroke="#e5e5e5"/>')
+        body.append(f'<text x="{left - 4}" y="{_fx(Y(t) + 4)}" text-anchor="end">{text}</text>')
+    xt = [t for t in nice_ticks(x0, x1, 4) if x0 <= t <= x1]
+    for t, text in zip(xt, tick_labels(xt)):
+        body.append(f'<line x1="{_fx(X(t))}" x2="{_fx(X(t))}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
+        body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{text}</text>')
+    body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
+    body.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#333"/>')
+    body.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle" fill="#444">{escape(x_label)}</text>')
+    body.append(f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
+                f'text-anchor="middle" fill="#444">{escape(y_label)}</text>')
+    front = sorted((p for p in pts if p.get("frontier")), key=lambda p: (p["x"], p["y"]))
+    if len(front) > 1:  # a step line: from each frontier point across to the next one's x, then up
+        d = f"M{_fx(X(front[0]['x']))},{_fx(Y(front[0]['y']))}"
+        for p in front[1:]:
+            d += f" L{_fx(X(p['x']))},{_fx(Y(front[front.index(p) - 1]['y']))} L{_fx(X(p['x']))},{_fx(Y(p['y']))}"
+        body.append(f'<path class="frontier" d="{d}" fill="none" stroke="{VERMILION}" stroke-width="1.5" '
+                    f'stroke-dasharray="5 3"/>')
+    labels = []
+    for i, p in enumerate(pts):
+        color = PALETTE[i % len(PALETTE)]
+        cx, cy = X(p["x"]), Y(p["y"])
+        dx, dy = abs(p.get("dx") or 0), abs(p.get("dy") or 0)
+        if dx:
+            body.append(f'<line x1="{_fx(X(p["x"] - dx))}" x2="{_fx(X(p["x"] + dx))}" y1="{_fx(cy)}" y2="{_fx(cy)}" '
+                        f'stroke="{color}" stroke-opacity="0.6"/>')
+        if dy:
+            body.append(f'<line x1="{_fx(cx)}" x2="{_fx(cx)}" y1="{_fx(Y(p["y"] - dy))}" y2="{_fx(Y(p["y"] + dy))}" '
+                        f'stroke="{color}" stroke-opacity="0.6"/>')
+        fill = color if p.get("frontier") else "white"
+        tip = f'{p["label"]}: x {fmt_num(p["x"])} ± {fmt_num(dx)}, y {fmt_num(p["y"])} ± {fmt_num(dy)}'
+        body.append(f'<circle cx="{_fx(cx)}" cy="{_fx(cy)}" r="4" fill="{fill}" stroke="{color}" stroke-width="1.8">'
+                    f'<title>{escape(tip)}</title></circle>')
+        labels.append([cy, cx, str(p["label"]), color])
+    labels.sort()
+    for i in range(1, len(labels)):  # keep labels from overlapping
+        labels[i][0] = max(labels[i][0], labels[i - 1][0] + 11)
+    for y, x, name, color in labels:
+        text = name if len(name) <= 30 else name[:29] + "…"
+        body.append(f'<line x1="{_fx(x + 4)}" x2="{left + pw + 4}" y1="{_fx(y)}" y2="{_fx(y)}" stroke="{color}" '
+                    f'stroke-opacity="0.25"/>')
+        body.append(f'<text x="{left + pw + 6}" y="{_fx(y + 4)}" fill="{color}">{escape(text)}</text>')
+    return _svg(width, height, title, body, "scatter")
 
 
 def funnel(steps: Sequence[dict], *, title: str = "Rows through the pipeline", width: int = 900) -> str:

@@ -5,8 +5,9 @@ absent is listed with a short note instead): the ledger funnel with counts per r
 length and token histograms per task before (stages/00-read) and after (the last stage)
 plus rendered lengths from the shards, score histograms with the selection threshold, the
 language mix, requested vs achieved mix, duplicate clusters side by side, decontamination
-hits with their eval item, rendered samples with the loss mask, training curves, rejected
-rows per stage and reason (a sample, the count and the rejects file), and every stage's
+hits with their eval item, rendered samples with the loss mask, training curves, the
+mitigation frontier (only when RUN/frontier.json, or a path given, exists: what
+benchmarks/train_frontier.py writes), rejected rows per stage and reason (a sample, the count and the rejects file), and every stage's
 raw stats.
 
 Self-contained on purpose: inline CSS and inline SVG (curate.look.charts), no script, no font,
@@ -39,13 +40,15 @@ BINS = 24
 EXCERPT = 300
 
 
-def write_report(run_dir: Path, out: Path | None = None, tokenizer: str | Path | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, tokenizer: str | Path | None = None,
+                 frontier: str | Path | None = None) -> Path:
     """Build the report of `run_dir` and write it (default RUN/report.html) atomically.
     `tokenizer`: a tokenizer.json (or its directory) for token counts, when the run's own
-    cannot be found from the manifest."""
+    cannot be found from the manifest. `frontier`: a frontier results JSON to show
+    (default: RUN/frontier.json when there is one)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
-    write_text(out, build_report(run_dir, tokenizer))
+    write_text(out, build_report(run_dir, tokenizer, frontier))
     return out
 
 
@@ -62,9 +65,10 @@ class Section:
 class RunData:
     """Lazy, cached access to a run directory's pieces."""
 
-    def __init__(self, run_dir: Path, tokenizer: str | Path | None = None):
+    def __init__(self, run_dir: Path, tokenizer: str | Path | None = None, frontier: str | Path | None = None):
         self.dir = run_dir
         self._tok_path = tokenizer
+        self.frontier_path = Path(frontier) if frontier is not None else run_dir / "frontier.json"
         self.manifest = insp.load_manifest(run_dir) or {}
         self.stages = insp.stage_list(run_dir, self.manifest or None)
         self.tables = insp.stage_data(run_dir, self.manifest or None)  # [(name, path)]
@@ -691,6 +695,40 @@ def _training_outcome(run: RunData) -> tuple[str, dict]:
     return "".join(parts), data
 
 
+def section_frontier(run: RunData) -> Section | None:
+    """The mitigation frontier (benchmarks/train_frontier.py's JSON): its table and the
+    exact-match-vs-KL scatter. Not listed at all when there is no such file (most runs)."""
+    p = run.frontier_path
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        arms = [a for a in doc["arms"] if isinstance(a, dict)]
+    except (ValueError, KeyError, TypeError) as exc:
+        return Section("frontier", "Mitigation frontier", None, f"{p.name} is not a frontier results file ({exc})")
+
+    def ms(a: dict, k: str) -> str:
+        v, sd = a.get(k), a.get(k + "_std")
+        if not isinstance(v, (int, float)):
+            return "—"
+        return f"{v:.3f} ± {sd:.3f}" if isinstance(sd, (int, float)) else f"{v:.3f}"
+
+    rows = [[_e(a.get("label", a.get("arm"))), ms(a, "exact_match"), ms(a, "kl_to_base"), ms(a, "ref_loss"),
+             _e(charts.fmt_num(a.get("tokens"))), _e(charts.fmt_num(a.get("wall_s"))), "yes" if a.get("pareto") else ""]
+            for a in arms]
+    pts = [{"label": a.get("label", a.get("arm")), "x": a.get("kl_to_base"), "y": a.get("exact_match"),
+            "dx": a.get("kl_to_base_std"), "dy": a.get("exact_match_std"), "frontier": bool(a.get("pareto"))} for a in arms]
+    fig = charts.scatter(pts, title="Task skill vs forgetting", x_label="KL to base (nats/token)",
+                         y_label="exact match", frontier="upper-left")
+    meta = doc.get("meta") or {}
+    note = (f'<p class="dim">{_e(meta.get("model", ""))}, {_e(meta.get("seeds", "?"))} seed(s) per arm: '
+            f'<code>{_e(meta.get("command", ""))}</code></p>')
+    html = note + _grid([fig]) + _table(["arm", "exact match", "KL to base", "reference loss", "tokens", "wall s",
+                                        "on the frontier"], rows)
+    return Section("frontier", "Mitigation frontier", html, charts=1,
+                   data={"arms": len(arms), "pareto": [a.get("arm") for a in arms if a.get("pareto")]})
+
+
 def section_stats(run: RunData) -> Section:
     items = [(s["name"], s.get("stats") or {}) for s in run.stages]
     render = run.manifest.get("render")
@@ -772,7 +810,7 @@ def section_scorers(run: RunData) -> Section:
 
 SECTIONS = (section_overview, section_funnel, section_lengths, section_rendered, section_scores, section_languages,
             section_scorers, section_consensus, section_mix, section_duplicates, section_decontamination, section_samples, section_training,
-            section_rejects, section_stats)
+            section_frontier, section_rejects, section_stats)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1a1a1a;background:#fafafa}
@@ -800,9 +838,9 @@ pre{font-size:12px}
 """
 
 
-def build_report(run_dir: Path, tokenizer: str | Path | None = None) -> str:
-    run = RunData(Path(run_dir), tokenizer)
-    sections = [f(run) for f in SECTIONS]
+def build_report(run_dir: Path, tokenizer: str | Path | None = None, frontier: str | Path | None = None) -> str:
+    run = RunData(Path(run_dir), tokenizer, frontier)
+    sections = [s for f in SECTIONS if (s := f(run)) is not None]  # None: a section this run has no use for
     nav = "".join(f'<a href="#{s.id}" class="{"" if s.body is not None else "skipped"}">{_e(s.title)}</a>' for s in sections)
     body = []
     for s in sections:

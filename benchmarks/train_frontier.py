@@ -1,0 +1,507 @@
+"""The mitigation frontier: task skill against forgetting, for the seed's five mitigations.
+
+    python benchmarks/train_frontier.py                      # the grid: every arm, 3 seeds (CPU, ~25 min)
+    python benchmarks/train_frontier.py --quick              # smoke run: every arm, 1 seed, tiny data
+    python benchmarks/train_frontier.py --arms default,full --seeds 1 --jobs 2
+
+One base model (../shared/data/models/stories260K, a real pretrained 260k-parameter
+Llama; --model DIR for another) and one curated set, built with curate's own pipeline
+(normalize, filter, exact dedup over the conversation, render with
+benchmarks/efficacy/plain.jinja, pack) from two digit tasks of the efficacy benchmark
+(benchmarks/efficacy/digit_tasks.py): `shift` (each digit + 1) and `reverse`, 4-5 digits.
+Both are rules, so the held-out test prompts use numbers that appear nowhere in training:
+exact match there is skill, not recall.
+
+Per arm and seed, every arm trains with `curate train`'s code path (train.run_training on
+the curated run) and is then scored on what it exported:
+
+  exact match   held-out test prompts rendered with the run's own [render] config, greedy,
+                stop at end-of-turn: train.eval.evaluate, the code of `curate eval`
+  KL to base    KL(base || tuned) per token on the forgetting monitor's default reference,
+                `self_samples` (16 texts the base model writes from BOS, seed 1234), and the
+                tuned model's loss on it (`ref loss`; the base's own is printed once)
+  tokens, wall  tokens the optimiser saw; wall seconds of the training (not the scoring)
+
+KL is measured on the exported weights (with early stopping: the best val-loss step's),
+not read from the trainer's summary, whose `kl_to_base` is that of the last evaluation.
+
+Arms (each is the default [train] with one thing changed; the table says which):
+  default        every [train] key at its default (LoRA r 16, lr 2e-4, 1 epoch, early
+                 stopping patience 3, betas (0.9, 0.999), warmup 3%), except the size
+                 keys below
+  lr 10x         LoRA at 10x the default lr: where the grid shows the default lr leaves skill unlearned
+  lr 0.1x        LoRA at 0.1x
+  3 epochs       LoRA, 3 epochs (early stopping on)
+  no early stop  LoRA, patience 0
+  kl_to_base a/b LoRA with the KL-to-base regulariser at two weights
+  full           full fine-tuning at its default lr (1e-5)
+  full_lora_lr   full fine-tuning at the LoRA default lr (2e-4), so both methods are
+                 compared at the same lr as well as at their own defaults; full_5x at 5x
+  l2_to_base a/b full fine-tuning (at the lr where it learns) with the L2-to-base regulariser
+  replay 10/25%  LoRA on the curated set mixed (curate's `mix` stage, by source) with 10%
+                 or 25% general text: texts the base model writes from BOS with another
+                 seed (777) than the forgetting reference's (1234), so no arm trains on the
+                 text its forgetting is measured on
+The size keys, the same for every arm: batch_tokens = micro_batch_tokens = 1024 (the
+default 16384 tokens per step would give this ~100k-token set 6 steps an epoch),
+eval_every 10, save_every 0, threads 1. Everything else is the product's default.
+
+Budget: the grid is sized for <= 25 minutes on a loaded 2-core CPU (1 torch thread per
+run; `--jobs N` runs N worker processes, each training its share of the (arm, seed) pairs
+one after another). --quick is for the test: 1 seed, a few hundred examples.
+
+Output (--out, default runs/frontier): frontier.json (every run, per-arm means and stds,
+the Pareto set), frontier.svg (exact match vs KL, one point per arm with +-1 std bars,
+the frontier drawn; curate.look.charts.scatter), frontier.md (the table and the command);
+frontier.json is also copied into the curated run directory, whose report
+(`curate report`) then shows the table and the chart. --results PATH writes the Markdown
+there as well (benchmarks/train_frontier.md is the committed one)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "efficacy"))
+sys.path.insert(0, str(REPO))
+
+SHARED_MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
+TEMPLATE = HERE / "efficacy" / "plain.jinja"
+TASKS = ("shift", "reverse")
+REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forgetting.seed (1234)
+
+# arm -> (label, data set, [train] overrides). `lr` values are filled in from the defaults
+# at run time (LoRA / full learning_rate), so the arms follow train/config.py if it changes.
+LORA_LR = "lora_lr"
+ARMS: dict[str, tuple[str, str, dict]] = {
+    "default": ("default [train] (LoRA)", "tasks", {}),
+    "lr_10x": ("LoRA, lr 10x", "tasks", {"lr": (LORA_LR, 10.0)}),
+    "lr_0.1x": ("LoRA, lr 0.1x", "tasks", {"lr": (LORA_LR, 0.1)}),
+    "epochs_3": ("LoRA, 3 epochs", "tasks", {"epochs": 3}),
+    "no_early_stop": ("LoRA, early stopping off", "tasks", {"early_stopping": {"patience": 0}}),
+    "kl_0.1": ("LoRA + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
+    "kl_1": ("LoRA + kl_to_base 1", "tasks", {"kl_to_base": 1.0}),
+    "full": ("full FT, its default lr", "tasks", {"method": "full"}),
+    "full_lora_lr": ("full FT, lr = LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 1.0)}),
+    "full_5x": ("full FT, lr 5x LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 5.0)}),
+    "l2_0.01": ("full FT (LoRA lr) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 0.01}),
+    "l2_1": ("full FT (LoRA lr) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 1.0}),
+    "replay_10": ("LoRA + replay 10%", "replay_10", {}),
+    "replay_25": ("LoRA + replay 25%", "replay_25", {}),
+}
+SIZE = {"batch_tokens": 1024, "micro_batch_tokens": 1024, "eval_every": 10, "save_every": 0, "threads": 1}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _digits(rng: random.Random, lo: int = 4, hi: int = 5) -> str:
+    n = rng.randint(lo, hi)
+    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
+
+
+def task_data(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Clean Alpaca records of the digit tasks: `n_train` for training, `n_test` held out
+    per task, with numbers that never occur in training."""
+    from digit_tasks import PHRASES, solve
+
+    rng = random.Random(seed)
+    test, train, used = [], [], set()
+    for task in TASKS:
+        for i in range(n_test):
+            x = _digits(rng)
+            while x in used:
+                x = _digits(rng)
+            used.add(x)
+            test.append({"instruction": PHRASES[task][i % 2].format(x=x), "input": "", "output": solve(task, x), "task": task})
+    while len(train) < n_train:
+        task = TASKS[len(train) % len(TASKS)]
+        x = _digits(rng)
+        if x in used:
+            continue
+        train.append({"instruction": rng.choice(PHRASES[task]).format(x=x), "input": "", "output": solve(task, x),
+                      "task": task})
+    return train, test
+
+
+def general_text(model_dir: Path, n: int, length: int = 96) -> list[dict]:
+    """Replay records: `n` texts the base model writes from BOS (temperature 1, seed
+    REPLAY_SEED), each split after its first sentence into a prompt and the rest (the part
+    trained on). Task `general`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.generate import sample_from_bos
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    rows = []
+    for ids in sample_from_bos(model, tok.bos_token_id, n, length, 1.0, REPLAY_SEED, stop_id=tok.eos_token_id,
+                               batch_size=256):
+        text = " ".join(tok.decode(ids, skip_special_tokens=True).split())
+        end = max(text.rfind(c) for c in ".!?\"")  # whole sentences only (`filter` drops a cut-off text)
+        text = text[: end + 1] if end > 0 else text
+        cut = text.find(". ")
+        cut = cut + 1 if 0 < cut < len(text) - 2 else min(len(text) // 3, 40)
+        head, rest = text[:cut].strip(), text[cut:].strip()
+        if head and rest:
+            rows.append({"instruction": head, "input": "", "output": rest, "task": "general"})
+    return rows
+
+
+def write_jsonl(p: Path, rows: list[dict]) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return p
+
+
+# --------------------------------------------------------------------------- curation
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def write_pipeline(path: Path, run_dir: Path, sources: list[dict], replay: float | None, model: Path) -> Path:
+    """The pipeline a user would write: the product's cleaning stages, [render] with the
+    compact template; replay adds a `mix` stage by source (tasks : general = 1-r : r)."""
+    lines = ["# mitigation frontier, written by benchmarks/train_frontier.py", "[run]",
+             f"output_dir = {_toml(str(run_dir))}", "seed = 0", ""]
+    for s in sources:
+        lines += ["[[sources]]"] + [f"{k} = {_toml(v)}" for k, v in s.items()] + [""]
+    stages = [{"kind": "normalize"}, {"kind": "filter"},
+              {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"}]
+    if replay:
+        stages.append({"kind": "mix", "by": "source", "weights": {"tasks": 1.0 - replay, "general": replay},
+                       "val_fraction": 0.05})
+    for st in stages:
+        lines += ["[[stages]]"] + [f"{k} = {_toml(v)}" for k, v in st.items()] + [""]
+    render = {"template": str(TEMPLATE), "tokenizer": str(model), "max_length": 256, "pack": True, "val_fraction": 0.05}
+    lines += ["[render]"] + [f"{k} = {_toml(v)}" for k, v in render.items()] + [""]
+    lines += ["[train]", f"base_model = {_toml(str(model))}", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def curate_run(pipeline: Path) -> dict:
+    """= `curate run PIPELINE --no-train --fresh`."""
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+
+    return run_pipeline(load_config(pipeline), fresh=True)
+
+
+def test_items(run_dir: Path, test_file: Path):
+    """The held-out prompts, read with the project's readers and rendered with the run's
+    own [render] config (what `curate eval RUN --test FILE` does)."""
+    from curate.contract.typed_config import load_dataclass
+    from curate.read.readers import read_source
+    from curate.read.sources import SourceConfig
+    from curate.render.config import RenderConfig
+    from curate.render.renderer import render_examples
+    from train.eval import items_from_arrays
+
+    man = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    rcfg = load_dataclass(RenderConfig, dict(man["config"]["render"]), "render")
+    src = SourceConfig(name="test", path=str(test_file), format="alpaca", task_field="task")
+    src.validate()
+    read = read_source(src, Path.cwd(), lambda *_: None)
+    ex = render_examples(read.table, rcfg, Path(man["pipeline"]).parent, 0).examples
+    return items_from_arrays(ex["input_ids"].to_list(), ex["labels"].to_list(), ex["task"].to_list(), ex["id"].to_list())
+
+
+# --------------------------------------------------------------------------- one arm
+
+
+def arm_train_table(arm: str, model: Path) -> dict:
+    from train.config import TrainConfig
+
+    _, _, over = ARMS[arm]
+    lora_lr = TrainConfig(base_model="x").learning_rate
+    t = {"base_model": str(model), **SIZE}
+    for k, v in over.items():
+        t[k] = v[1] * lora_lr if isinstance(v, tuple) and v[0] == LORA_LR else v
+    return t
+
+
+def reference(model_dir: Path, cache: Path):
+    """The forgetting monitor's default reference (Forgetting(): 16 self-samples, seed
+    1234), generated once and cached."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.config import Forgetting
+    from train.forgetting import self_sample_split
+
+    f = Forgetting()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    ref = self_sample_split(base, tok, f"frontier|{model_dir.name}", f.samples, f.max_tokens, f.seq_len,
+                            f.temperature, f.seed, torch.device("cpu"), cache)
+    return base, tok, ref
+
+
+def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref) -> dict:
+    """Train one (arm, seed) on its curated run and score what it exported."""
+    from train import parse_train_config, run_training
+    from train.eval import evaluate
+    from train.forgetting import ForgettingMonitor
+    from train.load import load_trained
+
+    import torch
+
+    _, data, _ = ARMS[arm]
+    src = out / "runs" / data
+    work = out / "work" / f"{arm}-s{seed}"  # a private copy: load_trained reads the run's newest training
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(src / "shards", work / "shards")
+    shutil.copy(src / "manifest.json", work / "manifest.json")
+    table = {**arm_train_table(arm, model), "seed": seed}
+    cfg = parse_train_config(table, REPO)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = run_training(work, cfg, log=lambda *_a, **_k: None)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    trained = load_trained(work, threads=1)
+    ev = evaluate(trained.model, items, trained.tokenizer, trained.stop_ids, {}, arms=("tuned",), max_new_tokens=10,
+                  batch_size=64)
+    mon = ForgettingMonitor(base, ref, 4096, torch.device("cpu"), adapter=False)
+    kl, nll, nll_base, n = mon.measure(trained.model).tolist()
+    res = {"arm": arm, "seed": seed, "exact_match": ev["overall"]["tuned"]["exact_match"],
+           "exact_match_by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
+           "answer_loss": ev["overall"]["tuned"]["answer_loss"], "kl_to_base": kl / n, "ref_loss": nll / n,
+           "ref_loss_base": nll_base / n, "tokens": s["tokens"], "steps": s["steps"], "best_step": s["best_step"],
+           "stopped_early": s["stopped_early"], "wall_s": wall, "cpu_s": cpu, "lr": cfg.learning_rate,
+           "trainer_kl_last_eval": s.get("kl_to_base")}
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def worker(out: Path, model: Path, jobs: list[tuple[str, int]], results: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notes, once per model load
+    base, _tok, ref = reference(model, out / "reference")
+    items = test_items(out / "runs" / "tasks", out / "data" / "test.jsonl")
+    for arm, seed in jobs:
+        r = run_one(arm, seed, out, model, items, base, ref)
+        with open(results, "a", encoding="utf-8") as f:
+            f.write(json.dumps(r) + "\n")
+        print(f"  {arm:<16} seed {seed}: EM {r['exact_match']:.3f} KL {r['kl_to_base']:.4f} "
+              f"ref loss {r['ref_loss']:.3f} steps {r['steps']} ({r['wall_s']:.0f}s)", flush=True)
+
+
+def base_scores(out: Path, model: Path) -> dict:
+    """The base model itself on the held-out prompts (the point every arm starts from)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from train.eval import evaluate
+
+    base, _tok, ref = reference(model, out / "reference")
+    tok = AutoTokenizer.from_pretrained(str(model))
+    items = test_items(out / "runs" / "tasks", out / "data" / "test.jsonl")
+    man = json.loads((out / "runs" / "tasks" / "manifest.json").read_text(encoding="utf-8"))
+    stop = list((man.get("render") or {}).get("end_of_turn", {}).get("ids") or [tok.eos_token_id])
+    ev = evaluate(base, items, tok, stop, {}, arms=("tuned",), max_new_tokens=10, batch_size=64)
+    from train.forgetting import ForgettingMonitor
+
+    mon = ForgettingMonitor(base, ref, 4096, torch.device("cpu"), adapter=False)
+    kl, nll, _, n = mon.measure(base).tolist()
+    return {"exact_match": ev["overall"]["tuned"]["exact_match"], "answer_loss": ev["overall"]["tuned"]["answer_loss"],
+            "kl_to_base": kl / n, "ref_loss": nll / n, "items": len(items), "reference_tokens": int(n)}
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (exact match, KL) points are on the frontier: no other point has exact match
+    >= and KL <= with one of them strictly better. Exact ties are all kept."""
+    out = []
+    for i, (e, k) in enumerate(points):
+        dominated = any(e2 >= e and k2 <= k and (e2 > e or k2 < k) for j, (e2, k2) in enumerate(points) if j != i)
+        out.append(not dominated)
+    return out
+
+
+def _ms(v: list[float]) -> tuple[float, float]:
+    return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
+    rows = []
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm]
+        if not rs:
+            continue
+        row = {"arm": arm, "label": ARMS[arm][0], "seeds": len(rs)}
+        for k in ("exact_match", "kl_to_base", "ref_loss", "tokens", "wall_s", "cpu_s", "steps", "answer_loss"):
+            row[k], row[k + "_std"] = _ms([float(r[k]) for r in rs])
+        row["exact_match_by_task"] = {t: statistics.mean(r["exact_match_by_task"][t] for r in rs)
+                                      for t in rs[0]["exact_match_by_task"]}
+        row["lr"] = rs[0]["lr"]
+        rows.append(row)
+    for row, on in zip(rows, pareto([(r["exact_match"], r["kl_to_base"]) for r in rows])):
+        row["pareto"] = on
+    return rows
+
+
+def table_md(rows: list[dict], base: dict | None) -> str:
+    head = "| arm | lr | exact match | KL to base | ref loss | answer loss | tokens | steps | wall s | frontier |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    if base:
+        lines.append(f"| base model, no training | - | {base['exact_match']:.3f} | 0 | {base['ref_loss']:.3f} | "
+                     f"{base['answer_loss']:.3f} | 0 | 0 | - | |")
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['exact_match']:.3f} ± {r['exact_match_std']:.3f} | "
+                     f"{r['kl_to_base']:.4f} ± {r['kl_to_base_std']:.4f} | {r['ref_loss']:.3f} | {r['answer_loss']:.3f} | "
+                     f"{r['tokens']:,.0f} | {r['steps']:.0f} | {r['wall_s']:.0f} | {'yes' if r['pareto'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict]) -> str:
+    from curate.look.charts import scatter
+
+    pts = [{"label": r["label"], "x": r["kl_to_base"], "y": r["exact_match"], "dx": r["kl_to_base_std"],
+            "dy": r["exact_match_std"], "frontier": r["pareto"]} for r in rows]
+    return scatter(pts, title="Task skill vs forgetting (mean ± std over seeds)", x_label="KL to base on self-samples",
+                   y_label="held-out exact match", frontier="upper-left")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, a few hundred examples")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "frontier")
+    ap.add_argument("--model", type=Path, default=None, help="base model directory (default: stories260K)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick 1)")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ",".join(ARMS))
+    ap.add_argument("--train-examples", type=int, default=None, help="curated set size before cleaning (default 4000)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
+    ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    model = (a.model or SHARED_MODEL).resolve()
+    out = a.out.resolve()
+    if a.worker:  # internal: "results.jsonl|arm:seed,arm:seed,..."
+        res, jobs = a.worker.split("|", 1)
+        worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res))
+        return {}
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"no model at {model} (pass --model DIR)")
+    arms = [x for x in a.arms.split(",") if x]
+    bad = [x for x in arms if x not in ARMS]
+    if bad:
+        raise SystemExit(f"--arms: unknown {bad}; choose from {', '.join(ARMS)}")
+    seeds = a.seeds or (1 if a.quick else 3)
+    n_train = a.train_examples or (300 if a.quick else 4000)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+    t0 = time.perf_counter()
+    log = lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True)  # noqa: E731
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    train_rows, test_rows = task_data(n_train, 20 if a.quick else 100)
+    write_jsonl(out / "data" / "tasks.jsonl", train_rows)
+    write_jsonl(out / "data" / "test.jsonl", test_rows)
+    datasets = sorted({ARMS[x][1] for x in arms} | {"tasks"})
+    replays = [float(d.split("_")[1]) / 100 for d in datasets if d.startswith("replay_")]
+    if replays:  # enough general text that the mix takes every task row at the largest share
+        r = max(replays)
+        write_jsonl(out / "data" / "general.jsonl", general_text(model, math.ceil(n_train * r / (1 - r) * 1.5) + 16))
+    tasks_src = {"name": "tasks", "path": str(out / "data" / "tasks.jsonl"), "format": "alpaca", "task_field": "task"}
+    gen_src = {"name": "general", "path": str(out / "data" / "general.jsonl"), "format": "alpaca", "task_field": "task"}
+    curation = {}
+    for d in datasets:
+        r = float(d.split("_")[1]) / 100 if d.startswith("replay_") else None
+        p = write_pipeline(out / "pipelines" / f"{d}.toml", out / "runs" / d, [tasks_src] + ([gen_src] if r else []), r, model)
+        man = curate_run(p)
+        sh = man["shards"]
+        curation[d] = {"ledger": man["ledger"], "train_tokens": sum(x["tokens"] for x in sh["train"]),
+                       "train_examples": sum(x["examples"] for x in sh["train"]),
+                       "val_examples": sum(x["examples"] for x in sh.get("val", []))}
+        log(f"curated {d}: {curation[d]}")
+    base = base_scores(out, model)
+    log(f"base model: EM {base['exact_match']:.3f}, answer loss {base['answer_loss']:.3f}, "
+        f"ref loss {base['ref_loss']:.3f} on {base['reference_tokens']} reference tokens")
+
+    jobs = [(arm, s) for s in range(seeds) for arm in arms]  # seed-major: a cut-short grid still has every arm
+    results = out / "runs.jsonl"
+    n = max(1, min(a.jobs, len(jobs)))
+    shares = [jobs[i::n] for i in range(n)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--model", str(model),
+                               "--worker", f"{out / f'runs-{i}.jsonl'}|" + ",".join(f"{x}:{s}" for x, s in share)],
+                              env=env) for i, share in enumerate(shares)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a worker failed (exit codes {codes})")
+    runs = []
+    for i in range(n):
+        runs += [json.loads(x) for x in (out / f"runs-{i}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    runs.sort(key=lambda r: (arms.index(r["arm"]), r["seed"]))
+    write_jsonl(results, runs)
+    rows = summarise(runs, arms)
+    wall = time.perf_counter() - t0
+    cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta = {"command": cmd, "model": model.name, "tasks": list(TASKS), "seeds": seeds, "jobs": n, "quick": a.quick,
+            "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
+            "load_average_end": load, "test_items": base["items"]}
+    doc = {"meta": meta, "arms": rows, "runs": runs}
+    (out / "frontier.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    shutil.copy(out / "frontier.json", out / "runs" / "tasks" / "frontier.json")
+    (out / "frontier.svg").write_text(chart(rows), encoding="utf-8")
+    md = (f"Command: `{cmd}`\n\nModel `{model.name}`; tasks {', '.join(TASKS)} ({base['items']} held-out prompts); "
+          f"{seeds} seed(s) per arm (mean ± std); {n} worker process(es), 1 torch thread each; "
+          f"{wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
+    (out / "frontier.md").write_text(md, encoding="utf-8")
+    if a.results:
+        a.results.write_text(md, encoding="utf-8")
+    print("\n" + md)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
