@@ -91,9 +91,9 @@ def drop_counts(dropped: pl.DataFrame, reason_col: str = REASON) -> tuple[dict[s
     return {str(r): int(n) for r, n in counts.iter_rows()}, copies
 
 
-def write_rejects(path, stage: str, dropped: pl.DataFrame) -> int:
-    """Write a stage's dropped rows with stage, reason and detail columns. Always writes
-    (an empty file too), so a resumed run finds the same files as an unbroken one."""
+def reject_frame(stage: str, dropped: pl.DataFrame) -> pl.DataFrame:
+    """A stage's dropped rows in the rejects layout: stage, reason, detail first (then id,
+    source, task, origin and the other columns), `_reason`/`_detail` moved into them."""
     detail = pl.col(DETAIL).cast(pl.String) if DETAIL in dropped.columns else pl.lit(None, pl.String)
     out = dropped.with_columns(
         pl.lit(stage).alias("stage"),
@@ -101,6 +101,12 @@ def write_rejects(path, stage: str, dropped: pl.DataFrame) -> int:
         detail.alias("detail"),
     ).drop([c for c in (REASON, DETAIL) if c in dropped.columns])
     front = [c for c in ("stage", "reason", "detail", "id", "source", "task", "origin") if c in out.columns]
-    out = out.select(front + [c for c in out.columns if c not in front])
+    return out.select(front + [c for c in out.columns if c not in front])
+
+
+def write_rejects(path, stage: str, dropped: pl.DataFrame) -> int:
+    """Write a stage's dropped rows with stage, reason and detail columns. Always writes
+    (an empty file too), so a resumed run finds the same files as an unbroken one."""
+    out = reject_frame(stage, dropped)
     write_parquet(path, out)
     return out.height

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.contract.datasets import has_dataset, read_dataset, scan_dataset
 from curate.contract.views import text_view
 
 IGNORE = -100
@@ -75,14 +76,15 @@ def stage_list(run_dir: Path, manifest: dict | None) -> list[dict]:
 
 
 def stage_data(run_dir: Path, manifest: dict | None) -> list[tuple[str, Path]]:
-    """(step name, data.parquet) in pipeline order, `read` first; only those on disk."""
+    """(step name, its output folder: a dataset for curate.contract.datasets) in pipeline
+    order, `read` first; only those on disk."""
     out = []
-    read = run_dir / "stages" / "00-read" / "data.parquet"
-    if read.is_file():
+    read = run_dir / "stages" / "00-read"
+    if has_dataset(read):
         out.append(("read", read))
     for s in stage_list(run_dir, manifest):
-        p = run_dir / s.get("output", "") / "data.parquet"
-        if p.is_file():
+        p = run_dir / s.get("output", "")
+        if s.get("output") and has_dataset(p):
             out.append((s["name"], p))
     return out
 
@@ -256,7 +258,7 @@ def conversation_lengths(data: pl.DataFrame | str | Path, tokenizer=None, sample
     outside a strided sample: every `step`th row, by default enough for `sample` rows).
     Given a parquet path, it is scanned lazily: only the lengths are materialised, never
     the whole `messages` column."""
-    lf = pl.scan_parquet(data) if isinstance(data, (str, Path)) else data.lazy()
+    lf = scan_dataset(data) if isinstance(data, (str, Path)) else data.lazy()
     out = lf.select(pl.col("task").cast(pl.String), text_view("conversation").str.len_chars().alias("chars")).collect()
     if tokenizer is not None and out.height:
         step = step or max(1, -(-out.height // sample))
@@ -466,7 +468,7 @@ def profile_run(run_dir: Path, samples: int = 0, tokenizer=None, stage: str | No
             raise ValueError(f"no stage output named {stage!r} in {run_dir}")
     if tables:
         name, path = tables[-1]
-        df = pl.read_parquet(path)
+        df = read_dataset(path)
         out["table"] = {"stage": name, "path": str(path.relative_to(run_dir)),
                         **profile_table(df, tokenizer, run_score_columns(stages), stages)}
     shards = shard_files(run_dir / "shards")
@@ -479,7 +481,7 @@ def profile_run(run_dir: Path, samples: int = 0, tokenizer=None, stage: str | No
         elif shards and tokenizer is not None and stage is None:
             out["samples"] = shard_samples(shards, tokenizer, samples)
         elif tables:
-            out["samples"] = record_samples(pl.read_parquet(tables[-1][1]), samples)
+            out["samples"] = record_samples(read_dataset(tables[-1][1]), samples)
     return out
 
 

@@ -31,6 +31,7 @@ import polars as pl
 from curate.look import charts
 from curate.look import inspect as insp
 from curate.contract.atomic import write_text
+from curate.contract.datasets import dataset_schema, has_dataset, read_dataset, scan_dataset
 from curate.contract.views import text_view
 
 MAX_TASKS = 12  # per-task small multiples; more tasks are listed in the table only
@@ -84,7 +85,7 @@ class RunData:
 
     def schema(self, path: Path) -> dict:
         if path not in self._schemas:
-            self._schemas[path] = dict(pl.read_parquet_schema(path))
+            self._schemas[path] = dataset_schema(path)
         return self._schemas[path]
 
     def stage_config(self, stage: dict) -> dict:
@@ -262,7 +263,7 @@ def section_lengths(run: RunData) -> Section:
     (bname, bpath), (aname, apath) = run.tables[0], run.tables[-1]
     tok = run.tokenizer
     # one sampling step for both tables, so sampled token counts stay comparable
-    rows_max = max(pl.scan_parquet(p).select(pl.len()).collect().item() for p in (bpath, apath))
+    rows_max = max(scan_dataset(p).select(pl.len()).collect().item() for p in (bpath, apath))
     step = max(1, -(-rows_max // insp.TOKEN_SAMPLE))
     before = insp.conversation_lengths(bpath, tok, step=step)
     after = insp.conversation_lengths(apath, tok, step=step)
@@ -354,7 +355,7 @@ def section_scores(run: RunData) -> Section:
         (sname, spath), (kname, kpath) = having[0], having[-1]
 
         def read(path):
-            return (pl.read_parquet(path, columns=["task", col]).with_columns(pl.col(col).cast(pl.Float64))
+            return (read_dataset(path, columns=["task", col]).with_columns(pl.col(col).cast(pl.Float64))
                     .filter(pl.col(col).is_not_null() & pl.col(col).is_not_nan()))
 
         scored_df, kept_df = read(spath), read(kpath)
@@ -376,8 +377,8 @@ def section_scores(run: RunData) -> Section:
             edge = ks.get("min") if highest else ks.get("max")
             if edge is not None:
                 markers.append((float(edge), f"{s['name']}: cut-off {charts.fmt_num(float(edge))}"))
-            out = run.dir / s.get("output", "") / "data.parquet"
-            if (st.get("by") or cf.get("by")) == "task" and out.is_file():
+            out = run.dir / s.get("output", "")
+            if (st.get("by") or cf.get("by")) == "task" and has_dataset(out):
                 per = read(out).group_by("task").agg(pl.col(col).min() if highest else pl.col(col).max())
                 task_markers = {t: [(float(v), f"cut-off {charts.fmt_num(float(v))}")] for t, v in per.iter_rows()}
         scored, kept = scored_df[col].to_numpy(), kept_df[col].to_numpy()
@@ -430,8 +431,8 @@ def section_languages(run: RunData) -> Section:
             if s.get("kind") == "language" and col.startswith(s["name"] + "_") and col[len(s["name"]) + 1:] in langs:
                 before, bname = dict(langs[col[len(s["name"]) + 1:]]), f"judged by {s['name']}"
         if before is None:
-            before = {k: v for k, v in insp.counts(pl.read_parquet(bpath, columns=[col]), col).items() if k != "None"}
-        after = {k: v for k, v in insp.counts(pl.read_parquet(apath, columns=[col]), col).items() if k != "None"}
+            before = {k: v for k, v in insp.counts(read_dataset(bpath, columns=[col]), col).items() if k != "None"}
+        after = {k: v for k, v in insp.counts(read_dataset(apath, columns=[col]), col).items() if k != "None"}
         langs = sorted(set(before) | set(after), key=lambda k: (-before.get(k, 0), -after.get(k, 0), k))[:15]
         rest_b = sum(v for k, v in before.items() if k not in langs)
         rest_a = sum(v for k, v in after.items() if k not in langs)
@@ -460,9 +461,9 @@ def _cluster_from_rejects(run: RunData, s: dict, k: int = 5) -> list[dict]:
     kept_ids = top["detail"].to_list()
     members = (scan.filter(pl.col("detail").is_in(kept_ids)).sort("id")
                .select("id", "source", "detail", text_view("prompt").alias("text")).collect())
-    out_path = run.dir / s["output"] / "data.parquet"
-    kept = (pl.scan_parquet(out_path).filter(pl.col("id").is_in(kept_ids))
-            .select("id", "source", text_view("prompt").alias("text")).collect()) if out_path.is_file() else pl.DataFrame()
+    out_path = run.dir / s["output"]
+    kept = (scan_dataset(out_path).filter(pl.col("id").is_in(kept_ids))
+            .select("id", "source", text_view("prompt").alias("text")).collect()) if has_dataset(out_path) else pl.DataFrame()
     out = []
     for kid, n in top.iter_rows():
         ms = [{"id": r["id"], "source": r["source"], "kept": True, "text": r["text"]}

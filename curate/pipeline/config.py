@@ -30,14 +30,23 @@ class RunConfig:
     seed: int = 0
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
-    # rows per part: filter, language, pii, decontaminate, normalize and locally scored
-    # quality run part by part, each finished part kept for resume inside the stage;
-    # the output does not depend on it
-    part_rows: int = 50000
+    # rows per part of every stage's output (RUN/stages/NN-name/part-*.parquet): row-local
+    # stages run part by part, each finished part kept for resume inside the stage; unset:
+    # derived from memory_budget; the shards, rejects and ledger do not depend on it
+    part_rows: int | None = None
+    # memory the parts are sized to: bytes or a size like "4GiB"; unset: half this machine's RAM
+    memory_budget: int | str | None = None
 
     def validate(self) -> None:
-        if self.part_rows < 1:
+        if self.part_rows is not None and self.part_rows < 1:
             raise ConfigError("part_rows", f"must be >= 1, got {self.part_rows}")
+        if self.memory_budget is not None:
+            from curate.pipeline.memory import parse_size
+
+            try:
+                parse_size(self.memory_budget)
+            except ValueError as exc:
+                raise ConfigError("memory_budget", str(exc)) from None
 
 
 @dataclass

@@ -1,14 +1,46 @@
-"""Executors: where a stage's `process` runs. The runner asks its executor to run each
-stage over the table; the local executor calls the stage directly, the Ray executor
+"""Executors: where a stage's work runs. The runner hands its executor one stage at a time;
+the local executor runs it here, part by part where it can (below); the Ray executor
 (curate/pipeline/ray_executor.py, `[run] executor = "ray"`) spreads the same stage code over a
-Ray cluster. Both must give identical tables, row for row."""
+Ray cluster. Both must give identical outputs, row for row.
+
+The local executor streams (`LocalExecutor.run_stage`), in one of three ways, recorded as
+the manifest stage entry's `memory`:
+
+  "parts"        a row-local stage (curate/pipeline/blocks.py `part_mode`: normalize,
+                 filter, pii, language, decontaminate, locally scored quality): read one
+                 input part, process it, write one output part and its rejects, free it.
+                 Each finished part is recorded (parts.StageProgress) so a run killed
+                 inside the stage resumes from its last finished part. The stage's
+                 statistics are computed at the end, by the stage's own code, over the
+                 parts' small columns only (`light`: every column but `messages` and
+                 `meta`; per-row state Series, e.g. pii's redacted messages, replaced by
+                 nulls): statistics never read message text.
+                 Memory: one part, the stage's own state, the small columns of all rows.
+  "keys"         a whole-table stage with the keys/plan/apply protocol (`has_plan`):
+                 `keys` per part, `plan` over all keys, `apply` per part; with an `order`
+                 (rows reordered or repeated: mix), the output is gathered from the
+                 applied parts in windows of `part_rows` rows of the order table
+                 (parts.gather; its I/O cost is in curate/pipeline/parts.py).
+                 Memory: one part plus the key columns and the plan of all rows.
+  "whole-table"  any other stage: the whole input is loaded and `stage.process` runs on it
+                 (logged, and recorded in the manifest). Memory: the whole table, twice.
+"""
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
 
+import numpy as np
 import polars as pl
 
+from curate.contract.ledger import REASON, reject_frame
+from curate.pipeline import parts as P
 from curate.stages.base import Stage, StageResult
+
+HEAVY = ("messages", "meta")  # the columns statistics never read (see the module doc)
+ROW = "_row"
 
 
 class Executor(Protocol):
@@ -19,11 +51,55 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class StageJob:
+    """One stage's input and output locations, handed by the runner to `run_stage`."""
+
+    in_dir: Path  # the input dataset (parts listed in in_entries)
+    in_entries: list[dict]
+    out_dir: Path  # RUN/stages/NN-name: output parts are written here
+    progress: P.StageProgress  # per-part records (resume inside the stage)
+    part_rows: int
+    log: Callable[[str], None] = lambda s: None
+
+
+@dataclass
+class StageOutput:
+    """What `run_stage` leaves: the output parts (written), the rejects as frames in the
+    rejects layout (`reject_frame`) or files of it, in order, and the stage's stats."""
+
+    entries: list[dict]
+    rejects: list[Path | pl.DataFrame] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    memory: str = "parts"
+    rows_out: int = 0
+
+
+def has_plan(stage: Stage) -> bool:
+    """The stage implements the keys/plan/apply protocol (curate/stages/base.py): its class
+    defines `keys`, `plan` and `apply` (consensus' own `keys` helper alone does not count)."""
+    return all(callable(getattr(type(stage), m, None)) for m in ("keys", "plan", "apply"))
+
+
+def light(df: pl.DataFrame) -> pl.DataFrame:
+    return df.drop([c for c in HEAVY if c in df.columns])
+
+
+def _light_state(state: dict) -> dict:
+    return {k: (pl.Series(v.name, [None] * v.len(), dtype=pl.Null) if isinstance(v, pl.Series) else v)
+            for k, v in state.items()}
+
+
+def write_windows(out_dir: Path, table: pl.DataFrame, part_rows: int, first: int = 0) -> list[dict]:
+    """`table` as output parts of `part_rows` rows (at least one part, maybe empty)."""
+    entries = []
+    for k, lo in enumerate(range(0, max(table.height, 1), part_rows)):
+        entries.append(P.write_part(out_dir, first + k, table.slice(lo, part_rows)))
+    return entries
+
+
 class LocalExecutor:
-    """Runs each stage in this process. With `part_rows`, the stages that can be cut into
-    parts without changing their output (curate/pipeline/blocks.py) run part by part and
-    keep each finished part in `RUN/stages/NN-name/parts/` (`process_in_parts`), so a run
-    killed inside a stage resumes from its last finished part."""
+    """Runs each stage in this process, streaming where it can (see the module doc)."""
 
     name = "local"
 
@@ -31,17 +107,127 @@ class LocalExecutor:
         self.part_rows = part_rows
 
     def process(self, stage: Stage, table: pl.DataFrame) -> StageResult:
-        return self.process_in_parts(stage, table, None)
+        return stage.process(table)
 
-    def process_in_parts(self, stage: Stage, table: pl.DataFrame, cache) -> StageResult:
-        if not self.part_rows:
-            return stage.process(table)
-        from curate.pipeline.blocks import process_in_parts
+    # ------------------------------------------------------------------ streaming
+    def run_stage(self, stage: Stage, job: StageJob) -> StageOutput:
+        from curate.pipeline.blocks import part_mode
 
-        return process_in_parts(stage, table, self.part_rows, cache, stage.context.log)
+        mode = part_mode(stage)
+        if mode is not None:
+            return self._row_local(stage, job, mode)
+        if has_plan(stage):
+            return self._planned(stage, job)
+        return self._whole(stage, job)
+
+    def _row_local(self, stage: Stage, job: StageJob, mode: str) -> StageOutput:
+        from curate.pipeline.blocks import decode_state, encode_state, merge_stats
+
+        # One worker instance for all parts (models load once); `stage` itself decides the
+        # statistics over the merged states, as the driver does under Ray.
+        worker = type(stage)(stage.config, stage.context)
+        if mode == "annotate":
+            shared = stage.shared_resource()
+            if shared is not None:
+                worker.use_shared_resource(shared)
+        entries, rejects, payloads, lights, resumed = [], [], [], [], 0
+        for i, e in enumerate(job.in_entries):
+            hit = job.progress.load(i, int(e["rows"]))
+            if hit is not None and (job.progress.folder / f"light-{i:05d}.parquet").is_file():
+                resumed += 1
+                lite = pl.read_parquet(job.progress.folder / f"light-{i:05d}.parquet")
+            else:
+                part = P.read_part(job.in_dir / e["file"])
+                if mode == "annotate":
+                    annotated = worker.annotate(part)
+                    state = worker.block_state()
+                    res = worker.decide(part, annotated)
+                    payload = encode_state(_light_state(state))
+                    lite = light(annotated)
+                else:
+                    res = worker.process(part)
+                    payload = json.loads(json.dumps(res.stats, default=str))
+                    lite = light(res.kept)
+                P.write_parquet(job.progress.folder / f"light-{i:05d}.parquet", lite)
+                hit = job.progress.save(i, part.height, res.kept, reject_frame(stage.name, res.dropped), payload)
+                del part, res
+            entries.append(hit["part"])
+            rejects.append(job.progress.rejects_path(i))
+            payloads.append(hit["payload"])
+            lights.append(lite)
+        job.log(f"[{stage.name}] {len(entries)} parts of up to {job.part_rows:,} rows ({mode})"
+                + (f", {resumed} resumed" if resumed else ""))
+        lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
+        if mode == "annotate":
+            stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
+        else:
+            stats = merge_stats(stage, lite, payloads)
+        return StageOutput(entries=entries, rejects=rejects, stats=stats, memory="parts",
+                           rows_out=sum(int(x["rows"]) for x in entries))
+
+    def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
+        bounds = P.offsets(job.in_entries)
+        keys = []
+        for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
+            k = stage.keys(part)
+            if k.height != part.height:
+                raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {part.height}")
+            keys.append(k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW)))
+        plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
+        del keys
+        order = getattr(plan, "order", None)
+        target = job.progress.folder / "applied" if order is not None else job.out_dir
+        entries, rejects, kept_rows = [], [], []
+        for i, (first, part) in enumerate(zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))):
+            res = stage.apply(part, plan, first)
+            P.write_parquet(job.progress.rejects_path(i), reject_frame(stage.name, res.dropped))
+            rejects.append(job.progress.rejects_path(i))
+            if order is not None:
+                if ROW not in res.kept.columns:
+                    raise RuntimeError(f"stage {stage.name!r}: apply() must keep {ROW!r} when the plan has an order")
+                kept_rows.append(res.kept[ROW].cast(pl.Int64).to_numpy())
+            entries.append(P.write_part(target, i, res.kept))
+        job.log(f"[{stage.name}] {len(entries)} parts, planned from key columns of {int(bounds[-1]):,} rows")
+        if order is None:
+            return StageOutput(entries=entries, rejects=rejects, stats=plan.stats, memory="keys",
+                               rows_out=sum(int(x["rows"]) for x in entries))
+        # Rows in the order table's order: position of each wanted `_row` among the kept rows.
+        kept = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
+        wanted = order[ROW].cast(pl.Int64).to_numpy()
+        pos = np.searchsorted(kept, wanted)
+        if len(wanted) and (pos.max() >= len(kept) or not np.array_equal(kept[pos], wanted)):
+            raise RuntimeError(f"stage {stage.name!r}: its order names rows it did not keep")
+        out = []
+        for k, lo in enumerate(range(0, max(len(wanted), 1), job.part_rows)):
+            rows = P.gather(target, entries, pos[lo:lo + job.part_rows])
+            if "repeat" in order.columns and "repeat" not in rows.columns:
+                rows = rows.with_columns(order["repeat"].slice(lo, job.part_rows).cast(pl.Int32))
+            out.append(P.write_part(job.out_dir, k, rows.drop(ROW)))
+        return StageOutput(entries=out, rejects=rejects, stats=plan.stats, memory="keys",
+                           rows_out=sum(int(x["rows"]) for x in out))
+
+    def _whole(self, stage: Stage, job: StageJob) -> StageOutput:
+        return run_whole(self, stage, job)
 
     def close(self) -> None:
         pass
+
+
+def run_whole(executor, stage: Stage, job: StageJob) -> StageOutput:
+    """Any executor's `process` over the whole input table, written back as parts."""
+    table = P.read_dataset(job.in_dir, job.in_entries)
+    job.log(f"[{stage.name}] whole-table stage: holds all {table.height:,} rows in memory")
+    result = executor.process(stage, table)
+    del table
+    entries = write_windows(job.out_dir, result.kept, job.part_rows)
+    return StageOutput(entries=entries, rejects=[reject_frame(stage.name, result.dropped)],
+                       stats=result.stats, memory="whole-table", rows_out=result.kept.height)
+
+
+def _annotate_stats(stage, lite: pl.DataFrame, states: list[dict]) -> dict:
+    """The stage's statistics from its own `decide`, over the small columns of all parts."""
+    stage.merge_block_states(states)
+    return stage.decide(lite, lite).stats
 
 
 def make_executor(run_cfg) -> Executor:

@@ -38,16 +38,18 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from curate import __version__
-from curate.contract.atomic import write_json, write_parquet, write_text
+from curate.contract.atomic import atomic_path, write_json
 from curate.contract.ledger import REASON, Ledger, drop_counts, reason_counts, write_rejects
 from curate.contract.progress import Progress
 from curate.contract.schema import empty_records
 from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
-from curate.pipeline.blocks import PartCache
-from curate.pipeline.executor import Executor, make_executor
+from curate.pipeline import parts as P
+from curate.pipeline.executor import Executor, StageJob, make_executor, run_whole
+from curate.pipeline.parts import StageProgress
+from curate.pipeline.memory import choose_part_rows
 from curate.pipeline.fingerprint import FileHashes, config_files
 from curate.pipeline.rundir import RunDir, check_output_dir
-from curate.read.readers import read_source
+from curate.read.readers import iter_source, read_source
 from curate.read.sources import source_files
 from curate.stages import stage_class
 from curate.stages.base import StageContext
@@ -99,13 +101,9 @@ def versions() -> dict:
     return out
 
 
-def _parquet_rows(path: Path) -> int:
-    return pq.read_metadata(path).num_rows
-
-
-def _check_done(done_path: Path, fingerprint: str, parts: dict[str, Path], hashes: FileHashes) -> tuple[dict | None, str]:
-    """done.json if it matches `fingerprint` and the sha256 of every part; else (None, why)
-    with why "" when the stage simply has not run (or ran under another fingerprint)."""
+def _load_done(done_path: Path, fingerprint: str) -> tuple[dict | None, str]:
+    """done.json if it was written under `fingerprint`; else (None, why) with why "" when
+    the stage simply has not run (or ran under another fingerprint)."""
     if not done_path.is_file():
         return None, ""
     try:
@@ -116,13 +114,72 @@ def _check_done(done_path: Path, fingerprint: str, parts: dict[str, Path], hashe
         return None, "its done.json is not an object"
     if info.get("fingerprint") != fingerprint:
         return None, "its config, the files it reads or its input changed"
+    return info, ""
+
+
+def _check_done(folder: Path, fingerprint: str, files: dict[str, Path], hashes: FileHashes) -> tuple[dict | None, str]:
+    """done.json of the dataset in `folder` if it matches `fingerprint`, every part's
+    sha256 (curate/pipeline/parts.py) and the sha256 of each of `files`; else (None, why)."""
+    info, why = _load_done(folder / P.DONE, fingerprint)
+    if info is None:
+        return None, why
+    why = P.check_parts(folder, info.get("parts"), hashes.sha256)
+    if why:
+        return None, why
     recorded = info.get("sha256") or {}
-    for key, path in parts.items():
+    for key, path in files.items():
         if not path.is_file():
             return None, f"{path.name} is missing"
         if recorded.get(key) != hashes.sha256(path):
             return None, f"{path.name} does not match the checksum in its done.json"
+    if sum(int(e["rows"]) for e in info["parts"]) != info.get("rows_out"):
+        return None, "its done.json counts do not match its data"
     return info, ""
+
+
+def _start_dataset(folder: Path) -> None:
+    """Before (re)computing the dataset in `folder`: its done.json goes first (a run killed
+    from here on is never mistaken for a finished one), and the single-file layout of
+    earlier versions (`data.parquet`) with it."""
+    for name in (P.DONE, "data.parquet"):
+        if (folder / name).is_file():
+            (folder / name).unlink()
+
+
+def _data_sha(entries: list[dict]) -> str:
+    """One checksum of a dataset: its parts' checksums in order (the fingerprint chain)."""
+    return _hash([e["sha256"] for e in entries])
+
+
+def _write_rejects(target: Path, items: list) -> dict:
+    """The stage's rejects (frames, or Parquet files, in order) as one file of fixed-size
+    row groups: the same bytes however the stage was cut into parts."""
+    schemas = [dict(pl.read_parquet_schema(x)) if isinstance(x, Path) else dict(x.schema) for x in items]
+    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema)
+    w = P.RowGroupWriter(target, schema)
+    try:
+        for x in items:
+            w.write(pl.read_parquet(x) if isinstance(x, Path) else x)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
+
+
+def _all_reasons(path: Path) -> dict[str, int]:
+    """Rows of a rejects file by reason (copies included): the stage's `dropped`."""
+    r = pl.read_parquet(path, columns=["reason"])
+    if r.height == 0:
+        return {}
+    return {str(k): int(n) for k, n in r.group_by("reason").len().sort("reason").iter_rows()}
+
+
+def _reject_counts(path: Path) -> tuple[int, dict[str, int], int]:
+    """(rows, records dropped by reason, copies dropped) of a rejects file (small columns)."""
+    cols = [c for c in ("reason", "repeat") if c in pq.read_schema(path).names]
+    rejected = pl.read_parquet(path, columns=cols)
+    records, copies = drop_counts(rejected, "reason")
+    return rejected.height, records, copies
 
 
 def _recompute_log(progress: Progress, name: str, why: str) -> None:
@@ -168,49 +225,100 @@ def _clean_stale(rd: RunDir, keep_stage_dirs: set[str]) -> None:
             rd.remove(rel)
 
 
+class _PartSink:
+    """Record batches in, parts of exactly `part_rows` rows out (the last one shorter):
+    holds at most one part plus one batch."""
+
+    def __init__(self, folder: Path, part_rows: int):
+        self.folder, self.part_rows = folder, part_rows
+        self.entries: list[dict] = []
+        self._buf: list[pl.DataFrame] = []
+        self._rows = 0
+
+    def add(self, table: pl.DataFrame) -> None:
+        if not table.height:
+            return
+        self._buf.append(table)
+        self._rows += table.height
+        while self._rows >= self.part_rows:
+            self._emit(self.part_rows)
+
+    def _emit(self, n: int) -> None:
+        t = pl.concat(self._buf, how="vertical") if len(self._buf) > 1 else self._buf[0]
+        self.entries.append(P.write_part(self.folder, len(self.entries), t.slice(0, n)))
+        rest = t.slice(n)
+        self._buf, self._rows = ([rest] if rest.height else []), rest.height
+
+    def close(self) -> list[dict]:
+        if self._rows or not self.entries:
+            self._emit(self._rows) if self._rows else self.entries.append(
+                P.write_part(self.folder, 0, empty_records()))
+        P.remove_parts(self.folder, keep=len(self.entries))
+        return self.entries
+
+
 def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progress, fingerprint: str,
-          limit: int | None = None):
+          limit: int | None = None, part_rows: int | None = None):
+    """The sources, streamed in batches of `part_rows` records into the parts of
+    stages/00-read; quarantine.jsonl written as the batches come. Returns done.json's info."""
     read_dir = rd.own(f"stages/{READ_DIR}")
-    data, qpath = read_dir / "data.parquet", rd.own("quarantine.jsonl")
-    info, why = _check_done(read_dir / "done.json", fingerprint, {"data": data, "quarantine": qpath}, hashes)
+    qpath = rd.own("quarantine.jsonl")
+    info, why = _check_done(read_dir, fingerprint, {"quarantine": qpath}, hashes)
     if info is not None:
         try:
-            table = pl.read_parquet(data)
             n_quarantined = sum(1 for line in qpath.open("rb") if line.strip())
-            if (table.height, n_quarantined) != (info.get("rows_out"), info.get("quarantined")):
+            if n_quarantined != info.get("quarantined") or "names" not in info:
                 info, why = None, "its done.json counts do not match its data"
-        except Exception as exc:  # noqa: BLE001 - a damaged part means recompute, never a crash
-            info, why = None, f"its data is unreadable ({type(exc).__name__}: {exc})"
+        except OSError as exc:
+            info, why = None, f"its quarantine is unreadable ({exc})"
     if info is not None:
-        progress.log(f"[read] resumed: {table.height:,} records from {read_dir}")
-        return table, info, n_quarantined
+        progress.log(f"[read] resumed: {info['rows_out']:,} records from {read_dir}")
+        return info
     _recompute_log(progress, "read", why)
+    _start_dataset(read_dir)
+    part_rows = part_rows or choose_part_rows(cfg, progress.log)
+    sink = _PartSink(read_dir, part_rows)
+    sources, totals, names = [], {}, {"task": set(), "source": set()}
+    n_quarantined = 0
     with progress.stage("read", total=len(cfg.sources)) as done:
-        reads = [read_source(s, cfg.base_dir, progress.log) for s in cfg.sources]
-        totals = [r.table.height for r in reads]
-        if limit is not None:  # --limit: a seeded sample per source (curate.read.limit)
-            from curate.read.limit import sample_records
+        with atomic_path(qpath) as qtmp, open(qtmp, "w", encoding="utf-8") as qf:
+            for s in cfg.sources:
+                if limit is not None:  # --limit: a seeded sample per source (curate.read.limit); held whole
+                    from curate.read.limit import sample_records
 
-            for r in reads:
-                r.table = sample_records(r.table, limit, cfg.run.seed)
-        tables = [r.table for r in reads if r.table.height]
-        table = pl.concat(tables, how="vertical") if tables else empty_records()
-        quarantine = [q for r in reads for q in r.quarantine]
-        write_text(qpath, "".join(json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in quarantine))
-        write_parquet(data, table)
+                    r = read_source(s, cfg.base_dir, progress.log)
+                    totals[r.name] = r.table.height
+                    batches, stream = [(sample_records(r.table, limit, cfg.run.seed), r.quarantine)], r
+                else:
+                    stream = iter_source(s, cfg.base_dir, part_rows, progress.log)
+                    batches = stream
+                records = quarantined = 0
+                for table, q in batches:
+                    sink.add(table)
+                    records += table.height
+                    quarantined += len(q)
+                    for c in names:
+                        names[c].update(table[c].drop_nulls().unique().to_list())
+                    qf.write("".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in q))
+                n_quarantined += quarantined
+                sources.append({"name": s.name, "format": stream.format, "files": stream.files,
+                                "read": records + quarantined, "records": records, "quarantined": quarantined})
+        entries = sink.close()
+        rows = sum(int(e["rows"]) for e in entries)
         info = {
             "fingerprint": fingerprint,
-            "rows_out": table.height,
-            "quarantined": len(quarantine),
-            "sha256": {"data": hashes.sha256(data), "quarantine": hashes.sha256(qpath)},
-            "sources": [{"name": r.name, "format": r.format, "files": r.files, "read": r.read,
-                         "records": r.table.height, "quarantined": len(r.quarantine)} for r in reads],
+            "rows_out": rows,
+            "quarantined": n_quarantined,
+            "parts": entries,
+            "names": {c: sorted(v) for c, v in names.items()},
+            "sha256": {"quarantine": hashes.sha256(qpath)},
+            "sources": sources,
         }
         if limit is not None:
-            info["limit"] = {"per_source": limit, "records_before": dict(zip([r.name for r in reads], totals))}
-        write_json(read_dir / "done.json", info)
-        done(table.height, 0, f"{len(quarantine):,} quarantined")
-    return table, info, len(quarantine)
+            info["limit"] = {"per_source": limit, "records_before": totals}
+        write_json(read_dir / P.DONE, info)
+        done(rows, 0, f"{n_quarantined:,} quarantined")
+    return info
 
 
 def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor, limit: int | None = None) -> dict:
@@ -227,14 +335,19 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     fingerprint = input_fingerprint(cfg, hashes)
     if limit is not None:
         fingerprint = _hash(fingerprint, "limit", limit)
-    table, info, n_quarantined = _read(cfg, rd, hashes, progress, fingerprint, limit)
+    part_rows = cfg.run.part_rows or None
+    info = _read(cfg, rd, hashes, progress, fingerprint, limit, part_rows)
     timings["read"] = time.perf_counter() - t0
-    ledger.read = table.height + n_quarantined
+    n_quarantined = info["quarantined"]
+    ledger.read = info["rows_out"] + n_quarantined
     ledger.quarantined = n_quarantined
     source_info = info["sources"]
     info_limit = info.get("limit")
-    _check_names(cfg, table, progress.log)
-    data_sha = info["sha256"]["data"]
+    _check_names(cfg, info["names"], progress.log)
+    if part_rows is None:  # resumed read: the part size its parts were cut to
+        part_rows = max([int(e["rows"]) for e in info["parts"]] + [1])
+    in_dir, in_entries, rows_in = rd.root / "stages" / READ_DIR, info["parts"], info["rows_out"]
+    data_sha = _data_sha(in_entries)
     render_files = hashes.digest(config_files(cfg.render, cfg.base_dir, out)) if cfg.render is not None else None
 
     # ---- stages
@@ -247,56 +360,52 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
                             render_files if needs_render else None, data_sha)
         sdir = rd.own(f"stages/{dirname}")
         rejects_path = rd.own(f"rejects/{dirname}.parquet")
-        data = sdir / "data.parquet"
         t0 = time.perf_counter()
-        rows_in = table.height
-        info, why = _check_done(sdir / "done.json", fingerprint, {"data": data, "rejects": rejects_path}, hashes)
+        info, why = _check_done(sdir, fingerprint, {"rejects": rejects_path}, hashes)
         if info is not None:
             try:
-                resumed = pl.read_parquet(data)
-                rejected = pl.read_parquet(rejects_path, columns=[c for c in ("reason", "repeat")
-                                                                  if c in pq.read_schema(rejects_path).names])
-                if (info.get("rows_in"), info.get("rows_out"), sum((info.get("dropped") or {}).values())) \
-                        != (rows_in, resumed.height, rejected.height):
+                n_rejected, records_dropped, copies_dropped = _reject_counts(rejects_path)
+                if (info.get("rows_in"), sum((info.get("dropped") or {}).values())) != (rows_in, n_rejected):
                     info, why = None, "its done.json counts do not match its data"
             except Exception as exc:  # noqa: BLE001 - a damaged part means recompute, never a crash
-                info, why = None, f"its data is unreadable ({type(exc).__name__}: {exc})"
+                info, why = None, f"its rejects are unreadable ({type(exc).__name__}: {exc})"
         if info is not None:
-            table = resumed
-            records_dropped, copies_dropped = drop_counts(rejected, "reason")
-            progress.log(f"[{name}] resumed: {table.height:,} rows from {sdir}")
+            progress.log(f"[{name}] resumed: {info['rows_out']:,} rows from {sdir}")
         else:
             _recompute_log(progress, name, why)
+            _start_dataset(sdir)
             context = StageContext(run_dir=out, config_dir=cfg.base_dir, seed=cfg.run.seed, stage_dir=sdir,
                                    log=progress.log, render=cfg.render)
             stage = stage_class(stage_cfg.kind)(stage_cfg, context)
             with progress.stage(f"{index}/{len(cfg.stages)} {name}", total=rows_in) as done:
-                parted = getattr(executor, "process_in_parts", None)
-                if parted is not None:  # part-granular resume inside the stage
-                    result = parted(stage, table, PartCache(sdir / "parts", _hash(fingerprint, cfg.run.part_rows)))
-                else:
-                    result = executor.process(stage, table)
-                dropped = reason_counts(result.dropped)
+                job = StageJob(in_dir=in_dir, in_entries=in_entries, out_dir=sdir, part_rows=part_rows,
+                               progress=StageProgress(sdir, _hash(fingerprint, [e["rows"] for e in in_entries])),
+                               log=progress.log)
+                runner = getattr(executor, "run_stage", None)
+                result = runner(stage, job) if runner is not None else run_whole(executor, stage, job)
+                P.remove_parts(sdir, keep=len(result.entries))
+                rejected = _write_rejects(rejects_path, result.rejects)
+                del result.rejects[:]
+                n_rejected, records_dropped, copies_dropped = _reject_counts(rejects_path)
+                dropped = {k: v for k, v in sorted(_all_reasons(rejects_path).items())}
                 upsampled = int(result.stats.get("upsampled", 0) or 0)
-                if rows_in + upsampled != result.kept.height + result.dropped.height:
+                if rows_in + upsampled != result.rows_out + n_rejected:
                     raise LedgerError(f"stage {name!r}: {rows_in} rows in, {upsampled} added by upsampling, but "
-                                      f"{result.kept.height} kept + {result.dropped.height} dropped")
-                records_dropped, copies_dropped = drop_counts(result.dropped, REASON)
-                write_rejects(rejects_path, name, result.dropped)
-                write_parquet(data, result.kept)
+                                      f"{result.rows_out} kept + {n_rejected} dropped")
                 info = {"fingerprint": fingerprint, "name": name, "kind": stage_cfg.kind, "rows_in": rows_in,
-                        "rows_out": result.kept.height, "dropped": dropped, "upsampled": upsampled,
-                        "stats": result.stats,
-                        "sha256": {"data": hashes.sha256(data), "rejects": hashes.sha256(rejects_path)}}
-                write_json(sdir / "done.json", info)
-                if (sdir / "parts").is_dir():  # the finished stage supersedes its parts
-                    shutil.rmtree(sdir / "parts")
-                table = result.kept
-                done(table.height, sum(dropped.values()), f"{upsampled:,} upsampled" if upsampled else "")
-        data_sha = info["sha256"]["data"]
+                        "rows_out": result.rows_out, "dropped": dropped, "upsampled": upsampled,
+                        "stats": json.loads(json.dumps(result.stats, default=str)), "memory": result.memory,
+                        "parts": result.entries, "sha256": {"rejects": rejected["sha256"]}}
+                write_json(sdir / P.DONE, info)
+                job.progress.clear()  # the finished stage supersedes its per-part records
+                for legacy in ("parts",):
+                    if (sdir / legacy).is_dir():
+                        shutil.rmtree(sdir / legacy)
+                done(result.rows_out, n_rejected, f"{upsampled:,} upsampled" if upsampled else "")
+        data_sha = _data_sha(info["parts"])
         timings[name] = time.perf_counter() - t0
         # The ledger from the files: rows added = out - in + dropped rows.
-        added = table.height - rows_in + sum(records_dropped.values()) + copies_dropped
+        added = info["rows_out"] - rows_in + sum(records_dropped.values()) + copies_dropped
         ledger.drop(name, records_dropped)
         if added:
             ledger.upsampled[name] = added
@@ -304,9 +413,11 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
             ledger.copies_dropped[name] = copies_dropped
         stage_reports.append({
             "index": index, "name": name, "kind": stage_cfg.kind, "rows_in": rows_in,
-            "rows_out": table.height, "dropped": info["dropped"], "upsampled": info.get("upsampled", 0),
-            "stats": info["stats"], "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet",
+            "rows_out": info["rows_out"], "dropped": info["dropped"], "upsampled": info.get("upsampled", 0),
+            "stats": info["stats"], "memory": info.get("memory", "whole-table"),
+            "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet",
         })
+        in_dir, in_entries, rows_in = sdir, info["parts"], info["rows_out"]
     hashes.save()
 
     manifest: dict[str, Any] = {
@@ -325,6 +436,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         manifest["limit"] = info_limit
 
     # ---- render and shards
+    table = P.read_dataset(in_dir, in_entries) if (cfg.render is not None or cfg.export is not None) else None
     if cfg.render is not None:
         t0 = time.perf_counter()
         from curate.render.renderer import render_examples
@@ -365,7 +477,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         final_rows = rendered.examples.height
         timings["render"] = time.perf_counter() - t0
     else:
-        final_rows = table.height
+        final_rows = rows_in
     ledger.kept = final_rows - ledger.copies_kept
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
@@ -380,13 +492,13 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     return manifest
 
 
-def _check_names(cfg: PipelineConfig, table: pl.DataFrame, log) -> None:
+def _check_names(cfg: PipelineConfig, names: dict, log) -> None:
     """Group names in stage configs (mix weights, select quotas) against the tasks and
-    sources read, before any stage runs; a refusal names the config file."""
+    sources read (`names`: {"task": [...], "source": [...]}, sorted), before any stage
+    runs; a refusal names the config file."""
     from curate.contract.typed_config import ConfigError
     from curate.pipeline.checks import check_names
 
-    names = {c: sorted(table[c].drop_nulls().unique().to_list()) for c in ("task", "source")}
     try:
         check_names(cfg.stages, names, log)
     except ConfigError as exc:

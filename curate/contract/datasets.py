@@ -1,0 +1,57 @@
+"""Reading a stage's output as one table: `RUN/stages/NN-name/` holds a partitioned Parquet
+dataset (`part-00000.parquet`, ... + `done.json`; written by curate/pipeline/parts.py, the
+layout is described there). Runs made before the parts layout hold one `data.parquet`
+instead; both read the same way here.
+
+Parts may disagree on a column's dtype where it is all-null in one part (polars `Null`)
+and typed in another: every reader here unifies them as `pl.concat(how="vertical_relaxed")`
+does. `scan_dataset` is lazy (one scan per part): filters and column selections are pushed
+into each part's scan, so e.g. a report reading two columns never loads message text.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+LEGACY = "data.parquet"
+
+
+def dataset_files(folder: str | Path) -> list[Path]:
+    """The Parquet files of the dataset in `folder`, in order ([] when there is none)."""
+    folder = Path(folder)
+    if folder.is_file():  # a plain Parquet file is a dataset of one part
+        return [folder]
+    if not folder.is_dir():
+        return []
+    parts = sorted(folder.glob("part-*.parquet"))
+    if parts:
+        return parts
+    return [folder / LEGACY] if (folder / LEGACY).is_file() else []
+
+
+def has_dataset(folder: str | Path) -> bool:
+    return bool(dataset_files(folder))
+
+
+def dataset_schema(folder: str | Path) -> dict:
+    """The unified polars schema (from the parts' footers: no data is read)."""
+    frames = [pl.DataFrame(schema=dict(pl.read_parquet_schema(p))) for p in dataset_files(folder)]
+    if not frames:
+        raise FileNotFoundError(f"no stage output (part-*.parquet) in {folder}")
+    return dict(pl.concat(frames, how="vertical_relaxed").schema)
+
+
+def scan_dataset(folder: str | Path) -> pl.LazyFrame:
+    files = dataset_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no stage output (part-*.parquet) in {folder}")
+    if len(files) == 1:
+        return pl.scan_parquet(files[0])
+    schema = dataset_schema(folder)
+    return pl.concat([pl.scan_parquet(p).cast({k: v for k, v in schema.items()}) for p in files], how="vertical")
+
+
+def read_dataset(folder: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    lf = scan_dataset(folder)
+    return (lf.select(columns) if columns is not None else lf).collect()

@@ -1,0 +1,104 @@
+"""`[run] memory_budget`: how many rows a part holds when `[run] part_rows` is not set.
+
+    part_rows = clamp(budget // (ROW_COPIES * bytes_per_row), MIN_PART_ROWS, MAX_PART_ROWS)
+
+`budget` is `memory_budget` (bytes, or a string like "4GiB", "512MB"), by default
+DEFAULT_FRACTION of this machine's memory (the smaller of physical RAM and a cgroup limit,
+read when the run starts). `bytes_per_row` is polars' estimated size of the first batch of
+up to PROBE_ROWS records of the first source that has any, divided by its rows.
+ROW_COPIES is how many copies of a part a row-local stage holds at its peak (input part,
+annotated part with statistic columns, kept/dropped frames, the Arrow/Parquet buffers of
+the write), measured on the sample stages, rounded up.
+
+What the budget does not bound (said in the run's log and in docs/pipeline.md, "Memory
+model"): a whole-table stage (manifest `memory = "whole-table"`) holds the whole table;
+a planned stage holds the key columns of every row; rendering and shard writing hold the
+final table. The budget sizes the parts; it is not an enforced limit.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+DEFAULT_FRACTION = 0.5
+ROW_COPIES = 12
+PROBE_ROWS = 1024
+MIN_PART_ROWS = 64
+MAX_PART_ROWS = 1_000_000
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value) -> int:
+    """Bytes from an int or a string like "4GiB", "512 MB", "1e9" is refused; ValueError
+    with the reason when it cannot be read."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected bytes or a size like \"4GiB\", got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise ValueError(f"expected bytes or a size like \"4GiB\" or \"512MB\", got {value!r}")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    else:
+        raise ValueError(f"expected bytes or a size like \"4GiB\", got {type(value).__name__} {value!r}")
+    if n < 1:
+        raise ValueError(f"must be at least 1 byte, got {value!r}")
+    return n
+
+
+def machine_memory() -> int:
+    """Physical memory, or the cgroup (v2/v1) limit when that is smaller."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for p in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(p).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def budget_bytes(value) -> tuple[int, str]:
+    """(bytes, how it was chosen) for a `memory_budget` value (None: the default)."""
+    if value is None:
+        total = machine_memory()
+        return int(total * DEFAULT_FRACTION), f"{DEFAULT_FRACTION:g} of this machine's {total / 2**30:.1f} GiB"
+    return parse_size(value), f"memory_budget = {value!r}"
+
+
+def probe_bytes_per_row(cfg) -> float | None:
+    """Estimated bytes per record of the first batch of the first source with records."""
+    from curate.read.readers import iter_source
+
+    for s in cfg.sources:
+        try:
+            for table, _ in iter_source(s, cfg.base_dir, PROBE_ROWS):
+                if table.height:
+                    return max(table.estimated_size() / table.height, 1.0)
+        except Exception:  # noqa: BLE001 - the read proper reports a broken source
+            continue
+    return None
+
+
+def part_rows_for(budget: int, bytes_per_row: float | None) -> int:
+    if not bytes_per_row:
+        return MAX_PART_ROWS
+    return int(min(MAX_PART_ROWS, max(MIN_PART_ROWS, budget // (ROW_COPIES * bytes_per_row))))
+
+
+def choose_part_rows(cfg, log=lambda s: None) -> int:
+    """The part size of this run (see the module doc); logged with how it was chosen."""
+    if getattr(cfg.run, "part_rows", None):
+        return int(cfg.run.part_rows)
+    budget, how = budget_bytes(getattr(cfg.run, "memory_budget", None))
+    bpr = probe_bytes_per_row(cfg)
+    n = part_rows_for(budget, bpr)
+    log(f"[run] part_rows = {n:,} from a memory budget of {budget / 2**20:,.0f} MiB ({how}), "
+        f"~{bpr or 0:,.0f} bytes per record in memory, {ROW_COPIES} copies of a part at a stage's peak")
+    return n
