@@ -335,7 +335,13 @@ class RayExecutor:
                 raise RuntimeError(f"ray: stage {stage.name!r} reorders rows across parts (Plan.order); "
                                    "the parts path writes parts in input order")
             res = self.map_items(items, _part_task("apply", cls, cfg, ctx, self._ray.put(plan), src, out, schema))
+            # apply ran on copies of the plan: what it found for the report (dedup's example
+            # texts) comes back in the parts' stats, merged by the stage's own rule
+            merge = getattr(stage, "merge_part_stats", None)
+            if callable(merge):
+                merge(plan, [json.loads(r["state"]) for r in res])
             stats_extra = dict(getattr(plan, "stats", None) or {})
+            del plan
         self._check_part_rows(stage, res, rows_in)
         dropped, records, copies, upsampled = {}, {}, 0, 0
         for r in res:
@@ -428,9 +434,18 @@ PLAN_ROW = "_row"  # the global input position the whole-table protocol's keys c
 
 def has_plan_protocol(stage: Stage) -> bool:
     """True for a stage with the keys -> plan -> apply protocol of curate/stages/base.py
-    (`keys(part)`, `plan(keys) -> Plan`, `apply(part, plan, first_row)`)."""
-    return all(callable(getattr(stage, m, None)) for m in ("keys", "plan", "apply")) \
-        and not isinstance(stage, PlannedStage)
+    (`keys(part)`, `plan(keys) -> Plan`, `apply(part, plan, first_row)`) whose
+    configuration can be decided from keys (`plannable()`). base.has_plan decides where
+    it exists (the protocol's own rule); the older four-step PlannedStage (`block_keys`,
+    `plan(keys)`, `apply_plan`, `finish`) has no `keys`/`apply` and is not on it."""
+    from curate.stages import base
+
+    rule = getattr(base, "has_plan", None)
+    if callable(rule):
+        return bool(rule(stage))
+    if not all(callable(getattr(stage, m, None)) for m in ("keys", "plan", "apply")):
+        return False
+    return bool(stage.plannable()) if callable(getattr(stage, "plannable", None)) else True
 
 
 def parts_mode(stage: Stage) -> str:
@@ -441,9 +456,7 @@ def parts_mode(stage: Stage) -> str:
     mode = part_mode(stage)
     if mode is not None:
         return mode
-    if has_plan_protocol(stage) and (not hasattr(stage, "plannable") or stage.plannable()):
-        return "plan"
-    return "gather"
+    return "plan" if has_plan_protocol(stage) else "gather"
 
 
 def _read_task(sources: list, base_dir: Path, folder: Path, batch_rows: int) -> Callable[[pa.Table], pa.Table]:
@@ -518,12 +531,17 @@ def _part_task(mode: str, cls: type, config: Any, context: Any, ref: Any, src: P
                     summary = to_ipc(without_text(res.kept))
             elif mode == "keys":
                 keys = stage.keys(part)
-                keys = keys.select(pl.int_range(d["first_row"], d["first_row"] + part.height, dtype=pl.UInt64)
-                                   .alias(PLAN_ROW), pl.exclude(PLAN_ROW))
+                if keys.height != part.height:
+                    raise RuntimeError(f"stage {stage.name!r}: keys() gave {keys.height} rows for a part of "
+                                       f"{part.height}")
+                # `_row` added last, as base.run_planned does (the local reference)
+                keys = keys.with_columns(pl.int_range(d["first_row"], d["first_row"] + part.height,
+                                                      dtype=pl.UInt64).alias(PLAN_ROW))
                 rows.append({"i": d["i"], "rows": part.height, "keys": to_ipc(keys)})
                 continue
             else:  # "apply"
                 res = stage.apply(part, ray.get(ref), d["first_row"])
+                state = json.dumps(res.stats or {}, default=str)  # for merge_part_stats
             entry = write_part(out, d["i"], res.kept)
             write_rejects_part(rejects_part(out, d["i"]), stage.name, res.dropped)
             records, copies = drop_counts(res.dropped, REASON)
@@ -643,7 +661,9 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
             ledger.copies_dropped[name] = res.copies_dropped
         reports.append({"index": index, "name": name, "kind": stage_cfg.kind, "rows_in": res.rows_in,
                         "rows_out": res.rows_out, "dropped": res.dropped, "upsampled": res.upsampled,
-                        "stats": stats, "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet"})
+                        "stats": stats, "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet",
+                        # the runner's words: "parts" = no step held the stage's table
+                        "memory": "whole-table" if res.mode == "gather" else "parts"})
         src, parts = sdir, res.parts
 
     manifest: dict[str, Any] = {"seed": cfg.run.seed, "sources": reads, "stages": reports,
