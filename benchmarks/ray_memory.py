@@ -74,7 +74,7 @@ def measure(arm: str, pythonpath: str, pipeline: Path, out: Path, ray_cpus: int,
     env = {**os.environ, "PYTHONPATH": pythonpath, "HOME": str(base), "TMPDIR": str(base), "RAY_TMPDIR": str(base)}
     proc = subprocess.Popen([sys.executable, __file__, "--child", arm, "--pipeline", str(pipeline), "--out", str(out),
                              "--ray-cpus", str(ray_cpus), "--part-rows", str(part_rows)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=open(str(out) + ".stderr", "w"), env=env, text=True)
     peak = [0, 0]
     stop = threading.Event()
 
@@ -90,7 +90,7 @@ def measure(arm: str, pythonpath: str, pipeline: Path, out: Path, ray_cpus: int,
     stop.set()
     t.join()
     if proc.returncode:
-        raise SystemExit(f"{arm} run failed (rc {proc.returncode})")
+        raise SystemExit(f"{arm} run failed (rc {proc.returncode}); see {out}.stderr")
     res = json.loads(stdout.strip().splitlines()[-1])
     return {**res, "driver_gib": peak[0] / 2**30, "total_gib": peak[1] / 2**30}
 
