@@ -57,7 +57,8 @@ def two_nodes(tmp_path):
     base = Path(tempfile.mkdtemp(prefix="curate-ray2-", dir="/tmp" if os.path.isdir("/tmp") else None))
     for sub in ("head", "node2", "home", "tmp"):
         (base / sub).mkdir(parents=True)
-    env = {**os.environ, "HOME": str(base / "home"), "TMPDIR": str(base / "tmp"), "RAY_TMPDIR": str(base / "tmp"),
+    # no RAY_* from an earlier in-process ray.init (RAY_ADDRESS would point `ray start` elsewhere)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(base / "home"), "TMPDIR": str(base / "tmp"), "RAY_TMPDIR": str(base / "tmp"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
