@@ -27,25 +27,12 @@ SAMPLE = ROOT / "sample_data"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ray")
-    saved = {k: os.environ.get(k) for k in ("HOME", "TMPDIR", "RAY_TMPDIR")}
-    for k, sub in (("HOME", "home"), ("TMPDIR", "tmp"), ("RAY_TMPDIR", "r")):
-        (base / sub).mkdir()
-        os.environ[k] = str(base / sub)
-    fault = base / "fault"
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(base / "r"), logging_level="warning",
-             log_to_driver=False, runtime_env={"env_vars": {FAULT_ENV: str(fault)}})
-    try:
-        yield fault
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+@pytest.fixture
+def ray_cluster(ray_local):
+    """The session's Ray (tests/conftest.py); the fault marker cleared for this test."""
+    for p in (ray_local, Path(str(ray_local) + ".claimed")):
+        p.unlink(missing_ok=True)
+    return ray_local
 
 
 def _files(run: Path, pattern: str) -> dict[str, str]:

@@ -662,8 +662,8 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
         reports.append({"index": index, "name": name, "kind": stage_cfg.kind, "rows_in": res.rows_in,
                         "rows_out": res.rows_out, "dropped": res.dropped, "upsampled": res.upsampled,
                         "stats": stats, "output": f"stages/{dirname}", "rejects": f"rejects/{dirname}.parquet",
-                        # the runner's words: "parts" = no step held the stage's table
-                        "memory": "whole-table" if res.mode == "gather" else "parts"})
+                        # the runner's words: "parts" = row-local, "keys" = planned from keys, "whole-table" = gathered
+                        "memory": {"gather": "whole-table", "plan": "keys"}.get(res.mode, "parts")})
         src, parts = sdir, res.parts
 
     manifest: dict[str, Any] = {"seed": cfg.run.seed, "sources": reads, "stages": reports,
