@@ -450,6 +450,19 @@ def test_early_stopped_summary_measures_the_exported_weights(tiny_model, tok, ru
         assert s["val_loss_by_task"][t] == pytest.approx(float(nll_tok[task == i].mean()), abs=1e-5)
 
 
+def test_early_stop_in_the_first_quarter_warns(tiny_model, run_dir):
+    """Early stopping far before the planned steps says so (the frontier benchmark saw it
+    end LoRA at step 70 of 581, long before the task was learned)."""
+    from train import run_training
+
+    logs: list[str] = []
+    cfg = cfg_for(tiny_model, epochs=20, lr=3e-2, eval_every=2, early_stopping={"patience": 1, "min_delta": 10.0})
+    s = run_training(run_dir, cfg, log=logs.append)
+    assert s["stopped_early"] and s["steps"] < 0.25 * s["total_steps"], s
+    warn = [m for m in logs if "warning: stopped after" in m]
+    assert len(warn) == 1 and f"{s['steps']} of {s['total_steps']} steps" in warn[0] and "patience = 0" in warn[0]
+
+
 def test_kl_to_base_grows_with_learning_rate(tiny_model, tok, tmp_path):
     from train import run_training
 

@@ -338,6 +338,10 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
                 state["stopped_early"] = True
                 log(f"[train] {name}: early stop at step {step}: val loss has not improved for "
                     f"{state['bad_evals']} evaluations (best {state['best']:.4f} at step {state['best_step']})")
+                if step < 0.25 * total:  # measured: this can end LoRA long before a task is learned
+                    log(f"[train] {name}: warning: stopped after {step} of {total} steps ({step / total:.0%}); "
+                        "on small tasks val loss can stall before exact answers are learned (docs/training.md, "
+                        "Mitigations): check `curate eval`, or set [train.early_stopping] patience = 0")
             bar.write(f"[train] {name}: step {step} " + _fmt(ev))
         done = state["stopped_early"] or step >= total
         if state["pos"] >= len(steps):
