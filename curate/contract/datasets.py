@@ -34,12 +34,21 @@ def has_dataset(folder: str | Path) -> bool:
     return bool(dataset_files(folder))
 
 
+def files_schema(files: list[Path], columns: list[str] | None = None) -> dict:
+    """The unified polars schema of Parquet files read as one dataset, from their footers
+    (no data is read): a column all-null in one part (`Null`) takes the type it has in
+    another, as `pl.concat(how="vertical_relaxed")` does. {} for no files."""
+    frames = [pl.DataFrame(schema={k: v for k, v in pl.read_parquet_schema(p).items()
+                                   if columns is None or k in columns}) for p in files]
+    return dict(pl.concat(frames, how="vertical_relaxed").schema) if frames else {}
+
+
 def dataset_schema(folder: str | Path) -> dict:
     """The unified polars schema (from the parts' footers: no data is read)."""
-    frames = [pl.DataFrame(schema=dict(pl.read_parquet_schema(p))) for p in dataset_files(folder)]
-    if not frames:
+    files = dataset_files(folder)
+    if not files:
         raise FileNotFoundError(f"no stage output (part-*.parquet) in {folder}")
-    return dict(pl.concat(frames, how="vertical_relaxed").schema)
+    return files_schema(files)
 
 
 def scan_dataset(folder: str | Path) -> pl.LazyFrame:

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.contract.atomic import atomic_path, sha256_file, write_json, write_parquet
+from curate.contract.datasets import files_schema
 
 PART_PREFIX = "part-"
 PART_GLOB = "part-*.parquet"
@@ -108,11 +109,6 @@ def offsets(entries: list[dict]) -> np.ndarray:
     return np.concatenate(([0], np.cumsum([int(e["rows"]) for e in entries], dtype=np.int64))).astype(np.int64)
 
 
-def _unified(schemas: list[dict]) -> dict:
-    frames = [pl.DataFrame(schema=s) for s in schemas]
-    return dict(pl.concat(frames, how="vertical_relaxed").schema) if frames else {}
-
-
 def read_part(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     return pl.read_parquet(path, columns=columns)
 
@@ -131,12 +127,7 @@ def iter_parts(folder: Path, entries: list[dict], columns: list[str] | None = No
 
 def dataset_schema(folder: Path, entries: list[dict], columns: list[str] | None = None) -> dict:
     """The unified polars schema of the parts (from their footers: no data is read)."""
-    folder = Path(folder)
-    schemas = []
-    for e in entries:
-        s = pl.read_parquet_schema(folder / e["file"])
-        schemas.append({k: v for k, v in s.items() if columns is None or k in columns})
-    return _unified(schemas)
+    return files_schema([Path(folder) / e["file"] for e in entries], columns)
 
 
 def read_dataset(folder: Path, entries: list[dict], columns: list[str] | None = None) -> pl.DataFrame:
@@ -230,7 +221,7 @@ def merge_parquet(paths: Iterable[Path], target: Path, row_group_rows: int = ROW
     """Stream the Parquet files `paths` (in order) into one file `target` of fixed-size row
     groups (unified schema); returns {"rows", "sha256"}. Memory: one input file."""
     paths = list(paths)
-    schema = _unified([dict(pl.read_parquet_schema(p)) for p in paths])
+    schema = files_schema(paths)
     w = RowGroupWriter(target, schema, row_group_rows)
     try:
         for p in paths:
