@@ -121,7 +121,7 @@ def build(args) -> list[dict]:
             test_file = noisy.write_jsonl(d / "test.jsonl", test_rows(family, key, args.test, seed))
             default_rows = None
             for arm in TRAIN_ARMS:
-                stages = noisy.arm_stages(arm, base_stages, None, default_rows)
+                stages = noisy.arm_stages(arm, base_stages, None, default_rows, oracle_dedup=not args.oracle_no_dedup)
                 src = oracle_file if arm == "oracle" else pool_file
                 p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
                 run_dir, manifest = noisy.run_arm(p)
@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--test", type=int, default=300, help="fresh draws for the clean test prompts, per family and seed")
     ap.add_argument("--budget", type=int, default=12000, help="supervised tokens every trained arm sees")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--oracle-no-dedup", action="store_true",
+                    help="the oracle under the raw arm's rules (no exact dedup) instead of the curated arms' dedup")
     ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--k", type=int, default=3, help="shots for the few-shot arm")
     ap.add_argument("--jobs", type=int, default=2)
