@@ -21,7 +21,8 @@ def classifier_cli() -> None:
 @click.option("--view", default="conversation", show_default=True,
               help="Which text view of each conversation the classifier reads (see curate/contract/views.py).")
 @click.option("--ngrams", "word_ngrams", default=2, show_default=True, help="Word n-gram length (fastText wordNgrams).")
-@click.option("--epoch", default=10, show_default=True)
+@click.option("--epoch", default=0, show_default=True,
+              help="Training epochs; 0 = choose among 3/5/10/20 by AUC on a validation slice of the training part.")
 @click.option("--dim", default=64, show_default=True)
 @click.option("--lr", default=0.1, show_default=True)
 @click.option("--min-count", default=1, show_default=True)
@@ -45,7 +46,8 @@ def train_command(positive, negative, output, fmt, view, word_ngrams, epoch, dim
                         bucket=bucket, balance=balance, holdout=holdout, seed=seed, threads=threads, fmt=fmt)
     rep = train_classifier(list(positive), list(negative), output, opts)
     tr = rep["train"]
-    click.echo(f"trained on {tr['positive']} positive / {tr['negative']} negative examples -> {output}")
+    click.echo(f"trained on {tr['positive']} positive / {tr['negative']} negative examples, {tr['epoch']} epochs "
+               f"-> {output}")
     if "holdout" in rep:
         h = rep["holdout"]
         click.echo(f"held-out ({h['n']} examples, {h['positives']} positive): precision {h['precision']:.3f}  "

@@ -34,6 +34,29 @@ def load(path: str | Path):
     return fasttext.load_model(str(path))
 
 
+def positive_score(model, texts: list[str], label: str = POSITIVE) -> np.ndarray:
+    """P(label) per text, computed in float64 from the model's logits (output matrix x the
+    text's averaged input vector, a softmax over the labels).
+
+    Not `model.predict`'s probabilities: fastText returns exp(log(p + 1e-5)) in float32,
+    so every text the model is sure about scores exactly 1e-5 or 1.0 and ranks as a tie;
+    a confident model's held-out AUC then measures its ties, not its ranking. The logits
+    keep the order. A quantized model (no dense output matrix) falls back to `predict`."""
+    if label not in model.get_labels():
+        raise ValueError(f"fastText model has no label {label!r} (labels: {', '.join(model.get_labels())})")
+    try:
+        out_m = np.asarray(model.get_output_matrix(), dtype=np.float64)
+    except ValueError:  # quantized
+        return positive_probability(model, texts, label)
+    if not texts:
+        return np.zeros(0, dtype=np.float64)
+    hidden = np.stack([model.get_sentence_vector(t) for t in texts]).astype(np.float64)
+    logits = hidden @ out_m.T
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e[:, model.get_labels().index(label)] / e.sum(axis=1)
+
+
 def positive_probability(model, texts: list[str], label: str = POSITIVE, batch_size: int = 20000) -> np.ndarray:
     """P(label) per text; fastText's batch predict over a list (k=-1: every label)."""
     if label not in model.get_labels():
