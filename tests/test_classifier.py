@@ -100,3 +100,52 @@ def test_quality_stage_scores_with_trained_model(files, tmp_path):
     s = r.kept["fasttext"].to_numpy()
     assert ((s >= 0) & (s <= 1)).all()
     assert s[:5].min() > s[5:].max()
+
+
+def test_heldout_auc_by_hand():
+    # positives 0.9, 0.7, 0.4; negatives 0.7, 0.2: of the 6 pairs the positive wins
+    # 0.9>0.7, 0.9>0.2, 0.7>0.2, 0.4>0.2, ties 0.7=0.7 (one half), loses 0.4<0.7 -> 4.5/6
+    scores, labels = np.array([0.9, 0.7, 0.7, 0.2, 0.4]), np.array([1, 1, 0, 0, 1])
+    assert roc_auc(scores, labels) == 0.75
+    assert roc_auc(1 - scores, labels) == 0.25  # the other label's probability flips it
+    m = metrics(scores, labels)
+    assert m["auc"] == 0.75 and m["positives"] == 3 and m["n"] == 5
+
+
+def test_holdout_mask_keeps_copies_together_and_salt_changes_it():
+    from curate.stages.quality.classifier import holdout_mask
+
+    texts = [f"text {i % 50}" for i in range(500)]  # every text 10 times
+    held = holdout_mask(texts, 0.2, seed=3)
+    by_text = {}
+    for t, h in zip(texts, held):
+        by_text.setdefault(t, set()).add(bool(h))
+    assert all(len(v) == 1 for v in by_text.values())  # no copy of a held-out line is trained on
+    assert 0.05 < held.mean() < 0.4
+    assert (holdout_mask(texts, 0.2, seed=3, salt="inner") != held).any()
+
+
+def test_training_file_is_shuffled_and_balanced(tmp_path):
+    from curate.stages.quality.classifier import _write_train_file
+
+    texts = [f"p{i}" for i in range(10)] + [f"n{i}" for i in range(90)]
+    labels = np.array([1] * 10 + [0] * 90)
+    mask = np.ones(100, dtype=bool)
+    reps = _write_train_file(tmp_path / "t.txt", texts, labels, mask, True, seed=0)
+    lines = (tmp_path / "t.txt").read_text().splitlines()
+    assert reps == {1: 9, 0: 1} and len(lines) == 180
+    first_half_pos = sum(line.startswith("__label__hq") for line in lines[:90])
+    assert 25 < first_half_pos < 65  # not class-sorted (sorted: 90 of 90)
+    again = _write_train_file(tmp_path / "u.txt", texts, labels, mask, True, seed=0)
+    assert again == reps and (tmp_path / "u.txt").read_bytes() == (tmp_path / "t.txt").read_bytes()
+
+
+def test_default_epoch_choice_separates_an_easy_imbalanced_label(tmp_path):
+    rng = random.Random(2)
+    pos = write_jsonl(tmp_path / "good.jsonl", [good(rng) for _ in range(100)])
+    neg = write_jsonl(tmp_path / "noisy.jsonl", [noisy(rng) for _ in range(400)])
+    rep = train_classifier([pos], [neg], tmp_path / "q.bin", TrainOptions(bucket=20000), log=lambda *a: None)
+    choice = rep["epoch_choice"]
+    assert choice["chosen"] in choice["candidates"] and rep["train"]["epoch"] == choice["chosen"]
+    assert set(choice["validation"]) == {str(e) for e in choice["candidates"]}
+    assert rep["holdout"]["auc"] > 0.95 and rep["train"]["repeats"]["positive"] in (3, 4, 5)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # numpy/polars load inside functions, so `curate --help` stay
 
 EPOCH_CANDIDATES = (3, 5, 10, 20)
 INNER_FRACTION = 0.2  # of the training part, for choosing the epochs
-MIN_VALIDATION = 10  # examples of each class the validation slice needs for a choice
+MIN_VALIDATION = 5  # examples of each class the validation slice needs for a choice
 
 
 @dataclass
@@ -164,18 +164,6 @@ def _write_train_file(path: Path, texts: list[str], labels: "np.ndarray", mask: 
     return reps
 
 
-def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
-    """Hanley & McNeil (1982) standard error of a ROC AUC from `n_pos` positives and `n_neg`
-    negatives (no ties assumed)."""
-    import math
-
-    if not n_pos or not n_neg or math.isnan(auc):
-        return float("nan")
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
-
-
 def _fit_kwargs(opts: TrainOptions, train_file: Path, epoch: int) -> dict:
     return dict(input=str(train_file), epoch=epoch, lr=opts.lr, wordNgrams=opts.word_ngrams, dim=opts.dim,
                 minCount=opts.min_count, bucket=opts.bucket, loss="softmax", seed=opts.seed,
@@ -200,7 +188,7 @@ def choose_epoch(texts: list[str], labels: "np.ndarray", train: "np.ndarray", op
 
     Why: the right amount of training depends on how well the words predict the label. On
     labels that are a strong function of the text (answers cut short), held-out AUC rose
-    from 0.72 at 2 epochs to 0.87 at 20; on an LLM-judge-like label (a weak, noisy function
+    from 0.74 at 3 epochs to 0.87 at 20; on an LLM-judge-like label (a weak, noisy function
     of the text) it peaked at 3-5 epochs and fell to 0.59 at 20, below plain fastText: the
     minority class, repeated ~9x for balance, is memorised. No fixed count is right for
     both (benchmarks/classifier_bench.py). Cost: the candidates' epochs summed (38) plus
