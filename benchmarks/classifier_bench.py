@@ -1,8 +1,9 @@
 """`curate classifier train` against plain fastText (`fasttext.train_supervised` with its
 defaults) on the same train/held-out split, over several seeds. Prints each arm's held-out
-ROC AUC, the ratio classifier / plain, and the AUC of the label-generating score itself
-(the bound: no classifier of the words can beat it in expectation, since the rest of the
-label is noise).
+ROC AUC and the ratio classifier / plain; for `judge` also the AUC of the label-generating
+score itself (the bound: no classifier of the words beats it in expectation, the rest of
+the label being noise), for `cut` the AUC of the answer's length alone (a reference only:
+a cut answer is more than a short one, so a classifier can beat it).
 
 Two proxies of the issue-18 measurement (the AlpaGasus labels are not on this machine):
 
@@ -55,6 +56,8 @@ from curate.stages.quality.classifier import (TrainOptions, holdout_mask, read_t
 from curate.stages.quality.fasttext import NEGATIVE, POSITIVE, positive_score  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "formats"
+REFERENCE = {"judge": "bound (the label's noiseless score)",
+             "cut": "answer length alone (a reference, not a bound)"}
 STOCK = ["Please ", "Could you help me? ", "I need this for class. ", "Quick question: ", "Task: "]
 
 
@@ -236,10 +239,10 @@ def main() -> None:
             print(f"{proxy} seed {seed}: n={len(pool)} positives={int(labels.sum())} held-out n={rep['holdout']['n']} "
                   f"({rep['holdout']['positives']} pos)  classifier AUC {c_auc:.3f} ({c_secs:.1f}s"
                   f"{f', {chosen} epochs' if chosen else ''})  plain fastText {p_auc:.3f} "
-                  f"({p_secs:.1f}s)  bound {b_auc:.3f}", flush=True)
+                  f"({p_secs:.1f}s)  {REFERENCE[proxy]} {b_auc:.3f}", flush=True)
         c, p, b = (np.array(x) for x in zip(*rows))
         print(f"{proxy}: classifier {c.mean():.3f} ± {c.std():.3f}   plain fastText {p.mean():.3f} ± {p.std():.3f}   "
-              f"ratio {statistics.median(c / p):.3f} (median over seeds)   bound {np.nanmean(b):.3f}   "
+              f"ratio {statistics.median(c / p):.3f} (median over seeds)   {REFERENCE[proxy]} {np.nanmean(b):.3f}   "
               f"classifier >= plain on {int((c >= p).sum())}/{len(c)} seeds", flush=True)
 
 
