@@ -81,6 +81,9 @@ def test_cli_refuses_bad_input(files, tmp_path):
     res = CliRunner().invoke(main, ["classifier", "train", "-p", str(pos), "-n", str(pos), "-o",
                                     str(tmp_path / "m.bin"), "--view", "nonsense"])
     assert res.exit_code != 0
+    res = CliRunner().invoke(main, ["classifier", "train", "-p", str(pos), "-n", str(pos), "-o",
+                                    str(tmp_path / "m.bin"), "--epoch", "-1"])
+    assert res.exit_code != 0 and "--epoch" in res.output
 
 
 def test_quality_stage_scores_with_trained_model(files, tmp_path):

@@ -40,6 +40,8 @@ def train_command(positive, negative, output, fmt, view, word_ngrams, epoch, dim
 
     if view not in VIEWS:
         raise click.BadParameter(f"must be one of {', '.join(VIEWS)}", param_hint="--view")
+    if epoch < 0:
+        raise click.BadParameter("must be 0 (choose) or a positive number of epochs", param_hint="--epoch")
     if not 0.0 <= holdout < 1.0:
         raise click.BadParameter("must be in [0, 1)", param_hint="--holdout")
     opts = TrainOptions(view=view, word_ngrams=word_ngrams, epoch=epoch, dim=dim, lr=lr, min_count=min_count,
