@@ -152,3 +152,13 @@ def test_default_epoch_choice_separates_an_easy_imbalanced_label(tmp_path):
     assert choice["chosen"] in choice["candidates"] and rep["train"]["epoch"] == choice["chosen"]
     assert set(choice["validation"]) == {str(e) for e in choice["candidates"]}
     assert rep["holdout"]["auc"] > 0.95 and rep["train"]["repeats"]["positive"] in (3, 4, 5)
+    # the held-out AUC's score is P(__label__hq) from the logits: the same numbers as
+    # fastText's predict (which adds 1e-5), oriented so the good records score high
+    import fasttext
+
+    from curate.stages.quality.fasttext import positive_probability, positive_score
+    model = fasttext.load_model(str(tmp_path / "q.bin"))
+    rng = random.Random(9)
+    texts = [good(rng)["output"].lower() for _ in range(5)] + [noisy(rng)["output"].lower() for _ in range(5)]
+    s, p = positive_score(model, texts), positive_probability(model, texts)
+    assert np.abs(s - p).max() < 2e-5 and s[:5].min() > s[5:].max()

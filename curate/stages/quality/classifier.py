@@ -191,7 +191,7 @@ def choose_epoch(texts: list[str], labels: "np.ndarray", train: "np.ndarray", op
     from 0.74 at 3 epochs to 0.87 at 20; on an LLM-judge-like label (a weak, noisy function
     of the text) it peaked at 3-5 epochs and fell to 0.59 at 20, below plain fastText: the
     minority class, repeated ~9x for balance, is memorised. No fixed count is right for
-    both (benchmarks/classifier_bench.py). Cost: the candidates' epochs summed (38) plus
+    both (benchmarks/classifier_ablation.py). Cost: the candidates' epochs summed (38) plus
     the final fit, about 5x one 10-epoch fit. With too few examples of a class in the
     slice (< `MIN_VALIDATION`) the choice is noise: the middle candidate is used instead."""
     import numpy as np
