@@ -29,10 +29,42 @@ def _supervised_count(labels: pa.ChunkedArray | pa.Array) -> int:
     return int((flat != IGNORE).sum())
 
 
+def shard_metadata(cfg) -> dict:
+    return {"curate.layout": "packed" if cfg.pack else "unpacked", "curate.max_length": str(cfg.max_length)}
+
+
+def write_split(split_dir: Path, run_dir: Path, tables, cfg) -> list[dict]:
+    """Write each table of `tables` (an iterable of pyarrow Tables of at most
+    cfg.shard_rows rows, cast to the shard schema) as split_dir/NNNNN.arrow, in order;
+    returns their entries and removes files an earlier, larger run left there."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, part in enumerate(tables):
+        data = _ipc_bytes(part)
+        path = split_dir / f"{k:05d}.arrow"
+        write_bytes(path, data)
+        n_examples = int(flat_values(part["seq_lens"]).size) if cfg.pack else part.num_rows
+        entries.append({
+            "file": path.relative_to(run_dir).as_posix(),
+            "rows": part.num_rows,
+            "examples": n_examples,
+            "tokens": int(flat_values(part["input_ids"]).size),
+            "supervised_tokens": _supervised_count(part["labels"]),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        })
+    # Files from an earlier, larger run in the same folder would otherwise be read as ours.
+    names = {Path(e["file"]).name for e in entries}
+    for stale in split_dir.glob("*.arrow"):
+        if stale.name not in names:
+            stale.unlink()
+    return entries
+
+
 def write_shards(examples, shards_dir: str | Path, cfg) -> dict:
     """Write `examples` (render_examples' polars DataFrame) as shards/{train,val}/NNNNN.arrow.
     Returns {"train": [{file, rows, examples, tokens, supervised_tokens, sha256}], "val": [...]},
-    `file` relative to the run directory (shards_dir's parent)."""
+    `file` relative to the run directory (shards_dir's parent). The whole-table path; the
+    runner streams the same bytes through curate.render.stream.write_shards_streamed."""
     import polars as pl
 
     from curate.render.packing import pack_examples
@@ -49,31 +81,9 @@ def write_shards(examples, shards_dir: str | Path, cfg) -> dict:
             rows = sub.select("id", "task", "source", "input_ids", "labels")
             schema = PACKED_SCHEMA if cfg.pack else UNPACKED_SCHEMA
         table = rows.to_arrow().cast(schema) if rows.height else schema.empty_table()
-        table = table.replace_schema_metadata({"curate.layout": "packed" if cfg.pack else "unpacked",
-                                               "curate.max_length": str(cfg.max_length)})
-        split_dir = shards_dir / split
-        split_dir.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for k, start in enumerate(range(0, table.num_rows, cfg.shard_rows)):
-            part = table.slice(start, cfg.shard_rows)
-            data = _ipc_bytes(part)
-            path = split_dir / f"{k:05d}.arrow"
-            write_bytes(path, data)
-            n_examples = int(flat_values(part["seq_lens"]).size) if cfg.pack else part.num_rows
-            entries.append({
-                "file": path.relative_to(run_dir).as_posix(),
-                "rows": part.num_rows,
-                "examples": n_examples,
-                "tokens": int(flat_values(part["input_ids"]).size),
-                "supervised_tokens": _supervised_count(part["labels"]),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            })
-        # Files from an earlier, larger run in the same folder would otherwise be read as ours.
-        names = {Path(e["file"]).name for e in entries}
-        for stale in split_dir.glob("*.arrow"):
-            if stale.name not in names:
-                stale.unlink()
-        out[split] = entries
+        table = table.replace_schema_metadata(shard_metadata(cfg))
+        slices = (table.slice(start, cfg.shard_rows) for start in range(0, table.num_rows, cfg.shard_rows))
+        out[split] = write_split(shards_dir / split, run_dir, slices, cfg)
     return out
 
 
@@ -82,11 +92,17 @@ def token_counts(examples) -> dict:
     supervised_tokens}}, over all splits for by_task and by_source."""
     import polars as pl
 
-    counted = examples.select(
+    return counts_by_group(examples.select(
         "task", "source", "split",
         pl.col("input_ids").list.len().alias("tokens"),
         pl.col("labels").list.eval(pl.element() != IGNORE).list.sum().alias("supervised_tokens"),
-    )
+    ))
+
+
+def counts_by_group(counted) -> dict:
+    """token_counts from a frame of one row per example: task, source, split, tokens,
+    supervised_tokens (what the streamed render keeps instead of the token lists)."""
+    import polars as pl
 
     def by(col: str) -> dict:
         g = counted.group_by(col).agg(pl.len().alias("examples"), pl.col("tokens").sum(),
