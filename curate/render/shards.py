@@ -24,6 +24,18 @@ def _ipc_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def compact(table: pa.Table) -> pa.Table:
+    """`table` with buffers holding exactly its rows. Arrow's IPC writer writes a sliced
+    buffer up to a padded length, so a slice of a larger table carries up to 64 bytes of
+    the rows after it into its file (so, until #19, a shard's bytes depended on the next
+    shard's data when a split had several shards); from compact buffers a shard's bytes
+    depend on its own rows only, and the whole-table writer and the streamed one
+    (curate.render.stream) write the same. A split of one shard is written as before."""
+    import numpy as np
+
+    return table.take(pa.array(np.arange(table.num_rows, dtype=np.int64))).combine_chunks()
+
+
 def _supervised_count(labels: pa.ChunkedArray | pa.Array) -> int:
     flat = flat_values(labels)
     return int((flat != IGNORE).sum())
@@ -40,6 +52,7 @@ def write_split(split_dir: Path, run_dir: Path, tables, cfg) -> list[dict]:
     split_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for k, part in enumerate(tables):
+        part = compact(part)
         data = _ipc_bytes(part)
         path = split_dir / f"{k:05d}.arrow"
         write_bytes(path, data)
