@@ -143,3 +143,34 @@ def test_a_run_in_many_parts_writes_the_shards_of_a_one_part_run(tmp_path, pack,
     assert not (small_dir / "render-work").exists()  # the token files are removed once the shards are written
     r1, r2 = (pl.read_parquet(d / "rejects" / "render.parquet") for d in (small_dir, big_dir))
     assert r1.equals(r2)
+
+
+def test_wide_rows_get_proportionally_smaller_parts(tmp_path):
+    """#19 item 2: the default part size follows the measured Arrow bytes per record: a
+    source of rows ten times wider gets about a tenth of the rows per part under the same
+    budget, and with both sources the widest decides."""
+    from curate.pipeline.config import load_config
+    from curate.pipeline.memory import MIN_PART_ROWS, ROW_COPIES, choose_part_rows, parse_size
+
+    def source(name: str, words: int) -> str:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"instruction": f"q{i} " + "word " * words, "output": f"a{i} " + "word " * words})
+                                + "\n" for i in range(300)))
+        return f'[[sources]]\nname = "{name}"\npath = "{path}"\nformat = "alpaca"\ntask = "qa"\n'
+
+    def part_rows(*srcs: str) -> tuple[int, list[str]]:
+        p = tmp_path / "p.toml"
+        p.write_text('[run]\nmemory_budget = "64MiB"\n' + "".join(srcs) + '[[stages]]\nkind = "normalize"\n')
+        log: list[str] = []
+        return choose_part_rows(load_config(p), log.append), log
+
+    narrow, wide = source("narrow", 20), source("wide", 200)
+    n_narrow, log = part_rows(narrow)
+    n_wide, _ = part_rows(wide)
+    assert "Arrow bytes per record" in log[0]
+    assert MIN_PART_ROWS < n_wide < n_narrow
+    assert n_narrow / n_wide > 5  # ten times the text; ids, origins and offsets do not grow with it
+    bpr_narrow, bpr_wide = (parse_size("64MiB") / (ROW_COPIES * n) for n in (n_narrow, n_wide))
+    assert bpr_wide > 200 * 5 * 2  # the measured bytes cover the text: 2 x 200 words of 5 bytes
+    assert bpr_narrow < 20 * 5 * 2 + 400  # ... and no more than the text plus a row's fixed fields
+    assert part_rows(narrow, wide)[0] == part_rows(wide, narrow)[0] == n_wide

@@ -13,7 +13,9 @@ and is well under the real size for nested columns (163 B a record of the sample
 qa_alpaca against 253 B of Arrow buffers), so parts were larger than the budget meant.
 ROW_COPIES is how many copies of a part a row-local stage holds at its peak (input part,
 annotated part with statistic columns, kept/dropped frames, the Arrow/Parquet buffers of
-the write), measured on the sample stages, rounded up. Reading a batch of each source
+the write): its peak RSS over its input's Arrow bytes, measured on 50,000 generated
+records of ~280 bytes (benchmarks/scale_bench.py's): heuristic quality 11.5, filter 6.7,
+normalize 3.7, pii 1.2; rounded up to the largest. Reading a batch of each source
 costs one batch read each before the run starts (a source that cannot be read is skipped
 here and reported by the read proper).
 
