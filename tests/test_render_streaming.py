@@ -174,3 +174,37 @@ def test_wide_rows_get_proportionally_smaller_parts(tmp_path):
     assert bpr_wide > 200 * 5 * 2  # the measured bytes cover the text: 2 x 200 words of 5 bytes
     assert bpr_narrow < 20 * 5 * 2 + 400  # ... and no more than the text plus a row's fixed fields
     assert part_rows(narrow, wide)[0] == part_rows(wide, narrow)[0] == n_wide
+
+
+def test_export_streamed_gives_the_same_files_for_any_part_size(tmp_path, monkeypatch):
+    """[export] part by part: jsonl, parquet and the datasets folder are the same bytes for
+    parts of 5 rows and for one part, also when a split spans several row groups / record
+    batches (BATCH_ROWS made small); the loaded rows equal the jsonl's."""
+    import datasets
+
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+    from curate.render import export as E
+    from test_export import make_run, needs_tokenizer  # noqa: F401
+
+    if not (ROOT / "sample_data" / "tokenizer").is_dir():
+        pytest.skip("sample_data/tokenizer is absent")
+    monkeypatch.setattr(E, "BATCH_ROWS", 7)
+    got = {}
+    for part_rows in (5, 1_000_000):
+        d = tmp_path / str(part_rows)
+        d.mkdir()
+        cfg = load_config(make_run(d))
+        cfg.run.part_rows = part_rows
+        m = run_pipeline(cfg, out_dir=d / "run")
+        ex = d / "run" / "export"
+        got[part_rows] = {str(p.relative_to(ex)): hashlib.sha256(p.read_bytes()).hexdigest()
+                          for p in sorted(ex.rglob("*")) if p.is_file() and p.name != "README.md"}
+        assert m["export"]["rows"]["train"] > 7  # several batches in train
+    assert got[5] == got[1_000_000] and "datasets/train/state.json" in got[5]
+    ex = tmp_path / "5" / "run" / "export"
+    ds = datasets.load_from_disk(str(ex / "datasets"))
+    rows = [json.loads(x) for x in (ex / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in ds["train"]] == [r["id"] for r in rows]
+    assert pl.read_parquet(ex / "train.parquet")["id"].to_list() == [r["id"] for r in rows]
+    assert not (ex / ".stream").exists()

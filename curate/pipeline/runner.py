@@ -492,12 +492,11 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     if not ledger.reconciles():
         raise LedgerError(f"ledger does not reconcile: {manifest['ledger']}")
     if cfg.export is not None:  # the curated conversations as JSONL / Parquet / datasets (curate.render.export)
-        from curate.render.export import write_export
+        from curate.render.export import write_export_parts
 
         rd.own(cfg.export.dir)
-        table = pl.concat(list(final_parts(None)), how="vertical_relaxed", rechunk=True)  # export holds its rows
-        manifest["export"] = write_export(table, cfg, out, manifest,
-                                          rendered.dropped_ids.to_frame("id") if rendered is not None else None)
+        manifest["export"] = write_export_parts(final_parts, columns, cfg, out, manifest,
+                                                rendered.dropped_ids if rendered is not None else None)
     write_json(rd.own("manifest.json"), manifest)
     write_json(rd.own("timings.json"), {k: round(v, 3) for k, v in timings.items()})
     return manifest
