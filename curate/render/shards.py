@@ -16,12 +16,13 @@ from curate.contract.atomic import write_bytes
 from curate.contract.shards import IGNORE, PACKED_SCHEMA, SPLITS, UNPACKED_SCHEMA, flat_values
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
+def _ipc_bytes(table: pa.Table) -> pa.Buffer:
+    """The shard file's bytes (a pyarrow Buffer: written and hashed without a copy)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         for batch in table.to_batches(max_chunksize=max(table.num_rows, 1)):
             writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def compact(table: pa.Table) -> pa.Table:
@@ -45,14 +46,16 @@ def shard_metadata(cfg) -> dict:
     return {"curate.layout": "packed" if cfg.pack else "unpacked", "curate.max_length": str(cfg.max_length)}
 
 
-def write_split(split_dir: Path, run_dir: Path, tables, cfg) -> list[dict]:
+def write_split(split_dir: Path, run_dir: Path, tables, cfg, compacted: bool = False) -> list[dict]:
     """Write each table of `tables` (an iterable of pyarrow Tables of at most
     cfg.shard_rows rows, cast to the shard schema) as split_dir/NNNNN.arrow, in order;
-    returns their entries and removes files an earlier, larger run left there."""
+    returns their entries and removes files an earlier, larger run left there.
+    `compacted`: the tables already hold exactly their rows (see `compact`)."""
     split_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for k, part in enumerate(tables):
-        part = compact(part)
+        if not compacted:
+            part = compact(part)
         data = _ipc_bytes(part)
         path = split_dir / f"{k:05d}.arrow"
         write_bytes(path, data)

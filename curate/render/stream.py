@@ -97,11 +97,13 @@ class TokenStore:
                 pieces.append(pa.ipc.open_file(source).read_all().take(pa.array(rrow[sel])))
             finally:
                 source.close()
-        got = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0].combine_chunks()
         back = np.empty(len(order), dtype=np.int64)
         back[order] = np.arange(len(order))
-        got = got.take(pa.array(back)).combine_chunks()
-        return got.column("input_ids").chunk(0), got.column("labels").chunk(0)
+        back = pa.array(back)
+        # taken across the pieces (a chunked array) straight into the order asked for: one
+        # copy of the tokens beside the pieces, not two
+        return tuple(pa.chunked_array([p.column(c).combine_chunks() for p in pieces], I32).take(back).combine_chunks()
+                     for c in ("input_ids", "labels"))
 
 
 def example_facts(ids_list, labels_list, end_of_turn_ids: list[int] | None, expect_end_of_turn: bool,
@@ -365,5 +367,5 @@ def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg)
         sub = rendered.examples.filter(pl.col("split") == split)
         make = _packed_tables if cfg.pack else _unpacked_tables
         tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg)) if sub.height else iter(())
-        out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg)
+        out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg, compacted=True)
     return out
