@@ -5,6 +5,14 @@ time and peak memory of each, side by side, and whether their outputs are identi
     /work/venv/bin/python benchmarks/scale_bench.py --records 1000000 [--work DIR] [--ray-cpus 2]
     /work/venv/bin/python benchmarks/scale_bench.py --sizes 25000,100000,400000 --executors local
     /work/venv/bin/python benchmarks/scale_bench.py --dedup-only 250000,1000000,2000000
+    /work/venv/bin/python benchmarks/scale_bench.py --sizes 100000,400000 --executors local --render --light \
+        --part-rows 25000 --base /work/wt/h1e-base
+
+`--render` adds a `[render]` section (the sample tokenizer, chatml, max_length 512, packed)
+so that rendering and shard writing are measured too; the digest then covers the shards'
+rows by value (not their bytes: before #19 a split of several shards carried padding bytes
+of the next shard). `--light` runs only normalize, exact dedup and mix (every one of them
+streamed), so that the peak is not MinHash's keys.
 
 `--sizes` runs every size and prints peak RSS and wall per size, with each size's ratio to
 the smallest: how memory and time grow with the input (linear today: the runner holds the
@@ -40,6 +48,27 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
+RENDER = f"""
+[render]
+template = "chatml"
+tokenizer = "{ROOT / 'sample_data' / 'tokenizer'}"
+max_length = 512
+pack = true
+"""
+LIGHT = """
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "dedup"
+name = "exact_dedup"
+method = "exact"
+view = "conversation"
+[[stages]]
+kind = "mix"
+by = "task"
+temperature = 2.0
+val_fraction = 0.05
+"""
 STAGES = """
 [[stages]]
 kind = "normalize"
@@ -279,6 +308,15 @@ def digest(run: Path) -> str:
         files = sorted(d.glob("part-*.parquet")) or [d / "data.parquet"]
         df = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
         h.update(f"{d.name}:{df.height}:{df.columns}:{int(df.hash_rows(seed=0).sum())}".encode())
+    if "shards" in m:
+        import pyarrow as pa
+
+        h.update(json.dumps([m["tokens"], {k: [(e["rows"], e["tokens"]) for e in v] for k, v in m["shards"].items()}],
+                            sort_keys=True).encode())
+        for split, entries in sorted(m["shards"].items()):
+            for e in entries:
+                t = pl.from_arrow(pa.ipc.open_stream(pa.memory_map(str(run / e["file"]))).read_all())
+                h.update(f"{e['file']}:{int(t.hash_rows(seed=0).sum())}".encode())
     return h.hexdigest()[:16]
 
 
@@ -295,6 +333,8 @@ def main() -> None:
     ap.add_argument("--near-verify", choices=["exact", "estimate"], default="exact",
                     help="near_dedup's verify_by: exact (the default; a whole-table stage) or estimate "
                          "(planned from keys: every stage of the pipeline then streams)")
+    ap.add_argument("--render", action="store_true", help="add a [render] section: rendering and shards measured too")
+    ap.add_argument("--light", action="store_true", help="only normalize, exact dedup and mix (all streamed)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -305,6 +345,10 @@ def main() -> None:
     ap.add_argument("--dedup-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     global STAGES
+    if args.light:
+        STAGES = LIGHT
+    if args.render:
+        STAGES = STAGES + RENDER
     if args.near_verify != "exact":
         STAGES = STAGES.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{args.near_verify}"\n', 1)
     if args.dedup_child:

@@ -4,16 +4,26 @@
 
 `budget` is `memory_budget` (bytes, or a string like "4GiB", "512MB"), by default
 DEFAULT_FRACTION of this machine's memory (the smaller of physical RAM and a cgroup limit,
-read when the run starts). `bytes_per_row` is polars' estimated size of the first batch of
-up to PROBE_ROWS records of the first source that has any, divided by its rows.
+read when the run starts). `bytes_per_row` is measured, not assumed: the Arrow buffer
+bytes (`pyarrow.Table.get_total_buffer_size`: the text, the list and string offsets, the
+validity bitmaps) of the first batch of up to PROBE_ROWS records of every source, divided
+by its rows, the largest over the sources (a part holds the rows of one source or two
+consecutive ones, and the widest rows must fit). Polars' `estimated_size` was used before
+and is well under the real size for nested columns (163 B a record of the sample's
+qa_alpaca against 253 B of Arrow buffers), so parts were larger than the budget meant.
 ROW_COPIES is how many copies of a part a row-local stage holds at its peak (input part,
 annotated part with statistic columns, kept/dropped frames, the Arrow/Parquet buffers of
-the write), measured on the sample stages, rounded up.
+the write): its peak RSS over its input's Arrow bytes, measured on 50,000 generated
+records of ~280 bytes (benchmarks/scale_bench.py's): heuristic quality 11.5, filter 6.7,
+normalize 3.7, pii 1.2; rounded up to the largest. Reading a batch of each source
+costs one batch read each before the run starts (a source that cannot be read is skipped
+here and reported by the read proper).
 
-What the budget does not bound (said in the run's log and in docs/pipeline.md, "Memory
-model"): a whole-table stage (manifest `memory = "whole-table"`) holds the whole table;
-a planned stage holds the key columns of every row; rendering and shard writing hold the
-final table. The budget sizes the parts; it is not an enforced limit.
+What the budget does not bound (said in the run's log and in docs/run-directory.md,
+"Memory model"): a whole-table stage (manifest `memory = "whole-table"`) holds the whole
+table; a planned stage holds the key columns of every row; rendering holds the per-row
+keys of every row (id, source, task, split, token counts: curate/render/stream.py) and one
+part with its tokens. The budget sizes the parts; it is not an enforced limit.
 """
 from __future__ import annotations
 
@@ -72,18 +82,29 @@ def budget_bytes(value) -> tuple[int, str]:
     return parse_size(value), f"memory_budget = {value!r}"
 
 
+def arrow_bytes_per_row(table) -> float:
+    """Arrow buffer bytes per row of a polars frame (at least 1)."""
+    if not table.height:
+        return 1.0
+    return max(table.to_arrow().get_total_buffer_size() / table.height, 1.0)
+
+
 def probe_bytes_per_row(cfg) -> float | None:
-    """Estimated bytes per record of the first batch of the first source with records."""
+    """The largest Arrow bytes per record over the first batch of each source (see the
+    module doc); None when no source has a record."""
     from curate.read.readers import iter_source
 
+    widest = None
     for s in cfg.sources:
         try:
             for table, _ in iter_source(s, cfg.base_dir, PROBE_ROWS):
                 if table.height:
-                    return max(table.estimated_size() / table.height, 1.0)
+                    bpr = arrow_bytes_per_row(table)
+                    widest = bpr if widest is None else max(widest, bpr)
+                    break
         except Exception:  # noqa: BLE001 - the read proper reports a broken source
             continue
-    return None
+    return widest
 
 
 def part_rows_for(budget: int, bytes_per_row: float | None) -> int:
@@ -100,5 +121,5 @@ def choose_part_rows(cfg, log=lambda s: None) -> int:
     bpr = probe_bytes_per_row(cfg)
     n = part_rows_for(budget, bpr)
     log(f"[run] part_rows = {n:,} from a memory budget of {budget / 2**20:,.0f} MiB ({how}), "
-        f"~{bpr or 0:,.0f} bytes per record in memory, {ROW_COPIES} copies of a part at a stage's peak")
+        f"~{bpr or 0:,.0f} Arrow bytes per record (widest source), {ROW_COPIES} copies of a part at a stage's peak")
     return n

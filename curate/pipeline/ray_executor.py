@@ -670,14 +670,21 @@ def run_on_parts(cfg: Any, out_dir: Path, executor: "RayExecutor", fresh: bool =
                                 "quarantine": {"file": "quarantine.jsonl", "rows": ledger.quarantined}}
     final_rows = sum(p["rows"] for p in parts)
     if cfg.render is not None:
-        from curate.contract.ledger import REASON, drop_counts, reason_counts, write_rejects
+        from curate.contract.ledger import REASON, drop_counts, reason_counts
         from curate.render.renderer import render_examples
         from curate.render.shards import token_counts, write_shards
 
         table = read_dataset(src, parts)  # render is global: see the docstring
         rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed, map_blocks=executor.render_blocks)
         del table
-        write_rejects(fresh_path("rejects/render.parquet"), "render", rendered.dropped)
+        # as the streaming runner writes it (curate/pipeline/runner.py): fixed row groups
+        from curate.contract.ledger import reject_frame
+        from curate.pipeline.parts import RowGroupWriter
+
+        frame = reject_frame("render", rendered.dropped)
+        w = RowGroupWriter(fresh_path("rejects/render.parquet"), dict(frame.schema))
+        w.write(frame)
+        w.close()
         records, copies = drop_counts(rendered.dropped, REASON)
         ledger.drop("render", records)
         if copies:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.contract.atomic import atomic_path, write_json
-from curate.contract.ledger import REASON, Ledger, drop_counts, reason_counts, write_rejects
+from curate.contract.ledger import Ledger, drop_counts
 from curate.contract.progress import Progress
 from curate.contract.schema import empty_records
 from curate.pipeline.config import PipelineConfig, pipeline_inputs, source_roots
@@ -437,65 +437,95 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     if info_limit is not None:
         manifest["limit"] = info_limit
 
-    # ---- render and shards
-    holds_out = any(getattr(s, "trusted", False) and not getattr(s, "trusted_train", False) for s in cfg.sources)
-    table = (P.read_dataset(in_dir, in_entries)
-             if (cfg.render is not None or cfg.export is not None or holds_out) else None)
-    if table is not None:  # `trusted` labels were added per batch at the read
-        table = trusted.hold_out(table, cfg.sources, rd, ledger, manifest, progress.log)  # validation-only rows out
+    # ---- render and shards: streamed part by part (curate/render/stream.py)
+    held = trusted.held_sources(cfg.sources)
+    final_parts = _final_parts(in_dir, in_entries, held)
+    columns = list(P.dataset_schema(in_dir, in_entries))
+    final_rows = rows_in
+    if held:  # validation-only rows out (only those rows are held in memory: the trusted set is small)
+        final_rows -= trusted.hold_out_parts(P.iter_parts(in_dir, in_entries), cfg.sources, rd, ledger, manifest,
+                                             progress.log)
+    rendered = None
     if cfg.render is not None:
         t0 = time.perf_counter()
-        from curate.render.renderer import render_examples
-        from curate.render.shards import token_counts, write_shards
+        from curate.render.stream import render_parts, token_facts, write_shards_streamed
+        from curate.render.shards import counts_by_group
 
-        with progress.stage("render", total=table.height) as done:
-            rendered = render_examples(table, cfg.render, cfg.base_dir, cfg.run.seed,
-                                       map_blocks=getattr(executor, "render_blocks", None))
-            dropped = reason_counts(rendered.dropped)
-            if table.height != rendered.examples.height + rendered.dropped.height:
-                raise LedgerError(f"render: {table.height} rows in, {rendered.examples.height} rendered + "
-                                  f"{rendered.dropped.height} dropped")
-            write_rejects(rd.own("rejects/render.parquet"), "render", rendered.dropped)
-            records_dropped, copies_dropped = drop_counts(rendered.dropped, REASON)
-            ledger.drop("render", records_dropped)
-            if copies_dropped:
-                ledger.copies_dropped["render"] = copies_dropped
-            done(rendered.examples.height, sum(dropped.values()))
-        with progress.stage("shards", total=rendered.examples.height) as done:
+        work = _fresh(rd, RENDER_WORK)
+        with progress.stage("render", total=final_rows) as done:
+            rendered = render_parts(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed, work / "tokens",
+                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None))
+            n_examples, n_dropped = rendered.examples.height, sum(rendered.dropped.values())
+            if rendered.rows_in != n_examples + n_dropped:
+                raise LedgerError(f"render: {rendered.rows_in} rows in, {n_examples} rendered + "
+                                  f"{n_dropped} dropped")
+            _write_rejects(rd.own("rejects/render.parquet"), rendered.rejects)
+            ledger.drop("render", rendered.records_dropped)
+            if rendered.copies_dropped:
+                ledger.copies_dropped["render"] = rendered.copies_dropped
+            done(n_examples, n_dropped)
+        with progress.stage("shards", total=n_examples) as done:
             if (out / "shards").exists() or (out / "shards").is_symlink():
                 rd.remove("shards")
-            shards = write_shards(rendered.examples, rd.own("shards"), cfg.render)
-            done(rendered.examples.height, 0, f"{sum(len(v) for k, v in shards.items() if k in ('train', 'val'))} files")
+            shards = write_shards_streamed(rendered, rd.own("shards"), cfg.render)
+            done(n_examples, 0, f"{sum(len(v) for k, v in shards.items() if k in ('train', 'val'))} files")
+        rd.remove(RENDER_WORK)
+        fp = rendered.fingerprints
         manifest["render"] = {
-            "template": rendered.fingerprints.get("template"),
-            "template_sha256": rendered.fingerprints.get("template_sha256"),
+            "template": fp.get("template"),
+            "template_sha256": fp.get("template_sha256"),
             # the exact template (file relative to config_dir, text, date) for exporters
-            "template_path": (rendered.fingerprints.get("template_source") or {}).get("path"),
-            "template_text": (rendered.fingerprints.get("template_source") or {}).get("text"),
-            "date": rendered.fingerprints.get("date"),
-            "tokenizer": rendered.fingerprints.get("tokenizer"),
-            "end_of_turn": rendered.fingerprints.get("end_of_turn"),
+            "template_path": (fp.get("template_source") or {}).get("path"),
+            "template_text": (fp.get("template_source") or {}).get("text"),
+            "date": fp.get("date"),
+            "tokenizer": fp.get("tokenizer"),
+            "end_of_turn": fp.get("end_of_turn"),
             "train_on": cfg.render.train_on, "max_length": cfg.render.max_length, "pack": cfg.render.pack,
-            "dropped": dropped, "stats": rendered.stats,
+            "dropped": dict(rendered.dropped), "stats": rendered.stats,
         }
         manifest["shards"] = {k: v for k, v in shards.items() if k in ("train", "val")}
-        manifest["tokens"] = token_counts(rendered.examples)
-        final_rows = rendered.examples.height
+        manifest["tokens"] = counts_by_group(token_facts(rendered))
+        final_rows = n_examples
         timings["render"] = time.perf_counter() - t0
-    else:
-        final_rows = table.height if table is not None else rows_in
     ledger.kept = final_rows - ledger.copies_kept
     manifest["ledger"] = ledger.as_dict()
     if not ledger.reconciles():
         raise LedgerError(f"ledger does not reconcile: {manifest['ledger']}")
     if cfg.export is not None:  # the curated conversations as JSONL / Parquet / datasets (curate.render.export)
-        from curate.render.export import write_export
+        from curate.render.export import write_export_parts
 
         rd.own(cfg.export.dir)
-        manifest["export"] = write_export(table, cfg, out, manifest, rendered.dropped if cfg.render else None)
+        manifest["export"] = write_export_parts(final_parts, columns, cfg, out, manifest,
+                                                rendered.dropped_ids if rendered is not None else None)
     write_json(rd.own("manifest.json"), manifest)
     write_json(rd.own("timings.json"), {k: round(v, 3) for k, v in timings.items()})
     return manifest
+
+
+RENDER_WORK = "render-work"  # the streamed render's token files and per-part rejects; removed when done
+
+
+def _fresh(rd: RunDir, rel: str) -> Path:
+    """RUN/rel, emptied of what an earlier (killed) run left there."""
+    if rd.owns(rel) and ((rd.root / rel).exists() or (rd.root / rel).is_symlink()):
+        rd.remove(rel)
+    return rd.own(rel)
+
+
+def _final_parts(folder: Path, entries: list[dict], held: list[str]):
+    """`parts(columns)` for the streamed render and export: the last stage's parts, one at a
+    time, less the trusted hold-out rows (sources in `held`)."""
+
+    def parts(columns: list[str] | None):
+        cols = None if columns is None else list(dict.fromkeys([*columns, *(["source"] if held else [])]))
+        for df in P.iter_parts(folder, entries, cols):
+            if held:
+                df = df.filter(~pl.col("source").is_in(held))
+                if columns is not None:
+                    df = df.select(columns)
+            yield df
+
+    return parts
 
 
 def _check_names(cfg: PipelineConfig, names: dict, log) -> None:

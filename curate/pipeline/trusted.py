@@ -52,3 +52,21 @@ def hold_out(table: pl.DataFrame, sources, rd, ledger, manifest: dict, log) -> p
         log(f"[trusted] {held.height:,} trusted record(s) held out of the shards "
             "(validation only; trusted_train = true trains on them)")
     return table.filter(~mask)
+
+
+def held_sources(sources) -> list[str]:
+    """The trusted sources whose records are validation only (held out of the shards)."""
+    return [s.name for s in sources if getattr(s, "trusted", False) and not getattr(s, "trusted_train", False)]
+
+
+def hold_out_parts(parts, sources, rd, ledger, manifest: dict, log) -> int:
+    """`hold_out` for a table given as parts (an iterable of frames): only the held rows
+    are gathered (the trusted set is small next to the pool, see the module doc) and written
+    as hold_out writes them (the same bytes); returns how many rows were held out. The
+    caller leaves those rows out of what it renders (source in `held_sources`)."""
+    names = held_sources(sources)
+    mask = pl.col("source").is_in(names)
+    held = [df.filter(mask) for df in parts]
+    table = pl.concat(held, how="vertical_relaxed", rechunk=True) if len(held) > 1 else held[0]
+    hold_out(table, sources, rd, ledger, manifest, log)
+    return table.height

@@ -31,27 +31,34 @@ under RUN/<dir>/ (never outside the run). A dataset card `README.md` records the
 per-task and per-split counts, the config hash, the template and tokenizer, and the sources'
 licences as declared (`[[sources]] license`); its YAML header lets `load_dataset(RUN/<dir>)`
 find the Parquet splits. Same config and inputs: same bytes (datasets' fingerprint is set from
-the data's sha256, not drawn at random).
+the data's sha256, not drawn at random), for any part size.
+
+Streamed (`write_export_parts`, what the runner calls): the rows come part by part; three
+passes (keys for the split; the facts that fix a split's columns: extra keys, tools; the
+files). Trade-off: Parquet row groups and the `datasets` source's record batches are
+BATCH_ROWS rows each (before streaming, one of the whole split), so a split larger than
+that is other bytes than before; memory is one part plus BATCH_ROWS rows per split.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.contract.atomic import write_bytes, write_text
+from curate.contract.atomic import atomic_path, write_text
 from curate.contract.schema import BASE_COLUMNS
 from curate.contract.typed_config import ConfigError
 
 FORMATS = ("jsonl", "parquet", "datasets")
+BATCH_ROWS = 65536  # rows per Parquet row group and per datasets record batch of a streamed export
 SPLITS = ("train", "val")
 KNOWN_EXTRA = ("tool_calls", "tool_call_id", "name")
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
@@ -103,10 +110,17 @@ def _extras(messages: list[dict]) -> list[dict]:
     return out
 
 
-def _messages_shape(convs: list[list[dict]]) -> tuple[pa.Array, dict]:
-    """The `messages` column: plain list<struct<role, content>> when no turn has extras."""
+def extra_keys(convs: list[list[dict]]) -> set[str]:
+    """The per-turn keys (in `extra`) of any turn of `convs`: they decide the struct fields."""
+    return {k for c in convs for e in _extras(c) for k in e}
+
+
+def _messages_shape(convs: list[list[dict]], keys: set[str] | None = None) -> tuple[pa.Array, dict]:
+    """The `messages` column: plain list<struct<role, content>> when no turn has extras.
+    `keys`: the extra keys of the whole split (streamed: every part gets the same fields)."""
     extras = [_extras(c) for c in convs]
-    keys = {k for ex in extras for e in ex for k in e}
+    if keys is None:
+        keys = {k for ex in extras for e in ex for k in e}
     if not keys:
         t = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
         return pa.array([[{"role": m["role"], "content": m["content"]} for m in c] for c in convs], t), {}
@@ -182,8 +196,11 @@ def _score_columns(df: pl.DataFrame) -> list[str]:
             and df.schema[c] in flat]
 
 
-def export_table(df: pl.DataFrame, shape: str) -> tuple[pa.Table, dict]:
-    """One split's rows in the export's columns (see the module docstring)."""
+def export_table(df: pl.DataFrame, shape: str, keys: set[str] | None = None,
+                 with_tools: bool | None = None) -> tuple[pa.Table, dict]:
+    """One split's rows in the export's columns (see the module docstring). Streamed, a
+    part of a split: `keys` (its split's extra keys) and `with_tools` (whether any of its
+    split's conversations has tools) make every part's columns the same."""
     from curate.render.renderer import tools_column
 
     convs = df["messages"].to_list()
@@ -207,11 +224,11 @@ def export_table(df: pl.DataFrame, shape: str) -> tuple[pa.Table, dict]:
         arr, info = _sharegpt_shape(convs)
         conv_cols = {"conversations": arr}
     else:
-        arr, info = _messages_shape(convs)
+        arr, info = _messages_shape(convs, keys)
         conv_cols = {"messages": arr}
     cols: dict = {"id": df["id"].to_arrow(), "source": df["source"].to_arrow(), "task": df["task"].to_arrow()}
     cols.update(conv_cols)
-    if shape != "alpaca" and tools.null_count() < tools.len():
+    if shape != "alpaca" and (tools.null_count() < tools.len() if with_tools is None else with_tools):
         cols["tools"] = tools.to_arrow()
     cols["origin"] = df["origin"].to_arrow()
     if "meta" in df.columns:
@@ -225,17 +242,6 @@ def export_table(df: pl.DataFrame, shape: str) -> tuple[pa.Table, dict]:
     return table, info
 
 
-def _rows_to_export(table: pl.DataFrame, cfg, dropped: pl.DataFrame | None) -> pl.DataFrame:
-    from curate.render.renderer import assign_split
-
-    val_fraction = cfg.render.val_fraction if cfg.render is not None else 0.05
-    split = assign_split(table, val_fraction, cfg.run.seed)
-    df = table.with_columns(split.alias("split"))
-    if dropped is not None and dropped.height:
-        df = df.filter(~pl.col("id").is_in(dropped["id"].unique().implode()))
-    return df
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -247,25 +253,104 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_jsonl(table: pa.Table, path: Path) -> None:
-    buf = io.BytesIO()
-    pl.from_arrow(table).write_ndjson(buf)
-    write_bytes(path, buf.getvalue())
+class _SplitWriter:
+    """One split's files, written as its rows come, part by part: `jsonl` appended per
+    part (a line per row: the same bytes however the rows were cut), `parquet` and the
+    `datasets` source (an Arrow IPC stream, memory-mapped by datasets) in units of exactly
+    BATCH_ROWS rows (one row group / record batch each, the last one shorter), so their
+    bytes do not depend on the part size either. A split of at most BATCH_ROWS rows is
+    written as one table, as before streaming."""
+
+    def __init__(self, out: Path, split: str, formats: list[str], stage_dir: Path):
+        self.out, self.split, self.formats = out, split, formats
+        self.rows = 0
+        self.schema: pa.Schema | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._ctx: list = []
+        self._jsonl = self._parquet = self._ipc = None
+        self.ipc_path = stage_dir / f"{split}.arrow"
+        self._ipc_sha = hashlib.sha256()
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        if "jsonl" in self.formats:
+            ctx = atomic_path(self.out / f"{self.split}.jsonl")
+            self._jsonl = open(ctx.__enter__(), "wb")
+            self._ctx.append(ctx)
+        if "parquet" in self.formats:
+            ctx = atomic_path(self.out / f"{self.split}.parquet")
+            self._parquet = pq.ParquetWriter(str(ctx.__enter__()), schema, compression="zstd")
+            self._ctx.append(ctx)
+        if "datasets" in self.formats:
+            self.ipc_path.parent.mkdir(parents=True, exist_ok=True)
+            self._ipc_file = pa.OSFile(str(self.ipc_path), "wb")
+            self._ipc = pa.ipc.new_stream(self._ipc_file, schema)
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self._open(table.schema)
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        self.rows += table.num_rows
+        if self._jsonl is not None and table.num_rows:
+            pl.from_arrow(table).write_ndjson(self._jsonl)
+        if self._parquet is not None or self._ipc is not None:
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+            while self._pending_rows >= BATCH_ROWS:
+                self._flush(BATCH_ROWS)
+
+    def _flush(self, n: int) -> None:
+        t = pa.concat_tables(self._pending).combine_chunks() if len(self._pending) > 1 else \
+            self._pending[0].combine_chunks()
+        unit, rest = t.slice(0, n), t.slice(n)
+        if n < t.num_rows:  # a slice carries its neighbours' bytes into some writers' buffers
+            unit = unit.take(pa.array(range(n))).combine_chunks()
+        if self._parquet is not None:
+            self._parquet.write_table(unit)
+        if self._ipc is not None:
+            self._ipc.write_table(unit)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        if self._pending_rows or (self.rows == 0 and (self._parquet is not None or self._ipc is not None)):
+            if not self._pending:
+                self._pending = [self.schema.empty_table()]
+            self._flush(self._pending_rows)
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._ipc is not None:
+            self._ipc.close()
+            self._ipc_file.close()
+        for ctx in self._ctx:
+            ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Close what is open and remove the temporary files (the export failed)."""
+        for f in (self._jsonl, self._parquet, self._ipc):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:  # noqa: BLE001 - already failing: the first error is the one to show
+                pass
+        for ctx in self._ctx:
+            ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        self._ctx = []
+
+    def dataset(self):
+        """The split as a `datasets.Dataset` over its memory-mapped IPC stream; its
+        fingerprint is the stream's sha256 (never drawn at random)."""
+        from datasets import Dataset
+        from datasets.table import MemoryMappedTable
+
+        return Dataset(MemoryMappedTable.from_file(str(self.ipc_path)), fingerprint=_sha256(self.ipc_path)[:16])
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    write_bytes(path, buf.getvalue())
-
-
-def _write_datasets(tables: dict[str, pa.Table], folder: Path) -> None:
-    from datasets import Dataset, DatasetDict
-
-    parts = {}
-    for split, t in tables.items():
-        fp = hashlib.sha256(_ipc(t)).hexdigest()[:16]
-        parts[split] = Dataset(t, fingerprint=fp)
+def _write_datasets(parts: dict, folder: Path) -> None:
+    from datasets import DatasetDict
     from datasets.utils import logging as ds_logging
 
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -281,16 +366,31 @@ def _write_datasets(tables: dict[str, pa.Table], folder: Path) -> None:
     tmp.replace(folder)
 
 
-def _ipc(t: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return sink.getvalue().to_pybytes()
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_export(table: pl.DataFrame, cfg, run_dir: Path, manifest: dict, dropped: pl.DataFrame | None) -> dict:
+    """Write `cfg.export` from one table (the rows after the last stage); `dropped`: the
+    renderer's dropped rows (or a frame of their ids, or None). See write_export_parts."""
+    return write_export_parts(lambda columns: iter([table if columns is None else table.select(columns)]),
+                              table.columns, cfg, run_dir, manifest, None if dropped is None else dropped["id"])
+
+
+def write_export_parts(parts, columns: list[str], cfg, run_dir: Path, manifest: dict,
+                       dropped_ids: pl.Series | None) -> dict:
     """Write `cfg.export` (a PipelineConfig's) under run_dir; returns the manifest section.
-    `table`: the rows after the last stage; `dropped`: the renderer's dropped rows (or None)."""
+    `parts(columns)` yields the rows after the last stage part by part (trusted hold-out
+    applied; the same rows at every call), `columns` their names; `dropped_ids`: the ids
+    the renderer dropped (or None). Three passes: the keys (the split, as the shards'),
+    the facts that fix each split's columns (extra keys, tools), then the files, one part
+    at a time (memory: one part, its export columns, BATCH_ROWS rows of buffer per split)."""
+    from curate.render.renderer import assign_split, tools_column
+
     ecfg = cfg.export
     run_dir = Path(run_dir).resolve()
     out = (run_dir / ecfg.dir).resolve()
@@ -299,32 +399,85 @@ def write_export(table: pl.DataFrame, cfg, run_dir: Path, manifest: dict, droppe
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    df = _rows_to_export(table, cfg, dropped)
-    tables, info = {}, {}
-    for split in SPLITS:
-        part = df.filter(pl.col("split") == split)
-        if split == "val" and part.height == 0:
-            continue
-        tables[split], info[split] = export_table(part, ecfg.shape)
-    files = []
-    for split, t in tables.items():
-        if "jsonl" in ecfg.formats:
-            _write_jsonl(t, out / f"{split}.jsonl")
-            files.append(f"{split}.jsonl")
-        if "parquet" in ecfg.formats:
-            _write_parquet(t, out / f"{split}.parquet")
-            files.append(f"{split}.parquet")
-    if "datasets" in ecfg.formats:
-        _write_datasets(tables, out / "datasets")
+    val_fraction = cfg.render.val_fraction if cfg.render is not None else 0.05
+    gone = dropped_ids.unique().implode() if dropped_ids is not None and dropped_ids.len() else None
+
+    key_cols = ["id", "task"] + (["split"] if "split" in columns else [])
+    keys = [p for p in parts(key_cols)]
+    sizes = [p.height for p in keys]
+    keys = pl.concat(keys, how="vertical_relaxed", rechunk=True)
+    split = assign_split(keys, val_fraction, cfg.run.seed).to_numpy()
+    keep = ~keys["id"].is_in(gone).to_numpy() if gone is not None else np.ones(keys.height, dtype=bool)
+    del keys
+
+    def frames(cols):
+        off = 0
+        for k, p in enumerate(parts(cols)):
+            n = p.height
+            if n != sizes[k]:
+                raise RuntimeError(f"export: part {k} gave {n} rows, {sizes[k]} before")
+            df = p.with_columns(pl.Series("split", split[off: off + n], dtype=pl.String))
+            yield df.filter(pl.Series(keep[off: off + n]))
+            off += n
+
+    facts = {sp: {"keys": set(), "tools": False, "rows": 0} for sp in SPLITS}
+    fact_cols = ["messages"] + (["meta"] if "meta" in columns else [])
+    for df in frames(fact_cols):
+        for sp in SPLITS:
+            part = df.filter(pl.col("split") == sp)
+            if not part.height:
+                continue
+            f = facts[sp]
+            f["rows"] += part.height
+            if ecfg.shape == "messages":
+                f["keys"] |= extra_keys(part["messages"].to_list())
+            if ecfg.shape != "alpaca" and not f["tools"]:
+                t = tools_column(part)
+                f["tools"] = t.null_count() < t.len()
+    splits = [sp for sp in SPLITS if sp == "train" or facts[sp]["rows"]]
+    stage = out / ".stream"
+    writers = {sp: _SplitWriter(out, sp, list(ecfg.formats), stage) for sp in splits}
+    info: dict = {sp: {} for sp in splits}
+    counts = []
+    try:
+        for df in frames(None):
+            counts.append(df.select("task", "split"))
+            for sp in splits:
+                part = df.filter(pl.col("split") == sp)
+                if not part.height:
+                    continue
+                t, i = export_table(part, ecfg.shape, facts[sp]["keys"], facts[sp]["tools"])
+                writers[sp].write(t)
+                for k, v in i.items():
+                    info[sp][k] = (info[sp].get(k, 0) + v) if isinstance(v, int) else v
+            del df
+        for sp in splits:
+            if writers[sp].rows == 0:  # an empty train split: its columns from an empty frame
+                empty = next(iter(parts(None))).head(0)
+                t, i = export_table(empty, ecfg.shape, facts[sp]["keys"], facts[sp]["tools"])
+                writers[sp].write(t)
+                info[sp] = {k: v for k, v in i.items()}
+            writers[sp].close()
+        files = [f"{sp}.{fmt}" for sp in splits for fmt in ("jsonl", "parquet") if fmt in ecfg.formats]
+        if "datasets" in ecfg.formats:
+            _write_datasets({sp: writers[sp].dataset() for sp in splits}, out / "datasets")
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     section = {
         "dir": ecfg.dir, "shape": ecfg.shape, "formats": list(ecfg.formats),
-        "rows": {s: t.num_rows for s, t in tables.items()},
-        "columns": tables["train"].column_names,
+        "rows": {sp: writers[sp].rows for sp in splits},
+        "columns": writers["train"].schema.names,
         "files": {f: _sha256(out / f) for f in files},
         "datasets": "datasets" if "datasets" in ecfg.formats else None,
-        "notes": {s: {k: v for k, v in i.items() if v} for s, i in info.items() if any(i.values())},
+        "notes": {sp: {k: v for k, v in i.items() if v} for sp, i in info.items() if any(i.values())},
     }
     if ecfg.card:
+        df = pl.concat(counts, how="vertical_relaxed") if counts else pl.DataFrame(
+            schema={"task": pl.String, "split": pl.String})
         write_text(out / "README.md", dataset_card(cfg, manifest, section, df))
     return section
 

@@ -618,7 +618,7 @@ def template_for(cfg, base_dir: Path, tokenizer) -> ChatTemplate:
                          max_chars=cfg.template_max_chars, date=cfg.date)
 
 
-def _samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
+def decoded_samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
     """A few decoded examples with the supervised part marked, for the report."""
     out = []
     for row in df.head(k).iter_rows(named=True):
@@ -636,6 +636,62 @@ def _samples(tokenizer, df: pl.DataFrame, k: int = SAMPLES) -> list[dict]:
     return out
 
 
+@dataclass
+class RenderSetup:
+    """What one run's rendering is set up with, shared by `render_examples` (a whole table)
+    and curate.render.stream (part by part), so both record the same fingerprints."""
+
+    cfg: object  # the RenderConfig, with its date fixed
+    pinned: bool  # render.date was set
+    tokenizer: object
+    template: ChatTemplate
+    renderer: Renderer
+
+    @classmethod
+    def open(cls, cfg, base_dir: Path, tokenizer=None) -> "RenderSetup":
+        base_dir = Path(base_dir)
+        if tokenizer is None:
+            if not cfg.tokenizer:
+                raise RenderError("render.tokenizer is required")
+            tokenizer = load_tokenizer(cfg.tokenizer, base_dir, cfg.trust_remote_code)
+        # The date strftime_now() returns is fixed once per run (and recorded), so that every
+        # worker renders the same text.
+        pinned = cfg.date is not None
+        cfg = replace(cfg, date=cfg.date or parse_date(None).date().isoformat())
+        try:
+            template = template_for(cfg, base_dir, tokenizer)
+            renderer = Renderer(template, tokenizer, cfg.max_length, cfg.train_on, cfg.overflow)
+        except TemplateError as exc:
+            raise RenderError(f"render.template: {exc}") from exc
+        return cls(cfg, pinned, tokenizer, template, renderer)
+
+    def mask_source(self) -> str:
+        return "generation" if self.template.has_generation else "prefix"
+
+    def notes(self) -> list[str]:
+        if not self.template.uses_date:
+            return []
+        return [f"the template calls strftime_now(): it rendered with the date {self.cfg.date} (set render.date to "
+                "pin it; unset, a run on another day renders other text)"]
+
+    def fingerprints(self, base_dir: Path) -> dict:
+        from curate.contract.shards import tokenizer_fingerprint
+
+        cfg, template, renderer = self.cfg, self.template, self.renderer
+        return {
+            "template": template.name,
+            "template_sha256": template.sha256,
+            "template_source": template.source(Path(base_dir)),
+            # recorded when set, or when the template reads it (else the manifest would change daily)
+            "date": cfg.date if self.pinned or template.uses_date else None,
+            "tokenizer": {"path": str(cfg.tokenizer), **tokenizer_fingerprint(self.tokenizer)},
+            "end_of_turn": {"text": renderer.end_of_turn, "ids": renderer.end_of_turn_ids},
+            "train_on": cfg.train_on,
+            "max_length": cfg.max_length,
+            "pack": cfg.pack,
+        }
+
+
 def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokenizer=None,
                     map_blocks=None) -> RenderOutput:
     """Render, tokenize and mask every conversation of `table` (cfg: curate.pipeline.config.RenderConfig).
@@ -643,22 +699,11 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
     `map_blocks(frame, fn)`, when given (the Ray executor's), runs `fn` over contiguous blocks
     of `frame` and concatenates the Arrow results in order: tokenization is per row, so the
     result is the same as one local call; split, checks and stats stay here."""
-    from curate.contract.shards import check_examples, tokenizer_fingerprint
+    from curate.contract.shards import check_examples
 
     base_dir = Path(base_dir)
-    if tokenizer is None:
-        if not cfg.tokenizer:
-            raise RenderError("render.tokenizer is required")
-        tokenizer = load_tokenizer(cfg.tokenizer, base_dir, cfg.trust_remote_code)
-    # The date strftime_now() returns is fixed once per run (and recorded), so that every
-    # worker renders the same text.
-    pinned = cfg.date is not None
-    cfg = replace(cfg, date=cfg.date or parse_date(None).date().isoformat())
-    try:
-        template = template_for(cfg, base_dir, tokenizer)
-        renderer = Renderer(template, tokenizer, cfg.max_length, cfg.train_on, cfg.overflow)
-    except TemplateError as exc:
-        raise RenderError(f"render.template: {exc}") from exc
+    setup = RenderSetup.open(cfg, base_dir, tokenizer)
+    cfg, tokenizer, template, renderer = setup.cfg, setup.tokenizer, setup.template, setup.renderer
 
     split = assign_split(table, cfg.val_fraction, seed)
     # Each distinct conversation is rendered once: a mix stage's upsampled repeats share
@@ -699,23 +744,10 @@ def render_examples(table: pl.DataFrame, cfg, base_dir: Path, seed: int, tokeniz
         "splits": {s: int((examples["split"] == s).sum()) for s in ("train", "val")},
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],
-        "mask_source": "generation" if template.has_generation else "prefix",
+        "mask_source": setup.mask_source(),
         "with_tools": int(tools.len() - tools.null_count()),
-        "notes": ([f"the template calls strftime_now(): it rendered with the date {cfg.date} (set render.date to pin "
-                   "it; unset, a run on another day renders other text)"] if template.uses_date else []),
+        "notes": setup.notes(),
         "checks": checks,
-        "samples": _samples(tokenizer, examples.filter(pl.col("split") == "train")),
+        "samples": decoded_samples(tokenizer, examples.filter(pl.col("split") == "train")),
     }
-    fingerprints = {
-        "template": template.name,
-        "template_sha256": template.sha256,
-        "template_source": template.source(base_dir),
-        # recorded when set, or when the template reads it (else the manifest would change daily)
-        "date": cfg.date if pinned or template.uses_date else None,
-        "tokenizer": {"path": str(cfg.tokenizer), **tokenizer_fingerprint(tokenizer)},
-        "end_of_turn": {"text": renderer.end_of_turn, "ids": renderer.end_of_turn_ids},
-        "train_on": cfg.train_on,
-        "max_length": cfg.max_length,
-        "pack": cfg.pack,
-    }
-    return RenderOutput(examples=examples, dropped=dropped, stats=stats, fingerprints=fingerprints)
+    return RenderOutput(examples=examples, dropped=dropped, stats=stats, fingerprints=setup.fingerprints(base_dir))

@@ -1,0 +1,371 @@
+"""Rendering and shard writing part by part: the same shards, manifest sections and render
+rejects as `render_examples` + `write_shards` on the whole table, with memory bounded by
+one part plus small per-row keys.
+
+    render_parts(parts, columns, cfg, base_dir, seed, work_dir, reject_dir) -> StreamedRender
+    write_shards_streamed(rendered, shards_dir, cfg)                         -> {"train": [...], "val": [...]}
+
+`parts(columns)` yields the rows after the last stage as polars frames, part by part, in
+order (the runner's parts, trusted hold-out applied); every call must yield the same rows
+in the same parts. Three passes:
+
+1. keys: `id`, `source`, `task` (and a `split` column when a mix stage made one) of every
+   row, in memory (tens of bytes a row): the train/val split (`assign_split`, global by
+   nature: stratified ranks per task) and which row is the first of its id.
+2. tokens: per part, the rows that are the first of their id (a mix stage's upsampled
+   copies share their id and get the same tokens, as in render_examples) are rendered and
+   tokenized (`tokenize_aligned`, or the executor's `map_blocks`), their token lists
+   written to `work_dir/tokens-NNNNN.arrow` (Arrow IPC files, uncompressed: memory-mapped
+   for random access), and what the shards and the manifest need is kept per id: length,
+   supervised tokens, supervised runs, runs without end-of-turn, double BOS, and where its
+   tokens lie (file, row). The part's dropped rows (all columns, every copy) go to
+   `reject_dir/render-NNNNN.parquet` in the rejects layout, for the runner to merge.
+3. shards (`write_shards_streamed`): per split, the examples in render_examples' order
+   (sorted by id, split, task, source); packed: best-fit-decreasing over their lengths
+   (only lengths are global), then each shard of `shard_rows` packed rows is built by
+   gathering its members' tokens from the token files; unpacked: `shard_rows` examples at
+   a time. The shard files are the same bytes as the whole-table writer's
+   (tests/test_render_streaming.py).
+
+Memory: one part (all columns) and its token lists, the per-row keys of pass 1, the per-id
+facts of pass 2 (~100 bytes an id), the ids and reasons of dropped rows, and one shard's
+tokens (with its gathered pieces, about twice). Not bounded by the budget: the per-row keys
+grow with the rows (by design: the split and the packing plan are global).
+
+Trade-offs: the tokens are written to disk once more than before (the token files are
+as large as the shards; the runner removes them when the shards are written); a shard
+gathers its members from every token file that holds one (a packed shard's members are
+spread over all of them: longest first), so writing the shards reads the token files
+about once per shard through the page cache, touching only the members' pages. The
+render rejects file is merged from per-part files (curate.pipeline.parts.RowGroupWriter,
+fixed row groups, like every stage's rejects): the same rows as before, other bytes than
+polars' single write of the whole frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.contract.atomic import atomic_path, write_parquet
+from curate.contract.ledger import REASON, drop_counts, reject_frame
+from curate.contract.shards import IGNORE, PACKED_SCHEMA, SPLITS, UNPACKED_SCHEMA, flat_values
+from curate.render.renderer import (DETAIL_COL, REASON_COL, TRUNCATED_COL, RenderBlock, RenderSetup, assign_split,
+                                    decoded_samples, tokenize_aligned, tools_column)
+
+I32 = pa.list_(pa.int32())
+TOKEN_SCHEMA = pa.schema([("input_ids", I32), ("labels", I32)])
+FACTS = {"length": pl.Int64, "supervised": pl.Int64, "runs": pl.Int64, "bad_runs": pl.Int64, "bos2": pl.Boolean,
+         "rpart": pl.Int32, "rrow": pl.Int64}
+
+
+class TokenStore:
+    """Token lists of rendered examples in Arrow IPC files under `folder`, read back by
+    (file, row) through memory maps."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+
+    def add(self, table: pa.Table) -> int:
+        """Write `table` (input_ids, labels) as the next file; returns its number."""
+        path = self.folder / f"tokens-{len(self.files):05d}.arrow"
+        with atomic_path(path) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKEN_SCHEMA) as w:
+                w.write_table(table.cast(TOKEN_SCHEMA).combine_chunks())
+        self.files.append(path)
+        return len(self.files) - 1
+
+    def take(self, rpart: np.ndarray, rrow: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
+        """(input_ids, labels) of the examples at (file, row) pairs, in the order given."""
+        rpart, rrow = np.asarray(rpart, dtype=np.int64), np.asarray(rrow, dtype=np.int64)
+        if len(rpart) == 0:
+            empty = pa.array([], I32)
+            return empty, empty
+        order = np.argsort(rpart, kind="stable")
+        bounds = np.flatnonzero(np.diff(rpart[order])) + 1
+        pieces = []
+        for sel in np.split(order, bounds):
+            source = pa.memory_map(str(self.files[int(rpart[sel[0]])]), "r")
+            try:
+                pieces.append(pa.ipc.open_file(source).read_all().take(pa.array(rrow[sel])))
+            finally:
+                source.close()
+        back = np.empty(len(order), dtype=np.int64)
+        back[order] = np.arange(len(order))
+        back = pa.array(back)
+        # taken across the pieces (a chunked array) straight into the order asked for: one
+        # copy of the tokens beside the pieces, not two
+        return tuple(pa.chunked_array([p.column(c).combine_chunks() for p in pieces], I32).take(back).combine_chunks()
+                     for c in ("input_ids", "labels"))
+
+
+def example_facts(ids_list, labels_list, end_of_turn_ids: list[int] | None, expect_end_of_turn: bool,
+                  bos_id: int | None) -> dict[str, np.ndarray]:
+    """Per example, what curate.contract.shards.check_examples sums over a split (tokens,
+    supervised tokens, supervised runs, runs not ending with the end-of-turn tokens) and
+    whether it starts with two BOS tokens: the same rules, kept per example so that the
+    checks of any set of rows (upsampled copies included) are sums."""
+    lens = pc.list_value_length(ids_list).to_numpy(zero_copy_only=False).astype(np.int64)
+    n = len(lens)
+    ids = flat_values(ids_list).astype(np.int64)
+    sup = flat_values(labels_list) != IGNORE
+    starts = np.cumsum(lens) - lens
+    nonempty = lens > 0
+    per_sup = np.zeros(n, dtype=np.int64)
+    if nonempty.any():
+        per_sup[nonempty] = np.add.reduceat(sup.astype(np.int64), starts[nonempty])
+    is_last = np.zeros(len(ids), dtype=bool)
+    is_last[(starts + lens - 1)[nonempty]] = True
+    nxt = np.append(sup[1:], False)
+    ends = np.flatnonzero(sup & (~nxt | is_last))
+    example_of = np.repeat(np.arange(n), lens)
+    runs = np.bincount(example_of[ends], minlength=n).astype(np.int64)
+    bad = np.zeros(n, dtype=np.int64)
+    if expect_end_of_turn and end_of_turn_ids and len(ends):
+        eot = np.asarray(end_of_turn_ids, dtype=np.int64)
+        ok = np.ones(len(ends), dtype=bool)
+        for k in range(len(eot)):
+            pos = ends - k
+            inside = (pos >= 0) & (example_of[np.maximum(pos, 0)] == example_of[ends])
+            ok &= inside & (ids[np.maximum(pos, 0)] == eot[len(eot) - 1 - k])
+        bad = np.bincount(example_of[ends[~ok]], minlength=n).astype(np.int64)
+    bos2 = np.zeros(n, dtype=bool)
+    if bos_id is not None:
+        two = lens >= 2
+        bos2[two] = (ids[starts[two]] == bos_id) & (ids[starts[two] + 1] == bos_id)
+    return {"length": lens, "supervised": per_sup, "runs": runs, "bad_runs": bad, "bos2": bos2}
+
+
+def checks_of(examples: pl.DataFrame) -> dict:
+    """check_examples' result (plus double_bos) from per-example facts: the same numbers."""
+    lens = examples["length"].to_numpy().astype(np.int64)
+    sup = examples["supervised"].to_numpy().astype(np.int64)
+    result = {"examples": int(len(lens)), "tokens": int(lens.sum()), "supervised_tokens": int(sup.sum())}
+    if len(lens) == 0:
+        result.update(zero_supervised=0, supervised_runs=0, runs_without_end_of_turn=0, supervised_fraction={})
+    else:
+        result["zero_supervised"] = int((sup == 0).sum())
+        result["supervised_runs"] = int(examples["runs"].sum())
+        result["runs_without_end_of_turn"] = int(examples["bad_runs"].sum())
+        tasks = np.asarray(examples["task"].to_list(), dtype=object)
+        names, task_of = np.unique(tasks.astype(str), return_inverse=True)
+        sup_per_task = np.bincount(task_of, weights=sup, minlength=len(names))
+        tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
+        result["supervised_fraction"] = {
+            str(t): round(float(s / n) if n else 0.0, 4) for t, s, n in zip(names, sup_per_task, tok_per_task)}
+    result["double_bos"] = int(examples["bos2"].sum()) if len(lens) else 0
+    return result
+
+
+@dataclass
+class StreamedRender:
+    """What the streamed render keeps: one row per example (shard order: id, source, task,
+    split, then its facts and where its tokens are), the token files, the part reject
+    files, the drop counts, and the manifest's stats and fingerprints."""
+
+    examples: pl.DataFrame
+    store: TokenStore
+    rejects: list  # per part: a Parquet file of dropped rows, or an empty frame (the schema)
+    rows_in: int = 0
+    dropped: dict = field(default_factory=dict)  # rows by reason (copies included)
+    records_dropped: dict = field(default_factory=dict)  # records by reason (the ledger's)
+    copies_dropped: int = 0
+    dropped_ids: pl.Series = None
+    stats: dict = field(default_factory=dict)
+    fingerprints: dict = field(default_factory=dict)
+    tokenizer: object = None
+
+
+def _add_counts(into: dict, more: dict) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + int(v)
+
+
+def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], columns: list[str], cfg, base_dir,
+                 seed: int, work_dir: Path, reject_dir: Path, tokenizer=None, map_blocks=None) -> StreamedRender:
+    """Render the rows `parts` yields (see the module doc); `columns`: the names of their
+    columns. `map_blocks(frame, fn)` as in render_examples (the Ray executor's)."""
+    base_dir = Path(base_dir)
+    setup = RenderSetup.open(cfg, base_dir, tokenizer)
+    cfg, renderer = setup.cfg, setup.renderer
+    reject_dir = Path(reject_dir)
+    reject_dir.mkdir(parents=True, exist_ok=True)
+
+    # pass 1: the keys of every row
+    key_cols = ["id", "source", "task"] + (["split"] if "split" in columns else [])
+    frames, sizes = [], []
+    for p in parts(key_cols):
+        frames.append(p.select(pl.col("id", "source", "task").cast(pl.String),
+                               *([pl.col("split")] if "split" in columns else [])))
+        sizes.append(p.height)
+    keys = pl.concat(frames, how="vertical_relaxed", rechunk=True) if frames else pl.DataFrame(
+        schema={"id": pl.String, "source": pl.String, "task": pl.String})
+    del frames
+    split = assign_split(keys, cfg.val_fraction, seed)
+    keys = keys.select("id", "source", "task").with_columns(split.alias("split"))
+    first = keys["id"].is_first_distinct().to_numpy()
+
+    # pass 2: tokens of each id's first row, part by part
+    store = TokenStore(work_dir)
+    expect = cfg.train_on != "all"
+    facts, why_parts, truncated, rejects = [], [], [], []
+    why = pl.DataFrame(schema={"id": pl.String, REASON: pl.String, "_detail": pl.String})
+    out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
+    with_tools, off = 0, 0
+    for k, part in enumerate(parts(None)):
+        n = part.height
+        if n != sizes[k]:
+            raise RuntimeError(f"render: part {k} gave {n} rows, {sizes[k]} before")
+        out.rows_in += n
+        uniq = part.filter(pl.Series(first[off: off + n])).select(
+            "id", "messages", *(["meta"] if "meta" in part.columns else []))
+        off += n
+        if uniq.height:
+            tools = tools_column(uniq)
+            has_tools = tools.null_count() < tools.len()
+            with_tools += int(tools.len() - tools.null_count())
+            if map_blocks is None:
+                aligned = tokenize_aligned(renderer, uniq["messages"], cfg.batch_size, tools if has_tools else None)
+            else:
+                frame = uniq.select("messages").with_columns(tools) if has_tools else uniq.select("messages")
+                aligned = map_blocks(frame, RenderBlock(cfg, str(base_dir)))
+            reasons = aligned.column(REASON_COL)
+            kept = pc.is_null(reasons)
+            tokens = aligned.select(["input_ids", "labels"]).filter(kept)
+            ids = uniq["id"].cast(pl.String)
+            kept_np = kept.to_numpy(zero_copy_only=False)
+            if tokens.num_rows:
+                rpart = store.add(tokens)
+                f = example_facts(tokens.column("input_ids"), tokens.column("labels"), renderer.end_of_turn_ids,
+                                  expect, renderer.bos_id)
+                f["rpart"] = np.full(tokens.num_rows, rpart, dtype=np.int32)
+                f["rrow"] = np.arange(tokens.num_rows, dtype=np.int64)
+                facts.append(pl.DataFrame({"id": ids.filter(pl.Series(kept_np)),
+                                           **{c: pl.Series(c, f[c], dtype=t) for c, t in FACTS.items()}}))
+            if not kept_np.all():
+                dropped_now = pl.DataFrame({
+                    "id": ids.filter(pl.Series(~kept_np)),
+                    REASON: pl.from_arrow(reasons.filter(pc.invert(kept))).cast(pl.String),
+                    "_detail": pl.from_arrow(aligned.column(DETAIL_COL).filter(pc.invert(kept))).cast(pl.String)})
+                why = pl.concat([why, dropped_now], how="vertical_relaxed")
+            trunc = aligned.column(TRUNCATED_COL).to_numpy(zero_copy_only=False)
+            if trunc.any():
+                truncated.append(ids.filter(pl.Series(trunc)))
+            del aligned, tokens
+        # every row (copies too) of an id dropped so far: this part's render rejects
+        dropped = part.join(why, on="id", how="inner", maintain_order="left")
+        if dropped.height:
+            _add_counts(out.dropped, {str(r): c for r, c in dropped[REASON].value_counts().iter_rows()})
+            records, copies = drop_counts(dropped, REASON)
+            _add_counts(out.records_dropped, records)
+            out.copies_dropped += copies
+            path = reject_dir / f"render-{k:05d}.parquet"
+            write_parquet(path, reject_frame("render", dropped))
+            rejects.append(path)
+        else:
+            rejects.append(reject_frame("render", dropped))
+        del part, dropped, uniq
+    out.dropped = dict(sorted(out.dropped.items()))
+    out.records_dropped = dict(sorted(out.records_dropped.items()))
+    out.dropped_ids = why["id"]
+
+    # the examples: every row whose id rendered, with its id's facts, in render_examples' order
+    fact_table = pl.concat(facts, how="vertical") if facts else pl.DataFrame(schema={"id": pl.String, **FACTS})
+    examples = (keys.join(fact_table, on="id", how="inner", maintain_order="left")
+                .sort("id", "split", "task", "source", maintain_order=True))
+    out.examples = examples
+    trunc_ids = pl.concat(truncated) if truncated else pl.Series("id", [], dtype=pl.String)
+    n_truncated = int(keys.select(pl.col("id").is_in(trunc_ids.implode()).sum()).item()) if trunc_ids.len() else 0
+    checks = checks_of(examples)
+    head = examples.filter(pl.col("split") == "train").head(3)
+    sample_ids, sample_labels = store.take(head["rpart"].to_numpy(), head["rrow"].to_numpy())
+    sample_rows = head.select("id", "task").with_columns(
+        pl.from_arrow(sample_ids).alias("input_ids"), pl.from_arrow(sample_labels).alias("labels")) \
+        if head.height else pl.DataFrame(schema={"id": pl.String, "task": pl.String,
+                                                 "input_ids": pl.List(pl.Int32), "labels": pl.List(pl.Int32)})
+    out.stats = {
+        "examples": examples.height,
+        "dropped": dict(out.dropped),
+        "truncated": n_truncated,
+        "splits": {s: int((examples["split"] == s).sum()) for s in ("train", "val")},
+        "tokens": checks["tokens"],
+        "supervised_tokens": checks["supervised_tokens"],
+        "mask_source": setup.mask_source(),
+        "with_tools": with_tools,
+        "notes": setup.notes(),
+        "checks": checks,
+        "samples": decoded_samples(setup.tokenizer, sample_rows),
+    }
+    out.fingerprints = setup.fingerprints(base_dir)
+    return out
+
+
+def token_facts(rendered: StreamedRender) -> pl.DataFrame:
+    """task, source, split, tokens, supervised_tokens per example (curate.render.shards.counts_by_group)."""
+    return rendered.examples.select("task", "source", "split", pl.col("length").alias("tokens"),
+                                    pl.col("supervised").alias("supervised_tokens"))
+
+
+def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
+    from curate.render.packing import best_fit_decreasing
+
+    lengths = sub["length"].to_numpy().astype(np.int64)
+    bins = best_fit_decreasing(lengths, cfg.max_length)
+    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(lengths))
+    members = np.fromiter((len(m) for m in bins), dtype=np.int64, count=len(bins))
+    first_member = np.concatenate(([0], np.cumsum(members)))
+    rpart, rrow = sub["rpart"].to_numpy(), sub["rrow"].to_numpy()
+    ids, tasks, sources = sub["id"], sub["task"], sub["source"]
+    for b0 in range(0, len(bins), cfg.shard_rows):
+        b1 = min(b0 + cfg.shard_rows, len(bins))
+        sel = order[first_member[b0]: first_member[b1]]
+        toks, labels = store.take(rpart[sel], rrow[sel])
+        lens = lengths[sel]
+        member_offsets = first_member[b0: b1 + 1] - first_member[b0]
+        row_tokens = np.add.reduceat(lens, member_offsets[:-1])
+        token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
+        moff = pa.array(member_offsets, pa.int32())
+        take = pl.Series(sel)
+        table = pa.table({
+            "input_ids": pa.ListArray.from_arrays(token_offsets, toks.flatten()),
+            "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
+            "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
+            "ids": pa.ListArray.from_arrays(moff, ids.gather(take).to_arrow().cast(pa.string())),
+            "tasks": pa.ListArray.from_arrays(moff, tasks.gather(take).to_arrow().cast(pa.string())),
+            "sources": pa.ListArray.from_arrays(moff, sources.gather(take).to_arrow().cast(pa.string())),
+        })
+        yield table.cast(PACKED_SCHEMA)
+
+
+def _unpacked_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
+    for start in range(0, sub.height, cfg.shard_rows):
+        chunk = sub.slice(start, cfg.shard_rows)
+        toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
+        table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
+                          "task": chunk["task"].to_arrow().cast(pa.string()),
+                          "source": chunk["source"].to_arrow().cast(pa.string()),
+                          "input_ids": toks, "labels": labels})
+        yield table.cast(UNPACKED_SCHEMA)
+
+
+def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg) -> dict:
+    """curate.render.shards.write_shards' files and entries from a StreamedRender, one shard
+    in memory at a time."""
+    from curate.render.shards import shard_metadata, write_split
+
+    shards_dir = Path(shards_dir)
+    meta = shard_metadata(cfg)
+    out: dict = {}
+    for split in SPLITS:
+        sub = rendered.examples.filter(pl.col("split") == split)
+        make = _packed_tables if cfg.pack else _unpacked_tables
+        tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg)) if sub.height else iter(())
+        out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg, compacted=True)
+    return out
