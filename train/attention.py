@@ -37,6 +37,90 @@ import torch.nn.functional as F
 NAME = "curate_segments"
 _PASSING = contextvars.ContextVar("curate_segments_passing", default=False)
 
+# The explicit ("math") kernel is used for a segment when all of these hold; otherwise SDPA's
+# flash kernel runs on it as before. Measured single-threaded on CPU (docs/training-performance.md):
+# at head_dim 8 the math kernel's forward + backward is ~1.7-2x the flash kernel's, at 16 about
+# equal, at 32-64 no better; its saved probabilities grow as length^2 (see the module docstring).
+MATH_MAX_HEAD_DIM = 16
+MATH_MAX_LEN = 1024
+MATH_CHUNK = 128  # query rows per block: causal blocks skip the keys after the block's last query
+_MATH_DTYPES = (torch.float32, torch.float64)
+_MASKS: dict = {}
+
+
+def _causal_mask(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[n, n] additive causal mask (0 on and below the diagonal, -inf above), a view of one
+    cached square per dtype and device that only ever grows (to the longest segment seen)."""
+    key = (dtype, device)
+    m = _MASKS.get(key)
+    if m is None or m.shape[0] < n:
+        size = max(n, 512 if m is None else 2 * m.shape[0])
+        m = torch.full((size, size), float("-inf"), dtype=dtype, device=device).triu_(1)
+        _MASKS[key] = m
+    return m[:n, :n]
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """[a, b) query blocks of near-equal length <= size covering 0..n."""
+    k = max(1, -(-n // size))
+    edges = [n * i // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class _SegmentMath(torch.autograd.Function):
+    """Causal attention of each (row, start, length) segment by explicit matmuls and softmax,
+    forward and backward, in one autograd node for the whole batch.
+
+    q, k, v: [B, H, L, D] (k, v already repeated to H heads); output [B, L, H, D] with zeros
+    outside the segments. Per segment and query block [a, b): P = softmax(q k^T * scale +
+    causal mask) over keys [0, b) only, O = P v. P is kept for the backward (no recompute):
+    dV = P^T dO, dP = dO v^T, dS = P * (dP - rowsum(dO * O)), dQ = dS k * scale, dK = dS^T q *
+    scale. Every matmul is written with the head_dim side (8 here) as the small OUTER dimension
+    (O^T = v^T P^T and so on): MKL runs [D, n] x [n, m] about 4x faster than [m, n] x [n, D]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, segments, scale):
+        b_, h, length, d = q.shape
+        out = q.new_zeros(b_, length, h, d)
+        keep = any(ctx.needs_input_grad[:3])  # eval under no_grad keeps no probabilities
+        saved = []
+        for r, s, n in segments:
+            mask = _causal_mask(n, q.dtype, q.device)
+            ks, vs = k[r, :, s : s + n], v[r, :, s : s + n]
+            for a, e in _blocks(n, MATH_CHUNK):
+                p = torch.baddbmm(mask[a:e, :e], q[r, :, s + a : s + e], ks[:, :e].transpose(1, 2), alpha=scale)
+                p = p.softmax(-1)
+                ot = torch.bmm(vs[:, :e].transpose(1, 2), p.transpose(1, 2))  # [H, D, e - a]
+                out[r, s + a : s + e] = ot.permute(2, 0, 1)
+                if keep:
+                    saved.append((p, ot))
+        ctx.segments, ctx.scale, ctx.saved = segments, scale, saved
+        ctx.save_for_backward(q, k, v)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v = ctx.saved_tensors
+        b_, h, length, d = q.shape
+        dq = dout.new_zeros(b_, length, h, d)
+        dk, dv = dout.new_zeros(b_, length, h, d), dout.new_zeros(b_, length, h, d)
+        saved = iter(ctx.saved)
+        for r, s, n in ctx.segments:
+            ks, vs = k[r, :, s : s + n], v[r, :, s : s + n]
+            dkt, dvt = dout.new_zeros(h, d, n), dout.new_zeros(h, d, n)
+            for a, e in _blocks(n, MATH_CHUNK):
+                p, ot = next(saved)
+                dot = dout[r, s + a : s + e].permute(1, 2, 0)  # [H, D, m]
+                dvt[:, :, :e].baddbmm_(dot, p)
+                ds = torch.bmm(dot.transpose(1, 2), vs[:, :e].transpose(1, 2))  # dP, [H, m, e]
+                ds.sub_((dot * ot).sum(1).unsqueeze(-1)).mul_(p)
+                dq[r, s + a : s + e] = torch.bmm(ks[:, :e].transpose(1, 2), ds.transpose(1, 2)).permute(2, 0, 1)
+                dkt[:, :, :e].baddbmm_(q[r, :, s + a : s + e].transpose(1, 2), ds)
+            dk[r, s : s + n] = dkt.permute(2, 0, 1)
+            dv[r, s : s + n] = dvt.permute(2, 0, 1)
+        ctx.saved = None
+        return dq.mul_(ctx.scale).transpose(1, 2), dk.mul_(ctx.scale).transpose(1, 2), dv.transpose(1, 2), None, None
+
 
 def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                       dropout: float = 0.0, scaling: float | None = None, curate_segments=None, **kwargs):
@@ -50,10 +134,24 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # CPU's flash kernel takes no enable_gqa (it would fall back to the math path)
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    d = query.shape[-1]
+    math_ok = (query.device.type == "cpu" and query.dtype in _MATH_DTYPES and d <= MATH_MAX_HEAD_DIM
+               and value.shape[-1] == d and not dropout)
+    math = tuple(x for x in curate_segments if math_ok and x[2] <= MATH_MAX_LEN)
+    flash = tuple(x for x in curate_segments if not (math_ok and x[2] <= MATH_MAX_LEN))
+    out = _SegmentMath.apply(query, key, value, math, scaling if scaling is not None else d ** -0.5) if math else None
+    if flash or out is None:
+        rest = _flash_segments(query, key, value, flash, dropout, scaling)
+        out = rest if out is None else out + rest
+    return out, None
+
+
+def _flash_segments(query, key, value, segments, dropout, scaling) -> torch.Tensor:
+    """SDPA's causal (flash) kernel once per segment; [B, L, H, D], zeros outside the segments."""
     b, h, length, d = query.shape
     rows: list[list[torch.Tensor]] = [[] for _ in range(b)]
     ends = [0] * b
-    for r, start, n in curate_segments:
+    for r, start, n in sorted(segments):
         if start > ends[r]:
             rows[r].append(query.new_zeros(h, start - ends[r], value.shape[-1]))
         sl = slice(start, start + n)
@@ -64,7 +162,7 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
         if ends[r] < length:
             rows[r].append(query.new_zeros(h, length - ends[r], value.shape[-1]))
     out = torch.stack([x[0] if len(x) == 1 else torch.cat(x, 1) for x in rows])
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 @contextlib.contextmanager
