@@ -127,7 +127,8 @@ def run_ours(args, model_dir: Path) -> dict:
     return {"tokens": tokens, "steps": len(steps_rows), "train_s": step_time, "wall_s": wall,
             "cpu_s": sum(r["cpu_s"] for r in steps_rows),
             "first_loss": steps_rows[0]["loss"], "last_loss": steps_rows[-1]["loss"], "val_loss": final["val_loss"],
-            "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}",
+            "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}"
+                    + (" (SDPA flash kernel per example)" if args.only == "ours-flash" else ""),
             "adapter": summary.get("adapter_dir")}
 
 
@@ -202,7 +203,11 @@ def child(args) -> None:
     model_dir = Path(args.model_dir)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    res = run_ours(args, model_dir) if args.only == "ours" else run_trl(args, model_dir)
+    if args.only == "ours-flash":  # ours as before the explicit kernel: SDPA's flash kernel per example
+        import train.attention
+
+        train.attention.MATH_MAX_HEAD_DIM = 0
+    res = run_trl(args, model_dir) if args.only == "trl" else run_ours(args, model_dir)
     res["peak_mb"] = peak_memory_mb(args.device)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -223,7 +228,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--flash", action="store_true",
+                    help="also run ours with SDPA's flash kernel per example (the attention before the explicit kernel)")
+    ap.add_argument("--only", choices=["ours", "ours-flash", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--arm-rows", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,13 +247,13 @@ def main() -> None:
     except ImportError:
         have_trl = False
         print("TRL is not installed in this interpreter: running ours only (see the install lines at the top)")
-    who_all = ["ours", "trl"] if have_trl else ["ours"]
+    who_all = (["ours", "trl"] if have_trl else ["ours"]) + (["ours-flash"] if args.flash else [])
     arms = [int(x) for x in args.rows.split(",")]
     results: dict[tuple[int, str], list[dict]] = {}
     print(f"model {model_dir if args.hidden else args.model} (hidden {args.hidden or 'as saved'}), run {args.run}, "
           f"device {args.device}, threads {args.threads}, LoRA r{args.r}/alpha{2 * args.r}, lr {args.lr}, "
           f"token budget {args.tokens}")
-    print(f"{'rows':>4} {'trainer':<8} {'rep':>3} {'load':>5} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} "
+    print(f"{'rows':>4} {'trainer':<10} {'rep':>3} {'load':>5} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} "
           f"{'tok/cpu-s':>9} {'peak MB':>8} {'val loss':>8}")
     for rep in range(args.repeat):
         for rows in arms:
@@ -263,7 +270,7 @@ def main() -> None:
                 r = json.loads(line[7:])
                 r["load"] = load
                 results.setdefault((rows, who), []).append(r)
-                print(f"{rows:>4} {who:<8} {rep:>3} {load:>5.1f} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} "
+                print(f"{rows:>4} {who:<10} {rep:>3} {load:>5.1f} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} "
                       f"{r['tokens'] / r['train_s']:>8.0f} {r['tokens'] / r['cpu_s']:>9.0f} {r['peak_mb']:>8.0f} {r['val_loss']:>8.4f}",
                       flush=True)
     for (rows, who), rs in results.items():
@@ -292,6 +299,13 @@ def main() -> None:
         print(f"  {rows} row(s)/step: tokens/s {' '.join(f'{x:.2f}x' for x in sp)} (median {median(sp):.2f}x); "
               f"tokens per CPU-second {' '.join(f'{x:.2f}x' for x in cp)} (median {median(cp):.2f}x); "
               f"peak memory {' '.join(f'{x:.2f}x' for x in mem)}; held-out loss {' '.join(f'{x:.4f}' for x in loss)}")
+    if args.flash:
+        print("ratios ours / ours-flash (the explicit attention kernel against the flash kernel per example):")
+        for rows in arms:
+            o, f = results[(rows, "ours")], results[(rows, "ours-flash")]
+            print(f"  {rows} row(s)/step: tokens/s median {median([rate(a) / rate(b) for a, b in zip(o, f)]):.2f}x; "
+                  f"tokens per CPU-second median {median([cpu_rate(a) / cpu_rate(b) for a, b in zip(o, f)]):.2f}x; "
+                  f"held-out loss {' '.join(f'{x:.4f}' for x in [a['val_loss'] / b['val_loss'] for a, b in zip(o, f)])}")
     for label, fn in (("tokens/s", rate), ("tokens per CPU-second", cpu_rate)):
         best_trl = max(arms, key=lambda a: median([fn(r) for r in results[(a, "trl")]]))
         best_ours = max(arms, key=lambda a: median([fn(r) for r in results[(a, "ours")]]))
