@@ -110,3 +110,37 @@ def test_model_explicit_kernel_equals_flash_kernel(tiny_model, tok, tmp_path, mo
         assert abs(loss - out["flash"][1]) < 1e-6 and grads.keys() == out["flash"][2].keys() and grads
         for n, g in grads.items():
             torch.testing.assert_close(g, out["flash"][2][n], atol=1e-5, rtol=1e-4)
+
+
+def test_folded_lora_equals_peft_forward(tiny_model, tok, tmp_path, monkeypatch):  # noqa: F811
+    """train/model.py folds a small LoRA's update into the weight (x (W + s B A)^T): the same
+    logits, loss and LoRA gradients as peft's x W^T + s (x A^T) B^T; with the adapter disabled
+    (the KL term, the forgetting monitor) it is the base model."""
+    from peft.tuners.lora import layer as lora_layer
+
+    import train.model
+    from train.loop import token_logits
+
+    run_dir = write_run(tmp_path / "r", tok, examples(12, 9), examples(2, 10), packed=True)
+    split = load_split(run_dir, "train", read_manifest(run_dir))
+    b = make_batch(split, np.arange(min(3, split.n_rows)), pad_id=0)
+    out = {}
+    for fold in (True, False):
+        monkeypatch.setattr(train.model, "FOLD_MAX_WEIGHT", 65536 if fold else 0)
+        model = lora_model(tiny_model)
+        layers = [m for m in model.modules() if type(m) is lora_layer.Linear]
+        assert layers and all(("forward" in vars(m)) == fold for m in layers)
+        logits = token_logits(model, b)
+        loss = torch.nn.functional.cross_entropy(logits, b.targets, reduction="sum") / len(b.targets)
+        loss.backward()
+        with torch.no_grad(), model.disable_adapter():
+            base = token_logits(model, b)
+        out[fold] = (logits.detach(), loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                     base)
+    (l1, v1, g1, b1), (l2, v2, g2, b2) = out[True], out[False]
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b1, b2, atol=0, rtol=0)
+    assert not torch.allclose(l1, b1)  # the adapter really changes the logits
+    assert abs(v1 - v2) < 1e-6 and g1.keys() == g2.keys() and g1
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n], atol=1e-5, rtol=1e-4)
