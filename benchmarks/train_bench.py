@@ -128,7 +128,7 @@ def run_ours(args, model_dir: Path) -> dict:
             "cpu_s": sum(r["cpu_s"] for r in steps_rows),
             "first_loss": steps_rows[0]["loss"], "last_loss": steps_rows[-1]["loss"], "val_loss": final["val_loss"],
             "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}"
-                    + (" (SDPA flash kernel per example)" if args.only == "ours-flash" else ""),
+                    + (" (as before: SDPA flash kernel per example, peft's LoRA forward)" if args.only == "ours-old" else ""),
             "adapter": summary.get("adapter_dir")}
 
 
@@ -203,10 +203,12 @@ def child(args) -> None:
     model_dir = Path(args.model_dir)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    if args.only == "ours-flash":  # ours as before the explicit kernel: SDPA's flash kernel per example
+    if args.only == "ours-old":  # ours as before this round: SDPA's flash kernel per example, peft's LoRA forward
         import train.attention
+        import train.model
 
         train.attention.MATH_MAX_HEAD_DIM = 0
+        train.model.FOLD_MAX_WEIGHT = 0
     res = run_trl(args, model_dir) if args.only == "trl" else run_ours(args, model_dir)
     res["peak_mb"] = peak_memory_mb(args.device)
     print("RESULT " + json.dumps(res), flush=True)
@@ -228,9 +230,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--flash", action="store_true",
-                    help="also run ours with SDPA's flash kernel per example (the attention before the explicit kernel)")
-    ap.add_argument("--only", choices=["ours", "ours-flash", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--old", action="store_true",
+                    help="also run ours as before the explicit attention kernel and the folded LoRA forward "
+                         "(SDPA's flash kernel per example, peft's LoRA forward)")
+    ap.add_argument("--only", choices=["ours", "ours-old", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--arm-rows", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -247,7 +250,7 @@ def main() -> None:
     except ImportError:
         have_trl = False
         print("TRL is not installed in this interpreter: running ours only (see the install lines at the top)")
-    who_all = (["ours", "trl"] if have_trl else ["ours"]) + (["ours-flash"] if args.flash else [])
+    who_all = (["ours", "trl"] if have_trl else ["ours"]) + (["ours-old"] if args.old else [])
     arms = [int(x) for x in args.rows.split(",")]
     results: dict[tuple[int, str], list[dict]] = {}
     print(f"model {model_dir if args.hidden else args.model} (hidden {args.hidden or 'as saved'}), run {args.run}, "
@@ -299,10 +302,11 @@ def main() -> None:
         print(f"  {rows} row(s)/step: tokens/s {' '.join(f'{x:.2f}x' for x in sp)} (median {median(sp):.2f}x); "
               f"tokens per CPU-second {' '.join(f'{x:.2f}x' for x in cp)} (median {median(cp):.2f}x); "
               f"peak memory {' '.join(f'{x:.2f}x' for x in mem)}; held-out loss {' '.join(f'{x:.4f}' for x in loss)}")
-    if args.flash:
-        print("ratios ours / ours-flash (the explicit attention kernel against the flash kernel per example):")
+    if args.old:
+        print("ratios ours / ours-old (this trainer against itself before the explicit attention kernel and the folded "
+              "LoRA forward):")
         for rows in arms:
-            o, f = results[(rows, "ours")], results[(rows, "ours-flash")]
+            o, f = results[(rows, "ours")], results[(rows, "ours-old")]
             print(f"  {rows} row(s)/step: tokens/s median {median([rate(a) / rate(b) for a, b in zip(o, f)]):.2f}x; "
                   f"tokens per CPU-second median {median([cpu_rate(a) / cpu_rate(b) for a, b in zip(o, f)]):.2f}x; "
                   f"held-out loss {' '.join(f'{x:.4f}' for x in [a['val_loss'] / b['val_loss'] for a, b in zip(o, f)])}")
