@@ -5,11 +5,25 @@ the restarting `position_ids` into a dense [L, L] block-diagonal mask and SDPA t
 masked kernel over the whole row. With stories260K (head_dim 8, rows of ~500 tokens) that was
 about two thirds of the whole training step (docs/training-performance.md).
 
-`segment_attention` instead calls SDPA once per example, on that example's slice of the row,
-with `is_causal=True` and no mask: the cost is sum(l_i^2 / 2) instead of L^2, and the fast
-unmasked kernel runs. Padding segments are skipped (their outputs are zeros; nothing reads
-them: their labels are -100 and no real token attends to them). The result equals the
-masked computation to float rounding (tests/test_train.py checks it).
+`segment_attention` instead attends within each example, on that example's slice of the row,
+causally and with no mask: the cost is sum(l_i^2 / 2) instead of L^2. Padding segments are
+skipped (their outputs are zeros; nothing reads them: their labels are -100 and no real token
+attends to them). The result equals the masked computation to float rounding
+(tests/test_train.py, tests/test_train_attention.py check it). Two kernels do the work:
+
+- the explicit kernel (`_SegmentMath`, CPU, fp32/fp64, head_dim <= MATH_MAX_HEAD_DIM, examples
+  of <= MATH_MAX_LEN tokens): matmuls and a softmax with its own backward, over blocks of
+  MATH_CHUNK query rows, each against only the keys up to its last query (causal blocks skip
+  the rest). Every matmul puts head_dim on the small outer side (O^T = V^T P^T), which MKL runs
+  ~4x faster than the [n, n] x [n, d] form. At head_dim 8 SDPA's CPU flash kernel (one call per
+  example) spends most of its time outside its tiny d=8 GEMMs; this kernel's forward + backward
+  takes about half as long (the stories260K step: 108 -> 61 ms CPU). It keeps the softmax
+  probabilities for the backward instead of recomputing them (recomputing was slower than the
+  flash kernel): about heads x l^2 / 2 floats per example and layer (4 MB at 8 heads and 512
+  tokens; +46 MB peak on the benchmark), hence the length cap.
+- otherwise SDPA's causal flash kernel once per example (`_flash_segments`), as before. At
+  head_dim 16 both kernels measured about equal, at 32-64 the explicit one no better while
+  its memory grows, and on a GPU the fused kernels win: they keep the flash path.
 
 How it is wired: `register()` adds the implementation "curate_segments" to transformers'
 attention registry; its mask function is SDPA's own, so a caller that passes no segments
@@ -20,8 +34,8 @@ the model's forward kwargs, which transformers hands to every attention call, in
 `passing_segments()`, which makes the mask function return None: transformers' dense [B, L, L]
 mask (2-5 ms per forward of one 512-token row here) is then not built at all.
 
-Trade-offs: one SDPA call per example per layer, so a micro-batch of hundreds of very short
-examples pays Python overhead per call (still linear, and cheap next to an L^2 mask); the
+Trade-offs: a few kernel calls per example (and query block) per layer, so a micro-batch of
+hundreds of very short examples pays Python overhead per call (still linear, and cheap next to an L^2 mask); the
 mask is skipped through a context variable, since transformers' mask functions never see the
 forward's kwargs, so a forward that passes segments must run inside `passing_segments()`
 (train.loop.token_logits does). On a GPU with flash-attention installed,
@@ -37,13 +51,16 @@ import torch.nn.functional as F
 NAME = "curate_segments"
 _PASSING = contextvars.ContextVar("curate_segments_passing", default=False)
 
-# The explicit ("math") kernel is used for a segment when all of these hold; otherwise SDPA's
-# flash kernel runs on it as before. Measured single-threaded on CPU (docs/training-performance.md):
-# at head_dim 8 the math kernel's forward + backward is ~1.7-2x the flash kernel's, at 16 about
-# equal, at 32-64 no better; its saved probabilities grow as length^2 (see the module docstring).
+# The explicit kernel runs on a segment when all of these hold (and the tensors are fp32/fp64
+# on the CPU, without attention dropout); otherwise SDPA's flash kernel does, as before. Measured
+# single-threaded (docs/training-performance.md): at head_dim 8 the explicit kernel's forward +
+# backward takes about half the flash kernel's time, at 16 about the same, at 32-64 no less; its
+# saved probabilities grow as length^2 (see the module docstring).
 MATH_MAX_HEAD_DIM = 16
 MATH_MAX_LEN = 1024
-MATH_CHUNK = 128  # query rows per block: causal blocks skip the keys after the block's last query
+# query rows per block: a block skips the keys after its last query. Measured on the stories260K
+# step: 64 and 128 equal, 256 +33%, one block per example (512) +75% (cache misses)
+MATH_CHUNK = 128
 _MATH_DTYPES = (torch.float32, torch.float64)
 _MASKS: dict = {}
 
