@@ -23,7 +23,9 @@ Install the peer in its own venv (never in the project's):
 Run (the issue #20 setting: stories260K, max_length 512, LoRA r8/alpha16, fp32, CPU):
     python -m curate run benchmarks/train_bench.toml --no-train --out runs/train_bench
     /work/venv-bench-train/bin/python benchmarks/train_bench.py --run runs/train_bench \
-        --model ../shared/data/models/stories260K --r 8 --rows 1,4 --repeat 2 --threads 1
+        --model ../shared/data/models/stories260K --r 8 --rows 1,2,4 --repeat 2 --threads 1 [--old]
+    (--old adds a third trainer: ours as before the explicit attention kernel and the folded LoRA
+    forward, i.e. SDPA's flash kernel per example and peft's forward, to show what those bought)
     ... --device cuda --dtype bfloat16       (the same comparison on a GPU)
 Without TRL installed it runs ours alone and says so.
 
