@@ -94,25 +94,29 @@ def wrap(model, cfg: TrainConfig, adapter_name: str = "default"):
 
 # A LoRA linear layer whose base weight has at most this many elements computes
 # x (W + s B A)^T: one matmul over the tokens instead of three plus a scale and an add (peft's
-# x W^T + s (x A^T) B^T). Same maths, rounded differently (~1e-7 relative). Measured on
-# stories260K (64-wide layers, r 8, one thread): the training step 15% faster in CPU time. The
-# price grows with the layer: W + s B A is a fresh weight-sized tensor kept for the backward, and
-# the backward forms a weight-sized gradient (tokens x d_in x d_out multiply-adds, where peft's
-# costs tokens x r x (d_in + d_out)), so wide layers keep peft's form; 65,536 (256 x 256) is far
-# beyond what was measured to pay and far below where the extra memory would matter.
+# x W^T + s (x A^T) B^T). Same maths, rounded differently (~1e-7 relative). The price grows with
+# the layer: W + s B A is a fresh weight-sized tensor kept for the backward, and the backward
+# forms a weight-sized gradient (tokens x d_in x d_out multiply-adds, where peft's costs tokens x
+# r x (d_in + d_out)). Measured (r 8, fp32, one thread, CPU ms per training step, folded / peft):
+# stories260K (64 wide) 0.85 at 512-token and 0.87 at 4096-token micro-batches; a random Llama
+# 128 wide 0.94, 256 wide 1.00 (there only its 256 x 256 projections fold). So the bound is the
+# break-even width; wider layers keep peft's form.
 FOLD_MAX_WEIGHT = 65536
+# fp32/fp64 only: in bf16/fp16 W + s B A would round away the part of a small update below W's
+# precision (peft's form adds the update in output space instead)
+_FOLD_DTYPES = (torch.float32, torch.float64)
 
 
 def _folded_forward(self, x, *args, **kwargs):
     """peft's LoRA Linear forward, with the low-rank update folded into the weight when only
-    one plain LoRA adapter is active (no dropout, no DoRA, no mixed batch, not merged);
-    peft's own forward otherwise."""
+    one plain LoRA adapter is active (no dropout, no DoRA, no mixed batch, not merged) and the
+    weights are fp32/fp64; peft's own forward otherwise."""
     if not args and not kwargs and not self.disable_adapters and not self.merged and len(self.active_adapters) == 1:
         a = self.active_adapters[0]
         base = self.base_layer
         if a in self.lora_A and a not in self.lora_variant and isinstance(self.lora_dropout[a], torch.nn.Identity):
             wa, wb = self.lora_A[a].weight, self.lora_B[a].weight
-            if x.dtype == base.weight.dtype == wa.dtype == wb.dtype:
+            if x.dtype == base.weight.dtype == wa.dtype == wb.dtype and x.dtype in _FOLD_DTYPES:
                 return F.linear(x, torch.addmm(base.weight, wb, wa, alpha=self.scaling[a]), base.bias)
     return type(self).forward(self, x, *args, **kwargs)
 
