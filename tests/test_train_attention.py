@@ -72,15 +72,26 @@ def test_explicit_kernel_equals_dense_reference_float64(small_blocks):
     assert got[0][0, 68:].abs().max() == 0 and got[1][:, :, 68:].abs().max() == 0  # padding: zero out, zero grad
 
 
-def test_explicit_kernel_equals_flash_per_segment(small_blocks):
+def test_explicit_kernel_equals_flash_per_segment(small_blocks, monkeypatch):
     q, k, v = qkv()
     grad_out = torch.randn(B, L, H, D, generator=torch.Generator().manual_seed(2))
     got = run(lambda *t: attention._SegmentMath.apply(*t, SEGMENTS, D**-0.5), q, k, v, grad_out)
     want = run(lambda *t: attention._flash_segments(*t, SEGMENTS, 0.0, None), q, k, v, grad_out)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
-    with torch.no_grad():  # eval: the same output, nothing kept for a backward
-        torch.testing.assert_close(attention._SegmentMath.apply(q, k, v, SEGMENTS, D**-0.5), got[0])
+    kept = []
+    forward = attention._SegmentMath.forward
+
+    def spy(ctx, *args):
+        out = forward(ctx, *args)
+        kept.append(len(ctx.saved))
+        return out
+
+    monkeypatch.setattr(attention._SegmentMath, "forward", staticmethod(spy))
+    with torch.no_grad():  # eval: the same output, no probabilities kept for a backward
+        out, _ = attention.segment_attention(None, q, k, v, None, curate_segments=SEGMENTS)
+    torch.testing.assert_close(out, got[0])
+    assert kept == [0]
 
 
 def test_model_explicit_kernel_equals_flash_kernel(tiny_model, tok, tmp_path, monkeypatch):  # noqa: F811

@@ -96,10 +96,11 @@ class _SegmentMath(torch.autograd.Function):
     (O^T = v^T P^T and so on): MKL runs [D, n] x [n, m] about 4x faster than [m, n] x [n, D]."""
 
     @staticmethod
-    def forward(ctx, q, k, v, segments, scale):
+    def forward(ctx, q, k, v, segments, scale, grad_enabled=True):
         b_, h, length, d = q.shape
         out = q.new_zeros(b_, length, h, d)
-        keep = any(ctx.needs_input_grad[:3])  # eval under no_grad keeps no probabilities
+        # the caller's grad mode (forward runs with grad off): eval under no_grad keeps nothing
+        keep = grad_enabled and any(ctx.needs_input_grad[:3])
         saved = []
         for r, s, n in segments:
             mask = _causal_mask(n, q.dtype, q.device)
@@ -136,7 +137,7 @@ class _SegmentMath(torch.autograd.Function):
             dk[r, s : s + n] = dkt.permute(2, 0, 1)
             dv[r, s : s + n] = dvt.permute(2, 0, 1)
         ctx.saved = None
-        return dq.mul_(ctx.scale).transpose(1, 2), dk.mul_(ctx.scale).transpose(1, 2), dv.transpose(1, 2), None, None
+        return dq.mul_(ctx.scale).transpose(1, 2), dk.mul_(ctx.scale).transpose(1, 2), dv.transpose(1, 2), None, None, None
 
 
 def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -156,7 +157,8 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                and value.shape[-1] == d and not dropout)
     math = tuple(x for x in curate_segments if math_ok and x[2] <= MATH_MAX_LEN)
     flash = tuple(x for x in curate_segments if not (math_ok and x[2] <= MATH_MAX_LEN))
-    out = _SegmentMath.apply(query, key, value, math, scaling if scaling is not None else d ** -0.5) if math else None
+    out = _SegmentMath.apply(query, key, value, math, scaling if scaling is not None else d ** -0.5,
+                             torch.is_grad_enabled()) if math else None
     if flash or out is None:
         rest = _flash_segments(query, key, value, flash, dropout, scaling)
         out = rest if out is None else out + rest
