@@ -23,7 +23,9 @@ Install the peer in its own venv (never in the project's):
 Run (the issue #20 setting: stories260K, max_length 512, LoRA r8/alpha16, fp32, CPU):
     python -m curate run benchmarks/train_bench.toml --no-train --out runs/train_bench
     /work/venv-bench-train/bin/python benchmarks/train_bench.py --run runs/train_bench \
-        --model ../shared/data/models/stories260K --r 8 --rows 1,4 --repeat 2 --threads 1
+        --model ../shared/data/models/stories260K --r 8 --rows 1,2,4 --repeat 2 --threads 1 [--old]
+    (--old adds a third trainer: ours as before the explicit attention kernel and the folded LoRA
+    forward, i.e. SDPA's flash kernel per example and peft's forward, to show what those bought)
     ... --device cuda --dtype bfloat16       (the same comparison on a GPU)
 Without TRL installed it runs ours alone and says so.
 
@@ -127,7 +129,8 @@ def run_ours(args, model_dir: Path) -> dict:
     return {"tokens": tokens, "steps": len(steps_rows), "train_s": step_time, "wall_s": wall,
             "cpu_s": sum(r["cpu_s"] for r in steps_rows),
             "first_loss": steps_rows[0]["loss"], "last_loss": steps_rows[-1]["loss"], "val_loss": final["val_loss"],
-            "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}",
+            "note": f"batch_tokens = micro_batch_tokens = {per_step}, attention {args.attn}"
+                    + (" (as before: SDPA flash kernel per example, peft's LoRA forward)" if args.only == "ours-old" else ""),
             "adapter": summary.get("adapter_dir")}
 
 
@@ -202,7 +205,13 @@ def child(args) -> None:
     model_dir = Path(args.model_dir)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    res = run_ours(args, model_dir) if args.only == "ours" else run_trl(args, model_dir)
+    if args.only == "ours-old":  # ours as before this round: SDPA's flash kernel per example, peft's LoRA forward
+        import train.attention
+        import train.model
+
+        train.attention.MATH_MAX_HEAD_DIM = 0
+        train.model.FOLD_MAX_WEIGHT = 0
+    res = run_trl(args, model_dir) if args.only == "trl" else run_ours(args, model_dir)
     res["peak_mb"] = peak_memory_mb(args.device)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -223,7 +232,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--old", action="store_true",
+                    help="also run ours as before the explicit attention kernel and the folded LoRA forward "
+                         "(SDPA's flash kernel per example, peft's LoRA forward)")
+    ap.add_argument("--only", choices=["ours", "ours-old", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--arm-rows", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,13 +252,13 @@ def main() -> None:
     except ImportError:
         have_trl = False
         print("TRL is not installed in this interpreter: running ours only (see the install lines at the top)")
-    who_all = ["ours", "trl"] if have_trl else ["ours"]
+    who_all = (["ours", "trl"] if have_trl else ["ours"]) + (["ours-old"] if args.old else [])
     arms = [int(x) for x in args.rows.split(",")]
     results: dict[tuple[int, str], list[dict]] = {}
     print(f"model {model_dir if args.hidden else args.model} (hidden {args.hidden or 'as saved'}), run {args.run}, "
           f"device {args.device}, threads {args.threads}, LoRA r{args.r}/alpha{2 * args.r}, lr {args.lr}, "
           f"token budget {args.tokens}")
-    print(f"{'rows':>4} {'trainer':<8} {'rep':>3} {'load':>5} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} "
+    print(f"{'rows':>4} {'trainer':<10} {'rep':>3} {'load':>5} {'steps':>5} {'tokens':>8} {'train s':>8} {'tok/s':>8} "
           f"{'tok/cpu-s':>9} {'peak MB':>8} {'val loss':>8}")
     for rep in range(args.repeat):
         for rows in arms:
@@ -263,7 +275,7 @@ def main() -> None:
                 r = json.loads(line[7:])
                 r["load"] = load
                 results.setdefault((rows, who), []).append(r)
-                print(f"{rows:>4} {who:<8} {rep:>3} {load:>5.1f} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} "
+                print(f"{rows:>4} {who:<10} {rep:>3} {load:>5.1f} {r['steps']:>5} {r['tokens']:>8} {r['train_s']:>8.1f} "
                       f"{r['tokens'] / r['train_s']:>8.0f} {r['tokens'] / r['cpu_s']:>9.0f} {r['peak_mb']:>8.0f} {r['val_loss']:>8.4f}",
                       flush=True)
     for (rows, who), rs in results.items():
@@ -292,6 +304,14 @@ def main() -> None:
         print(f"  {rows} row(s)/step: tokens/s {' '.join(f'{x:.2f}x' for x in sp)} (median {median(sp):.2f}x); "
               f"tokens per CPU-second {' '.join(f'{x:.2f}x' for x in cp)} (median {median(cp):.2f}x); "
               f"peak memory {' '.join(f'{x:.2f}x' for x in mem)}; held-out loss {' '.join(f'{x:.4f}' for x in loss)}")
+    if args.old:
+        print("ratios ours / ours-old (this trainer against itself before the explicit attention kernel and the folded "
+              "LoRA forward):")
+        for rows in arms:
+            o, f = results[(rows, "ours")], results[(rows, "ours-old")]
+            print(f"  {rows} row(s)/step: tokens/s median {median([rate(a) / rate(b) for a, b in zip(o, f)]):.2f}x; "
+                  f"tokens per CPU-second median {median([cpu_rate(a) / cpu_rate(b) for a, b in zip(o, f)]):.2f}x; "
+                  f"held-out loss {' '.join(f'{x:.4f}' for x in [a['val_loss'] / b['val_loss'] for a, b in zip(o, f)])}")
     for label, fn in (("tokens/s", rate), ("tokens per CPU-second", cpu_rate)):
         best_trl = max(arms, key=lambda a: median([fn(r) for r in results[(a, "trl")]]))
         best_ours = max(arms, key=lambda a: median([fn(r) for r in results[(a, "ours")]]))
@@ -299,7 +319,9 @@ def main() -> None:
         print(f"best against best by {label}: ours at {best_ours} row(s)/step vs TRL at {best_trl}: "
               f"{median([fn(r) for r in o]) / median([fn(r) for r in t]):.2f}x, peak memory "
               f"{median([r['peak_mb'] for r in o]) / median([r['peak_mb'] for r in t]):.2f}x, held-out loss "
-              f"{median([r['val_loss'] for r in o]) / median([r['val_loss'] for r in t]):.4f}")
+              f"{median([r['val_loss'] for r in o]) / median([r['val_loss'] for r in t]):.4f}"
+              + ("" if best_ours == best_trl else " (different rows per step: fewer optimiser steps on the same "
+                 "token budget, so not an equal-loss comparison)"))
 
 if __name__ == "__main__":
     main()
