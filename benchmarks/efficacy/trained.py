@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +52,8 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-TRAIN_ARMS = ["raw", "default", "random", "verifier", "oracle"]
+TRAIN_ARMS = ["raw", "default", "cv", "random", "verifier", "oracle"]
+ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots"}
 TABLES = {"lookup", "capital"}
 
@@ -107,38 +108,41 @@ def split_tokens(run_dir: Path) -> tuple[int, int]:
     return int(pc.sum(pc.not_equal(labels, -100)).as_py()), len(labels)
 
 
-def build(args) -> list[dict]:
-    """Curate every arm (noisy.py's stages), render each kept set for the model: the jobs."""
-    base_stages, render = noisy.recipe()
-    out, jobs = Path(args.out), []
-    for family in args.families.split(","):
-        for seed in range(args.seeds):
-            pool, key = noisy.make_pool(family, args.unique, seed)
-            d = out / family / f"seed{seed}"
-            pool_file = noisy.write_jsonl(d / "pool.jsonl", pool)
-            oracle_file = noisy.write_jsonl(d / "oracle.jsonl",
-                                            [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
-            test_file = noisy.write_jsonl(d / "test.jsonl", test_rows(family, key, args.test, seed))
-            default_rows = None
-            for arm in TRAIN_ARMS:
-                stages = noisy.arm_stages(arm, base_stages, None, default_rows, oracle_dedup=not args.oracle_no_dedup)
-                src = oracle_file if arm == "oracle" else pool_file
-                p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
-                run_dir, manifest = noisy.run_arm(p)
-                prec = noisy.measure(run_dir, manifest, key)
-                if arm == "default":
-                    default_rows = prec["rows"]
-                kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
-                rp = render_pipeline(d / "pipelines" / f"{arm}-render.toml", d / "rendered" / arm,
-                                     d / "kept" / f"{arm}.jsonl", Path(args.model), seed)
-                noisy.run_arm(rp)
-                sup, tot = split_tokens(d / "rendered" / arm)
-                jobs.append({"family": family, "seed": seed, "arm": arm, "run": str(d / "rendered" / arm),
-                             "test": str(test_file), "kept": kept, "precision": prec["precision"],
-                             "supervised": sup, "total": tot})
-            # the untrained arms score on the default arm's rendering (same [render] config)
-            jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
-                         "test": str(test_file)})
+def build_one(family: str, seed: int, a: dict) -> list[dict]:
+    """Curate every arm of one (family, seed) (noisy.py's stages), render each kept set for
+    the model: that pool's training jobs, plus the untrained arms' job."""
+    import torch
+
+    torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
+    base_stages, render = noisy.recipe(Path(a["recipe"]))
+    pool, key = noisy.make_pool(family, a["unique"], seed)
+    d = Path(a["out"]) / family / f"seed{seed}"
+    pool_file = noisy.write_jsonl(d / "pool.jsonl", pool)
+    oracle_file = noisy.write_jsonl(d / "oracle.jsonl",
+                                    [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
+    test_file = noisy.write_jsonl(d / "test.jsonl", test_rows(family, key, a["test"], seed))
+    default_rows, jobs = None, []
+    # default before random (its size) and before cv
+    for arm in [x for x in ["raw", "default", "random", "cv", "verifier", "oracle"] if x in a["arms"]]:
+        stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
+        src = oracle_file if arm == "oracle" else pool_file
+        p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
+        run_dir, manifest = noisy.run_arm(p)
+        prec = noisy.measure(run_dir, manifest, key)
+        if arm == "default":
+            default_rows = prec["rows"]
+        kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
+        rp = render_pipeline(d / "pipelines" / f"{arm}-render.toml", d / "rendered" / arm,
+                             d / "kept" / f"{arm}.jsonl", Path(a["model"]), seed)
+        noisy.run_arm(rp)
+        sup, tot = split_tokens(d / "rendered" / arm)
+        jobs.append({"family": family, "seed": seed, "arm": arm, "run": str(d / "rendered" / arm),
+                     "test": str(test_file), "kept": kept, "distinct": prec["distinct"],
+                     "precision": prec["precision"], "supervised": sup, "total": tot})
+    if "base" in a["arms"]:
+        # the untrained arms score on the default arm's rendering (same [render] config)
+        jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
+                     "test": str(test_file)})
     return jobs
 
 
@@ -193,7 +197,8 @@ def run_job(job: dict, args_d: dict) -> list[dict]:
     ev = evaluate(trained.model, items, trained.tokenizer, trained.stop_ids, {}, arms=("tuned",), max_new_tokens=10,
                   batch_size=64)
     shutil.rmtree(work, ignore_errors=True)
-    return [{**{k: job[k] for k in ("family", "seed", "arm", "kept", "precision")},
+    return [{**{k: job[k] for k in ("family", "seed", "arm", "kept", "distinct", "precision")},
+             "set_supervised": job["supervised"],
              "exact_match": ev["overall"]["tuned"]["exact_match"],
              "by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
              "tokens": s["tokens"], "steps": s["steps"], "supervised_budget": args_d["budget"], "wall_s": wall}]
@@ -218,8 +223,8 @@ def table(rows: list[dict], args, wall: float) -> str:
     for family in args.families.split(","):
         fr = [r for r in rows if r["family"] == family]
         tasks = sorted({t for r in fr for t in r["by_task"]})
-        lines += [f"**{family}**", "", "| arm | kept rows | precision | exact match | gap closed | "
-                  + " | ".join(tasks) + " |", "|---|---|---|---|---|" + "---|" * len(tasks)]
+        lines += [f"**{family}**", "", "| arm | kept rows (distinct) | precision | answer tokens in the set | "
+                  "exact match | gap closed | " + " | ".join(tasks) + " |", "|---|---|---|---|---|---|" + "---|" * len(tasks)]
         em = {(r["arm"], r["seed"]): r["exact_match"] for r in fr}
         for arm in order:
             ar = sorted((r for r in fr if r["arm"] == arm), key=lambda r: r["seed"])
@@ -230,9 +235,11 @@ def table(rows: list[dict], args, wall: float) -> str:
                 lo, hi = em.get(("raw", r["seed"])), em.get(("oracle", r["seed"]))
                 gaps.append((r["exact_match"] - lo) / (hi - lo) if lo is not None and hi is not None and hi > lo
                             else float("nan"))
-            kept = _ms([r["kept"] for r in ar], "{:.0f}") if "kept" in ar[0] else "-"
+            kept = (f"{_ms([r['kept'] for r in ar], '{:.0f}')} ({_ms([r['distinct'] for r in ar], '{:.0f}')})"
+                    if "kept" in ar[0] else "-")
             prec = _ms([r["precision"] for r in ar]) if "precision" in ar[0] else "-"
-            lines.append(f"| {LABELS[arm]} | {kept} | {prec} | {_ms([r['exact_match'] for r in ar])} | "
+            sup = _ms([r["set_supervised"] for r in ar], "{:.0f}") if "set_supervised" in ar[0] else "-"
+            lines.append(f"| {LABELS[arm]} | {kept} | {prec} | {sup} | {_ms([r['exact_match'] for r in ar])} | "
                          f"{_ms(gaps, '{:.0%}')} | " + " | ".join(_ms([r['by_task'].get(t, float('nan')) for r in ar])
                                                         for t in tasks) + " |")
         for s in range(args.seeds):
@@ -255,8 +262,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--test", type=int, default=300, help="fresh draws for the clean test prompts, per family and seed")
     ap.add_argument("--budget", type=int, default=12000, help="supervised tokens every trained arm sees")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--oracle-no-dedup", action="store_true",
-                    help="the oracle under the raw arm's rules (no exact dedup) instead of the curated arms' dedup")
+    ap.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated arms (base = base + few-shot)")
+    ap.add_argument("--recipe", default=str(noisy.RECIPE), help="the default recipe (its stages and mix)")
+    ap.add_argument("--cv-epochs", type=int, default=3, help="the cv arm: epochs of each fold's fine-tuning")
     ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--k", type=int, default=3, help="shots for the few-shot arm")
     ap.add_argument("--jobs", type=int, default=2)
@@ -266,19 +274,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
+        if args.arms == ",".join(ALL_ARMS):
+            args.arms = ",".join(a for a in ALL_ARMS if a != "cv")  # the cv arm has its own test
+    arms = args.arms.split(",")
+    bad = sorted(set(arms) - set(ALL_ARMS))
+    if bad or "default" not in arms:
+        ap.error(f"--arms: {', '.join(bad) or 'default is needed'} (choose from {', '.join(ALL_ARMS)}; "
+                 "default is needed: the random arm's size and the untrained arms' rendering)")
     t0 = time.perf_counter()
-    jobs = build(args)
+    build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
+               "model": args.model, "cv_epochs": args.cv_epochs}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
+    pools = [(f, s) for f in args.families.split(",") for s in range(args.seeds)]
     rows: list[dict] = []
     if args.jobs <= 1:
-        for j in jobs:
-            rows += run_job(j, args_d)
+        for f, s in pools:
+            for j in build_one(f, s, build_d):
+                rows += run_job(j, args_d)
     else:
-        # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang
+        # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang.
+        # Every pool's curation is a job too, and its training jobs start as soon as it is built.
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-            for r in ex.map(run_job, jobs, [args_d] * len(jobs)):
-                rows += r
+            builds = {ex.submit(build_one, f, s, build_d) for f, s in pools}
+            pending = set(builds)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut in builds:
+                        pending |= {ex.submit(run_job, j, args_d) for j in fut.result()}
+                    else:
+                        rows += fut.result()
     wall = time.perf_counter() - t0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "trained.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
