@@ -190,9 +190,9 @@ def run_job(job: dict, args_d: dict) -> list[dict]:
              "micro_batch_tokens": bt, "epochs": 1000, "max_steps": steps, "eval_every": 10 ** 6, "save_every": 0,
              "threads": 1, "seed": job["seed"], "early_stopping": {"patience": 0}}
     cfg = parse_train_config(table, REPO)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = run_training(work, cfg, log=lambda *_a, **_k: None)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     trained = load_trained(work, threads=1)
     ev = evaluate(trained.model, items, trained.tokenizer, trained.stop_ids, {}, arms=("tuned",), max_new_tokens=10,
                   batch_size=64)
@@ -201,7 +201,8 @@ def run_job(job: dict, args_d: dict) -> list[dict]:
              "set_supervised": job["supervised"],
              "exact_match": ev["overall"]["tuned"]["exact_match"],
              "by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
-             "tokens": s["tokens"], "steps": s["steps"], "supervised_budget": args_d["budget"], "wall_s": wall}]
+             "tokens": s["tokens"], "steps": s["steps"], "supervised_budget": args_d["budget"], "wall_s": wall,
+             "cpu_s": cpu}]
 
 
 def _ms(xs: list[float], fmt: str = "{:.3f}") -> str:
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 150 unique records, 600-token budget (tests)")
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl's finished jobs and run only the rest")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
@@ -287,11 +289,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
     pools = [(f, s) for f in args.families.split(",") for s in range(args.seeds)]
+    # every finished job's rows go to OUT/rows.jsonl at once: an interrupted grid keeps what it
+    # measured, and --resume skips those jobs
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    log = Path(args.out) / "rows.jsonl"
     rows: list[dict] = []
+    if args.resume and log.is_file():
+        rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+    elif log.exists():
+        log.unlink()
+    done_jobs = {(r["family"], r["seed"], "base+few_shot" if r["arm"] in ("base", "few_shot") else r["arm"]) for r in rows}
+
+    def todo(jobs: list[dict]) -> list[dict]:
+        return [j for j in jobs if (j["family"], j["seed"], j["arm"]) not in done_jobs]
+
+    def got(new: list[dict]) -> None:
+        rows.extend(new)
+        with log.open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in new))
+        for r in new:
+            print(f"[{time.perf_counter() - t0:.0f} s] {r['family']} seed {r['seed']} {r['arm']}: "
+                  f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
+
     if args.jobs <= 1:
         for f, s in pools:
-            for j in build_one(f, s, build_d):
-                rows += run_job(j, args_d)
+            for j in todo(build_one(f, s, build_d)):
+                got(run_job(j, args_d))
     else:
         # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang.
         # Every pool's curation is a job too, and its training jobs start as soon as it is built.
@@ -302,9 +325,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     if fut in builds:
-                        pending |= {ex.submit(run_job, j, args_d) for j in fut.result()}
+                        pending |= {ex.submit(run_job, j, args_d) for j in todo(fut.result())}
                     else:
-                        rows += fut.result()
+                        got(fut.result())
     wall = time.perf_counter() - t0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "trained.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
