@@ -5,7 +5,8 @@ import polars as pl
 import pytest
 
 from curate.contract.typed_config import ConfigError, load_dataclass
-from curate.stages.mix import Config
+from curate.stages.base import StageContext
+from curate.stages.mix import Config, MixStage
 from test_mix import make_table, run, shares
 
 
@@ -29,7 +30,11 @@ def test_upsample_keeps_every_row_and_balances(tmp_path):
 
 def test_upsample_beyond_max_repeat_falls_short_and_says_so(tmp_path):
     t = make_table({"big": 900, "table": 60})
-    r = run(t, tmp_path, weights={"*": 1.0}, balance="upsample", max_repeat=4, val_fraction=0.0)
+    said = []
+    cfg = load_dataclass(Config, {"kind": "mix", "weights": {"*": 1.0}, "balance": "upsample", "max_repeat": 4,
+                                  "val_fraction": 0.0})
+    r = MixStage(cfg, StageContext(tmp_path, tmp_path, 0, tmp_path / "mix", log=said.append)).process(t)
+    assert any("WARNING" in x and "table (240 of 900)" in x for x in said), said
     assert len(r.dropped) == 0
     per = dict(_train(r).group_by("task").len().iter_rows())
     assert per == {"big": 900, "table": 240}

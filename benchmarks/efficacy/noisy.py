@@ -11,14 +11,16 @@ shift, lookup; word_tasks.py: capital, plural, acronym); `lookup` and `capital` 
 key -> answer tables, so their prompts recur with conflicting answers.
 
 Arms (each a pipeline.toml in OUT/pipelines, run by curate's own runner; every arm ends
-in the same `mix` with equal task weights, so task balance is equal across arms):
+in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule in every arm):
   raw        normalize only
   random     normalize + exact dedup, then a random subset the size of `default`
   default    recipes/noisy-multitask.toml as shipped, only its [[sources]] swapped
   cv         default + quality scorer = "cv_loss" + select (needs --cv and a model)
   verifier   default + a verifier select (checkers.py, written without importing the
              generators): the CHECKABLE-task upper bound (tables have no checker)
-  oracle     the raw pool's correct records (same copies), normalize + exact dedup
+  oracle     the raw pool's correct records (same copies) through the default arm's own
+             stages: the same normalisation, consensus, dedup and mix, so by construction
+             it can only be better data than the default arm's
 
 Metric: precision of the curated set (share of kept records whose answer is right,
 judged with the generator's answer key, which no arm reads), per family, mean ± std over
@@ -272,7 +274,7 @@ def table(results: dict, args, wall: float) -> str:
     cmd = "python benchmarks/efficacy/noisy.py " + " ".join(sys.argv[1:])
     lines = [f"Command: `{cmd.strip()}`", "",
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; {wall:.0f} s wall.", "",
-             "| family | arm | kept rows | answer tokens | precision | gap closed | distinct right prompts |",
+             "| family | arm | kept rows (distinct) | answer tokens | precision | gap closed | distinct right prompts |",
              "|---|---|---|---|---|---|---|"]
     for family, arms in results.items():
         raw = [m["precision"] for m in arms["raw"]]
@@ -281,7 +283,8 @@ def table(results: dict, args, wall: float) -> str:
             if "precision" not in ms[0]:
                 continue
             gaps = [(m["precision"] - r) / (o - r) if o > r else float("nan") for m, r, o in zip(ms, raw, orc)]
-            lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} | "
+            lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} "
+                         f"({_ms([m['distinct'] for m in ms], '{:.0f}')}) | "
                          f"{_ms([m['supervised_tokens'] for m in ms], '{:.0f}')} | {_ms([m['precision'] for m in ms])} | "
                          f"{_ms(gaps, '{:.0%}')} | {_ms([m['distinct_right'] for m in ms], '{:.0f}')} |")
     return "\n".join(lines) + "\n"

@@ -247,6 +247,11 @@ class MixStage(PlannedStage):
                .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat"))
         stats = self._stats(out.with_columns(pl.when(pl.col(TASK_NULL)).then(None).otherwise(pl.col(TASK)).alias("task")),
                             shares, targets, achievable, sizes, rows_per, self._counted_with())
+        if stats["shortfall"] and c.balance == "upsample":
+            # the recipe's default for noisy multi-task data: a task this far below the others
+            # is not balanced, and the run says so (the manifest has it under `shortfall`)
+            short = ", ".join(f"{g} ({v['achievable']} of {v['target']})" for g, v in stats["shortfall"].items())
+            self.context.log(f"WARNING {self.name}: below their share even at max_repeat = {c.max_repeat}: {short}")
         added = [pl.col(UNITS).alias(self.tokens_column())] if c.unit == "tokens" else []
         decisions = d.select(pl.col(ROW).alias(ROW_COL), REASON, DETAIL, *added, "split", COPIES)
         order = out.select(pl.col(ROW).alias(ROW_COL), "repeat")
