@@ -111,22 +111,25 @@ def split_tokens(run_dir: Path) -> tuple[int, int]:
     return int(pc.sum(pc.not_equal(labels, -100)).as_py()), len(labels)
 
 
-def build_one(family: str, seed: int, a: dict) -> list[dict]:
-    """Curate every arm of one (family, seed) (noisy.py's stages), render each kept set for
-    the model: that pool's training jobs, plus the untrained arms' job."""
+def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]:
+    """Curate the arms of one (family, seed) (noisy.py's stages), render each kept set for
+    the model: that pool's training jobs, plus the untrained arms' job. part = "main": every
+    arm but cv; part = "cv": the cv arm alone (its fold training is most of the curation
+    time, so it is a job of its own, with its own copies of the pool and test files)."""
     import torch
 
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
     base_stages, render = noisy.recipe(Path(a["recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
     d = Path(a["out"]) / family / f"seed{seed}"
-    pool_file = noisy.write_jsonl(d / "pool.jsonl", pool)
-    oracle_file = noisy.write_jsonl(d / "oracle.jsonl",
+    sfx = "" if part == "main" else f"-{part}"
+    pool_file = noisy.write_jsonl(d / f"pool{sfx}.jsonl", pool)
+    oracle_file = noisy.write_jsonl(d / f"oracle{sfx}.jsonl",
                                     [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
-    test_file = noisy.write_jsonl(d / "test.jsonl", test_rows(family, key, a["test"], seed))
+    test_file = noisy.write_jsonl(d / f"test{sfx}.jsonl", test_rows(family, key, a["test"], seed))
+    arms = ["cv"] if part == "cv" else [x for x in ["raw", "default", "random", "verifier", "oracle"] if x in a["arms"]]
     default_rows, jobs = None, []
-    # default before random (its size) and before cv
-    for arm in [x for x in ["raw", "default", "random", "cv", "verifier", "oracle"] if x in a["arms"]]:
+    for arm in arms:  # default before random (its size)
         stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
         src = oracle_file if arm == "oracle" else pool_file
         p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
@@ -142,7 +145,9 @@ def build_one(family: str, seed: int, a: dict) -> list[dict]:
         jobs.append({"family": family, "seed": seed, "arm": arm, "run": str(d / "rendered" / arm),
                      "test": str(test_file), "kept": kept, "distinct": prec["distinct"],
                      "precision": prec["precision"], "supervised": sup, "total": tot})
-    if "base" in a["arms"]:
+    # the jobs in the order that matters most when a grid is cut short
+    jobs.sort(key=lambda j: ["raw", "default", "oracle", "verifier", "cv", "random"].index(j["arm"]))
+    if "base" in a["arms"] and part == "main":
         # the untrained arms score on the default arm's rendering (same [render] config)
         jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
                      "test": str(test_file)})
@@ -317,7 +322,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "model": args.model, "cv_epochs": args.cv_epochs}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
-    pools = [(f, s) for f in args.families.split(",") for s in range(args.seeds)]
+    pools = [(f, s, "main") for s in range(args.seeds) for f in args.families.split(",")]
+    if "cv" in arms:  # each pool's cv curation right after the pools of its seed
+        pools = [p for s in range(args.seeds) for p in [x for x in pools if x[1] == s] + [
+            (f, s, "cv") for f in args.families.split(",")]]
     # every finished job's rows go to OUT/rows.jsonl at once: an interrupted grid keeps what it
     # measured, and --resume skips those jobs
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -341,20 +349,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
 
     if args.jobs <= 1:
-        for f, s in pools:
-            for j in todo(build_one(f, s, build_d)):
+        for f, s, part in pools:
+            for j in todo(build_one(f, s, build_d, part)):
                 got(run_job(j, args_d))
     else:
         # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang.
-        # Every pool's curation is a job too, and its training jobs start as soon as it is built.
+        # Each pool's curation is a job too. A free worker takes the first waiting training job
+        # (pools in order), else the next pool's curation: whole seeds finish first, so an
+        # interrupted grid has complete (family, seed) rows rather than a bit of everything.
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-            builds = {ex.submit(build_one, f, s, build_d) for f, s in pools}
-            pending = set(builds)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            waiting: list[dict] = []
+            to_build = list(pools)
+            running: dict = {}
+            while waiting or to_build or running:
+                while len(running) < args.jobs and (waiting or to_build):
+                    if waiting:
+                        j = waiting.pop(0)
+                        running[ex.submit(run_job, j, args_d)] = "train"
+                    else:
+                        f, s_, part = to_build.pop(0)
+                        running[ex.submit(build_one, f, s_, build_d, part)] = "build"
+                done, _ = wait(set(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    if fut in builds:
-                        pending |= {ex.submit(run_job, j, args_d) for j in todo(fut.result())}
+                    if running.pop(fut) == "build":
+                        waiting += todo(fut.result())
                     else:
                         got(fut.result())
     wall = time.perf_counter() - t0
