@@ -251,14 +251,15 @@ def table(rows: list[dict], args, wall: float) -> str:
     cmd = "python benchmarks/efficacy/trained.py " + " ".join(sys.argv[1:])
     lines = [f"Command: `{cmd.strip()}`", "",
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; model {Path(args.model).name}, "
-             f"full FT lr {args.lr}, {args.budget} supervised tokens per arm, k = {args.k} shots; {wall:.0f} s wall.", ""]
+             f"full FT lr {args.lr}, {args.budget} supervised tokens per arm, k = {args.k} shots"
+             + (f"; {wall:.0f} s wall." if not math.isnan(wall) else "."), ""]
     order = ["base", "few_shot"] + TRAIN_ARMS
     warn = []
     for family in args.families.split(","):
         fr = [r for r in rows if r["family"] == family]
         tasks = sorted({t for r in fr for t in r["by_task"]})
-        lines += [f"**{family}**", "", "| arm | kept rows (distinct) | precision | answer tokens in the set | "
-                  "exact match | gap closed | " + " | ".join(tasks) + " |", "|---|---|---|---|---|---|" + "---|" * len(tasks)]
+        lines += [f"**{family}**", "", "| arm | seeds | kept rows (distinct) | precision | answer tokens in the set | "
+                  "exact match | gap closed | " + " | ".join(tasks) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(tasks)]
         em = {(r["arm"], r["seed"]): r["exact_match"] for r in fr}
         for arm in order:
             ar = sorted((r for r in fr if r["arm"] == arm), key=lambda r: r["seed"])
@@ -273,7 +274,7 @@ def table(rows: list[dict], args, wall: float) -> str:
                     if "kept" in ar[0] else "-")
             prec = _ms([r["precision"] for r in ar]) if "precision" in ar[0] else "-"
             sup = _ms([r["set_supervised"] for r in ar], "{:.0f}") if "set_supervised" in ar[0] else "-"
-            lines.append(f"| {LABELS[arm]} | {kept} | {prec} | {sup} | {_ms([r['exact_match'] for r in ar])} | "
+            lines.append(f"| {LABELS[arm]} | {len(ar)} | {kept} | {prec} | {sup} | {_ms([r['exact_match'] for r in ar])} | "
                          f"{_ms(gaps, '{:.0%}')} | " + " | ".join(_ms([r['by_task'].get(t, float('nan')) for r in ar])
                                                         for t in tasks) + " |")
         lines += [""] + floor_lines(em, args.seeds)
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 150 unique records, 600-token budget (tests)")
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl's finished jobs and run only the rest")
+    ap.add_argument("--table-only", action="store_true", help="print the table of OUT/rows.jsonl and run nothing")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
@@ -318,6 +320,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"--arms: {', '.join(bad) or 'default is needed'} (choose from {', '.join(ALL_ARMS)}; "
                  "default is needed: the random arm's size and the untrained arms' rendering)")
     t0 = time.perf_counter()
+    if args.table_only:  # the table of what OUT/rows.jsonl holds (an interrupted grid), nothing run
+        log = Path(args.out) / "rows.jsonl"
+        rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+        text = table(rows, args, float("nan"))
+        print(text)
+        if args.results:
+            Path(args.results).write_text(text, encoding="utf-8")
+        return rows
     build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
                "model": args.model, "cv_epochs": args.cv_epochs}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
