@@ -358,6 +358,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"[{time.perf_counter() - t0:.0f} s] {r['family']} seed {r['seed']} {r['arm']}: "
                   f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
 
+    def pool_done(f: str, s: int, part: str) -> bool:
+        want = ["cv"] if part == "cv" else [x if x != "base" else "base+few_shot" for x in arms if x != "cv"]
+        return all((f, s, x) in done_jobs for x in want)
+
+    pools = [p for p in pools if not pool_done(*p)]  # --resume: a pool whose jobs all ran is not curated again
     if args.jobs <= 1:
         for f, s, part in pools:
             for j in todo(build_one(f, s, build_d, part)):
