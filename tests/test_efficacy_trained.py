@@ -80,3 +80,17 @@ def test_quick_end_to_end(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "gap closed" in text and "base model + k curated shots" in text
     assert json.loads((tmp_path / "trained.json").read_text()) == rows
+
+
+def test_floor_lines_say_met_only_beyond_seed_noise():
+    mod = _load()
+    em = {}
+    for s, (raw, d, o, v) in enumerate([(0.55, 0.86, 0.95, 0.97), (0.60, 0.88, 0.96, 0.95), (0.52, 0.84, 0.94, 0.96)]):
+        em.update({("raw", s): raw, ("default", s): d, ("oracle", s): o, ("verifier", s): v})
+    out = mod.floor_lines(em, 3)
+    assert len(out) == 2 and "MET" in out[0] and "MET" in out[1]
+    # default as good as raw on one seed, better on another: within noise, not met
+    em.update({("default", 0): 0.55, ("default", 1): 0.90, ("default", 2): 0.53})
+    assert "MET" not in mod.floor_lines(em, 3)[0]
+    one = mod.floor_lines({("raw", 0): 0.5, ("default", 0): 0.9, ("oracle", 0): 1.0}, 1)
+    assert "1 seed: noise not measured" in one[0]
