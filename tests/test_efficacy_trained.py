@@ -41,6 +41,27 @@ def test_test_prompts_are_clean_and_unseen():
     assert len({(r["task"], r["instruction"]) for r in rows}) == len(rows)
 
 
+def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_default_stages():
+    mod = _load()
+    import noisy
+
+    stages, _render = noisy.recipe()
+    recipe_mix = [s for s in stages if s["kind"] == "mix"][-1]
+    arms = {a: noisy.arm_stages(a, stages, str(MODEL), 100) for a in noisy.ARMS}
+    for arm, st in arms.items():
+        m = st[-1]
+        assert m["kind"] == "mix" and m["val_fraction"] == 0.0
+        for k in ("by", "weights", "temperature", "max_repeat"):  # one balance rule for every arm
+            assert m.get(k) == recipe_mix.get(k), (arm, k)
+        if arm != "random":
+            assert m.get("balance") == recipe_mix.get("balance")
+    assert arms["random"][-1]["total"] == 100 and "balance" not in arms["random"][-1]
+    # the oracle: the default arm's own stages (only its input differs: the correct records)
+    assert arms["oracle"] == arms["default"]
+    assert [s["kind"] for s in arms["cv"]][-3:] == ["quality", "select", "mix"]
+    assert "cv" in mod.TRAIN_ARMS
+
+
 @pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="stories260K not present")
 def test_quick_end_to_end(tmp_path):
     mod = _load()
@@ -51,6 +72,7 @@ def test_quick_end_to_end(tmp_path):
     # the same supervised-token budget for every trained arm, and each really trained
     assert len({r["supervised_budget"] for r in trained}) == 1
     assert all(r["steps"] >= 1 and r["tokens"] > 0 for r in trained)
+    assert all(r["distinct"] <= r["kept"] and r["set_supervised"] > 0 for r in trained)
     for r in rows:
         assert 0.0 <= r["exact_match"] <= 1.0
         assert set(r["by_task"]) == {"capital", "plural", "acronym"}
@@ -58,3 +80,17 @@ def test_quick_end_to_end(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "gap closed" in text and "base model + k curated shots" in text
     assert json.loads((tmp_path / "trained.json").read_text()) == rows
+
+
+def test_floor_lines_say_met_only_beyond_seed_noise():
+    mod = _load()
+    em = {}
+    for s, (raw, d, o, v) in enumerate([(0.55, 0.86, 0.95, 0.97), (0.60, 0.88, 0.96, 0.95), (0.52, 0.84, 0.94, 0.96)]):
+        em.update({("raw", s): raw, ("default", s): d, ("oracle", s): o, ("verifier", s): v})
+    out = mod.floor_lines(em, 3)
+    assert len(out) == 2 and "MET" in out[0] and "MET" in out[1]
+    # default as good as raw on one seed, better on another: within noise, not met
+    em.update({("default", 0): 0.55, ("default", 1): 0.90, ("default", 2): 0.53})
+    assert "MET" not in mod.floor_lines(em, 3)[0]
+    one = mod.floor_lines({("raw", 0): 0.5, ("default", 0): 0.9, ("oracle", 0): 1.0}, 1)
+    assert "1 seed: noise not measured" in one[0]

@@ -11,14 +11,16 @@ shift, lookup; word_tasks.py: capital, plural, acronym); `lookup` and `capital` 
 key -> answer tables, so their prompts recur with conflicting answers.
 
 Arms (each a pipeline.toml in OUT/pipelines, run by curate's own runner; every arm ends
-in the same `mix` with equal task weights, so task balance is equal across arms):
+in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule in every arm):
   raw        normalize only
   random     normalize + exact dedup, then a random subset the size of `default`
   default    recipes/noisy-multitask.toml as shipped, only its [[sources]] swapped
   cv         default + quality scorer = "cv_loss" + select (needs --cv and a model)
   verifier   default + a verifier select (checkers.py, written without importing the
              generators): the CHECKABLE-task upper bound (tables have no checker)
-  oracle     the raw pool's correct records (same copies), normalize + exact dedup
+  oracle     the raw pool's correct records (same copies) through the default arm's own
+             stages: the same normalisation, consensus, dedup and mix, so by construction
+             it can only be better data than the default arm's
 
 Metric: precision of the curated set (share of kept records whose answer is right,
 judged with the generator's answer key, which no arm reads), per family, mean ± std over
@@ -132,17 +134,24 @@ def write_pipeline(path: Path, out: Path, pool: Path, stages: list[dict], render
     return path
 
 
-def recipe() -> tuple[list[dict], dict]:
-    data = tomllib.loads(RECIPE.read_text(encoding="utf-8"))
+def recipe(path: Path = RECIPE) -> tuple[list[dict], dict]:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
     render = dict(data["render"])
     if not Path(render["tokenizer"]).is_absolute():
-        render["tokenizer"] = str((RECIPE.parent / render["tokenizer"]).resolve())
+        render["tokenizer"] = str((path.parent / render["tokenizer"]).resolve())
     return data["stages"], render
 
 
-def equal_mix(total: int | None = None) -> dict:
-    m = {"kind": "mix", "name": "balance", "by": "task", "weights": {"*": 1.0}, "val_fraction": 0.0}
+def arm_mix(base_stages: list[dict], total: int | None = None) -> dict:
+    """The mix every arm ends in: the recipe's own `mix` stage (the same rule for every arm,
+    so task balance is decided alike), with no val split (the benchmark measures the
+    kept set; trained.py splits its own). `total` (the random arm: the default arm's size)
+    fixes the amount, so the recipe's `balance` does not apply there."""
+    mixes = [s for s in base_stages if s["kind"] == "mix"]
+    m = dict(mixes[-1]) if mixes else {"kind": "mix", "by": "task", "weights": {"*": 1.0}}
+    m.update({"name": "balance", "val_fraction": 0.0})
     if total is not None:
+        m.pop("balance", None)
         m["total"] = total
     return m
 
@@ -168,40 +177,38 @@ def measure(run_dir: Path, manifest: dict, key: dict) -> dict:
     right = [key.get((task, p)) == a for task, p, a in t.iter_rows()]
     per_task = dict(t.group_by("task").len().sort("task").iter_rows())
     tokens = sum(v.get("supervised_tokens", 0) for v in (manifest.get("tokens") or {}).get("by_task", {}).values())
-    return {"rows": t.height, "precision": sum(right) / max(t.height, 1), "per_task": per_task,
+    return {"rows": t.height, "distinct": t.unique().height, "precision": sum(right) / max(t.height, 1), "per_task": per_task,
             "distinct_right": len({(task, p) for (task, p, a), ok in zip(t.iter_rows(), right) if ok}),
             "supervised_tokens": tokens}
 
 
 def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None,
-               cv_epochs: int = 3, oracle_dedup: bool = True) -> list[dict] | None:
-    if arm == "raw":
-        return [{"kind": "normalize"}, equal_mix()]
-    if arm == "oracle":
-        # oracle_dedup = False: the raw arm's own rules (no dedup). Neither version bounds a
-        # TRAINED model on both families (benchmarks/efficacy/trained.py, docs): with dedup
-        # the equal mix caps it at ~180 rows and raw beats it on `acronym`; without, a fixed
-        # budget spreads over 2,124 rows and it no longer memorises the `lookup` table
-        dedup = [{"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"}]
-        return [{"kind": "normalize"}] + (dedup if oracle_dedup else []) + [equal_mix()]
-    if arm == "random":
-        return [{"kind": "normalize"}, {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"},
-                equal_mix(default_rows)]
+               cv_epochs: int = 3) -> list[dict] | None:
+    """Each arm's stages. Every arm ends in the same mix (arm_mix: the recipe's). The oracle
+    runs the default arm's own stages on the pool's correct records, so by construction
+    its data can only be better than the default arm's (same normalisation, consensus,
+    dedup and mix; only the wrong records are gone)."""
     no_mix = [s for s in base_stages if s["kind"] != "mix"]
-    if arm == "default":
-        return no_mix + [equal_mix()]
+    exact = {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"}
+    if arm == "raw":
+        return [{"kind": "normalize"}, arm_mix(base_stages)]
+    if arm in ("default", "oracle"):
+        return no_mix + [arm_mix(base_stages)]
+    if arm == "random":
+        # the random subset: the default arm's size in rows (its repeats included)
+        return [{"kind": "normalize"}, exact, arm_mix(base_stages, default_rows)]
     if arm == "verifier":
         fns = {t: f"checkers:{t}" for t in ("reverse", "shift", "plural", "acronym")}
         fns["*"] = "checkers:no_opinion"
         return no_mix[:2] + [{"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)], "functions": fns},
-                             {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [equal_mix()]
+                             {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [arm_mix(base_stages)]
     if arm == "cv":
         if not model:
             return None
         return no_mix + [{"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
                           "cv_epochs": cv_epochs, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64},
                          {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8},
-                         equal_mix()]
+                         arm_mix(base_stages)]
     raise ValueError(arm)
 
 
@@ -267,7 +274,7 @@ def table(results: dict, args, wall: float) -> str:
     cmd = "python benchmarks/efficacy/noisy.py " + " ".join(sys.argv[1:])
     lines = [f"Command: `{cmd.strip()}`", "",
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; {wall:.0f} s wall.", "",
-             "| family | arm | kept rows | answer tokens | precision | gap closed | distinct right prompts |",
+             "| family | arm | kept rows (distinct) | answer tokens | precision | gap closed | distinct right prompts |",
              "|---|---|---|---|---|---|---|"]
     for family, arms in results.items():
         raw = [m["precision"] for m in arms["raw"]]
@@ -276,7 +283,8 @@ def table(results: dict, args, wall: float) -> str:
             if "precision" not in ms[0]:
                 continue
             gaps = [(m["precision"] - r) / (o - r) if o > r else float("nan") for m, r, o in zip(ms, raw, orc)]
-            lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} | "
+            lines.append(f"| {family} | {ARMS[arm]} | {_ms([m['rows'] for m in ms], '{:.0f}')} "
+                         f"({_ms([m['distinct'] for m in ms], '{:.0f}')}) | "
                          f"{_ms([m['supervised_tokens'] for m in ms], '{:.0f}')} | {_ms([m['precision'] for m in ms])} | "
                          f"{_ms(gaps, '{:.0%}')} | {_ms([m['distinct_right'] for m in ms], '{:.0f}')} |")
     return "\n".join(lines) + "\n"

@@ -14,8 +14,17 @@ contents, without the chat template's markup) with the [render] tokenizer's
 `tokenizer.json`, batched through the Rust `tokenizers` library; with no tokenizer
 configured they are whitespace-separated words. The stats name which was used.
 
-The total: `total` when given (weights / temperature), else the largest total for which
-no group needs more than `max_repeat` copies of its data. Upsampling repeats rows (each
+The total: `total` when given (weights / temperature), else it follows `balance`:
+  "downsample" (the default): the largest total for which no group needs more than
+           `max_repeat` copies of its data. With one small group (a 30-key table beside
+           a task of 1,000 rows) that cuts EVERY group to the small one's scale: most of
+           the data is dropped (`mix_downsampled`), the shares are exact.
+  "upsample": the smallest total at which every group's data is used whole (no row is
+           dropped by the mix); a group below its share repeats its rows toward it, up to
+           `max_repeat` copies, and beyond that falls short (reported under `shortfall`,
+           `within_1pct` false). Trade-off: nothing is thrown away, but a small group's
+           rows are seen many times (up to `max_repeat`), and its share is only as exact
+           as `max_repeat` allows. Upsampling repeats rows (each
 copy keeps its `id`; the `repeat` column numbers the copies 0, 1, ...), never beyond
 `max_repeat` times a group's data (default 1: no upsampling). When a group cannot reach its
 target the stats say so under `shortfall`, and `within_1pct` is false.
@@ -68,6 +77,9 @@ class Config:
     temperature: float = 1.0
     cap: int | None = None
     max_repeat: float = 1.0
+    # without `total`: "downsample" cuts every group to the smallest one's scale, "upsample"
+    # keeps every row and repeats small groups toward their share (up to max_repeat)
+    balance: Literal["downsample", "upsample"] = "downsample"
     val_fraction: float = 0.05
     val_max: int | None = None
     token_view: str = "conversation"
@@ -105,6 +117,8 @@ class Config:
             raise ConfigError("cap", "must be >= 1")
         if self.total is not None and self.total < 0:
             raise ConfigError("total", "must be >= 0")
+        if self.balance != "downsample" and (self.targets or self.total is not None):
+            raise ConfigError("balance", "only used without `targets` and `total` (they fix the amounts already)")
         if self.max_repeat < 1.0:
             raise ConfigError("max_repeat", "must be >= 1 (1 = no upsampling)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -233,6 +247,11 @@ class MixStage(PlannedStage):
                .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat"))
         stats = self._stats(out.with_columns(pl.when(pl.col(TASK_NULL)).then(None).otherwise(pl.col(TASK)).alias("task")),
                             shares, targets, achievable, sizes, rows_per, self._counted_with())
+        if stats["shortfall"] and c.balance == "upsample":
+            # the recipe's default for noisy multi-task data: a task this far below the others
+            # is not balanced, and the run says so (the manifest has it under `shortfall`)
+            short = ", ".join(f"{g} ({v['achievable']} of {v['target']})" for g, v in stats["shortfall"].items())
+            self.context.log(f"WARNING {self.name}: below their share even at max_repeat = {c.max_repeat}: {short}")
         added = [pl.col(UNITS).alias(self.tokens_column())] if c.unit == "tokens" else []
         decisions = d.select(pl.col(ROW).alias(ROW_COL), REASON, DETAIL, *added, "split", COPIES)
         order = out.select(pl.col(ROW).alias(ROW_COL), "repeat")
@@ -321,6 +340,12 @@ class MixStage(PlannedStage):
         shares = {g: (w[g] / s if s else 0.0) for g in groups}
         if c.total is not None:
             total = c.total
+        elif c.balance == "upsample":
+            # the smallest total whose targets hold every group's data whole
+            need = [(g, sizes[g] / p) for g, p in shares.items() if p > 0 and sizes[g] > 0]
+            total = math.ceil(max(v for _g, v in need) - 1e-9) if need else 0
+            while need and any(t < sizes[g] for g, t in apportion(total, shares).items() if shares[g] > 0):
+                total += 1  # float rounding in the shares: at most a step or two
         else:
             # the largest total no group has to exceed its repeat cap for
             # (a listed group with no data cannot bound it: it is reported as a shortfall)
