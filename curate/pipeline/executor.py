@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import polars as pl
 
-from curate.contract.ledger import REASON, reject_frame
+from curate.contract.ledger import reject_frame
 from curate.pipeline import parts as P
 from curate.stages.base import Stage, StageResult, has_plan
 
@@ -116,8 +115,6 @@ class LocalExecutor:
         return self._whole(stage, job)
 
     def _row_local(self, stage: Stage, job: StageJob, mode: str) -> StageOutput:
-        from curate.pipeline.blocks import decode_state, encode_state, merge_stats
-
         # One worker instance for all parts (models load once); `stage` itself decides the
         # statistics over the merged states, as the driver does under Ray.
         worker = type(stage)(stage.config, stage.context)
@@ -125,40 +122,17 @@ class LocalExecutor:
             shared = stage.shared_resource()
             if shared is not None:
                 worker.use_shared_resource(shared)
-        entries, rejects, payloads, lights, resumed = [], [], [], [], 0
+        hits, resumed = [], 0
         for i, e in enumerate(job.in_entries):
-            hit = job.progress.load(i, int(e["rows"]))
-            if hit is not None and (job.progress.folder / f"light-{i:05d}.parquet").is_file():
+            hit = resumed_part(job.progress, i, e)
+            if hit is not None:
                 resumed += 1
-                lite = pl.read_parquet(job.progress.folder / f"light-{i:05d}.parquet")
             else:
-                part = P.read_part(job.in_dir / e["file"])
-                if mode == "annotate":
-                    annotated = worker.annotate(part)
-                    state = worker.block_state()
-                    res = worker.decide(part, annotated)
-                    payload = encode_state(_light_state(state))
-                    lite = light(annotated)
-                else:
-                    res = worker.process(part)
-                    payload = json.loads(json.dumps(res.stats, default=str))
-                    lite = light(res.kept)
-                P.write_parquet(job.progress.folder / f"light-{i:05d}.parquet", lite)
-                hit = job.progress.save(i, part.height, res.kept, reject_frame(stage.name, res.dropped), payload)
-                del part, res
-            entries.append(hit["part"])
-            rejects.append(job.progress.rejects_path(i))
-            payloads.append(hit["payload"])
-            lights.append(lite)
-        job.log(f"[{stage.name}] {len(entries)} parts of up to {job.part_rows:,} rows ({mode})"
+                hit = row_local_part(worker, mode, job.progress, job.in_dir, i, e)
+            hits.append(hit)
+        job.log(f"[{stage.name}] {len(hits)} parts of up to {job.part_rows:,} rows ({mode})"
                 + (f", {resumed} resumed" if resumed else ""))
-        lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
-        if mode == "annotate":
-            stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
-        else:
-            stats = merge_stats(stage, lite, payloads)
-        return StageOutput(entries=entries, rejects=rejects, stats=stats, memory="parts",
-                           rows_out=sum(int(x["rows"]) for x in entries))
+        return row_local_output(stage, mode, job.progress, hits)
 
     def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
         """keys per part -> one plan -> apply per part (curate/stages/base.py run_planned is
@@ -169,49 +143,20 @@ class LocalExecutor:
         of the applied parts per window: I/O grows with windows x parts; memory stays one
         window)."""
         bounds = P.offsets(job.in_entries)
-        keys = []
-        for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
-            k = stage.keys(part)
-            if k.height != part.height:
-                raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {part.height}")
-            keys.append(k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW)))
+        keys = [part_keys(stage, part, first)
+                for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))]
         plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
         del keys
-        order = plan.order
-        moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
-        positions = order.with_row_index("__out_pos").select(ROW, "__out_pos") if moved else None
-        target = job.progress.folder / "applied" if moved else job.out_dir
-        entries, rejects, part_stats = [], [], []
+        positions, target = plan_positions(plan, job)
+        entries, part_stats = [], []
         for i, (first, part) in enumerate(zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))):
-            res = stage.apply(part, plan, first)
-            if res.stats is not plan.stats:
-                part_stats.append(json.loads(json.dumps(res.stats or {}, default=str)))
-            P.write_parquet(job.progress.rejects_path(i), reject_frame(stage.name, res.dropped))
-            rejects.append(job.progress.rejects_path(i))
-            kept = res.kept
-            if moved:
-                pos = positions.filter((pl.col(ROW) >= first) & (pl.col(ROW) < first + part.height))["__out_pos"]
-                if len(pos) != kept.height:
-                    raise RuntimeError(f"stage {stage.name!r}: apply() kept {kept.height} rows of a part, "
-                                       f"its plan's order has {len(pos)}")
-                kept = kept.with_columns(pos)
-            entries.append(P.write_part(target, i, kept))
-            del part, res, kept
-        merge = getattr(stage, "merge_part_stats", None)
-        if callable(merge) and part_stats:
-            merge(plan, part_stats)
+            entry, st = apply_part(stage, plan, part, first, i, job.progress, target, positions)
+            entries.append(entry)
+            if st is not None:
+                part_stats.append(st)
+            del part
         job.log(f"[{stage.name}] {len(entries)} parts, planned from key columns of {int(bounds[-1]):,} rows")
-        if moved:
-            files = [str(target / e["file"]) for e in entries]
-            out = []
-            for k, lo in enumerate(range(0, max(order.height, 1), job.part_rows)):
-                rows = (pl.scan_parquet(files).filter((pl.col("__out_pos") >= lo) & (pl.col("__out_pos") < lo + job.part_rows))
-                        .collect().sort("__out_pos").drop("__out_pos"))
-                out.append(P.write_part(job.out_dir, k, rows))
-            entries = out
-            shutil.rmtree(target, ignore_errors=True)
-        return StageOutput(entries=entries, rejects=rejects, stats=plan.stats, memory="keys",
-                           rows_out=sum(int(x["rows"]) for x in entries))
+        return planned_output(stage, plan, job, entries, part_stats, target)
 
     def _whole(self, stage: Stage, job: StageJob) -> StageOutput:
         return run_whole(self, stage, job)
@@ -229,6 +174,122 @@ def run_whole(executor, stage: Stage, job: StageJob) -> StageOutput:
     entries = write_windows(job.out_dir, result.kept, job.part_rows)
     return StageOutput(entries=entries, rejects=[reject_frame(stage.name, result.dropped)],
                        stats=result.stats, memory="whole-table", rows_out=result.kept.height)
+
+
+# ---------------------------------------------------------------------------- per part
+# The steps of a streamed stage, one part each, shared by every executor: the local one
+# runs them in turn in this process, the Ray executor (curate/pipeline/ray_executor.py)
+# runs the same functions in its tasks on workers, so the parts, rejects and statistics
+# are the same bytes whichever ran them.
+
+def light_path(progress: P.StageProgress, i: int) -> Path:
+    """Where part `i`'s small columns (`light`) wait for the stage's statistics."""
+    return progress.folder / f"light-{i:05d}.parquet"
+
+
+def resumed_part(progress: P.StageProgress, i: int, entry: dict) -> dict | None:
+    """Part `i`'s record when an earlier run finished it (files checked), else None."""
+    hit = progress.load(i, int(entry["rows"]))
+    return hit if hit is not None and light_path(progress, i).is_file() else None
+
+
+def row_local_part(worker: Stage, mode: str, progress: P.StageProgress, in_dir: Path, i: int, entry: dict,
+                   before_save: Callable[[], None] | None = None) -> dict:
+    """Input part `i` of a row-local stage: read, annotate + decide ("annotate") or process
+    ("blocks"), then write its small columns, its output part, its rejects and its
+    record (parts.StageProgress, written last); returns the record. `before_save` runs
+    between the first write and the rest (the Ray fault test's hook)."""
+    from curate.pipeline.blocks import encode_state
+
+    part = P.read_part(Path(in_dir) / entry["file"])
+    if mode == "annotate":
+        annotated = worker.annotate(part)
+        state = worker.block_state()
+        res = worker.decide(part, annotated)
+        payload = encode_state(_light_state(state))
+        lite = light(annotated)
+    else:
+        res = worker.process(part)
+        payload = json.loads(json.dumps(res.stats, default=str))
+        lite = light(res.kept)
+    P.write_parquet(light_path(progress, i), lite)
+    if before_save is not None:
+        before_save()
+    return progress.save(i, part.height, res.kept, reject_frame(worker.name, res.dropped), payload)
+
+
+def row_local_output(stage: Stage, mode: str, progress: P.StageProgress, hits: list[dict]) -> StageOutput:
+    """The finished row-local stage from its parts' records, in part order: the stage's
+    statistics by its own code over the small columns of all parts."""
+    from curate.pipeline.blocks import decode_state, merge_stats
+
+    lights = [pl.read_parquet(light_path(progress, i)) for i in range(len(hits))]
+    lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
+    del lights
+    payloads = [h["payload"] for h in hits]
+    if mode == "annotate":
+        stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
+    else:
+        stats = merge_stats(stage, lite, payloads)
+    entries = [h["part"] for h in hits]
+    return StageOutput(entries=entries, rejects=[progress.rejects_path(i) for i in range(len(hits))], stats=stats,
+                       memory="parts", rows_out=sum(int(x["rows"]) for x in entries))
+
+
+def part_keys(stage: Stage, part: pl.DataFrame, first: int) -> pl.DataFrame:
+    """A planned stage's keys of one part, checked (one row per input row), with `_row`."""
+    k = stage.keys(part)
+    if k.height != part.height:
+        raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {part.height}")
+    return k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW))
+
+
+def plan_positions(plan, job: StageJob) -> tuple[pl.DataFrame | None, Path]:
+    """(each kept row's output position, where applied parts go): (None, the stage
+    folder) unless the plan's `order` moves rows across parts (see `_planned`)."""
+    order = plan.order
+    moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
+    if not moved:
+        return None, job.out_dir
+    return order.with_row_index("__out_pos").select(ROW, "__out_pos"), job.progress.folder / "applied"
+
+
+def apply_part(stage: Stage, plan, part: pl.DataFrame, first: int, i: int, progress: P.StageProgress,
+               target: Path, positions: pl.DataFrame | None) -> tuple[dict, dict | None]:
+    """`apply` of the plan to part `i` (global rows from `first`): its rejects and its
+    kept rows written (with their output positions when `positions`); returns the part's
+    entry and what `apply` found for the stats (None when it returned the plan's own)."""
+    res = stage.apply(part, plan, first)
+    st = json.loads(json.dumps(res.stats or {}, default=str)) if res.stats is not plan.stats else None
+    P.write_parquet(progress.rejects_path(i), reject_frame(stage.name, res.dropped))
+    kept = res.kept
+    if positions is not None:
+        pos = positions.filter((pl.col(ROW) >= first) & (pl.col(ROW) < first + part.height))["__out_pos"]
+        if len(pos) != kept.height:
+            raise RuntimeError(f"stage {stage.name!r}: apply() kept {kept.height} rows of a part, "
+                               f"its plan's order has {len(pos)}")
+        kept = kept.with_columns(pos)
+    return P.write_part(target, i, kept), st
+
+
+def planned_output(stage: Stage, plan, job: StageJob, entries: list[dict], part_stats: list[dict],
+                   target: Path) -> StageOutput:
+    """The finished planned stage: the parts' stats merged into the plan's (the stage's
+    `merge_part_stats`), and rows moved across parts read back in output order."""
+    merge = getattr(stage, "merge_part_stats", None)
+    if callable(merge) and part_stats:
+        merge(plan, part_stats)
+    if target != job.out_dir:
+        files = [str(target / e["file"]) for e in entries]
+        out = []
+        for k, lo in enumerate(range(0, max(plan.order.height, 1), job.part_rows)):
+            rows = (pl.scan_parquet(files).filter((pl.col("__out_pos") >= lo) & (pl.col("__out_pos") < lo + job.part_rows))
+                    .collect().sort("__out_pos").drop("__out_pos"))
+            out.append(P.write_part(job.out_dir, k, rows))
+        entries = out
+        shutil.rmtree(target, ignore_errors=True)
+    return StageOutput(entries=entries, rejects=[job.progress.rejects_path(i) for i in range(len(job.in_entries))],
+                       stats=plan.stats, memory="keys", rows_out=sum(int(x["rows"]) for x in entries))
 
 
 def _annotate_stats(stage, lite: pl.DataFrame, states: list[dict]) -> dict:
