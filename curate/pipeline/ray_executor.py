@@ -16,12 +16,12 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             stays bounded.
   parts     row-local stages (curate/pipeline/blocks.py `part_mode`: normalize, pii,
             filter, language, decontaminate, quality with a local scorer): one Ray task
-            per input part runs `executor.row_local_part` - the local executor's own
+            per input part runs `stage_steps.row_local_part` - the local executor's own
             per-part function - on a worker: it reads the part from the run directory,
             writes the output part, its rejects, its small columns (`light`: no
             `messages`/`meta`) and its record (parts.StageProgress). The driver gets a
             part record back (file names, sha256, the part's JSON stats or annotation
-            state); then `executor.row_local_output` computes the statistics with the
+            state); then `stage_steps.row_local_output` computes the statistics with the
             stage's own code over the small columns of all parts, as locally. Parts an
             earlier run finished (their records and files match) are not resubmitted:
             resume inside a stage works as with the local executor, across executors.
@@ -29,12 +29,12 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             select without diversity, mix): `keys` per part on workers (the part read on
             the worker, `_row` added), the keys concatenated on the driver, one `plan`,
             one `ray.put` of it, `apply` per part on workers writing the output part and
-            its rejects (`executor.apply_part`); the driver merges what apply found
+            its rejects (`stage_steps.apply_part`); the driver merges what apply found
             (`merge_part_stats`) and, when the plan moves rows across parts, reads the
-            output back in windows, as locally (`executor.planned_output`).
+            output back in windows, as locally (`stage_steps.planned_output`).
   whole     any other stage (MinHash with exact verification - the default -, semantic
             dedup, consensus, select's diversity walk, LM-scored quality):
-            `executor.run_whole`, the local fallback - the input read whole on the
+            `stage_steps.run_whole`, the local fallback - the input read whole on the
             driver, logged, `memory = "whole-table"` - with `process` below: MinHash's
             signatures and band buckets on workers (curate/pipeline/ray_dedup.py), the
             others the stage's own `process` on the driver.
@@ -68,8 +68,8 @@ import ray.data
 
 from curate.pipeline import parts as P
 from curate.pipeline.blocks import part_mode
-from curate.pipeline.executor import (StageJob, StageOutput, apply_part, part_keys, plan_positions, planned_output,
-                                      resumed_part, row_local_output, row_local_part, run_whole)
+from curate.pipeline.stage_steps import (StageJob, StageOutput, apply_part, part_keys, plan_positions, planned_output,
+                                         resumed_part, row_local_output, row_local_part, run_whole)
 from curate.pipeline.ray_blocks import FAULT_ENV, from_ipc, maybe_fault, portable, to_ipc, worker_stage  # noqa: F401
 from curate.stages.base import Stage, StageResult, has_plan
 
@@ -283,7 +283,7 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ whole-table fallback
     def process(self, stage: Stage, table: pl.DataFrame) -> StageResult:
-        """A stage with no parts path, over its whole input (`executor.run_whole`, which
+        """A stage with no parts path, over its whole input (`stage_steps.run_whole`, which
         logs it): MinHash dedup with its signatures and band buckets on workers
         (curate/pipeline/ray_dedup.py); any other stage its own `process` here."""
         if table.height and stage.kind == "dedup" and getattr(stage.config, "method", None) == "minhash":
