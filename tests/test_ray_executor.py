@@ -233,3 +233,25 @@ def test_run_killed_inside_a_stage_resumes_on_ray_from_its_last_finished_part(ra
     assert any("[normalize] resumed" in x for x in logs), logs
     assert any("[filter] ray:" in x and "part(s) on workers (annotate), 3 resumed" in x for x in logs), logs
     _same_runs(tmp_path / "clean", tmp_path / "run", shards=False)
+
+
+def test_limit_and_export_under_ray(ray_cluster, tmp_path):
+    """`--limit` (a seeded sample per source, into its own run directory) and `[export]`
+    come from the runner, so they work under Ray as locally: the same files."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(KILL.format(raw=SAMPLE / "raw").replace("part_rows = 300", "part_rows = 40")
+                    + '\n[export]\nformats = ["jsonl", "parquet"]\ncard = false\n')
+    for name, executor in (("local", "local"), ("ray", "ray")):
+        res = CliRunner().invoke(main, ["run", str(toml), "--no-train", "--quiet", "--executor", executor,
+                                        "--limit", "120", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
+    m = json.loads((tmp_path / "ray/manifest.json").read_text())
+    assert m["limit"]["per_source"] == 120 and m["ledger"]["read"] - m["ledger"]["quarantined"] == 120
+    exported = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray/export").iterdir())
+    assert exported and all((tmp_path / "local" / p).read_bytes() == (tmp_path / "ray" / p).read_bytes()
+                            for p in exported)
