@@ -30,7 +30,7 @@ from curate.contract.ledger import reject_frame
 from curate.pipeline import parts as P
 from curate.stages.base import Stage
 
-HEAVY = ("messages", "meta")  # the columns statistics never read (see the module doc)
+HEAVY = ("messages", "meta")  # the columns statistics never read (curate/pipeline/executor.py module doc)
 ROW = "_row"
 
 
