@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 pytestmark = [
     pytest.mark.slow,
-    # Passes in the suite too (after other modules' in-process Ray), but costs ~45-50 s on
-    # the 2-core development box under load (two `ray start` ~15 s, the two runs ~20 s,
-    # stopping the nodes ~5-10 s), past the suite's budget for one test: opt in with
-    # CURATE_RAY_TWO_NODE=1.
+    # Passes in the suite too (after other modules' in-process Ray), but costs 30-50 s on
+    # the 2-core development box under load (two `ray start` 10-15 s, the local run and the
+    # Ray run 15-20 s, stopping the nodes ~5 s), past the suite's budget for one test: opt
+    # in with CURATE_RAY_TWO_NODE=1.
     pytest.mark.skipif(os.environ.get("CURATE_RAY_TWO_NODE") != "1",
-                       reason="two-node Ray test (~45 s): set CURATE_RAY_TWO_NODE=1"),
+                       reason="two-node Ray test (30-50 s): set CURATE_RAY_TWO_NODE=1"),
 ]
 
 
