@@ -1,17 +1,22 @@
-"""Peak driver RSS and total RSS under Ray: the parts path (`run_on_parts`, issue #19:
-sources read on workers, stages on parts in the run directory) against the runner with
-the Ray executor from another checkout (default /work/main: the driver holds the table),
-same generated records (benchmarks/scale_bench.py's generator and stages), one process
-per arm, arms interleaved when repeated.
+"""Driver memory under Ray, before and after the runner's parts path (issue #19): the same
+generated records (benchmarks/scale_bench.py's generator and stages) through
+`run_pipeline(cfg, executor=RayExecutor(...))` - what `curate run --executor ray` runs - from
+two checkouts: the baseline (default: a checkout of main before this change, where the
+Ray executor received every stage's table whole on the driver) and this tree (stages on
+parts, run by workers). One process per arm and size, arms interleaved when repeated.
 
-    python benchmarks/ray_memory.py --records 100000,400000 --ray-cpus 2 [--baseline /work/main]
+    python benchmarks/ray_memory.py --records 100000,400000,1000000 --ray-cpus 2 --baseline /tmp/base
 
-Printed per size and arm: pipeline wall s, peak RSS of the driver process alone, peak RSS
-of the driver's process tree (driver + raylet + GCS + object store + workers: a private
-local Ray instance is the driver's child), and the ledger digest (same records kept).
-The driver peak of the parts path still includes every stage that gathers its input
-(`parts_mode` "gather": the stages not yet on the keys -> plan -> apply protocol) and
-render's global step: see docs/ray.md.
+Printed per size and arm: pipeline wall s; the driver's peak RSS (its own
+`ru_maxrss`, exact) and the peak summed RSS of its process tree (driver + raylet + GCS +
+object store + workers, sampled every 0.2 s: a private local Ray instance is the
+driver's child); the driver's CPU seconds; and a digest of the ledger and every stage's
+row counts (the same records kept by both arms). `--part-rows` is set on both arms (the
+default part sizing differs between checkouts). The driver peak of this tree still holds
+what stays on the driver (docs/ray.md, "What runs where"): the input of every stage
+without a parts path (here near_dedup: MinHash with exact verification, the default,
+unless `--near-verify estimate`), the final table for render (none here: no [render]),
+and the small columns of row-local stages for their statistics.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,58 +36,55 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def child(arm: str, pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
+def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
     from curate.pipeline.config import load_config
     from curate.pipeline.ray_executor import RayExecutor
+    from curate.pipeline.runner import run_pipeline
 
     cfg = load_config(pipeline)
+    cfg.run.part_rows = part_rows
     ex = RayExecutor(num_cpus=ray_cpus)
     t0 = time.perf_counter()
-    if arm == "parts":
-        from curate.pipeline.ray_executor import run_on_parts
-
-        m = run_on_parts(cfg, out, ex, fresh=True, part_rows=part_rows)
-    else:
-        from curate.pipeline.runner import run_pipeline
-
-        m = run_pipeline(cfg, out, fresh=True, executor=ex)
+    m = run_pipeline(cfg, out, fresh=True, executor=ex)
     wall = time.perf_counter() - t0
     ex.close()
-    ledger = m["ledger"] if isinstance(m, dict) and "ledger" in m else json.loads((out / "manifest.json").read_text())["ledger"]
-    print(json.dumps({"wall": wall, "ledger": hashlib.sha256(json.dumps(ledger, sort_keys=True).encode())
-                      .hexdigest()[:12], "kept": ledger["kept"]}))
+    digest = hashlib.sha256(json.dumps([m["ledger"], [(s["name"], s["rows_in"], s["rows_out"]) for s in m["stages"]]],
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"wall": wall, "digest": digest, "kept": m["ledger"]["kept"],
+                      "driver_maxrss_gib": ru.ru_maxrss * 1024 / 2**30, "driver_cpu_s": ru.ru_utime + ru.ru_stime,
+                      "memory": {s["name"]: s.get("memory") for s in m["stages"]}}))
 
 
-def _rss(pid: int) -> tuple[int, int]:
+def _rss(pid: int) -> int:
     import psutil
 
     try:
         p = psutil.Process(pid)
         procs = [p, *p.children(recursive=True)]
-        own = p.memory_info().rss
     except psutil.Error:
-        return 0, 0
+        return 0
     total = 0
     for q in procs:
         try:
             total += q.memory_info().rss
         except psutil.Error:
             pass
-    return own, total
+    return total
 
 
-def measure(arm: str, pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows: int, base: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": pythonpath, "HOME": str(base), "TMPDIR": str(base), "RAY_TMPDIR": str(base)}
-    proc = subprocess.Popen([sys.executable, __file__, "--child", arm, "--pipeline", str(pipeline), "--out", str(out),
+def measure(pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows: int, base: Path) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "PYTHONPATH": pythonpath,
+           "HOME": str(base), "TMPDIR": str(base), "RAY_TMPDIR": str(base)}
+    proc = subprocess.Popen([sys.executable, __file__, "--child", "--pipeline", str(pipeline), "--out", str(out),
                              "--ray-cpus", str(ray_cpus), "--part-rows", str(part_rows)],
                             stdout=subprocess.PIPE, stderr=open(str(out) + ".stderr", "w"), env=env, text=True)
-    peak = [0, 0]
+    peak = [0]
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            own, total = _rss(proc.pid)
-            peak[0], peak[1] = max(peak[0], own), max(peak[1], total)
+            peak[0] = max(peak[0], _rss(proc.pid))
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -90,9 +93,9 @@ def measure(arm: str, pythonpath: str, pipeline: Path, out: Path, ray_cpus: int,
     stop.set()
     t.join()
     if proc.returncode:
-        raise SystemExit(f"{arm} run failed (rc {proc.returncode}); see {out}.stderr")
+        raise SystemExit(f"run failed (rc {proc.returncode}); see {out}.stderr")
     res = json.loads(stdout.strip().splitlines()[-1])
-    return {**res, "driver_gib": peak[0] / 2**30, "total_gib": peak[1] / 2**30}
+    return {**res, "total_gib": peak[0] / 2**30}
 
 
 def main() -> None:
@@ -101,30 +104,50 @@ def main() -> None:
     ap.add_argument("--ray-cpus", type=int, default=2)
     ap.add_argument("--part-rows", type=int, default=50_000)
     ap.add_argument("--baseline", default="/work/main", help="checkout whose runner + Ray executor is the baseline")
+    ap.add_argument("--near-verify", choices=["exact", "estimate"], default=None,
+                    help="near_dedup's verify_by (default: the stage's default, exact)")
+    ap.add_argument("--arms", default="baseline,tree")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--child", choices=["parts", "runner"])
+    ap.add_argument("--child", action="store_true")
     ap.add_argument("--pipeline", type=Path)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.pipeline, a.out, a.ray_cpus, a.part_rows)
+        child(a.pipeline, a.out, a.ray_cpus, a.part_rows)
         return
     from scale_bench import STAGES, generate
 
+    stages = STAGES
+    if a.near_verify:
+        stages = stages.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{a.near_verify}"\n', 1)
     work = Path(tempfile.mkdtemp(prefix="ray_memory_"))
-    print("records  arm               wall_s  driver_peak_GiB  total_peak_GiB  kept  ledger")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; part_rows {a.part_rows:,}; "
+          f"ray cpus {a.ray_cpus}; near_dedup verify_by {a.near_verify or 'exact (default)'}")
+    print("records  arm                 wall_s  driver_peak_GiB  tree_peak_GiB  driver_cpu_s  kept     digest")
+    known = {"baseline": ("baseline", a.baseline), "tree": ("this tree", str(ROOT))}
+    arms = [known[x] for x in a.arms.split(",")]
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
         generate(data, n)
         pipe = work / f"p-{n}.toml"
         pipe.write_text(f'[run]\nseed = 0\n[[sources]]\nname = "gen"\npath = "{data}"\nformat = "alpaca"\n'
-                        f'task = "qa"\n{STAGES}')
-        arms = [("runner (baseline)", "runner", a.baseline), ("parts (this tree)", "parts", str(ROOT))]
+                        f'task = "qa"\n{stages}')
+        ratio = {}
         for rep in range(a.repeat):
-            for label, arm, path in (arms if rep % 2 == 0 else arms[::-1]):
-                r = measure(arm, path, pipe, work / f"run-{n}-{arm}", a.ray_cpus, a.part_rows, work)
-                print(f"{n:>7}  {label:<16} {r['wall']:7.1f}  {r['driver_gib']:15.2f}  {r['total_gib']:14.2f}  "
-                      f"{r['kept']:>5}  {r['ledger']}", flush=True)
+            for label, path in (arms if rep % 2 == 0 else arms[::-1]):
+                r = measure(path, pipe, work / f"run-{n}-{label.replace(' ', '_')}", a.ray_cpus, a.part_rows, work)
+                ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
+                print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
+                      f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
+        if len(ratio) == 2:
+            (la, va), (lb, vb) = ratio.items()
+            print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)
+        for f in work.glob(f"run-{n}-*"):
+            if f.is_dir():
+                import shutil
+
+                shutil.rmtree(f, ignore_errors=True)
+        data.unlink()
 
 
 if __name__ == "__main__":

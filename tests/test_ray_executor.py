@@ -1,25 +1,26 @@
-"""The Ray executor gives the local executor's output, byte for byte: same shards (sha256),
-same ledger, same per-stage reports and rejects; also when a worker dies mid-stage.
+"""`curate run --executor ray` gives the local executor's output, byte for byte: every file
+of every stage (parts and done.json), the rejects, the quarantine, the shards, the ledger
+and the manifest (but the config's `run.executor`); on the sample pipeline, on a
+multi-part input (tiny part_rows), when a worker dies mid-stage, and when a run killed
+inside a stage under the local executor is resumed under Ray from its last finished part.
 
-One local Ray instance (2 CPUs) per module, with HOME, TMPDIR and Ray's temp dir inside
-the test's tmp. Ray start-up and task scheduling are slow on a busy 2-core machine, so
-these are the only Ray tests and they are marked slow.
+One local Ray (2 CPUs, its files in pytest's tmp: tests/conftest.py `ray_local`) for the
+session; marked slow.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
 
+from curate.contract.progress import Progress  # noqa: E402
 from curate.pipeline.config import load_config  # noqa: E402
 from curate.pipeline.executor import LocalExecutor  # noqa: E402
-from curate.pipeline.ray_executor import FAULT_ENV, RayExecutor  # noqa: E402
+from curate.pipeline.ray_executor import RayExecutor  # noqa: E402
 from curate.pipeline.runner import run_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,86 +36,67 @@ def ray_cluster(ray_local):
     return ray_local
 
 
-def _files(run: Path, pattern: str) -> dict[str, str]:
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.glob(pattern))}
+def _files(run: Path) -> dict[str, str]:
+    """sha256 of every output file of the run but the manifest, timings and report."""
+    pats = ("stages/**/*", "rejects/*", "shards/**/*", "quarantine.jsonl")
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pat in pats for p in sorted(run.glob(pat)) if p.is_file()}
 
 
-def _same_runs(a: Path, b: Path, shards: bool = True) -> None:
-    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
-    assert ma["ledger"] == mb["ledger"]
-    # rows, drops and every stage's stats (not `memory`: how each executor held the rows)
-    strip = lambda stages: [{k: v for k, v in s.items() if k != "memory"} for s in stages]  # noqa: E731
-    assert strip(ma["stages"]) == strip(mb["stages"])
-    for rel in _files(a, "rejects/*.parquet"):  # rejects: same rows, same order
-        assert pl.read_parquet(a / rel).equals(pl.read_parquet(b / rel)), rel
-    # every stage's output, row for row (part files follow each executor's part sizes)
-    from curate.contract.datasets import read_dataset
-
-    for d in sorted(p.name for p in (a / "stages").iterdir()):
-        assert read_dataset(a / "stages" / d).equals(read_dataset(b / "stages" / d)), d
+def _same_runs(a: Path, b: Path, shards: bool = True) -> dict:
+    fa, fb = _files(a), _files(b)
+    assert fa == fb
+    assert any(k.endswith("done.json") for k in fa) and any("/part-" in k for k in fa)
+    assert not any("/parts/" in k for k in fa)  # finished stages leave no per-part records
     if shards:
-        assert ma["shards"] == mb["shards"]
-        files = _files(a, "shards/*/*.arrow")
-        assert files and files == _files(b, "shards/*/*.arrow")
+        assert any(k.startswith("shards/") and k.endswith(".arrow") for k in fa)
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("config", "config_hash")}  # noqa: E731
+    assert strip(ma) == strip(mb) and ma["ledger"]["reconciles"]
+    ca, cb = ma["config"], mb["config"]
+    ca["run"].pop("executor"), cb["run"].pop("executor")
+    assert ca == cb
+    return mb
+
+
+def _logged() -> tuple[Progress, list[str]]:
+    logs: list[str] = []
+    progress = Progress(enabled=False)
+    progress.log = logs.append  # type: ignore[method-assign]
+    return progress, logs
 
 
 def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
-    """Every stage kind of the sample pipeline, cut into several blocks per stage."""
+    """Every stage kind of the sample pipeline in parts of 700 rows (6 read parts)."""
     cfg = load_config(SAMPLE / "pipeline.toml")
+    cfg.run.part_rows = 700
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
     ex = RayExecutor(block_rows=900)
-    logs: list[str] = []
-    from curate.contract.progress import Progress
-
-    progress = Progress(enabled=False)
-    progress.log = logs.append  # type: ignore[method-assign]
+    progress, logs = _logged()
     render_blocks, original = [], ex.render_blocks
     ex.render_blocks = lambda frame, fn: render_blocks.append(len(ex.blocks(frame))) or original(frame, fn)
     run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
     ex.close()
     assert ray.is_initialized()  # a fixture's Ray is reused, not shut down
-    _same_runs(tmp_path / "local", tmp_path / "ray")
-    # The work really was spread: several blocks for row-wise stages and dedup signatures,
-    # and the stages without a distributed path say so.
-    assert any("[filter] ray:" in m and "block(s) on workers" in m for m in logs)
-    assert any("[near_dedup] ray: signatures on" in m for m in logs)
-    assert any("[exact_dedup] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
-    assert any("[mix] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
-    assert any("[select] ray:" in m and "planned: keys, plan on the driver, apply" in m for m in logs)
+    m = _same_runs(tmp_path / "local", tmp_path / "ray")
+    assert len(json.loads((tmp_path / "ray/stages/00-read/done.json").read_text())["parts"]) > 1
+    # the work ran on workers, part by part; the one whole-table stage says so, as locally
+    assert any("[filter] ray: 6 part(s) on workers (annotate)" in x for x in logs), logs
+    assert any("[normalize] ray: 6 part(s) on workers (blocks)" in x for x in logs), logs
+    for name in ("exact_dedup", "select", "mix"):
+        assert any(f"[{name}] ray:" in x and "(planned: keys, plan on the driver" in x for x in logs), (name, logs)
+    assert any("[near_dedup] whole-table stage" in x for x in logs)
+    assert any("[near_dedup] ray: signatures on" in x for x in logs)
+    assert {s["name"]: s["memory"] for s in m["stages"]}["near_dedup"] == "whole-table"
+    assert {s["name"]: s["memory"] for s in m["stages"]}["filter"] == "parts"
     assert render_blocks and render_blocks[0] > 1  # tokenization ran in blocks on workers
-
-
-def test_worker_killed_mid_stage_is_retried(ray_cluster, tmp_path):
-    """A worker dies (os._exit) inside a block task; Ray Data resubmits the task and the
-    output still equals the local run."""
-    raw = SAMPLE / "raw"
-    toml = tmp_path / "p.toml"
-    toml.write_text(f"""
-[run]
-seed = 0
-[[sources]]
-name = "qa_alpaca"
-path = "{raw / 'qa_alpaca.jsonl'}"
-format = "alpaca"
-task = "qa"
-[[stages]]
-kind = "normalize"
-[[stages]]
-kind = "filter"
-on = "assistant"
-""")
-    cfg = load_config(toml)
-    run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
-    ray_cluster.write_text("die once")
-    ex = RayExecutor(block_rows=500)
-    run_pipeline(cfg, tmp_path / "ray", executor=ex)
-    assert not ray_cluster.exists() and Path(str(ray_cluster) + ".claimed").exists()  # a worker did die
-    _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
 
 
 AGGREGATED = """
 [run]
 seed = 3
+part_rows = 150
+output_dir = "{out}"
 [[sources]]
 name = "qa_alpaca"
 path = "{raw}/qa_alpaca.jsonl"
@@ -132,6 +114,9 @@ format = "dolly"
 task_field = "category"
 [[stages]]
 kind = "normalize"
+[[stages]]
+kind = "pii"
+action = "redact"
 [[stages]]
 kind = "quality"
 scorer = "heuristic"
@@ -162,27 +147,111 @@ val_fraction = 0.1
 """
 
 
-def test_aggregated_stages_identical_to_local(ray_cluster, tmp_path):
-    """exact dedup (hash per block, keep rule on the driver, a join marks the dropped),
-    select (top-k / top-fraction / quotas) and mix (tokens counted on workers,
-    upsampling, val split) from per-block keys and broadcast cutoffs, with several blocks: the same kept/dropped rows, stats and ledger as the local run,
-    and the planned path really ran (no driver fallback)."""
+def test_cli_executor_ray_multi_part_identical_to_local(ray_cluster, tmp_path):
+    """`curate run --executor ray` (the CLI, in-process: it joins the session's Ray) on
+    parts of 150 rows through pii, quality, exact dedup, select (quotas, top-k) and mix
+    (tokens, upsampling, val split): the local run's bytes, with every stage on parts."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
     toml = tmp_path / "p.toml"
-    toml.write_text(AGGREGATED.format(raw=SAMPLE / "raw"))
+    toml.write_text(AGGREGATED.format(raw=SAMPLE / "raw", out=tmp_path / "unused"))
+    run_pipeline(load_config(toml), tmp_path / "local", executor=LocalExecutor())
+    res = CliRunner().invoke(main, ["run", str(toml), "--no-train", "--executor", "ray", "--quiet",
+                                    "--out", str(tmp_path / "ray")])
+    assert res.exit_code == 0, res.output
+    m = _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
+    assert json.loads((tmp_path / "ray/manifest.json").read_text())["config"]["run"]["executor"] == "ray"
+    assert (tmp_path / "ray/report.html").is_file()
+    assert len(json.loads((tmp_path / "ray/stages/00-read/done.json").read_text())["parts"]) > 5
+    assert {s["memory"] for s in m["stages"]} == {"parts", "keys"}  # nothing gathered on the driver
+    assert m["ledger"]["dropped"]["best_half"]["over_quota"] and m["ledger"]["upsampled"]["mix"]
+    assert m["ledger"]["dropped"]["dedup"]["duplicate_of"]
+
+
+KILL = """
+[run]
+seed = 0
+part_rows = 300
+[[sources]]
+name = "qa_alpaca"
+path = "{raw}/qa_alpaca.jsonl"
+format = "alpaca"
+task = "qa"
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "filter"
+on = "assistant"
+[[stages]]
+kind = "dedup"
+name = "exact_dedup"
+method = "exact"
+"""
+
+
+def test_worker_killed_mid_stage_is_retried(ray_cluster, tmp_path):
+    """A worker dies (os._exit) inside a part task, after the part's first write and
+    before its record; Ray resubmits the task, which rewrites the part, and the run's
+    output is the local one's, byte for byte."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(KILL.format(raw=SAMPLE / "raw"))
     cfg = load_config(toml)
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
-    from curate.contract.progress import Progress
-
-    logs: list[str] = []
-    progress = Progress(enabled=False)
-    progress.log = logs.append  # type: ignore[method-assign]
-    ex = RayExecutor(block_rows=400)
-    run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
+    ray_cluster.write_text("die once")
+    run_pipeline(cfg, tmp_path / "ray", executor=RayExecutor())
+    assert not ray_cluster.exists() and Path(str(ray_cluster) + ".claimed").exists()  # a worker did die
     _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
-    m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
-    assert m["ledger"]["dropped"]["best_half"]["over_quota"] and m["ledger"]["dropped"]["global_top"]["over_quota"]
-    assert m["stages"][-1]["stats"]["upsampled"] and m["stages"][-1]["stats"]["val"]
-    assert m["ledger"]["dropped"]["dedup"]["duplicate_of"]
-    for name in ("dedup", "best_half", "global_top", "mix"):
-        assert any(f"[{name}] ray:" in x and "planned: keys, plan on the driver, apply" in x for x in logs), logs
-    assert not any("no distributed path" in x for x in logs)
+
+
+def test_run_killed_inside_a_stage_resumes_on_ray_from_its_last_finished_part(ray_cluster, tmp_path, monkeypatch):
+    """A local run killed in the filter stage after 3 of its parts; the rerun under Ray
+    takes those 3 parts from their records (same fingerprint, same part layout) and
+    computes the others on workers: the bytes of an unkilled run."""
+    from curate.stages.filter.stage import HeuristicFilter
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(KILL.format(raw=SAMPLE / "raw"))
+    cfg = load_config(toml)
+    run_pipeline(cfg, tmp_path / "clean", executor=LocalExecutor())
+    calls, orig = [], HeuristicFilter.annotate
+
+    def annotate(self, table):
+        calls.append(table.height)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed inside the filter stage")
+        return orig(self, table)
+
+    monkeypatch.setattr(HeuristicFilter, "annotate", annotate)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "run", executor=LocalExecutor())
+    monkeypatch.setattr(HeuristicFilter, "annotate", orig)
+    assert len(list((tmp_path / "run/stages").glob("*-filter/parts/part-*.json"))) == 3
+    progress, logs = _logged()
+    run_pipeline(cfg, tmp_path / "run", executor=RayExecutor(), progress=progress)
+    assert any("[normalize] resumed" in x for x in logs), logs
+    assert any("[filter] ray:" in x and "part(s) on workers (annotate), 3 resumed" in x for x in logs), logs
+    _same_runs(tmp_path / "clean", tmp_path / "run", shards=False)
+
+
+def test_limit_and_export_under_ray(ray_cluster, tmp_path):
+    """`--limit` (a seeded sample per source, into its own run directory) and `[export]`
+    come from the runner, so they work under Ray as locally: the same files."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(KILL.format(raw=SAMPLE / "raw").replace("part_rows = 300", "part_rows = 40")
+                    + '\n[export]\nformats = ["jsonl", "parquet"]\ncard = false\n')
+    for name, executor in (("local", "local"), ("ray", "ray")):
+        res = CliRunner().invoke(main, ["run", str(toml), "--no-train", "--quiet", "--executor", executor,
+                                        "--limit", "120", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    _same_runs(tmp_path / "local", tmp_path / "ray", shards=False)
+    m = json.loads((tmp_path / "ray/manifest.json").read_text())
+    assert m["limit"]["per_source"] == 120 and m["ledger"]["read"] - m["ledger"]["quarantined"] == 120
+    exported = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray/export").iterdir())
+    assert exported and all((tmp_path / "local" / p).read_bytes() == (tmp_path / "ray" / p).read_bytes()
+                            for p in exported)

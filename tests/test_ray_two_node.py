@@ -1,9 +1,19 @@
 """A local TWO-NODE Ray cluster (`ray start --head` + `ray start --address`, 1 CPU each)
-runs a multi-part pipeline (normalize, filter, exact dedup) on the parts path
-(`run_on_parts`) with the same output as the local streaming runner. The cluster's
-processes are found by their temp dir (unique to this test) and stopped by pid in the
-finalizer: `ray stop` would stop every Ray on the machine. Its temp dir is a short one
-under /tmp (Unix socket paths), removed after. Marked slow.
+runs a multi-part pipeline (normalize, filter, exact dedup) through
+`curate run --executor ray --address HOST:PORT`, with the local executor's output, byte
+for byte; the second node's workers did part of the work (their logs are in its temp
+dir). The cluster's processes are found by their temp dir (unique to this test) and
+stopped by pid in the finalizer: `ray stop` would stop every Ray on the machine. Its temp
+dir is a short one under /tmp (Unix socket paths), removed after. Marked slow.
+
+The driver is a subprocess (the command a user runs), not this pytest process: a local
+`ray.init()` (the session's `ray_local` fixture) turns on Ray's token authentication for
+its own cluster by setting RAY_AUTH_MODE=token in the process environment, which stays
+after `ray.shutdown()`. A driver in this process joining the test's cluster (started
+without a token) would then serve its objects only to callers with a token; the
+cluster's workers have none, so every task that fetches an object the driver owns fails
+with OwnerDiedError ("the object's owner has exited"). That was why this test failed
+in the suite and passed alone.
 """
 from __future__ import annotations
 
@@ -15,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,19 +34,18 @@ psutil = pytest.importorskip("psutil")
 
 from curate.pipeline.config import load_config  # noqa: E402
 from curate.pipeline.executor import LocalExecutor  # noqa: E402
-from curate.pipeline.parts import read_dataset  # noqa: E402
-from curate.pipeline.ray_executor import RayExecutor, run_on_parts  # noqa: E402
 from curate.pipeline.runner import run_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 pytestmark = [
     pytest.mark.slow,
-    # Passes run alone (`CURATE_RAY_TWO_NODE=1 python -m pytest tests/test_ray_two_node.py`),
-    # but after another module's in-process Ray in the same pytest process its tasks fail
-    # with OwnerDiedError (not yet understood), so the default suite does not run it.
+    # Passes in the suite too (after other modules' in-process Ray), but costs 30-50 s on
+    # the 2-core development box under load (two `ray start` 10-15 s, the local run and the
+    # Ray run 15-20 s, stopping the nodes ~5 s), past the suite's budget for one test: opt
+    # in with CURATE_RAY_TWO_NODE=1.
     pytest.mark.skipif(os.environ.get("CURATE_RAY_TWO_NODE") != "1",
-                       reason="two-node Ray test: set CURATE_RAY_TWO_NODE=1 and run this file alone"),
+                       reason="two-node Ray test (30-50 s): set CURATE_RAY_TWO_NODE=1"),
 ]
 
 
@@ -53,9 +61,8 @@ def _ours(base: Path) -> list:
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
-    if ray.is_initialized():
-        ray.shutdown()
+def two_nodes():
+    """(address, temp dir, the environment for processes that talk to the cluster)."""
     cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if cli is None:
         pytest.skip("the ray command line is not installed")
@@ -64,56 +71,45 @@ def two_nodes(tmp_path):
     base = Path(tempfile.mkdtemp(prefix="curate-ray2-", dir="/tmp" if os.path.isdir("/tmp") else None))
     for sub in ("head", "node2", "home", "tmp"):
         (base / sub).mkdir(parents=True)
-    # no RAY_* from an earlier in-process ray.init (RAY_ADDRESS would point `ray start` elsewhere)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(base / "home"), "TMPDIR": str(base / "tmp"), "RAY_TMPDIR": str(base / "tmp"),
+    # no RAY_* from this process (RAY_ADDRESS would point `ray start` elsewhere, RAY_AUTH_MODE
+    # from an in-process ray.init would ask for a token: see the module doc)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(base / "home"),
+           "TMPDIR": str(base / "tmp"), "RAY_TMPDIR": str(base / "tmp"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-    saved = {k: os.environ.get(k) for k in ("HOME", "TMPDIR", "RAY_TMPDIR")}
     try:
         subprocess.run([cli, "start", "--head", "--port", str(port), "--include-dashboard", "false",
                         "--temp-dir", str(base / "head"), *common], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run([cli, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", str(base / "node2"), *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        for k in saved:
-            os.environ[k] = env[k]
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", base, env
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         procs = _ours(base)
         for p in procs:
             try:
                 p.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
+        _, alive = psutil.wait_procs(procs, timeout=5)
         for p in alive:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_two_node_cluster_parts_identical_to_local(two_nodes, tmp_path):
-    toml = tmp_path / "p.toml"
-    raw = SAMPLE / "raw"
-    toml.write_text(f"""
+PIPELINE = """
 [run]
 seed = 0
 part_rows = 250
 [[sources]]
 name = "qa_alpaca"
-path = "{raw / 'qa_alpaca.jsonl'}"
+path = "{raw}/qa_alpaca.jsonl"
 format = "alpaca"
 task = "qa"
 [[stages]]
@@ -125,25 +121,33 @@ on = "assistant"
 kind = "dedup"
 name = "exact_dedup"
 method = "exact"
-""")
-    cfg = load_config(toml)
-    run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
-    ex = RayExecutor(address=two_nodes)
-    for _ in range(60):  # the second node joins within seconds
-        if sum(1 for n in ray.nodes() if n["Alive"]) >= 2:
-            break
-        time.sleep(1)
-    assert sum(1 for n in ray.nodes() if n["Alive"]) == 2 and ray.cluster_resources().get("CPU") == 2
-    run_on_parts(cfg, tmp_path / "ray", ex, part_rows=250)
-    ex.close()
+"""
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes()
+            for pat in ("stages/**/*", "rejects/*", "quarantine.jsonl") for p in sorted(run.glob(pat)) if p.is_file()}
+
+
+def test_two_node_cluster_identical_to_local(two_nodes, tmp_path):
+    address, base, env = two_nodes
+    toml = tmp_path / "p.toml"
+    toml.write_text(PIPELINE.format(raw=SAMPLE / "raw"))
+    run_pipeline(load_config(toml), tmp_path / "local", executor=LocalExecutor())
+    # wait for both nodes, then the run: the driver joins the cluster as a user's would
+    wait = ("import ray, time\nray.init(address=%r, logging_level='warning')\n"
+            "for _ in range(60):\n    if sum(n['Alive'] for n in ray.nodes()) >= 2: break\n    time.sleep(1)\n"
+            "print(sum(n['Alive'] for n in ray.nodes()), int(ray.cluster_resources().get('CPU', 0)))\n") % address
+    got = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True, timeout=120)
+    assert got.stdout.split() == ["2", "2"], got.stderr[-2000:]
+    res = subprocess.run([sys.executable, "-m", "curate", "run", str(toml), "--no-train", "--quiet", "--executor", "ray",
+                          "--address", address, "--out", str(tmp_path / "ray")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
     local, ray_run = tmp_path / "local", tmp_path / "ray"
+    assert _files(local) == _files(ray_run)  # every stage's parts and done.json, rejects, quarantine
     ml, mr = (json.loads((d / "manifest.json").read_text()) for d in (local, ray_run))
-    assert ml["ledger"] == mr["ledger"] and ml["ledger"]["reconciles"]
-    assert ml["stages"] == mr["stages"]
-    for rel in ("rejects/01-normalize.parquet", "rejects/02-filter.parquet", "rejects/03-exact_dedup.parquet"):
-        assert (local / rel).read_bytes() == (ray_run / rel).read_bytes(), rel
-    for st in ml["stages"]:
-        dl, dr = (json.loads((d / st["output"] / "done.json").read_text()) for d in (local, ray_run))
-        assert read_dataset(local / st["output"], dl["parts"]).equals(read_dataset(ray_run / st["output"], dr["parts"]))
-    read = json.loads((tmp_path / "ray/stages/00-read/done.json").read_text())
-    assert len(read["parts"]) > 1
+    assert ml["ledger"] == mr["ledger"] and ml["ledger"]["reconciles"] and ml["stages"] == mr["stages"]
+    assert len(json.loads((ray_run / "stages/00-read/done.json").read_text())["parts"]) > 1
+    # the second node ran tasks: its session has worker logs
+    assert list((base / "node2").glob("session_*/logs/worker-*")), "no worker ran on the second node"

@@ -4,7 +4,8 @@ the local executor runs it here, part by part where it can (below); the Ray exec
 Ray cluster. Both must give identical outputs, row for row.
 
 The local executor streams (`LocalExecutor.run_stage`), in one of three ways, recorded as
-the manifest stage entry's `memory`:
+the manifest stage entry's `memory`; the per-part steps are curate/pipeline/stage_steps.py's,
+which the Ray executor runs in its tasks too:
 
   "parts"        a row-local stage (curate/pipeline/blocks.py `part_mode`: normalize,
                  filter, pii, language, decontaminate, locally scored quality): read one
@@ -27,21 +28,15 @@ the manifest stage entry's `memory`:
 """
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-import numpy as np
 import polars as pl
 
-from curate.contract.ledger import REASON, reject_frame
+from curate.pipeline.stage_steps import (HEAVY, ROW, StageJob, StageOutput, light, part_keys, plan_positions,  # noqa: F401
+                                         apply_part, planned_output, resumed_part, row_local_output, row_local_part,
+                                         run_whole, write_windows)
 from curate.pipeline import parts as P
 from curate.stages.base import Stage, StageResult, has_plan
-
-HEAVY = ("messages", "meta")  # the columns statistics never read (see the module doc)
-ROW = "_row"
 
 
 class Executor(Protocol):
@@ -50,47 +45,6 @@ class Executor(Protocol):
     def process(self, stage: Stage, table: pl.DataFrame) -> StageResult: ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class StageJob:
-    """One stage's input and output locations, handed by the runner to `run_stage`."""
-
-    in_dir: Path  # the input dataset (parts listed in in_entries)
-    in_entries: list[dict]
-    out_dir: Path  # RUN/stages/NN-name: output parts are written here
-    progress: P.StageProgress  # per-part records (resume inside the stage)
-    part_rows: int
-    log: Callable[[str], None] = lambda s: None
-
-
-@dataclass
-class StageOutput:
-    """What `run_stage` leaves: the output parts (written), the rejects as frames in the
-    rejects layout (`reject_frame`) or files of it, in order, and the stage's stats."""
-
-    entries: list[dict]
-    rejects: list[Path | pl.DataFrame] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    memory: str = "parts"
-    rows_out: int = 0
-
-
-def light(df: pl.DataFrame) -> pl.DataFrame:
-    return df.drop([c for c in HEAVY if c in df.columns])
-
-
-def _light_state(state: dict) -> dict:
-    return {k: (pl.Series(v.name, [None] * v.len(), dtype=pl.Null) if isinstance(v, pl.Series) else v)
-            for k, v in state.items()}
-
-
-def write_windows(out_dir: Path, table: pl.DataFrame, part_rows: int, first: int = 0) -> list[dict]:
-    """`table` as output parts of `part_rows` rows (at least one part, maybe empty)."""
-    entries = []
-    for k, lo in enumerate(range(0, max(table.height, 1), part_rows)):
-        entries.append(P.write_part(out_dir, first + k, table.slice(lo, part_rows)))
-    return entries
 
 
 class LocalExecutor:
@@ -116,8 +70,6 @@ class LocalExecutor:
         return self._whole(stage, job)
 
     def _row_local(self, stage: Stage, job: StageJob, mode: str) -> StageOutput:
-        from curate.pipeline.blocks import decode_state, encode_state, merge_stats
-
         # One worker instance for all parts (models load once); `stage` itself decides the
         # statistics over the merged states, as the driver does under Ray.
         worker = type(stage)(stage.config, stage.context)
@@ -125,40 +77,17 @@ class LocalExecutor:
             shared = stage.shared_resource()
             if shared is not None:
                 worker.use_shared_resource(shared)
-        entries, rejects, payloads, lights, resumed = [], [], [], [], 0
+        hits, resumed = [], 0
         for i, e in enumerate(job.in_entries):
-            hit = job.progress.load(i, int(e["rows"]))
-            if hit is not None and (job.progress.folder / f"light-{i:05d}.parquet").is_file():
+            hit = resumed_part(job.progress, i, e)
+            if hit is not None:
                 resumed += 1
-                lite = pl.read_parquet(job.progress.folder / f"light-{i:05d}.parquet")
             else:
-                part = P.read_part(job.in_dir / e["file"])
-                if mode == "annotate":
-                    annotated = worker.annotate(part)
-                    state = worker.block_state()
-                    res = worker.decide(part, annotated)
-                    payload = encode_state(_light_state(state))
-                    lite = light(annotated)
-                else:
-                    res = worker.process(part)
-                    payload = json.loads(json.dumps(res.stats, default=str))
-                    lite = light(res.kept)
-                P.write_parquet(job.progress.folder / f"light-{i:05d}.parquet", lite)
-                hit = job.progress.save(i, part.height, res.kept, reject_frame(stage.name, res.dropped), payload)
-                del part, res
-            entries.append(hit["part"])
-            rejects.append(job.progress.rejects_path(i))
-            payloads.append(hit["payload"])
-            lights.append(lite)
-        job.log(f"[{stage.name}] {len(entries)} parts of up to {job.part_rows:,} rows ({mode})"
+                hit = row_local_part(worker, mode, job.progress, job.in_dir, i, e)
+            hits.append(hit)
+        job.log(f"[{stage.name}] {len(hits)} parts of up to {job.part_rows:,} rows ({mode})"
                 + (f", {resumed} resumed" if resumed else ""))
-        lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
-        if mode == "annotate":
-            stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
-        else:
-            stats = merge_stats(stage, lite, payloads)
-        return StageOutput(entries=entries, rejects=rejects, stats=stats, memory="parts",
-                           rows_out=sum(int(x["rows"]) for x in entries))
+        return row_local_output(stage, mode, job.progress, hits)
 
     def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
         """keys per part -> one plan -> apply per part (curate/stages/base.py run_planned is
@@ -169,72 +98,26 @@ class LocalExecutor:
         of the applied parts per window: I/O grows with windows x parts; memory stays one
         window)."""
         bounds = P.offsets(job.in_entries)
-        keys = []
-        for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
-            k = stage.keys(part)
-            if k.height != part.height:
-                raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {part.height}")
-            keys.append(k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW)))
+        keys = [part_keys(stage, part, first)
+                for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))]
         plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
         del keys
-        order = plan.order
-        moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
-        positions = order.with_row_index("__out_pos").select(ROW, "__out_pos") if moved else None
-        target = job.progress.folder / "applied" if moved else job.out_dir
-        entries, rejects, part_stats = [], [], []
+        positions, target = plan_positions(plan, job)
+        entries, part_stats = [], []
         for i, (first, part) in enumerate(zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))):
-            res = stage.apply(part, plan, first)
-            if res.stats is not plan.stats:
-                part_stats.append(json.loads(json.dumps(res.stats or {}, default=str)))
-            P.write_parquet(job.progress.rejects_path(i), reject_frame(stage.name, res.dropped))
-            rejects.append(job.progress.rejects_path(i))
-            kept = res.kept
-            if moved:
-                pos = positions.filter((pl.col(ROW) >= first) & (pl.col(ROW) < first + part.height))["__out_pos"]
-                if len(pos) != kept.height:
-                    raise RuntimeError(f"stage {stage.name!r}: apply() kept {kept.height} rows of a part, "
-                                       f"its plan's order has {len(pos)}")
-                kept = kept.with_columns(pos)
-            entries.append(P.write_part(target, i, kept))
-            del part, res, kept
-        merge = getattr(stage, "merge_part_stats", None)
-        if callable(merge) and part_stats:
-            merge(plan, part_stats)
+            entry, st = apply_part(stage, plan, part, first, i, job.progress, target, positions)
+            entries.append(entry)
+            if st is not None:
+                part_stats.append(st)
+            del part
         job.log(f"[{stage.name}] {len(entries)} parts, planned from key columns of {int(bounds[-1]):,} rows")
-        if moved:
-            files = [str(target / e["file"]) for e in entries]
-            out = []
-            for k, lo in enumerate(range(0, max(order.height, 1), job.part_rows)):
-                rows = (pl.scan_parquet(files).filter((pl.col("__out_pos") >= lo) & (pl.col("__out_pos") < lo + job.part_rows))
-                        .collect().sort("__out_pos").drop("__out_pos"))
-                out.append(P.write_part(job.out_dir, k, rows))
-            entries = out
-            shutil.rmtree(target, ignore_errors=True)
-        return StageOutput(entries=entries, rejects=rejects, stats=plan.stats, memory="keys",
-                           rows_out=sum(int(x["rows"]) for x in entries))
+        return planned_output(stage, plan, job, entries, part_stats, target)
 
     def _whole(self, stage: Stage, job: StageJob) -> StageOutput:
         return run_whole(self, stage, job)
 
     def close(self) -> None:
         pass
-
-
-def run_whole(executor, stage: Stage, job: StageJob) -> StageOutput:
-    """Any executor's `process` over the whole input table, written back as parts."""
-    table = P.read_dataset(job.in_dir, job.in_entries)
-    job.log(f"[{stage.name}] whole-table stage: holds all {table.height:,} rows in memory")
-    result = executor.process(stage, table)
-    del table
-    entries = write_windows(job.out_dir, result.kept, job.part_rows)
-    return StageOutput(entries=entries, rejects=[reject_frame(stage.name, result.dropped)],
-                       stats=result.stats, memory="whole-table", rows_out=result.kept.height)
-
-
-def _annotate_stats(stage, lite: pl.DataFrame, states: list[dict]) -> dict:
-    """The stage's statistics from its own `decide`, over the small columns of all parts."""
-    stage.merge_block_states(states)
-    return stage.decide(lite, lite).stats
 
 
 def make_executor(run_cfg) -> Executor:

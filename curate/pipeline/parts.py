@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -215,21 +215,6 @@ class RowGroupWriter:
             self._writer.close()
         finally:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-
-def merge_parquet(paths: Iterable[Path], target: Path, row_group_rows: int = ROW_GROUP_ROWS) -> dict:
-    """Stream the Parquet files `paths` (in order) into one file `target` of fixed-size row
-    groups (unified schema); returns {"rows", "sha256"}. Memory: one input file."""
-    paths = list(paths)
-    schema = files_schema(paths)
-    w = RowGroupWriter(target, schema, row_group_rows)
-    try:
-        for p in paths:
-            w.write(pl.read_parquet(p))
-    except BaseException:
-        w.abort()
-        raise
-    return w.close()
 
 
 class StageProgress:

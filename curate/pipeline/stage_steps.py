@@ -1,0 +1,202 @@
+"""The steps of a streamed stage, shared by every executor (curate/pipeline/executor.py
+runs them in this process, curate/pipeline/ray_executor.py in Ray tasks on workers), so
+a stage's parts, rejects and statistics are the same bytes whichever executor ran them:
+
+  StageJob / StageOutput   what the runner hands an executor's `run_stage` and gets back
+  row_local_part           one input part of a row-local stage: read, annotate + decide or
+                           process, write its small columns, output part, rejects and its
+                           record (parts.StageProgress; resume inside the stage)
+  resumed_part             the record of a part an earlier run finished (files checked)
+  row_local_output         the finished row-local stage: statistics by the stage's own
+                           code over the small columns of all parts (never messages/meta)
+  part_keys, plan_positions, apply_part, planned_output
+                           a planned stage's keys of one part, where its applied parts go,
+                           `apply` of the plan to one part, and the finished stage
+  run_whole                any executor's `process` over the whole input, written as parts
+
+Memory of each way is in curate/pipeline/executor.py's module doc.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from curate.contract.ledger import reject_frame
+from curate.pipeline import parts as P
+from curate.stages.base import Stage
+
+HEAVY = ("messages", "meta")  # the columns statistics never read (curate/pipeline/executor.py module doc)
+ROW = "_row"
+
+
+@dataclass
+class StageJob:
+    """One stage's input and output locations, handed by the runner to `run_stage`."""
+
+    in_dir: Path  # the input dataset (parts listed in in_entries)
+    in_entries: list[dict]
+    out_dir: Path  # RUN/stages/NN-name: output parts are written here
+    progress: P.StageProgress  # per-part records (resume inside the stage)
+    part_rows: int
+    log: Callable[[str], None] = lambda s: None
+
+
+@dataclass
+class StageOutput:
+    """What `run_stage` leaves: the output parts (written), the rejects as frames in the
+    rejects layout (`reject_frame`) or files of it, in order, and the stage's stats."""
+
+    entries: list[dict]
+    rejects: list[Path | pl.DataFrame] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    memory: str = "parts"
+    rows_out: int = 0
+
+
+def light(df: pl.DataFrame) -> pl.DataFrame:
+    return df.drop([c for c in HEAVY if c in df.columns])
+
+
+def _light_state(state: dict) -> dict:
+    return {k: (pl.Series(v.name, [None] * v.len(), dtype=pl.Null) if isinstance(v, pl.Series) else v)
+            for k, v in state.items()}
+
+
+def write_windows(out_dir: Path, table: pl.DataFrame, part_rows: int, first: int = 0) -> list[dict]:
+    """`table` as output parts of `part_rows` rows (at least one part, maybe empty)."""
+    entries = []
+    for k, lo in enumerate(range(0, max(table.height, 1), part_rows)):
+        entries.append(P.write_part(out_dir, first + k, table.slice(lo, part_rows)))
+    return entries
+
+
+def run_whole(executor, stage: Stage, job: StageJob) -> StageOutput:
+    """Any executor's `process` over the whole input table, written back as parts."""
+    table = P.read_dataset(job.in_dir, job.in_entries)
+    job.log(f"[{stage.name}] whole-table stage: holds all {table.height:,} rows in memory")
+    result = executor.process(stage, table)
+    del table
+    entries = write_windows(job.out_dir, result.kept, job.part_rows)
+    return StageOutput(entries=entries, rejects=[reject_frame(stage.name, result.dropped)],
+                       stats=result.stats, memory="whole-table", rows_out=result.kept.height)
+
+
+def light_path(progress: P.StageProgress, i: int) -> Path:
+    """Where part `i`'s small columns (`light`) wait for the stage's statistics."""
+    return progress.folder / f"light-{i:05d}.parquet"
+
+
+def resumed_part(progress: P.StageProgress, i: int, entry: dict) -> dict | None:
+    """Part `i`'s record when an earlier run finished it (files checked), else None."""
+    hit = progress.load(i, int(entry["rows"]))
+    return hit if hit is not None and light_path(progress, i).is_file() else None
+
+
+def row_local_part(worker: Stage, mode: str, progress: P.StageProgress, in_dir: Path, i: int, entry: dict,
+                   before_save: Callable[[], None] | None = None) -> dict:
+    """Input part `i` of a row-local stage: read, annotate + decide ("annotate") or process
+    ("blocks"), then write its small columns, its output part, its rejects and its
+    record (parts.StageProgress, written last); returns the record. `before_save` runs
+    between the first write and the rest (the Ray fault test's hook)."""
+    from curate.pipeline.blocks import encode_state
+
+    part = P.read_part(Path(in_dir) / entry["file"])
+    if mode == "annotate":
+        annotated = worker.annotate(part)
+        state = worker.block_state()
+        res = worker.decide(part, annotated)
+        payload = encode_state(_light_state(state))
+        lite = light(annotated)
+    else:
+        res = worker.process(part)
+        payload = json.loads(json.dumps(res.stats, default=str))
+        lite = light(res.kept)
+    P.write_parquet(light_path(progress, i), lite)
+    if before_save is not None:
+        before_save()
+    return progress.save(i, part.height, res.kept, reject_frame(worker.name, res.dropped), payload)
+
+
+def row_local_output(stage: Stage, mode: str, progress: P.StageProgress, hits: list[dict]) -> StageOutput:
+    """The finished row-local stage from its parts' records, in part order: the stage's
+    statistics by its own code over the small columns of all parts."""
+    from curate.pipeline.blocks import decode_state, merge_stats
+
+    lights = [pl.read_parquet(light_path(progress, i)) for i in range(len(hits))]
+    lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
+    del lights
+    payloads = [h["payload"] for h in hits]
+    if mode == "annotate":
+        stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
+    else:
+        stats = merge_stats(stage, lite, payloads)
+    entries = [h["part"] for h in hits]
+    return StageOutput(entries=entries, rejects=[progress.rejects_path(i) for i in range(len(hits))], stats=stats,
+                       memory="parts", rows_out=sum(int(x["rows"]) for x in entries))
+
+
+def part_keys(stage: Stage, part: pl.DataFrame, first: int) -> pl.DataFrame:
+    """A planned stage's keys of one part, checked (one row per input row), with `_row`."""
+    k = stage.keys(part)
+    if k.height != part.height:
+        raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {part.height}")
+    return k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW))
+
+
+def plan_positions(plan, job: StageJob) -> tuple[pl.DataFrame | None, Path]:
+    """(each kept row's output position, where applied parts go): (None, the stage
+    folder) unless the plan's `order` moves rows across parts (see `_planned`)."""
+    order = plan.order
+    moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
+    if not moved:
+        return None, job.out_dir
+    return order.with_row_index("__out_pos").select(ROW, "__out_pos"), job.progress.folder / "applied"
+
+
+def apply_part(stage: Stage, plan, part: pl.DataFrame, first: int, i: int, progress: P.StageProgress,
+               target: Path, positions: pl.DataFrame | None) -> tuple[dict, dict | None]:
+    """`apply` of the plan to part `i` (global rows from `first`): its rejects and its
+    kept rows written (with their output positions when `positions`); returns the part's
+    entry and what `apply` found for the stats (None when it returned the plan's own)."""
+    res = stage.apply(part, plan, first)
+    st = json.loads(json.dumps(res.stats or {}, default=str)) if res.stats is not plan.stats else None
+    P.write_parquet(progress.rejects_path(i), reject_frame(stage.name, res.dropped))
+    kept = res.kept
+    if positions is not None:
+        pos = positions.filter((pl.col(ROW) >= first) & (pl.col(ROW) < first + part.height))["__out_pos"]
+        if len(pos) != kept.height:
+            raise RuntimeError(f"stage {stage.name!r}: apply() kept {kept.height} rows of a part, "
+                               f"its plan's order has {len(pos)}")
+        kept = kept.with_columns(pos)
+    return P.write_part(target, i, kept), st
+
+
+def planned_output(stage: Stage, plan, job: StageJob, entries: list[dict], part_stats: list[dict],
+                   target: Path) -> StageOutput:
+    """The finished planned stage: the parts' stats merged into the plan's (the stage's
+    `merge_part_stats`), and rows moved across parts read back in output order."""
+    merge = getattr(stage, "merge_part_stats", None)
+    if callable(merge) and part_stats:
+        merge(plan, part_stats)
+    if target != job.out_dir:
+        files = [str(target / e["file"]) for e in entries]
+        out = []
+        for k, lo in enumerate(range(0, max(plan.order.height, 1), job.part_rows)):
+            rows = (pl.scan_parquet(files).filter((pl.col("__out_pos") >= lo) & (pl.col("__out_pos") < lo + job.part_rows))
+                    .collect().sort("__out_pos").drop("__out_pos"))
+            out.append(P.write_part(job.out_dir, k, rows))
+        entries = out
+        shutil.rmtree(target, ignore_errors=True)
+    return StageOutput(entries=entries, rejects=[job.progress.rejects_path(i) for i in range(len(job.in_entries))],
+                       stats=plan.stats, memory="keys", rows_out=sum(int(x["rows"]) for x in entries))
+
+
+def _annotate_stats(stage, lite: pl.DataFrame, states: list[dict]) -> dict:
+    """The stage's statistics from its own `decide`, over the small columns of all parts."""
+    stage.merge_block_states(states)
+    return stage.decide(lite, lite).stats
