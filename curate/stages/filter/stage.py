@@ -30,7 +30,8 @@ from typing import Literal
 import polars as pl
 
 from curate.stages.filter import phrases
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
+from curate.stages.base import FilterStage, StageResult, sum_counts
+from curate.stages.common.decisions import decide_checks
 from curate.stages.common.text_stats import CODE_BLOCK_RE, URL_RE, basic_stats, repetition_stats
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import text_view
@@ -228,19 +229,9 @@ class HeuristicFilter(FilterStage):
 
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:
         frame, checks = self._evaluate(table)
-        self._check_hits = {k: int(v) for k, v in frame.select(
-            [fail.sum().alias(key) for key, _, fail, _ in checks]).row(0, named=True).items()} if checks else {}
-        reason = pl.coalesce([pl.when(fail).then(pl.lit(r)) for _, r, fail, _ in checks]) if checks else pl.lit(None, pl.String)
-        detail = pl.coalesce([pl.when(fail).then(d) for _, _, fail, d in checks]) if checks else pl.lit(None, pl.String)
-        failed = (
-            pl.concat_list([pl.when(fail).then(pl.lit(k)) for k, _, fail, _ in checks]).list.drop_nulls()
-            if checks else pl.lit([], pl.List(pl.String))
-        )
-        out = frame.with_columns(
-            reason.cast(pl.String).alias(REASON),
-            detail.cast(pl.String).alias(DETAIL),
-            failed.alias(self._col("failed")),
-        )
+        # each check evaluated once; details only on the rows that fail (common/decisions.py)
+        out, fails = decide_checks(frame, checks, self._col("failed"))
+        self._check_hits = {key: int(v) for (key, _, _, _), v in zip(checks, fails.sum().row(0))} if checks else {}
         return out.drop([c for c in out.columns if c.startswith("__")])
 
     def block_state(self) -> dict:
