@@ -21,6 +21,7 @@ import atexit
 import os
 import threading
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,13 @@ def _predict_here(texts: pl.Series, path: str | None, batch_size: int) -> tuple[
     scores: list[np.ndarray] = []
     for i in range(0, len(lines), batch_size):
         labs, probs = model.f.multilinePredict(lines.slice(i, batch_size).to_list(), 1, 0.0, "strict")
-        lab = pl.Series(labs, dtype=pl.List(pl.String)).list.first().str.strip_prefix("__label__").fill_null("")
-        if all(len(p) == 1 for p in probs):
+        if min(map(len, probs), default=1) == 1:  # k=1: one label each (flattened, no per-text work)
+            lab = pl.Series(list(chain.from_iterable(labs)), dtype=pl.String)
             sc = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
-        else:  # a text with no prediction (k=1 gives at most one): probability 0
+        else:  # a text with no prediction: label "", probability 0
+            lab = pl.Series([x[0] if x else "" for x in labs], dtype=pl.String)
             sc = np.array([float(p[0]) if len(p) else 0.0 for p in probs], dtype=np.float64)
+        lab = lab.str.strip_prefix("__label__")
         langs.append(lab)
         scores.append(np.minimum(sc, 1.0))
     if not langs:
