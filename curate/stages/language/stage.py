@@ -162,10 +162,14 @@ class LanguageStage(FilterStage):
         checks = []
         # A translation prompt is meant to mix languages: no keep-list or mismatch verdict on
         # it, but its answer must be in the language the prompt asks for.
-        prompt = text_view("last_user")
-        translation = prompt.str.contains(cfg.mismatch_exempt_pattern)
+        # the prompt's view, exemption and target as columns, once: several checks read them
+        frame = frame.with_columns(text_view("last_user").alias("__prompt"))
+        prompt = pl.col("__prompt")
         target = pl.coalesce([prompt.str.extract(r, 1) for r in TARGET_RES]).str.to_lowercase()
-        target = target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
+        frame = frame.with_columns(prompt.str.contains(cfg.mismatch_exempt_pattern).alias("__translation"),
+                                   target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
+                                   .alias("__target"))
+        translation, target = pl.col("__translation"), pl.col("__target")
         if cfg.keep:
             for r in cfg.on:
                 lang, score = pl.col(f"{self.name}_{r}"), pl.col(f"{self.name}_{r}_score")
