@@ -385,7 +385,9 @@ class HeuristicFilter(FilterStage):
 
         def subset(mask: pl.Expr, key: str, fail: pl.Expr, detail: pl.Expr):
             nonlocal frame
-            sub = frame.filter(mask).select("__i", fail.fill_null(False).alias(f"__f_{key}"), detail.alias(f"__d_{key}"))
+            # lazy, so that only the columns the check reads are gathered for the subset
+            sub = frame.lazy().filter(mask).select("__i", fail.fill_null(False).alias(f"__f_{key}"),
+                                                   detail.alias(f"__d_{key}")).collect()
             frame = frame.join(sub, on="__i", how="left", maintain_order="left")
             checks.append((key, key, pl.col(f"__f_{key}").fill_null(False), pl.col(f"__d_{key}")))
 
