@@ -14,6 +14,14 @@ later calls, each with its own copy of the model: lid.176.ftz is under 1 MB) pre
 others, and the parts are joined in order. Each text's prediction depends on that text
 alone, so the output is identical to one call. Below `PARALLEL_MIN_TEXTS` texts one call
 is cheaper than shipping the texts to another process.
+
+Per-text Python is kept out of the loop around fastText: the lines are prepared with
+polars (newlines to spaces, the "\\n" fastText's `predict` appends) and handed to the
+same C++ `multilinePredict` that `predict` calls, and the labels and probabilities come
+back as one String Series and one float64 array (parts travel to and from the workers as
+Arrow-backed Series, not a pickle per string). Measured at 250k records: the language
+stage's CPU time 14.1 s -> 10.3 s with identical labels and scores (tests/test_language.py
+checks them against fastText's own `predict`); fastText's C++ is what remains.
 """
 from __future__ import annotations
 
