@@ -186,3 +186,22 @@ def test_workers_config_refused():
         load_dataclass(Config, {"kind": "language", "workers": 0})
     with pytest.raises(ConfigError, match="unspaced_weight"):
         load_dataclass(Config, {"kind": "language", "unspaced_weight": 0})
+
+
+def test_predict_equals_fasttext_predict():
+    """The column-wise line preparation and result unpacking give exactly fastText's own
+    `predict(list)` over the texts with newlines made spaces: labels and float64 scores,
+    on varied text (scripts, emoji, empty, whitespace-only, newlines, carriage returns)."""
+    texts = [EN, FR, DE, ZH, "", " ", "\n", "a\r\nb\rc\nd", "Привет, как дела? Всё хорошо.", "🙂🙂🙂", "x" * 3000,
+             "مرحبا كيف حالك", "こんにちは、元気ですか", "naïve café crème brûlée", "12345 67890", "\t tab \t"]
+    model = langid.load_model()
+    labs, probs = model.predict([t.replace("\n", " ").replace("\r", " ") for t in texts], k=1)
+    want_langs = [lab[0].removeprefix("__label__") if lab else "" for lab in labs]
+    want_scores = [float(min(p[0], 1.0)) if len(p) else 0.0 for p in probs]
+    langs, scores = langid.predict(texts, batch_size=5)  # several chunks
+    assert langs == want_langs
+    assert scores == want_scores
+    assert all(type(s) is float for s in scores)
+    series_langs, series_scores = langid.predict_series(pl.Series(texts), batch_size=7)
+    assert series_langs.to_list() == want_langs and series_scores.tolist() == want_scores
+    assert langid.predict([]) == ([], [])

@@ -93,3 +93,54 @@ def test_rows_conserved_and_idempotent(convs):
     again = Normalize(Config(), None).process(r.kept)
     assert again.dropped.height == 0
     assert again.kept["messages"].to_list() == r.kept["messages"].to_list()
+
+
+def _reference(convs, require_alternation=True):
+    """The structural part of normalize as it was written before (per-list positions
+    inside list.eval), applied to already-cleaned turns: (trimmed messages, reason)."""
+    el = pl.element()
+    role, content = el.struct.field("role"), el.struct.field("content")
+    pos = pl.int_range(pl.len())
+    df = table(convs).with_columns(pl.col("messages").list.eval(el.filter(pos <= pos.filter(role == "assistant").max())))
+    calls = el.struct.field("extra").str.json_path_match("$.tool_calls").is_not_null()
+    prev = role.shift(1)
+    msgs = pl.col("messages")
+    first_user = msgs.list.eval(pos.filter(role == "user").min()).list.first()
+    first_asst = msgs.list.eval(pos.filter(role == "assistant").min()).list.first()
+    last_asst = msgs.list.eval(pos.filter(role == "assistant").max()).list.first()
+    reasons = [
+        (first_user.is_null() | last_asst.is_null() | (last_asst < first_user), "no_assistant_after_user"),
+        (msgs.list.eval(((role == "user") & (content == "")).any()).list.first(), "empty_prompt"),
+        (msgs.list.eval(((role == "assistant") & (content == "") & ~calls).any()).list.first(), "empty_answer"),
+        (msgs.list.eval(((role == "system") & (pos > 0)).any()).list.first(), "system_not_first"),
+        (first_asst < first_user, "assistant_first"),
+    ]
+    if require_alternation:
+        same = ((role == "user") & (prev == "user")) | ((role == "assistant") & (prev == "assistant"))
+        reasons.append((msgs.list.eval(same.any()).list.first(), "roles_not_alternating"))
+    reason = pl.lit(None, pl.String)
+    for cond, name in reversed(reasons):
+        reason = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(reason)
+    out = df.with_columns(reason.alias("r"))
+    return out["messages"].to_list(), out["r"].to_list()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant", "tool"]),
+                                   st.sampled_from(["", "x", "héllo 世界", "ok"])), min_size=0, max_size=6),
+                min_size=1, max_size=10), st.booleans())
+def test_structure_checks_equal_the_per_list_positions(convs, alternation):
+    """Trimming and every structural reason equal the earlier per-list position code, on
+    turns whose text normalisation changes nothing (so only the structure is compared)."""
+    convs = [[{"role": r, "content": c} for r, c in conv] for conv in convs]
+    # the cleaning step removes empty system/tool turns first; the reference starts after it
+    cleaned = [[m for m in conv if not (m["role"] in ("system", "tool") and m["content"] == "")] for conv in convs]
+    want_msgs, want_reasons = _reference(cleaned, alternation)
+    r = run(convs, require_alternation=alternation)
+    got = dict(zip(r.dropped["origin"].to_list(), r.dropped["_reason"].to_list()))
+    kept = dict(zip(r.kept["origin"].to_list(), r.kept["messages"].to_list()))
+    for i, (msgs, reason) in enumerate(zip(want_msgs, want_reasons)):
+        if reason is None:
+            assert kept[f"f:{i}"] == msgs
+        else:
+            assert got[f"f:{i}"] == reason

