@@ -38,7 +38,7 @@ import polars as pl
 
 from curate.contract.ledger import REASON, reject_frame
 from curate.pipeline import parts as P
-from curate.stages.base import Stage, StageResult, has_plan
+from curate.stages.base import Stage, StageResult, complete_plan, has_plan
 
 HEAVY = ("messages", "meta")  # the columns statistics never read (see the module doc)
 ROW = "_row"
@@ -111,7 +111,7 @@ class LocalExecutor:
         mode = part_mode(stage)
         if mode is not None:
             return self._row_local(stage, job, mode)
-        if has_plan(stage):
+        if has_plan(stage, refine=True):
             return self._planned(stage, job)
         return self._whole(stage, job)
 
@@ -177,6 +177,9 @@ class LocalExecutor:
             keys.append(k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW)))
         plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
         del keys
+        # a plan that needs more of some rows (base.Refine): passes over the parts holding them
+        spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        plan = complete_plan(stage, plan, spans, lambda i: P.read_part(job.in_dir / job.in_entries[i]["file"]))
         order = plan.order
         moved = order is not None and order.height > 1 and not bool(order[ROW].is_sorted())
         positions = order.with_row_index("__out_pos").select(ROW, "__out_pos") if moved else None
