@@ -83,6 +83,11 @@ DEDUP = [
     {"method": "minhash", "view": "user", "threshold": 0.5, "verify": False, "keep": "first", "examples": 0},
     {"method": "minhash", "view": "conversation", "threshold": 0.5, "verify_by": "estimate", "num_perm": 64,
      "keep": "source_priority", "sources": ["c"]},
+    # exact verification (the default): shingle sets fetched in passes over the parts
+    {"method": "minhash", "view": "user", "threshold": 0.5, "keep": "best"},
+    {"method": "minhash", "view": "conversation", "threshold": 0.5, "verify_shingles": 600, "keep": "first"},
+    {"method": "minhash", "view": "user", "threshold": 0.6, "prefilter": False, "num_perm": 64,
+     "keep": "source_priority", "sources": ["b"]},
 ]
 SELECT = [
     {"column": "heuristic", "min": 0.6},
@@ -106,7 +111,7 @@ def test_planned_equals_process(tmp_path, stage_cls, config_cls, kind, cfg, data
         pytest.skip("sample data absent")
     table = handmade() if data == "handmade" else sample()
     stage = stage_cls(load_dataclass(config_cls, {"kind": kind, **cfg}, "stages[0]"), _ctx(tmp_path))
-    assert has_plan(stage)
+    assert has_plan(stage, refine=True)
     whole = stage.process(table)
     if kind == "dedup":
         assert whole.stats["duplicates"] > 0  # the case has something to decide
@@ -139,8 +144,11 @@ def test_dedup_plan_decides_only_clustered_rows(tmp_path):
 
 def test_not_plannable_configurations(tmp_path):
     mk = lambda **c: DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **c}, "s"), _ctx(tmp_path))  # noqa: E731
-    assert not has_plan(mk(method="minhash"))  # exact verification rebuilds shingles from text
+    # exact verification fetches shingle sets in passes over the parts: only a runner that
+    # completes such plans (base.complete_plan) plans it; for the others it stays whole
+    assert not has_plan(mk(method="minhash")) and has_plan(mk(method="minhash"), refine=True)
     assert has_plan(mk(method="minhash", verify_by="estimate"))
+    assert not has_plan(mk(method="semantic", model="m"), refine=True)
     sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
                                                     "diversity": 0.1}, "s"), _ctx(tmp_path))
     assert not has_plan(sel)
@@ -160,3 +168,58 @@ def test_adapter_on_copies_of_the_plan_equals_process(tmp_path):
     plan = stage.plan(pl.concat([stage.block_keys(t.slice(lo, 25)) for lo in range(0, t.height, 25)]))
     decided = pl.concat([stage.apply_plan(t.slice(lo, 25), copy.deepcopy(plan)) for lo in range(0, t.height, 25)])
     same(stage.finish(decided, plan), whole)
+
+
+@pytest.mark.parametrize("cfg", [c for c in DEDUP if c["method"] == "minhash" and c.get("verify", True)
+                                 and c.get("verify_by", "exact") == "exact"], ids=json.dumps)
+@pytest.mark.parametrize("data", ["handmade", "sample"])
+def test_minhash_exact_from_keys_equals_whole_table(tmp_path, cfg, data):
+    """MinHash with exact verification from keys (keys, then the candidate rows' shingle
+    sets fetched in batched passes) decides, row for row and stat for stat, as the
+    whole-table path (`_minhash_roots` over the table's text, then `from_clusters`),
+    which the Ray executor's in-memory dedup runs."""
+    if data == "sample" and not SAMPLE.is_file():
+        pytest.skip("sample data absent")
+    table = handmade() if data == "handmade" else sample()
+    stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **cfg}, "s"), _ctx(tmp_path))
+    whole = stage.from_clusters(table, *stage._minhash_roots(table))
+    assert whole.stats["verified_pairs"] > 0
+    same(run_planned(stage, table, 64), whole)  # other part sizes: test_planned_equals_process
+
+
+def test_minhash_exact_verification_passes_are_bounded(tmp_path):
+    """Each pass fetches the shingles of at most `verify_shingles` (beyond its first block
+    of pairs), asks only for rows in candidate pairs, and a small budget takes more passes
+    to the same plan."""
+    from curate.stages.base import Refine, complete_plan, part_bounds
+
+    table = handmade()
+    asked: dict[int, list] = {}
+    for budget in (20_000_000, 40):
+        stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "minhash", "view": "user",
+                                                        "threshold": 0.5, "verify_shingles": budget}, "s"),
+                           _ctx(tmp_path))
+        bounds = part_bounds(table.height, 16)
+        keys = pl.concat([stage.keys(table.slice(lo, hi - lo)).with_columns(
+            pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)) for lo, hi in bounds])
+        plan = stage.plan(keys)
+        assert isinstance(plan, Refine)
+        st = plan.state
+        in_pairs = set(st["left"].tolist()) | set(st["right"].tolist())
+        passes = []
+        orig = stage.finish_plan
+
+        def spy(refine, extra, orig=orig):
+            passes.append(refine.rows.copy())
+            return orig(refine, extra)
+
+        stage.finish_plan = spy
+        final = complete_plan(stage, plan, bounds, lambda i: table.slice(bounds[i][0], bounds[i][1] - bounds[i][0]))
+        assert all(set(r.tolist()) <= in_pairs for r in passes)
+        asked[budget] = passes
+        decided = final.decisions
+        if budget == 40:
+            assert decided.equals(first.decisions)
+        else:
+            first = final
+    assert len(asked[20_000_000]) == 1 and len(asked[40]) > 1
