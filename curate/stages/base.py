@@ -231,16 +231,21 @@ class Refine:
     some rows than their keys carry (MinHash's exact verification: the shingle sets of
     rows in candidate pairs; consensus: the word sets of distinct answers of contested
     prompts). The runner makes one more pass over the parts, reading only the parts that
-    hold a requested row, calls `refine_keys(part, rows_in_part, first_row)` on each and
+    hold a requested row, calls `refine_keys(part, rows_in_part, first_row, ask)` on each and
     hands the frames, concatenated in row order, to `finish_plan(refine, extra)`, which
     returns the Plan or a further Refine (a stage bounds what one pass holds by asking in
     batches). `complete_plan` is that loop; `run_planned` runs it, so `process` does too.
 
     rows   sorted, distinct global rows (int64) whose `refine_keys` the stage needs
+    ask    what is asked of those rows, a short string handed to `refine_keys` (so that a
+           worker's copy of the stage needs nothing else to answer)
     state  what the stage continues from (its own; the runner does not read it)
+
+    Memory: what the stage asks for in one pass (it bounds it), besides the keys.
     """
 
     rows: np.ndarray
+    ask: str = ""
     state: Any = None
 
 
@@ -257,7 +262,7 @@ def complete_plan(stage: Any, plan: Any, bounds: list[tuple[int, int]],
             if b <= a:
                 continue
             want = rows[a:b]
-            k = stage.refine_keys(read(i), want, lo)
+            k = stage.refine_keys(read(i), want, lo, plan.ask)
             if k.height != len(want):
                 raise RuntimeError(f"stage {stage.name!r}: refine_keys() gave {k.height} rows for {len(want)} asked")
             extra.append(k.with_columns(pl.Series(ROW_COL, want, dtype=pl.UInt64)))

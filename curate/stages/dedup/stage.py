@@ -559,9 +559,9 @@ class DedupStage(PlannedStage):
             total += add
             end = min(len(left), end + block)
         st["end"] = end
-        return Refine(rows=np.flatnonzero(mark).astype(np.int64), state=st)
+        return Refine(rows=np.flatnonzero(mark).astype(np.int64), ask="shingles", state=st)
 
-    def refine_keys(self, part: pl.DataFrame, rows: np.ndarray, first_row: int) -> pl.DataFrame:
+    def refine_keys(self, part: pl.DataFrame, rows: np.ndarray, first_row: int, ask: str = "") -> pl.DataFrame:
         """The shingle hashes (list<u32>, as `minhash.shingle_hashes` gives them) of the
         asked rows of `part` (global positions `rows`), for exact verification."""
         cfg = self.config
