@@ -794,20 +794,45 @@ class DedupStage(PlannedStage):
 
 
 def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rule of `DedupStage.candidate_pairs` (see there), over all rows at once."""
+    """The rule of `DedupStage.candidate_pairs` (see there), one band at a time.
+
+    Per band, one stable sort of (key, row) by key (rows come in ascending order, so each
+    key's rows stay ascending), then numpy keeps the keys seen more than once and lays out
+    each bucket's pairs. Band by band, not all bands in one sort: the sorted frame is
+    rows x 16 B instead of rows x bands x 16 B (at 10M rows and 21 bands, 160 MB instead
+    of 3.4 GB). A band's hash is seeded with its index, so a bucket never spans bands
+    except through a 64-bit collision (odds ~ rows^2 x bands^2 / 2^64): the pairs are
+    those of the one sort over all bands. Pairs found by several bands are merged by a
+    `unique` whenever the pending ones outgrow the merged ones."""
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    bands = band.shape[1]
     idx = np.nonzero(has)[0].astype(np.int64)
     if len(idx) < 2:
         return empty
     if int(idx[-1]) >= 1 << 32:
         raise ValueError("minhash dedup packs row numbers in 32 bits: at most 4,294,967,296 rows")
-    # One stable sort of every (key, row) by key (rows come in ascending order, so each
-    # key's rows stay ascending), then numpy keeps the keys seen more than once, each
-    # (key, row) once. Measured at 1M rows x 21 bands (21M keys): 2.5 s against 4.9 s for
-    # the hash-based filter (`is_duplicated`) + `unique` + sort it replaces; same arrays.
-    keys = band.ravel() if len(idx) == band.shape[0] else band[idx].ravel()
-    ordered = pl.DataFrame({"k": keys, "r": np.repeat(idx, bands)}).sort("k", maintain_order=True)
+    merged = np.zeros(0, np.uint64)
+    pending: list[np.ndarray] = []
+    pending_n = 0
+    for j in range(band.shape[1]):
+        code = _band_pairs(band[idx, j] if len(idx) != band.shape[0] else band[:, j], idx, max_bucket)
+        if code is None:
+            continue
+        pending.append(code)
+        pending_n += len(code)
+        if pending_n > max(len(merged), 1 << 22):
+            merged = pl.Series(np.concatenate([merged, *pending])).unique().sort().to_numpy()
+            pending, pending_n = [], 0
+    if pending:
+        merged = pl.Series(np.concatenate([merged, *pending])).unique().sort().to_numpy()
+    if not len(merged):
+        return empty
+    return (merged >> np.uint64(32)).astype(np.int64), (merged & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _band_pairs(keys: np.ndarray, idx: np.ndarray, max_bucket: int) -> np.ndarray | None:
+    """The candidate pairs (left << 32 | right, unsorted, maybe repeated) of one band's
+    buckets: rows `idx` (ascending) with band keys `keys`."""
+    ordered = pl.DataFrame({"k": keys, "r": idx}).sort("k", maintain_order=True)
     k = ordered["k"].to_numpy()
     r = ordered["r"].to_numpy().astype(np.int64)
     del ordered
@@ -815,10 +840,9 @@ def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np
     shared = np.zeros(len(k), dtype=bool)
     shared[1:] = same
     shared[:-1] |= same
-    shared[1:] &= ~(same & (r[1:] == r[:-1]))  # a row whose key repeats across its bands: once
     k, r = k[shared], r[shared]
     if len(k) < 2:
-        return empty
+        return None
     start = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
     size = np.diff(np.append(start, len(k)))
     multi = size > 1
@@ -840,8 +864,7 @@ def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np
         first = np.repeat(s0, sz - 1)
         others = first + 1 + (np.arange(int((sz - 1).sum()), dtype=np.int64) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1))
         codes.append((r[first].astype(np.uint64) << np.uint64(32)) | r[others].astype(np.uint64))
-    code = pl.Series(np.concatenate(codes)).unique().sort().to_numpy()
-    return (code >> np.uint64(32)).astype(np.int64), (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return np.concatenate(codes) if codes else None
 
 
 def _short(text: str | None, limit: int = 160) -> str:
