@@ -84,7 +84,7 @@ class Config:
     # threshold is lost with probability <= 1e-4 (at threshold + 0.05: <= 2e-7). Keeps
     # verification cheap when many rows share a part of their text.
     prefilter: bool = True
-    # verify_by = "exact" from keys (the streaming runner): the most shingles (about 30 B
+    # verify_by = "exact" from keys (the streaming runner): the most shingles (about 40 B
     # each while verifying) one pass over the parts fetches for the candidate pairs' rows;
     # more pairs take more passes. Results do not depend on it.
     verify_shingles: int = 20_000_000
@@ -886,7 +886,7 @@ def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: 
     del pos
     if len(key):
         key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
-    key_pos = (key >> np.uint64(32)).astype(np.int64)
+    key_pos = (key >> np.uint64(32)).astype(np.int32 if n_rows < 1 << 31 else np.int64)
     size_of = np.bincount(key_pos, minlength=n_rows)
     out = np.zeros(len(p_all), dtype=np.float64)
     todo = np.arange(len(p_all))
@@ -899,8 +899,8 @@ def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: 
     # each row's shingles are sorted, so the queries of a step are ascending: the
     # searches walk `key` in order (cache-friendly), about 4x faster than the earlier
     # polars join of pairs with the (row, shingle) table on the same pairs, and exact.
-    h32 = key & np.uint64(0xFFFFFFFF)
-    start_of = np.searchsorted(key_pos, np.arange(n_rows))
+    h32 = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    start_of = np.searchsorted(key_pos, np.arange(n_rows, dtype=key_pos.dtype))
     step = 100_000
     for lo in range(0, len(todo), step):
         sel = todo[lo:lo + step]
@@ -908,7 +908,7 @@ def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: 
         sz = size_of[pr_]
         first = np.cumsum(sz) - sz
         idx = np.repeat(start_of[pr_], sz) + (np.arange(int(sz.sum()), dtype=np.int64) - np.repeat(first, sz))
-        query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | h32[idx]
+        query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | h32[idx].astype(np.uint64)
         at = np.minimum(np.searchsorted(key, query), len(key) - 1)
         hit = (key[at] == query).astype(np.int64)
         common = np.zeros(len(pl_), dtype=np.float64)
