@@ -13,7 +13,10 @@ Two shapes:
   PlannedStage a whole-table decision (dedup, select, mix) made from small per-row key
                columns: `keys(part)` -> `plan(keys) -> Plan` -> `apply(part, plan,
                first_row)`, so that a runner holds one part of rows at a time plus the
-               keys of all rows (see PlannedStage and `run_planned`).
+               keys of all rows (see PlannedStage and `run_planned`). Where keys are not
+               enough (MinHash's exact verification, consensus's near-equal answers),
+               `plan` returns a `Refine`: a bounded pass over the parts for the rows it
+               names (`refine_keys`, `finish_plan`; the runner's loop is `complete_plan`).
 """
 from __future__ import annotations
 
