@@ -330,6 +330,13 @@ class RayExecutor:
             keys = pl.concat([from_ipc(r["keys"]) for r in keyed], how="vertical_relaxed", rechunk=True)
             plan = stage.plan(keys)
             del keys, keyed
+            # a plan that asks for more of some rows (base.Refine: MinHash exact verification,
+            # consensus): the asked parts read on the driver, one at a time
+            from curate.pipeline.parts import read_part
+            from curate.stages.base import complete_plan
+
+            spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+            plan = complete_plan(stage, plan, spans, lambda i: read_part(src / parts[i]["file"]))
             order = getattr(plan, "order", None)
             if order is not None and order.height > 1 and not bool((order[PLAN_ROW].diff().drop_nulls() >= 0).all()):
                 raise RuntimeError(f"ray: stage {stage.name!r} reorders rows across parts (Plan.order); "
@@ -442,7 +449,7 @@ def has_plan_protocol(stage: Stage) -> bool:
 
     rule = getattr(base, "has_plan", None)
     if callable(rule):
-        return bool(rule(stage))
+        return bool(rule(stage, refine=True))  # the parts path completes refined plans
     if not all(callable(getattr(stage, m, None)) for m in ("keys", "plan", "apply")):
         return False
     return bool(stage.plannable()) if callable(getattr(stage, "plannable", None)) else True
