@@ -1,14 +1,19 @@
 """Peak memory of a whole-table stage decided from keys vs the same stage on the whole
-table: near dedup (MinHash, 128 permutations, verify_by = "estimate", keep = "best") on a
-synthetic table of N records (default 1M) with planted near-duplicates.
+table: near dedup (MinHash, 128 permutations, keep = "best", verify_by = "exact" - the
+default - or "estimate") on a synthetic table of N records (default 1M) with planted
+near-duplicates.
 
 Arms, each in a fresh subprocess (peak RSS = ru_maxrss, minus the RSS after imports):
-  process   the whole table generated in memory, `DedupStage.process(table)`
+  process   the whole table generated in memory, decided on it whole: the whole-table path
+            (`_minhash_roots` over the table's text + `from_clusters`, what the Ray
+            executor's in-memory dedup runs); `process()` itself is now the planned path
   planned   the table generated part by part (as a streaming runner reads it), `keys(part)`
-            per part, then one `plan(keys of all parts)`: what a runner holds besides one part
-Both arms are checked to decide the same (duplicate count, decisions' row count).
+            per part, then one `plan(keys of all parts)`, completed (verify_by = "exact") by
+            passes that regenerate the asked parts (`base.complete_plan`): what a runner
+            holds besides one part
+Both arms are checked to decide the same (duplicate count).
 
-    python benchmarks/plan_memory.py [--rows 1000000] [--part-rows 100000] [--repeat 1]
+    python benchmarks/plan_memory.py [--rows 1000000] [--part-rows 100000] [--repeat 1] [--verify exact]
 
 Prints one line per arm (peak RSS above baseline, wall and CPU seconds) and the ratio
 process / planned. Numbers depend on the machine's load: run the arms side by side.
@@ -62,7 +67,7 @@ def part(lo: int, hi: int, seed: int = 0):
                         schema={**POLARS_SCHEMA, "heuristic": pl.Float64})
 
 
-def stage():
+def stage(verify: str = "exact"):
     import tempfile
 
     from curate.contract.typed_config import load_dataclass
@@ -71,7 +76,7 @@ def stage():
 
     d = Path(tempfile.mkdtemp())
     cfg = load_dataclass(Config, {"kind": "dedup", "method": "minhash", "num_perm": 128, "threshold": 0.7,
-                                  "verify_by": "estimate", "keep": "best", "score_column": "heuristic",
+                                  "verify_by": verify, "keep": "best", "score_column": "heuristic",
                                   "view": "user", "examples": 0}, "stages[0]")
     return DedupStage(cfg, StageContext(run_dir=d, config_dir=d, seed=0, stage_dir=d / "s", log=lambda m: None))
 
@@ -80,17 +85,18 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def arm(name: str, rows: int, part_rows: int) -> dict:
+def arm(name: str, rows: int, part_rows: int, verify: str = "exact") -> dict:
     import polars as pl
 
-    from curate.stages.base import ROW_COL, part_bounds
+    from curate.stages.base import ROW_COL, complete_plan, part_bounds
 
-    st = stage()
+    st = stage(verify)
     part(0, 10)  # warm imports before the baseline
     base = rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     if name == "process":
-        res = st.process(part(0, rows))
+        table = part(0, rows)
+        res = st.from_clusters(table, *st._minhash_roots(table))
         dups, decided = res.stats["duplicates"], None
     else:
         keys = []
@@ -100,6 +106,8 @@ def arm(name: str, rows: int, part_rows: int) -> dict:
         keys = pl.concat(keys, how="vertical", rechunk=True)  # one chunk: plan's rechunk is then free
         key_bytes = keys.estimated_size()
         plan = st.plan(keys)
+        bounds = part_bounds(rows, part_rows)
+        plan = complete_plan(st, plan, bounds, lambda i: part(*bounds[i]))
         dups, decided = plan.stats["duplicates"], plan.decisions.height
     out = {"arm": name, "rows": rows, "peak_mib": round(rss_mib() - base, 1), "wall_s": round(time.perf_counter() - t0, 1),
            "cpu_s": round(time.process_time() - c0, 1), "duplicates": dups}
@@ -113,22 +121,24 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--part-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--verify", choices=["exact", "estimate"], default="exact")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.arm:
-        print(json.dumps(arm(a.arm, a.rows, a.part_rows)))
+        print(json.dumps(arm(a.arm, a.rows, a.part_rows, a.verify)))
         return
     results: dict[str, list[dict]] = {"process": [], "planned": []}
     for _ in range(a.repeat):
         for name in ("planned", "process"):  # interleaved
-            cmd = [sys.executable, __file__, "--arm", name, "--rows", str(a.rows), "--part-rows", str(a.part_rows)]
+            cmd = [sys.executable, __file__, "--arm", name, "--rows", str(a.rows), "--part-rows", str(a.part_rows),
+                   "--verify", a.verify]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             results[name].append(r)
             print(json.dumps(r), flush=True)
     med = {k: sorted(x["peak_mib"] for x in v)[len(v) // 2] for k, v in results.items()}
     if results["planned"][0]["duplicates"] != results["process"][0]["duplicates"]:
         raise SystemExit("the arms decided differently")
-    print(f"near dedup, {a.rows:,} rows, 128 permutations: peak RSS above imports, process {med['process']} MiB, "
+    print(f"near dedup, {a.rows:,} rows, 128 permutations, verify_by = {a.verify}: peak RSS above imports, process {med['process']} MiB, "
           f"keys + plan {med['planned']} MiB: ratio process / planned = {med['process'] / max(med['planned'], 1e-9):.2f}")
 
 

@@ -154,11 +154,11 @@ def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
         from curate.pipeline.executor import LocalExecutor
 
         ex = LocalExecutor()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run_pipeline(cfg, out, fresh=True, executor=ex)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ex.close()
-    print(json.dumps({"wall": wall}))
+    print(json.dumps({"wall": wall, "cpu": cpu}))
 
 
 def canonical(df: pl.DataFrame) -> pl.DataFrame:
@@ -274,7 +274,7 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
     if proc.returncode:
         raise SystemExit(f"{executor} run failed (rc {proc.returncode})")
     res = json.loads(stdout.strip().splitlines()[-1])
-    return {"pipeline_s": res["wall"], "process_s": total, "peak_rss_gib": peak[0] / 2**30,
+    return {"pipeline_s": res["wall"], "cpu_s": res.get("cpu"), "process_s": total, "peak_rss_gib": peak[0] / 2**30,
             "peak_stage": _stage_at(out, at[0] - (total - res["wall"]))}
 
 
@@ -426,21 +426,56 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
                 label = name if pr is None else f"{name}/{pr}"
                 run = work / f"run_{name}_{n}_{pr}"
                 r = measure(ex, pipeline, run, ray_cpus, arm_env)
-                rows.append({"records": n, "executor": label, **r, "digest": digest(run)})
+                rows.append({"records": n, "executor": label, **r, "digest": digest(run), "memory": stage_memory(run)})
                 print(f"{n:,} {label}: {r}", flush=True)
-    print(f"\n{os.cpu_count()} CPUs; peak RSS = the child process tree; x = ratio to the smallest size")
-    print(f"{'records':>10} {'executor':<18}{'pipeline s':>11}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
+                (work / "growth.json").write_text(json.dumps(rows, indent=1))  # so far (a long run may be cut)
+    print(f"\n{os.cpu_count()} CPUs; peak RSS = the child process tree; x = ratio to the smallest size (wall is noisy under load: read CPU s too)")
+    print(f"{'records':>10} {'executor':<18}{'pipeline s':>11}{'x':>6}{'CPU s':>8}{'x':>6}{'peak RSS GiB':>14}{'x':>6}"
           f"{'KiB/record':>12}  {'peak in':<14}digest")
     first = {}
     for r in rows:
         f = first.setdefault(r["executor"], r)
+        cpu, cpu0 = r.get("cpu_s") or float("nan"), f.get("cpu_s") or float("nan")
         print(f"{r['records']:>10,} {r['executor']:<18}{r['pipeline_s']:>11.1f}{r['pipeline_s'] / f['pipeline_s']:>6.2f}"
+              f"{cpu:>8.1f}{cpu / cpu0:>6.2f}"
               f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
-              f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['peak_stage']:<14}{r['digest']}")
+              f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['peak_stage']:<14}{r['digest']}  {r['memory']}")
     for n in sorted(sizes):
         d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
         if len(d) > 1:
             print(f"{n:,}: outputs identical across {', '.join(d)}: {len(set(d.values())) == 1}")
+    write_chart(work, rows)
+
+
+def stage_memory(run: Path) -> str:
+    """How each stage held its rows (the manifest's `memory`), e.g. "parts x6, keys x4"."""
+    try:
+        modes = [s.get("memory", "?") for s in json.loads((run / "manifest.json").read_text())["stages"]]
+    except (OSError, ValueError, KeyError):
+        return "?"
+    return ", ".join(f"{m} x{modes.count(m)}" for m in dict.fromkeys(modes))
+
+
+def write_chart(work: Path, rows: list[dict]) -> None:
+    """The growth rows as JSON and an SVG of peak RSS and wall time against records, one
+    line per arm (curate/look/charts.py `lines`)."""
+    from curate.look.charts import lines
+
+    (work / "growth.json").write_text(json.dumps(rows, indent=1))
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    arms = list(dict.fromkeys(r["executor"] for r in rows))
+    def series(key):
+        out = []
+        for i, a in enumerate(arms):
+            rs = [r for r in rows if r["executor"] == a]
+            out.append((a, [r["records"] / 1e6 for r in rs], [r[key] for r in rs], colors[i % len(colors)]))
+        return out
+    svg = [lines(series("peak_rss_gib"), title="Peak RSS (GiB) by records", x_label="records (millions)"),
+           lines(series("pipeline_s"), title="Pipeline wall time (s) by records", x_label="records (millions)")]
+    (work / "growth.svg").write_text("<div>" + "".join(svg) + "</div>\n")
+    html = "<!doctype html><meta charset='utf-8'><title>scale benchmark</title>" + "".join(svg)
+    (work / "growth.html").write_text(html)
+    print(f"chart: {work / 'growth.html'} (data: {work / 'growth.json'})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 from curate.contract.schema import POLARS_SCHEMA, conversation_id
 from curate.contract.typed_config import load_dataclass
 from curate.stages.base import ROW_COL, StageContext, has_plan, run_planned
+from curate.stages.consensus.stage import Config as ConsensusConfig, ConsensusStage
 from curate.stages.dedup.stage import Config as DedupConfig, DedupStage
 from curate.stages.mix import Config as MixConfig, MixStage
 from curate.stages.select import Config as SelectConfig, SelectStage
@@ -51,6 +52,16 @@ def handmade(n: int = 120, seed: int = 3) -> pl.DataFrame:
     return _table(rows)
 
 
+def voting(n: int = 240, seed: int = 5) -> pl.DataFrame:
+    """Prompts asked many times with agreeing, near-equal and conflicting answers (and
+    some empty prompts), in no order: consensus groups cross every part boundary."""
+    rng = random.Random(seed)
+    prompts = [f"what is {a} plus {b}" for a in range(5) for b in range(5)] + [""]
+    answers = ["the answer is five", "the answer is five indeed", "six", "seven", "the answer is 5"]
+    return _table([(rng.choice("ab"), rng.choice(["qa", "math"]), rng.choice(prompts),
+                    rng.choice(answers + [f"x{i % 4}"])) for i in range(n)])
+
+
 def sample() -> pl.DataFrame:
     recs = []
     for line in SAMPLE.read_bytes().splitlines()[:700]:  # the sample plants broken lines: skip them
@@ -83,6 +94,11 @@ DEDUP = [
     {"method": "minhash", "view": "user", "threshold": 0.5, "verify": False, "keep": "first", "examples": 0},
     {"method": "minhash", "view": "conversation", "threshold": 0.5, "verify_by": "estimate", "num_perm": 64,
      "keep": "source_priority", "sources": ["c"]},
+    # exact verification (the default): shingle sets fetched in passes over the parts
+    {"method": "minhash", "view": "user", "threshold": 0.5, "keep": "best"},
+    {"method": "minhash", "view": "conversation", "threshold": 0.5, "verify_shingles": 600, "keep": "first"},
+    {"method": "minhash", "view": "user", "threshold": 0.6, "prefilter": False, "num_perm": 64,
+     "keep": "source_priority", "sources": ["b"]},
 ]
 SELECT = [
     {"column": "heuristic", "min": 0.6},
@@ -95,8 +111,16 @@ MIX = [
     {"targets": {"qa": 30, "*": 10}, "max_repeat": 3, "val_fraction": 0.1},
     {"by": "source", "temperature": 2.0, "cap": 20, "max_repeat": 2.5},
 ]
+CONSENSUS = [
+    {},  # near-equal answers (word-set Jaccard 0.8) and examples: two passes over the parts
+    {"ties": "drop", "prompt_view": "user"},
+    {"answer_similarity": 1.0, "examples": 0},  # exact answers, no examples: decided from keys alone
+    {"min_group": 2, "majority": 0.3, "answer_similarity": 0.5, "max_answers": 3, "examples": 3},
+    {"drop": "none"},
+]
 CASES = ([(DedupStage, DedupConfig, "dedup", c) for c in DEDUP] + [(SelectStage, SelectConfig, "select", c) for c in SELECT]
-         + [(MixStage, MixConfig, "mix", c) for c in MIX])
+         + [(MixStage, MixConfig, "mix", c) for c in MIX]
+         + [(ConsensusStage, ConsensusConfig, "consensus", c) for c in CONSENSUS])
 
 
 @pytest.mark.parametrize("stage_cls,config_cls,kind,cfg", CASES, ids=lambda x: json.dumps(x) if isinstance(x, dict) else None)
@@ -105,11 +129,15 @@ def test_planned_equals_process(tmp_path, stage_cls, config_cls, kind, cfg, data
     if data == "sample" and not SAMPLE.is_file():
         pytest.skip("sample data absent")
     table = handmade() if data == "handmade" else sample()
+    if kind == "consensus" and data == "handmade":
+        table = voting()
     stage = stage_cls(load_dataclass(config_cls, {"kind": kind, **cfg}, "stages[0]"), _ctx(tmp_path))
-    assert has_plan(stage)
+    assert has_plan(stage, refine=True)
     whole = stage.process(table)
     if kind == "dedup":
         assert whole.stats["duplicates"] > 0  # the case has something to decide
+    if kind == "consensus":
+        assert whole.stats["conflict_groups"] > 0
     for part_rows in (7, 64, table.height + 5):
         same(run_planned(stage, table, part_rows), whole)
 
@@ -139,8 +167,11 @@ def test_dedup_plan_decides_only_clustered_rows(tmp_path):
 
 def test_not_plannable_configurations(tmp_path):
     mk = lambda **c: DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **c}, "s"), _ctx(tmp_path))  # noqa: E731
-    assert not has_plan(mk(method="minhash"))  # exact verification rebuilds shingles from text
+    # exact verification fetches shingle sets in passes over the parts: only a runner that
+    # completes such plans (base.complete_plan) plans it; for the others it stays whole
+    assert not has_plan(mk(method="minhash")) and has_plan(mk(method="minhash"), refine=True)
     assert has_plan(mk(method="minhash", verify_by="estimate"))
+    assert not has_plan(mk(method="semantic", model="m"), refine=True)
     sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
                                                     "diversity": 0.1}, "s"), _ctx(tmp_path))
     assert not has_plan(sel)
@@ -160,3 +191,82 @@ def test_adapter_on_copies_of_the_plan_equals_process(tmp_path):
     plan = stage.plan(pl.concat([stage.block_keys(t.slice(lo, 25)) for lo in range(0, t.height, 25)]))
     decided = pl.concat([stage.apply_plan(t.slice(lo, 25), copy.deepcopy(plan)) for lo in range(0, t.height, 25)])
     same(stage.finish(decided, plan), whole)
+
+
+@pytest.mark.parametrize("cfg", [c for c in DEDUP if c["method"] == "minhash" and c.get("verify", True)
+                                 and c.get("verify_by", "exact") == "exact"], ids=json.dumps)
+@pytest.mark.parametrize("data", ["handmade", "sample"])
+def test_minhash_exact_from_keys_equals_whole_table(tmp_path, cfg, data):
+    """MinHash with exact verification from keys (keys, then the candidate rows' shingle
+    sets fetched in batched passes) decides, row for row and stat for stat, as the
+    whole-table path (`_minhash_roots` over the table's text, then `from_clusters`),
+    which the Ray executor's in-memory dedup runs."""
+    if data == "sample" and not SAMPLE.is_file():
+        pytest.skip("sample data absent")
+    table = handmade() if data == "handmade" else sample()
+    stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **cfg}, "s"), _ctx(tmp_path))
+    whole = stage.from_clusters(table, *stage._minhash_roots(table))
+    assert whole.stats["verified_pairs"] > 0
+    same(run_planned(stage, table, 64), whole)  # other part sizes: test_planned_equals_process
+
+
+def test_minhash_exact_verification_passes_are_bounded(tmp_path):
+    """Each pass fetches the shingles of at most `verify_shingles` (beyond its first block
+    of pairs), asks only for rows in candidate pairs, and a small budget takes more passes
+    to the same plan."""
+    from curate.stages.base import Refine, complete_plan, part_bounds
+
+    table = handmade()
+    asked: dict[int, list] = {}
+    decided: dict[int, pl.DataFrame] = {}
+    for budget in (20_000_000, 40):
+        stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "minhash", "view": "user",
+                                                        "threshold": 0.5, "verify_shingles": budget}, "s"),
+                           _ctx(tmp_path))
+        bounds = part_bounds(table.height, 16)
+        keys = pl.concat([stage.keys(table.slice(lo, hi - lo)).with_columns(
+            pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)) for lo, hi in bounds])
+        plan = stage.plan(keys)
+        assert isinstance(plan, Refine)
+        st = plan.state
+        in_pairs = set(st["left"].tolist()) | set(st["right"].tolist())
+        passes = []
+        orig = stage.finish_plan
+
+        def spy(refine, extra, orig=orig):
+            passes.append(refine.rows.copy())
+            return orig(refine, extra)
+
+        stage.finish_plan = spy
+        final = complete_plan(stage, plan, bounds, lambda i: table.slice(bounds[i][0], bounds[i][1] - bounds[i][0]))
+        assert all(set(r.tolist()) <= in_pairs for r in passes)
+        asked[budget] = passes
+        decided[budget] = final.decisions
+    assert len(asked[20_000_000]) == 1 and len(asked[40]) > 1
+    assert decided[40].equals(decided[20_000_000])
+
+
+def test_consensus_plans_from_keys_and_asks_only_for_contested_answers(tmp_path):
+    """Consensus keys carry no text; exact answer comparison without examples is decided
+    from keys alone (no pass: a runner without passes may plan it); otherwise the plan
+    asks for one row per distinct answer of prompts with 2..max_answers answers, then for
+    the examples' rows, and nothing else."""
+    from curate.stages.base import Refine
+
+    table = voting()
+    mk = lambda **c: ConsensusStage(load_dataclass(ConsensusConfig, {"kind": "consensus", **c}, "s"), _ctx(tmp_path))  # noqa: E731
+    keys = lambda st: st.keys(table).with_columns(pl.int_range(table.height, dtype=pl.UInt64).alias(ROW_COL))  # noqa: E731
+    exact = mk(answer_similarity=1.0, examples=0)
+    assert has_plan(exact) and not isinstance(exact.plan(keys(exact)), Refine)
+    st = mk(examples=2)
+    assert not has_plan(st) and has_plan(st, refine=True)
+    first = st.plan(keys(st))
+    assert isinstance(first, Refine) and first.ask == "answers"
+    norm = st._normalized_texts(table).with_row_index("r")
+    distinct = norm.filter(pl.col("__cons_prompt").str.len_chars() > 0).group_by("__cons_prompt", "__cons_answer").len()
+    assert len(first.rows) == distinct.height  # one row per distinct answer (every prompt here is contested)
+    extra = pl.concat([st.refine_keys(table, first.rows, 0, first.ask)]).with_columns(
+        pl.Series(ROW_COL, first.rows, dtype=pl.UInt64))
+    second = st.finish_plan(first, extra)
+    # per example: its distinct answers that can be among the 6 shown (here at most 9) + its prompt row
+    assert isinstance(second, Refine) and second.ask == "examples" and 0 < len(second.rows) <= 2 * (9 + 1)

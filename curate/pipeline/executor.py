@@ -36,7 +36,7 @@ from curate.pipeline.stage_steps import (HEAVY, ROW, StageJob, StageOutput, ligh
                                          apply_part, planned_output, resumed_part, row_local_output, row_local_part,
                                          run_whole, write_windows)
 from curate.pipeline import parts as P
-from curate.stages.base import Stage, StageResult, has_plan
+from curate.stages.base import Stage, StageResult, complete_plan, has_plan
 
 
 class Executor(Protocol):
@@ -65,7 +65,7 @@ class LocalExecutor:
         mode = part_mode(stage)
         if mode is not None:
             return self._row_local(stage, job, mode)
-        if has_plan(stage):
+        if has_plan(stage, refine=True):
             return self._planned(stage, job)
         return self._whole(stage, job)
 
@@ -102,6 +102,9 @@ class LocalExecutor:
                 for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))]
         plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
         del keys
+        # a plan that needs more of some rows (base.Refine): passes over the parts holding them
+        spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        plan = complete_plan(stage, plan, spans, lambda i: P.read_part(job.in_dir / job.in_entries[i]["file"]))
         positions, target = plan_positions(plan, job)
         entries, part_stats = [], []
         for i, (first, part) in enumerate(zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))):

@@ -71,7 +71,7 @@ from curate.pipeline.blocks import part_mode
 from curate.pipeline.stage_steps import (StageJob, StageOutput, apply_part, part_keys, plan_positions, planned_output,
                                          resumed_part, row_local_output, row_local_part, run_whole)
 from curate.pipeline.ray_blocks import FAULT_ENV, from_ipc, maybe_fault, portable, to_ipc, worker_stage  # noqa: F401
-from curate.stages.base import Stage, StageResult, has_plan
+from curate.stages.base import Stage, StageResult, complete_plan, has_plan
 
 DEFAULT_BLOCK_ROWS = 50_000
 
@@ -225,7 +225,7 @@ class RayExecutor:
         mode = part_mode(stage)
         if mode is not None:
             return self._row_local(stage, job, mode)
-        if has_plan(stage):
+        if has_plan(stage, refine=True):
             return self._planned(stage, job)
         return run_whole(self, stage, job)
 
@@ -264,6 +264,10 @@ class RayExecutor:
         del keyed
         plan = stage.plan(keys)
         del keys
+        # a plan that asks for more of some rows (base.Refine: MinHash exact verification,
+        # consensus): the asked parts are read on the driver, one at a time
+        spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        plan = complete_plan(stage, plan, spans, lambda i: P.read_part(job.in_dir / job.in_entries[i]["file"]))
         positions, target = plan_positions(plan, job)
         pos_ref = self._ray.put(positions) if positions is not None else None
         res = self.map_items(items, _apply_task(cls, cfg, ctx, self._ray.put(plan), pos_ref, job.in_dir, schema,

@@ -13,7 +13,10 @@ Two shapes:
   PlannedStage a whole-table decision (dedup, select, mix) made from small per-row key
                columns: `keys(part)` -> `plan(keys) -> Plan` -> `apply(part, plan,
                first_row)`, so that a runner holds one part of rows at a time plus the
-               keys of all rows (see PlannedStage and `run_planned`).
+               keys of all rows (see PlannedStage and `run_planned`). Where keys are not
+               enough (MinHash's exact verification, consensus's near-equal answers),
+               `plan` returns a `Refine`: a bounded pass over the parts for the rows it
+               names (`refine_keys`, `finish_plan`; the runner's loop is `complete_plan`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import polars as pl
 
 from curate.contract.ledger import DETAIL, REASON  # noqa: F401  (stages name these columns)
@@ -203,15 +207,71 @@ class Plan:
     order: pl.DataFrame | None = None
 
 
-def has_plan(stage: Any) -> bool:
+def has_plan(stage: Any, refine: bool = False) -> bool:
     """Whether a runner may run `stage` through keys -> plan -> apply: it has the three
     methods and this configuration can be decided from keys (`plannable()`, e.g. not
     select's sequential diversity walk nor semantic dedup). False: call
-    `process(whole table)`."""
+    `process(whole table)`.
+
+    `refine`: the runner completes a plan that asks for a second pass over the parts
+    (`Refine`, `complete_plan`). A stage whose configuration needs one (`needs_refine()`:
+    MinHash with exact verification, consensus) is planned only by such a runner; for the
+    others it stays a whole-table stage."""
     if not all(callable(getattr(stage, m, None)) for m in ("keys", "plan", "apply")):
         return False
     plannable = getattr(stage, "plannable", None)
-    return bool(plannable()) if callable(plannable) else True
+    if callable(plannable) and not plannable():
+        return False
+    needs = getattr(stage, "needs_refine", None)
+    if callable(needs) and needs():
+        return bool(refine) and all(callable(getattr(stage, m, None)) for m in ("refine_keys", "finish_plan"))
+    return True
+
+
+@dataclass
+class Refine:
+    """What `plan` (or `finish_plan`) returns instead of a Plan when deciding needs more of
+    some rows than their keys carry (MinHash's exact verification: the shingle sets of
+    rows in candidate pairs; consensus: the word sets of distinct answers of contested
+    prompts). The runner makes one more pass over the parts, reading only the parts that
+    hold a requested row, calls `refine_keys(part, rows_in_part, first_row, ask)` on each and
+    hands the frames, concatenated in row order, to `finish_plan(refine, extra)`, which
+    returns the Plan or a further Refine (a stage bounds what one pass holds by asking in
+    batches). `complete_plan` is that loop; `run_planned` runs it, so `process` does too.
+
+    rows   sorted, distinct global rows (int64) whose `refine_keys` the stage needs
+    ask    what is asked of those rows, a short string handed to `refine_keys` (so that a
+           worker's copy of the stage needs nothing else to answer)
+    state  what the stage continues from (its own; the runner does not read it)
+
+    Memory: what the stage asks for in one pass (it bounds it), besides the keys.
+    """
+
+    rows: np.ndarray
+    ask: str = ""
+    state: Any = None
+
+
+def complete_plan(stage: Any, plan: Any, bounds: list[tuple[int, int]],
+                  read: Callable[[int], pl.DataFrame]) -> Plan:
+    """`plan` completed: while it is a `Refine`, one pass over the parts that hold its
+    rows (`read(i)` = part i, rows [bounds[i][0], bounds[i][1])): `refine_keys` per part,
+    checked to give one row per requested row, `_row` set, then `finish_plan`."""
+    while isinstance(plan, Refine):
+        rows = np.asarray(plan.rows, dtype=np.int64)
+        extra = []
+        for i, (lo, hi) in enumerate(bounds):
+            a, b = int(np.searchsorted(rows, lo, side="left")), int(np.searchsorted(rows, hi, side="left"))
+            if b <= a:
+                continue
+            want = rows[a:b]
+            k = stage.refine_keys(read(i), want, lo, plan.ask)
+            if k.height != len(want):
+                raise RuntimeError(f"stage {stage.name!r}: refine_keys() gave {k.height} rows for {len(want)} asked")
+            extra.append(k.with_columns(pl.Series(ROW_COL, want, dtype=pl.UInt64)))
+        frame = pl.concat(extra, how="vertical_relaxed", rechunk=True) if extra else None
+        plan = stage.finish_plan(plan, frame)
+    return plan
 
 
 def part_bounds(n: int, part_rows: int) -> list[tuple[int, int]]:
@@ -235,6 +295,7 @@ def run_planned(stage: Any, table: pl.DataFrame, part_rows: int) -> StageResult:
             raise RuntimeError(f"stage {stage.name!r}: keys() gave {k.height} rows for a part of {hi - lo}")
         keys.append(k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
     plan = stage.plan(pl.concat(keys, how="vertical", rechunk=True))
+    plan = complete_plan(stage, plan, bounds, lambda i: table.slice(bounds[i][0], bounds[i][1] - bounds[i][0]))
     results = [stage.apply(table.slice(lo, hi - lo), plan, lo) for lo, hi in bounds]
     return assemble(results, bounds, plan)
 
@@ -331,6 +392,11 @@ class PlannedStage(Stage):
 
     def plannable(self) -> bool:
         return True
+
+    def needs_refine(self) -> bool:
+        """Whether `plan` may return a `Refine` (a second pass over the parts) for this
+        configuration; such a stage implements `refine_keys` and `finish_plan`."""
+        return False
 
     def keys(self, part: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         raise NotImplementedError

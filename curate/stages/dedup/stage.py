@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from curate.stages.dedup import minhash as mh
-from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part
+from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, Refine, StageResult, decided_part
 from curate.contract.typed_config import ConfigError
 from curate.stages.dedup.union_find import components
 from curate.contract.views import text_view
@@ -45,6 +45,7 @@ HASH = "__dedup_hash"
 _KEEPER = "__dedup_keeper"
 PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
 SRC, BANDS, HAS, SIG = "__dedup_source", "__dedup_bands", "__dedup_has", "__dedup_sig"  # keys (planned)
+NSH, SHINGLES = "__dedup_shingle_count", "__dedup_shingles"  # keys / refine_keys (exact verification)
 EX = "__dedup_example"  # decisions: "i:j" = member j of the report's example i
 EXAMPLE_TEXTS = "example_texts"  # an apply result's stats: the example texts it found
 ANS = "__dedup_answer"  # hash of the normalised answer: the cluster's answer agreement
@@ -83,6 +84,10 @@ class Config:
     # threshold is lost with probability <= 1e-4 (at threshold + 0.05: <= 2e-7). Keeps
     # verification cheap when many rows share a part of their text.
     prefilter: bool = True
+    # verify_by = "exact" from keys (the streaming runner): the most shingles (about 40 B
+    # each while verifying) one pass over the parts fetches for the candidate pairs' rows;
+    # more pairs take more passes. Results do not depend on it.
+    verify_shingles: int = 20_000_000
     max_bucket: int = 64  # a bucket larger than this links its members to its first one only
     chunk_size: int = 50_000  # rows per chunk while computing signatures
     # --- semantic ---
@@ -124,6 +129,8 @@ class Config:
             raise ConfigError("max_bucket", "must be at least 2")
         if self.chunk_size < 1:
             raise ConfigError("chunk_size", "must be positive")
+        if self.verify_shingles < 1:
+            raise ConfigError("verify_shingles", "must be positive")
         if self.keep == "source_priority" and not self.sources:
             raise ConfigError("sources", 'keep = "source_priority" needs the ordered list of `sources`')
         if self.sources and self.keep != "source_priority":
@@ -169,12 +176,16 @@ class DedupStage(PlannedStage):
     keys_per_row = True
 
     def plannable(self) -> bool:
-        """Exact, and MinHash verified by the signature estimate or not at all. MinHash with
-        verify_by = "exact" (the default) rebuilds the shingles of every candidate pair's
-        rows from their text, which keys do not carry; semantic compares embeddings of
-        every pair: both run whole."""
+        """Exact and MinHash. MinHash with verify_by = "exact" (the default) needs the
+        shingle sets of the candidate pairs' rows, which keys do not carry: its plan asks
+        for them in passes over the parts (`needs_refine`, `refine_keys`, `finish_plan`),
+        so only a runner that makes those passes plans it. Semantic dedup compares
+        embeddings of every pair and runs whole."""
+        return self.config.method in ("exact", "minhash")
+
+    def needs_refine(self) -> bool:
         cfg = self.config
-        return cfg.method == "exact" or (cfg.method == "minhash" and (not cfg.verify or cfg.verify_by == "estimate"))
+        return cfg.method == "minhash" and cfg.verify and cfg.verify_by == "exact"
 
     # ---- text ----------------------------------------------------------------------
     def _normalized(self, frame: pl.DataFrame) -> pl.Series:
@@ -205,6 +216,10 @@ class DedupStage(PlannedStage):
         needs it, or its 1-byte sketch (`mh.sketch`, n x min(num_perm, 128) uint8) for the
         pre-verification of verify_by = "exact", else None. Row-local: blocks give the
         rows of the whole table's arrays."""
+        return self._minhash_arrays(table)[:3]
+
+    def _minhash_arrays(self, table: pl.DataFrame):
+        """`minhash_block`'s three arrays plus each row's shingle count (uint32)."""
         cfg = self.config
         n = table.height
         bands, rows = cfg.lsh()
@@ -215,16 +230,18 @@ class DedupStage(PlannedStage):
                else np.empty((n, min(cfg.num_perm, mh.SKETCH_VALUES)), dtype=np.uint8) if keep_sketch else None)
         band = np.empty((n, bands), dtype=np.uint64)
         has = np.empty(n, dtype=bool)
+        nsh = np.empty(n, dtype=np.uint32)
         for lo, texts in self.normalized_chunks(table):
             s, counts = mh.signatures(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
             hi = lo + len(texts)
             band[lo:hi] = mh.band_hashes(s, bands, rows)
             has[lo:hi] = counts > 0
+            nsh[lo:hi] = np.minimum(counts, np.iinfo(np.uint32).max)
             if keep_sig:
                 sig[lo:hi] = s
             elif keep_sketch:
                 sig[lo:hi] = mh.sketch(s)
-        return band, has, sig
+        return band, has, sig, nsh
 
     def minhash_clusters(self, table: pl.DataFrame, band: np.ndarray, has: np.ndarray, sig: np.ndarray | None,
                          left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -254,16 +271,23 @@ class DedupStage(PlannedStage):
             if cfg.verify_by == "estimate":
                 sim = _estimated_jaccard(sig, left, right)
             else:
-                if sig is not None and sig.dtype == np.uint8:
-                    floor = mh.agreement_floor(sig.shape[1], cfg.threshold, miss=PREFILTER_MISS)
-                    near = mh.sketch_agreement(sig, left, right) >= floor
-                    left, right = left[near], right[near]
-                    stats["pairs_after_prefilter"] = int(len(left))
+                left, right = self._prefiltered(sig, left, right, stats)
                 sim = self._exact_jaccard(table, left, right, cfg.threshold) if len(left) else np.zeros(0)
             ok = sim >= cfg.threshold
             left, right = left[ok], right[ok]
         stats["verified_pairs"] = int(len(left))
         return components(table.height, left, right), stats
+
+    def _prefiltered(self, sig: np.ndarray | None, left: np.ndarray, right: np.ndarray,
+                     stats: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate pairs that pass the sketch pre-check (all of them without a
+        1-byte sketch); records `pairs_after_prefilter` in `stats`."""
+        if sig is not None and sig.dtype == np.uint8:
+            floor = mh.agreement_floor(sig.shape[1], self.config.threshold, miss=PREFILTER_MISS)
+            near = mh.sketch_agreement(sig, left, right) >= floor
+            left, right = left[near], right[near]
+            stats["pairs_after_prefilter"] = int(len(left))
+        return left, right
 
     def candidate_pairs(self, band: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate pairs from band buckets: every pair of a bucket of up to
@@ -295,50 +319,19 @@ class DedupStage(PlannedStage):
         shingles in one bucket (texts of ~60,000+ words) skip the bound."""
         cfg = self.config
         involved = np.unique(np.concatenate([left, right]))
-        keys = []
+        shs, cnts = [], []
         for lo in range(0, len(involved), cfg.chunk_size):
-            rows = involved[lo:lo + cfg.chunk_size]
-            texts = self._normalized(table[pl.Series(rows)])
-            lists = texts.to_frame("t").select(mh.tokens_expr(pl.col("t"), cfg.ngram_unit)).to_series()
-            sh, counts = mh.shingle_hashes(*mh.token_hashes(lists), cfg.ngram)
-            # one u64 per (row, shingle): the row's position in `involved`, then the hash
-            pos = np.repeat(np.arange(lo, lo + len(rows), dtype=np.uint64), counts)
-            keys.append((pos << np.uint64(32)) | sh.astype(np.uint64))
-        key = np.sort(np.concatenate(keys))  # sets: each (row, shingle) once (sort + diff
-        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
-        key_pos = (key >> np.uint64(32)).astype(np.int64)
-        size_of = np.bincount(key_pos, minlength=len(involved))
-        p_all, q_all = np.searchsorted(involved, left), np.searchsorted(involved, right)
-        out = np.zeros(len(left), dtype=np.float64)
-        todo = np.arange(len(left))
-        if threshold is not None and len(left):
-            bound = _jaccard_bounds(key, key_pos, size_of, p_all, q_all)
-            out[:] = bound
-            todo = np.flatnonzero(bound >= threshold - 1e-9)
-        # Intersections by binary search: for each pair, the keys (left << 32 | h) for every
-        # shingle h of the right row, looked up in `key`. Candidates come sorted by left and
-        # each row's shingles are sorted, so the queries of a step are ascending: the
-        # searches walk `key` in order (cache-friendly), about 4x faster than the earlier
-        # polars join of pairs with the (row, shingle) table on the same pairs, and exact.
-        h32 = key & np.uint64(0xFFFFFFFF)
-        start_of = np.searchsorted(key_pos, np.arange(len(involved)))
-        step = 100_000
-        for lo in range(0, len(todo), step):
-            sel = todo[lo:lo + step]
-            pl_, pr_ = p_all[sel], q_all[sel]
-            sz = size_of[pr_]
-            first = np.cumsum(sz) - sz
-            idx = np.repeat(start_of[pr_], sz) + (np.arange(int(sz.sum()), dtype=np.int64) - np.repeat(first, sz))
-            query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | h32[idx]
-            at = np.minimum(np.searchsorted(key, query), len(key) - 1)
-            hit = (key[at] == query).astype(np.int64)
-            common = np.zeros(len(pl_), dtype=np.float64)
-            nz = sz > 0
-            if nz.any():
-                common[nz] = np.add.reduceat(hit, first[nz]) if len(hit) else 0
-            union = size_of[pl_] + size_of[pr_] - common
-            out[sel] = np.divide(common, union, out=np.zeros_like(common), where=union > 0)
-        return out
+            sh, counts = self._shingles(self._normalized(table[pl.Series(involved[lo:lo + cfg.chunk_size])]))
+            shs.append(sh)
+            cnts.append(counts)
+        return _pair_jaccard(np.concatenate(shs), np.concatenate(cnts), np.searchsorted(involved, left),
+                             np.searchsorted(involved, right), threshold)
+
+    def _shingles(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Shingle hashes (uint32, row after row) and shingles per row of normalised texts."""
+        cfg = self.config
+        lists = texts.to_frame("t").select(mh.tokens_expr(pl.col("t"), cfg.ngram_unit)).to_series()
+        return mh.shingle_hashes(*mh.token_hashes(lists), cfg.ngram)
 
     def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
         """Embeddings from a local model directory (curate.stages.common.embeddings, cached by id in the
@@ -469,7 +462,9 @@ class DedupStage(PlannedStage):
         (`_keep_keys`; the score column's name rides in the column name
         `__dedup_score:<name>`), the source (for the report's examples) and, for MinHash,
         the band keys (bands x u64), whether the text has a shingle and, with
-        verify_by = "estimate", the signature (num_perm x u32)."""
+        verify_by = "estimate", the signature (num_perm x u32); with verify_by = "exact"
+        the 1-byte sketch (`mh.sketch`, when `prefilter`) and the shingle count (u32, to
+        size the verification's passes over the parts)."""
         cfg = self.config
         n = part.height
         norm = pl.concat([t for _, t in self.normalized_chunks(part)]) if n else pl.Series([], dtype=pl.String)
@@ -481,12 +476,15 @@ class DedupStage(PlannedStage):
         if cfg.examples:
             out = out.with_columns(part["source"].alias(SRC))
         if cfg.method == "minhash":
-            band, has, sig = self.minhash_block(part)
+            band, has, sig, nsh = self._minhash_arrays(part)
             bands = band.shape[1]
             out = out.with_columns(pl.Series(BANDS, band, dtype=pl.Array(pl.UInt64, bands)),
                                    pl.Series(HAS, has, dtype=pl.Boolean))
             if sig is not None:
-                out = out.with_columns(pl.Series(SIG, sig, dtype=pl.Array(pl.UInt32, cfg.num_perm)))
+                dt = pl.UInt8 if sig.dtype == np.uint8 else pl.UInt32
+                out = out.with_columns(pl.Series(SIG, sig, dtype=pl.Array(dt, sig.shape[1])))
+            if self.needs_refine():
+                out = out.with_columns(pl.Series(NSH, nsh, dtype=pl.UInt32))
         return out
 
     def plan(self, keys: pl.DataFrame) -> Plan:
@@ -510,9 +508,99 @@ class DedupStage(PlannedStage):
             has = keys[HAS].to_numpy()
             sig = keys[SIG].to_numpy() if SIG in keys.columns else None
             left, right = self.candidate_pairs(np.ascontiguousarray(band, dtype=np.uint64), has)
+            if self.needs_refine():
+                del band
+                return self._verify_batch(self._start_verify(keys, sig, has, left, right, score))
             roots, pair_stats = self.minhash_clusters(keys, band, has, sig, left, right)
         else:
             roots = np.zeros(0, np.int64)
+        return self._plan_from_roots(keys, roots, pair_stats, score)
+
+    # ---- exact verification from keys: passes over the parts (Refine) ----------------------
+    def _start_verify(self, keys: pl.DataFrame, sig, has: np.ndarray, left: np.ndarray, right: np.ndarray,
+                      score: str | None) -> dict:
+        """The state of exact verification from keys: `minhash_clusters`' statistics and
+        sketch pre-check, then the surviving pairs to verify in batches."""
+        bands, rows = self.config.lsh()
+        stats = {"bands": bands, "rows": rows, "candidate_pairs": int(len(left)), "empty_texts": int((~has).sum())}
+        if len(left):
+            left, right = self._prefiltered(sig, left, right, stats)
+        keys = keys.drop([c for c in (BANDS, SIG, HAS) if c in keys.columns])  # done with: free them
+        return {"keys": keys, "score": score, "stats": stats, "left": left, "right": right, "pos": 0, "end": 0,
+                "ok": []}
+
+    def _verify_batch(self, st: dict) -> Plan | Refine:
+        """The next batch of pairs, from `pos`: consecutive pairs (in blocks of up to
+        65,536, fewer for a small budget) while the shingles of their rows not already in
+        the batch stay within `verify_shingles` (at least one block); a Refine for those
+        rows. Trade-off: pairs come sorted by row, not by cluster, so a row paired in
+        several batches is fetched (and shingled) once per batch; with the default budget
+        the scale benchmark's 1M records take one pass. No pairs left:
+        the clusters of the verified pairs and the plan."""
+        left, right, pos = st["left"], st["right"], st["pos"]
+        if pos >= len(left):
+            ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
+            l, r = left[ok], right[ok]
+            st["stats"]["verified_pairs"] = int(len(l))
+            keys = st["keys"]
+            roots = components(keys.height, l, r)
+            return self._plan_from_roots(keys, roots, st["stats"], st["score"])
+        nsh = st["keys"][NSH].to_numpy()
+        mark = np.zeros(len(nsh), dtype=bool)
+        budget, total, end = int(self.config.verify_shingles), 0, pos
+        block = int(min(65_536, max(1, budget // 64)))  # 2 x block rows of ~32 shingles fit the budget
+        while end < len(left):
+            rows = np.unique(np.concatenate([left[end:end + block], right[end:end + block]]))
+            new = rows[~mark[rows]]
+            add = int(nsh[new].sum(dtype=np.int64))
+            if end > pos and total + add > budget:
+                break
+            mark[new] = True
+            total += add
+            end = min(len(left), end + block)
+        st["end"] = end
+        return Refine(rows=np.flatnonzero(mark).astype(np.int64), ask="shingles", state=st)
+
+    def refine_keys(self, part: pl.DataFrame, rows: np.ndarray, first_row: int, ask: str = "") -> pl.DataFrame:
+        """The shingle hashes (list<u32>, as `minhash.shingle_hashes` gives them) of the
+        asked rows of `part` (global positions `rows`), for exact verification."""
+        cfg = self.config
+        local = np.asarray(rows, dtype=np.int64) - int(first_row)
+        shs, cnts = [], []
+        for lo in range(0, len(local), cfg.chunk_size):
+            sh, counts = self._shingles(self._normalized(part[pl.Series(local[lo:lo + cfg.chunk_size])]))
+            shs.append(sh)
+            cnts.append(counts)
+        sh = np.concatenate(shs) if shs else np.zeros(0, np.uint32)
+        counts = np.concatenate(cnts) if cnts else np.zeros(0, np.int64)
+        import pyarrow as pa
+
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(sh.astype(np.uint32), type=pa.uint32()))
+        return pl.DataFrame({SHINGLES: pl.Series(arr)})
+
+    def finish_plan(self, refine: Refine, extra: pl.DataFrame | None) -> Plan | Refine:
+        """The batch's pairs verified on the fetched shingle sets (`_pair_jaccard`, with the
+        same upper-bound shortcut as `_exact_jaccard`), then the next batch or the plan."""
+        st = refine.state
+        rows = np.asarray(refine.rows, dtype=np.int64)
+        if extra is None or extra.height != len(rows):
+            raise RuntimeError(f"stage {self.name!r}: verification asked for {len(rows)} rows' shingles, "
+                               f"got {0 if extra is None else extra.height}")
+        lists = extra[SHINGLES]
+        counts = lists.list.len().to_numpy().astype(np.int64)
+        sh = lists.explode().drop_nulls().to_numpy().astype(np.uint32) if int(counts.sum()) else np.zeros(0, np.uint32)
+        if len(sh) != int(counts.sum()):
+            raise RuntimeError(f"stage {self.name!r}: shingle lists do not add up")
+        l, r = st["left"][st["pos"]:st["end"]], st["right"][st["pos"]:st["end"]]
+        sim = _pair_jaccard(sh, counts, np.searchsorted(rows, l), np.searchsorted(rows, r), self.config.threshold)
+        st["ok"].append(sim >= self.config.threshold)
+        st["pos"] = st["end"]
+        return self._verify_batch(st)
+
+    def _plan_from_roots(self, keys: pl.DataFrame, roots: np.ndarray, pair_stats: dict, score: str | None) -> Plan:
+        """The keep rule over each row's cluster root, the decisions and the stats."""
+        n = keys.height
         clusters = pl.DataFrame([pl.Series("root", roots, dtype=pl.Int64),
                                  pl.Series(_IDX, np.arange(n, dtype=np.int64))]).hstack(
             keys.select([c for c in (PRIO, SCORE, LEN, "id") if c in keys.columns]))
@@ -706,20 +794,55 @@ class DedupStage(PlannedStage):
 
 
 def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rule of `DedupStage.candidate_pairs` (see there), over all rows at once."""
+    """The rule of `DedupStage.candidate_pairs` (see there), over the key space in slices.
+
+    Every (key, row) of every band belongs to slice key % S (S = the number of bands, so
+    a slice holds about one band's worth of entries); a key's whole bucket lies in one
+    slice, so slice by slice gives the pairs of one pass over all keys, while the sorted
+    frame is rows x 16 B instead of rows x bands x 16 B (at 10M rows and 21 bands, ~200 MB
+    instead of 3.4 GB). Per slice, one sort of (key, row), then numpy keeps the keys seen
+    more than once, each (key, row) once (a row whose key repeats across its bands), and
+    lays out each bucket's pairs. Pairs found by several bands are merged by a `unique`
+    whenever the pending ones outgrow the merged ones. Cost: S passes over a 1-byte slice
+    number per (row, band)."""
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    bands = band.shape[1]
     idx = np.nonzero(has)[0].astype(np.int64)
     if len(idx) < 2:
         return empty
     if int(idx[-1]) >= 1 << 32:
         raise ValueError("minhash dedup packs row numbers in 32 bits: at most 4,294,967,296 rows")
-    # One stable sort of every (key, row) by key (rows come in ascending order, so each
-    # key's rows stay ascending), then numpy keeps the keys seen more than once, each
-    # (key, row) once. Measured at 1M rows x 21 bands (21M keys): 2.5 s against 4.9 s for
-    # the hash-based filter (`is_duplicated`) + `unique` + sort it replaces; same arrays.
-    keys = band.ravel() if len(idx) == band.shape[0] else band[idx].ravel()
-    ordered = pl.DataFrame({"k": keys, "r": np.repeat(idx, bands)}).sort("k", maintain_order=True)
+    keys = band if len(idx) == band.shape[0] else band[idx]
+    slices = max(1, min(keys.shape[1], 255))
+    slice_of = (keys % np.uint64(slices)).astype(np.uint8)
+    merged = np.zeros(0, np.uint64)
+    pending: list[np.ndarray] = []
+    pending_n = 0
+    for s_ in range(slices):
+        ks, rs = [], []
+        for j in range(keys.shape[1]):
+            m = slice_of[:, j] == s_
+            ks.append(keys[m, j])
+            rs.append(idx[m])
+        code = _bucket_codes(np.concatenate(ks), np.concatenate(rs), max_bucket)
+        del ks, rs
+        if code is None:
+            continue
+        pending.append(code)
+        pending_n += len(code)
+        if pending_n > max(len(merged), 1 << 22):
+            merged = pl.Series(np.concatenate([merged, *pending])).unique().sort().to_numpy()
+            pending, pending_n = [], 0
+    if pending:
+        merged = pl.Series(np.concatenate([merged, *pending])).unique().sort().to_numpy()
+    if not len(merged):
+        return empty
+    return (merged >> np.uint64(32)).astype(np.int64), (merged & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _bucket_codes(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> np.ndarray | None:
+    """The candidate pairs (left << 32 | right, unsorted, maybe repeated) of the buckets of
+    the (key, row) entries given (every entry of each key present)."""
+    ordered = pl.DataFrame({"k": keys, "r": rows}).sort("k", "r")
     k = ordered["k"].to_numpy()
     r = ordered["r"].to_numpy().astype(np.int64)
     del ordered
@@ -730,7 +853,7 @@ def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np
     shared[1:] &= ~(same & (r[1:] == r[:-1]))  # a row whose key repeats across its bands: once
     k, r = k[shared], r[shared]
     if len(k) < 2:
-        return empty
+        return None
     start = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
     size = np.diff(np.append(start, len(k)))
     multi = size > 1
@@ -752,13 +875,60 @@ def bucket_pairs(band: np.ndarray, has: np.ndarray, max_bucket: int) -> tuple[np
         first = np.repeat(s0, sz - 1)
         others = first + 1 + (np.arange(int((sz - 1).sum()), dtype=np.int64) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1))
         codes.append((r[first].astype(np.uint64) << np.uint64(32)) | r[others].astype(np.uint64))
-    code = pl.Series(np.concatenate(codes)).unique().sort().to_numpy()
-    return (code >> np.uint64(32)).astype(np.int64), (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return np.concatenate(codes) if codes else None
 
 
 def _short(text: str | None, limit: int = 160) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: np.ndarray,
+                  threshold: float | None = None) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of pairs of rows (p_all[i], q_all[i]), given every
+    involved row's shingle hashes `sh` (uint32, row after row, `counts` per row; rows
+    numbered 0.. in that order). With `threshold`, pairs whose upper bound is below it get
+    that bound instead (see `DedupStage._exact_jaccard`). Each pair's value depends only
+    on its two rows' shingles, never on which other rows or pairs are passed along."""
+    n_rows = len(counts)
+    # one u64 per (row, shingle): the row's position, then the hash
+    pos = np.repeat(np.arange(n_rows, dtype=np.uint64), counts)
+    key = np.sort((pos << np.uint64(32)) | sh.astype(np.uint64))  # sets: each (row, shingle) once (sort + diff
+    del pos
+    if len(key):
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
+    key_pos = (key >> np.uint64(32)).astype(np.int32 if n_rows < 1 << 31 else np.int64)
+    size_of = np.bincount(key_pos, minlength=n_rows)
+    out = np.zeros(len(p_all), dtype=np.float64)
+    todo = np.arange(len(p_all))
+    if threshold is not None and len(p_all):
+        bound = _jaccard_bounds(key, key_pos, size_of, p_all, q_all)
+        out[:] = bound
+        todo = np.flatnonzero(bound >= threshold - 1e-9)
+    # Intersections by binary search: for each pair, the keys (left << 32 | h) for every
+    # shingle h of the right row, looked up in `key`. Candidates come sorted by left and
+    # each row's shingles are sorted, so the queries of a step are ascending: the
+    # searches walk `key` in order (cache-friendly), about 4x faster than the earlier
+    # polars join of pairs with the (row, shingle) table on the same pairs, and exact.
+    h32 = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    start_of = np.searchsorted(key_pos, np.arange(n_rows, dtype=key_pos.dtype))
+    step = 100_000
+    for lo in range(0, len(todo), step):
+        sel = todo[lo:lo + step]
+        pl_, pr_ = p_all[sel], q_all[sel]
+        sz = size_of[pr_]
+        first = np.cumsum(sz) - sz
+        idx = np.repeat(start_of[pr_], sz) + (np.arange(int(sz.sum()), dtype=np.int64) - np.repeat(first, sz))
+        query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | h32[idx].astype(np.uint64)
+        at = np.minimum(np.searchsorted(key, query), len(key) - 1)
+        hit = (key[at] == query).astype(np.int64)
+        common = np.zeros(len(pl_), dtype=np.float64)
+        nz = sz > 0
+        if nz.any():
+            common[nz] = np.add.reduceat(hit, first[nz]) if len(hit) else 0
+        union = size_of[pl_] + size_of[pr_] - common
+        out[sel] = np.divide(common, union, out=np.zeros_like(common), where=union > 0)
+    return out
 
 
 def _jaccard_bounds(key: np.ndarray, key_pos: np.ndarray, size_of: np.ndarray, p: np.ndarray, q: np.ndarray,
