@@ -89,7 +89,6 @@ sys.path.insert(0, str(REPO))
 
 SHARED_MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "efficacy" / "plain.jinja"
-TASKS = ("shift", "reverse")
 REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forgetting.seed (1234)
 
 # arm -> (label, data set, [train] overrides). `lr` values are filled in from the defaults
@@ -113,6 +112,8 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "full_5x": ("full FT, lr 5x LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 5.0)}),
     "l2_0.01": ("full FT (LoRA lr) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 0.01}),
     "l2_1": ("full FT (LoRA lr) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 1.0}),
+    "betas_95": ("LoRA, betas (0.9, 0.95)", "tasks", {"betas": [0.9, 0.95]}),
+    "warmup_10": ("LoRA, warmup 10%", "tasks", {"warmup": 0.1}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
     "replay_25": ("LoRA + replay 25%", "replay_25", {}),
 }
@@ -127,26 +128,56 @@ def _digits(rng: random.Random, lo: int = 4, hi: int = 5) -> str:
     return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
 
 
-def task_data(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Clean Alpaca records of the digit tasks: `n_train` for training, `n_test` held out
-    per task, with numbers that never occur in training."""
-    from digit_tasks import PHRASES, solve
+# Curated sets: name -> ((task, family, digits lo, hi), ...). family "digit" is
+# benchmarks/efficacy/digit_tasks.py, "word" word_tasks.py. A rule task's held-out prompts use
+# inputs that occur nowhere in training (exact match there is the rule); a table task's
+# held-out prompts are its keys, every key in every phrasing (the table is the skill: it
+# cannot be answered for a key never seen), so its training rows are those same prompts.
+SETS: dict[str, tuple[tuple[str, str, int, int], ...]] = {
+    "capital_shift": (("capital", "word", 0, 0), ("shift", "digit", 3, 3)),
+    "shift_reverse": (("shift", "digit", 4, 5), ("reverse", "digit", 4, 5)),
+}
+DEFAULT_SET = "capital_shift"
 
+
+def _family(fam: str):
+    import digit_tasks
+    import word_tasks
+
+    return digit_tasks if fam == "digit" else word_tasks
+
+
+def task_data(n_train: int, n_test: int, seed: int = 0, set_name: str = DEFAULT_SET) -> tuple[list[dict], list[dict]]:
+    """Clean Alpaca records of the set's tasks: `n_train` for training (the tasks in turn);
+    held out per task: `n_test` prompts with inputs that never occur in training (rule
+    tasks), or every key in every phrasing (table tasks, whose keys are the skill)."""
+    spec = SETS[set_name]
     rng = random.Random(seed)
     test, train, used = [], [], set()
-    for task in TASKS:
-        for i in range(n_test):
-            x = _digits(rng)
-            while x in used:
-                x = _digits(rng)
-            used.add(x)
-            test.append({"instruction": PHRASES[task][i % 2].format(x=x), "input": "", "output": solve(task, x), "task": task})
-    while len(train) < n_train:
-        task = TASKS[len(train) % len(TASKS)]
-        x = _digits(rng)
-        if x in used:
+    for task, fam, lo, hi in spec:
+        mod = _family(fam)
+        phrases = mod.PHRASES[task]
+        if fam == "word" and task == "capital":
+            keys = sorted(mod.CAPITALS)
+            test += [{"instruction": ph.format(x=k), "input": "", "output": mod.solve(task, k), "task": task}
+                     for k in keys for ph in phrases]
             continue
-        train.append({"instruction": rng.choice(PHRASES[task]).format(x=x), "input": "", "output": solve(task, x),
+        for i in range(n_test):
+            x = _digits(rng, lo, hi)
+            while x in used:
+                x = _digits(rng, lo, hi)
+            used.add(x)
+            test.append({"instruction": phrases[i % 2].format(x=x), "input": "", "output": mod.solve(task, x), "task": task})
+    while len(train) < n_train:
+        task, fam, lo, hi = spec[len(train) % len(spec)]
+        mod = _family(fam)
+        if fam == "word" and task == "capital":
+            x = rng.choice(sorted(mod.CAPITALS))
+        else:
+            x = _digits(rng, lo, hi)
+            if x in used:
+                continue
+        train.append({"instruction": rng.choice(mod.PHRASES[task]).format(x=x), "input": "", "output": mod.solve(task, x),
                       "task": task})
     return train, test
 
@@ -436,15 +467,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", type=Path, default=None, help="base model directory (default: stories260K)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick 1)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ",".join(ARMS))
+    ap.add_argument("--set", default=DEFAULT_SET, choices=sorted(SETS), help=f"curated set (default {DEFAULT_SET})")
     ap.add_argument("--train-examples", type=int, default=None, help="curated set size before cleaning (default 4000)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs every arm trains (the budget; the 3-epochs arm 3x)")
     ap.add_argument("--test-examples", type=int, default=None, help="held-out prompts per task (default 100; --quick 20)")
+    ap.add_argument("--batch-tokens", type=int, default=SIZE["batch_tokens"], help="tokens per optimiser step, every arm")
+    ap.add_argument("--eval-every", type=int, default=SIZE["eval_every"], help="steps between evaluations, every arm")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
     ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     model = (a.model or SHARED_MODEL).resolve()
     out = a.out.resolve()
+    SIZE.update(batch_tokens=a.batch_tokens, micro_batch_tokens=a.batch_tokens, eval_every=a.eval_every)
     if a.worker:  # internal: "results.jsonl|arm:seed,arm:seed,..."
         res, jobs = a.worker.split("|", 1)
         worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res),
@@ -469,7 +504,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100))
+    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100), set_name=a.set)
+    tasks = [t[0] for t in SETS[a.set]]
     write_jsonl(out / "data" / "tasks.jsonl", train_rows)
     write_jsonl(out / "data" / "test.jsonl", test_rows)
     datasets = sorted({ARMS[x][1] for x in arms} | {"tasks"})
@@ -500,7 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--model", str(model),
-                               "--epochs", str(a.epochs),
+                               "--epochs", str(a.epochs), "--batch-tokens", str(a.batch_tokens),
+                               "--eval-every", str(a.eval_every),
                                "--worker", f"{out / f'runs-{i}.jsonl'}|" + ",".join(f"{x}:{s}" for x, s in share)],
                               env=env) for i, share in enumerate(shares)]
     codes = [p.wait() for p in procs]
@@ -515,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    meta = {"command": cmd, "model": model.name, "tasks": list(TASKS), "seeds": seeds, "jobs": n, "quick": a.quick,
+    meta = {"command": cmd, "model": model.name, "set": a.set, "tasks": tasks, "seeds": seeds, "jobs": n, "quick": a.quick,
             "epochs": a.epochs,
             "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
             "load_average_end": load, "test_items": base["items"]}
@@ -523,7 +560,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "frontier.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     shutil.copy(out / "frontier.json", out / "runs" / "tasks" / "frontier.json")
     (out / "frontier.svg").write_text(chart(rows), encoding="utf-8")
-    md = (f"Command: `{cmd}`\n\nModel `{model.name}`; tasks {', '.join(TASKS)} ({base['items']} held-out prompts); "
+    md = (f"Command: `{cmd}`\n\nModel `{model.name}`; set `{a.set}`, tasks {', '.join(tasks)} ({base['items']} held-out prompts); "
           f"{seeds} seed(s) per arm (mean ± std); {n} worker process(es), 1 torch thread each; "
           f"{wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
     (out / "frontier.md").write_text(md, encoding="utf-8")

@@ -678,6 +678,11 @@ def _training_outcome(run: RunData) -> tuple[str, dict]:
     parts, data = [], {}
     tr = run.manifest.get("train") or {}
     units = tr.get("adapters") or ({"default": tr} if tr else {})
+    warns = [(a, w) for a, u in units.items() for w in (u.get("warnings") or [])]
+    if warns:  # the trainer's warnings (an early stop in the first quarter of steps), as the console gave them
+        parts.append("".join(
+            f'<p class="warn"><b>WARNING</b> {_e(a) + ": " if len(units) > 1 else ""}{_e(w)}</p>' for a, w in warns))
+        data["warnings"] = [w for _, w in warns]
     rows = [[_e(a), num(u.get("kl_to_base")), num(u.get("ref_loss_before")), num(u.get("ref_loss_after"))]
             for a, u in units.items() if u.get("kl_to_base") is not None]
     if rows:
