@@ -110,8 +110,8 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "full": ("full FT, its default lr", "tasks", {"method": "full"}),
     "full_lora_lr": ("full FT, lr = LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 1.0)}),
     "full_5x": ("full FT, lr 5x LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 5.0)}),
-    "l2_0.01": ("full FT (LoRA lr) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 0.01}),
-    "l2_1": ("full FT (LoRA lr) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 1.0}),
+    "l2_0.01": ("full FT (lr 5x) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 0.01}),
+    "l2_1": ("full FT (lr 5x) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 1.0}),
     "betas_95": ("LoRA, betas (0.9, 0.95)", "tasks", {"betas": [0.9, 0.95]}),
     "warmup_10": ("LoRA, warmup 10%", "tasks", {"warmup": 0.1}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
@@ -436,15 +436,20 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
 
 
 def table_md(rows: list[dict], base: dict | None) -> str:
-    head = "| arm | lr | exact match | KL to base | ref loss | answer loss | tokens | steps | wall s | frontier |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    tasks = sorted({t for r in rows for t in r.get("exact_match_by_task", {})})
+    head = ("| arm | lr | seeds | exact match | " + " | ".join(f"EM {t}" for t in tasks) + (" | " if tasks else "")
+            + "KL to base | ref loss | answer loss | tokens | steps | wall s | CPU s | frontier |")
+    lines = [head, "|" + "---|" * (12 + len(tasks))]
     if base:
-        lines.append(f"| base model, no training | - | {base['exact_match']:.3f} | 0 | {base['ref_loss']:.3f} | "
-                     f"{base['answer_loss']:.3f} | 0 | 0 | - | |")
+        lines.append(f"| base model, no training | - | - | {base['exact_match']:.3f} | " + "".join("- | " for _ in tasks)
+                     + f"0 | {base['ref_loss']:.3f} | {base['answer_loss']:.3f} | 0 | 0 | - | - | |")
     for r in rows:
-        lines.append(f"| {r['label']} | {r['lr']:g} | {r['exact_match']:.3f} ± {r['exact_match_std']:.3f} | "
-                     f"{r['kl_to_base']:.4f} ± {r['kl_to_base_std']:.4f} | {r['ref_loss']:.3f} | {r['answer_loss']:.3f} | "
-                     f"{r['tokens']:,.0f} | {r['steps']:.0f} | {r['wall_s']:.0f} | {'yes' if r['pareto'] else ''} |")
+        by = r.get("exact_match_by_task", {})
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['seeds']} | {r['exact_match']:.3f} ± {r['exact_match_std']:.3f} | "
+                     + "".join(f"{by[t]:.3f} | " if t in by else "- | " for t in tasks)
+                     + f"{r['kl_to_base']:.3f} ± {r['kl_to_base_std']:.3f} | {r['ref_loss']:.3f} | {r['answer_loss']:.3f} | "
+                     f"{r['tokens']:,.0f} | {r['steps']:.0f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+                     f"{'yes' if r['pareto'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -475,6 +480,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eval-every", type=int, default=SIZE["eval_every"], help="steps between evaluations, every arm")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
     ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
+    ap.add_argument("--summarise", action="store_true",
+                    help="no training: write the outputs from the runs-*.jsonl already in --out (a grid cut short; "
+                         "pass the grid's --arms/--seeds/--set/--epochs)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     model = (a.model or SHARED_MODEL).resolve()
@@ -492,6 +500,19 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise SystemExit(f"--arms: unknown {bad}; choose from {', '.join(ARMS)}")
     seeds = a.seeds or (1 if a.quick else 3)
+    if a.summarise:
+        import torch
+
+        torch.set_num_threads(1)
+        tasks = [t[0] for t in SETS[a.set]]
+        files = sorted(out.glob("runs-*.jsonl"))
+        done = sum(1 for f in files for x in f.read_text(encoding="utf-8").splitlines() if x.strip())
+        wall = max(f.stat().st_mtime for f in files) - (out / "data" / "tasks.jsonl").stat().st_mtime
+        cmd = "python benchmarks/train_frontier.py " + " ".join(x for x in (argv if argv is not None else sys.argv[1:])
+                                                               if x != "--summarise")
+        partial = None if done >= len(arms) * seeds else f"{done} of {len(arms) * seeds} (arm, seed) runs finished"
+        return finish(out, model, a, arms, seeds, len(files), tasks, curation_of(out), base_scores(out, model), wall, cmd,
+                      partial)
     n_train = a.train_examples or (300 if a.quick else 4000)
     if out.exists():
         shutil.rmtree(out)
@@ -543,32 +564,49 @@ def main(argv: list[str] | None = None) -> dict:
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"a worker failed (exit codes {codes})")
-    runs = []
-    for i in range(n):
-        runs += [json.loads(x) for x in (out / f"runs-{i}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    runs.sort(key=lambda r: (arms.index(r["arm"]), r["seed"]))
-    write_jsonl(results, runs)
-    rows = summarise(runs, arms)
-    wall = time.perf_counter() - t0
     cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    return finish(out, model, a, arms, seeds, n, tasks, curation, base, time.perf_counter() - t0, cmd)
+
+
+def curation_of(out: Path) -> dict:
+    """Each curated run's ledger and shard sizes, from its manifest."""
+    cur = {}
+    for man_p in sorted((out / "runs").glob("*/manifest.json")):
+        man = json.loads(man_p.read_text(encoding="utf-8"))
+        sh = man["shards"]
+        cur[man_p.parent.name] = {"ledger": man["ledger"], "train_tokens": sum(x["tokens"] for x in sh["train"]),
+                                  "train_examples": sum(x["examples"] for x in sh["train"]),
+                                  "val_examples": sum(x["examples"] for x in sh.get("val", []))}
+    return cur
+
+
+def finish(out: Path, model: Path, a, arms: list[str], seeds: int, n: int, tasks: list[str], curation: dict, base: dict,
+           wall: float, cmd: str, partial: str | None = None) -> dict:
+    """Gather the workers' runs-*.jsonl and write frontier.json / .svg / .md."""
+    runs = []
+    for f in sorted(out.glob("runs-*.jsonl")):
+        runs += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+    runs = [r for r in runs if r["arm"] in arms]
+    runs.sort(key=lambda r: (arms.index(r["arm"]), r["seed"]))
+    write_jsonl(out / "runs.jsonl", runs)
+    rows = summarise(runs, arms)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"command": cmd, "model": model.name, "set": a.set, "tasks": tasks, "seeds": seeds, "jobs": n, "quick": a.quick,
             "epochs": a.epochs,
             "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
-            "load_average_end": load, "test_items": base["items"]}
+            "load_average_end": load, "test_items": base["items"], "partial": partial}
     doc = {"meta": meta, "arms": rows, "runs": runs}
     (out / "frontier.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     shutil.copy(out / "frontier.json", out / "runs" / "tasks" / "frontier.json")
     (out / "frontier.svg").write_text(chart(rows), encoding="utf-8")
     md = (f"Command: `{cmd}`\n\nModel `{model.name}`; set `{a.set}`, tasks {', '.join(tasks)} ({base['items']} held-out prompts); "
-          f"{seeds} seed(s) per arm (mean ± std); {n} worker process(es), 1 torch thread each; "
-          f"{wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
+          f"{seeds} seed(s) per arm (mean ± std){' - PARTIAL: ' + partial if partial else ''}; {n} worker process(es), "
+          f"1 torch thread each; {wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
     (out / "frontier.md").write_text(md, encoding="utf-8")
     if a.results:
         a.results.write_text(md, encoding="utf-8")
     print("\n" + md)
     return doc
-
 
 if __name__ == "__main__":
     main()
