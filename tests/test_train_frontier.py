@@ -88,3 +88,35 @@ def test_arm_tables_follow_the_defaults_and_the_epoch_budget(tmp_path):
         from train import parse_train_config
 
         parse_train_config({**tf.arm_train_table(arm, m, epochs=2), "seed": 0}, REPO)
+
+
+def test_report_shows_a_frontier_file(tmp_path):
+    """A frontier results file in the run (or passed) gives the report a section with the
+    scatter, one table row per arm with per-task exact match, and a partial grid's warning."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_report import build_run, summary
+
+    from curate.look.report import write_report
+
+    run = build_run(tmp_path / "data")
+    arms = [{"arm": "default", "label": "default [train]", "seeds": 3, "exact_match": 0.0, "exact_match_std": 0.0,
+             "exact_match_by_task": {"capital": 0.0, "shift": 0.0}, "kl_to_base": 0.37, "kl_to_base_std": 0.01,
+             "ref_loss": 1.66, "tokens": 101436, "wall_s": 200.0, "pareto": True},
+            {"arm": "full_5x", "label": "full FT <lr 5x>", "seeds": 2, "exact_match": 0.61, "exact_match_std": 0.05,
+             "exact_match_by_task": {"capital": 0.28, "shift": 1.0}, "kl_to_base": 2.45, "kl_to_base_std": 0.1,
+             "ref_loss": 3.71, "tokens": 101436, "wall_s": 150.0, "pareto": True}]
+    doc = {"meta": {"model": "m", "seeds": 3, "command": "python benchmarks/train_frontier.py",
+                    "partial": "5 of 6 (arm, seed) runs finished"}, "arms": arms}
+    (run / "frontier.json").write_text(json.dumps(doc), encoding="utf-8")
+    html = write_report(run).read_text(encoding="utf-8")
+    sec = summary(html)["sections"]["frontier"]
+    assert sec["status"] == "ok" and sec["charts"] == 1 and sec["data"] == {"arms": 2, "pareto": ["default", "full_5x"]}
+    import re
+
+    body = re.search(r'<section id="frontier".*?</section>', html, re.S).group(0)
+    assert "EM capital" in body and "EM shift" in body and "0.280" in body and "full FT &lt;lr 5x&gt;" in body
+    assert "partial grid: 5 of 6 (arm, seed) runs finished" in body
+    assert body.count("<circle") == 2
+    (run / "frontier.json").write_text("{not json", encoding="utf-8")  # a broken file: said, not a crash
+    html = write_report(run).read_text(encoding="utf-8")
+    assert summary(html)["sections"]["frontier"]["status"] != "ok"

@@ -719,8 +719,15 @@ def section_frontier(run: RunData) -> Section | None:
             return "—"
         return f"{v:.3f} ± {sd:.3f}" if isinstance(sd, (int, float)) else f"{v:.3f}"
 
-    rows = [[_e(a.get("label", a.get("arm"))), ms(a, "exact_match"), ms(a, "kl_to_base"), ms(a, "ref_loss"),
-             _e(charts.fmt_num(a.get("tokens"))), _e(charts.fmt_num(a.get("wall_s"))), "yes" if a.get("pareto") else ""]
+    tasks = sorted({t for a in arms for t in (a.get("exact_match_by_task") or {})})
+
+    def by(a: dict, t: str) -> str:
+        v = (a.get("exact_match_by_task") or {}).get(t)
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
+
+    rows = [[_e(a.get("label", a.get("arm"))), _e(a.get("seeds", "")), ms(a, "exact_match"), *[by(a, t) for t in tasks],
+             ms(a, "kl_to_base"), ms(a, "ref_loss"), _e(charts.fmt_num(a.get("tokens"))),
+             _e(charts.fmt_num(a.get("wall_s"))), "yes" if a.get("pareto") else ""]
             for a in arms]
     pts = [{"label": a.get("label", a.get("arm")), "x": a.get("kl_to_base"), "y": a.get("exact_match"),
             "dx": a.get("kl_to_base_std"), "dy": a.get("exact_match_std"), "frontier": bool(a.get("pareto"))} for a in arms]
@@ -729,8 +736,10 @@ def section_frontier(run: RunData) -> Section | None:
     meta = doc.get("meta") or {}
     note = (f'<p class="dim">{_e(meta.get("model", ""))}, {_e(meta.get("seeds", "?"))} seed(s) per arm: '
             f'<code>{_e(meta.get("command", ""))}</code></p>')
-    html = note + _grid([fig]) + _table(["arm", "exact match", "KL to base", "reference loss", "tokens", "wall s",
-                                        "on the frontier"], rows)
+    if meta.get("partial"):  # a grid cut short (--summarise): say so above the chart
+        note += f'<p class="warn"><b>WARNING</b> partial grid: {_e(meta["partial"])}</p>'
+    html = note + _grid([fig]) + _table(["arm", "seeds", "exact match", *[f"EM {t}" for t in tasks], "KL to base",
+                                        "reference loss", "tokens", "wall s", "on the frontier"], rows)
     return Section("frontier", "Mitigation frontier", html, charts=1,
                    data={"arms": len(arms), "pareto": [a.get("arm") for a in arms if a.get("pareto")]})
 
