@@ -474,8 +474,9 @@ def chart(rows: list[dict]) -> str:
 
     pts = [{"label": r["label"], "x": r["kl_to_base"], "y": r["exact_match"], "dx": r["kl_to_base_std"],
             "dy": r["exact_match_std"], "frontier": r["pareto"]} for r in rows]
-    return scatter(pts, title="Task skill vs forgetting (mean ± std over seeds)", x_label="KL to base on self-samples",
-                   y_label="held-out exact match", frontier="upper-left")
+    return scatter(pts, title="Task skill vs forgetting (mean ± std over seeds)",
+                   x_label="KL to base on self-samples (nats/token, log scale)",
+                   y_label="held-out exact match", frontier="upper-left", log_x=True)
 
 
 # --------------------------------------------------------------------------- main

@@ -120,3 +120,24 @@ def test_report_shows_a_frontier_file(tmp_path):
     (run / "frontier.json").write_text("{not json", encoding="utf-8")  # a broken file: said, not a crash
     html = write_report(run).read_text(encoding="utf-8")
     assert summary(html)["sections"]["frontier"]["status"] != "ok"
+
+
+def test_scatter_log_x_spans_decades():
+    """KL to base across mitigations spans decades (0.02 to 2.5 in the grid): a log x axis
+    with one tick per decade; a point at x <= 0 cannot be placed and is left out."""
+    import re
+
+    from curate.look.charts import scatter
+
+    svg = scatter([{"label": "lr 0.1x", "x": 0.017, "y": 0.0, "dx": 0.05},
+                   {"label": "full", "x": 2.4, "y": 0.6, "frontier": True},
+                   {"label": "l2", "x": 0.24, "y": 0.06, "frontier": True},
+                   {"label": "zero", "x": 0.0, "y": 0.0}],
+                  title="t", x_label="KL", y_label="EM", frontier="upper-left", log_x=True)
+    assert svg.count("<circle") == 3 and "zero" not in svg
+    assert re.findall(r'text-anchor="middle">([^<]*)<', svg)[:4] == ["0.01", "0.1", "1", "10"]
+    xs = {t: float(x) for x, t in re.findall(r'<circle cx="([\d.]+)"[^>]*><title>([^:]*):', svg)}
+    # equal ratios, equal distances: 0.24 -> 2.4 is one decade, as 0.017 -> 0.17 would be
+    assert xs["lr 0.1x"] < xs["l2"] < xs["full"]
+    decade = xs["full"] - xs["l2"]
+    assert decade > 0 and (xs["l2"] - xs["lr 0.1x"]) == pytest.approx(decade * math.log10(0.24 / 0.017), rel=1e-3)

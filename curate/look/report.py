@@ -731,8 +731,8 @@ def section_frontier(run: RunData) -> Section | None:
             for a in arms]
     pts = [{"label": a.get("label", a.get("arm")), "x": a.get("kl_to_base"), "y": a.get("exact_match"),
             "dx": a.get("kl_to_base_std"), "dy": a.get("exact_match_std"), "frontier": bool(a.get("pareto"))} for a in arms]
-    fig = charts.scatter(pts, title="Task skill vs forgetting", x_label="KL to base (nats/token)",
-                         y_label="exact match", frontier="upper-left")
+    fig = charts.scatter(pts, title="Task skill vs forgetting", x_label="KL to base (nats/token, log scale)",
+                         y_label="exact match", frontier="upper-left", log_x=True)
     meta = doc.get("meta") or {}
     note = (f'<p class="dim">{_e(meta.get("model", ""))}, {_e(meta.get("seeds", "?"))} seed(s) per arm: '
             f'<code>{_e(meta.get("command", ""))}</code></p>')
