@@ -141,3 +141,17 @@ def test_scatter_log_x_spans_decades():
     assert xs["lr 0.1x"] < xs["l2"] < xs["full"]
     decade = xs["full"] - xs["l2"]
     assert decade > 0 and (xs["l2"] - xs["lr 0.1x"]) == pytest.approx(decade * math.log10(0.24 / 0.017), rel=1e-3)
+
+
+def test_scatter_labels_stay_inside_when_many_points_share_the_bottom():
+    """Most LoRA arms score exact match 0: their labels stack below the lowest point and
+    must be pushed up, not drawn past the chart's bottom edge."""
+    import re
+
+    from curate.look.charts import scatter
+
+    pts = [{"label": f"arm {i}", "x": 0.01 * (i + 1), "y": 0.0} for i in range(10)] + [{"label": "top", "x": 2.0, "y": 0.6}]
+    svg = scatter(pts, title="t", x_label="KL", y_label="EM", log_x=True, height=340)
+    ys = [float(y) for y, t in re.findall(r'<text x="[\d.]+" y="([\d.]+)" fill="[^"]+">(arm \d+|top)</text>', svg)]
+    assert len(ys) == 11 and max(ys) <= 340 and min(ys) >= 0
+    assert all(b - a >= 11 - 1e-6 for a, b in zip(sorted(ys), sorted(ys)[1:]))

@@ -332,6 +332,10 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, f
     labels.sort()
     for i in range(1, len(labels)):  # keep labels from overlapping
         labels[i][0] = max(labels[i][0], labels[i - 1][0] + 11)
+    if labels and labels[-1][0] > height - 8:  # many points at the bottom (exact match 0): push the stack up
+        labels[-1][0] = height - 8
+        for i in range(len(labels) - 2, -1, -1):
+            labels[i][0] = min(labels[i][0], labels[i + 1][0] - 11)
     for y, x, name, color in labels:
         text = name if len(name) <= 30 else name[:29] + "…"
         body.append(f'<line x1="{_fx(x + 4)}" x2="{left + pw + 4}" y1="{_fx(y)}" y2="{_fx(y)}" stroke="{color}" '
