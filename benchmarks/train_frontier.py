@@ -1,16 +1,27 @@
 """The mitigation frontier: task skill against forgetting, for the seed's five mitigations.
 
-    python benchmarks/train_frontier.py --epochs 7 --jobs 2  # the grid: every arm, 3 seeds (CPU, hours)
-    python benchmarks/train_frontier.py --quick              # smoke run: every arm, 1 seed, tiny data
-    python benchmarks/train_frontier.py --arms default,full --seeds 1 --jobs 2
+    # the grid as measured (benchmarks/train_frontier.md): the issue's arms, 3 seeds
+    python benchmarks/train_frontier.py --epochs 4 --batch-tokens 512 --eval-every 20 --test-examples 50 --jobs 2 \
+        --arms default,full_5x,full,lr_0.1x,no_early_stop,kl_0.1,kl_1,l2_0.01,l2_1,replay_10,replay_25,epochs_3
+    python benchmarks/train_frontier.py --quick              # smoke run: 1 seed, tiny data
+    python benchmarks/train_frontier.py ... --summarise      # outputs from the runs a cut-short grid left
 
 One base model (../shared/data/models/stories260K, a real pretrained 260k-parameter
 Llama; --model DIR for another) and one curated set, built with curate's own pipeline
 (normalize, filter, exact dedup over the conversation, render with
-benchmarks/efficacy/plain.jinja, pack) from two digit tasks of the efficacy benchmark
-(benchmarks/efficacy/digit_tasks.py): `shift` (each digit + 1) and `reverse`, 4-5 digits.
-Both are rules, so the held-out test prompts use numbers that appear nowhere in training:
-exact match there is skill, not recall.
+benchmarks/efficacy/plain.jinja, pack). `--set` picks the tasks:
+
+  capital_shift (default)  `capital` (benchmarks/efficacy/word_tasks.py: a fixed 30-entry
+                table of made-up words) and `shift` (digit_tasks.py: each digit + 1) on
+                3-digit numbers. Chosen because skill appears within ~100k trained tokens
+                (full FT at lr 1e-3, 4 epochs: shift 1.00, capital 0.28, 1 seed), where
+                the earlier set needed ~570k: at 7 epochs that set made the 3-seed grid
+                hours of a shared 2-core CPU. Held-out test: shift on 50 numbers that occur
+                nowhere in training (the rule); capital on every key in both phrasings (a
+                table's keys are the skill: no model can answer a key it never saw, so the
+                test prompts are the training prompts, and exact dedup leaves each once).
+  shift_reverse `shift` and `reverse` on 4-5 digits, both rules (the set of the earlier
+                probes in train_frontier.md; skill only at ~7 epochs).
 
 Per arm and seed, every arm trains with `curate train`'s code path (train.run_training on
 the curated run) and is then scored on what it exported:
@@ -40,26 +51,31 @@ Arms (each is the default [train] with one thing changed; the table says which):
   full           full fine-tuning at its default lr (1e-5)
   full_lora_lr   full fine-tuning at the LoRA default lr (2e-4), so both methods are
                  compared at the same lr as well as at their own defaults; full_5x at 5x
-  l2_to_base a/b full fine-tuning (at the lr where it learns) with the L2-to-base regulariser
+  l2_to_base a/b full fine-tuning at 5x the LoRA lr (1e-3, the lr where it learns: at 2e-4
+                 full FT learns nothing exact within the budget, so an L2 pull would have
+                 no skill to trade) with the L2-to-base regulariser at 0.01 and 1
+  betas_95       LoRA with Adam betas (0.9, 0.95); warmup_10: LoRA with 10% warmup (the
+                 issue's betas/warmup finding; not in the measured grid: at the default lr
+                 LoRA learns nothing exact within the budget, so they could only move KL)
   replay 10/25%  LoRA on the curated set mixed (curate's `mix` stage, by source) with 10%
                  or 25% general text: texts the base model writes from BOS with another
                  seed (777) than the forgetting reference's (1234), so no arm trains on the
                  text its forgetting is measured on
 The size keys, the same for every arm: batch_tokens = micro_batch_tokens = 1024 (the
-default 16384 tokens per step would give this ~100k-token set 6 steps an epoch),
-eval_every 10, save_every 0, threads 1. Everything else is the product's default.
+default 16384 tokens per step would give a ~25k-token set 2 steps an epoch; --batch-tokens),
+eval_every 10 (--eval-every), save_every 0, threads 1. Everything else is the product's default.
 
 Budget: `--epochs E` (default 1) is the number of epochs every arm trains (the default
-[train] trains 1; the 3-epochs arm 3E). One epoch of the default 4000 examples is ~82k
-tokens (~27k supervised), which is too little for any arm to answer a held-out prompt
-exactly, and neither is 3 epochs (~62k supervised tokens; exact match still 0 in every
-arm probed, full FT at lr 1e-3 included: train_frontier.md). The efficacy benchmark's full
-FT at lr 1e-3 reached exact match ~0.9 on shift with ~130k supervised tokens; here E = 7
-(~144k supervised) took full FT at lr 1e-3 to exact match 1.0 on both tasks (1 seed), so
-E = 7 is the size at which the skill axis moves, at ~7x the wall time of E = 1: on a
-loaded 2-core CPU that is hours for the 17 x 3 grid, not minutes. 1 torch thread per run; `--jobs N` runs N worker
-processes, each training its share of the (arm, seed) pairs one after another. --quick is
-for the test: 1 seed, a few hundred examples.
+[train] trains 1; the 3-epochs arm 3E); `--batch-tokens` (default 1024) and `--eval-every`
+(default 10) size every arm's steps. On capital_shift (~25k tokens an epoch after dedup)
+E = 4 with 512-token steps (204 steps, ~100k tokens) is where full FT learns; LoRA at any
+lr probed (2e-4 to 1e-2) does not (exact match 0), a finding, not a sizing fault: more
+budget would move LoRA too, at a cost the shared CPU could not pay for 3 seeds. On a
+loaded 2-core CPU each run is ~15-20 s of CPU and ~150-300 s of wall (load average
+17-25). 1 torch thread per run; `--jobs N` runs N worker processes, each training its
+share of the (arm, seed) pairs one after another, seed-major (a grid cut short still has
+every arm at its first seeds: `--summarise` then writes the outputs, marked partial).
+--quick is for the test: 1 seed, a few hundred examples.
 
 Output (--out, default runs/frontier): frontier.json (every run, per-arm means and stds,
 the Pareto set), frontier.svg (exact match vs KL, one point per arm with +-1 std bars,
@@ -89,7 +105,6 @@ sys.path.insert(0, str(REPO))
 
 SHARED_MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "efficacy" / "plain.jinja"
-TASKS = ("shift", "reverse")
 REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forgetting.seed (1234)
 
 # arm -> (label, data set, [train] overrides). `lr` values are filled in from the defaults
@@ -111,8 +126,10 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "full": ("full FT, its default lr", "tasks", {"method": "full"}),
     "full_lora_lr": ("full FT, lr = LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 1.0)}),
     "full_5x": ("full FT, lr 5x LoRA default", "tasks", {"method": "full", "lr": (LORA_LR, 5.0)}),
-    "l2_0.01": ("full FT (LoRA lr) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 0.01}),
-    "l2_1": ("full FT (LoRA lr) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 1.0), "l2_to_base": 1.0}),
+    "l2_0.01": ("full FT (lr 5x) + l2_to_base 0.01", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 0.01}),
+    "l2_1": ("full FT (lr 5x) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 1.0}),
+    "betas_95": ("LoRA, betas (0.9, 0.95)", "tasks", {"betas": [0.9, 0.95]}),
+    "warmup_10": ("LoRA, warmup 10%", "tasks", {"warmup": 0.1}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
     "replay_25": ("LoRA + replay 25%", "replay_25", {}),
 }
@@ -127,26 +144,56 @@ def _digits(rng: random.Random, lo: int = 4, hi: int = 5) -> str:
     return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
 
 
-def task_data(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Clean Alpaca records of the digit tasks: `n_train` for training, `n_test` held out
-    per task, with numbers that never occur in training."""
-    from digit_tasks import PHRASES, solve
+# Curated sets: name -> ((task, family, digits lo, hi), ...). family "digit" is
+# benchmarks/efficacy/digit_tasks.py, "word" word_tasks.py. A rule task's held-out prompts use
+# inputs that occur nowhere in training (exact match there is the rule); a table task's
+# held-out prompts are its keys, every key in every phrasing (the table is the skill: it
+# cannot be answered for a key never seen), so its training rows are those same prompts.
+SETS: dict[str, tuple[tuple[str, str, int, int], ...]] = {
+    "capital_shift": (("capital", "word", 0, 0), ("shift", "digit", 3, 3)),
+    "shift_reverse": (("shift", "digit", 4, 5), ("reverse", "digit", 4, 5)),
+}
+DEFAULT_SET = "capital_shift"
 
+
+def _family(fam: str):
+    import digit_tasks
+    import word_tasks
+
+    return digit_tasks if fam == "digit" else word_tasks
+
+
+def task_data(n_train: int, n_test: int, seed: int = 0, set_name: str = DEFAULT_SET) -> tuple[list[dict], list[dict]]:
+    """Clean Alpaca records of the set's tasks: `n_train` for training (the tasks in turn);
+    held out per task: `n_test` prompts with inputs that never occur in training (rule
+    tasks), or every key in every phrasing (table tasks, whose keys are the skill)."""
+    spec = SETS[set_name]
     rng = random.Random(seed)
     test, train, used = [], [], set()
-    for task in TASKS:
-        for i in range(n_test):
-            x = _digits(rng)
-            while x in used:
-                x = _digits(rng)
-            used.add(x)
-            test.append({"instruction": PHRASES[task][i % 2].format(x=x), "input": "", "output": solve(task, x), "task": task})
-    while len(train) < n_train:
-        task = TASKS[len(train) % len(TASKS)]
-        x = _digits(rng)
-        if x in used:
+    for task, fam, lo, hi in spec:
+        mod = _family(fam)
+        phrases = mod.PHRASES[task]
+        if fam == "word" and task == "capital":
+            keys = sorted(mod.CAPITALS)
+            test += [{"instruction": ph.format(x=k), "input": "", "output": mod.solve(task, k), "task": task}
+                     for k in keys for ph in phrases]
             continue
-        train.append({"instruction": rng.choice(PHRASES[task]).format(x=x), "input": "", "output": solve(task, x),
+        for i in range(n_test):
+            x = _digits(rng, lo, hi)
+            while x in used:
+                x = _digits(rng, lo, hi)
+            used.add(x)
+            test.append({"instruction": phrases[i % 2].format(x=x), "input": "", "output": mod.solve(task, x), "task": task})
+    while len(train) < n_train:
+        task, fam, lo, hi = spec[len(train) % len(spec)]
+        mod = _family(fam)
+        if fam == "word" and task == "capital":
+            x = rng.choice(sorted(mod.CAPITALS))
+        else:
+            x = _digits(rng, lo, hi)
+            if x in used:
+                continue
+        train.append({"instruction": rng.choice(mod.PHRASES[task]).format(x=x), "input": "", "output": mod.solve(task, x),
                       "task": task})
     return train, test
 
@@ -405,15 +452,20 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
 
 
 def table_md(rows: list[dict], base: dict | None) -> str:
-    head = "| arm | lr | exact match | KL to base | ref loss | answer loss | tokens | steps | wall s | frontier |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    tasks = sorted({t for r in rows for t in r.get("exact_match_by_task", {})})
+    head = ("| arm | lr | seeds | exact match | " + " | ".join(f"EM {t}" for t in tasks) + (" | " if tasks else "")
+            + "KL to base | ref loss | answer loss | tokens | steps | wall s | CPU s | frontier |")
+    lines = [head, "|" + "---|" * (12 + len(tasks))]
     if base:
-        lines.append(f"| base model, no training | - | {base['exact_match']:.3f} | 0 | {base['ref_loss']:.3f} | "
-                     f"{base['answer_loss']:.3f} | 0 | 0 | - | |")
+        lines.append(f"| base model, no training | - | - | {base['exact_match']:.3f} | " + "".join("- | " for _ in tasks)
+                     + f"0 | {base['ref_loss']:.3f} | {base['answer_loss']:.3f} | 0 | 0 | - | - | |")
     for r in rows:
-        lines.append(f"| {r['label']} | {r['lr']:g} | {r['exact_match']:.3f} ± {r['exact_match_std']:.3f} | "
-                     f"{r['kl_to_base']:.4f} ± {r['kl_to_base_std']:.4f} | {r['ref_loss']:.3f} | {r['answer_loss']:.3f} | "
-                     f"{r['tokens']:,.0f} | {r['steps']:.0f} | {r['wall_s']:.0f} | {'yes' if r['pareto'] else ''} |")
+        by = r.get("exact_match_by_task", {})
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['seeds']} | {r['exact_match']:.3f} ± {r['exact_match_std']:.3f} | "
+                     + "".join(f"{by[t]:.3f} | " if t in by else "- | " for t in tasks)
+                     + f"{r['kl_to_base']:.3f} ± {r['kl_to_base_std']:.3f} | {r['ref_loss']:.3f} | {r['answer_loss']:.3f} | "
+                     f"{r['tokens']:,.0f} | {r['steps']:.0f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+                     f"{'yes' if r['pareto'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -422,8 +474,9 @@ def chart(rows: list[dict]) -> str:
 
     pts = [{"label": r["label"], "x": r["kl_to_base"], "y": r["exact_match"], "dx": r["kl_to_base_std"],
             "dy": r["exact_match_std"], "frontier": r["pareto"]} for r in rows]
-    return scatter(pts, title="Task skill vs forgetting (mean ± std over seeds)", x_label="KL to base on self-samples",
-                   y_label="held-out exact match", frontier="upper-left")
+    return scatter(pts, title="Task skill vs forgetting (mean ± std over seeds)",
+                   x_label="KL to base on self-samples (nats/token, log scale)",
+                   y_label="held-out exact match", frontier="upper-left", log_x=True)
 
 
 # --------------------------------------------------------------------------- main
@@ -436,15 +489,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", type=Path, default=None, help="base model directory (default: stories260K)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick 1)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ",".join(ARMS))
+    ap.add_argument("--set", default=DEFAULT_SET, choices=sorted(SETS), help=f"curated set (default {DEFAULT_SET})")
     ap.add_argument("--train-examples", type=int, default=None, help="curated set size before cleaning (default 4000)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs every arm trains (the budget; the 3-epochs arm 3x)")
     ap.add_argument("--test-examples", type=int, default=None, help="held-out prompts per task (default 100; --quick 20)")
+    ap.add_argument("--batch-tokens", type=int, default=SIZE["batch_tokens"], help="tokens per optimiser step, every arm")
+    ap.add_argument("--eval-every", type=int, default=SIZE["eval_every"], help="steps between evaluations, every arm")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each 1 torch thread)")
     ap.add_argument("--results", type=Path, default=None, help="also write the Markdown results here")
+    ap.add_argument("--summarise", action="store_true",
+                    help="no training: write the outputs from the runs-*.jsonl already in --out (a grid cut short; "
+                         "pass the grid's --arms/--seeds/--set/--epochs)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     model = (a.model or SHARED_MODEL).resolve()
     out = a.out.resolve()
+    SIZE.update(batch_tokens=a.batch_tokens, micro_batch_tokens=a.batch_tokens, eval_every=a.eval_every)
     if a.worker:  # internal: "results.jsonl|arm:seed,arm:seed,..."
         res, jobs = a.worker.split("|", 1)
         worker(out, model, [(j.rsplit(":", 1)[0], int(j.rsplit(":", 1)[1])) for j in jobs.split(",") if j], Path(res),
@@ -457,6 +517,19 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise SystemExit(f"--arms: unknown {bad}; choose from {', '.join(ARMS)}")
     seeds = a.seeds or (1 if a.quick else 3)
+    if a.summarise:
+        import torch
+
+        torch.set_num_threads(1)
+        tasks = [t[0] for t in SETS[a.set]]
+        files = sorted(out.glob("runs-*.jsonl"))
+        done = sum(1 for f in files for x in f.read_text(encoding="utf-8").splitlines() if x.strip())
+        wall = max(f.stat().st_mtime for f in files) - (out / "data" / "tasks.jsonl").stat().st_mtime
+        cmd = "python benchmarks/train_frontier.py " + " ".join(x for x in (argv if argv is not None else sys.argv[1:])
+                                                               if x != "--summarise")
+        partial = None if done >= len(arms) * seeds else f"{done} of {len(arms) * seeds} (arm, seed) runs finished"
+        return finish(out, model, a, arms, seeds, len(files), tasks, curation_of(out), base_scores(out, model), wall, cmd,
+                      partial)
     n_train = a.train_examples or (300 if a.quick else 4000)
     if out.exists():
         shutil.rmtree(out)
@@ -469,7 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
-    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100))
+    train_rows, test_rows = task_data(n_train, a.test_examples or (20 if a.quick else 100), set_name=a.set)
+    tasks = [t[0] for t in SETS[a.set]]
     write_jsonl(out / "data" / "tasks.jsonl", train_rows)
     write_jsonl(out / "data" / "test.jsonl", test_rows)
     datasets = sorted({ARMS[x][1] for x in arms} | {"tasks"})
@@ -500,38 +574,56 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--model", str(model),
-                               "--epochs", str(a.epochs),
+                               "--epochs", str(a.epochs), "--batch-tokens", str(a.batch_tokens),
+                               "--eval-every", str(a.eval_every),
                                "--worker", f"{out / f'runs-{i}.jsonl'}|" + ",".join(f"{x}:{s}" for x, s in share)],
                               env=env) for i, share in enumerate(shares)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"a worker failed (exit codes {codes})")
-    runs = []
-    for i in range(n):
-        runs += [json.loads(x) for x in (out / f"runs-{i}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    runs.sort(key=lambda r: (arms.index(r["arm"]), r["seed"]))
-    write_jsonl(results, runs)
-    rows = summarise(runs, arms)
-    wall = time.perf_counter() - t0
     cmd = "python benchmarks/train_frontier.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    return finish(out, model, a, arms, seeds, n, tasks, curation, base, time.perf_counter() - t0, cmd)
+
+
+def curation_of(out: Path) -> dict:
+    """Each curated run's ledger and shard sizes, from its manifest."""
+    cur = {}
+    for man_p in sorted((out / "runs").glob("*/manifest.json")):
+        man = json.loads(man_p.read_text(encoding="utf-8"))
+        sh = man["shards"]
+        cur[man_p.parent.name] = {"ledger": man["ledger"], "train_tokens": sum(x["tokens"] for x in sh["train"]),
+                                  "train_examples": sum(x["examples"] for x in sh["train"]),
+                                  "val_examples": sum(x["examples"] for x in sh.get("val", []))}
+    return cur
+
+
+def finish(out: Path, model: Path, a, arms: list[str], seeds: int, n: int, tasks: list[str], curation: dict, base: dict,
+           wall: float, cmd: str, partial: str | None = None) -> dict:
+    """Gather the workers' runs-*.jsonl and write frontier.json / .svg / .md."""
+    runs = []
+    for f in sorted(out.glob("runs-*.jsonl")):
+        runs += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+    runs = [r for r in runs if r["arm"] in arms]
+    runs.sort(key=lambda r: (arms.index(r["arm"]), r["seed"]))
+    write_jsonl(out / "runs.jsonl", runs)
+    rows = summarise(runs, arms)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    meta = {"command": cmd, "model": model.name, "tasks": list(TASKS), "seeds": seeds, "jobs": n, "quick": a.quick,
+    meta = {"command": cmd, "model": model.name, "set": a.set, "tasks": tasks, "seeds": seeds, "jobs": n, "quick": a.quick,
             "epochs": a.epochs,
             "size": SIZE, "curation": curation, "base": base, "wall_s": round(wall, 1),
-            "load_average_end": load, "test_items": base["items"]}
+            "load_average_end": load, "test_items": base["items"], "partial": partial}
     doc = {"meta": meta, "arms": rows, "runs": runs}
     (out / "frontier.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     shutil.copy(out / "frontier.json", out / "runs" / "tasks" / "frontier.json")
     (out / "frontier.svg").write_text(chart(rows), encoding="utf-8")
-    md = (f"Command: `{cmd}`\n\nModel `{model.name}`; tasks {', '.join(TASKS)} ({base['items']} held-out prompts); "
-          f"{seeds} seed(s) per arm (mean ± std); {n} worker process(es), 1 torch thread each; "
-          f"{wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
+    md = (f"Command: `{cmd}`\n\nModel `{model.name}`; set `{a.set}`, tasks {', '.join(tasks)} ({base['items']} held-out prompts); "
+          f"{seeds} seed(s) per arm (mean ± std){' - PARTIAL: ' + partial if partial else ''}; {n} worker process(es), "
+          f"1 torch thread each; {wall:.0f} s wall (load average at the end {load:.1f}).\n\n" + table_md(rows, base))
     (out / "frontier.md").write_text(md, encoding="utf-8")
     if a.results:
         a.results.write_text(md, encoding="utf-8")
     print("\n" + md)
     return doc
-
 
 if __name__ == "__main__":
     main()

@@ -51,3 +51,42 @@ def test_report_with_train_stage(tmp_path):
     # every line chart drew its lines, named at their ends
     for t in ("loss", "val_loss", "kl_to_base", "qa", "dialogue"):
         assert f"<title>{t}</title></path>" in sec, t
+
+
+def test_early_stop_warning_reaches_manifest_and_report(tmp_path):
+    """An early stop in the first quarter of the planned steps is not only logged: the
+    training summary (manifest `train`) carries the warning and the report shows it."""
+    train = pytest.importorskip("train.loop", reason="the trainer (train/) is not in this build")
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from curate.look.report import write_report
+    from train import parse_train_config
+
+    run = build_run(tmp_path / "data")
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 tie_word_embeddings=True)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    # min_delta 10: no evaluation can count as an improvement, so patience 1 stops at the 2nd eval
+    cfg = parse_train_config({"base_model": str(model_dir), "eval_every": 2, "batch_tokens": 256,
+                              "micro_batch_tokens": 256, "epochs": 20, "save_every": 0, "r": 4, "alpha": 8.0,
+                              "lr": 3e-3, "device": "cpu", "early_stopping": {"patience": 1, "min_delta": 10.0}},
+                             tmp_path)
+    logs: list[str] = []
+    s = train.run_training(run, cfg, log=logs.append)
+    assert s["stopped_early"] and s["steps"] < 0.25 * s["total_steps"], s
+    assert len(s["warnings"]) == 1 and f"after {s['steps']} of {s['total_steps']} steps" in s["warnings"][0]
+    assert [m for m in logs if "warning:" in m] == [f"[train] default: warning: {s['warnings'][0]}"]
+    man = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    man["train"] = json.loads(json.dumps(s, default=str))  # what `curate train` / `curate run` record
+    (run / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+    html = write_report(run).read_text(encoding="utf-8")
+    sec = re.search(r'<section id="training".*?</section>', html, re.S).group(0)
+    assert f"after {s['steps']} of {s['total_steps']} steps" in sec and '<p class="warn">' in sec
+    assert summary(html)["sections"]["training"]["data"]["warnings"] == s["warnings"]
+    # a run that trained to the end has no warning
+    assert train.early_stop_warning(s["total_steps"] // 2, s["total_steps"]) is None

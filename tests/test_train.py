@@ -459,7 +459,7 @@ def test_early_stop_in_the_first_quarter_warns(tiny_model, run_dir):
     cfg = cfg_for(tiny_model, epochs=20, lr=3e-2, eval_every=2, early_stopping={"patience": 1, "min_delta": 10.0})
     s = run_training(run_dir, cfg, log=logs.append)
     assert s["stopped_early"] and s["steps"] < 0.25 * s["total_steps"], s
-    warn = [m for m in logs if "warning: stopped after" in m]
+    warn = [m for m in logs if "warning: early stopping ended the run after" in m]
     assert len(warn) == 1 and f"{s['steps']} of {s['total_steps']} steps" in warn[0] and "patience = 0" in warn[0]
 
 

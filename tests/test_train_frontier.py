@@ -88,3 +88,70 @@ def test_arm_tables_follow_the_defaults_and_the_epoch_budget(tmp_path):
         from train import parse_train_config
 
         parse_train_config({**tf.arm_train_table(arm, m, epochs=2), "seed": 0}, REPO)
+
+
+def test_report_shows_a_frontier_file(tmp_path):
+    """A frontier results file in the run (or passed) gives the report a section with the
+    scatter, one table row per arm with per-task exact match, and a partial grid's warning."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_report import build_run, summary
+
+    from curate.look.report import write_report
+
+    run = build_run(tmp_path / "data")
+    arms = [{"arm": "default", "label": "default [train]", "seeds": 3, "exact_match": 0.0, "exact_match_std": 0.0,
+             "exact_match_by_task": {"capital": 0.0, "shift": 0.0}, "kl_to_base": 0.37, "kl_to_base_std": 0.01,
+             "ref_loss": 1.66, "tokens": 101436, "wall_s": 200.0, "pareto": True},
+            {"arm": "full_5x", "label": "full FT <lr 5x>", "seeds": 2, "exact_match": 0.61, "exact_match_std": 0.05,
+             "exact_match_by_task": {"capital": 0.28, "shift": 1.0}, "kl_to_base": 2.45, "kl_to_base_std": 0.1,
+             "ref_loss": 3.71, "tokens": 101436, "wall_s": 150.0, "pareto": True}]
+    doc = {"meta": {"model": "m", "seeds": 3, "command": "python benchmarks/train_frontier.py",
+                    "partial": "5 of 6 (arm, seed) runs finished"}, "arms": arms}
+    (run / "frontier.json").write_text(json.dumps(doc), encoding="utf-8")
+    html = write_report(run).read_text(encoding="utf-8")
+    sec = summary(html)["sections"]["frontier"]
+    assert sec["status"] == "ok" and sec["charts"] == 1 and sec["data"] == {"arms": 2, "pareto": ["default", "full_5x"]}
+    import re
+
+    body = re.search(r'<section id="frontier".*?</section>', html, re.S).group(0)
+    assert "EM capital" in body and "EM shift" in body and "0.280" in body and "full FT &lt;lr 5x&gt;" in body
+    assert "partial grid: 5 of 6 (arm, seed) runs finished" in body
+    assert body.count("<circle") == 2
+    (run / "frontier.json").write_text("{not json", encoding="utf-8")  # a broken file: said, not a crash
+    html = write_report(run).read_text(encoding="utf-8")
+    assert summary(html)["sections"]["frontier"]["status"] != "ok"
+
+
+def test_scatter_log_x_spans_decades():
+    """KL to base across mitigations spans decades (0.02 to 2.5 in the grid): a log x axis
+    with one tick per decade; a point at x <= 0 cannot be placed and is left out."""
+    import re
+
+    from curate.look.charts import scatter
+
+    svg = scatter([{"label": "lr 0.1x", "x": 0.017, "y": 0.0, "dx": 0.05},
+                   {"label": "full", "x": 2.4, "y": 0.6, "frontier": True},
+                   {"label": "l2", "x": 0.24, "y": 0.06, "frontier": True},
+                   {"label": "zero", "x": 0.0, "y": 0.0}],
+                  title="t", x_label="KL", y_label="EM", frontier="upper-left", log_x=True)
+    assert svg.count("<circle") == 3 and "zero" not in svg
+    assert re.findall(r'text-anchor="middle">([^<]*)<', svg)[:4] == ["0.01", "0.1", "1", "10"]
+    xs = {t: float(x) for x, t in re.findall(r'<circle cx="([\d.]+)"[^>]*><title>([^:]*):', svg)}
+    # equal ratios, equal distances: 0.24 -> 2.4 is one decade, as 0.017 -> 0.17 would be
+    assert xs["lr 0.1x"] < xs["l2"] < xs["full"]
+    decade = xs["full"] - xs["l2"]
+    assert decade > 0 and (xs["l2"] - xs["lr 0.1x"]) == pytest.approx(decade * math.log10(0.24 / 0.017), rel=1e-3)
+
+
+def test_scatter_labels_stay_inside_when_many_points_share_the_bottom():
+    """Most LoRA arms score exact match 0: their labels stack below the lowest point and
+    must be pushed up, not drawn past the chart's bottom edge."""
+    import re
+
+    from curate.look.charts import scatter
+
+    pts = [{"label": f"arm {i}", "x": 0.01 * (i + 1), "y": 0.0} for i in range(10)] + [{"label": "top", "x": 2.0, "y": 0.6}]
+    svg = scatter(pts, title="t", x_label="KL", y_label="EM", log_x=True, height=340)
+    ys = [float(y) for y, t in re.findall(r'<text x="[\d.]+" y="([\d.]+)" fill="[^"]+">(arm \d+|top)</text>', svg)]
+    assert len(ys) == 11 and max(ys) <= 340 and min(ys) >= 0
+    assert all(b - a >= 11 - 1e-6 for a, b in zip(sorted(ys), sorted(ys)[1:]))

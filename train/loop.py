@@ -338,10 +338,8 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
                 state["stopped_early"] = True
                 log(f"[train] {name}: early stop at step {step}: val loss has not improved for "
                     f"{state['bad_evals']} evaluations (best {state['best']:.4f} at step {state['best_step']})")
-                if step < 0.25 * total:  # measured: this can end LoRA long before a task is learned
-                    log(f"[train] {name}: warning: stopped after {step} of {total} steps ({step / total:.0%}); "
-                        "on small tasks val loss can stall before exact answers are learned (docs/training.md, "
-                        "Mitigations): check `curate eval`, or set [train.early_stopping] patience = 0")
+                if early_stop_warning(step, total):
+                    log(f"[train] {name}: warning: {early_stop_warning(step, total)}")
             bar.write(f"[train] {name}: step {step} " + _fmt(ev))
         done = state["stopped_early"] or step >= total
         if state["pos"] >= len(steps):
@@ -381,7 +379,20 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
         "kl_to_base": final_eval.get("kl_to_base"), "ref_loss_before": first.get("ref_loss"),
         "ref_loss_after": final_eval.get("ref_loss"), "tokens": state["tokens"],
         "tokens_per_s": (state["tokens"] - tok_start) / wall if wall > 0 else None,
+        # the console's warnings, kept for the manifest and the report
+        "warnings": [w for w in [early_stop_warning(state["step"], total) if state["stopped_early"] else None] if w],
     }
+
+
+def early_stop_warning(step: int, total: int) -> str | None:
+    """The warning for early stopping at `step` of `total` planned steps, or None when it
+    stopped in the last three quarters. Measured: val loss can stall in the first quarter
+    and end LoRA long before a task is learned (benchmarks/train_frontier.md)."""
+    if total <= 0 or step >= 0.25 * total:
+        return None
+    return (f"early stopping ended the run after {step} of {total} steps ({step / total:.0%}); on small tasks val "
+            "loss can stall before exact answers are learned (docs/training.md, Mitigations): check `curate eval`, "
+            "or set [train.early_stopping] patience = 0")
 
 
 def _step_stats(nlls: list, kls: list) -> torch.Tensor:

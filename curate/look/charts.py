@@ -243,15 +243,17 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *
 
 
 def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, frontier: str | None = None,
-            width: int = 560, height: int = 340) -> str:
+            width: int = 560, height: int = 340, log_x: bool = False) -> str:
     """One labelled point per dict `{label, x, y, dx?, dy?, frontier?}`, with +-dx / +-dy
     error bars; points whose `frontier` is true are filled and joined by a step line (the
     Pareto frontier, in x order), the rest drawn hollow. `frontier` names the better corner
     ("upper-left": high y, low x) and is written in the header. Labels sit beside their
     points, nudged apart vertically; the axes start at 0 when the data is non-negative
-    (an error bar never makes an axis negative)."""
+    (an error bar never makes an axis negative). `log_x`: a log-10 x axis (for values that
+    span decades, such as KL to base across mitigations); points with x <= 0 are left out
+    and an error bar that would reach 0 is cut at the axis."""
     pts = [p for p in points if p.get("x") is not None and p.get("y") is not None
-           and math.isfinite(p["x"]) and math.isfinite(p["y"])]
+           and math.isfinite(p["x"]) and math.isfinite(p["y"]) and (p["x"] > 0 or not log_x)]
     left, right, top, bottom = 52, 170, 40, 36
     pw, ph = width - left - right, height - top - bottom
     body = _header(title, [], width)
@@ -268,11 +270,20 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, f
             hi = lo + (abs(lo) or 1.0)
         return lo, hi + (hi - lo) * 0.05
 
-    x0, x1 = span([p["x"] for p in pts], [abs(p.get("dx") or 0) for p in pts])
     y0, y1 = span([p["y"] for p in pts], [abs(p.get("dy") or 0) for p in pts])
+    if log_x:
+        lx = [math.log10(p["x"]) for p in pts]
+        hi = max(math.log10(p["x"] + abs(p.get("dx") or 0)) for p in pts)
+        x0, x1 = math.floor(min(lx)), max(math.ceil(hi), math.floor(min(lx)) + 1)
 
-    def X(v):
-        return left + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
+        def X(v):
+            v = math.log10(v) if v > 0 else x0
+            return left + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
+    else:
+        x0, x1 = span([p["x"] for p in pts], [abs(p.get("dx") or 0) for p in pts])
+
+        def X(v):
+            return left + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
 
     def Y(v):
         return top + ph - (min(max(v, y0), y1) - y0) / (y1 - y0) * ph
@@ -281,8 +292,13 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, f
     for t, text in zip(yt, tick_labels(yt)):
         body.append(f'<line x1="{left}" x2="{left + pw}" y1="{_fx(Y(t))}" y2="{_fx(Y(t))}" stroke="#e5e5e5"/>')
         body.append(f'<text x="{left - 4}" y="{_fx(Y(t) + 4)}" text-anchor="end">{text}</text>')
-    xt = [t for t in nice_ticks(x0, x1, 4) if x0 <= t <= x1]
-    for t, text in zip(xt, tick_labels(xt)):
+    if log_x:  # decades, labelled with their values
+        xt = [10.0 ** e for e in range(int(x0), int(x1) + 1)]
+        xlabels = [fmt_num(t) if t >= 1 else f"{t:g}" for t in xt]
+    else:
+        xt = [t for t in nice_ticks(x0, x1, 4) if x0 <= t <= x1]
+        xlabels = tick_labels(xt)
+    for t, text in zip(xt, xlabels):
         body.append(f'<line x1="{_fx(X(t))}" x2="{_fx(X(t))}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
         body.append(f'<text x="{_fx(X(t))}" y="{top + ph + 15}" text-anchor="middle">{text}</text>')
     body.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
@@ -316,6 +332,10 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, f
     labels.sort()
     for i in range(1, len(labels)):  # keep labels from overlapping
         labels[i][0] = max(labels[i][0], labels[i - 1][0] + 11)
+    if labels and labels[-1][0] > height - 8:  # many points at the bottom (exact match 0): push the stack up
+        labels[-1][0] = height - 8
+        for i in range(len(labels) - 2, -1, -1):
+            labels[i][0] = min(labels[i][0], labels[i + 1][0] - 11)
     for y, x, name, color in labels:
         text = name if len(name) <= 30 else name[:29] + "…"
         body.append(f'<line x1="{_fx(x + 4)}" x2="{left + pw + 4}" y1="{_fx(y)}" y2="{_fx(y)}" stroke="{color}" '

@@ -678,6 +678,11 @@ def _training_outcome(run: RunData) -> tuple[str, dict]:
     parts, data = [], {}
     tr = run.manifest.get("train") or {}
     units = tr.get("adapters") or ({"default": tr} if tr else {})
+    warns = [(a, w) for a, u in units.items() for w in (u.get("warnings") or [])]
+    if warns:  # the trainer's warnings (an early stop in the first quarter of steps), as the console gave them
+        parts.append("".join(
+            f'<p class="warn"><b>WARNING</b> {_e(a) + ": " if len(units) > 1 else ""}{_e(w)}</p>' for a, w in warns))
+        data["warnings"] = [w for _, w in warns]
     rows = [[_e(a), num(u.get("kl_to_base")), num(u.get("ref_loss_before")), num(u.get("ref_loss_after"))]
             for a, u in units.items() if u.get("kl_to_base") is not None]
     if rows:
@@ -714,18 +719,27 @@ def section_frontier(run: RunData) -> Section | None:
             return "—"
         return f"{v:.3f} ± {sd:.3f}" if isinstance(sd, (int, float)) else f"{v:.3f}"
 
-    rows = [[_e(a.get("label", a.get("arm"))), ms(a, "exact_match"), ms(a, "kl_to_base"), ms(a, "ref_loss"),
-             _e(charts.fmt_num(a.get("tokens"))), _e(charts.fmt_num(a.get("wall_s"))), "yes" if a.get("pareto") else ""]
+    tasks = sorted({t for a in arms for t in (a.get("exact_match_by_task") or {})})
+
+    def by(a: dict, t: str) -> str:
+        v = (a.get("exact_match_by_task") or {}).get(t)
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
+
+    rows = [[_e(a.get("label", a.get("arm"))), _e(a.get("seeds", "")), ms(a, "exact_match"), *[by(a, t) for t in tasks],
+             ms(a, "kl_to_base"), ms(a, "ref_loss"), _e(charts.fmt_num(a.get("tokens"))),
+             _e(charts.fmt_num(a.get("wall_s"))), "yes" if a.get("pareto") else ""]
             for a in arms]
     pts = [{"label": a.get("label", a.get("arm")), "x": a.get("kl_to_base"), "y": a.get("exact_match"),
             "dx": a.get("kl_to_base_std"), "dy": a.get("exact_match_std"), "frontier": bool(a.get("pareto"))} for a in arms]
-    fig = charts.scatter(pts, title="Task skill vs forgetting", x_label="KL to base (nats/token)",
-                         y_label="exact match", frontier="upper-left")
+    fig = charts.scatter(pts, title="Task skill vs forgetting", x_label="KL to base (nats/token, log scale)",
+                         y_label="exact match", frontier="upper-left", log_x=True)
     meta = doc.get("meta") or {}
     note = (f'<p class="dim">{_e(meta.get("model", ""))}, {_e(meta.get("seeds", "?"))} seed(s) per arm: '
             f'<code>{_e(meta.get("command", ""))}</code></p>')
-    html = note + _grid([fig]) + _table(["arm", "exact match", "KL to base", "reference loss", "tokens", "wall s",
-                                        "on the frontier"], rows)
+    if meta.get("partial"):  # a grid cut short (--summarise): say so above the chart
+        note += f'<p class="warn"><b>WARNING</b> partial grid: {_e(meta["partial"])}</p>'
+    html = note + _grid([fig]) + _table(["arm", "seeds", "exact match", *[f"EM {t}" for t in tasks], "KL to base",
+                                        "reference loss", "tokens", "wall s", "on the frontier"], rows)
     return Section("frontier", "Mitigation frontier", html, charts=1,
                    data={"arms": len(arms), "pareto": [a.get("arm") for a in arms if a.get("pareto")]})
 
