@@ -83,12 +83,13 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     # the work ran on workers, part by part; the one whole-table stage says so, as locally
     assert any("[filter] ray: 6 part(s) on workers (annotate)" in x for x in logs), logs
     assert any("[normalize] ray: 6 part(s) on workers (blocks)" in x for x in logs), logs
-    for name in ("exact_dedup", "select", "mix"):
+    # every whole-table stage of the sample is planned from keys (MinHash exact verification
+    # and consensus with their second pass over the asked parts, on the driver)
+    for name in ("consensus", "exact_dedup", "near_dedup", "select", "mix"):
         assert any(f"[{name}] ray:" in x and "(planned: keys, plan on the driver" in x for x in logs), (name, logs)
-    assert any("[near_dedup] whole-table stage" in x for x in logs)
-    assert any("[near_dedup] ray: signatures on" in x for x in logs)
-    assert {s["name"]: s["memory"] for s in m["stages"]}["near_dedup"] == "whole-table"
-    assert {s["name"]: s["memory"] for s in m["stages"]}["filter"] == "parts"
+    assert not any("whole-table stage" in x for x in logs), logs
+    memory = {s["name"]: s["memory"] for s in m["stages"]}
+    assert memory["near_dedup"] == memory["consensus"] == "keys" and memory["filter"] == "parts"
     # tokenization ran on workers: render streams part by part, each part in blocks
     assert len(render_blocks) > 1 and all(n >= 1 for n in render_blocks)
 
