@@ -53,7 +53,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.contract.atomic import atomic_path, write_text
+from curate.contract.atomic import atomic_path, sha256_file, write_text
 from curate.contract.schema import BASE_COLUMNS
 from curate.contract.typed_config import ConfigError
 
@@ -245,14 +245,6 @@ def export_table(df: pl.DataFrame, shape: str, keys: set[str] | None = None,
 # --------------------------------------------------------------------------- writing
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _SplitWriter:
     """One split's files, written as its rows come, part by part: `jsonl` appended per
     part (a line per row: the same bytes however the rows were cut), `parquet` and the
@@ -346,7 +338,7 @@ class _SplitWriter:
         from datasets import Dataset
         from datasets.table import MemoryMappedTable
 
-        return Dataset(MemoryMappedTable.from_file(str(self.ipc_path)), fingerprint=_sha256(self.ipc_path)[:16])
+        return Dataset(MemoryMappedTable.from_file(str(self.ipc_path)), fingerprint=sha256_file(self.ipc_path)[:16])
 
 
 def _write_datasets(parts: dict, folder: Path) -> None:
@@ -364,14 +356,6 @@ def _write_datasets(parts: dict, folder: Path) -> None:
             ds_logging.enable_progress_bar()
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_export(table: pl.DataFrame, cfg, run_dir: Path, manifest: dict, dropped: pl.DataFrame | None) -> dict:
@@ -471,7 +455,7 @@ def write_export_parts(parts, columns: list[str], cfg, run_dir: Path, manifest: 
         "dir": ecfg.dir, "shape": ecfg.shape, "formats": list(ecfg.formats),
         "rows": {sp: writers[sp].rows for sp in splits},
         "columns": writers["train"].schema.names,
-        "files": {f: _sha256(out / f) for f in files},
+        "files": {f: sha256_file(out / f) for f in files},
         "datasets": "datasets" if "datasets" in ecfg.formats else None,
         "notes": {sp: {k: v for k, v in i.items() if v} for sp, i in info.items() if any(i.values())},
     }
