@@ -1,8 +1,8 @@
 """Running one stage part by part, the same way on every executor: which stages can be
 cut into parts without changing a byte of their output, and how the parts' results are
-put back together. The Ray executor runs the parts on workers; the local executor runs
-them in turn, keeping each finished part on disk so a run killed inside a stage resumes
-from its last finished part (`PartCache`).
+put back together (the per-part steps themselves are curate/pipeline/stage_steps.py). The
+Ray executor runs the parts on workers; the local executor runs them in turn; both keep
+each finished part on disk, so a run killed inside a stage resumes from its last one.
 
   blocks    normalize; quality with the heuristic / fasttext / verifier scorers:
             `stage.process` per part; kept and dropped concatenated in part order, the
@@ -15,20 +15,18 @@ from its last finished part (`PartCache`).
             statistic come from the local code path.
   None      every other stage (dedup, select, mix, LM-scored quality): whole table.
 
-Parts only bound the work in flight, not the memory of the table: the runner still holds
-the stage's input and output (see docs/run-directory.md, "Memory model").
+The parts are the stage's input parts on disk (curate/pipeline/parts.py); see
+docs/pipeline.md, "Memory model".
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from curate.contract.atomic import atomic_path, sha256_file, write_json
 from curate.pipeline.ray_blocks import from_ipc, to_ipc
-from curate.stages.base import FilterStage, Stage, StageResult
+from curate.stages.base import FilterStage, Stage
 
 BLOCK_KINDS = {"normalize", "quality"}
 LOCAL_SCORERS = {"heuristic", "fasttext", "verifier"}
@@ -90,128 +88,3 @@ def merge_stats(stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
     if "signal" in parts[0]:  # the scorer's AUC over the whole table, not one block's
         out["signal"] = stage.signal(kept, stage.config.score_column)
     return out
-
-
-def assemble_blocks(stage: Stage, kept: list[pl.DataFrame], dropped: list[pl.DataFrame], stats: list[dict]) -> StageResult:
-    # One chunk, as a whole-table stage's output is: parquet bytes depend on the chunk layout.
-    k = pl.concat(kept, how="vertical", rechunk=True)
-    d = pl.concat(dropped, how="vertical", rechunk=True)
-    return StageResult(kept=k, dropped=d, stats=merge_stats(stage, k, stats))
-
-
-def assemble_annotations(stage: FilterStage, table: pl.DataFrame, annotated: list[pl.DataFrame],
-                         states: list[dict]) -> StageResult:
-    a = pl.concat(annotated, how="vertical", rechunk=True)
-    stage.merge_block_states(states)
-    return stage.decide(table, a)
-
-
-class PartCache:
-    """Finished parts of one stage computation, in `folder` (RUN/stages/NN-name/parts):
-    `part-IIIII.arrow` (the part's kept rows or annotations), `part-IIIII.dropped.arrow`
-    ("blocks" mode) and `part-IIIII.json` (its state or stats, row count and the sha256 of
-    its files), written last, atomically. Arrow IPC, not Parquet: it gives back exactly
-    the polars types it was given (a Null column included). `key` identifies the
-    computation (the stage's fingerprint and the part size); parts made under another key
-    are deleted first. A part whose files do not match its json is computed again."""
-
-    def __init__(self, folder: Path, key: str):
-        self.folder = folder
-        self.key = key
-        self._checked = False
-
-    def _check_key(self) -> None:
-        if self._checked:
-            return
-        keyfile = self.folder / "key.json"
-        if self.folder.is_dir():
-            try:
-                same = json.loads(keyfile.read_text(encoding="utf-8")).get("key") == self.key
-            except (OSError, ValueError, AttributeError):
-                same = False
-            if not same:
-                for f in self.folder.iterdir():
-                    if f.is_file():
-                        f.unlink()
-        if not keyfile.is_file():
-            write_json(keyfile, {"key": self.key})
-        self._checked = True
-
-    def _files(self, i: int) -> tuple[Path, Path, Path]:
-        base = f"part-{i:05d}"
-        return self.folder / f"{base}.arrow", self.folder / f"{base}.dropped.arrow", self.folder / f"{base}.json"
-
-    def load(self, i: int, rows: int) -> tuple[pl.DataFrame, pl.DataFrame | None, Any] | None:
-        self._check_key()
-        a, b, meta = self._files(i)
-        if not meta.is_file():
-            return None
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-            if info.get("rows") != rows or info["sha256"]["a"] != sha256_file(a):
-                return None
-            dropped = None
-            if info["sha256"].get("b") is not None:
-                if info["sha256"]["b"] != sha256_file(b):
-                    return None
-                dropped = from_ipc(b.read_bytes())
-            return from_ipc(a.read_bytes()), dropped, info["payload"]
-        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):  # a damaged part is computed again
-            return None
-
-    def save(self, i: int, rows: int, a_df: pl.DataFrame, b_df: pl.DataFrame | None, payload: Any) -> None:
-        self._check_key()
-        a, b, meta = self._files(i)
-        _write_ipc(a, a_df)
-        sha = {"a": sha256_file(a), "b": None}
-        if b_df is not None:
-            _write_ipc(b, b_df)
-            sha["b"] = sha256_file(b)
-        write_json(meta, {"rows": rows, "sha256": sha, "payload": payload})
-
-
-def _write_ipc(target: Path, df: pl.DataFrame) -> None:
-    with atomic_path(target) as tmp:
-        df.write_ipc(tmp, compression="zstd")
-
-
-def process_in_parts(stage: Stage, table: pl.DataFrame, part_rows: int, cache: PartCache | None,
-                     log=lambda s: None) -> StageResult:
-    """`stage.process(table)`, computed part by part (`part_mode`), each finished part
-    kept in `cache`; identical output by construction (see the module doc)."""
-    mode = part_mode(stage)
-    if mode is None or table.height <= part_rows:
-        return stage.process(table)
-    # One worker instance for all parts (models load once), apart from `stage`, which
-    # decides over the merged states as the driver does under Ray. Reuse is safe:
-    # `block_state()` is what the *last* `annotate` call left (FilterStage's contract).
-    worker = type(stage)(stage.config, stage.context)
-    if mode == "annotate":
-        shared = stage.shared_resource()
-        if shared is not None:
-            worker.use_shared_resource(shared)
-    outs_a, outs_b, payloads, resumed = [], [], [], 0
-    for i, lo in enumerate(range(0, table.height, part_rows)):
-        part = table.slice(lo, part_rows)
-        hit = cache.load(i, part.height) if cache is not None else None
-        if hit is not None:
-            a_df, b_df, payload = hit
-            resumed += 1
-        else:
-            if mode == "annotate":
-                a_df, b_df = worker.annotate(part), None
-                payload = encode_state(worker.block_state())
-            else:
-                res = worker.process(part)
-                a_df, b_df = res.kept, res.dropped
-                payload = json.loads(json.dumps(res.stats, default=str))
-            if cache is not None:
-                cache.save(i, part.height, a_df, b_df, payload)
-        outs_a.append(a_df)
-        outs_b.append(b_df)
-        payloads.append(payload)
-    log(f"[{stage.name}] {len(outs_a)} parts of up to {part_rows:,} rows ({mode})"
-        + (f", {resumed} resumed from {cache.folder}" if resumed else ""))
-    if mode == "annotate":
-        return assemble_annotations(stage, table, outs_a, [decode_state(p) for p in payloads])
-    return assemble_blocks(stage, outs_a, outs_b, payloads)
