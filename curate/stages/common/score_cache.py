@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import polars as pl
+
+from curate.contract.atomic import atomic_path
 
 
 def fingerprint(settings: dict, files: list[Path] = ()) -> str:
@@ -39,12 +40,11 @@ def model_files(*dirs: str | Path | None) -> list[Path]:
 
 
 def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.write_parquet(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # A per-process temp name (contract.atomic): Ray workers filling the same cache at
+    # once never write into one temp file. The last writer's union wins; values another
+    # worker added meanwhile are recomputed on a later run, never served wrong.
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
 
 
 def cached(path: Path, ids: pl.Series, compute: Callable[[list[str]], pl.DataFrame],
