@@ -19,3 +19,30 @@ def records(conversations, source="t", task="t", origin="t") -> pl.DataFrame:
     rows = [{"id": conversation_id(m), "source": value(source, i), "task": value(task, i), "messages": m,
              "meta": "{}", "origin": f"{origin}:{i}"} for i, m in enumerate(conversations)]
     return pl.DataFrame(rows, schema=POLARS_SCHEMA)
+
+
+def planned_on_copies(stage, table: pl.DataFrame, part_rows: int):
+    """A planned stage run the way a distributed executor runs it (curate/pipeline/
+    stage_steps.py): `keys` per part with `_row`, one `plan` over their concatenation
+    (completed with `complete_plan` when it asks for a second pass), `apply` per part on
+    its own deep copy of the plan (as a worker holds one), the parts' stats sent back
+    through JSON and merged with `merge_part_stats`, and the parts reassembled
+    (`base.assemble`). Differs from `base.run_planned` only in applying on copies."""
+    import copy
+    import json
+
+    from curate.stages.base import ROW_COL, assemble, complete_plan, part_bounds
+
+    bounds = part_bounds(table.height, part_rows)
+    keys = [stage.keys(table.slice(lo, hi - lo)).with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL))
+            for lo, hi in bounds]
+    plan = stage.plan(pl.concat(keys, how="vertical", rechunk=True))
+    plan = complete_plan(stage, plan, bounds, lambda i: table.slice(bounds[i][0], bounds[i][1] - bounds[i][0]))
+    results, part_stats = [], []
+    for lo, hi in bounds:
+        mine = copy.deepcopy(plan)
+        res = stage.apply(table.slice(lo, hi - lo), mine, lo)
+        part_stats.append(json.loads(json.dumps(res.stats if res.stats is not mine.stats else {}, default=str)))
+        results.append(res)
+    stage.merge_part_stats(plan, part_stats)
+    return assemble(results, bounds, plan)
