@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from curate.contract.ledger import DETAIL, REASON
+from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
 from curate.pipeline.config import load_config
 from curate.pipeline.executor import LocalExecutor, StageJob
@@ -106,7 +107,7 @@ def test_protocol_path_equals_the_whole_table_reference(tmp_path, cls):
     res = LocalExecutor().run_stage(_stage(cls, tmp_path), _job(tmp_path, table, 6))
     assert res.memory == "keys"
     assert len(res.entries) >= 2
-    assert P.read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
     if cls is Reverse:
         assert ref.kept["i"].to_list() == list(range(52, -1, -1))
     assert res.stats == ref.stats
@@ -122,7 +123,7 @@ def test_a_stage_without_the_protocol_runs_on_the_whole_table_and_says_so(tmp_pa
     assert res.memory == "whole-table"
     assert any("whole-table stage: holds all 53 rows in memory" in x for x in log.lines), log.lines
     ref = NoProtocol.process(None, table)
-    assert P.read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
     assert res.stats == {"n": 53}
 
 
