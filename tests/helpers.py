@@ -46,3 +46,41 @@ def planned_on_copies(stage, table: pl.DataFrame, part_rows: int):
         results.append(res)
     stage.merge_part_stats(plan, part_stats)
     return assemble(results, bounds, plan)
+
+
+def exact_dedup_pipeline(raw, part_rows: int) -> str:
+    """A small pipeline.toml: the sample's qa_alpaca source (in folder `raw`) through
+    normalize, the assistant filter and exact dedup, in parts of `part_rows` rows: the
+    run the executor comparisons (local vs Ray, one node or two) make twice."""
+    return f"""
+[run]
+seed = 0
+part_rows = {int(part_rows)}
+[[sources]]
+name = "qa_alpaca"
+path = "{raw}/qa_alpaca.jsonl"
+format = "alpaca"
+task = "qa"
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "filter"
+on = "assistant"
+[[stages]]
+kind = "dedup"
+name = "exact_dedup"
+method = "exact"
+"""
+
+
+def run_digests(run, shards: bool = True) -> dict[str, str]:
+    """sha256 of every file of the run that must be the same bytes whichever executor
+    wrote it: stages/ (parts, done.json), rejects/, quarantine.jsonl and, with `shards`,
+    shards/ (not the manifest, timings or report), keyed by path in the run."""
+    import hashlib
+    from pathlib import Path
+
+    run = Path(run)
+    pats = ("stages/**/*", "rejects/*", *(("shards/**/*",) if shards else ()), "quarantine.jsonl")
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pat in pats for p in sorted(run.glob(pat)) if p.is_file()}
