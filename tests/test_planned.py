@@ -172,7 +172,8 @@ def test_not_plannable_configurations(tmp_path):
     # completes such plans (base.complete_plan) plans it; for the others it stays whole
     assert not has_plan(mk(method="minhash")) and has_plan(mk(method="minhash"), refine=True)
     assert has_plan(mk(method="minhash", verify_by="estimate"))
-    assert not has_plan(mk(method="semantic", model="m"), refine=True)
+    # semantic dedup: keys carry the embeddings (tests/test_semantic_planned.py)
+    assert has_plan(mk(method="semantic", model="m")) and has_plan(mk(method="semantic", model="m"), refine=True)
     sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
                                                     "diversity": 0.1}, "s"), _ctx(tmp_path))
     assert not has_plan(sel)

@@ -210,8 +210,7 @@ class Plan:
 def has_plan(stage: Any, refine: bool = False) -> bool:
     """Whether a runner may run `stage` through keys -> plan -> apply: it has the three
     methods and this configuration can be decided from keys (`plannable()`, e.g. not
-    select's sequential diversity walk nor semantic dedup). False: call
-    `process(whole table)`.
+    select's sequential diversity walk). False: call `process(whole table)`.
 
     `refine`: the runner completes a plan that asks for a second pass over the parts
     (`Refine`, `complete_plan`). A stage whose configuration needs one (`needs_refine()`:
@@ -366,7 +365,7 @@ class PlannedStage(Stage):
     `process(table)` is `run_planned(self, table, len(table))`: one code path, so the
     streaming result equals the whole-table one by construction (tests pin it for
     small and large parts). `plannable()` false: this configuration cannot be decided
-    from keys (select's diversity walk, semantic dedup); `process` runs it whole and
+    from keys (select's diversity walk); `process` runs it whole and
     `has_plan` says so to the runner.
 
     Memory: the keys of all rows meet in `plan` (bytes per row: docs/pipeline.md, "Whole-
