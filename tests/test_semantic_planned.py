@@ -16,6 +16,8 @@ from curate.stages.dedup import semantic
 from curate.stages.dedup.stage import Config, DedupStage
 from test_planned import handmade, same
 
+pytestmark = pytest.mark.slow  # loading transformers and the model dominates; the dedup work is milliseconds
+
 SEMANTIC = [
     {"view": "user", "cosine_threshold": 0.99, "keep": "best"},
     {"view": "conversation", "cosine_threshold": 0.98, "keep": "first"},
@@ -58,7 +60,7 @@ def test_fresh_embeddings_per_part_decide_as_the_whole_table(tmp_path, model):
     this data within 1e-4 of the threshold (the midpoint of the widest gap between pair
     cosines in 0.985..0.995), the decisions are the whole table's."""
     table = handmade()
-    emb = semantic.embed(make(model, tmp_path / "probe", **SEMANTIC[0]), table)
+    emb = semantic.embed(make(model, tmp_path / "whole", **SEMANTIC[0]), table)  # cached for `ref`
     cos = np.sort((emb @ emb.T)[np.triu_indices(table.height, 1)])
     near = cos[(cos > 0.985) & (cos < 0.995)]
     k = int(np.argmax(np.diff(near)))
@@ -66,7 +68,7 @@ def test_fresh_embeddings_per_part_decide_as_the_whole_table(tmp_path, model):
     cfg = {**SEMANTIC[0], "cosine_threshold": float(near[k] + near[k + 1]) / 2}
     ref = make(model, tmp_path / "whole", **cfg)
     whole = ref.from_clusters(table, *semantic.whole_table_roots(ref, table))
-    for part_rows in (7, 64):
+    for part_rows in (30, 64):  # (the model loads once per part: few parts keep it quick)
         stage = make(model, tmp_path / f"parts-{part_rows}", **cfg)
         vectors = semantic.matrix_from_keys(pl.concat([
             stage.keys(table.slice(lo, part_rows)) for lo in range(0, table.height, part_rows)]))
@@ -109,3 +111,22 @@ def test_similar_pairs_is_exhaustive_and_blocked():
     for block in (1, 5, 2048):
         left, right = semantic.similar_pairs(emb, 0.95, block=block)
         assert set(zip(left.tolist(), right.tolist())) == want and len(left) == len(want)
+
+
+def test_local_executor_streams_semantic_dedup(tmp_path, model):
+    """The streaming executor plans semantic dedup from keys (manifest `memory = "keys"`)
+    over a multi-part input: the whole-table path's kept rows, rejects and stats."""
+    from curate.contract.datasets import read_dataset
+    from curate.pipeline.executor import LocalExecutor
+    from test_refine_executor import _job
+
+    table = handmade()
+    stage = make(model, tmp_path / "st", **SEMANTIC[0])
+    ref = stage.from_clusters(table, *semantic.whole_table_roots(stage, table))
+    res = LocalExecutor().run_stage(make(model, tmp_path / "st", **SEMANTIC[0]), _job(tmp_path, table, 25))
+    assert res.memory == "keys" and len(res.entries) > 3
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    rejects = pl.concat([pl.read_parquet(r) if not isinstance(r, pl.DataFrame) else r for r in res.rejects],
+                        how="vertical_relaxed")
+    assert sorted(rejects["id"].to_list()) == sorted(ref.dropped["id"].to_list()) and rejects.height > 0
+    assert res.stats == ref.stats
