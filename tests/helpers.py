@@ -48,19 +48,7 @@ def planned_on_copies(stage, table: pl.DataFrame, part_rows: int):
     return assemble(results, bounds, plan)
 
 
-def exact_dedup_pipeline(raw, part_rows: int) -> str:
-    """A small pipeline.toml: the sample's qa_alpaca source (in folder `raw`) through
-    normalize, the assistant filter and exact dedup, in parts of `part_rows` rows: the
-    run the executor comparisons (local vs Ray, one node or two) make twice."""
-    return f"""
-[run]
-seed = 0
-part_rows = {int(part_rows)}
-[[sources]]
-name = "qa_alpaca"
-path = "{raw}/qa_alpaca.jsonl"
-format = "alpaca"
-task = "qa"
+EXACT_DEDUP_STAGES = """
 [[stages]]
 kind = "normalize"
 [[stages]]
@@ -70,7 +58,23 @@ on = "assistant"
 kind = "dedup"
 name = "exact_dedup"
 method = "exact"
-"""
+"""  # normalize, the assistant filter, exact dedup: row-local stages, then a planned one
+
+
+def exact_dedup_pipeline(raw, part_rows: int) -> str:
+    """A small pipeline.toml: the sample's qa_alpaca source (in folder `raw`) through
+    EXACT_DEDUP_STAGES in parts of `part_rows` rows: the run the executor comparisons
+    (local vs Ray, one node or two) make twice."""
+    return f"""
+[run]
+seed = 0
+part_rows = {int(part_rows)}
+[[sources]]
+name = "qa_alpaca"
+path = "{raw}/qa_alpaca.jsonl"
+format = "alpaca"
+task = "qa"
+""" + EXACT_DEDUP_STAGES
 
 
 def run_digests(run, shards: bool = True) -> dict[str, str]:

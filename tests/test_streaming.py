@@ -21,6 +21,7 @@ from curate.pipeline.memory import MIN_PART_ROWS
 from curate.pipeline.runner import run_pipeline
 from curate.stages.base import Plan, Stage, StageContext, StageResult, decided_part, run_planned, split_decided
 
+from helpers import EXACT_DEDUP_STAGES
 from test_fingerprints import Lines
 from test_part_resume import _outputs
 
@@ -143,18 +144,7 @@ output_dir = "{tmp_path / 'run'}"
 name = "big"
 path = "big.jsonl"
 task = "qa"
-
-[[stages]]
-kind = "normalize"
-
-[[stages]]
-kind = "filter"
-on = "assistant"
-
-[[stages]]
-kind = "dedup"
-method = "exact"
-"""
+""" + EXACT_DEDUP_STAGES
     p = tmp_path / f"pipeline-{budget}.toml"
     p.write_text(toml)
     return p
