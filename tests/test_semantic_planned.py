@@ -34,10 +34,10 @@ def model(request):
     return str(shared("models", "stories260K"))
 
 
-def make(model: str, stage_dir, **cfg) -> DedupStage:
+def make(model: str, stage_dir, log=lambda m: None, **cfg) -> DedupStage:
     config = load_dataclass(Config, {"kind": "dedup", "method": "semantic", "model": model, **cfg}, "s")
     return DedupStage(config, StageContext(run_dir=stage_dir, config_dir=stage_dir, seed=0, stage_dir=stage_dir,
-                                           log=lambda m: None))
+                                           log=log))
 
 
 @pytest.mark.parametrize("cfg", SEMANTIC, ids=lambda c: f"{c['view']}-{c['cosine_threshold']}-{c['keep']}")
@@ -130,3 +130,22 @@ def test_local_executor_streams_semantic_dedup(tmp_path, model):
                         how="vertical_relaxed")
     assert sorted(rejects["id"].to_list()) == sorted(ref.dropped["id"].to_list()) and rejects.height > 0
     assert res.stats == ref.stats
+
+
+def test_cache_adds_a_file_per_computing_call_and_never_rewrites(tmp_path, model):
+    """A call computes only the ids the cache lacks and writes them as a file of its own
+    (workers keying parts at once never write one file); a call with everything cached
+    computes nothing and writes nothing; another view is another cache."""
+    logs: list[str] = []
+    stage = make(model, tmp_path, log=logs.append, **SEMANTIC[0])
+    table = handmade(40)
+    first = semantic.embed(stage, table.slice(0, 20))
+    whole = semantic.embed(stage, table)
+    folder = semantic.cache_dir(stage)
+    files = sorted(folder.glob("part-*.parquet"))
+    assert len(files) == 2 and np.array_equal(whole[:20], first)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = semantic.embed(stage, table)
+    assert np.array_equal(again, whole) and logs[-1].endswith(" 0 computed")
+    assert [f.stat().st_mtime_ns for f in sorted(folder.glob("part-*.parquet"))] == stamps
+    assert semantic.cache_dir(make(model, tmp_path, **{**SEMANTIC[0], "view": "conversation"})) != folder
