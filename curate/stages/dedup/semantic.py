@@ -103,7 +103,8 @@ CACHE_SCHEMA = {"id": pl.String, "vec": pl.List(pl.Float32)}
 
 
 def _lists(mat: np.ndarray) -> pl.Series:
-    """A (rows, dim) float32 matrix as a list<f32> Series (one list per row), zero-copy."""
+    """A (rows, dim) float32 matrix as a list<f32> Series (one list per row), built from
+    the flat buffer and offsets (no Python loop over rows)."""
     import pyarrow as pa
 
     mat = np.ascontiguousarray(mat, dtype=np.float32)
