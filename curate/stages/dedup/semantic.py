@@ -14,8 +14,10 @@ Keys -> plan -> apply (curate/stages/base.py):
 planned path is tested against, and `process`'s fallback were the stage not planned).
 
 Costs and trade-offs:
-  - Keys memory: float32 x dim per row, plus exact's keys (~40 B). A 384-dim MiniLM is
-    1.5 KiB/row: 15.4 GB at 10M rows (a 64-dim model such as stories260K: 2.6 GB); the
+  - Keys memory: float32 x dim per row + 8 B of list offsets, plus exact's keys (hash,
+    keep keys, id, source: ~50 B); measured 313 B/row with stories260K (64-dim, 264 B of
+    it the vector). A 384-dim MiniLM is 1.5 KiB/row: 15.4 GB at 10M rows (stories260K:
+    3.1 GB); the
     plan also holds one (n, dim) float32 matrix built from the keys (another n x dim x 4
     bytes while the concatenated keys are alive). float16 would halve both but moves
     cosines by ~1e-3, which flips pairs near the threshold: not done, so the output is
