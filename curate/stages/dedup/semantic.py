@@ -18,9 +18,9 @@ Costs and trade-offs:
     keep keys, id, source: ~50 B); measured 313 B/row with stories260K (64-dim, 264 B of
     it the vector). A 384-dim MiniLM is 1.5 KiB/row: 15.4 GB at 10M rows (stories260K:
     3.1 GB); the plan also holds one (n, dim) float32 matrix built from the keys
-    (another n x dim x 4 bytes while the concatenated keys are alive). float16 would halve both but moves
-    cosines by ~1e-3, which flips pairs near the threshold: not done, so the output is
-    the whole-table path's.
+    (another n x dim x 4 bytes while the concatenated keys are alive). float16 would
+    halve both but moves cosines by ~1e-3, which flips pairs near the threshold: not
+    done, so the output is the whole-table path's.
   - The pair search is exhaustive, O(n^2 x dim) multiply-adds (blocks of `block` rows
     against the rows after them: block x n float32 at once, 8 GiB at 1M rows with the
     default block of 2048). That, not the keys, is what bounds semantic dedup to some
