@@ -17,6 +17,7 @@ from curate.stages.base import DETAIL, REASON, StageContext
 from curate.stages.dedup.stage import Config, DedupStage
 from curate.contract.typed_config import ConfigError, load_dataclass
 from curate.contract.datasets import read_dataset
+from helpers import planned_on_copies
 
 
 def record(prompt: str, answer: str, source: str = "s", **extra) -> dict:
@@ -395,12 +396,8 @@ def test_exact_blockwise_plan_equals_process(tmp_path, kw):
                        StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path))
     ref = stage.process(df)
     assert ref.dropped.height > 20
-    t = stage.number_rows(df)
     for size in (17, 64):
-        blocks = [t.slice(lo, size) for lo in range(0, t.height, size)]
-        keys = [stage.block_keys(b) for b in blocks]
-        plan = stage.plan(pl.concat(keys))
-        got = stage.finish(pl.concat([stage.apply_plan(stage.with_keys(b, k), plan) for b, k in zip(blocks, keys)]), plan)
+        got = planned_on_copies(stage, df, size)
         assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
 
 

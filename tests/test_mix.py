@@ -13,6 +13,7 @@ from curate.contract.schema import POLARS_SCHEMA
 from curate.stages.base import StageContext
 from curate.stages.mix import Config, MixStage, apportion
 from curate.contract.typed_config import ConfigError, load_dataclass
+from helpers import planned_on_copies
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "stories260K"
 
@@ -186,16 +187,6 @@ def test_empty_table(tmp_path):
         assert len(r.kept) == 0 and "split" in r.kept.columns and "repeat" in r.kept.columns
 
 
-def blockwise(stage, table, size):
-    """The planned steps as a distributed executor runs them: keys per block, one plan
-    over the concatenated keys, the plan applied per block (keys attached), one finish."""
-    t = stage.number_rows(table)
-    blocks = [t.slice(lo, size) for lo in range(0, t.height, size)]
-    keys = [stage.block_keys(b) for b in blocks]
-    plan = stage.plan(pl.concat(keys))
-    return stage.finish(pl.concat([stage.apply_plan(stage.with_keys(b, k), plan) for b, k in zip(blocks, keys)]), plan)
-
-
 @pytest.mark.parametrize("kw", [
     {"temperature": 2.0, "val_fraction": 0.1},
     {"weights": {"qa": 3, "*": 1}, "max_repeat": 3.0, "val_max": 4},
@@ -213,5 +204,5 @@ def test_blockwise_plan_equals_process(tmp_path, kw):
     ref = stage.process(t)
     assert ref.kept.height and ref.dropped.height or ref.stats["upsampled"]
     for size in (13, 50):
-        got = blockwise(stage, t, size)
+        got = planned_on_copies(stage, t, size)
         assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats

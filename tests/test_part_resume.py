@@ -43,13 +43,13 @@ def _outputs(run: Path) -> dict:
     files follow `part_rows`, their concatenation must not)."""
     import json
 
-    from curate.pipeline import parts as P
+    from curate.contract.datasets import read_dataset
 
     files = [*run.glob("rejects/*.parquet"), *run.glob("shards/*/*.arrow")]
     out = {str(p.relative_to(run)): sha256_file(p) for p in sorted(files)}
     for done in sorted(run.glob("stages/*/done.json")):
         entries = json.loads(done.read_text())["parts"]
-        out[str(done.parent.relative_to(run))] = _frame_digest(P.read_dataset(done.parent, entries))
+        out[str(done.parent.relative_to(run))] = _frame_digest(read_dataset(done.parent, entries))
     return out
 
 

@@ -18,6 +18,7 @@ from curate.stages.consensus.stage import Config as ConsensusConfig, ConsensusSt
 from curate.stages.dedup.stage import Config as DedupConfig, DedupStage
 from curate.stages.mix import Config as MixConfig, MixStage
 from curate.stages.select import Config as SelectConfig, SelectStage
+from helpers import planned_on_copies
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "raw" / "qa_alpaca.jsonl"
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
@@ -171,26 +172,22 @@ def test_not_plannable_configurations(tmp_path):
     # completes such plans (base.complete_plan) plans it; for the others it stays whole
     assert not has_plan(mk(method="minhash")) and has_plan(mk(method="minhash"), refine=True)
     assert has_plan(mk(method="minhash", verify_by="estimate"))
-    assert not has_plan(mk(method="semantic", model="m"), refine=True)
+    # semantic dedup: keys carry the embeddings (tests/test_semantic_planned.py)
+    assert has_plan(mk(method="semantic", model="m")) and has_plan(mk(method="semantic", model="m"), refine=True)
     sel = SelectStage(load_dataclass(SelectConfig, {"kind": "select", "column": "heuristic", "top_k": 3,
                                                     "diversity": 0.1}, "s"), _ctx(tmp_path))
     assert not has_plan(sel)
 
 
-def test_adapter_on_copies_of_the_plan_equals_process(tmp_path):
-    """The Ray executor's four-step adapter applies blocks on workers, each with its own
-    copy of the plan: the report examples' texts come back through the blocks' stats."""
-    import copy
-
+def test_apply_on_copies_of_the_plan_equals_process(tmp_path):
+    """A distributed executor applies parts on workers, each with its own copy of the
+    plan: the report examples' texts come back through the parts' stats."""
     table = handmade()
     stage = DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", "method": "exact", "view": "user"}, "s"),
                        _ctx(tmp_path))
     whole = stage.process(table)
     assert whole.stats["examples"] and all(m["text"] for e in whole.stats["examples"] for m in e["members"])
-    t = stage.number_rows(table)
-    plan = stage.plan(pl.concat([stage.block_keys(t.slice(lo, 25)) for lo in range(0, t.height, 25)]))
-    decided = pl.concat([stage.apply_plan(t.slice(lo, 25), copy.deepcopy(plan)) for lo in range(0, t.height, 25)])
-    same(stage.finish(decided, plan), whole)
+    same(planned_on_copies(stage, table, 25), whole)
 
 
 @pytest.mark.parametrize("cfg", [c for c in DEDUP if c["method"] == "minhash" and c.get("verify", True)

@@ -9,7 +9,6 @@ session; marked slow.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from curate.pipeline.config import load_config  # noqa: E402
 from curate.pipeline.executor import LocalExecutor  # noqa: E402
 from curate.pipeline.ray_executor import RayExecutor  # noqa: E402
 from curate.pipeline.runner import run_pipeline  # noqa: E402
+from helpers import exact_dedup_pipeline, run_digests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -36,15 +36,8 @@ def ray_cluster(ray_local):
     return ray_local
 
 
-def _files(run: Path) -> dict[str, str]:
-    """sha256 of every output file of the run but the manifest, timings and report."""
-    pats = ("stages/**/*", "rejects/*", "shards/**/*", "quarantine.jsonl")
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for pat in pats for p in sorted(run.glob(pat)) if p.is_file()}
-
-
 def _same_runs(a: Path, b: Path, shards: bool = True) -> dict:
-    fa, fb = _files(a), _files(b)
+    fa, fb = run_digests(a), run_digests(b)
     assert fa == fb
     assert any(k.endswith("done.json") for k in fa) and any("/part-" in k for k in fa)
     assert not any("/parts/" in k for k in fa)  # finished stages leave no per-part records
@@ -172,25 +165,7 @@ def test_cli_executor_ray_multi_part_identical_to_local(ray_cluster, tmp_path):
     assert m["ledger"]["dropped"]["dedup"]["duplicate_of"]
 
 
-KILL = """
-[run]
-seed = 0
-part_rows = 300
-[[sources]]
-name = "qa_alpaca"
-path = "{raw}/qa_alpaca.jsonl"
-format = "alpaca"
-task = "qa"
-[[stages]]
-kind = "normalize"
-[[stages]]
-kind = "filter"
-on = "assistant"
-[[stages]]
-kind = "dedup"
-name = "exact_dedup"
-method = "exact"
-"""
+KILL = exact_dedup_pipeline(SAMPLE / "raw", part_rows=300)
 
 
 def test_worker_killed_mid_stage_is_retried(ray_cluster, tmp_path):
@@ -198,7 +173,7 @@ def test_worker_killed_mid_stage_is_retried(ray_cluster, tmp_path):
     before its record; Ray resubmits the task, which rewrites the part, and the run's
     output is the local one's, byte for byte."""
     toml = tmp_path / "p.toml"
-    toml.write_text(KILL.format(raw=SAMPLE / "raw"))
+    toml.write_text(KILL)
     cfg = load_config(toml)
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
     ray_cluster.write_text("die once")
@@ -214,7 +189,7 @@ def test_run_killed_inside_a_stage_resumes_on_ray_from_its_last_finished_part(ra
     from curate.stages.filter.stage import HeuristicFilter
 
     toml = tmp_path / "p.toml"
-    toml.write_text(KILL.format(raw=SAMPLE / "raw"))
+    toml.write_text(KILL)
     cfg = load_config(toml)
     run_pipeline(cfg, tmp_path / "clean", executor=LocalExecutor())
     calls, orig = [], HeuristicFilter.annotate
@@ -245,7 +220,7 @@ def test_limit_and_export_under_ray(ray_cluster, tmp_path):
     from curate.cli import main
 
     toml = tmp_path / "p.toml"
-    toml.write_text(KILL.format(raw=SAMPLE / "raw").replace("part_rows = 300", "part_rows = 40")
+    toml.write_text(exact_dedup_pipeline(SAMPLE / "raw", part_rows=40)
                     + '\n[export]\nformats = ["jsonl", "parquet"]\ncard = false\n')
     for name, executor in (("local", "local"), ("ray", "ray")):
         res = CliRunner().invoke(main, ["run", str(toml), "--no-train", "--quiet", "--executor", executor,

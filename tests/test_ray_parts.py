@@ -16,6 +16,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
 
 from curate.contract.ledger import DETAIL, REASON  # noqa: E402
+from curate.contract.datasets import read_dataset  # noqa: E402
 from curate.pipeline import parts as P  # noqa: E402
 from curate.pipeline.executor import LocalExecutor, StageJob  # noqa: E402
 from curate.pipeline.ray_executor import RayExecutor  # noqa: E402
@@ -106,7 +107,7 @@ def test_reordering_plan_on_workers_equals_local_and_whole_table(ray_cluster, tm
         job = _job(src, entries, tmp_path / name, 200)
         out = ex.run_stage(LongestHalf(LongestHalfConfig(), ctx), job)
         rejects = pl.concat([pl.read_parquet(r) for r in out.rejects])
-        got[name] = (out, P.read_dataset(job.out_dir, out.entries), rejects,
+        got[name] = (out, read_dataset(job.out_dir, out.entries), rejects,
                      [(tmp_path / name / e["file"]).read_bytes() for e in out.entries])
     (lo, lk, lr, lb), (ro, rk, rr, rb) = got["local"], got["ray"]
     assert ro.memory == lo.memory == "keys" and ro.stats == lo.stats and ro.entries == lo.entries

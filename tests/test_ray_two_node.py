@@ -35,6 +35,7 @@ psutil = pytest.importorskip("psutil")
 from curate.pipeline.config import load_config  # noqa: E402
 from curate.pipeline.executor import LocalExecutor  # noqa: E402
 from curate.pipeline.runner import run_pipeline  # noqa: E402
+from helpers import exact_dedup_pipeline, run_digests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -103,36 +104,10 @@ def two_nodes():
         shutil.rmtree(base, ignore_errors=True)
 
 
-PIPELINE = """
-[run]
-seed = 0
-part_rows = 250
-[[sources]]
-name = "qa_alpaca"
-path = "{raw}/qa_alpaca.jsonl"
-format = "alpaca"
-task = "qa"
-[[stages]]
-kind = "normalize"
-[[stages]]
-kind = "filter"
-on = "assistant"
-[[stages]]
-kind = "dedup"
-name = "exact_dedup"
-method = "exact"
-"""
-
-
-def _files(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes()
-            for pat in ("stages/**/*", "rejects/*", "quarantine.jsonl") for p in sorted(run.glob(pat)) if p.is_file()}
-
-
 def test_two_node_cluster_identical_to_local(two_nodes, tmp_path):
     address, base, env = two_nodes
     toml = tmp_path / "p.toml"
-    toml.write_text(PIPELINE.format(raw=SAMPLE / "raw"))
+    toml.write_text(exact_dedup_pipeline(SAMPLE / "raw", part_rows=250))
     run_pipeline(load_config(toml), tmp_path / "local", executor=LocalExecutor())
     # wait for both nodes, then the run: the driver joins the cluster as a user's would
     wait = ("import ray, time\nray.init(address=%r, logging_level='warning')\n"
@@ -145,7 +120,8 @@ def test_two_node_cluster_identical_to_local(two_nodes, tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     local, ray_run = tmp_path / "local", tmp_path / "ray"
-    assert _files(local) == _files(ray_run)  # every stage's parts and done.json, rejects, quarantine
+    # every stage's parts and done.json, rejects, quarantine
+    assert run_digests(local, shards=False) == run_digests(ray_run, shards=False)
     ml, mr = (json.loads((d / "manifest.json").read_text()) for d in (local, ray_run))
     assert ml["ledger"] == mr["ledger"] and ml["ledger"]["reconciles"] and ml["stages"] == mr["stages"]
     assert len(json.loads((ray_run / "stages/00-read/done.json").read_text())["parts"]) > 1

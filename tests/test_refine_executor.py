@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from curate.contract.typed_config import load_dataclass
+from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
 from curate.pipeline.executor import LocalExecutor, StageJob
 from curate.stages.base import StageContext
@@ -43,7 +44,7 @@ def test_refined_plans_stream_and_equal_process(tmp_path, case):
     ref = mk().process(table)
     res = LocalExecutor().run_stage(mk(), _job(tmp_path, table, 25))
     assert res.memory == "keys" and len(res.entries) > 3
-    assert P.read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
     rejects = pl.concat([pl.read_parquet(r) if isinstance(r, Path) else r for r in res.rejects], how="vertical_relaxed")
     assert rejects.height == ref.dropped.height > 0
     assert sorted(rejects["id"].to_list()) == sorted(ref.dropped["id"].to_list())

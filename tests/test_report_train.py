@@ -8,15 +8,20 @@ import re
 
 import pytest
 
+from curate.look.report import write_report
 from test_report import TOKENIZER, build_run, summary
 
 
-def test_report_with_train_stage(tmp_path):
+@pytest.fixture
+def trainable(tmp_path):
+    """(the trainer's loop module, a finished run with shards, `config(**keys)`: the
+    [train] config of those keys over a tiny random Llama (seed 0) on the sample
+    tokenizer, saved like a real model). Skips when the trainer or torch is not in this
+    build."""
     train = pytest.importorskip("train.loop", reason="the trainer (train/) is not in this build")
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from curate.look.report import write_report
     from train import parse_train_config
 
     run = build_run(tmp_path / "data")
@@ -27,9 +32,17 @@ def test_report_with_train_stage(tmp_path):
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                  tie_word_embeddings=True)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    cfg = parse_train_config({"base_model": str(model_dir), "max_steps": 8, "eval_every": 2, "batch_tokens": 512,
-                              "micro_batch_tokens": 512, "epochs": 3, "save_every": 0, "warmup": 0.0, "r": 4, "alpha": 8.0,
-                              "lr": 3e-3, "device": "cpu", "kl_to_base": 0.1}, tmp_path)
+
+    def config(**keys):
+        return parse_train_config({"base_model": str(model_dir), **keys}, tmp_path)
+
+    return train, run, config
+
+
+def test_report_with_train_stage(trainable):
+    train, run, config = trainable
+    cfg = config(max_steps=8, eval_every=2, batch_tokens=512, micro_batch_tokens=512, epochs=3, save_every=0,
+                 warmup=0.0, r=4, alpha=8.0, lr=3e-3, device="cpu", kl_to_base=0.1)
     train.run_training(run, cfg, log=lambda *a, **k: None)
     rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("kind") == "eval"]
@@ -53,29 +66,13 @@ def test_report_with_train_stage(tmp_path):
         assert f"<title>{t}</title></path>" in sec, t
 
 
-def test_early_stop_warning_reaches_manifest_and_report(tmp_path):
+def test_early_stop_warning_reaches_manifest_and_report(trainable):
     """An early stop in the first quarter of the planned steps is not only logged: the
     training summary (manifest `train`) carries the warning and the report shows it."""
-    train = pytest.importorskip("train.loop", reason="the trainer (train/) is not in this build")
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from curate.look.report import write_report
-    from train import parse_train_config
-
-    run = build_run(tmp_path / "data")
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 tie_word_embeddings=True)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    train, run, config = trainable
     # min_delta 10: no evaluation can count as an improvement, so patience 1 stops at the 2nd eval
-    cfg = parse_train_config({"base_model": str(model_dir), "eval_every": 2, "batch_tokens": 256,
-                              "micro_batch_tokens": 256, "epochs": 20, "save_every": 0, "r": 4, "alpha": 8.0,
-                              "lr": 3e-3, "device": "cpu", "early_stopping": {"patience": 1, "min_delta": 10.0}},
-                             tmp_path)
+    cfg = config(eval_every=2, batch_tokens=256, micro_batch_tokens=256, epochs=20, save_every=0, r=4, alpha=8.0,
+                 lr=3e-3, device="cpu", early_stopping={"patience": 1, "min_delta": 10.0})
     logs: list[str] = []
     s = train.run_training(run, cfg, log=logs.append)
     assert s["stopped_early"] and s["steps"] < 0.25 * s["total_steps"], s

@@ -11,6 +11,7 @@ from curate.contract.schema import POLARS_MESSAGES
 from curate.stages.base import StageContext
 from curate.stages.select import Config, SelectStage
 from curate.contract.typed_config import ConfigError, load_dataclass
+from helpers import planned_on_copies
 
 
 def make_table(rows):
@@ -154,18 +155,6 @@ def test_empty_table(tmp_path):
         assert len(r.kept) == 0 and len(r.dropped) == 0
 
 
-def blockwise(stage, table, size):
-    """The planned steps as a distributed executor runs them: keys per block, one plan
-    over the concatenated keys, the plan applied per block, one finish."""
-    t = stage.number_rows(table)
-    blocks = [t.slice(lo, size) for lo in range(0, t.height, size)]
-    keys = [stage.block_keys(b) for b in blocks] if stage.needs_keys() else None
-    plan = stage.plan(pl.concat(keys) if keys is not None else None)
-    decided = [stage.apply_plan(stage.with_keys(b, k) if keys else b, plan)
-               for b, k in zip(blocks, keys or [None] * len(blocks))]
-    return stage.finish(pl.concat(decided), plan)
-
-
 @pytest.mark.parametrize("kw", [
     {"top_k": 7}, {"top_k": 7, "keep": "lowest", "missing": "keep"}, {"top_fraction": 0.3, "by": "global"},
     {"quotas": {"a": 0, "b": 5}, "top_k": 9, "min": 0.1}, {"min": 0.2, "max": 0.9}, {"top_fraction": 0.5, "top_k": 4},
@@ -196,7 +185,7 @@ def test_blockwise_plan_equals_process(tmp_path, kw):
     assert ref.kept.height == len(expect)
     assert ref.kept["origin"].to_list() == [f"f:{i}" for i in sorted(expect)]
     for size in (10, 33):
-        got = blockwise(stage, t, size)
+        got = planned_on_copies(stage, t, size)
         assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
 
 

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from curate.contract.ledger import DETAIL, REASON
+from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
 from curate.pipeline.config import load_config
 from curate.pipeline.executor import LocalExecutor, StageJob
@@ -20,6 +21,7 @@ from curate.pipeline.memory import MIN_PART_ROWS
 from curate.pipeline.runner import run_pipeline
 from curate.stages.base import Plan, Stage, StageContext, StageResult, decided_part, run_planned, split_decided
 
+from helpers import EXACT_DEDUP_STAGES
 from test_fingerprints import Lines
 from test_part_resume import _outputs
 
@@ -106,7 +108,7 @@ def test_protocol_path_equals_the_whole_table_reference(tmp_path, cls):
     res = LocalExecutor().run_stage(_stage(cls, tmp_path), _job(tmp_path, table, 6))
     assert res.memory == "keys"
     assert len(res.entries) >= 2
-    assert P.read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
     if cls is Reverse:
         assert ref.kept["i"].to_list() == list(range(52, -1, -1))
     assert res.stats == ref.stats
@@ -122,7 +124,7 @@ def test_a_stage_without_the_protocol_runs_on_the_whole_table_and_says_so(tmp_pa
     assert res.memory == "whole-table"
     assert any("whole-table stage: holds all 53 rows in memory" in x for x in log.lines), log.lines
     ref = NoProtocol.process(None, table)
-    assert P.read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
+    assert read_dataset(tmp_path / "out", res.entries).equals(ref.kept)
     assert res.stats == {"n": 53}
 
 
@@ -142,18 +144,7 @@ output_dir = "{tmp_path / 'run'}"
 name = "big"
 path = "big.jsonl"
 task = "qa"
-
-[[stages]]
-kind = "normalize"
-
-[[stages]]
-kind = "filter"
-on = "assistant"
-
-[[stages]]
-kind = "dedup"
-method = "exact"
-"""
+""" + EXACT_DEDUP_STAGES
     p = tmp_path / f"pipeline-{budget}.toml"
     p.write_text(toml)
     return p

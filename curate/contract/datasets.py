@@ -7,6 +7,8 @@ Parts may disagree on a column's dtype where it is all-null in one part (polars 
 and typed in another: every reader here unifies them as `pl.concat(how="vertical_relaxed")`
 does. `scan_dataset` is lazy (one scan per part): filters and column selections are pushed
 into each part's scan, so e.g. a report reading two columns never loads message text.
+`read_dataset` is the one eager reader of a whole dataset (the runner's whole-table stages
+read their input with it, as do the report and inspect).
 """
 from __future__ import annotations
 
@@ -61,6 +63,26 @@ def scan_dataset(folder: str | Path) -> pl.LazyFrame:
     return pl.concat([pl.scan_parquet(p).cast({k: v for k, v in schema.items()}) for p in files], how="vertical")
 
 
-def read_dataset(folder: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
-    lf = scan_dataset(folder)
-    return (lf.select(columns) if columns is not None else lf).collect()
+def read_dataset(folder: str | Path, entries: list[dict] | None = None,
+                 columns: list[str] | None = None) -> pl.DataFrame:
+    """The whole dataset in `folder` as one table, in one chunk (as a single frame written
+    whole would be), each part cast to the unified schema (`files_schema`).
+
+    entries  the part entries of the stage's done.json (`[{"file": "part-00000.parquet",
+             ...}, ...]`, curate/pipeline/parts.py): exactly those parts, in that order;
+             None: the part files found in `folder` (`dataset_files`)
+    columns  read only these (in this order); None: all
+
+    Memory: every part is read before they are joined, so the peak is about twice the
+    table; a consumer that can go part by part reads with `iter_parts` (parts.py)."""
+    files = [Path(folder) / e["file"] for e in entries] if entries is not None else dataset_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no stage output (part-*.parquet) in {folder}")
+    target = files_schema(files, columns) if len(files) > 1 else None
+    frames = []
+    for path in files:
+        df = pl.read_parquet(path, columns=columns)
+        frames.append(df.cast(target) if target is not None and dict(df.schema) != target else df)
+    if len(frames) == 1:
+        return frames[0]
+    return pl.concat(frames, how="vertical_relaxed", rechunk=True)

@@ -23,8 +23,9 @@ Contract (stable: the local runner and the Ray executor both follow it):
     `RowGroupWriter`, whose row groups have a fixed size whatever the write calls were.
   - `check_parts(folder, entries, sha256)` is "" when every listed part exists with its
     checksum and no unlisted part lies beside them, else a one-line reason.
-  - Readers: `read_dataset` (the whole table, one chunk), `iter_parts` (one part at a
-    time: memory = one part), `gather` (rows by global position, in the order given).
+  - Readers: `iter_parts` (one part at a time: memory = one part), `gather` (rows by
+    global position, in the order given); the whole table in one chunk is
+    `curate.contract.datasets.read_dataset(folder, entries)`.
   - dtypes may differ between parts where a column is all-null in one part (polars
     `Null`) and typed in another; every reader here unifies them the way
     `pl.concat(how="vertical_relaxed")` does, so a consumer sees one schema.
@@ -128,14 +129,6 @@ def iter_parts(folder: Path, entries: list[dict], columns: list[str] | None = No
 def dataset_schema(folder: Path, entries: list[dict], columns: list[str] | None = None) -> dict:
     """The unified polars schema of the parts (from their footers: no data is read)."""
     return files_schema([Path(folder) / e["file"] for e in entries], columns)
-
-
-def read_dataset(folder: Path, entries: list[dict], columns: list[str] | None = None) -> pl.DataFrame:
-    """The whole dataset as one table (one chunk, as a single frame written whole would be)."""
-    frames = list(iter_parts(folder, entries, columns))
-    if len(frames) == 1:
-        return frames[0]
-    return pl.concat(frames, how="vertical_relaxed", rechunk=True)
 
 
 def gather(folder: Path, entries: list[dict], rows, columns: list[str] | None = None) -> pl.DataFrame:

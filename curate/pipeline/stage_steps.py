@@ -27,6 +27,7 @@ from typing import Callable
 import polars as pl
 
 from curate.contract.ledger import reject_frame
+from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
 from curate.stages.base import Stage
 
@@ -77,7 +78,7 @@ def write_windows(out_dir: Path, table: pl.DataFrame, part_rows: int, first: int
 
 def run_whole(executor, stage: Stage, job: StageJob) -> StageOutput:
     """Any executor's `process` over the whole input table, written back as parts."""
-    table = P.read_dataset(job.in_dir, job.in_entries)
+    table = read_dataset(job.in_dir, job.in_entries)
     job.log(f"[{stage.name}] whole-table stage: holds all {table.height:,} rows in memory")
     result = executor.process(stage, table)
     del table

@@ -210,8 +210,7 @@ class Plan:
 def has_plan(stage: Any, refine: bool = False) -> bool:
     """Whether a runner may run `stage` through keys -> plan -> apply: it has the three
     methods and this configuration can be decided from keys (`plannable()`, e.g. not
-    select's sequential diversity walk nor semantic dedup). False: call
-    `process(whole table)`.
+    select's sequential diversity walk). False: call `process(whole table)`.
 
     `refine`: the runner completes a plan that asks for a second pass over the parts
     (`Refine`, `complete_plan`). A stage whose configuration needs one (`needs_refine()`:
@@ -347,14 +346,6 @@ def split_decided(joined: pl.DataFrame, drop: list[str] | tuple = ()) -> StageRe
     return StageResult(kept=kept, dropped=dropped)
 
 
-def _ipc(df: pl.DataFrame) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    df.write_ipc(buf)
-    return buf.getvalue()
-
-
 class PlannedStage(Stage):
     """A whole-table decision (dedup, select, mix) made from small per-row key columns,
     so that a runner holds one part of the rows at a time, plus the keys of every row:
@@ -374,21 +365,16 @@ class PlannedStage(Stage):
     `process(table)` is `run_planned(self, table, len(table))`: one code path, so the
     streaming result equals the whole-table one by construction (tests pin it for
     small and large parts). `plannable()` false: this configuration cannot be decided
-    from keys (select's diversity walk, semantic dedup); `process` runs it whole and
+    from keys (select's diversity walk); `process` runs it whole and
     `has_plan` says so to the runner.
 
     Memory: the keys of all rows meet in `plan` (bytes per row: docs/pipeline.md, "Whole-
     table stages from keys"); `decisions` holds only the rows that are dropped or gain
     columns, `order` one small row per output row.
 
-    The older four-step names (`number_rows`, `block_keys`, `plan`, `with_keys`,
-    `apply_plan`, `finish`) remain as a thin adapter over the three, for the Ray
-    executor's planned path (curate/pipeline/ray_executor.py): `block_keys` is `keys`
-    with `_row` taken from the block's ROW column, `apply_plan` runs `apply` on a block
-    (contiguous rows) and packs its kept and dropped rows as Arrow IPC bytes in one row,
-    `finish` unpacks and reassembles them like `run_planned`."""
-
-    ROW: ClassVar[str] = "__row"
+    Executors call the three directly (curate/pipeline/stage_steps.py: `part_keys`,
+    `apply_part`, `planned_output`); a worker applies on its own copy of the plan and
+    its findings come back through `merge_part_stats`."""
 
     def plannable(self) -> bool:
         return True
@@ -415,40 +401,3 @@ class PlannedStage(Stage):
         example members), from the parts' StageResult.stats, when they were applied on
         copies of the plan (workers). `apply` also writes it into the `plan.stats` it was
         given, so a runner that applies in-process needs no call. Default: nothing."""
-
-    # ---- the four-step adapter (Ray executor) ------------------------------------------
-    def needs_keys(self) -> bool:
-        return True
-
-    def number_rows(self, table: pl.DataFrame) -> pl.DataFrame:
-        return table if self.ROW in table.columns else table.with_row_index(self.ROW)
-
-    def block_keys(self, block: pl.DataFrame) -> pl.DataFrame:
-        return self.keys(block.drop(self.ROW)).with_columns(block[self.ROW].cast(pl.UInt64).alias(ROW_COL))
-
-    def with_keys(self, block: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
-        return block
-
-    def apply_plan(self, block: pl.DataFrame, plan: Plan) -> pl.DataFrame:
-        first = int(block[self.ROW][0]) if block.height else 0
-        if block.height and int(block[self.ROW][-1]) != first + block.height - 1:
-            raise ValueError(f"stage {self.name!r}: apply_plan needs a block of consecutive rows")
-        import json
-
-        res = self.apply(block.drop(self.ROW), plan, first)
-        part_stats = json.dumps(res.stats if res.stats is not plan.stats else {})
-        return pl.DataFrame({"first": [first], "rows": [block.height], "kept": [_ipc(res.kept)],
-                             "dropped": [_ipc(res.dropped)], "stats": [part_stats]},
-                            schema={"first": pl.Int64, "rows": pl.Int64, "kept": pl.Binary, "dropped": pl.Binary,
-                                    "stats": pl.String})
-
-    def finish(self, decided: pl.DataFrame, plan: Plan) -> StageResult:
-        import io
-        import json
-
-        decided = decided.sort("first")
-        self.merge_part_stats(plan, [json.loads(x) for x in decided["stats"]])
-        results = [StageResult(kept=pl.read_ipc(io.BytesIO(k)), dropped=pl.read_ipc(io.BytesIO(d)))
-                   for k, d in zip(decided["kept"], decided["dropped"])]
-        bounds = [(f, f + r) for f, r in zip(decided["first"], decided["rows"])]
-        return assemble(results, bounds, plan)

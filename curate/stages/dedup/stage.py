@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from curate.stages.dedup import minhash as mh
+from curate.stages.dedup import semantic
 from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, Refine, StageResult, decided_part
 from curate.contract.typed_config import ConfigError
 from curate.stages.dedup.union_find import components
@@ -176,12 +177,12 @@ class DedupStage(PlannedStage):
     keys_per_row = True
 
     def plannable(self) -> bool:
-        """Exact and MinHash. MinHash with verify_by = "exact" (the default) needs the
+        """Every method. MinHash with verify_by = "exact" (the default) needs the
         shingle sets of the candidate pairs' rows, which keys do not carry: its plan asks
         for them in passes over the parts (`needs_refine`, `refine_keys`, `finish_plan`),
-        so only a runner that makes those passes plans it. Semantic dedup compares
-        embeddings of every pair and runs whole."""
-        return self.config.method in ("exact", "minhash")
+        so only a runner that makes those passes plans it. Semantic dedup: the keys carry
+        each row's embedding (curate/stages/dedup/semantic.py)."""
+        return self.config.method in ("exact", "minhash", "semantic")
 
     def needs_refine(self) -> bool:
         cfg = self.config
@@ -333,22 +334,6 @@ class DedupStage(PlannedStage):
         lists = texts.to_frame("t").select(mh.tokens_expr(pl.col("t"), cfg.ngram_unit)).to_series()
         return mh.shingle_hashes(*mh.token_hashes(lists), cfg.ngram)
 
-    def _semantic_roots(self, table: pl.DataFrame) -> tuple[np.ndarray, dict]:
-        """Embeddings from a local model directory (curate.stages.common.embeddings, cached by id in the
-        stage directory), then every pair with cosine >= cosine_threshold, by blocked
-        matrix products. Exhaustive: O(n^2) dot products, fine for instruction sets of
-        up to some hundred thousand rows on CPU; MinHash is the method for larger ones."""
-        from curate.stages.common import embeddings
-
-        cfg = self.config
-        texts = table.select(text_view(cfg.view).alias("t")).to_series()
-        emb = embeddings.embed(
-            table, texts, "model", model=self.context.resolve(cfg.model), cache_dir=self.context.stage_dir,
-            batch_size=cfg.batch_size, max_length=cfg.max_length, log=self.context.log,
-        )
-        left, right = similar_pairs(emb, cfg.cosine_threshold)
-        return components(table.height, left, right), {"similar_pairs": int(len(left))}
-
     # ---- keep rule -----------------------------------------------------------------------
     def _score_column(self, table: pl.DataFrame) -> str | None:
         cfg = self.config
@@ -423,7 +408,7 @@ class DedupStage(PlannedStage):
         if cfg.method == "minhash":
             roots, pair_stats = self._minhash_roots(table) if n else (np.zeros(0, np.int64), {})
         else:
-            roots, pair_stats = self._semantic_roots(table) if n else (np.zeros(0, np.int64), {})
+            roots, pair_stats = semantic.whole_table_roots(self, table)
         return self.from_clusters(table, roots, pair_stats)
 
     def from_clusters(self, table: pl.DataFrame, roots: np.ndarray, pair_stats: dict) -> StageResult:
@@ -464,7 +449,8 @@ class DedupStage(PlannedStage):
         the band keys (bands x u64), whether the text has a shingle and, with
         verify_by = "estimate", the signature (num_perm x u32); with verify_by = "exact"
         the 1-byte sketch (`mh.sketch`, when `prefilter`) and the shingle count (u32, to
-        size the verification's passes over the parts)."""
+        size the verification's passes over the parts); for semantic, the embedding
+        (`semantic.embedding_column`)."""
         cfg = self.config
         n = part.height
         norm = pl.concat([t for _, t in self.normalized_chunks(part)]) if n else pl.Series([], dtype=pl.String)
@@ -485,6 +471,8 @@ class DedupStage(PlannedStage):
                 out = out.with_columns(pl.Series(SIG, sig, dtype=pl.Array(dt, sig.shape[1])))
             if self.needs_refine():
                 out = out.with_columns(pl.Series(NSH, nsh, dtype=pl.UInt32))
+        elif cfg.method == "semantic":
+            out = out.with_columns(semantic.embedding_column(self, part))
         return out
 
     def plan(self, keys: pl.DataFrame) -> Plan:
@@ -503,6 +491,9 @@ class DedupStage(PlannedStage):
         pair_stats: dict = {}
         if cfg.method == "exact":
             roots = keys[HASH].rank("dense").cast(pl.Int64).to_numpy() if n else np.zeros(0, np.int64)
+        elif cfg.method == "semantic":
+            roots, pair_stats = semantic.roots_from_keys(keys, cfg.cosine_threshold)
+            keys = keys.drop(semantic.EMB)  # done with the vectors: free them before the keep rule
         elif n:
             band = keys[BANDS].to_numpy() if n else None
             has = keys[HAS].to_numpy()
@@ -966,25 +957,6 @@ def _estimated_jaccard(sig: np.ndarray, left: np.ndarray, right: np.ndarray, ste
     for lo in range(0, len(left), step):
         out[lo:lo + step] = (sig[left[lo:lo + step]] == sig[right[lo:lo + step]]).mean(axis=1)
     return out
-
-
-def similar_pairs(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """All (i < j) with cosine(emb[i], emb[j]) >= threshold; rows are L2-normalised.
-    Blocks of rows against the rows after them bound memory to block * n floats."""
-    emb = np.asarray(emb, dtype=np.float32)
-    n = emb.shape[0]
-    ls, rs = [], []
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        sim = emb[lo:hi] @ emb[lo:].T
-        i, j = np.nonzero(sim >= threshold)
-        j = j + lo
-        upper = j > i + lo
-        ls.append(i[upper] + lo)
-        rs.append(j[upper])
-    if not ls:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(ls).astype(np.int64), np.concatenate(rs).astype(np.int64)
 
 
 STAGE = DedupStage
