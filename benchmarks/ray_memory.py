@@ -36,24 +36,73 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+class PhaseRSS:
+    """The driver's own RSS, sampled every 0.1 s, peak per phase: a phase is the runner's
+    progress label (read, each stage, render, shards); "other" is between them."""
+
+    def __init__(self):
+        self.phase, self.peaks = "start", {}
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(0.1)
+
+    def sample(self):
+        r = self._rss()
+        if r > self.peaks.get(self.phase, 0):
+            self.peaks[self.phase] = r
+
+    def set(self, phase: str):
+        self.sample()
+        self.phase = phase
+
+    def close(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        return {k: round(v / 2**30, 2) for k, v in self.peaks.items()}
+
+
 def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
+    from contextlib import contextmanager
+
+    from curate.contract.progress import Progress
     from curate.pipeline.config import load_config
     from curate.pipeline.ray_executor import RayExecutor
     from curate.pipeline.runner import run_pipeline
+
+    phases = PhaseRSS()
+
+    class Phased(Progress):
+        @contextmanager
+        def stage(self, label, total):
+            phases.set(label.split(" ", 1)[-1])
+            with super().stage(label, total) as done:
+                yield done
+            phases.set("other")
 
     cfg = load_config(pipeline)
     cfg.run.part_rows = part_rows
     ex = RayExecutor(num_cpus=ray_cpus)
     t0 = time.perf_counter()
-    m = run_pipeline(cfg, out, fresh=True, executor=ex)
+    m = run_pipeline(cfg, out, fresh=True, executor=ex, progress=Phased(enabled=False))
     wall = time.perf_counter() - t0
     ex.close()
+    by_phase = phases.close()
     digest = hashlib.sha256(json.dumps([m["ledger"], [(s["name"], s["rows_in"], s["rows_out"]) for s in m["stages"]]],
                                        sort_keys=True).encode()).hexdigest()[:12]
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"wall": wall, "digest": digest, "kept": m["ledger"]["kept"],
                       "driver_maxrss_gib": ru.ru_maxrss * 1024 / 2**30, "driver_cpu_s": ru.ru_utime + ru.ru_stime,
-                      "memory": {s["name"]: s.get("memory") for s in m["stages"]}}))
+                      "memory": {s["name"]: s.get("memory") for s in m["stages"]}, "phases": by_phase}))
 
 
 def _rss(pid: int) -> int:
@@ -106,6 +155,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="/work/main", help="checkout whose runner + Ray executor is the baseline")
     ap.add_argument("--near-verify", choices=["exact", "estimate"], default=None,
                     help="near_dedup's verify_by (default: the stage's default, exact)")
+    ap.add_argument("--render", action="store_true", help="add scale_bench.py's [render] section (packed shards)")
     ap.add_argument("--arms", default="baseline,tree")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--child", action="store_true")
@@ -115,9 +165,9 @@ def main() -> None:
     if a.child:
         child(a.pipeline, a.out, a.ray_cpus, a.part_rows)
         return
-    from scale_bench import STAGES, generate
+    from scale_bench import RENDER, STAGES, generate
 
-    stages = STAGES
+    stages = STAGES + (RENDER if a.render else "")
     if a.near_verify:
         stages = stages.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{a.near_verify}"\n', 1)
     work = Path(tempfile.mkdtemp(prefix="ray_memory_"))
@@ -139,6 +189,8 @@ def main() -> None:
                 ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
+                print("         driver peak GiB by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()),
+                      flush=True)
         if len(ratio) == 2:
             (la, va), (lb, vb) = ratio.items()
             print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)

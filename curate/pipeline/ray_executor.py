@@ -217,7 +217,14 @@ class RayExecutor:
         got = ds.map_batches(fn, batch_size=1, batch_format="pyarrow").take_all()
         return sorted(got, key=lambda r: r["i"])
 
-    # ------------------------------------------------------------------ the runner's hook
+    # ------------------------------------------------------------------ the runner's hooks
+    def read_sources(self, cfg, folder: Path, work: Path, qf, part_rows: int, limit: int | None, log) -> dict:
+        """The runner's read on workers: the local read's parts, quarantine, names and counts
+        (curate/pipeline/ray_read.py)."""
+        from curate.pipeline.ray_read import read_on_workers
+
+        return read_on_workers(self, cfg, folder, work, qf, part_rows, limit, log)
+
     def run_stage(self, stage: Stage, job: StageJob) -> StageOutput:
         """One stage of the streaming runner on the cluster (see the module doc): row-local
         stages and planned stages on parts, on workers; any other stage the local

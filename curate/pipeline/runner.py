@@ -259,7 +259,7 @@ class _PartSink:
 
 
 def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progress, fingerprint: str,
-          limit: int | None = None, part_rows: int | None = None):
+          limit: int | None = None, part_rows: int | None = None, executor: Executor | None = None):
     """The sources, streamed in batches of `part_rows` records into the parts of
     stages/00-read; quarantine.jsonl written as the batches come. Returns done.json's info."""
     read_dir = rd.own(f"stages/{READ_DIR}")
@@ -278,49 +278,68 @@ def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progres
     _recompute_log(progress, "read", why)
     _start_dataset(read_dir)
     part_rows = part_rows or choose_part_rows(cfg, progress.log)
-    sink = _PartSink(read_dir, part_rows)
-    sources, totals, names = [], {}, {"task": set(), "source": set()}
-    n_quarantined = 0
+    # an executor that reads on its own workers (Ray: curate/pipeline/ray_read.py) gives the
+    # same parts, quarantine, names and counts as the local streamed read
+    reader = getattr(executor, "read_sources", None)
     with progress.stage("read", total=len(cfg.sources)) as done:
         with atomic_path(qpath) as qtmp, open(qtmp, "w", encoding="utf-8") as qf:
-            for s in cfg.sources:
-                if limit is not None:  # --limit: a seeded sample per source (curate.read.limit); held whole
-                    from curate.read.limit import sample_records
-
-                    r = read_source(s, cfg.base_dir, progress.log)
-                    totals[r.name] = r.table.height
-                    batches, stream = [(sample_records(r.table, limit, cfg.run.seed), r.quarantine)], r
-                else:
-                    stream = iter_source(s, cfg.base_dir, part_rows, progress.log)
-                    batches = stream
-                records = quarantined = 0
-                for table, q in batches:
-                    table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
-                    sink.add(table)
-                    records += table.height
-                    quarantined += len(q)
-                    for c in names:
-                        names[c].update(table[c].drop_nulls().unique().to_list())
-                    qf.write("".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in q))
-                n_quarantined += quarantined
-                sources.append({"name": s.name, "format": stream.format, "files": stream.files,
-                                "read": records + quarantined, "records": records, "quarantined": quarantined})
-        entries = sink.close()
+            if reader is not None:
+                work = _fresh(rd, READ_WORK)
+                got = reader(cfg, read_dir, work, qf, part_rows, limit, progress.log)
+                rd.remove(READ_WORK)
+            else:
+                got = _read_local(cfg, read_dir, qf, part_rows, limit, progress.log)
+        entries, n_quarantined = got["entries"], got["quarantined"]
         rows = sum(int(e["rows"]) for e in entries)
         info = {
             "fingerprint": fingerprint,
             "rows_out": rows,
             "quarantined": n_quarantined,
             "parts": entries,
-            "names": {c: sorted(v) for c, v in names.items()},
+            "names": {c: sorted(v) for c, v in got["names"].items()},
             "sha256": {"quarantine": hashes.sha256(qpath)},
-            "sources": sources,
+            "sources": got["sources"],
         }
         if limit is not None:
-            info["limit"] = {"per_source": limit, "records_before": totals}
+            info["limit"] = {"per_source": limit, "records_before": got["totals"]}
         write_json(read_dir / P.DONE, info)
         done(rows, 0, f"{n_quarantined:,} quarantined")
     return info
+
+
+READ_WORK = "read-work"  # an executor's read pieces (Ray); removed when the parts are written
+
+
+def _read_local(cfg: PipelineConfig, read_dir: Path, qf, part_rows: int, limit: int | None, log) -> dict:
+    """The sources streamed in batches of `part_rows` records into the parts of
+    stages/00-read, quarantine lines written to `qf` as the batches come."""
+    sink = _PartSink(read_dir, part_rows)
+    sources, totals, names = [], {}, {"task": set(), "source": set()}
+    n_quarantined = 0
+    for s in cfg.sources:
+        if limit is not None:  # --limit: a seeded sample per source (curate.read.limit); held whole
+            from curate.read.limit import sample_records
+
+            r = read_source(s, cfg.base_dir, log)
+            totals[r.name] = r.table.height
+            batches, stream = [(sample_records(r.table, limit, cfg.run.seed), r.quarantine)], r
+        else:
+            stream = iter_source(s, cfg.base_dir, part_rows, log)
+            batches = stream
+        records = quarantined = 0
+        for table, q in batches:
+            table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
+            sink.add(table)
+            records += table.height
+            quarantined += len(q)
+            for c in names:
+                names[c].update(table[c].drop_nulls().unique().to_list())
+            qf.write("".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in q))
+        n_quarantined += quarantined
+        sources.append({"name": s.name, "format": stream.format, "files": stream.files,
+                        "read": records + quarantined, "records": records, "quarantined": quarantined})
+    return {"entries": sink.close(), "sources": sources, "names": names, "quarantined": n_quarantined,
+            "totals": totals}
 
 
 def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor, limit: int | None = None) -> dict:
@@ -338,7 +357,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     if limit is not None:
         fingerprint = _hash(fingerprint, "limit", limit)
     part_rows = cfg.run.part_rows or None
-    info = _read(cfg, rd, hashes, progress, fingerprint, limit, part_rows)
+    info = _read(cfg, rd, hashes, progress, fingerprint, limit, part_rows, executor)
     timings["read"] = time.perf_counter() - t0
     n_quarantined = info["quarantined"]
     ledger.read = info["rows_out"] + n_quarantined
