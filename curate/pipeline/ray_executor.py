@@ -58,9 +58,11 @@ import json
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
@@ -123,6 +125,19 @@ def _apply_task(cls: type, config: Any, context: Any, plan_ref: Any, pos_ref: An
                                    progress, target, positions)
             out.append({"i": d["i"], "rows": part.height, "entry": json.dumps(entry),
                         "stats": json.dumps(st) if st is not None else ""})
+        return pa.Table.from_pylist(out)
+
+    return run
+
+
+def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table]:
+    def run(batch: pa.Table) -> pa.Table:
+        out = []
+        for d in batch.to_pylist():
+            maybe_fault()
+            first = np.unpackbits(np.frombuffer(d["first"], dtype=np.uint8), count=d["n"]).astype(bool)
+            # the worker's own result, back to the driver that asked for it (as Ray pickles any task result)
+            out.append({"i": d["i"], "result": pickle.dumps(fn(d["i"], parts.read(d["i"]), first))})
         return pa.Table.from_pylist(out)
 
     return run
@@ -203,6 +218,17 @@ class RayExecutor:
         if frame.height == 0:
             return fn(frame.to_arrow())
         return self.map_blocks(frame, fn)
+
+    def render_parts(self, parts: Any, fn: Callable, firsts: list) -> list[dict]:
+        """Rendering's pass 2 with one Ray task per part (curate/render/stream.py
+        `_render_on_workers`): the worker reads part `k` from the run directory
+        (`parts.read(k)`), renders and tokenizes its first-of-id rows, writes their token
+        file into the run's render work folder and returns the part's small results (facts,
+        dropped and truncated ids: tens of bytes a row). The driver never holds a part's
+        text for this; the parts render in parallel."""
+        items = [{"i": k, "first": np.packbits(np.asarray(f, dtype=bool)).tobytes(), "n": len(f)}
+                 for k, f in enumerate(firsts)]
+        return [pickle.loads(r["result"]) for r in self.map_items(items, _render_part_task(parts, fn))]
 
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
         """`fn` over `items` (small descriptors: part numbers and files), one Ray Data task

@@ -473,7 +473,8 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         work = _fresh(rd, RENDER_WORK)
         with progress.stage("render", total=final_rows) as done:
             rendered = render_parts(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed, work / "tokens",
-                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None))
+                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None),
+                                    map_parts=getattr(executor, "render_parts", None))
             n_examples, n_dropped = rendered.examples.height, sum(rendered.dropped.values())
             if rendered.rows_in != n_examples + n_dropped:
                 raise LedgerError(f"render: {rendered.rows_in} rows in, {n_examples} rendered + "
@@ -531,20 +532,51 @@ def _fresh(rd: RunDir, rel: str) -> Path:
     return rd.own(rel)
 
 
-def _final_parts(folder: Path, entries: list[dict], held: list[str]):
+def _final_parts(folder: Path, entries: list[dict], held: list[str]) -> "FinalParts":
+    return FinalParts(Path(folder), entries, held)
+
+
+class FinalParts:
     """`parts(columns)` for the streamed render and export: the last stage's parts, one at a
-    time, less the trusted hold-out rows (sources in `held`)."""
+    time, less the trusted hold-out rows (sources in `held`). Picklable: an executor that
+    renders parts on workers (Ray) reads part `k` there (`read`)."""
 
-    def parts(columns: list[str] | None):
-        cols = None if columns is None else list(dict.fromkeys([*columns, *(["source"] if held else [])]))
-        for df in P.iter_parts(folder, entries, cols):
-            if held:
-                df = df.filter(~pl.col("source").is_in(held))
-                if columns is not None:
-                    df = df.select(columns)
-            yield df
+    def __init__(self, folder: Path, entries: list[dict], held: list[str]):
+        self.folder, self.entries, self.held = folder, entries, held
+        self._schemas: dict = {}
 
-    return parts
+    def _cols(self, columns: list[str] | None) -> list[str] | None:
+        return None if columns is None else list(dict.fromkeys([*columns, *(["source"] if self.held else [])]))
+
+    def _hold(self, df: pl.DataFrame, columns: list[str] | None) -> pl.DataFrame:
+        if self.held:
+            df = df.filter(~pl.col("source").is_in(self.held))
+            if columns is not None:
+                df = df.select(columns)
+        return df
+
+    def __call__(self, columns: list[str] | None):
+        for df in P.iter_parts(self.folder, self.entries, self._cols(columns)):
+            yield self._hold(df, columns)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def schema(self) -> dict:
+        """The unified schema of every part (from the footers)."""
+        return P.dataset_schema(self.folder, self.entries)
+
+    def read(self, k: int, columns: list[str] | None = None) -> pl.DataFrame:
+        """Part `k`, as the k-th frame of `self(columns)`."""
+        df = P.read_part(self.folder / self.entries[k]["file"], self._cols(columns))
+        if len(self.entries) > 1:
+            key = tuple(columns) if columns is not None else None
+            if key not in self._schemas:
+                self._schemas[key] = P.dataset_schema(self.folder, self.entries, self._cols(columns))
+            target = self._schemas[key]
+            if dict(df.schema) != target:
+                df = df.cast(target)
+        return self._hold(df, columns)
 
 
 def _check_names(cfg: PipelineConfig, names: dict, log) -> None:
