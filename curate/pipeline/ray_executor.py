@@ -6,14 +6,13 @@ folders in the run directory, and the same parts layout, done.json, rejects, led
 resume, `--limit`, export and report follow, written by the runner.
 
 What runs where (per stage; the manifest entry's `memory` is the local executor's word):
-  read      on the driver, streamed (the local runner's `_read`: one part plus one batch
-            in memory). Why not on workers: the read cuts parts of exactly `part_rows`
-            rows across source boundaries, applies `--limit`'s seeded sample and the
-            `trusted` labels, collects the task/source names and writes quarantine.jsonl
-            in input order; doing that on workers would need a second pass (re-cut the
-            per-source pieces into global windows) to give the same parts, which is
-            I/O for nothing on one machine. The parsing CPU is the driver's; its memory
-            stays bounded.
+  read      on workers (`read_sources`, curate/pipeline/ray_read.py): the driver plans
+            pieces from file metadata and newline counts (curate/read/ranges.py), one
+            task per piece parses and normalises it with the local reader's code and
+            writes its records to RUN/read-work, then one task per part cuts exactly the
+            local executor's parts (`part_rows` rows across pieces, files and sources);
+            the driver writes quarantine.jsonl in input order from the pieces' results and
+            applies `--limit`'s sample from 8-byte keys per record.
   parts     row-local stages (curate/pipeline/blocks.py `part_mode`: normalize, pii,
             filter, language, decontaminate, quality with a local scorer): one Ray task
             per input part runs `stage_steps.row_local_part` - the local executor's own
@@ -38,9 +37,11 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             driver, logged, `memory = "whole-table"` - with `process` below: MinHash's
             signatures and band buckets on workers (curate/pipeline/ray_dedup.py), the
             others the stage's own `process` on the driver.
-  render    the final table is read whole by the runner (split, per-id de-duplication,
-            sort, packing and shard writing are global); the template, tokenization and
-            loss masks run on workers per block (`render_blocks`).
+  render    pass 2 of the streamed render (curate/render/stream.py) one task per part
+            (`render_parts`): the worker reads the part, renders and tokenizes its
+            first-of-id rows, writes their token file into RUN/render-work and returns
+            small per-row facts; the split, first-of-id, packing plan and shard writing
+            stay on the driver (global by nature, over per-row keys, not text).
 
 Output identity with the local executor holds by construction: the per-part functions
 are the local executor's, each part's result depends only on the part (and the plan), the
