@@ -1,22 +1,25 @@
-"""Driver memory under Ray, before and after the runner's parts path (issue #19): the same
-generated records (benchmarks/scale_bench.py's generator and stages) through
-`run_pipeline(cfg, executor=RayExecutor(...))` - what `curate run --executor ray` runs - from
-two checkouts: the baseline (default: a checkout of main before this change, where the
-Ray executor received every stage's table whole on the driver) and this tree (stages on
-parts, run by workers). One process per arm and size, arms interleaved when repeated.
+"""Driver memory under Ray (issue #19): the same generated records (benchmarks/scale_bench.py's
+generator and stages) through `run_pipeline(cfg, executor=RayExecutor(...))` - what
+`curate run --executor ray` runs - from two checkouts: the baseline (`--baseline`, a
+checkout before a change) and this tree. One process per arm and size, arms interleaved
+when repeated.
 
-    python benchmarks/ray_memory.py --records 100000,400000,1000000 --ray-cpus 2 --baseline /tmp/base
+    python benchmarks/ray_memory.py --records 250000,1000000,2000000 --ray-cpus 2 --render --arms tree
+    python benchmarks/ray_memory.py --records 250000,1000000 --render --baseline /tmp/base
 
-Printed per size and arm: pipeline wall s; the driver's peak RSS (its own
-`ru_maxrss`, exact) and the peak summed RSS of its process tree (driver + raylet + GCS +
-object store + workers, sampled every 0.2 s: a private local Ray instance is the
-driver's child); the driver's CPU seconds; and a digest of the ledger and every stage's
-row counts (the same records kept by both arms). `--part-rows` is set on both arms (the
-default part sizing differs between checkouts). The driver peak of this tree still holds
-what stays on the driver (docs/ray.md, "What runs where"): the input of every stage
-without a parts path (here near_dedup: MinHash with exact verification, the default,
-unless `--near-verify estimate`), the final table for render (none here: no [render]),
-and the small columns of row-local stages for their statistics.
+Printed per size and arm: pipeline wall s; the driver's peak RSS (its own `ru_maxrss`,
+exact) and the peak summed RSS of its process tree (driver + raylet + GCS + object store +
+workers, sampled every 0.2 s: a private local Ray instance is the driver's child); the
+driver's CPU seconds; a digest of the ledger and every stage's row counts (the same
+records kept by both arms); then the driver's peak RSS per phase (sampled every 0.1 s,
+keyed by the runner's progress label: read, each stage, render, shards; "other" is between
+them, e.g. the report). Last, per arm, the driver peak at each size against the smallest
+size: flat in the input means that ratio stays near 1. `--render` adds scale_bench.py's
+[render] section (chatml, the sample tokenizer, 512 tokens, packed shards). `--part-rows`
+is set on both arms (the default part sizing differs between checkouts). Per-phase RSS
+is the process's resident memory then, freed-but-retained allocator pages included: a
+phase's number is at least the peak of what it holds, and never below an earlier phase's
+retained memory.
 """
 from __future__ import annotations
 
@@ -176,6 +179,7 @@ def main() -> None:
     print("records  arm                 wall_s  driver_peak_GiB  tree_peak_GiB  driver_cpu_s  kept     digest")
     known = {"baseline": ("baseline", a.baseline), "tree": ("this tree", str(ROOT))}
     arms = [known[x] for x in a.arms.split(",")]
+    summary: dict[str, list[tuple[int, float, float]]] = {}
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
         generate(data, n)
@@ -187,6 +191,7 @@ def main() -> None:
             for label, path in (arms if rep % 2 == 0 else arms[::-1]):
                 r = measure(path, pipe, work / f"run-{n}-{label.replace(' ', '_')}", a.ray_cpus, a.part_rows, work)
                 ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
+                summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
                 print("         driver peak GiB by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()),
@@ -200,6 +205,12 @@ def main() -> None:
 
                 shutil.rmtree(f, ignore_errors=True)
         data.unlink()
+    # how the driver's peak grows with the input: flat means the ratio stays near 1
+    print("\narm                 records  driver_peak_GiB  x_smallest  wall_s")
+    for label, rows in summary.items():
+        n0, p0 = rows[0][0], min(p for n, p, _ in rows if n == rows[0][0])
+        for n, peak, wall in rows:
+            print(f"{label:<18} {n:>8}  {peak:15.2f}  {peak / p0:10.2f}  {wall:6.1f}")
 
 
 if __name__ == "__main__":
