@@ -17,9 +17,8 @@ them, e.g. the report). Last, per arm, the driver peak at each size against the 
 size: flat in the input means that ratio stays near 1. `--render` adds scale_bench.py's
 [render] section (chatml, the sample tokenizer, 512 tokens, packed shards). `--part-rows`
 is set on both arms (the default part sizing differs between checkouts). Per-phase RSS
-is the process's resident memory then, freed-but-retained allocator pages included: a
-phase's number is at least the peak of what it holds, and never below an earlier phase's
-retained memory.
+is the process's resident memory at the time, so a phase's number can include memory an
+earlier phase freed but the allocator kept.
 """
 from __future__ import annotations
 
