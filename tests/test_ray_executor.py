@@ -74,7 +74,7 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
     render_parts, original = [], ex.render_parts
-    ex.render_parts = lambda parts, fn, firsts: render_parts.append(len(firsts)) or original(parts, fn, firsts)
+    ex.render_parts = lambda parts, fn, args: render_parts.append(len(args)) or original(parts, fn, args)
     run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
     ex.close()
     assert ray.is_initialized()  # a fixture's Ray is reused, not shut down

@@ -78,6 +78,8 @@ def _inputs(d: Path) -> Path:
                 lines.append(b"")
             elif i % 14 == 3:
                 lines.append(json.dumps({"instruction": "long " * 250, "output": "x"}).encode())  # over 1024 B
+            elif i % 12 == 10:  # longer than max_length: dropped by render
+                lines.append(json.dumps({"instruction": f"Long {i} of {f}?", "output": "many words " * 60}).encode())
             elif i % 15 == 8:
                 lines.append(b'{"instruction": "Question 1 of a.jsonl?", "output": "Answer 1."}')  # an exact copy
             else:
@@ -136,6 +138,7 @@ def test_multi_source_read_and_render_on_workers_identical(ray_local, tmp_path):
     assert any("not parsed" in x["error"] for x in q) and any("bad JSON" in x["error"] for x in q)
     assert [s["format"] for s in m["sources"]] == ["alpaca", "messages", "prompt_completion", "alpaca"]
     assert m["ledger"]["dropped"].get("trusted")  # the gold source held out of the shards
+    assert m["render"]["dropped"]  # render rejects written on workers, as locally
 
 
 def test_limit_sample_identical_on_workers(ray_local, tmp_path):

@@ -63,7 +63,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
@@ -136,9 +135,9 @@ def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table
         out = []
         for d in batch.to_pylist():
             maybe_fault()
-            first = np.unpackbits(np.frombuffer(d["first"], dtype=np.uint8), count=d["n"]).astype(bool)
-            # the worker's own result, back to the driver that asked for it (as Ray pickles any task result)
-            out.append({"i": d["i"], "result": pickle.dumps(fn(d["i"], parts.read(d["i"]), first))})
+            # the driver's own small arguments and the worker's result (as Ray pickles any task's)
+            result = fn(d["k"], parts.read(d["k"]), pickle.loads(d["arg"]))
+            out.append({"i": d["i"], "result": pickle.dumps(result)})
         return pa.Table.from_pylist(out)
 
     return run
@@ -220,15 +219,13 @@ class RayExecutor:
             return fn(frame.to_arrow())
         return self.map_blocks(frame, fn)
 
-    def render_parts(self, parts: Any, fn: Callable, firsts: list) -> list[dict]:
-        """Rendering's pass 2 with one Ray task per part (curate/render/stream.py
-        `_render_on_workers`): the worker reads part `k` from the run directory
-        (`parts.read(k)`), renders and tokenizes its first-of-id rows, writes their token
-        file into the run's render work folder and returns the part's small results (facts,
-        dropped and truncated ids: tens of bytes a row). The driver never holds a part's
-        text for this; the parts render in parallel."""
-        items = [{"i": k, "first": np.packbits(np.asarray(f, dtype=bool)).tobytes(), "n": len(f)}
-                 for k, f in enumerate(firsts)]
+    def render_parts(self, parts: Any, fn: Callable, args: list[tuple[int, Any]]) -> list[Any]:
+        """`fn(k, part k, arg)` for each `(k, arg)`, one Ray task each, results in order
+        (curate/render/stream.py `_render_on_workers`): the worker reads part `k` from the
+        run directory (`parts.read(k)`); render's pass 2 (RenderPart: tokens written into
+        the run's render work folder, small per-row facts back) and its rejects
+        (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
+        items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
         return [pickle.loads(r["result"]) for r in self.map_items(items, _render_part_task(parts, fn))]
 
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:

@@ -201,9 +201,9 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
                  map_parts=None) -> StreamedRender:
     """Render the rows `parts` yields (see the module doc); `columns`: the names of their
     columns. `map_blocks(frame, fn)` as in render_examples (the Ray executor's).
-    `map_parts(parts, fn, args)`: pass 2 on workers, one task per part (the Ray executor's
-    `render_parts`; `parts` must then also have `read(k)`, `schema()` and `len`): see
-    `_render_on_workers`."""
+    `map_parts(parts, fn, [(k, arg)])` -> [fn(k, part k, arg)]: pass 2 on workers, one task
+    per part (the Ray executor's `render_parts`; `parts` must then also have `read(k,
+    columns)` and `schema()`): see `_render_on_workers`."""
     base_dir = Path(base_dir)
     setup = RenderSetup.open(cfg, base_dir, tokenizer)
     cfg, renderer = setup.cfg, setup.renderer
@@ -369,19 +369,39 @@ class RenderPart:
         return res
 
 
+class RejectPart:
+    """One part's render rejects on a worker, `fn(k, part, None)`: its rows whose id is among
+    the dropped ids `why` (every copy), written to `reject_dir/render-KKKKK.parquet`, and
+    their counts by reason; or, with none, the empty rejects frame (the schema)."""
+
+    def __init__(self, reject_dir: str, why: pl.DataFrame):
+        self.reject_dir, self.why = reject_dir, why
+
+    def __call__(self, k: int, part: pl.DataFrame, _arg) -> dict:
+        dropped = part.join(self.why, on="id", how="inner", maintain_order="left")
+        if not dropped.height:
+            return {"path": None, "empty": reject_frame("render", dropped)}
+        records, copies = drop_counts(dropped, REASON)
+        path = Path(self.reject_dir) / f"render-{k:05d}.parquet"
+        write_parquet(path, reject_frame("render", dropped))
+        return {"path": str(path), "dropped": {str(r): c for r, c in dropped[REASON].value_counts().iter_rows()},
+                "records": records, "copies": copies}
+
+
 def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store, facts, why,
                        truncated, rejects, reject_dir, out) -> None:
     """Pass 2 with the per-part work on workers (RenderPart, one task per part, in parallel),
     then, on the driver, what the serial loop does with its results, in part order: the
     token files registered, the facts, the dropped ids. Every copy of a dropped id is in a
     part at or after the part of its first row, so each part's render rejects are its rows
-    whose id is among all dropped ids: only parts holding one are read here (all columns,
-    one at a time); the others get the empty frame of the parts' schema, as serially.
+    whose id is among all dropped ids: the parts holding one (found from their id column)
+    write their rejects on workers (RejectPart, one task each); the others get the empty
+    frame of the parts' schema, as serially. The driver reads no message text.
     Same examples, stats, rejects and token order as the serial loop; the token files
     are named by part (a part without tokens leaves a gap in the names, not in the store)."""
     bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
     fn = RenderPart(cfg, str(base_dir), str(store.folder), renderer.end_of_turn_ids, expect, renderer.bos_id)
-    results = map_parts(parts, fn, [first[bounds[k]: bounds[k + 1]] for k in range(len(sizes))])
+    results = map_parts(parts, fn, [(k, first[bounds[k]: bounds[k + 1]]) for k in range(len(sizes))])
     with_tools = 0
     dropped_frames = [why]
     for k, r in enumerate(results):
@@ -400,23 +420,20 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
         if r["truncated"] is not None:
             truncated.append(r["truncated"])
     why = pl.concat(dropped_frames, how="vertical_relaxed")
-    empty = pl.DataFrame(schema=parts.schema())
+    empty = reject_frame("render", pl.DataFrame(schema=parts.schema()).join(why, on="id", how="inner"))
+    # which parts hold a dropped id (their id column only); their rejects are written on workers
+    todo = [k for k in range(len(sizes)) if why.height and
+            parts.read(k, ["id"])["id"].cast(pl.String).is_in(why["id"].implode()).any()]
+    done = dict(zip(todo, map_parts(parts, RejectPart(str(reject_dir), why), [(k, None) for k in todo]))) if todo else {}
     for k in range(len(sizes)):
-        part = None
-        if why.height and parts.read(k, ["id"])["id"].cast(pl.String).is_in(why["id"].implode()).any():
-            part = parts.read(k)
-        dropped = (part if part is not None else empty).join(why, on="id", how="inner", maintain_order="left")
-        if dropped.height:
-            _add_counts(out.dropped, {str(r): c for r, c in dropped[REASON].value_counts().iter_rows()})
-            records, copies = drop_counts(dropped, REASON)
-            _add_counts(out.records_dropped, records)
-            out.copies_dropped += copies
-            path = reject_dir / f"render-{k:05d}.parquet"
-            write_parquet(path, reject_frame("render", dropped))
-            rejects.append(path)
-        else:
-            rejects.append(reject_frame("render", dropped))
-        del part, dropped
+        r = done.get(k)
+        if r is None or r["path"] is None:
+            rejects.append(r["empty"] if r is not None else empty)
+            continue
+        _add_counts(out.dropped, r["dropped"])
+        _add_counts(out.records_dropped, r["records"])
+        out.copies_dropped += r["copies"]
+        rejects.append(Path(r["path"]))
     out.dropped_ids = why
     out.stats["with_tools"] = with_tools
 
