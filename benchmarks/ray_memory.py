@@ -40,18 +40,25 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 class PhaseRSS:
     """The driver's own RSS, sampled every 0.1 s, peak per phase: a phase is the runner's
-    progress label (read, each stage, render, shards); "other" is between them."""
+    progress label (read, each stage, render, shards); "other" is between them. Both the
+    whole RSS and its anonymous part (RssAnon: heap, not file pages mapped in, such as
+    memory-mapped token files being read)."""
 
     def __init__(self):
-        self.phase, self.peaks = "start", {}
-        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.phase, self.peaks, self.anon = "start", {}, {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self.page
+    @staticmethod
+    def _rss() -> tuple[int, int]:
+        got = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "RssAnon:")):
+                    k, v = line.split(":", 1)
+                    got[k] = int(v.split()[0]) * 1024
+        return got.get("VmRSS", 0), got.get("RssAnon", 0)
 
     def _run(self):
         while not self._stop.is_set():
@@ -59,9 +66,9 @@ class PhaseRSS:
             time.sleep(0.1)
 
     def sample(self):
-        r = self._rss()
-        if r > self.peaks.get(self.phase, 0):
-            self.peaks[self.phase] = r
+        r, a = self._rss()
+        self.peaks[self.phase] = max(r, self.peaks.get(self.phase, 0))
+        self.anon[self.phase] = max(a, self.anon.get(self.phase, 0))
 
     def set(self, phase: str):
         self.sample()
@@ -70,7 +77,8 @@ class PhaseRSS:
     def close(self) -> dict:
         self._stop.set()
         self._t.join()
-        return {k: round(v / 2**30, 2) for k, v in self.peaks.items()}
+        self.sample()
+        return {k: [round(v / 2**30, 2), round(self.anon[k] / 2**30, 2)] for k, v in self.peaks.items()}
 
 
 def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
@@ -193,8 +201,8 @@ def main() -> None:
                 summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
-                print("         driver peak GiB by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()),
-                      flush=True)
+                print("         driver peak GiB by phase (RSS/anonymous): "
+                      + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in r["phases"].items()), flush=True)
         if len(ratio) == 2:
             (la, va), (lb, vb) = ratio.items()
             print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)
