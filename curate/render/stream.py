@@ -232,10 +232,8 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
     with_tools, off = 0, 0
     if map_parts is not None:
-        _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store, facts, why,
-                           truncated, rejects, reject_dir, out)
-        why = out.dropped_ids
-        with_tools = out.stats.pop("with_tools", 0)
+        why, with_tools = _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store,
+                                             facts, why, truncated, rejects, reject_dir, out)
     for k, part in enumerate(parts(None) if map_parts is None else ()):
         n = part.height
         if n != sizes[k]:
@@ -389,7 +387,7 @@ class RejectPart:
 
 
 def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store, facts, why,
-                       truncated, rejects, reject_dir, out) -> None:
+                       truncated, rejects, reject_dir, out) -> tuple[pl.DataFrame, int]:
     """Pass 2 with the per-part work on workers (RenderPart, one task per part, in parallel),
     then, on the driver, what the serial loop does with its results, in part order: the
     token files registered, the facts, the dropped ids. Every copy of a dropped id is in a
@@ -398,7 +396,8 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
     write their rejects on workers (RejectPart, one task each); the others get the empty
     frame of the parts' schema, as serially. The driver reads no message text.
     Same examples, stats, rejects and token order as the serial loop; the token files
-    are named by part (a part without tokens leaves a gap in the names, not in the store)."""
+    are named by part (a part without tokens leaves a gap in the names, not in the store).
+    Returns (the dropped ids with reason and detail, examples with tools)."""
     bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
     fn = RenderPart(cfg, str(base_dir), str(store.folder), renderer.end_of_turn_ids, expect, renderer.bos_id)
     results = map_parts(parts, fn, [(k, first[bounds[k]: bounds[k + 1]]) for k in range(len(sizes))])
@@ -434,8 +433,7 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
         _add_counts(out.records_dropped, r["records"])
         out.copies_dropped += r["copies"]
         rejects.append(Path(r["path"]))
-    out.dropped_ids = why
-    out.stats["with_tools"] = with_tools
+    return why, with_tools
 
 
 def token_facts(rendered: StreamedRender) -> pl.DataFrame:
