@@ -156,7 +156,8 @@ class RayExecutor:
     files under $RAY_TMPDIR when set); otherwise it joins that cluster ("auto", or
     "HOST:6379"). An already initialised Ray (a test fixture, a notebook) is reused and
     left running on close(). `block_rows` caps rows per block of the in-memory paths
-    (MinHash signatures, render); by default about two blocks per cluster CPU, at most
+    (MinHash signatures; `render_blocks`, for render_examples: the runner's render uses
+    `render_parts`); by default about two blocks per cluster CPU, at most
     DEFAULT_BLOCK_ROWS rows each."""
 
     name = "ray"
