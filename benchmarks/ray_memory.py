@@ -1,22 +1,24 @@
-"""Driver memory under Ray, before and after the runner's parts path (issue #19): the same
-generated records (benchmarks/scale_bench.py's generator and stages) through
-`run_pipeline(cfg, executor=RayExecutor(...))` - what `curate run --executor ray` runs - from
-two checkouts: the baseline (default: a checkout of main before this change, where the
-Ray executor received every stage's table whole on the driver) and this tree (stages on
-parts, run by workers). One process per arm and size, arms interleaved when repeated.
+"""Driver memory under Ray (issue #19): the same generated records (benchmarks/scale_bench.py's
+generator and stages) through `run_pipeline(cfg, executor=RayExecutor(...))` - what
+`curate run --executor ray` runs - from two checkouts: the baseline (`--baseline`, a
+checkout before a change) and this tree. One process per arm and size, arms interleaved
+when repeated.
 
-    python benchmarks/ray_memory.py --records 100000,400000,1000000 --ray-cpus 2 --baseline /tmp/base
+    python benchmarks/ray_memory.py --records 250000,1000000,2000000 --ray-cpus 2 --render --arms tree
+    python benchmarks/ray_memory.py --records 250000,1000000 --render --baseline /tmp/base
 
-Printed per size and arm: pipeline wall s; the driver's peak RSS (its own
-`ru_maxrss`, exact) and the peak summed RSS of its process tree (driver + raylet + GCS +
-object store + workers, sampled every 0.2 s: a private local Ray instance is the
-driver's child); the driver's CPU seconds; and a digest of the ledger and every stage's
-row counts (the same records kept by both arms). `--part-rows` is set on both arms (the
-default part sizing differs between checkouts). The driver peak of this tree still holds
-what stays on the driver (docs/ray.md, "What runs where"): the input of every stage
-without a parts path (here near_dedup: MinHash with exact verification, the default,
-unless `--near-verify estimate`), the final table for render (none here: no [render]),
-and the small columns of row-local stages for their statistics.
+Printed per size and arm: pipeline wall s; the driver's peak RSS (its own `ru_maxrss`,
+exact) and the peak summed RSS of its process tree (driver + raylet + GCS + object store +
+workers, sampled every 0.2 s: a private local Ray instance is the driver's child); the
+driver's CPU seconds; a digest of the ledger and every stage's row counts (the same
+records kept by both arms); then the driver's peak RSS per phase (sampled every 0.1 s,
+keyed by the runner's progress label: read, each stage, render, shards; "other" is between
+them, e.g. the report). Last, per arm, the driver peak at each size against the smallest
+size: flat in the input means that ratio stays near 1. `--render` adds scale_bench.py's
+[render] section (chatml, the sample tokenizer, 512 tokens, packed shards). `--part-rows`
+is set on both arms (the default part sizing differs between checkouts). Per-phase RSS
+is the process's resident memory at the time, so a phase's number can include memory an
+earlier phase freed but the allocator kept.
 """
 from __future__ import annotations
 
@@ -36,24 +38,81 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+class PhaseRSS:
+    """The driver's own RSS, sampled every 0.1 s, peak per phase: a phase is the runner's
+    progress label (read, each stage, render, shards); "other" is between them. Both the
+    whole RSS and its anonymous part (RssAnon: heap, not file pages mapped in, such as
+    memory-mapped token files being read)."""
+
+    def __init__(self):
+        self.phase, self.peaks, self.anon = "start", {}, {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def _rss() -> tuple[int, int]:
+        got = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "RssAnon:")):
+                    k, v = line.split(":", 1)
+                    got[k] = int(v.split()[0]) * 1024
+        return got.get("VmRSS", 0), got.get("RssAnon", 0)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(0.1)
+
+    def sample(self):
+        r, a = self._rss()
+        self.peaks[self.phase] = max(r, self.peaks.get(self.phase, 0))
+        self.anon[self.phase] = max(a, self.anon.get(self.phase, 0))
+
+    def set(self, phase: str):
+        self.sample()
+        self.phase = phase
+
+    def close(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        self.sample()
+        return {k: [round(v / 2**30, 2), round(self.anon[k] / 2**30, 2)] for k, v in self.peaks.items()}
+
+
 def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
+    from contextlib import contextmanager
+
+    from curate.contract.progress import Progress
     from curate.pipeline.config import load_config
     from curate.pipeline.ray_executor import RayExecutor
     from curate.pipeline.runner import run_pipeline
+
+    phases = PhaseRSS()
+
+    class Phased(Progress):
+        @contextmanager
+        def stage(self, label, total):
+            phases.set(label.split(" ", 1)[-1])
+            with super().stage(label, total) as done:
+                yield done
+            phases.set("other")
 
     cfg = load_config(pipeline)
     cfg.run.part_rows = part_rows
     ex = RayExecutor(num_cpus=ray_cpus)
     t0 = time.perf_counter()
-    m = run_pipeline(cfg, out, fresh=True, executor=ex)
+    m = run_pipeline(cfg, out, fresh=True, executor=ex, progress=Phased(enabled=False))
     wall = time.perf_counter() - t0
     ex.close()
+    by_phase = phases.close()
     digest = hashlib.sha256(json.dumps([m["ledger"], [(s["name"], s["rows_in"], s["rows_out"]) for s in m["stages"]]],
                                        sort_keys=True).encode()).hexdigest()[:12]
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"wall": wall, "digest": digest, "kept": m["ledger"]["kept"],
                       "driver_maxrss_gib": ru.ru_maxrss * 1024 / 2**30, "driver_cpu_s": ru.ru_utime + ru.ru_stime,
-                      "memory": {s["name"]: s.get("memory") for s in m["stages"]}}))
+                      "memory": {s["name"]: s.get("memory") for s in m["stages"]}, "phases": by_phase}))
 
 
 def _rss(pid: int) -> int:
@@ -106,6 +165,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="/work/main", help="checkout whose runner + Ray executor is the baseline")
     ap.add_argument("--near-verify", choices=["exact", "estimate"], default=None,
                     help="near_dedup's verify_by (default: the stage's default, exact)")
+    ap.add_argument("--render", action="store_true", help="add scale_bench.py's [render] section (packed shards)")
     ap.add_argument("--arms", default="baseline,tree")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--child", action="store_true")
@@ -115,9 +175,9 @@ def main() -> None:
     if a.child:
         child(a.pipeline, a.out, a.ray_cpus, a.part_rows)
         return
-    from scale_bench import STAGES, generate
+    from scale_bench import RENDER, STAGES, generate
 
-    stages = STAGES
+    stages = STAGES + (RENDER if a.render else "")
     if a.near_verify:
         stages = stages.replace('threshold = 0.7\n', f'threshold = 0.7\nverify_by = "{a.near_verify}"\n', 1)
     work = Path(tempfile.mkdtemp(prefix="ray_memory_"))
@@ -126,6 +186,7 @@ def main() -> None:
     print("records  arm                 wall_s  driver_peak_GiB  tree_peak_GiB  driver_cpu_s  kept     digest")
     known = {"baseline": ("baseline", a.baseline), "tree": ("this tree", str(ROOT))}
     arms = [known[x] for x in a.arms.split(",")]
+    summary: dict[str, list[tuple[int, float, float]]] = {}
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
         generate(data, n)
@@ -137,8 +198,11 @@ def main() -> None:
             for label, path in (arms if rep % 2 == 0 else arms[::-1]):
                 r = measure(path, pipe, work / f"run-{n}-{label.replace(' ', '_')}", a.ray_cpus, a.part_rows, work)
                 ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
+                summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
+                print("         driver peak GiB by phase (RSS/anonymous): "
+                      + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in r["phases"].items()), flush=True)
         if len(ratio) == 2:
             (la, va), (lb, vb) = ratio.items()
             print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)
@@ -148,6 +212,12 @@ def main() -> None:
 
                 shutil.rmtree(f, ignore_errors=True)
         data.unlink()
+    # how the driver's peak grows with the input: flat means the ratio stays near 1
+    print("\narm                 records  driver_peak_GiB  x_smallest  wall_s")
+    for label, rows in summary.items():
+        n0, p0 = rows[0][0], min(p for n, p, _ in rows if n == rows[0][0])
+        for n, peak, wall in rows:
+            print(f"{label:<18} {n:>8}  {peak:15.2f}  {peak / p0:10.2f}  {wall:6.1f}")
 
 
 if __name__ == "__main__":

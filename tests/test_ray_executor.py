@@ -66,8 +66,8 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
-    render_blocks, original = [], ex.render_blocks
-    ex.render_blocks = lambda frame, fn: render_blocks.append(len(ex.blocks(frame))) or original(frame, fn)
+    render_parts, original = [], ex.render_parts
+    ex.render_parts = lambda parts, fn, args: render_parts.append(len(args)) or original(parts, fn, args)
     run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
     ex.close()
     assert ray.is_initialized()  # a fixture's Ray is reused, not shut down
@@ -83,8 +83,9 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path):
     assert not any("whole-table stage" in x for x in logs), logs
     memory = {s["name"]: s["memory"] for s in m["stages"]}
     assert memory["near_dedup"] == memory["consensus"] == "keys" and memory["filter"] == "parts"
-    # tokenization ran on workers: render streams part by part, each part in blocks
-    assert len(render_blocks) > 1 and all(n >= 1 for n in render_blocks)
+    # the sources were read on workers; tokenization ran on workers, one task per part
+    assert any("[read] ray:" in x and "piece(s)" in x for x in logs), logs
+    assert render_parts and render_parts[0] > 1
 
 
 AGGREGATED = """

@@ -6,14 +6,13 @@ folders in the run directory, and the same parts layout, done.json, rejects, led
 resume, `--limit`, export and report follow, written by the runner.
 
 What runs where (per stage; the manifest entry's `memory` is the local executor's word):
-  read      on the driver, streamed (the local runner's `_read`: one part plus one batch
-            in memory). Why not on workers: the read cuts parts of exactly `part_rows`
-            rows across source boundaries, applies `--limit`'s seeded sample and the
-            `trusted` labels, collects the task/source names and writes quarantine.jsonl
-            in input order; doing that on workers would need a second pass (re-cut the
-            per-source pieces into global windows) to give the same parts, which is
-            I/O for nothing on one machine. The parsing CPU is the driver's; its memory
-            stays bounded.
+  read      on workers (`read_sources`, curate/pipeline/ray_read.py): the driver plans
+            pieces from file metadata and newline counts (curate/read/ranges.py), one
+            task per piece parses and normalises it with the local reader's code and
+            writes its records to RUN/read-work, then one task per part cuts exactly the
+            local executor's parts (`part_rows` rows across pieces, files and sources);
+            the driver writes quarantine.jsonl in input order from the pieces' results and
+            applies `--limit`'s sample from 8-byte keys per record.
   parts     row-local stages (curate/pipeline/blocks.py `part_mode`: normalize, pii,
             filter, language, decontaminate, quality with a local scorer): one Ray task
             per input part runs `stage_steps.row_local_part` - the local executor's own
@@ -38,9 +37,11 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             driver, logged, `memory = "whole-table"` - with `process` below: MinHash's
             signatures and band buckets on workers (curate/pipeline/ray_dedup.py), the
             others the stage's own `process` on the driver.
-  render    the final table is read whole by the runner (split, per-id de-duplication,
-            sort, packing and shard writing are global); the template, tokenization and
-            loss masks run on workers per block (`render_blocks`).
+  render    pass 2 of the streamed render (curate/render/stream.py) one task per part
+            (`render_parts`): the worker reads the part, renders and tokenizes its
+            first-of-id rows, writes their token file into RUN/render-work and returns
+            small per-row facts; the split, first-of-id, packing plan and shard writing
+            stay on the driver (global by nature, over per-row keys, not text).
 
 Output identity with the local executor holds by construction: the per-part functions
 are the local executor's, each part's result depends only on the part (and the plan), the
@@ -58,6 +59,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -128,6 +130,19 @@ def _apply_task(cls: type, config: Any, context: Any, plan_ref: Any, pos_ref: An
     return run
 
 
+def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table]:
+    def run(batch: pa.Table) -> pa.Table:
+        out = []
+        for d in batch.to_pylist():
+            maybe_fault()
+            # the driver's own small arguments and the worker's result (as Ray pickles any task's)
+            result = fn(d["k"], parts.read(d["k"]), pickle.loads(d["arg"]))
+            out.append({"i": d["i"], "result": pickle.dumps(result)})
+        return pa.Table.from_pylist(out)
+
+    return run
+
+
 def _read(in_dir: Path, file: str, schema: dict | None) -> pl.DataFrame:
     """One input part, cast to the dataset's unified schema (as parts.iter_parts does)."""
     df = P.read_part(Path(in_dir) / file)
@@ -141,7 +156,8 @@ class RayExecutor:
     files under $RAY_TMPDIR when set); otherwise it joins that cluster ("auto", or
     "HOST:6379"). An already initialised Ray (a test fixture, a notebook) is reused and
     left running on close(). `block_rows` caps rows per block of the in-memory paths
-    (MinHash signatures, render); by default about two blocks per cluster CPU, at most
+    (MinHash signatures; `render_blocks`, for render_examples: the runner's render uses
+    `render_parts`); by default about two blocks per cluster CPU, at most
     DEFAULT_BLOCK_ROWS rows each."""
 
     name = "ray"
@@ -204,6 +220,15 @@ class RayExecutor:
             return fn(frame.to_arrow())
         return self.map_blocks(frame, fn)
 
+    def render_parts(self, parts: Any, fn: Callable, args: list[tuple[int, Any]]) -> list[Any]:
+        """`fn(k, part k, arg)` for each `(k, arg)`, one Ray task each, results in order
+        (curate/render/stream.py `_render_on_workers`): the worker reads part `k` from the
+        run directory (`parts.read(k)`); render's pass 2 (RenderPart: tokens written into
+        the run's render work folder, small per-row facts back) and its rejects
+        (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
+        items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
+        return [pickle.loads(r["result"]) for r in self.map_items(items, _render_part_task(parts, fn))]
+
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
         """`fn` over `items` (small descriptors: part numbers and files), one Ray Data task
         per item (`map_batches`, batch_size 1), results in item order. The items and the
@@ -217,7 +242,14 @@ class RayExecutor:
         got = ds.map_batches(fn, batch_size=1, batch_format="pyarrow").take_all()
         return sorted(got, key=lambda r: r["i"])
 
-    # ------------------------------------------------------------------ the runner's hook
+    # ------------------------------------------------------------------ the runner's hooks
+    def read_sources(self, cfg, folder: Path, work: Path, qf, part_rows: int, limit: int | None, log) -> dict:
+        """The runner's read on workers: the local read's parts, quarantine, names and counts
+        (curate/pipeline/ray_read.py)."""
+        from curate.pipeline.ray_read import read_on_workers
+
+        return read_on_workers(self, cfg, folder, work, qf, part_rows, limit, log)
+
     def run_stage(self, stage: Stage, job: StageJob) -> StageOutput:
         """One stage of the streaming runner on the cluster (see the module doc): row-local
         stages and planned stages on parts, on workers; any other stage the local

@@ -259,7 +259,7 @@ class _PartSink:
 
 
 def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progress, fingerprint: str,
-          limit: int | None = None, part_rows: int | None = None):
+          limit: int | None = None, part_rows: int | None = None, executor: Executor | None = None):
     """The sources, streamed in batches of `part_rows` records into the parts of
     stages/00-read; quarantine.jsonl written as the batches come. Returns done.json's info."""
     read_dir = rd.own(f"stages/{READ_DIR}")
@@ -278,49 +278,68 @@ def _read(cfg: PipelineConfig, rd: RunDir, hashes: FileHashes, progress: Progres
     _recompute_log(progress, "read", why)
     _start_dataset(read_dir)
     part_rows = part_rows or choose_part_rows(cfg, progress.log)
-    sink = _PartSink(read_dir, part_rows)
-    sources, totals, names = [], {}, {"task": set(), "source": set()}
-    n_quarantined = 0
+    # an executor that reads on its own workers (Ray: curate/pipeline/ray_read.py) gives the
+    # same parts, quarantine, names and counts as the local streamed read
+    reader = getattr(executor, "read_sources", None)
     with progress.stage("read", total=len(cfg.sources)) as done:
         with atomic_path(qpath) as qtmp, open(qtmp, "w", encoding="utf-8") as qf:
-            for s in cfg.sources:
-                if limit is not None:  # --limit: a seeded sample per source (curate.read.limit); held whole
-                    from curate.read.limit import sample_records
-
-                    r = read_source(s, cfg.base_dir, progress.log)
-                    totals[r.name] = r.table.height
-                    batches, stream = [(sample_records(r.table, limit, cfg.run.seed), r.quarantine)], r
-                else:
-                    stream = iter_source(s, cfg.base_dir, part_rows, progress.log)
-                    batches = stream
-                records = quarantined = 0
-                for table, q in batches:
-                    table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
-                    sink.add(table)
-                    records += table.height
-                    quarantined += len(q)
-                    for c in names:
-                        names[c].update(table[c].drop_nulls().unique().to_list())
-                    qf.write("".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in q))
-                n_quarantined += quarantined
-                sources.append({"name": s.name, "format": stream.format, "files": stream.files,
-                                "read": records + quarantined, "records": records, "quarantined": quarantined})
-        entries = sink.close()
+            if reader is not None:
+                work = _fresh(rd, READ_WORK)
+                got = reader(cfg, read_dir, work, qf, part_rows, limit, progress.log)
+                rd.remove(READ_WORK)
+            else:
+                got = _read_local(cfg, read_dir, qf, part_rows, limit, progress.log)
+        entries, n_quarantined = got["entries"], got["quarantined"]
         rows = sum(int(e["rows"]) for e in entries)
         info = {
             "fingerprint": fingerprint,
             "rows_out": rows,
             "quarantined": n_quarantined,
             "parts": entries,
-            "names": {c: sorted(v) for c, v in names.items()},
+            "names": {c: sorted(v) for c, v in got["names"].items()},
             "sha256": {"quarantine": hashes.sha256(qpath)},
-            "sources": sources,
+            "sources": got["sources"],
         }
         if limit is not None:
-            info["limit"] = {"per_source": limit, "records_before": totals}
+            info["limit"] = {"per_source": limit, "records_before": got["totals"]}
         write_json(read_dir / P.DONE, info)
         done(rows, 0, f"{n_quarantined:,} quarantined")
     return info
+
+
+READ_WORK = "read-work"  # an executor's read pieces (Ray); removed when the parts are written
+
+
+def _read_local(cfg: PipelineConfig, read_dir: Path, qf, part_rows: int, limit: int | None, log) -> dict:
+    """The sources streamed in batches of `part_rows` records into the parts of
+    stages/00-read, quarantine lines written to `qf` as the batches come."""
+    sink = _PartSink(read_dir, part_rows)
+    sources, totals, names = [], {}, {"task": set(), "source": set()}
+    n_quarantined = 0
+    for s in cfg.sources:
+        if limit is not None:  # --limit: a seeded sample per source (curate.read.limit); held whole
+            from curate.read.limit import sample_records
+
+            r = read_source(s, cfg.base_dir, log)
+            totals[r.name] = r.table.height
+            batches, stream = [(sample_records(r.table, limit, cfg.run.seed), r.quarantine)], r
+        else:
+            stream = iter_source(s, cfg.base_dir, part_rows, log)
+            batches = stream
+        records = quarantined = 0
+        for table, q in batches:
+            table = trusted.label(table, cfg.sources)  # `trusted = true` sources: the `trusted` label column
+            sink.add(table)
+            records += table.height
+            quarantined += len(q)
+            for c in names:
+                names[c].update(table[c].drop_nulls().unique().to_list())
+            qf.write("".join(json.dumps(x, ensure_ascii=False, sort_keys=True) + "\n" for x in q))
+        n_quarantined += quarantined
+        sources.append({"name": s.name, "format": stream.format, "files": stream.files,
+                        "read": records + quarantined, "records": records, "quarantined": quarantined})
+    return {"entries": sink.close(), "sources": sources, "names": names, "quarantined": n_quarantined,
+            "totals": totals}
 
 
 def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor, limit: int | None = None) -> dict:
@@ -338,7 +357,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     if limit is not None:
         fingerprint = _hash(fingerprint, "limit", limit)
     part_rows = cfg.run.part_rows or None
-    info = _read(cfg, rd, hashes, progress, fingerprint, limit, part_rows)
+    info = _read(cfg, rd, hashes, progress, fingerprint, limit, part_rows, executor)
     timings["read"] = time.perf_counter() - t0
     n_quarantined = info["quarantined"]
     ledger.read = info["rows_out"] + n_quarantined
@@ -454,7 +473,8 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         work = _fresh(rd, RENDER_WORK)
         with progress.stage("render", total=final_rows) as done:
             rendered = render_parts(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed, work / "tokens",
-                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None))
+                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None),
+                                    map_parts=getattr(executor, "render_parts", None))
             n_examples, n_dropped = rendered.examples.height, sum(rendered.dropped.values())
             if rendered.rows_in != n_examples + n_dropped:
                 raise LedgerError(f"render: {rendered.rows_in} rows in, {n_examples} rendered + "
@@ -512,20 +532,51 @@ def _fresh(rd: RunDir, rel: str) -> Path:
     return rd.own(rel)
 
 
-def _final_parts(folder: Path, entries: list[dict], held: list[str]):
+def _final_parts(folder: Path, entries: list[dict], held: list[str]) -> "FinalParts":
+    return FinalParts(Path(folder), entries, held)
+
+
+class FinalParts:
     """`parts(columns)` for the streamed render and export: the last stage's parts, one at a
-    time, less the trusted hold-out rows (sources in `held`)."""
+    time, less the trusted hold-out rows (sources in `held`). Picklable: an executor that
+    renders parts on workers (Ray) reads part `k` there (`read`)."""
 
-    def parts(columns: list[str] | None):
-        cols = None if columns is None else list(dict.fromkeys([*columns, *(["source"] if held else [])]))
-        for df in P.iter_parts(folder, entries, cols):
-            if held:
-                df = df.filter(~pl.col("source").is_in(held))
-                if columns is not None:
-                    df = df.select(columns)
-            yield df
+    def __init__(self, folder: Path, entries: list[dict], held: list[str]):
+        self.folder, self.entries, self.held = folder, entries, held
+        self._schemas: dict = {}
 
-    return parts
+    def _cols(self, columns: list[str] | None) -> list[str] | None:
+        return None if columns is None else list(dict.fromkeys([*columns, *(["source"] if self.held else [])]))
+
+    def _hold(self, df: pl.DataFrame, columns: list[str] | None) -> pl.DataFrame:
+        if self.held:
+            df = df.filter(~pl.col("source").is_in(self.held))
+            if columns is not None:
+                df = df.select(columns)
+        return df
+
+    def __call__(self, columns: list[str] | None):
+        for df in P.iter_parts(self.folder, self.entries, self._cols(columns)):
+            yield self._hold(df, columns)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def schema(self) -> dict:
+        """The unified schema of every part (from the footers)."""
+        return P.dataset_schema(self.folder, self.entries)
+
+    def read(self, k: int, columns: list[str] | None = None) -> pl.DataFrame:
+        """Part `k`, as the k-th frame of `self(columns)`."""
+        df = P.read_part(self.folder / self.entries[k]["file"], self._cols(columns))
+        if len(self.entries) > 1:
+            key = tuple(columns) if columns is not None else None
+            if key not in self._schemas:
+                self._schemas[key] = P.dataset_schema(self.folder, self.entries, self._cols(columns))
+            target = self._schemas[key]
+            if dict(df.schema) != target:
+                df = df.cast(target)
+        return self._hold(df, columns)
 
 
 def _check_names(cfg: PipelineConfig, names: dict, log) -> None:

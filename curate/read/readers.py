@@ -144,13 +144,23 @@ class _Progress:
         self.items = 0
 
 
-def _lines(path: Path, limit: int, prog: _Progress) -> Iterator[tuple[int, bytes | None, int]]:
+def _lines(path: Path, limit: int, prog: _Progress, span: tuple[int, int, int] | None = None
+           ) -> Iterator[tuple[int, bytes | None, int]]:
     """(line number, UTF-8 bytes or None when longer than `limit`, size) per non-blank line;
-    never holds more than `limit` bytes of one line."""
+    never holds more than `limit` bytes of one line. `span` (start byte, end byte, lines
+    before start), both at line starts of an uncompressed UTF-8 file: only the lines in
+    [start, end), numbered as in the whole file (curate/read/ranges.py plans them)."""
     fh, is_text = _open_text(path)
     with fh:
         n = 0
+        end = None
+        if span is not None:
+            start, end, n = span
+            if start:
+                fh.seek(start)
         while True:
+            if end is not None and fh.tell() >= end:
+                return
             line = fh.readline(limit + 1)
             if not line:
                 return
@@ -813,22 +823,24 @@ class SourceStream:
         return rows, quarantine
 
     # -- the driver
+    def _builder(self):
+        cfg = self.cfg
+        if cfg.format != "task":
+            return None
+        from curate.read.task_templates import build_messages, template_fields
+
+        used_fields = template_fields(cfg, self.base_dir)
+
+        def build(rec, index):
+            return [_msg(m["role"], m["content"], m.get("extra")) for m in
+                    build_messages(rec, cfg, index, base_dir=self.base_dir)], used_fields
+
+        return build
+
     def _run(self) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
         cfg = self.cfg
-        build = None
-        if cfg.format == "task":
-            from curate.read.task_templates import build_messages, template_fields
-
-            used_fields = template_fields(cfg, self.base_dir)
-
-            def build(rec, index):
-                return [_msg(m["role"], m["content"], m.get("extra")) for m in
-                        build_messages(rec, cfg, index, base_dir=self.base_dir)], used_fields
-
-        hub = local_path(cfg, self.base_dir) if cfg.path.startswith(HF_PREFIX) else None
-        for path in source_files(cfg, self.base_dir, self.log):
-            # A hub file is shown as the source path and its place in the snapshot.
-            shown = f"{cfg.path}:{_display(path, hub)}" if hub is not None else _display(path, self.root)
+        build = self._builder()
+        for path, shown in self.shown_files():
             self.files.append(shown)
             try:
                 ftype = file_type(path, cfg.file_type)
@@ -837,13 +849,35 @@ class SourceStream:
                 continue
             yield from self._file(path, shown, ftype, build)
 
-    def _file(self, path: Path, shown: str, ftype: str, build) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
+    def shown_files(self) -> list[tuple[Path, str]]:
+        """The source's files in reading order, each with its name as shown in origins."""
+        cfg = self.cfg
+        hub = local_path(cfg, self.base_dir) if cfg.path.startswith(HF_PREFIX) else None
+        # A hub file is shown as the source path and its place in the snapshot.
+        return [(path, f"{cfg.path}:{_display(path, hub)}" if hub is not None else _display(path, self.root))
+                for path in source_files(cfg, self.base_dir, self.log)]
+
+    def file_batches(self, path: Path, shown: str, span: tuple[int, int, int] | None = None,
+                     first_index: int = 0) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
+        """One file's (table, quarantine) batches, as `iter_source` gives them for that
+        file, with `format` already resolved (curate/read/ranges.py). `span`: only a line
+        range of an uncompressed UTF-8 JSONL file (see `_lines`), whose first non-blank line
+        is the file's record number `first_index` (task templates pick phrasings by it)."""
+        try:
+            ftype = file_type(path, self.cfg.file_type)
+        except RecordError as exc:
+            yield empty_records(), [self._entry(shown, "#file", "path", str(exc), b"")]
+            return
+        yield from self._file(path, shown, ftype, self._builder(), span, first_index)
+
+    def _file(self, path: Path, shown: str, ftype: str, build, span: tuple[int, int, int] | None = None,
+              index: int = 0) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
         cfg = self.cfg
         prog = _Progress()
-        index = 0  # the record's index in its file (task templates pick phrasings by it)
+        # index: the record's index in its file (task templates pick phrasings by it)
         got_any = False
         try:
-            blocks = self._blocks(path, ftype, prog)
+            blocks = self._blocks(path, ftype, prog, span)
             for block in blocks:
                 got_any = True
                 if self.format == "auto":
@@ -872,7 +906,8 @@ class SourceStream:
         if not got_any:
             self.log(f"source {cfg.name!r}: {shown} holds no records (empty file)")
 
-    def _blocks(self, path: Path, ftype: str, prog: _Progress) -> Iterator[list]:
+    def _blocks(self, path: Path, ftype: str, prog: _Progress, span: tuple[int, int, int] | None = None
+                ) -> Iterator[list]:
         """Blocks of at most batch_rows entries (loc, item, error, raw); for JSONL whose
         format allows it, entries of good lines hold the raw bytes (item is `_RAW`) and are
         parsed column-wise in `_block`. When the file breaks, the entries read before the
@@ -881,7 +916,7 @@ class SourceStream:
         block: list = []
         try:
             if ftype == "jsonl":
-                for n, line, size in _lines(path, limit, prog):
+                for n, line, size in _lines(path, limit, prog, span):
                     prog.items += 1
                     block.append((f"{n}", _RAW, None, line) if line is not None else _parse_line(n, None, size, limit))
                     if len(block) >= self.batch_rows:

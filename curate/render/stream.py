@@ -64,6 +64,12 @@ FACTS = {"length": pl.Int64, "supervised": pl.Int64, "runs": pl.Int64, "bad_runs
          "rpart": pl.Int32, "rrow": pl.Int64}
 
 
+def write_tokens(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKEN_SCHEMA) as w:
+            w.write_table(table.cast(TOKEN_SCHEMA).combine_chunks())
+
+
 class TokenStore:
     """Token lists of rendered examples in Arrow IPC files under `folder`, read back by
     (file, row) through memory maps."""
@@ -76,10 +82,12 @@ class TokenStore:
     def add(self, table: pa.Table) -> int:
         """Write `table` (input_ids, labels) as the next file; returns its number."""
         path = self.folder / f"tokens-{len(self.files):05d}.arrow"
-        with atomic_path(path) as tmp:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKEN_SCHEMA) as w:
-                w.write_table(table.cast(TOKEN_SCHEMA).combine_chunks())
-        self.files.append(path)
+        write_tokens(path, table)
+        return self.register(path)
+
+    def register(self, path: Path) -> int:
+        """A token file written elsewhere (a worker: `write_tokens`) as the next file."""
+        self.files.append(Path(path))
         return len(self.files) - 1
 
     def take(self, rpart: np.ndarray, rrow: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
@@ -189,9 +197,13 @@ def _add_counts(into: dict, more: dict) -> None:
 
 
 def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], columns: list[str], cfg, base_dir,
-                 seed: int, work_dir: Path, reject_dir: Path, tokenizer=None, map_blocks=None) -> StreamedRender:
+                 seed: int, work_dir: Path, reject_dir: Path, tokenizer=None, map_blocks=None,
+                 map_parts=None) -> StreamedRender:
     """Render the rows `parts` yields (see the module doc); `columns`: the names of their
-    columns. `map_blocks(frame, fn)` as in render_examples (the Ray executor's)."""
+    columns. `map_blocks(frame, fn)` as in render_examples (the Ray executor's).
+    `map_parts(parts, fn, [(k, arg)])` -> [fn(k, part k, arg)]: pass 2 on workers, one task
+    per part (the Ray executor's `render_parts`; `parts` must then also have `read(k,
+    columns)` and `schema()`): see `_render_on_workers`."""
     base_dir = Path(base_dir)
     setup = RenderSetup.open(cfg, base_dir, tokenizer)
     cfg, renderer = setup.cfg, setup.renderer
@@ -219,7 +231,10 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     why = pl.DataFrame(schema={"id": pl.String, REASON: pl.String, "_detail": pl.String})
     out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
     with_tools, off = 0, 0
-    for k, part in enumerate(parts(None)):
+    if map_parts is not None:
+        why, with_tools = _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store,
+                                             facts, why, truncated, rejects, reject_dir, out)
+    for k, part in enumerate(parts(None) if map_parts is None else ()):
         n = part.height
         if n != sizes[k]:
             raise RuntimeError(f"render: part {k} gave {n} rows, {sizes[k]} before")
@@ -305,6 +320,120 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     }
     out.fingerprints = setup.fingerprints(base_dir)
     return out
+
+
+class RenderPart:
+    """Pass 2 for one part on a worker, `fn(k, part, first)` -> a dict of small results:
+    the part's first-of-id rows rendered and tokenized (RenderBlock: tokenizer and template
+    loaded once per worker process), their tokens written to `work_dir/tokens-KKKKK.arrow`,
+    their facts, the ids dropped with reason and detail, the truncated ids, the tools count."""
+
+    def __init__(self, cfg, base_dir: str, work_dir: str, end_of_turn_ids, expect: bool, bos_id):
+        self.cfg, self.base_dir, self.work_dir = cfg, base_dir, work_dir
+        self.end_of_turn_ids, self.expect, self.bos_id = end_of_turn_ids, expect, bos_id
+
+    def __call__(self, k: int, part: pl.DataFrame, first: np.ndarray) -> dict:
+        res = {"k": k, "rows": part.height, "with_tools": 0, "file": None, "facts": None,
+               "dropped": None, "truncated": None}
+        uniq = part.filter(pl.Series(first)).select("id", "messages", *(["meta"] if "meta" in part.columns else []))
+        if not uniq.height:
+            return res
+        tools = tools_column(uniq)
+        has_tools = tools.null_count() < tools.len()
+        res["with_tools"] = int(tools.len() - tools.null_count())
+        frame = uniq.select("messages").with_columns(tools) if has_tools else uniq.select("messages")
+        aligned = RenderBlock(self.cfg, self.base_dir)(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        reasons = aligned.column(REASON_COL)
+        kept = pc.is_null(reasons)
+        tokens = aligned.select(["input_ids", "labels"]).filter(kept)
+        ids = uniq["id"].cast(pl.String)
+        kept_np = kept.to_numpy(zero_copy_only=False)
+        if tokens.num_rows:
+            path = Path(self.work_dir) / f"tokens-{k:05d}.arrow"
+            write_tokens(path, tokens)
+            f = example_facts(tokens.column("input_ids"), tokens.column("labels"), self.end_of_turn_ids,
+                              self.expect, self.bos_id)
+            res["file"] = str(path)
+            res["facts"] = pl.DataFrame({"id": ids.filter(pl.Series(kept_np)),
+                                         **{c: pl.Series(c, f[c], dtype=FACTS[c]) for c in f}})
+        if not kept_np.all():
+            res["dropped"] = pl.DataFrame({
+                "id": ids.filter(pl.Series(~kept_np)),
+                REASON: pl.from_arrow(reasons.filter(pc.invert(kept))).cast(pl.String),
+                "_detail": pl.from_arrow(aligned.column(DETAIL_COL).filter(pc.invert(kept))).cast(pl.String)})
+        trunc = aligned.column(TRUNCATED_COL).to_numpy(zero_copy_only=False)
+        if trunc.any():
+            res["truncated"] = ids.filter(pl.Series(trunc))
+        return res
+
+
+class RejectPart:
+    """One part's render rejects on a worker, `fn(k, part, None)`: its rows whose id is among
+    the dropped ids `why` (every copy), written to `reject_dir/render-KKKKK.parquet`, and
+    their counts by reason; or, with none, the empty rejects frame (the schema)."""
+
+    def __init__(self, reject_dir: str, why: pl.DataFrame):
+        self.reject_dir, self.why = reject_dir, why
+
+    def __call__(self, k: int, part: pl.DataFrame, _arg) -> dict:
+        dropped = part.join(self.why, on="id", how="inner", maintain_order="left")
+        if not dropped.height:
+            return {"path": None, "empty": reject_frame("render", dropped)}
+        records, copies = drop_counts(dropped, REASON)
+        path = Path(self.reject_dir) / f"render-{k:05d}.parquet"
+        write_parquet(path, reject_frame("render", dropped))
+        return {"path": str(path), "dropped": {str(r): c for r, c in dropped[REASON].value_counts().iter_rows()},
+                "records": records, "copies": copies}
+
+
+def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store, facts, why,
+                       truncated, rejects, reject_dir, out) -> tuple[pl.DataFrame, int]:
+    """Pass 2 with the per-part work on workers (RenderPart, one task per part, in parallel),
+    then, on the driver, what the serial loop does with its results, in part order: the
+    token files registered, the facts, the dropped ids. Every copy of a dropped id is in a
+    part at or after the part of its first row, so each part's render rejects are its rows
+    whose id is among all dropped ids: the parts holding one (found from their id column)
+    write their rejects on workers (RejectPart, one task each); the others get the empty
+    frame of the parts' schema, as serially. The driver reads no message text.
+    Same examples, stats, rejects and token order as the serial loop; the token files
+    are named by part (a part without tokens leaves a gap in the names, not in the store).
+    Returns (the dropped ids with reason and detail, examples with tools)."""
+    bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    fn = RenderPart(cfg, str(base_dir), str(store.folder), renderer.end_of_turn_ids, expect, renderer.bos_id)
+    results = map_parts(parts, fn, [(k, first[bounds[k]: bounds[k + 1]]) for k in range(len(sizes))])
+    with_tools = 0
+    dropped_frames = [why]
+    for k, r in enumerate(results):
+        if r["rows"] != sizes[k]:
+            raise RuntimeError(f"render: part {k} gave {r['rows']} rows, {sizes[k]} before")
+        out.rows_in += r["rows"]
+        with_tools += r["with_tools"]
+        if r["file"] is not None:
+            rpart = store.register(Path(r["file"]))
+            n = r["facts"].height
+            facts.append(r["facts"].with_columns(pl.Series("rpart", np.full(n, rpart, dtype=np.int32)),
+                                                 pl.Series("rrow", np.arange(n, dtype=np.int64)))
+                         .select("id", *FACTS))
+        if r["dropped"] is not None:
+            dropped_frames.append(r["dropped"])
+        if r["truncated"] is not None:
+            truncated.append(r["truncated"])
+    why = pl.concat(dropped_frames, how="vertical_relaxed")
+    empty = reject_frame("render", pl.DataFrame(schema=parts.schema()).join(why, on="id", how="inner"))
+    # which parts hold a dropped id (their id column only); their rejects are written on workers
+    todo = [k for k in range(len(sizes)) if why.height and
+            parts.read(k, ["id"])["id"].cast(pl.String).is_in(why["id"].implode()).any()]
+    done = dict(zip(todo, map_parts(parts, RejectPart(str(reject_dir), why), [(k, None) for k in todo]))) if todo else {}
+    for k in range(len(sizes)):
+        r = done.get(k)
+        if r is None or r["path"] is None:
+            rejects.append(r["empty"] if r is not None else empty)
+            continue
+        _add_counts(out.dropped, r["dropped"])
+        _add_counts(out.records_dropped, r["records"])
+        out.copies_dropped += r["copies"]
+        rejects.append(Path(r["path"]))
+    return why, with_tools
 
 
 def token_facts(rendered: StreamedRender) -> pl.DataFrame:
