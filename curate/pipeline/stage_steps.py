@@ -148,6 +148,35 @@ def part_keys(stage: Stage, part: pl.DataFrame, first: int) -> pl.DataFrame:
     return k.with_columns(pl.int_range(first, first + part.height, dtype=pl.UInt64).alias(ROW))
 
 
+SPILL_DIR = "spill"  # RUN/stages/NN-name/parts/spill: keys a stage spilled while keyed (removed when done)
+
+
+def spill_folder(job: StageJob) -> Path:
+    """Where a planned stage spills its keys: inside the stage's progress folder (removed
+    with it when the stage is done), emptied of what a killed run left there."""
+    folder = job.progress.folder / SPILL_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
+def all_part_keys(stage: Stage, job: StageJob) -> pl.DataFrame:
+    """`part_keys` of every input part, concatenated in order, as the plan gets them. A
+    stage with the optional hook `spill_keys(keys, folder)` (dedup) is handed each part's
+    keys as they are computed and returns what to hold of them (it writes the rest under
+    `spill_folder(job)` and reads it back in `plan`): then the keys of all rows never meet
+    in memory. The folder goes when the stage is done (`StageProgress.clear`)."""
+    spill = getattr(stage, "spill_keys", None)
+    folder = spill_folder(job) if callable(spill) else None
+    bounds = P.offsets(job.in_entries)
+    keys = []
+    for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
+        k = part_keys(stage, part, first)
+        del part
+        keys.append(spill(k, folder) if folder is not None else k)
+    return pl.concat(keys, how="vertical_relaxed", rechunk=True)
+
+
 def plan_positions(plan, job: StageJob) -> tuple[pl.DataFrame | None, Path]:
     """(each kept row's output position, where applied parts go): (None, the stage
     folder) unless the plan's `order` moves rows across parts (see `_planned`)."""
