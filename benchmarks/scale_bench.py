@@ -254,12 +254,14 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
                              "--out", str(out), "--ray-cpus", str(ray_cpus)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     peak, at = [0], [0.0]
+    samples: list[tuple[float, int]] = []
     stop = threading.Event()
     start = time.perf_counter()
 
     def sample():
         while not stop.is_set():
             rss = _tree_rss(proc.pid)
+            samples.append((time.perf_counter() - start, rss))
             if rss > peak[0]:
                 peak[0], at[0] = rss, time.perf_counter() - start
             time.sleep(0.2)
@@ -274,8 +276,12 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
     if proc.returncode:
         raise SystemExit(f"{executor} run failed (rc {proc.returncode})")
     res = json.loads(stdout.strip().splitlines()[-1])
+    by_stage: dict[str, float] = {}  # peak RSS while each step ran (GiB; same approximate attribution)
+    for t_, rss in samples:
+        name = _stage_at(out, t_ - (total - res["wall"]))
+        by_stage[name] = max(by_stage.get(name, 0.0), round(rss / 2**30, 3))
     return {"pipeline_s": res["wall"], "cpu_s": res.get("cpu"), "process_s": total, "peak_rss_gib": peak[0] / 2**30,
-            "peak_stage": _stage_at(out, at[0] - (total - res["wall"]))}
+            "peak_stage": _stage_at(out, at[0] - (total - res["wall"])), "peak_by_stage": by_stage}
 
 
 def _stage_at(run: Path, t: float) -> str:
