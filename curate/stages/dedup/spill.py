@@ -154,13 +154,13 @@ class KeySpill:
             acc += p["rows"]
         return np.array((starts or [0]) + [self.rows], dtype=np.int64)
 
-    def pair_runs(self, codes: Iterator[np.ndarray], window_rows: int, keep=None) -> tuple[np.ndarray, np.ndarray, int]:
+    def pair_runs(self, codes: Iterator[np.ndarray], window_rows: int, keep=None) -> tuple["PairSeq", int]:
         """Candidate pairs (left << 32 | right, from `codes`, repeats allowed) filed on disk by
         the window of their left row, then per window: sorted and de-duplicated, counted,
-        and filtered by `keep(left, right) -> bool mask` when given. Returns the kept
-        (left, right), sorted by (left, right) as one global sort would give them, and the
+        and filtered by `keep(left, right) -> bool mask` when given. Returns the kept pairs
+        (on disk, in the order of one global sort by (left, right): `PairSeq`) and the
         number of distinct candidates. Holds one window's pairs (8 B each, twice while
-        sorted) besides the kept ones."""
+        sorted)."""
         bounds = self.windows(window_rows)
         nw = len(bounds) - 1
         files = [self.folder / f"pairs-{w:05d}.u64" for w in range(nw)]
@@ -176,22 +176,18 @@ class KeySpill:
                     with open(files[x], "ab") as fh:
                         code[cuts[x]:cuts[x + 1]].tofile(fh)
             del code, order, w
-        lefts, rights, total = [], [], 0
-        for f in files:
+        seq, total = PairSeq(), 0
+        for w, f in enumerate(files):
             c = np.unique(np.fromfile(f, dtype=np.uint64))
             f.unlink()
             total += len(c)
-            left = (c >> np.uint64(32)).astype(np.int64)
-            right = (c & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            if keep is not None and len(c):
+                c = c[keep((c >> np.uint64(32)).astype(np.int64), (c & np.uint64(0xFFFFFFFF)).astype(np.int64))]
+            out = self.folder / f"kept-{w:05d}.u64"
+            c.tofile(out)
+            seq.add(out, len(c))
             del c
-            if keep is not None and len(left):
-                ok = keep(left, right)
-                left, right = left[ok], right[ok]
-            lefts.append(left)
-            rights.append(right)
-        if not lefts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-        return np.concatenate(lefts), np.concatenate(rights), total
+        return seq, total
 
     # ---- sketches / signatures ----------------------------------------------------------
     def has_sig(self) -> bool:
@@ -245,3 +241,31 @@ class KeySpill:
                 out = np.empty(len(left), dtype=v.dtype)
             out[sel] = v
         return out
+
+
+class PairSeq:
+    """A sequence of pairs (left << 32 | right codes) in files of consecutive runs, read by
+    position range: what verification walks batch by batch without holding every pair."""
+
+    def __init__(self):
+        self.files: list[Path] = []
+        self.starts = [0]
+
+    def add(self, path: Path, count: int) -> None:
+        self.files.append(Path(path))
+        self.starts.append(self.starts[-1] + int(count))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def slice(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(left, right) int64 of pairs [a, b)."""
+        b = min(b, len(self))
+        parts = []
+        for i, f in enumerate(self.files):
+            lo, hi = self.starts[i], self.starts[i + 1]
+            x, y = max(a, lo), min(b, hi)
+            if y > x:
+                parts.append(np.fromfile(f, dtype=np.uint64, count=y - x, offset=(x - lo) * 8))
+        c = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        return (c >> np.uint64(32)).astype(np.int64), (c & np.uint64(0xFFFFFFFF)).astype(np.int64)

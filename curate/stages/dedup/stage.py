@@ -582,14 +582,17 @@ class DedupStage(PlannedStage):
                 floor = mh.agreement_floor(w, cfg.threshold, miss=PREFILTER_MISS)
                 keep = lambda l, r: sp.pair_values(  # noqa: E731
                     l, r, lambda s, a, b: mh.sketch_agreement(s, a, b, step=1 << 17), SPILL_WINDOW_BYTES) >= floor
-        left, right, total = sp.pair_runs(codes, SPILL_PAIR_ROWS, keep)
+        pairs, total = sp.pair_runs(codes, SPILL_PAIR_ROWS, keep)
         stats = {"bands": bands, "rows": brows, "candidate_pairs": total, "empty_texts": stats["empty_texts"]}
         if exact:
             if floor is not None and total:
-                stats["pairs_after_prefilter"] = int(len(left))
+                stats["pairs_after_prefilter"] = len(pairs)
             nsh = sp.column(NSH).to_numpy()
+            # pairs stay on disk (`spill.PairSeq`): a batch is read when it is verified, and
+            # only the verified pairs are kept
             return self._verify_batch({"spill": True, "nsh": nsh, "n": n, "score": score, "stats": stats,
-                                       "left": left, "right": right, "pos": 0, "end": 0, "ok": []})
+                                       "pairs": pairs, "pos": 0, "end": 0, "ok": []})
+        left, right = pairs.slice(0, len(pairs))
         stats["verified_pairs"] = int(len(left))
         return self._plan_pairs(left, right, stats, score, n)
 
@@ -637,13 +640,16 @@ class DedupStage(PlannedStage):
         several batches is fetched (and shingled) once per batch; with the default budget
         the scale benchmark's 1M records take one pass. No pairs left:
         the clusters of the verified pairs and the plan."""
-        left, right, pos = st["left"], st["right"], st["pos"]
-        if pos >= len(left):
-            ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
-            l, r = left[ok], right[ok]
-            st["stats"]["verified_pairs"] = int(len(l))
-            if st.get("spill"):
+        pos, count = st["pos"], _pair_count(st)
+        if pos >= count:
+            if st.get("spill"):  # `ok` holds the verified pairs themselves
+                l = np.concatenate([x for x, _ in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+                r = np.concatenate([y for _, y in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+                st["stats"]["verified_pairs"] = int(len(l))
                 return self._plan_pairs(l, r, st["stats"], st["score"], st["n"])
+            ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
+            l, r = st["left"][ok], st["right"][ok]
+            st["stats"]["verified_pairs"] = int(len(l))
             keys = st["keys"]
             roots = components(keys.height, l, r)
             return self._plan_from_roots(keys, roots, st["stats"], st["score"])
@@ -651,15 +657,15 @@ class DedupStage(PlannedStage):
         mark = np.zeros(len(nsh), dtype=bool)
         budget, total, end = int(self.config.verify_shingles), 0, pos
         block = int(min(65_536, max(1, budget // 64)))  # 2 x block rows of ~32 shingles fit the budget
-        while end < len(left):
-            rows = np.unique(np.concatenate([left[end:end + block], right[end:end + block]]))
+        while end < count:
+            rows = np.unique(np.concatenate(_pairs_at(st, end, end + block)))
             new = rows[~mark[rows]]
             add = int(nsh[new].sum(dtype=np.int64))
             if end > pos and total + add > budget:
                 break
             mark[new] = True
             total += add
-            end = min(len(left), end + block)
+            end = min(count, end + block)
         st["end"] = end
         return Refine(rows=np.flatnonzero(mark).astype(np.int64), ask="shingles", state=st)
 
@@ -694,9 +700,10 @@ class DedupStage(PlannedStage):
         sh = lists.explode().drop_nulls().to_numpy().astype(np.uint32) if int(counts.sum()) else np.zeros(0, np.uint32)
         if len(sh) != int(counts.sum()):
             raise RuntimeError(f"stage {self.name!r}: shingle lists do not add up")
-        l, r = st["left"][st["pos"]:st["end"]], st["right"][st["pos"]:st["end"]]
+        l, r = _pairs_at(st, st["pos"], st["end"])
         sim = _pair_jaccard(sh, counts, np.searchsorted(rows, l), np.searchsorted(rows, r), self.config.threshold)
-        st["ok"].append(sim >= self.config.threshold)
+        ok = sim >= self.config.threshold
+        st["ok"].append((l[ok], r[ok]) if st.get("spill") else ok)
         st["pos"] = st["end"]
         return self._verify_batch(st)
 
@@ -987,6 +994,18 @@ def _bucket_codes(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> np.nda
         others = first + 1 + (np.arange(int((sz - 1).sum()), dtype=np.int64) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1))
         codes.append((r[first].astype(np.uint64) << np.uint64(32)) | r[others].astype(np.uint64))
     return np.concatenate(codes) if codes else None
+
+
+def _pair_count(st: dict) -> int:
+    """Pairs of a verification state: in memory (`left`, `right`) or spilled (`pairs`)."""
+    return len(st["pairs"]) if "pairs" in st else len(st["left"])
+
+
+def _pairs_at(st: dict, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) of the state's pairs [a, b)."""
+    if "pairs" in st:
+        return st["pairs"].slice(a, b)
+    return st["left"][a:b], st["right"][a:b]
 
 
 def _short(text: str | None, limit: int = 160) -> str:
