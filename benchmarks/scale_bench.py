@@ -446,6 +446,19 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
               f"{cpu:>8.1f}{cpu / cpu0:>6.2f}"
               f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
               f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['peak_stage']:<14}{r['digest']}  {r['memory']}")
+    print("peak RSS GiB while each step ran (the three highest; approximate attribution):")
+    for r in rows:
+        top = sorted((r.get("peak_by_stage") or {}).items(), key=lambda kv: -kv[1])[:3]
+        print(f"  {r['records']:>10,} {r['executor']:<18}" + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    for arm in dict.fromkeys(r["executor"] for r in rows):
+        rs = {r["records"]: r for r in rows if r["executor"] == arm}
+        ref = rs.get(1_000_000)
+        big = rs[max(rs)]
+        if ref is not None and big is not ref:  # the floor: peak at 10M <= 1.5x peak at 1M
+            k = big["records"] / 1e6
+            print(f"{arm}: {big['records']:,} / 1,000,000 records: peak RSS {big['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x, "
+                  f"wall {big['pipeline_s'] / ref['pipeline_s']:.2f}x, CPU {(big.get('cpu_s') or 0) / (ref.get('cpu_s') or 1):.2f}x "
+                  f"(records {k:.0f}x)")
     for n in sorted(sizes):
         d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
         if len(d) > 1:
