@@ -14,9 +14,11 @@ rows by value (not their bytes: before #19 a split of several shards carried pad
 of the next shard). `--light` runs only normalize, exact dedup and mix (every one of them
 streamed), so that the peak is not MinHash's keys.
 
-`--sizes` runs every size and prints peak RSS and wall per size, with each size's ratio to
-the smallest: how memory and time grow with the input (linear today: the runner holds the
-record table in memory between stages; see docs/run-directory.md, "Memory model").
+`--sizes` runs every size and prints peak RSS, wall and CPU per size, with each size's ratio
+to the smallest, the three steps with the highest RSS while they ran, and, when 1M was
+run, the largest size's ratios to 1M (issue #19's floor: 10M within 1.5x of 1M's peak):
+how memory and time grow with the input (docs/pipeline.md, "Memory model";
+docs/performance.md, "Memory at scale").
 The dedup-only mode runs the pipeline's two dedup stages (same settings) on the same
 generated records, built in memory, one fresh process per size, and prints near_dedup's
 time per record at each size and its ratio to the smallest size (issue #20: linear in
