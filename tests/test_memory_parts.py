@@ -18,3 +18,27 @@ def test_part_size_is_capped_whatever_the_budget():
 def test_small_budgets_still_size_parts():
     assert part_rows_for(64 << 20, 400.0) == (64 << 20) // (ROW_COPIES * 400)
     assert part_rows_for(1 << 20, 10_000.0) == MIN_PART_ROWS
+
+
+def test_row_local_statistics_keep_only_what_the_stage_added_or_names():
+    """A row-local part keeps, for the stage's statistics, the columns the stage added, the
+    columns its config names, the group columns and trusted labels; not the statistic
+    columns of earlier stages, `origin`, nor message text."""
+    from dataclasses import dataclass
+
+    import polars as pl
+
+    from curate.pipeline.stage_steps import stats_columns
+
+    @dataclass
+    class Cfg:
+        kind: str = "quality"
+        score_column: str = "heuristic"
+
+    class St:
+        config = Cfg()
+
+    inputs = ["id", "source", "task", "messages", "meta", "origin", "filter_chars", "trusted", "heuristic"]
+    out = pl.DataFrame({c: [1] for c in [*inputs, "heuristic_length", "_reason"]})
+    kept = stats_columns(St(), out, inputs).columns
+    assert kept == ["id", "source", "task", "trusted", "heuristic", "heuristic_length", "_reason"]
