@@ -11,9 +11,14 @@ Arms, each in a fresh subprocess (peak RSS = ru_maxrss, minus the RSS after impo
             per part, then one `plan(keys of all parts)`, completed (verify_by = "exact") by
             passes that regenerate the asked parts (`base.complete_plan`): what a runner
             holds besides one part
-Both arms are checked to decide the same (duplicate count).
+  spilled   as `planned`, but each part's keys handed to `spill_keys` as they are made (what the
+            local executor does, curate/stages/dedup/spill.py): the keys of all rows never
+            meet in memory; the plan reads them back from disk step by step
+All arms are checked to decide the same (duplicate count, and for planned and spilled the
+same decisions).
 
     python benchmarks/plan_memory.py [--rows 1000000] [--part-rows 100000] [--repeat 1] [--verify exact]
+        [--arms planned,spilled,process]
 
 Prints one line per arm (peak RSS above baseline, wall and CPU seconds) and the ratio
 process / planned. Numbers depend on the machine's load: run the arms side by side.
@@ -99,20 +104,25 @@ def arm(name: str, rows: int, part_rows: int, verify: str = "exact") -> dict:
         res = st.from_clusters(table, *st._minhash_roots(table))
         dups, decided = res.stats["duplicates"], None
     else:
-        keys = []
+        import tempfile
+
+        keys, key_bytes = [], 0
+        spill = Path(tempfile.mkdtemp()) / "spill" if name == "spilled" else None
         for lo, hi in part_bounds(rows, part_rows):
             k = st.keys(part(lo, hi))
-            keys.append(k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
+            k = k.with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL))
+            key_bytes += k.estimated_size()
+            keys.append(st.spill_keys(k, spill) if spill is not None else k)
         keys = pl.concat(keys, how="vertical", rechunk=True)  # one chunk: plan's rechunk is then free
-        key_bytes = keys.estimated_size()
         plan = st.plan(keys)
         bounds = part_bounds(rows, part_rows)
         plan = complete_plan(st, plan, bounds, lambda i: part(*bounds[i]))
         dups, decided = plan.stats["duplicates"], plan.decisions.height
+        decided = (decided, int(plan.decisions.hash_rows(seed=0).sum()))
     out = {"arm": name, "rows": rows, "peak_mib": round(rss_mib() - base, 1), "wall_s": round(time.perf_counter() - t0, 1),
            "cpu_s": round(time.process_time() - c0, 1), "duplicates": dups}
-    if name == "planned":
-        out.update(decisions=decided, key_bytes_per_row=round(key_bytes / max(rows, 1), 1))
+    if name != "process":
+        out.update(decisions=decided[0], decisions_hash=decided[1], key_bytes_per_row=round(key_bytes / max(rows, 1), 1))
     return out
 
 
@@ -122,24 +132,30 @@ def main() -> None:
     ap.add_argument("--part-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--verify", choices=["exact", "estimate"], default="exact")
+    ap.add_argument("--arms", default="planned,spilled,process")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.arm:
         print(json.dumps(arm(a.arm, a.rows, a.part_rows, a.verify)))
         return
-    results: dict[str, list[dict]] = {"process": [], "planned": []}
+    arms = [x for x in a.arms.split(",") if x]
+    results: dict[str, list[dict]] = {x: [] for x in arms}
     for _ in range(a.repeat):
-        for name in ("planned", "process"):  # interleaved
+        for name in arms:  # interleaved
             cmd = [sys.executable, __file__, "--arm", name, "--rows", str(a.rows), "--part-rows", str(a.part_rows),
                    "--verify", a.verify]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             results[name].append(r)
             print(json.dumps(r), flush=True)
     med = {k: sorted(x["peak_mib"] for x in v)[len(v) // 2] for k, v in results.items()}
-    if results["planned"][0]["duplicates"] != results["process"][0]["duplicates"]:
+    if len({v[0]["duplicates"] for v in results.values()}) != 1 or len(
+            {v[0]["decisions_hash"] for k, v in results.items() if k != "process"}) > 1:
         raise SystemExit("the arms decided differently")
-    print(f"near dedup, {a.rows:,} rows, 128 permutations, verify_by = {a.verify}: peak RSS above imports, process {med['process']} MiB, "
-          f"keys + plan {med['planned']} MiB: ratio process / planned = {med['process'] / max(med['planned'], 1e-9):.2f}")
+    cpu = {k: sorted(x["cpu_s"] for x in v)[len(v) // 2] for k, v in results.items()}
+    print(f"near dedup, {a.rows:,} rows, parts of {a.part_rows:,}, 128 permutations, verify_by = {a.verify}: "
+          f"peak RSS above imports (MiB) " + ", ".join(f"{k} {med[k]} (CPU {cpu[k]} s)" for k in arms))
+    if "planned" in med and "spilled" in med:
+        print(f"ratio planned / spilled peak = {med['planned'] / max(med['spilled'], 1e-9):.2f}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ rows by value (not their bytes: before #19 a split of several shards carried pad
 of the next shard). `--light` runs only normalize, exact dedup and mix (every one of them
 streamed), so that the peak is not MinHash's keys.
 
-`--sizes` runs every size and prints peak RSS and wall per size, with each size's ratio to
-the smallest: how memory and time grow with the input (linear today: the runner holds the
-record table in memory between stages; see docs/run-directory.md, "Memory model").
+`--sizes` runs every size and prints peak RSS, wall and CPU per size, with each size's ratio
+to the smallest, the three steps with the highest RSS while they ran, and, when 1M was
+run, the largest size's ratios to 1M (issue #19's floor: 10M within 1.5x of 1M's peak):
+how memory and time grow with the input (docs/pipeline.md, "Memory model";
+docs/performance.md, "Memory at scale").
 The dedup-only mode runs the pipeline's two dedup stages (same settings) on the same
 generated records, built in memory, one fresh process per size, and prints near_dedup's
 time per record at each size and its ratio to the smallest size (issue #20: linear in
@@ -254,12 +256,14 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
                              "--out", str(out), "--ray-cpus", str(ray_cpus)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     peak, at = [0], [0.0]
+    samples: list[tuple[float, int]] = []
     stop = threading.Event()
     start = time.perf_counter()
 
     def sample():
         while not stop.is_set():
             rss = _tree_rss(proc.pid)
+            samples.append((time.perf_counter() - start, rss))
             if rss > peak[0]:
                 peak[0], at[0] = rss, time.perf_counter() - start
             time.sleep(0.2)
@@ -274,8 +278,12 @@ def measure(executor: str, pipeline: Path, out: Path, ray_cpus: int, env: dict) 
     if proc.returncode:
         raise SystemExit(f"{executor} run failed (rc {proc.returncode})")
     res = json.loads(stdout.strip().splitlines()[-1])
+    by_stage: dict[str, float] = {}  # peak RSS while each step ran (GiB; same approximate attribution)
+    for t_, rss in samples:
+        name = _stage_at(out, t_ - (total - res["wall"]))
+        by_stage[name] = max(by_stage.get(name, 0.0), round(rss / 2**30, 3))
     return {"pipeline_s": res["wall"], "cpu_s": res.get("cpu"), "process_s": total, "peak_rss_gib": peak[0] / 2**30,
-            "peak_stage": _stage_at(out, at[0] - (total - res["wall"]))}
+            "peak_stage": _stage_at(out, at[0] - (total - res["wall"])), "peak_by_stage": by_stage}
 
 
 def _stage_at(run: Path, t: float) -> str:
@@ -440,6 +448,19 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
               f"{cpu:>8.1f}{cpu / cpu0:>6.2f}"
               f"{r['peak_rss_gib']:>14.2f}{r['peak_rss_gib'] / f['peak_rss_gib']:>6.2f}"
               f"{r['peak_rss_gib'] * 2**20 / r['records']:>12.2f}  {r['peak_stage']:<14}{r['digest']}  {r['memory']}")
+    print("peak RSS GiB while each step ran (the three highest; approximate attribution):")
+    for r in rows:
+        top = sorted((r.get("peak_by_stage") or {}).items(), key=lambda kv: -kv[1])[:3]
+        print(f"  {r['records']:>10,} {r['executor']:<18}" + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    for arm in dict.fromkeys(r["executor"] for r in rows):
+        rs = {r["records"]: r for r in rows if r["executor"] == arm}
+        ref = rs.get(1_000_000)
+        big = rs[max(rs)]
+        if ref is not None and big is not ref:  # the issue's floor: peak at 10M <= 1.5x peak at 1M
+            k = big["records"] / 1e6
+            print(f"{arm}: {big['records']:,} / 1,000,000 records: peak RSS {big['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x, "
+                  f"wall {big['pipeline_s'] / ref['pipeline_s']:.2f}x, CPU {(big.get('cpu_s') or 0) / (ref.get('cpu_s') or 1):.2f}x "
+                  f"(records {k:.0f}x)")
     for n in sorted(sizes):
         d = {r["executor"]: r["digest"] for r in rows if r["records"] == n}
         if len(d) > 1:

@@ -267,3 +267,122 @@ def test_consensus_plans_from_keys_and_asks_only_for_contested_answers(tmp_path)
     second = st.finish_plan(first, extra)
     # per example: its distinct answers that can be among the 6 shown (here at most 9) + its prompt row
     assert isinstance(second, Refine) and second.ask == "examples" and 0 < len(second.rows) <= 2 * (9 + 1)
+
+
+def _executor_planned(tmp_path: Path, stage, table: pl.DataFrame, part_rows: int, tag: str):
+    """The local executor's planned path (curate/pipeline/executor.py `_planned`: keys per
+    part, spilled to disk by dedup, one plan, its passes, apply per part) over `table`
+    written as parts of `part_rows` rows; returns (kept, dropped, stats, spill folder)."""
+    from curate.contract.ledger import reject_frame
+    from curate.pipeline import parts as P
+    from curate.pipeline.executor import LocalExecutor
+    from curate.pipeline.stage_steps import SPILL_DIR, StageJob
+
+    in_dir, out_dir = tmp_path / f"in-{tag}", tmp_path / f"out-{tag}"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    entries = [P.write_part(in_dir, k, table.slice(lo, part_rows)) for k, lo in enumerate(range(0, table.height, part_rows))]
+    job = StageJob(in_dir=in_dir, in_entries=entries, out_dir=out_dir, part_rows=part_rows,
+                   progress=P.StageProgress(out_dir, "k"))
+    out = LocalExecutor().run_stage(stage, job)
+    assert out.memory == "keys"
+    spill = job.progress.folder / SPILL_DIR
+    kept = P.read_dataset(out_dir, out.entries)
+    dropped = pl.concat([pl.read_parquet(p) for p in out.rejects], how="vertical_relaxed")
+    stats = json.loads(json.dumps(out.stats, default=str))
+    job.progress.clear()
+    return kept, dropped, stats, spill, reject_frame
+
+
+@pytest.mark.parametrize("cfg", [c for c in DEDUP], ids=json.dumps)
+@pytest.mark.parametrize("data", ["handmade", "sample"])
+def test_dedup_spilled_keys_equal_process(tmp_path, cfg, data):
+    """Dedup through the local executor, its keys spilled to disk part by part
+    (curate/stages/dedup/spill.py), removes the same rows, keeps the same representatives
+    and gives the same columns and stats as `process` on the whole table, for parts of 7
+    and 64 rows and one part; the spill lies under the stage folder and goes with it."""
+    if data == "sample" and not SAMPLE.is_file():
+        pytest.skip("sample data absent")
+    table = handmade() if data == "handmade" else sample()
+    mk = lambda: DedupStage(load_dataclass(DedupConfig, {"kind": "dedup", **cfg}, "s"), _ctx(tmp_path))  # noqa: E731
+    whole = mk().process(table)
+    want_dropped = None
+    for part_rows in ((7, 64, table.height + 5) if data == "handmade" else (64, table.height + 5)):  # 7: handmade
+        st = mk()
+        kept, dropped, stats, spill, reject_frame = _executor_planned(tmp_path, st, table, part_rows, str(part_rows))
+        want_dropped = reject_frame(st.name, whole.dropped) if want_dropped is None else want_dropped
+        assert kept.equals(whole.kept), part_rows
+        assert dropped.equals(want_dropped), part_rows
+        assert stats == json.loads(json.dumps(whole.stats, default=str)), part_rows
+        assert spill.is_relative_to(tmp_path) and not spill.exists()
+
+
+def test_dedup_spill_holds_a_budget_of_band_entries(tmp_path, monkeypatch):
+    """With a bucket budget of a few entries and windows of one part, the spilled plan
+    reads band keys in many runs of slices and sketches two windows at a time, to the
+    same decisions."""
+    import curate.stages.dedup.stage as S
+    from curate.stages.dedup.spill import KeySpill
+
+    table = handmade()
+    cfg = {"kind": "dedup", "method": "minhash", "view": "user", "threshold": 0.5}
+    whole = DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)).process(table)
+    runs, windows = [], []
+    orig_slices, orig_values = KeySpill.band_slices, KeySpill.pair_values
+
+    def slices(self, entries):
+        for k, r in orig_slices(self, entries):
+            runs.append(len(k))
+            yield k, r
+
+    def values(self, left, right, fn, window_bytes):
+        windows.append(window_bytes)
+        return orig_values(self, left, right, fn, window_bytes)
+
+    monkeypatch.setattr(KeySpill, "band_slices", slices)
+    monkeypatch.setattr(KeySpill, "pair_values", values)
+    monkeypatch.setattr(S, "SPILL_BUCKET_ENTRIES", 40)
+    monkeypatch.setattr(S, "SPILL_WINDOW_BYTES", 16 * 128)
+    monkeypatch.setattr(S, "SPILL_PAIR_ROWS", 16)
+    st = DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path))
+    kept, dropped, stats, _, _ = _executor_planned(tmp_path, st, table, 16, "budget")
+    assert len(runs) > 10 and max(runs) <= 40 + max(runs[:1]) and windows
+    assert kept.equals(whole.kept) and stats == json.loads(json.dumps(whole.stats, default=str))
+
+
+def test_dedup_spill_after_a_killed_plan_is_replaced(tmp_path, monkeypatch):
+    """A run killed while planning leaves its spilled keys in the stage folder (inside the
+    run directory); the next run of the stage starts a fresh spill there and decides as
+    `process`, and the spill goes when the stage is done."""
+    from curate.pipeline import parts as P
+    from curate.pipeline.executor import LocalExecutor
+    from curate.pipeline.stage_steps import SPILL_DIR, StageJob
+
+    table = handmade()
+    cfg = {"kind": "dedup", "method": "minhash", "view": "user", "threshold": 0.5}
+    whole = DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)).process(table)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "run" / "stages" / "01-dedup"
+    in_dir.mkdir()
+    out_dir.mkdir(parents=True)
+    entries = [P.write_part(in_dir, k, table.slice(lo, 32)) for k, lo in enumerate(range(0, table.height, 32))]
+    job = lambda: StageJob(in_dir=in_dir, in_entries=entries, out_dir=out_dir, part_rows=32,  # noqa: E731
+                           progress=P.StageProgress(out_dir, "k"))
+    spill = out_dir / P.PROGRESS_DIR / SPILL_DIR
+
+    def killed(self):
+        raise KeyboardInterrupt("killed while planning")
+
+    monkeypatch.setattr(DedupStage, "_plan_spilled", killed)
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor().run_stage(DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)), job())
+    left = sorted(p.name for p in spill.iterdir())
+    assert "keys-00003.parquet" in left and "bands-00000.npy" in left
+    (spill / "keys-00009.parquet").write_bytes(b"stale")  # an earlier, larger run's file
+    monkeypatch.undo()
+    j = job()
+    out = LocalExecutor().run_stage(DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)), j)
+    assert not (spill / "keys-00009.parquet").exists()
+    assert P.read_dataset(out_dir, out.entries).equals(whole.kept)
+    assert json.loads(json.dumps(out.stats, default=str)) == json.loads(json.dumps(whole.stats, default=str))
+    j.progress.clear()
+    assert not spill.exists()

@@ -32,7 +32,8 @@ from typing import Protocol
 
 import polars as pl
 
-from curate.pipeline.stage_steps import (HEAVY, ROW, StageJob, StageOutput, light, part_keys, plan_positions,  # noqa: F401
+from curate.pipeline.stage_steps import (HEAVY, ROW, StageJob, StageOutput, all_part_keys, light, part_keys,  # noqa: F401
+                                         plan_positions,
                                          apply_part, planned_output, resumed_part, row_local_output, row_local_part,
                                          run_whole, write_windows)
 from curate.pipeline import parts as P
@@ -98,10 +99,7 @@ class LocalExecutor:
         of the applied parts per window: I/O grows with windows x parts; memory stays one
         window)."""
         bounds = P.offsets(job.in_entries)
-        keys = [part_keys(stage, part, first)
-                for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries))]
-        plan = stage.plan(pl.concat(keys, how="vertical_relaxed", rechunk=True))
-        del keys
+        plan = stage.plan(all_part_keys(stage, job))  # keys spilled to disk where the stage can (dedup)
         # a plan that needs more of some rows (base.Refine): passes over the parts holding them
         spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
         plan = complete_plan(stage, plan, spans, lambda i: P.read_part(job.in_dir / job.in_entries[i]["file"]))

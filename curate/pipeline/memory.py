@@ -1,6 +1,6 @@
 """`[run] memory_budget`: how many rows a part holds when `[run] part_rows` is not set.
 
-    part_rows = clamp(budget // (ROW_COPIES * bytes_per_row), MIN_PART_ROWS, MAX_PART_ROWS)
+    part_rows = clamp(min(budget, MAX_PART_BYTES) // (ROW_COPIES * bytes_per_row), MIN_PART_ROWS, MAX_PART_ROWS)
 
 `budget` is `memory_budget` (bytes, or a string like "4GiB", "512MB"), by default
 DEFAULT_FRACTION of this machine's memory (the smaller of physical RAM and a cgroup limit,
@@ -19,6 +19,13 @@ normalize 3.7, pii 1.2; rounded up to the largest. Reading a batch of each sourc
 costs one batch read each before the run starts (a source that cannot be read is skipped
 here and reported by the read proper).
 
+MAX_PART_BYTES and MAX_PART_ROWS cap a part whatever the RAM: a larger part does not make a
+stage faster (per-part overheads are small next to the per-row work at 100,000 rows), but
+it raises the run's peak by ROW_COPIES copies of it. 512 MiB of copies (~40 MiB of Arrow
+buffers a part) and 250,000 rows: about 100,000 records of the scale benchmark's ~400 B a
+part. Before the cap, half of a 24 GiB machine gave 1,000,000-row parts (~5 GB at a
+stage's peak), so the default run's peak was set by the part, not by the budget.
+
 What the budget does not bound (said in the run's log and in docs/run-directory.md,
 "Memory model"): a whole-table stage (manifest `memory = "whole-table"`) holds the whole
 table; a planned stage holds the key columns of every row; rendering holds the per-row
@@ -35,7 +42,8 @@ DEFAULT_FRACTION = 0.5
 ROW_COPIES = 12
 PROBE_ROWS = 1024
 MIN_PART_ROWS = 64
-MAX_PART_ROWS = 1_000_000
+MAX_PART_ROWS = 250_000
+MAX_PART_BYTES = 512 << 20  # the most memory the ROW_COPIES copies of one part may take, whatever the budget
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -110,7 +118,7 @@ def probe_bytes_per_row(cfg) -> float | None:
 def part_rows_for(budget: int, bytes_per_row: float | None) -> int:
     if not bytes_per_row:
         return MAX_PART_ROWS
-    return int(min(MAX_PART_ROWS, max(MIN_PART_ROWS, budget // (ROW_COPIES * bytes_per_row))))
+    return int(min(MAX_PART_ROWS, max(MIN_PART_ROWS, min(budget, MAX_PART_BYTES) // (ROW_COPIES * bytes_per_row))))
 
 
 def choose_part_rows(cfg, log=lambda s: None) -> int:
@@ -120,6 +128,7 @@ def choose_part_rows(cfg, log=lambda s: None) -> int:
     budget, how = budget_bytes(getattr(cfg.run, "memory_budget", None))
     bpr = probe_bytes_per_row(cfg)
     n = part_rows_for(budget, bpr)
-    log(f"[run] part_rows = {n:,} from a memory budget of {budget / 2**20:,.0f} MiB ({how}), "
+    capped = " (capped at " + f"{MAX_PART_BYTES / 2**20:,.0f} MiB a part's copies)" if budget > MAX_PART_BYTES else ""
+    log(f"[run] part_rows = {n:,} from a memory budget of {budget / 2**20:,.0f} MiB ({how}){capped}, "
         f"~{bpr or 0:,.0f} Arrow bytes per record (widest source), {ROW_COPIES} copies of a part at a stage's peak")
     return n

@@ -54,6 +54,10 @@ ANS = "__dedup_answer"  # hash of the normalised answer: the cluster's answer ag
 
 HIGHER_IS_BETTER = ("heuristic", "fasttext", "verifier")
 PREFILTER_MISS = 1e-4  # chance that the sketch pre-check rejects a pair exactly at the threshold
+# Spilled keys (`spill_keys`, curate/stages/dedup/spill.py): what the plan holds at once.
+SPILL_BUCKET_ENTRIES = 2_000_000  # (band key, row) entries sorted into buckets at once (~60 B each)
+SPILL_WINDOW_BYTES = 32 << 20  # sketch / signature bytes of one window of rows (two are held)
+SPILL_PAIR_ROWS = 1 << 20  # candidate pairs are de-duplicated per window of this many left rows
 
 
 @dataclass
@@ -482,6 +486,8 @@ class DedupStage(PlannedStage):
         decisions for the rows of clusters of 2+ (a unique row is its own cluster of size
         1 with agreement 1.0: absent from `decisions`) and the stats."""
         cfg = self.config
+        if getattr(self, "_spill", None) is not None:
+            return self._plan_spilled()
         keys = keys.rechunk()  # one chunk: nothing may depend on how the rows were parted
         n = keys.height
         score_col = next((c for c in keys.columns if c.startswith(SCORE + ":")), None)
@@ -507,6 +513,103 @@ class DedupStage(PlannedStage):
             roots = np.zeros(0, np.int64)
         return self._plan_from_roots(keys, roots, pair_stats, score)
 
+    # ---- spilled keys (curate/stages/dedup/spill.py) -----------------------------------------
+    def spill_keys(self, keys: pl.DataFrame, folder: Path) -> pl.DataFrame:
+        """An optional hook of the streaming runner (`LocalExecutor._planned`): one part's
+        `keys` (with `_row`, parts in order) written under `folder` (in the run directory)
+        instead of held; returns what the runner should keep of them (no rows: `plan`
+        then reads the spilled keys back, step by step, and ignores the keys it is
+        given). The first call of a run starts a fresh spill in `folder`. A runner that
+        never calls it (Ray, `process`) plans from the keys in memory, to the same plan."""
+        from curate.stages.dedup.spill import KeySpill
+
+        sp = getattr(self, "_spill", None)
+        first = int(keys[ROW_COL][0]) if keys.height else (sp.rows if sp is not None else 0)
+        if sp is None or sp.folder != Path(folder) or (keys.height and first == 0):
+            sp = self._spill = KeySpill(folder)
+        band = has = sig = None
+        if self.config.method == "minhash":
+            band = keys[BANDS].to_numpy() if keys.height else np.zeros((0, self.config.lsh()[0]), np.uint64)
+            band = np.ascontiguousarray(band, dtype=np.uint64)
+            has = keys[HAS].to_numpy()
+            if SIG in keys.columns:
+                sig = keys[SIG].to_numpy() if keys.height else None
+                if sig is None:
+                    dt = np.uint8 if keys.schema[SIG].inner == pl.UInt8 else np.uint32
+                    sig = np.zeros((0, keys.schema[SIG].size), dt)
+        sp.add(first, keys.drop([c for c in (BANDS, SIG) if c in keys.columns]), band, has, sig)
+        return keys.select(ROW_COL).clear()
+
+    def _plan_spilled(self) -> Plan | Refine:
+        """`plan` from spilled keys: the same candidate pairs, pre-check, verification and
+        keep rule as from keys in memory, holding what spill.py's module doc lists."""
+        cfg = self.config
+        sp = self._spill
+        n = sp.rows
+        names = sp.schema()
+        score_col = next((c for c in names if c.startswith(SCORE + ":")), None)
+        score = score_col.split(":", 1)[1] if score_col is not None else None
+        if n == 0:
+            return self._plan_subset(np.zeros(0, np.int64), np.zeros(0, np.int64), {}, score, n)
+        if cfg.method == "exact":
+            h = sp.column(HASH)
+            rows = np.flatnonzero(h.is_duplicated().to_numpy()).astype(np.int64)
+            roots = h.gather(rows).rank("dense").cast(pl.Int64).to_numpy() if len(rows) else np.zeros(0, np.int64)
+            del h
+            return self._plan_subset(rows, roots, {}, score, n)
+        has = sp.column(HAS).to_numpy()
+        bands, brows = cfg.lsh()
+        stats = {"bands": bands, "rows": brows, "empty_texts": int((~has).sum())}
+        del has
+        codes = (c for c in (_bucket_codes(k, r, cfg.max_bucket) for k, r in sp.band_slices(SPILL_BUCKET_ENTRIES))
+                 if c is not None)
+        keep, exact = None, cfg.verify and cfg.verify_by == "exact"
+        floor = None
+        if cfg.verify and sp.has_sig():
+            if cfg.verify_by == "estimate":
+                keep = lambda l, r: sp.pair_values(l, r, _estimated_jaccard, SPILL_WINDOW_BYTES) >= cfg.threshold  # noqa: E731
+            elif cfg.prefilter:
+                w = mh.SKETCH_VALUES if cfg.num_perm >= mh.SKETCH_VALUES else cfg.num_perm
+                floor = mh.agreement_floor(w, cfg.threshold, miss=PREFILTER_MISS)
+                keep = lambda l, r: sp.pair_values(  # noqa: E731
+                    l, r, lambda s, a, b: mh.sketch_agreement(s, a, b, step=1 << 17), SPILL_WINDOW_BYTES) >= floor
+        pairs, total = sp.pair_runs(codes, SPILL_PAIR_ROWS, keep)
+        stats = {"bands": bands, "rows": brows, "candidate_pairs": total, "empty_texts": stats["empty_texts"]}
+        if exact:
+            if floor is not None and total:
+                stats["pairs_after_prefilter"] = len(pairs)
+            nsh = sp.column(NSH).to_numpy()
+            # pairs stay on disk (`spill.PairSeq`): a batch is read when it is verified, and
+            # only the verified pairs are kept
+            return self._verify_batch({"spill": True, "nsh": nsh, "n": n, "score": score, "stats": stats,
+                                       "pairs": pairs, "pos": 0, "end": 0, "ok": []})
+        left, right = pairs.slice(0, len(pairs))
+        stats["verified_pairs"] = int(len(left))
+        return self._plan_pairs(left, right, stats, score, n)
+
+    def _plan_pairs(self, left: np.ndarray, right: np.ndarray, stats: dict, score: str | None, n: int) -> Plan:
+        """Spilled keys: the clusters of the verified pairs by union-find over the rows in
+        some pair only (the root of a component is its smallest row, as over all rows),
+        then the keep rule over those rows."""
+        rows = np.unique(np.concatenate([left, right])).astype(np.int64)
+        comp = components(len(rows), np.searchsorted(rows, left), np.searchsorted(rows, right))
+        return self._plan_subset(rows, rows[comp], stats, score, n)
+
+    def _plan_subset(self, rows: np.ndarray, roots: np.ndarray, stats: dict, score: str | None, n: int) -> Plan:
+        """The plan from the spilled keys of the rows of clusters of 2+ (`rows`, sorted)."""
+        sp = self._spill
+        names = sp.schema()
+        want = [c for c in names if c in (PRIO, LEN, "id", ANS, HASH, SRC) or c.startswith(SCORE + ":")]
+        keys = sp.rows_of(want, rows) if names else pl.DataFrame()
+        sc = next((c for c in keys.columns if c.startswith(SCORE + ":")), None)
+        if sc is not None:
+            keys = keys.rename({sc: SCORE})
+        if not keys.columns:
+            keys = pl.DataFrame(schema={HASH: pl.UInt64, "id": pl.String, ANS: pl.UInt64,
+                                        **({SRC: pl.String} if self.config.examples else {})})
+        self._spill = None  # the next run of keys starts a fresh spill
+        return self._plan_from_roots(keys, roots, stats, score, rows=rows, rows_in=n)
+
     # ---- exact verification from keys: passes over the parts (Refine) ----------------------
     def _start_verify(self, keys: pl.DataFrame, sig, has: np.ndarray, left: np.ndarray, right: np.ndarray,
                       score: str | None) -> dict:
@@ -528,27 +631,32 @@ class DedupStage(PlannedStage):
         several batches is fetched (and shingled) once per batch; with the default budget
         the scale benchmark's 1M records take one pass. No pairs left:
         the clusters of the verified pairs and the plan."""
-        left, right, pos = st["left"], st["right"], st["pos"]
-        if pos >= len(left):
+        pos, count = st["pos"], _pair_count(st)
+        if pos >= count:
+            if st.get("spill"):  # `ok` holds the verified pairs themselves
+                l = np.concatenate([x for x, _ in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+                r = np.concatenate([y for _, y in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+                st["stats"]["verified_pairs"] = int(len(l))
+                return self._plan_pairs(l, r, st["stats"], st["score"], st["n"])
             ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
-            l, r = left[ok], right[ok]
+            l, r = st["left"][ok], st["right"][ok]
             st["stats"]["verified_pairs"] = int(len(l))
             keys = st["keys"]
             roots = components(keys.height, l, r)
             return self._plan_from_roots(keys, roots, st["stats"], st["score"])
-        nsh = st["keys"][NSH].to_numpy()
+        nsh = st["nsh"] if st.get("spill") else st["keys"][NSH].to_numpy()
         mark = np.zeros(len(nsh), dtype=bool)
         budget, total, end = int(self.config.verify_shingles), 0, pos
         block = int(min(65_536, max(1, budget // 64)))  # 2 x block rows of ~32 shingles fit the budget
-        while end < len(left):
-            rows = np.unique(np.concatenate([left[end:end + block], right[end:end + block]]))
+        while end < count:
+            rows = np.unique(np.concatenate(_pairs_at(st, end, end + block)))
             new = rows[~mark[rows]]
             add = int(nsh[new].sum(dtype=np.int64))
             if end > pos and total + add > budget:
                 break
             mark[new] = True
             total += add
-            end = min(len(left), end + block)
+            end = min(count, end + block)
         st["end"] = end
         return Refine(rows=np.flatnonzero(mark).astype(np.int64), ask="shingles", state=st)
 
@@ -583,33 +691,39 @@ class DedupStage(PlannedStage):
         sh = lists.explode().drop_nulls().to_numpy().astype(np.uint32) if int(counts.sum()) else np.zeros(0, np.uint32)
         if len(sh) != int(counts.sum()):
             raise RuntimeError(f"stage {self.name!r}: shingle lists do not add up")
-        l, r = st["left"][st["pos"]:st["end"]], st["right"][st["pos"]:st["end"]]
+        l, r = _pairs_at(st, st["pos"], st["end"])
         sim = _pair_jaccard(sh, counts, np.searchsorted(rows, l), np.searchsorted(rows, r), self.config.threshold)
-        st["ok"].append(sim >= self.config.threshold)
+        ok = sim >= self.config.threshold
+        st["ok"].append((l[ok], r[ok]) if st.get("spill") else ok)
         st["pos"] = st["end"]
         return self._verify_batch(st)
 
-    def _plan_from_roots(self, keys: pl.DataFrame, roots: np.ndarray, pair_stats: dict, score: str | None) -> Plan:
-        """The keep rule over each row's cluster root, the decisions and the stats."""
+    def _plan_from_roots(self, keys: pl.DataFrame, roots: np.ndarray, pair_stats: dict, score: str | None,
+                         rows: np.ndarray | None = None, rows_in: int | None = None) -> Plan:
+        """The keep rule over each row's cluster root, the decisions and the stats. `keys`
+        are every row's (`rows` None), or only those of the global `rows` (sorted), which
+        must then be every row of every cluster of 2+ (spilled keys), of `rows_in` rows."""
         n = keys.height
+        rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         clusters = pl.DataFrame([pl.Series("root", roots, dtype=pl.Int64),
-                                 pl.Series(_IDX, np.arange(n, dtype=np.int64))]).hstack(
+                                 pl.Series(_IDX, rows)]).hstack(
             keys.select([c for c in (PRIO, SCORE, LEN, "id") if c in keys.columns]))
         first = self._rank_keepers(clusters)
         keeper = (clusters.select("root").join(first, on="root", how="left", maintain_order="left")["keeper"]
-                  .to_numpy().astype(np.int64))
+                  .to_numpy().astype(np.int64))  # the kept row's global position
+        at = np.searchsorted(rows, keeper)  # ... and its position in `keys`
         if self.config.keep == "first":
             score = None
         k = pl.DataFrame({"k": keeper}).with_columns(pl.len().over("k").cast(pl.UInt32).alias("__size"))
         ans = keys[ANS]
         t = keys.select(HASH, "id", *([SRC] if SRC in keys.columns else [])).with_columns(
             pl.Series("k", keeper), k["__size"],
-            pl.int_range(n, dtype=pl.UInt64).alias(ROW_COL),
-            keys["id"].gather(keeper).alias("__cluster") if n else pl.lit(None, pl.String).alias("__cluster"),
-            (ans == ans.gather(keeper)).cast(pl.Float64).alias("__same") if n else pl.lit(None, pl.Float64).alias("__same"),
+            pl.Series(ROW_COL, rows, dtype=pl.UInt64),
+            keys["id"].gather(at).alias("__cluster") if n else pl.lit(None, pl.String).alias("__cluster"),
+            (ans == ans.gather(at)).cast(pl.Float64).alias("__same") if n else pl.lit(None, pl.Float64).alias("__same"),
         ).with_columns(pl.col("__same").mean().over("k").alias("__agree"))
-        is_kept = pl.Series(keeper == np.arange(n))
-        stats = self._plan_stats(t, keeper, is_kept, score, pair_stats)
+        is_kept = pl.Series(keeper == rows)
+        stats = self._plan_stats(t, keeper, is_kept, score, pair_stats, at, rows_in)
         multi = t.filter(pl.col("__size") > 1).with_columns(
             pl.when(pl.col("k") != pl.col(ROW_COL).cast(pl.Int64)).then(pl.lit(REASON_DUPLICATE))
             .otherwise(pl.lit(None, pl.String)).alias(REASON))
@@ -666,7 +780,8 @@ class DedupStage(PlannedStage):
         return [(m.pop("__row"), f"{i}:{jx}") for i, e in enumerate(stats.get("examples", []))
                 for jx, m in enumerate(e["members"])]
 
-    def _plan_stats(self, t: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict) -> dict:
+    def _plan_stats(self, t: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict,
+                    at: np.ndarray | None = None, rows_in: int | None = None) -> dict:
         """`_stats` from keys: exact copies are told from near ones by the hash of the
         normalised view (a 64-bit hash: a collision would count a near copy as exact, with
         odds ~n / 2**64), the examples' members by id and source, their texts left to
@@ -674,11 +789,12 @@ class DedupStage(PlannedStage):
         cfg = self.config
         out = t.select(pl.col("__agree").alias(f"{self.name}_cluster_agreement")) if t.height else pl.DataFrame()
         stats = self._stats(out if t.height else pl.DataFrame({f"{self.name}_cluster_agreement": []}),
-                            keeper, is_kept, score, pair_stats, examples=False)
+                            keeper, is_kept, score, pair_stats, examples=False, rows_in=rows_in)
+        at = keeper if at is None else at
         if t.height and stats["duplicates"]:
-            drop_idx = np.nonzero(keeper != np.arange(len(keeper)))[0]
+            drop_idx = np.nonzero(~is_kept.to_numpy())[0]
             h = t[HASH]
-            exact = int((h.gather(drop_idx) == h.gather(keeper[drop_idx])).sum())
+            exact = int((h.gather(drop_idx) == h.gather(at[drop_idx])).sum())
             stats.update({"dropped_exact": exact, "dropped_near": int(len(drop_idx) - exact)})
             stats["examples"] = self._examples_from_keys(t)
         else:
@@ -707,10 +823,12 @@ class DedupStage(PlannedStage):
         return examples
 
     def _stats(self, out: pl.DataFrame, keeper: np.ndarray, is_kept: pl.Series, score, pair_stats: dict,
-               examples: bool = True) -> dict:
+               examples: bool = True, rows_in: int | None = None) -> dict:
+        """The stage's stats. `out`, `keeper`, `is_kept` may be only the rows of clusters of
+        2+ (spilled keys: `rows_in` then gives the stage's rows; the others are kept alone)."""
         cfg = self.config
         stats: dict = {"method": cfg.method, "view": cfg.view, "normalize": cfg.normalize_steps(), "keep": cfg.keep,
-                       "rows_in": out.height,
+                       "rows_in": out.height if rows_in is None else int(rows_in),
                        "duplicates": int(out.height - int(is_kept.sum()))}
         if cfg.keep != "first":
             stats["score_column"] = score
@@ -728,7 +846,7 @@ class DedupStage(PlannedStage):
             "size_histogram": {str(s): int(c) for s, c in hist.iter_rows()},
             "largest": int(sizes["len"].max()) if sizes.height else 0,
             # clusters whose kept row's answer is shared by less than half of the cluster
-            "kept_minority_answer": int(out.filter(pl.Series(keeper == np.arange(out.height))
+            "kept_minority_answer": int(out.filter(pl.Series(is_kept)
                                                    & (pl.col(f"{self.name}_cluster_agreement") < 0.5)).height)
             if out.height else 0,
         }
@@ -867,6 +985,18 @@ def _bucket_codes(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> np.nda
         others = first + 1 + (np.arange(int((sz - 1).sum()), dtype=np.int64) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1))
         codes.append((r[first].astype(np.uint64) << np.uint64(32)) | r[others].astype(np.uint64))
     return np.concatenate(codes) if codes else None
+
+
+def _pair_count(st: dict) -> int:
+    """Pairs of a verification state: in memory (`left`, `right`) or spilled (`pairs`)."""
+    return len(st["pairs"]) if "pairs" in st else len(st["left"])
+
+
+def _pairs_at(st: dict, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) of the state's pairs [a, b)."""
+    if "pairs" in st:
+        return st["pairs"].slice(a, b)
+    return st["left"][a:b], st["right"][a:b]
 
 
 def _short(text: str | None, limit: int = 160) -> str:
