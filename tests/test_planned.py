@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from curate.contract.datasets import read_dataset
 from curate.contract.schema import POLARS_SCHEMA, conversation_id
 from curate.contract.typed_config import load_dataclass
 from curate.stages.base import ROW_COL, StageContext, has_plan, run_planned
@@ -287,7 +288,7 @@ def _executor_planned(tmp_path: Path, stage, table: pl.DataFrame, part_rows: int
     out = LocalExecutor().run_stage(stage, job)
     assert out.memory == "keys"
     spill = job.progress.folder / SPILL_DIR
-    kept = P.read_dataset(out_dir, out.entries)
+    kept = read_dataset(out_dir, out.entries)
     dropped = pl.concat([pl.read_parquet(p) for p in out.rejects], how="vertical_relaxed")
     stats = json.loads(json.dumps(out.stats, default=str))
     job.progress.clear()
@@ -382,7 +383,7 @@ def test_dedup_spill_after_a_killed_plan_is_replaced(tmp_path, monkeypatch):
     j = job()
     out = LocalExecutor().run_stage(DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)), j)
     assert not (spill / "keys-00009.parquet").exists()
-    assert P.read_dataset(out_dir, out.entries).equals(whole.kept)
+    assert read_dataset(out_dir, out.entries).equals(whole.kept)
     assert json.loads(json.dumps(out.stats, default=str)) == json.loads(json.dumps(whole.stats, default=str))
     j.progress.clear()
     assert not spill.exists()
