@@ -200,7 +200,7 @@ def _norm(text: pl.Expr) -> pl.Expr:
     """Lower-cased, whitespace-collapsed, edge punctuation stripped: for equality/containment."""
     return (
         text.str.to_lowercase()
-        .str.replace_all(r"\s+", " ")
+        .str.replace_all(r"\s{2,}|[^\S ]", " ")  # = r"\s+" -> " ", without rewriting single spaces
         .str.strip_chars(" \t\n\r.,;:!?\"'`*()[]{}<>")
     )
 
