@@ -205,3 +205,17 @@ def test_predict_equals_fasttext_predict():
     series_langs, series_scores = langid.predict_series(pl.Series(texts), batch_size=7)
     assert series_langs.to_list() == want_langs and series_scores.tolist() == want_scores
     assert langid.predict([]) == ([], [])
+
+
+def test_collapse_whitespace_pattern_equals_every_run_replaced():
+    from hypothesis import given, settings, strategies as st
+
+    from curate.stages.language.stage import COLLAPSE_WS_RE
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.text(alphabet=" \t\n\r\x0b\x0c\u00a0\u2003\u3000ab", max_size=30), max_size=10))
+    def check(texts):
+        s = pl.Series(texts, dtype=pl.String)
+        assert s.str.replace_all(COLLAPSE_WS_RE, " ").equals(s.str.replace_all(r"\s+", " "))
+
+    check()

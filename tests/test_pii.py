@@ -147,3 +147,33 @@ def test_real_files_counts():
     print(found)
     # the glaive tool-call demo sends e-mails to addresses given in the chat
     assert found["sharegpt_tools_llamafactory_glaive_demo.json"].get("email", 0) > 0
+
+
+MIXED = ["call me on 555-0199", "Card 4111 1111 1111 1111 ok", "٤١١١١١١١١١١١١١١١ card in Arabic-Indic digits",
+         "é4111111111111111é", "ip 192.168.1.20 and 8.8.8.8", "café 10.0.0.1", "IBAN DE89 3704 0044 0532 0130 00",
+         "ÜDE89370400440532013000", "phone +44 20 7946 0958 or (555) 555-0123", "tel: ５５５-０１９９",
+         "mail a.b@example.org", "naïve+1 555 0100 2233", "fe80::1 and 2001:db8::ff00:42:8329", "plain text", ""]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(MIXED), st.text(alphabet="0123456789 .-+()é٣:abDE@_", max_size=40)),
+                min_size=1, max_size=20))
+def test_prefilter_gives_the_patterns_own_matches(texts):
+    # the pattern without word boundaries, then the pattern: exactly the pattern's scan
+    from curate.stages.pii import detectors
+
+    frame = pl.DataFrame({"_id": pl.Series(range(len(texts)), dtype=pl.UInt32), "_t": texts})
+    fast = scan(frame, list(KINDS))
+    original = detectors.prefilter_pattern
+    detectors.prefilter_pattern = lambda p: p  # one pass with the pattern itself
+    try:
+        slow = scan(frame, list(KINDS))
+    finally:
+        detectors.prefilter_pattern = original
+    assert fast.equals(slow)
+
+
+def test_card_shaped_run_of_non_ascii_digits_is_not_a_card():
+    # Arabic-Indic digits match the pattern's Unicode \d; the Luhn check used to fail on their cast
+    out = scan(pl.DataFrame({"_id": pl.Series([0], dtype=pl.UInt32), "_t": ["٤١١١١١١١١١١١١١١١"]}), ["credit_card"])
+    assert out["n_credit_card"].to_list() == [0] and out["_t"].to_list() == ["٤١١١١١١١١١١١١١١١"]

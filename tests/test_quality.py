@@ -343,3 +343,61 @@ def test_heuristic_complete_ignores_code_endings(tmp_path):
     code = "def flatten(values):\n    out = []\n    for sub in values:\n        out.extend(sub)\n    return out"
     r = run(table([conv("Write flatten in Python.", code)]), tmp_path, scorer="heuristic")
     assert r.kept["heuristic_complete"][0] == 1.0
+
+
+# ------------------------------------------------------------------ heuristic: eager = expressions
+
+def _reference_features(t: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
+    """The heuristic's features as plain polars expressions (the code before the eager
+    rewrite): the reference the eager `features` must equal."""
+    from curate.contract.views import text_view
+    from curate.stages.common.text_stats import basic_stats, repetition_stats
+    from curate.stages.quality.heuristic import CODE_RE, PLACEHOLDER_RE, REFUSAL_RE
+
+    frame = t.select(text_view("prompt").alias("p"), text_view("response").alias("r"))
+    st = basic_stats(pl.col("r").str.replace_all(r"(?s)```.*?```", "\n"))
+    rep = repetition_stats(frame["r"], top_ngrams=(2, 3), dup_ngrams=(5,))
+    words = pl.col("r").str.to_lowercase().str.extract_all(r"\w+")
+    n_words = words.list.len()
+    norm_p, norm_r = (pl.col(c).str.strip_chars().str.to_lowercase() for c in ("p", "r"))
+    worst = pl.max_horizontal("dup_line_char_frac", "top_2gram_frac", "top_3gram_frac", "dup_5gram_frac")
+    return pl.concat([frame, rep], how="horizontal").select(
+        ((n_words.cast(pl.Float64) + 1).log() / math.log(length_target + 1)).clip(0.0, 1.0).alias("length"),
+        (1.0 - worst).clip(0.0, 1.0).alias("repetition"),
+        pl.when(n_words >= 20).then(words.list.n_unique() / n_words).otherwise(1.0).clip(0.0, 1.0).alias("diversity"),
+        (1.0 - st["symbol_ratio"] - st["url_ratio"]).clip(0.0, 1.0).alias("clean"),
+        pl.when((norm_r.str.len_chars() > 0) & (norm_r == norm_p)).then(0.0).otherwise(1.0).alias("not_echo"),
+        pl.when(pl.col("r").str.contains(REFUSAL_RE)).then(0.0).otherwise(1.0).alias("no_refusal"),
+        pl.when(pl.col("r").str.contains(PLACEHOLDER_RE)
+                | pl.col("r").str.strip_chars().str.split("\n").list.last().str.contains(PLACEHOLDER_RE))
+        .then(0.0).otherwise(1.0).alias("substance"),
+        pl.when((n_words >= 8) & ~pl.col("r").str.contains(CODE_RE)
+                & pl.col("r").str.strip_chars_end().str.contains(r"\p{L}$"))
+        .then(0.0).otherwise(1.0).alias("complete"),
+    ).with_columns(pl.when(pl.col("length") > 0).then(pl.all()).otherwise(0.0))
+
+
+ANSWERS = ["", "N/A", "Paris", "As an AI language model, I cannot help", "see https://example.com/x and www.y.org now",
+           "```py\nx = 1 {}\n```\nThe code sets x.", "word " * 30, " ".join(f"w{i}" for i in range(40)),
+           "Ça va très bien, merci beaucoup pour la question posée hier soir au café du coin", "今天你吃饭了吗？" * 5,
+           "🙂🙂🙂 #### @@@ $$$ ***", "The answer stops in the midd", "line one\nline one\nline one\nline two",
+           "İstanbul İzmir ΣΊΣΥΦΟΣ straße " * 4]
+
+
+def test_heuristic_features_equal_the_expressions():
+    from hypothesis import given, settings, strategies as st
+    from polars.testing import assert_frame_equal
+
+    from curate.stages.quality.heuristic import features
+
+    t = table([conv(f"Question {i}?", a) for i, a in enumerate(ANSWERS)] + [conv("Paris", "paris")])
+    assert_frame_equal(features(t), _reference_features(t))
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.lists(st.one_of(st.sampled_from(ANSWERS), st.text(max_size=120),
+                              st.text(alphabet="ab c\n.`#é1", max_size=200)), min_size=1, max_size=12))
+    def check(answers):
+        t = table([conv("Why?", a) for a in answers])
+        assert_frame_equal(features(t), _reference_features(t))
+
+    check()

@@ -60,3 +60,13 @@ def test_basic_stats_frame_equals_expressions():
                           st.text(alphabet=st.characters(max_codepoint=127), max_size=80)), max_size=30))
 def test_basic_stats_frame_equals_expressions_random(texts):
     assert_frame_equal(basic_stats_frame(pl.Series(texts, dtype=pl.String)), _direct(texts))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet="ab `\n.#{}", max_size=40),
+                          st.text(alphabet=st.characters(max_codepoint=127), max_size=40)), max_size=30))
+def test_basic_stats_frame_equals_expressions_with_prose(texts):
+    # prose = the text without fenced code: equal to the text on most rows, shorter on some
+    series = pl.Series(texts, dtype=pl.String)
+    prose = pl.DataFrame({"t": series}).select(pl.col("t").str.replace_all(CODE_BLOCK_RE, " "))["t"]
+    assert_frame_equal(basic_stats_frame(series, prose), _direct(texts, prose.to_list()))

@@ -113,11 +113,29 @@ def _ascii_tables() -> dict[str, np.ndarray]:
     return table
 
 
+# Bits of the per-byte class code (`_ascii_codes`).
+_SPACE, _ALPHA, _DIGIT, _SYMBOL, _WORD = 1, 2, 4, 8, 16
+_LOOKUP_CHUNK = 1 << 22  # bytes classified per table lookup (numpy indexes with intp: 8 bytes of index each)
+
+
+@lru_cache(maxsize=1)
+def _ascii_codes() -> np.ndarray:
+    """One byte per byte value: the classes of `_ascii_tables` as bits, so that one table
+    lookup classifies a byte for every class at once."""
+    t = _ascii_tables()
+    code = np.zeros(256, dtype=np.uint8)
+    for bit, name in ((_SPACE, "space"), (_ALPHA, "alpha"), (_DIGIT, "digit"), (_SYMBOL, "symbol"), (_WORD, "word")):
+        code |= t[name].astype(np.uint8) * np.uint8(bit)
+    return code
+
+
 def _ascii_counts(texts: pl.Series) -> dict[str, np.ndarray]:
     """The counts of `_CLASS_COUNTS` (text ones) for non-null pure-ASCII texts, from
-    their bytes: one table lookup per class and run starts, summed per text by
-    differences of a cumulative sum. On ASCII, WORD_RE is a run of non-space, TOKEN_RE
-    a run of word characters or one character that is neither word nor space."""
+    their bytes: one table lookup gives every byte its class bits (`_ascii_codes`, in
+    chunks of `_LOOKUP_CHUNK` bytes, which bounds numpy's index copy), each class is a
+    bit mask of that code, and run starts are a shift; per-text sums are one
+    `np.add.reduceat` per count. On ASCII, WORD_RE is a run of non-space, TOKEN_RE a run
+    of word characters or one character that is neither word nor space."""
     arr = texts.rechunk().to_arrow().cast(pa.large_string())
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
@@ -126,7 +144,10 @@ def _ascii_counts(texts: pl.Series) -> dict[str, np.ndarray]:
     lo, hi = offsets[0], offsets[-1]
     b = data[lo:hi]
     starts = offsets[:-1] - lo
-    t = _ascii_tables()
+    lut = _ascii_codes()
+    code = np.empty(len(b), dtype=np.uint8)
+    for i in range(0, len(b), _LOOKUP_CHUNK):
+        np.take(lut, b[i:i + _LOOKUP_CHUNK], out=code[i:i + _LOOKUP_CHUNK])
 
     sizes = offsets[1:] - offsets[:-1]
     nonempty = sizes > 0
@@ -141,6 +162,9 @@ def _ascii_counts(texts: pl.Series) -> dict[str, np.ndarray]:
             out[nonempty] = np.add.reduceat(flags.view(np.uint8), first, dtype=acc)
         return out
 
+    def bit(mask: int) -> np.ndarray:
+        return (code & np.uint8(mask)).astype(bool)
+
     def run_starts(flags: np.ndarray) -> np.ndarray:
         prev = np.empty_like(flags)
         if len(flags):
@@ -149,12 +173,11 @@ def _ascii_counts(texts: pl.Series) -> dict[str, np.ndarray]:
             prev[starts[starts < len(flags)]] = False  # a run never continues into the next text
         return flags & ~prev
 
-    space = t["space"][b]
-    word = t["word"][b]
+    space, word = bit(_SPACE), bit(_WORD)
     return {
-        "space": per_text(space), "alpha": per_text(t["alpha"][b]), "digit": per_text(t["digit"][b]),
-        "symbol": per_text(t["symbol"][b]), "words": per_text(run_starts(~space)),
-        "tokens": per_text(run_starts(word)) + per_text(~word & ~space),
+        "space": per_text(space), "alpha": per_text(bit(_ALPHA)), "digit": per_text(bit(_DIGIT)),
+        "symbol": per_text(bit(_SYMBOL)), "words": per_text(run_starts(~space)),
+        "tokens": per_text(run_starts(word)) + per_text(~(word | space)),
     }
 
 
@@ -163,8 +186,10 @@ def basic_stats_frame(text: pl.Series, prose: pl.Series | None = None) -> pl.Dat
     (the same final expressions over the same counts), faster. Texts that are pure ASCII
     (len_bytes == len_chars, text and prose; most English) have their character-class
     counts taken from their bytes with numpy (`_ascii_counts`); the others, and nulls, by
-    the regexes as in `basic_stats`. The trade: an ASCII copy of the text bytes (one
-    Arrow buffer) against about ten regex passes over every character."""
+    the regexes as in `basic_stats`. The prose's counts are taken only for the texts
+    whose prose differs (most have no fenced code: their prose is the text). The trade:
+    an ASCII copy of the text bytes (one Arrow buffer) and one byte of class code per
+    byte against about ten regex passes over every character."""
     prose = text if prose is None else prose
     df = pl.DataFrame({"t": text, "p": prose})
     n = df.height
@@ -177,8 +202,18 @@ def basic_stats_frame(text: pl.Series, prose: pl.Series | None = None) -> pl.Dat
     slow = df[slow_rows].select([pl.col("p" if on_prose else "t").str.count_matches(pattern).alias(name)
                                  for name, (pattern, on_prose) in _CLASS_COUNTS.items()])
     if len(fast_rows):
-        t_counts = _ascii_counts(df["t"].gather(fast_rows))
-        p_counts = t_counts if prose is text else _ascii_counts(df["p"].gather(fast_rows))
+        t_fast = df["t"].gather(fast_rows)
+        t_counts = _ascii_counts(t_fast)
+        p_counts = t_counts
+        if prose is not text:  # the prose's own counts only where it differs from the text
+            p_fast = df["p"].gather(fast_rows)
+            differs = (p_fast != t_fast).arg_true()
+            if len(differs):
+                sub = _ascii_counts(p_fast.gather(differs))
+                at = differs.to_numpy()
+                p_counts = {k: t_counts[k].copy() for k in ("space", "alpha", "digit", "symbol")}
+                for k, v in p_counts.items():
+                    v[at] = sub[k]
         zeros = np.zeros(len(fast_rows), dtype=np.uint32)
         fast_counts = {"space": t_counts["space"], "words": t_counts["words"], "tokens": t_counts["tokens"],
                        "p_space": p_counts["space"], "alpha": p_counts["alpha"], "digit": p_counts["digit"],

@@ -200,7 +200,7 @@ def _norm(text: pl.Expr) -> pl.Expr:
     """Lower-cased, whitespace-collapsed, edge punctuation stripped: for equality/containment."""
     return (
         text.str.to_lowercase()
-        .str.replace_all(r"\s+", " ")
+        .str.replace_all(r"\s{2,}|[^\S ]", " ")  # = r"\s+" -> " ", without rewriting single spaces
         .str.strip_chars(" \t\n\r.,;:!?\"'`*()[]{}<>")
     )
 
@@ -375,9 +375,11 @@ class HeuristicFilter(FilterStage):
         calls_only = (el.struct.field("content") == "") & el.struct.field("extra").str.json_path_match("$.tool_calls").is_not_null()
         is_asst = (el.struct.field("role") == "assistant") & ~calls_only.fill_null(False)
         answers = pl.col("messages").list.eval(pl.when(is_asst).then(el.struct.field("content"))).list.drop_nulls()
+        # the answers' view is the statistics' text when `on` is that view: not built twice
+        same_view = cfg.on in ("assistant", "response") and "__text" in frame.columns
         frame = frame.with_row_index("__i").with_columns(
             text_view("user").alias("__user"),
-            text_view("assistant").alias("__resp"),
+            pl.col("__text").alias("__resp") if same_view else text_view("assistant").alias("__resp"),
             text_view("last_assistant").str.strip_chars().alias("__last"),
             answers.alias("__answers"),
         )
@@ -436,12 +438,16 @@ class HeuristicFilter(FilterStage):
             m = pl.col("__resp").str.extract(MERGED_RE, 1).str.strip_chars()
             last_user = text_view("last_user")
             numbered = (
-                pl.col("__last").str.contains(r"^\s*1[.)]\s")
-                & (pl.col("__last").str.count_matches(NUMBERED_RE) >= 3)
+                (pl.col("__last").str.count_matches(NUMBERED_RE) >= 3)
                 & last_user.str.contains(SINGLE_ANSWER_RE)
                 & ~last_user.str.contains(LIST_CUE_RE)
             )
-            checks.append(("merged_instructions", "merged_instructions", m.is_not_null() | numbered.fill_null(False),
+            # the prompt's view and its regexes only for answers that open a numbered list
+            opens_list = pl.col("__last").str.contains(r"^\s*1[.)]\s").fill_null(False)
+            sub = frame.lazy().filter(opens_list).select("__i", numbered.fill_null(False).alias("__numbered")).collect()
+            frame = frame.join(sub, on="__i", how="left", maintain_order="left")
+            numbered = pl.col("__numbered").fill_null(False)
+            checks.append(("merged_instructions", "merged_instructions", m.is_not_null() | numbered,
                            pl.when(m.is_not_null()).then(pl.format("marker '{}'", m))
                            .otherwise(pl.lit("numbered answers to a one-answer question"))))
 

@@ -13,7 +13,12 @@ A regex alone cannot run a checksum, so matching is done in three column-wise st
   3. valid candidates become the typed placeholder (`<EMAIL>`), invalid ones their original
      text, and the pieces are joined back per text.
 
-Only texts in which the pattern matches at all go through steps 1-3.
+Only texts in which the pattern matches at all go through steps 1-3. That test takes two
+passes: the pattern without its `\\b` (a superset of the matches) over every text, then the
+pattern itself over the few texts it leaves. A Unicode `\\b` keeps the regex engine off its
+fast DFA on any text with a non-ASCII character; without it the pass over all texts is
+about 2.5x faster (measured on the 1M-record benchmark's turns: 0.21 s -> 0.08 s per
+digit-shaped detector per 600k turns, 1.8% of them non-ASCII, with the same matches).
 """
 from __future__ import annotations
 
@@ -41,14 +46,18 @@ CARD_NETWORKS = (
 
 
 def luhn_valid(v: pl.Expr) -> pl.Expr:
-    """Luhn checksum of the digits in `v`, which must also fit a card network's prefix and length."""
+    """Luhn checksum of the digits in `v`, which must also fit a card network's prefix and
+    length. Card numbers are ASCII digits: a run of other digits (Arabic-Indic, full-width),
+    which the Unicode `\\d` of the pattern finds, is not one (it used to stop the stage with
+    a cast error)."""
     d = _digits(v)
-    el = pl.element().cast(pl.Int32)
+    el = pl.element().cast(pl.Int32, strict=False)
     pos = pl.int_range(pl.len())
     doubled = pl.when(pos % 2 == 1).then(pl.when(el * 2 > 9).then(el * 2 - 9).otherwise(el * 2)).otherwise(el)
     total = d.str.split("").list.reverse().list.eval(doubled).list.sum()
     return (
         d.str.contains(CARD_NETWORKS)
+        & d.str.contains(r"^[0-9]+$")
         & (total % 10 == 0)
     )
 
@@ -144,6 +153,22 @@ DETECTORS: tuple[Detector, ...] = (
 )
 
 
+def prefilter_pattern(pattern: str) -> str:
+    """`pattern` without its word boundaries (`\\b`): a zero-width assertion removed only
+    widens the matches, so every text the pattern matches, this one matches too. (No
+    detector writes a literal backslash before a `b`, which the rewrite would break.)"""
+    return pattern.replace(r"\b", "")
+
+
+def _matching(frame: pl.DataFrame, pattern: str) -> pl.DataFrame:
+    """The rows of `frame` whose `_t` matches `pattern`, in order: the candidates by
+    `prefilter_pattern` first, then the pattern itself on those only."""
+    wide = prefilter_pattern(pattern)
+    if wide != pattern:
+        frame = frame.filter(pl.col("_t").str.contains(wide))
+    return frame.filter(pl.col("_t").str.contains(pattern))
+
+
 def placeholder(kind: str, template: str) -> str:
     return template.replace("{KIND}", kind.upper()).replace("{kind}", kind)
 
@@ -156,7 +181,7 @@ def scan(texts: pl.DataFrame, kinds: list[str], template: str = "<{KIND}>", keep
     for det in DETECTORS:
         if det.kind not in kinds:
             continue
-        has = out.filter(pl.col("_t").str.contains(det.pattern))
+        has = _matching(out, det.pattern)
         if has.height == 0:
             continue
         pieces = (

@@ -31,7 +31,7 @@ import math
 
 import polars as pl
 
-from curate.stages.common.text_stats import basic_stats, repetition_stats
+from curate.stages.common.text_stats import basic_stats_frame, repetition_stats
 from curate.contract.views import text_view
 
 DEFAULT_WEIGHTS = {"length": 1.0, "repetition": 2.0, "diversity": 1.0, "clean": 1.0, "not_echo": 1.0,
@@ -50,28 +50,42 @@ PLACEHOLDER_RE = r"(?i)^\s*(?:n/?a|none|null|nil|todo|tbd|tba|no answer|answer|p
 
 
 def features(table: pl.DataFrame, length_target: int = 50) -> pl.DataFrame:
-    """One column per feature, each in [0, 1]."""
+    """One column per feature, each in [0, 1].
+
+    Computed eagerly where that is cheaper, with the values of the plain expressions
+    (tests/test_quality.py checks them against those): the symbol and URL shares by
+    `basic_stats_frame` (numpy over the bytes of ASCII answers), the word count by
+    `count_matches` instead of a list of words per answer, and the distinct words only for
+    the answers of 20+ words, the only ones `diversity` reads."""
     frame = table.select(text_view("prompt").alias("p"), text_view("response").alias("r"))
     # code inside ``` fences is not "symbol debris": judge cleanliness on the prose around it
-    st = basic_stats(pl.col("r").str.replace_all(r"(?s)```.*?```", "\n"))
+    prose = frame.select(pl.col("r").str.replace_all(r"(?s)```.*?```", "\n"))["r"]
+    st = basic_stats_frame(prose).select("symbol_ratio", "url_ratio")
     rep = repetition_stats(frame["r"], top_ngrams=(2, 3), dup_ngrams=(5,))
-    words = pl.col("r").str.to_lowercase().str.extract_all(r"\w+")
-    n_words = words.list.len()
+    lower = frame.select(pl.col("r").str.to_lowercase())["r"]
+    n_words = lower.str.count_matches(r"\w+").alias("_n")
+    long = (n_words >= 20).fill_null(False)
+    diversity = pl.Series("_div", [1.0] * frame.height, dtype=pl.Float64)
+    if long.any():
+        at = long.arg_true()
+        distinct = lower.gather(at).str.extract_all(r"\w+").list.n_unique()
+        diversity = diversity.scatter(at, distinct.cast(pl.Float64) / n_words.gather(at).cast(pl.Float64))
+    n = pl.col("_n")
     norm_p = pl.col("p").str.strip_chars().str.to_lowercase()
     norm_r = pl.col("r").str.strip_chars().str.to_lowercase()
     worst_rep = pl.max_horizontal(pl.col("dup_line_char_frac"), pl.col("top_2gram_frac"),
                                   pl.col("top_3gram_frac"), pl.col("dup_5gram_frac"))
-    return pl.concat([frame, rep], how="horizontal").select(
-        ((n_words.cast(pl.Float64) + 1).log() / math.log(length_target + 1)).clip(0.0, 1.0).alias("length"),
+    return pl.concat([frame, rep, st, pl.DataFrame([n_words, diversity])], how="horizontal").select(
+        ((n.cast(pl.Float64) + 1).log() / math.log(length_target + 1)).clip(0.0, 1.0).alias("length"),
         (1.0 - worst_rep).clip(0.0, 1.0).alias("repetition"),
-        pl.when(n_words >= 20).then(words.list.n_unique() / n_words).otherwise(1.0).clip(0.0, 1.0).alias("diversity"),
-        (1.0 - st["symbol_ratio"] - st["url_ratio"]).clip(0.0, 1.0).alias("clean"),
+        pl.col("_div").clip(0.0, 1.0).alias("diversity"),
+        (1.0 - pl.col("symbol_ratio") - pl.col("url_ratio")).clip(0.0, 1.0).alias("clean"),
         pl.when((norm_r.str.len_chars() > 0) & (norm_r == norm_p)).then(0.0).otherwise(1.0).alias("not_echo"),
         pl.when(pl.col("r").str.contains(REFUSAL_RE)).then(0.0).otherwise(1.0).alias("no_refusal"),
         pl.when(pl.col("r").str.contains(PLACEHOLDER_RE)
                 | pl.col("r").str.strip_chars().str.split("\n").list.last().str.contains(PLACEHOLDER_RE))
         .then(0.0).otherwise(1.0).alias("substance"),
-        pl.when((n_words >= 8) & ~pl.col("r").str.contains(CODE_RE)
+        pl.when((n >= 8) & ~pl.col("r").str.contains(CODE_RE)
                 & pl.col("r").str.strip_chars_end().str.contains(r"\p{L}$"))
         .then(0.0).otherwise(1.0).alias("complete"),
     ).with_columns(pl.when(pl.col("length") > 0).then(pl.all()).otherwise(0.0))  # no word at all: 0
