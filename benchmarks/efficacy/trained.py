@@ -170,7 +170,7 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
     base_stages, render = noisy.recipe(Path(a["recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
-    d = Path(a["out"]) / family / f"seed{seed}"
+    d = Path(a["out"]).resolve() / family / f"seed{seed}"
     sfx = "" if part == "main" else f"-{part}"
     pool_file = noisy.write_jsonl(d / f"pool{sfx}.jsonl", pool)
     oracle_file = noisy.write_jsonl(d / f"oracle{sfx}.jsonl",
@@ -192,8 +192,15 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
         else:
             stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
             src = oracle_file if arm == "oracle" else pool_file
-            p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
-            run_dir, manifest = noisy.run_arm(p)
+            pf = d / "pipelines" / f"{arm}.toml"
+            before = pf.read_text(encoding="utf-8") if pf.is_file() else None
+            p = noisy.write_pipeline(pf, d / "runs" / arm, src, stages, render)
+            man_file = d / "runs" / arm / "manifest.json"
+            if a.get("reuse") and before == p.read_text(encoding="utf-8") and man_file.is_file():
+                # --reuse: the same pipeline (same pool, stages, seed) already ran here: its run stands
+                run_dir, manifest = d / "runs" / arm, json.loads(man_file.read_text(encoding="utf-8"))
+            else:
+                run_dir, manifest = noisy.run_arm(p)
             prec = noisy.measure(run_dir, manifest, key)
             if arm == "default":
                 default_rows = prec["rows"]
@@ -413,6 +420,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 150 unique records, 600-token budget (tests)")
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl's finished jobs and run only the rest")
+    ap.add_argument("--reuse", action="store_true",
+                    help="skip curating an arm whose pipeline file is unchanged and whose run finished (OUT/<family> may "
+                         "be a link to another grid's, to share its curation across budgets)")
     ap.add_argument("--table-only", action="store_true", help="print the table of OUT/rows.jsonl and run nothing")
     args = ap.parse_args(argv)
     if args.quick:
@@ -435,7 +445,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(args.results).write_text(text, encoding="utf-8")
         return rows
     build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
-               "model": args.model, "cv_epochs": args.cv_epochs}
+               "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
     pools = [(f, s, "main") for s in range(args.seeds) for f in args.families.split(",")]
