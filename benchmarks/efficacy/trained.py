@@ -23,6 +23,11 @@ the code of `curate eval`; per task, mean over seeds. Two arms without training:
   few-shot    the base model, each prompt preceded by k curated examples of its task
               (train.eval.shots_from_split on the default arm's curated split, as
               `curate eval --shots k` does)
+Also: `default_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
+raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
+from the default's and raw's kept sets WITH the answer key, only to say why an arm scores
+as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
+distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
 not beat raw, the gap is undefined (printed as nan) and the run says so: an upper bound
 that does not bound means the budget or the model is the limit, not the data.
