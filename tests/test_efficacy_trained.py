@@ -60,6 +60,34 @@ def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_default_stage
     assert arms["oracle"] == arms["default"]
     assert [s["kind"] for s in arms["cv"]][-3:] == ["quality", "select", "mix"]
     assert "cv" in mod.TRAIN_ARMS
+    # cv_single: the cv arm's scorer and select, scoped to the prompts the vote never decided
+    sel = arms["cv_single"][-2]
+    cons = next(s for s in stages if s["kind"] == "consensus")
+    assert arms["cv_single"][:-2] == arms["cv"][:-2]
+    assert sel["scope_column"] == "consensus_group_size" and sel["scope_max"] == cons.get("min_group", 3) - 1
+    assert {k: v for k, v in sel.items() if not k.startswith("scope")} == arms["cv"][-2]
+
+
+def test_diagnostic_sets_and_per_task_stats(tmp_path):
+    """diag_clean = default's kept set minus its wrong records (repeats kept); diag_plus = it
+    plus one copy of each of raw's distinct rule-task records it lacks (never a table's)."""
+    mod = _load()
+    import noisy
+
+    key = {("acronym", "a b"): "AB", ("acronym", "c d"): "CD", ("capital", "X?"): "Y"}
+    row = lambda t, p, a: {"instruction": p, "input": "", "output": a, "task": t}  # noqa: E731
+    default = [row("acronym", "a b", "AB"), row("acronym", "a b", "AB"), row("acronym", "c d", "cd"),
+               row("capital", "X?", "Y")]
+    raw = default + [row("acronym", "c d", "CD"), row("acronym", "c d", "CD"), row("capital", "X?", "Z")]
+    noisy.write_jsonl(tmp_path / "default.jsonl", default)
+    noisy.write_jsonl(tmp_path / "raw.jsonl", raw)
+    clean = mod.diag_rows("diag_clean", tmp_path, key)
+    assert clean == [default[0], default[1], default[3]]
+    plus = mod.diag_rows("diag_plus", tmp_path, key)
+    assert plus == default + [row("acronym", "c d", "CD")]
+    st = mod.set_stats(plus, key)
+    assert st["acronym"] == {"rows": 4, "distinct": 3, "prompts": 2, "right_prompts": 2, "precision": 0.75}
+    assert st["capital"]["precision"] == 1.0
 
 
 @pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="stories260K not present")

@@ -229,3 +229,44 @@ def test_require_signal_refuses_a_random_scorer_and_unvalidated_selection(tmp_pa
         _select(tmp_path, unlabelled, [], require_signal=True)
     ok = _select(tmp_path, _labelled(lambda g, r: r.random() + (0.6 if g else 0.0)), [], require_signal=True)
     assert ok.kept.height == 100
+
+
+# ---- scope: rank only some rows ---------------------------------------------------------------
+
+def test_scope_ranks_only_rows_inside_it(tmp_path):
+    """`scope_column` + bounds: rows outside pass untouched (even below `min`), the quota is a
+    fraction of the rows inside; blockwise planning gives the same result."""
+    rows = [("a", s, f"u{i}", "x") for i, s in enumerate([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.05, 0.6])]
+    t = make_table(rows).with_columns(pl.Series("size", [1, 1, 1, 1, 5, 5, 5, None], dtype=pl.Int64))
+    r = run(t, tmp_path, top_fraction=0.5, min=0.15, scope_column="size", scope_max=2)
+    # inside (size <= 2): 0.9 0.1 0.8 0.2; 0.1 below min, quota floor(0.5 * 4) = 2 keeps 0.9 and 0.8;
+    # outside (size 5, and null): 0.7 0.3 0.05 0.6 all kept
+    assert sorted(r.kept["score"].to_list()) == [0.05, 0.3, 0.6, 0.7, 0.8, 0.9]
+    assert dict(r.dropped.group_by("_reason").len().iter_rows()) == {"below_min": 1, "over_quota": 1}
+    g = r.stats["groups"]["a"]
+    assert (g["in"], g["kept"], g["quota"], g["outside_scope"]) == (4, 2, 2, 4)
+    assert r.stats["scope"] == {"column": "size", "min": None, "max": 2, "outside": 4}
+    r2 = run(t, tmp_path, top_fraction=0.5, min=0.15, scope_column="size", scope_min=3)
+    assert sorted(r2.kept["score"].to_list()) == [0.1, 0.2, 0.6, 0.7, 0.8, 0.9]  # inside: 0.7 0.3 0.05
+    cfg = load_dataclass(Config, {"kind": "select", "column": "score", "top_fraction": 0.5, "scope_column": "size",
+                                  "scope_max": 2})
+    stage = SelectStage(cfg, StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path))
+    ref = stage.process(t)
+    got = blockwise(stage, t, 3)
+    assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
+
+
+def test_scope_group_with_no_row_inside_and_refusals(tmp_path):
+    t = make_table([("a", 0.9, "1", "x"), ("b", 0.1, "2", "x"), ("b", 0.2, "3", "x")]).with_columns(
+        pl.Series("size", [1, 4, 4]))
+    r = run(t, tmp_path, top_k=0, scope_column="size", scope_max=1)
+    assert r.kept["task"].to_list() == ["b", "b"] and r.stats["groups"]["b"]["in"] == 0
+    r = run(t, tmp_path, top_k=1, diversity=0.5, scope_column="size", scope_min=2)  # the sequential walk too
+    assert sorted(r.kept["score"].to_list()) == [0.2, 0.9]
+    for kw, key in (({"scope_max": 2}, "scope_column"), ({"scope_column": "size"}, "scope_column"),
+                    ({"scope_column": "size", "scope_min": 3, "scope_max": 2}, "scope_min")):
+        with pytest.raises(ConfigError) as e:
+            load_dataclass(Config, {"kind": "select", "column": "score", **kw})
+        assert e.value.key.endswith(key) if hasattr(e.value, "key") else key in str(e.value)
+    with pytest.raises(ValueError, match="scope_column 'nope'"):
+        run(t, tmp_path, top_k=1, scope_column="nope", scope_max=1)

@@ -23,6 +23,11 @@ the code of `curate eval`; per task, mean over seeds. Two arms without training:
   few-shot    the base model, each prompt preceded by k curated examples of its task
               (train.eval.shots_from_split on the default arm's curated split, as
               `curate eval --shots k` does)
+Also: `default_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
+raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
+from the default's and raw's kept sets WITH the answer key, only to say why an arm scores
+as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
+distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
 not beat raw, the gap is undefined (printed as nan) and the run says so: an upper bound
 that does not bound means the budget or the model is the limit, not the data.
@@ -55,9 +60,21 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-TRAIN_ARMS = ["raw", "default", "cv", "random", "verifier", "oracle"]
+CV_ARMS = ["cv", "cv_single"]  # their curation trains fold models: a job of its own per pool
+HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
+HALF_OF = ["default", "cv_single"]
+# DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
+# to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
+DIAG_ARMS = ["diag_clean", "diag_plus"]
+TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "random", "verifier", "oracle"]
+              + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
-LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots"}
+LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
+          **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
+          "diag_clean": "DIAGNOSTIC: default's kept set minus its wrong records (answer key)",
+          "diag_plus": "DIAGNOSTIC: default's kept set + raw's distinct records of rule tasks it lacks"}
+ORDER = ["raw", "default", "oracle", "cv_single", "default_half", "cv_single_half", "diag_clean", "diag_plus",
+         "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
 
 
@@ -72,6 +89,43 @@ def kept_jsonl(run_dir: Path, manifest: dict, path: Path) -> int:
     rows = [{"instruction": p, "input": "", "output": a, "task": task} for task, p, a in t.iter_rows()]
     noisy.write_jsonl(path, rows)
     return len(rows)
+
+
+def set_stats(rows: list[dict], key: dict) -> dict:
+    """Per task of one kept set: rows, distinct (prompt, answer) pairs, distinct prompts,
+    prompts with a right answer, precision (answer key: measurement only)."""
+    out = {}
+    for task in sorted({r["task"] for r in rows}):
+        rs = [r for r in rows if r["task"] == task]
+        ok = [key.get((task, r["instruction"])) == r["output"] for r in rs]
+        out[task] = {"rows": len(rs), "distinct": len({(r["instruction"], r["output"]) for r in rs}),
+                     "prompts": len({r["instruction"] for r in rs}),
+                     "right_prompts": len({r["instruction"] for r, o in zip(rs, ok) if o}),
+                     "precision": sum(ok) / len(rs)}
+    return out
+
+
+def diag_rows(arm: str, kept_dir: Path, key: dict) -> list[dict]:
+    """The diagnostic arms' sets (they read the answer key; never a product arm):
+      diag_clean  the default arm's kept set (its repeats from the mix included) minus every
+                  record whose answer is wrong
+      diag_plus   the default arm's kept set plus one copy of each distinct (prompt, answer)
+                  record of the raw pool's rule tasks (not the tables) that it lacks: do the
+                  distinct inputs the default removed matter?"""
+    def read(a):
+        return [json.loads(x) for x in (kept_dir / f"{a}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+
+    default = read("default")
+    if arm == "diag_clean":
+        return [r for r in default if key.get((r["task"], r["instruction"])) == r["output"]]
+    have = {(r["task"], r["instruction"], r["output"]) for r in default}
+    extra, seen = [], set()
+    for r in read("raw"):
+        k = (r["task"], r["instruction"], r["output"])
+        if r["task"] not in TABLES and k not in have and k not in seen:
+            seen.add(k)
+            extra.append(r)
+    return default + extra
 
 
 def render_pipeline(path: Path, run_dir: Path, data: Path, model: Path, seed: int) -> Path:
@@ -121,32 +175,57 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
     base_stages, render = noisy.recipe(Path(a["recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
-    d = Path(a["out"]) / family / f"seed{seed}"
+    d = Path(a["out"]).resolve() / family / f"seed{seed}"
     sfx = "" if part == "main" else f"-{part}"
     pool_file = noisy.write_jsonl(d / f"pool{sfx}.jsonl", pool)
     oracle_file = noisy.write_jsonl(d / f"oracle{sfx}.jsonl",
                                     [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
     test_file = noisy.write_jsonl(d / f"test{sfx}.jsonl", test_rows(family, key, a["test"], seed))
-    arms = ["cv"] if part == "cv" else [x for x in ["raw", "default", "random", "verifier", "oracle"] if x in a["arms"]]
+    if part == "cv":
+        arms = [x for x in CV_ARMS if x in a["arms"] or x + HALF in a["arms"]]
+    else:  # the diagnostics need raw's and default's kept sets, so they come after them
+        arms = [x for x in ["raw", "default", "random", "verifier", "oracle"] + DIAG_ARMS
+                if x in a["arms"] or x + HALF in a["arms"] or (x in ("raw",) and any(y in a["arms"] for y in DIAG_ARMS))]
     default_rows, jobs = None, []
     for arm in arms:  # default before random (its size)
-        stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
-        src = oracle_file if arm == "oracle" else pool_file
-        p = noisy.write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render)
-        run_dir, manifest = noisy.run_arm(p)
-        prec = noisy.measure(run_dir, manifest, key)
-        if arm == "default":
-            default_rows = prec["rows"]
-        kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
+        if arm in DIAG_ARMS:
+            rows = diag_rows(arm, d / "kept", key)
+            noisy.write_jsonl(d / "kept" / f"{arm}.jsonl", rows)
+            kept = len(rows)
+            prec = {"distinct": len({(r["task"], r["instruction"], r["output"]) for r in rows}),
+                    "precision": sum(key.get((r["task"], r["instruction"])) == r["output"] for r in rows) / max(kept, 1)}
+        else:
+            stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
+            src = oracle_file if arm == "oracle" else pool_file
+            pf = d / "pipelines" / f"{arm}.toml"
+            before = pf.read_text(encoding="utf-8") if pf.is_file() else None
+            p = noisy.write_pipeline(pf, d / "runs" / arm, src, stages, render)
+            man_file = d / "runs" / arm / "manifest.json"
+            if a.get("reuse") and before == p.read_text(encoding="utf-8") and man_file.is_file():
+                # --reuse: the same pipeline (same pool, stages, seed) already ran here: its run stands
+                run_dir, manifest = d / "runs" / arm, json.loads(man_file.read_text(encoding="utf-8"))
+            else:
+                run_dir, manifest = noisy.run_arm(p)
+            prec = noisy.measure(run_dir, manifest, key)
+            if arm == "default":
+                default_rows = prec["rows"]
+            kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
+        stats = set_stats([json.loads(x) for x in (d / "kept" / f"{arm}.jsonl").read_text(encoding="utf-8").splitlines()
+                           if x.strip()], key)
+        with (Path(a["out"]) / "sets.jsonl").open("a", encoding="utf-8") as f:  # per-task kept sets, for the table
+            f.write(json.dumps({"family": family, "seed": seed, "arm": arm, "by_task": stats}) + "\n")
         rp = render_pipeline(d / "pipelines" / f"{arm}-render.toml", d / "rendered" / arm,
                              d / "kept" / f"{arm}.jsonl", Path(a["model"]), seed)
         noisy.run_arm(rp)
         sup, tot = split_tokens(d / "rendered" / arm)
-        jobs.append({"family": family, "seed": seed, "arm": arm, "run": str(d / "rendered" / arm),
-                     "test": str(test_file), "kept": kept, "distinct": prec["distinct"],
-                     "precision": prec["precision"], "supervised": sup, "total": tot})
-    # the jobs in the order that matters most when a grid is cut short
-    jobs.sort(key=lambda j: ["raw", "default", "oracle", "verifier", "cv", "random"].index(j["arm"]))
+        job = {"family": family, "seed": seed, "arm": arm, "run": str(d / "rendered" / arm),
+               "test": str(test_file), "kept": kept, "distinct": prec["distinct"],
+               "precision": prec["precision"], "supervised": sup, "total": tot}
+        if arm in a["arms"]:
+            jobs.append(job)
+        if arm + HALF in a["arms"]:  # the same set, half the supervised tokens
+            jobs.append({**job, "arm": arm + HALF, "budget_scale": 0.5})
+    jobs.sort(key=lambda j: ORDER.index(j["arm"]))
     if "base" in a["arms"] and part == "main":
         # the untrained arms score on the default arm's rendering (same [render] config)
         jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
@@ -193,7 +272,8 @@ def run_job(job: dict, args_d: dict) -> list[dict]:
     shutil.copy(run / "manifest.json", work / "manifest.json")
     bt = args_d["batch_tokens"]
     # steps so that steps x batch_tokens x (supervised share) = the budget, for every arm
-    steps = max(1, math.ceil(args_d["budget"] * job["total"] / (job["supervised"] * bt)))
+    budget = round(args_d["budget"] * job.get("budget_scale", 1.0))
+    steps = max(1, math.ceil(budget * job["total"] / (job["supervised"] * bt)))
     table = {"base_model": str(model), "method": "full", "lr": args_d["lr"], "batch_tokens": bt,
              "micro_batch_tokens": bt, "epochs": 1000, "max_steps": steps, "eval_every": 10 ** 6, "save_every": 0,
              "threads": 1, "seed": job["seed"], "early_stopping": {"patience": 0}}
@@ -209,7 +289,7 @@ def run_job(job: dict, args_d: dict) -> list[dict]:
              "set_supervised": job["supervised"],
              "exact_match": ev["overall"]["tuned"]["exact_match"],
              "by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
-             "tokens": s["tokens"], "steps": s["steps"], "supervised_budget": args_d["budget"], "wall_s": wall,
+             "tokens": s["tokens"], "steps": s["steps"], "supervised_budget": budget, "wall_s": wall,
              "cpu_s": cpu}]
 
 
@@ -228,7 +308,8 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     noise (paired over seeds: the mean minus 2 standard errors clears the bar; one seed
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
-    for arm, bar in (("default", 0.5), ("cv", 0.5), ("verifier", 0.9)):
+    for arm, bar in (("default", 0.5), ("default_half", 0.5), ("cv", 0.5), ("cv_single", 0.5), ("cv_single_half", 0.5),
+                     ("verifier", 0.9)):
         ss = [s for s in range(seeds) if (arm, s) in em and ("raw", s) in em and ("oracle", s) in em]
         if not ss:
             continue
@@ -247,13 +328,48 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     return out
 
 
+def set_table(out: Path, family: str) -> list[str]:
+    """Per task, per arm: rows, distinct (prompt, answer) pairs, distinct prompts, prompts
+    with a right answer, precision; mean over seeds (OUT/sets.jsonl, written at curation)."""
+    f = out / "sets.jsonl"
+    if not f.is_file():
+        return []
+    last = {}
+    for x in f.read_text(encoding="utf-8").splitlines():
+        if x.strip():
+            r = json.loads(x)
+            if r["family"] == family:
+                last[(r["arm"], r["seed"])] = r["by_task"]  # a rerun's curation replaces the earlier one
+    if not last:
+        return []
+    tasks = sorted({t for v in last.values() for t in v})
+    lines = ["", f"Kept sets per task ({family}; mean over seeds): rows / distinct (prompt, answer) / distinct prompts "
+             "/ prompts with a right answer / precision", "",
+             "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for arm in TRAIN_ARMS:  # a half arm's set is its parent's
+        seeds = sorted(s for (a, s) in last if a == arm)
+        if not seeds:
+            continue
+        cells = []
+        for t in tasks:
+            vs = [last[(arm, s)][t] for s in seeds if t in last[(arm, s)]]
+            if not vs:
+                cells.append("-")
+                continue
+            m = {k: statistics.mean(v[k] for v in vs) for k in vs[0]}
+            cells.append(f"{m['rows']:.0f} / {m['distinct']:.0f} / {m['prompts']:.0f} / {m['right_prompts']:.0f} / "
+                         f"{m['precision']:.3f}")
+        lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(rows: list[dict], args, wall: float) -> str:
     cmd = "python benchmarks/efficacy/trained.py " + " ".join(sys.argv[1:])
     lines = [f"Command: `{cmd.strip()}`", "",
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; model {Path(args.model).name}, "
              f"full FT lr {args.lr}, {args.budget} supervised tokens per arm, k = {args.k} shots"
              + (f"; {wall:.0f} s wall." if not math.isnan(wall) else "."), ""]
-    order = ["base", "few_shot"] + TRAIN_ARMS
+    order = ["base", "few_shot"] + [a for a in TRAIN_ARMS if a not in DIAG_ARMS] + DIAG_ARMS
     warn = []
     for family in args.families.split(","):
         fr = [r for r in rows if r["family"] == family]
@@ -283,6 +399,7 @@ def table(rows: list[dict], args, wall: float) -> str:
             if lo is not None and hi is not None and hi <= lo:
                 warn.append(f"{family} seed {s}: oracle {hi:.3f} does not beat raw {lo:.3f}: the benchmark does not "
                             "bound here (budget or model capacity, not the data, is the limit)")
+        lines += set_table(Path(args.out), family)
         lines.append("")
     if warn:
         lines += ["WARNING:"] + [f"- {w}" for w in warn] + [""]
@@ -308,12 +425,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 150 unique records, 600-token budget (tests)")
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl's finished jobs and run only the rest")
+    ap.add_argument("--reuse", action="store_true",
+                    help="skip curating an arm whose pipeline file is unchanged and whose run finished (OUT/<family> may "
+                         "be a link to another grid's, to share its curation across budgets)")
     ap.add_argument("--table-only", action="store_true", help="print the table of OUT/rows.jsonl and run nothing")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
         if args.arms == ",".join(ALL_ARMS):
-            args.arms = ",".join(a for a in ALL_ARMS if a != "cv")  # the cv arm has its own test
+            # the cv arms have their own test; the half and diagnostic arms are the same code paths
+            args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS and not a.endswith(HALF))
     arms = args.arms.split(",")
     bad = sorted(set(arms) - set(ALL_ARMS))
     if bad or "default" not in arms:
@@ -329,11 +450,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(args.results).write_text(text, encoding="utf-8")
         return rows
     build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
-               "model": args.model, "cv_epochs": args.cv_epochs}
+               "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
     pools = [(f, s, "main") for s in range(args.seeds) for f in args.families.split(",")]
-    if "cv" in arms:  # each pool's cv curation right after the pools of its seed
+    if any(x in CV_ARMS or x.removesuffix(HALF) in CV_ARMS for x in arms):  # each pool's cv curation after its seed's
         pools = [p for s in range(args.seeds) for p in [x for x in pools if x[1] == s] + [
             (f, s, "cv") for f in args.families.split(",")]]
     # every finished job's rows go to OUT/rows.jsonl at once: an interrupted grid keeps what it
@@ -359,7 +480,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
 
     def pool_done(f: str, s: int, part: str) -> bool:
-        want = ["cv"] if part == "cv" else [x if x != "base" else "base+few_shot" for x in arms if x != "cv"]
+        cv_part = [x for x in arms if x in CV_ARMS or x.removesuffix(HALF) in CV_ARMS]
+        want = cv_part if part == "cv" else [x if x != "base" else "base+few_shot" for x in arms if x not in cv_part]
         return all((f, s, x) in done_jobs for x in want)
 
     pools = [p for p in pools if not pool_done(*p)]  # --resume: a pool whose jobs all ran is not curated again

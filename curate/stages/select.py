@@ -36,6 +36,7 @@ GROUP = "__select_group"
 LABEL = "__select_label"  # key column `__select_label:<label column>`
 # Order within a group, best first: (missing score, key, id, position in the table).
 CAND, NULL, KEY, SCORE, QUOTA = "__cand", "__null", "__key", "__score", "__quota"
+SCOPE = "__select_scope"  # key column: the row is ranked by this stage (scope_column within its bounds)
 ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
 
 
@@ -70,11 +71,18 @@ class Config:
     signal: str | None = None
     # refuse to select when the score's AUC is within noise of 0.5 (or nothing validates it)
     require_signal: bool = False
+    # rank and cut only the rows whose value in this column lies within [scope_min, scope_max]
+    # (null: outside); the other rows pass untouched and count toward no quota
+    scope_column: str | None = None
+    scope_min: float | None = None  # lower bound of scope_column (inclusive); none: no bound
+    scope_max: float | None = None  # upper bound of scope_column (inclusive); none: no bound
 
     def column_refs(self) -> list[tuple[str, str]]:
         refs = [("column", self.column)] + ([("signal", self.signal)] if self.signal else [])
         if self.diversity is not None and self.embedding == "column" and self.embedding_column:
             refs.append(("embedding_column", self.embedding_column))
+        if self.scope_column:
+            refs.append(("scope_column", self.scope_column))
         return refs
 
     def check_data(self, names: dict[str, list[str]]) -> list[str]:
@@ -105,6 +113,12 @@ class Config:
             raise ConfigError("embedding_view", f"must be one of {', '.join(VIEWS)}")
         if self.embedding_dim < 8:
             raise ConfigError("embedding_dim", "must be at least 8")
+        if self.scope_column is None and (self.scope_min is not None or self.scope_max is not None):
+            raise ConfigError("scope_column", "scope_min / scope_max need a scope_column")
+        if self.scope_column is not None and self.scope_min is None and self.scope_max is None:
+            raise ConfigError("scope_column", "needs scope_min or scope_max (the rows this select ranks)")
+        if self.scope_min is not None and self.scope_max is not None and self.scope_min > self.scope_max:
+            raise ConfigError("scope_min", f"scope_min ({self.scope_min}) is greater than scope_max ({self.scope_max})")
 
     def check_paths(self, base_dir) -> None:
         if self.diversity is not None and self.embedding == "model":
@@ -148,9 +162,9 @@ class SelectStage(PlannedStage):
             return self.process_planned(table)
         # diversity: thresholds from the keys, the walk over the whole table's candidates
         v = self._verdicts(self.keys(table).with_columns(pl.int_range(table.height, dtype=pl.UInt64).alias(ROW_COL)))
-        n_in = dict(v.group_by(GROUP).len().iter_rows())
+        n_in = self._n_in(v)
         cand = (table.hstack(v.select(GROUP, NULL, KEY, ROW_COL))
-                .filter(v[REASON].is_null()).sort(ORDER))
+                .filter(v[CAND]).sort(ORDER))
         walked = self._diverse(cand, n_in).select(ROW_COL, pl.col(REASON).alias("__r"), pl.col(DETAIL).alias("__d"))
         v = (v.join(walked, on=ROW_COL, how="left", maintain_order="left")
              .with_columns(pl.coalesce(REASON, "__r").alias(REASON), pl.coalesce(DETAIL, "__d").alias(DETAIL))
@@ -184,7 +198,23 @@ class SelectStage(PlannedStage):
         label = self.label_column(part.columns)
         if label is not None:
             cols.append(pl.col(label).cast(pl.Float64).alias(f"{LABEL}:{label}"))
+        if c.scope_column is not None:
+            if c.scope_column not in part.columns:
+                raise ValueError(f"stage {self.name!r}: scope_column {c.scope_column!r} is not in the table")
+            v = pl.col(c.scope_column).cast(pl.Float64)
+            inside = v.is_not_null() & v.is_not_nan()
+            if c.scope_min is not None:
+                inside = inside & (v >= c.scope_min)
+            if c.scope_max is not None:
+                inside = inside & (v <= c.scope_max)
+            cols.append(inside.fill_null(False).alias(SCOPE))
         return part.select(cols)
+
+    def _n_in(self, v: pl.DataFrame) -> dict:
+        """Rows per group that this select ranks (with a scope: only those inside it)."""
+        if SCOPE in v.columns:
+            v = v.filter(pl.col(SCOPE))
+        return {g: int(n) for g, n in v.group_by(GROUP).len().iter_rows()}
 
     def _verdicts(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The keys with the threshold verdicts (`_reason`, `_detail`: missing/min/max),
@@ -205,6 +235,11 @@ class SelectStage(PlannedStage):
         t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
                               detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL),
                               key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
+        if SCOPE in t.columns:  # outside the scope: no verdict, not a candidate for any quota
+            inside = pl.col(SCOPE)
+            t = t.with_columns(pl.when(inside).then(pl.col(REASON)).alias(REASON),
+                               pl.when(inside).then(pl.col(DETAIL)).alias(DETAIL))
+            return t.with_columns((pl.col(REASON).is_null() & inside).alias(CAND))
         return t.with_columns(pl.col(REASON).is_null().alias(CAND))
 
     def plan(self, keys: pl.DataFrame) -> Plan:
@@ -214,7 +249,7 @@ class SelectStage(PlannedStage):
         candidates per group, but `top_fraction`'s quota depends on the whole group's
         size, which would cost one more pass over the data."""
         v = self._verdicts(keys.rechunk())  # one chunk: float sums must not depend on the parts
-        n_in = {g: int(n) for g, n in v.group_by(GROUP).len().iter_rows()}
+        n_in = self._n_in(v)
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))
         decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
@@ -245,6 +280,8 @@ class SelectStage(PlannedStage):
         within = (~null & cn) | ((null == cn) & ((key < ck) | ((key == ck) & ((ident < ci) | ((ident == ci) & (row <= cr))))))
         has_cut = cr.is_not_null()
         over = pl.col(REASON).is_null() & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
+        if SCOPE in t.columns:
+            over = over & pl.col(SCOPE)
         c = self.config
         detail = (pl.when(pl.col(QUOTA) == 0).then(pl.lit("quota 0"))
                   .otherwise(pl.format(f"quota {{}} full; the last kept has {c.column} = {{}}", pl.col(QUOTA),
@@ -255,6 +292,8 @@ class SelectStage(PlannedStage):
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
         stats = self._stats(v, n_in)
+        if SCOPE in v.columns:  # the score is validated on the rows it ranked
+            v = v.filter(pl.col(SCOPE))
         label = next((x.split(":", 1)[1] for x in v.columns if x.startswith(LABEL + ":")), None)
         scores = v[SCORE].fill_null(float("nan")).to_numpy()
         labels = v[f"{LABEL}:{label}"].fill_null(float("nan")).to_numpy() if label is not None else None
@@ -328,6 +367,11 @@ class SelectStage(PlannedStage):
 
     def _stats(self, final: pl.DataFrame, n_in: dict) -> dict:
         c = self.config
+        scoped = SCOPE in final.columns
+        outside = {}
+        if scoped:
+            outside = {g: int(n) for g, n in final.filter(~pl.col(SCOPE)).group_by(GROUP).len().iter_rows()}
+            final = final.filter(pl.col(SCOPE))
         per = (final.group_by(GROUP, REASON).len().sort(GROUP, REASON, nulls_last=True))
         groups: dict[str, dict] = {}
         for g, r, n in per.iter_rows():
@@ -337,6 +381,15 @@ class SelectStage(PlannedStage):
             else:
                 d["dropped"][r] = int(n)
         kept_scores = final.filter(pl.col(REASON).is_null())[SCORE].drop_nans().drop_nulls()
+        scope = {}
+        if scoped:  # rows outside the scope passed untouched: counted apart, never in `kept`
+            for g in sorted(set(outside) - set(groups)):
+                groups[g] = {"in": 0, "kept": 0, "quota": self._quota(g, 0), "dropped": {}}
+            groups = dict(sorted(groups.items()))
+            for g, d in groups.items():
+                d["outside_scope"] = outside.get(g, 0)
+            scope = {"scope": {"column": c.scope_column, "min": c.scope_min, "max": c.scope_max,
+                               "outside": sum(outside.values())}}
         return {
             "column": c.column,
             "keep": c.keep,
@@ -347,6 +400,7 @@ class SelectStage(PlannedStage):
             "kept": sum(d["kept"] for d in groups.values()),
             "kept_score": {"min": kept_scores.min(), "mean": kept_scores.mean(), "max": kept_scores.max()}
             if len(kept_scores) else None,
+            **scope,
         }
 
 
