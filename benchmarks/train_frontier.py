@@ -130,6 +130,14 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "l2_1": ("full FT (lr 5x) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 1.0}),
     "betas_95": ("LoRA, betas (0.9, 0.95)", "tasks", {"betas": [0.9, 0.95]}),
     "warmup_10": ("LoRA, warmup 10%", "tasks", {"warmup": 0.1}),
+    # issue 17's LoRA probes: what makes LoRA learn this set within the budget
+    "lr_15x": ("LoRA, lr 15x", "tasks", {"lr": (LORA_LR, 15.0)}),
+    "r32_5x": ("LoRA r 32 alpha 64, lr 5x", "tasks", {"r": 32, "alpha": 64.0, "lr": (LORA_LR, 5.0)}),
+    "r64_5x": ("LoRA r 64 alpha 128, lr 5x", "tasks", {"r": 64, "alpha": 128.0, "lr": (LORA_LR, 5.0)}),
+    "rslora": ("LoRA, rsLoRA scaling", "tasks", {"use_rslora": True}),
+    "rslora_5x": ("LoRA, rsLoRA scaling, lr 5x", "tasks", {"use_rslora": True, "lr": (LORA_LR, 5.0)}),
+    "betas_95_5x": ("LoRA, lr 5x, betas (0.9, 0.95), warmup 5%", "tasks",
+                    {"lr": (LORA_LR, 5.0), "betas": [0.9, 0.95], "warmup": 0.05}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
     "replay_25": ("LoRA + replay 25%", "replay_25", {}),
 }
