@@ -112,7 +112,10 @@ REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forg
 LORA_LR = "lora_lr"
 EPOCHS = "epochs"  # ("epochs", k): k times the grid's --epochs (the budget every other arm gets)
 ARMS: dict[str, tuple[str, str, dict]] = {
-    "default": ("default [train] (LoRA)", "tasks", {}),
+    "default": ("default [train] (LoRA; small model: lr 1e-3, embeddings trained)", "tasks", {}),
+    "default_old": ("old default [train] (LoRA lr 2e-4, adapter only)", "tasks", {"lr": (LORA_LR, 1.0)}),
+    "default_kl_0.1": ("default [train] + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
+    "default_lr_0.5x": ("default [train], lr 5e-4", "tasks", {"lr": (LORA_LR, 2.5)}),
     "lr_10x": ("LoRA, lr 10x", "tasks", {"lr": (LORA_LR, 10.0)}),
     "lr_0.1x": ("LoRA, lr 0.1x", "tasks", {"lr": (LORA_LR, 0.1)}),
     "lr_5x": ("LoRA, lr 5x", "tasks", {"lr": (LORA_LR, 5.0)}),
@@ -138,6 +141,12 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "rslora_5x": ("LoRA, rsLoRA scaling, lr 5x", "tasks", {"use_rslora": True, "lr": (LORA_LR, 5.0)}),
     "betas_95_5x": ("LoRA, lr 5x, betas (0.9, 0.95), warmup 5%", "tasks",
                     {"lr": (LORA_LR, 5.0), "betas": [0.9, 0.95], "warmup": 0.05}),
+    "loraplus": ("LoRA+ (lora_B lr 16x)", "tasks", {"lora_plus_ratio": 16.0}),
+    "loraplus_5x": ("LoRA+ (lora_B lr 16x), lr 5x", "tasks", {"lora_plus_ratio": 16.0, "lr": (LORA_LR, 5.0)}),
+    "embed": ("LoRA + embeddings trained", "tasks", {"modules_to_save": ["embed_tokens"]}),
+    "embed_5x": ("LoRA + embeddings trained, lr 5x", "tasks", {"modules_to_save": ["embed_tokens"], "lr": (LORA_LR, 5.0)}),
+    "r64_embed_5x": ("LoRA r 64 alpha 128 + embeddings, lr 5x", "tasks",
+                     {"r": 64, "alpha": 128.0, "modules_to_save": ["embed_tokens"], "lr": (LORA_LR, 5.0)}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
     "replay_25": ("LoRA + replay 25%", "replay_25", {}),
 }
@@ -316,6 +325,10 @@ def arm_train_table(arm: str, model: Path, epochs: int = 1) -> dict:
     _, _, over = ARMS[arm]
     lora_lr = TrainConfig(base_model="x").learning_rate
     t = {"base_model": str(model), **SIZE}
+    if not arm.startswith("default") or arm == "default_old":
+        # the arms measured before the small-model defaults (TrainConfig.resolved) keep their meaning:
+        # the adapter alone, lr a multiple of LoRA's 2e-4; "default*" arms take the product's defaults
+        t["modules_to_save"] = []
     if epochs != 1:
         t["epochs"] = epochs
     for k, v in over.items():
@@ -378,7 +391,8 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref, epoch
            "exact_match_by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
            "answer_loss": ev["overall"]["tuned"]["answer_loss"], "kl_to_base": kl / n, "ref_loss": nll / n,
            "ref_loss_base": nll_base / n, "tokens": s["tokens"], "steps": s["steps"], "best_step": s["best_step"],
-           "stopped_early": s["stopped_early"], "wall_s": wall, "cpu_s": cpu, "lr": cfg.learning_rate,
+           "stopped_early": s["stopped_early"], "wall_s": wall, "cpu_s": cpu, "lr": s.get("lr", cfg.learning_rate),
+           "modules_to_save": s.get("modules_to_save", []),
            "trainer_kl_last_eval": s.get("kl_to_base")}
     shutil.rmtree(work, ignore_errors=True)
     return res
