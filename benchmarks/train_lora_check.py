@@ -19,7 +19,10 @@ the trainer, on a curated run (the frontier's own `capital_shift` run by default
      embeddings and lm_head are tied (and untouched), and that every LoRA tensor is in the
      optimiser with the scheduled lr.
 
-    python benchmarks/train_lora_check.py [--run RUN_DIR] [--steps 40] [--lr 2e-3]
+    python benchmarks/train_lora_check.py [--run RUN_DIR] [--steps 40] [--lrs 2e-4,2e-3]
+
+Check 1 runs at each lr with the adapter alone and with the embeddings trained beside it
+(modules_to_save = ["embed_tokens"], the small-model default since issue 17).
 
 RUN_DIR defaults to a fresh capital_shift curation (benchmarks/train_frontier.py's set, 4000
 records). tests/test_train_reference.py runs `reference_losses` against the trainer on a tiny
@@ -49,7 +52,8 @@ def reference_losses(run_dir: Path, cfg, steps: int) -> tuple[list[float], dict[
     torch AdamW, warmup + cosine written out here. Per step: the loss (summed NLL over the
     step's supervised next tokens / their number), and the LoRA weights at the end (peft's
     parameter names). Uses cfg's r, alpha, dropout, target_modules, use_rslora, lr, betas,
-    weight_decay, warmup, grad_clip, batch_tokens, micro_batch_tokens, seed."""
+    weight_decay, warmup, grad_clip, batch_tokens, micro_batch_tokens, seed, and modules_to_save
+    when it is a list (peft's modules_to_save, tied head kept tied); cfg.lr must be set."""
     import peft
     from transformers import AutoModelForCausalLM
 
@@ -60,9 +64,11 @@ def reference_losses(run_dir: Path, cfg, steps: int) -> tuple[list[float], dict[
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
     torch.manual_seed(cfg.seed)
+    mts = list(cfg.modules_to_save) if isinstance(cfg.modules_to_save, list) else []
+    extra = {"modules_to_save": mts, "ensure_weight_tying": True} if mts else {}
     model = peft.get_peft_model(model, peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                        target_modules=cfg.target_modules, use_rslora=cfg.use_rslora,
-                                                       bias="none", task_type="CAUSAL_LM"))
+                                                       bias="none", task_type="CAUSAL_LM", **extra))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             foreach=False)
@@ -124,14 +130,22 @@ def trainer_losses(run_dir: Path, cfg) -> tuple[list[float], dict[str, torch.Ten
 
 
 def _peft_key(name: str) -> str:
-    """peft parameter name -> the key save_pretrained writes (adapter name dropped)."""
-    return name.replace(".default.weight", ".weight")
+    """peft parameter name -> the key save_pretrained writes (adapter name dropped; a
+    modules_to_save copy is saved under its module's own name)."""
+    return name.replace(".modules_to_save.default.weight", ".weight").replace(".default.weight", ".weight")
 
 
 def compare_weights(ref: dict, saved: dict) -> float:
+    """Max |difference| over every tensor the trainer exported; each must be in the
+    reference's trained set, and every LoRA tensor of the reference must be exported."""
     keys = {_peft_key(n): t for n, t in ref.items()}
-    assert set(keys) == set(saved), (sorted(set(keys) ^ set(saved)))[:4]
-    return max(float((keys[k] - saved[k]).abs().max()) for k in keys)
+    emb = [k for k in keys if k.endswith("embed_tokens.weight")]
+    for k in saved:  # a tied head is saved beside its embedding; named_parameters lists the tensor once
+        if k not in keys and k.endswith("lm_head.weight") and emb:
+            keys[k] = keys[emb[0]]
+    missing = sorted(k for k in saved if k not in keys) + sorted(k for k in keys if "lora_" in k and k not in saved)
+    assert not missing, missing[:4]
+    return max(float((keys[k] - saved[k]).abs().max()) for k in saved)
 
 
 def gradient_check(run_dir: Path, cfg) -> dict:
@@ -236,15 +250,15 @@ def main() -> None:
             "save_every": 0, "threads": a.threads, "max_steps": a.steps, "early_stopping": {"patience": 0},
             "forgetting": {"reference": "val_prompts"}}
     report = {}
-    cfg0 = parse_train_config(base, REPO)
+    cfg0 = parse_train_config({**base, "modules_to_save": []}, REPO)
     report["what_trains"] = what_trains(cfg0)
     report["gradients"] = gradient_check(run, cfg0)
-    for lr in [float(x) for x in a.lrs.split(",")]:
-        cfg = parse_train_config({**base, "lr": lr}, REPO)
+    for lr, mts in [(float(x), m) for x in a.lrs.split(",") for m in ([], ["embed_tokens"])]:
+        cfg = parse_train_config({**base, "lr": lr, "modules_to_save": mts}, REPO)
         ref, ref_w = reference_losses(run, cfg, a.steps)
         ours, our_w, summ = trainer_losses(run, cfg)
         d = [abs(x - y) for x, y in zip(ref, ours)]
-        report[f"lr {lr:g}"] = {"steps": len(ours), "loss_first": [round(x, 4) for x in ours[:3]],
+        report[f"lr {lr:g}, modules_to_save {mts}"] = {"steps": len(ours), "loss_first": [round(x, 4) for x in ours[:3]],
                                 "loss_last_trainer": ours[-1], "loss_last_reference": ref[-1],
                                 "max_abs_loss_diff": max(d), "max_rel_loss_diff": max(x / y for x, y in zip(d, ref)),
                                 "max_abs_weight_diff": compare_weights(ref_w, our_w)}

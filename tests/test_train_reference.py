@@ -24,11 +24,11 @@ def _check():
     return mod
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_trainer_matches_plain_peft_adamw_loop(tiny_model, tok, tmp_path, rslora):  # noqa: F811
+@pytest.mark.parametrize("rslora,modules", [(False, []), (True, []), (False, ["embed_tokens"])])
+def test_trainer_matches_plain_peft_adamw_loop(tiny_model, tok, tmp_path, rslora, modules):  # noqa: F811
     mod = _check()
     run = write_run(tmp_path / "run", tok, examples(40, 0), examples(8, 1))
-    cfg = cfg_for(tiny_model, lr=3e-3, warmup=0.25, epochs=2, max_steps=6, eval_every=1000, use_rslora=rslora,
+    cfg = cfg_for(tiny_model, lr=3e-3, warmup=0.25, epochs=2, max_steps=6, eval_every=1000, use_rslora=rslora, modules_to_save=modules,
                   early_stopping={"patience": 0}, forgetting={"reference": "val_prompts"})
     ref, ref_w = mod.reference_losses(run, cfg, 6)
     ours, our_w, summary = mod.trainer_losses(run, cfg)
@@ -43,7 +43,7 @@ def test_trainer_matches_plain_peft_adamw_loop(tiny_model, tok, tmp_path, rslora
 def test_lora_gradients_and_what_trains(tiny_model, tok, tmp_path):  # noqa: F811
     mod = _check()
     run = write_run(tmp_path / "run", tok, examples(12, 0), examples(4, 1))
-    cfg = cfg_for(tiny_model, forgetting={"reference": "val_prompts"})
+    cfg = cfg_for(tiny_model, forgetting={"reference": "val_prompts"}, modules_to_save=[])
     g = mod.gradient_check(run, cfg)
     assert g["tensors"] > 0 and g["max_rel_err_A"] < 1e-4 and g["max_rel_err_B"] < 1e-4
     w = mod.what_trains(cfg)
