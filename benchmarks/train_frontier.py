@@ -37,9 +37,16 @@ KL is measured on the exported weights (with early stopping: the best val-loss s
 not read from the trainer's summary, whose `kl_to_base` is that of the last evaluation.
 
 Arms (each is the default [train] with one thing changed; the table says which):
-  default        every [train] key at its default (LoRA r 16, lr 2e-4, 1 epoch, early
-                 stopping patience 3, betas (0.9, 0.999), warmup 3%), except the size
-                 keys below
+  default        every [train] key at its default, except the size keys below: LoRA r 16,
+                 1 epoch, early stopping patience 3, betas (0.9, 0.999), warmup 3%, and, on a
+                 model under 50M parameters such as stories260K, lr 1e-3 with the input
+                 embeddings (tied head) trained beside the adapter (TrainConfig.resolved)
+  default_old    the default before that change: lr 2e-4, the adapter alone. Every arm below
+                 that is not "default_*" is, like it, the adapter alone (modules_to_save = [])
+                 with lr a multiple of 2e-4, so the arms keep the meaning they were measured with
+  default_kl_0.1 the default + kl_to_base 0.1; default_lr_0.5x the default at lr 5e-4
+  embed, embed_5x, r64_embed_5x, r32_5x, r64_5x, rslora, rslora_5x, loraplus, loraplus_5x,
+  lr_15x, betas_95_5x   issue 17's LoRA probes (1 seed; what makes LoRA learn this set)
   lr 10x         LoRA at 10x the default lr: where the grid shows the default lr leaves skill unlearned
   lr 5x / 50x    LoRA at 5x (1e-3) and 50x (1e-2): the lr probe (LoRA usually needs a higher lr
                  than full fine-tuning to learn a task at all)
