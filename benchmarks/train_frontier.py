@@ -37,9 +37,16 @@ KL is measured on the exported weights (with early stopping: the best val-loss s
 not read from the trainer's summary, whose `kl_to_base` is that of the last evaluation.
 
 Arms (each is the default [train] with one thing changed; the table says which):
-  default        every [train] key at its default (LoRA r 16, lr 2e-4, 1 epoch, early
-                 stopping patience 3, betas (0.9, 0.999), warmup 3%), except the size
-                 keys below
+  default        every [train] key at its default, except the size keys below: LoRA r 16,
+                 1 epoch, early stopping patience 3, betas (0.9, 0.999), warmup 3%, and, on a
+                 model under 50M parameters such as stories260K, lr 1e-3 with the input
+                 embeddings (tied head) trained beside the adapter (TrainConfig.resolved)
+  default_old    the default before that change: lr 2e-4, the adapter alone. Every arm below
+                 that is not "default_*" is, like it, the adapter alone (modules_to_save = [])
+                 with lr a multiple of 2e-4, so the arms keep the meaning they were measured with
+  default_kl_0.1 the default + kl_to_base 0.1; default_lr_0.5x the default at lr 5e-4
+  embed, embed_5x, r64_embed_5x, r32_5x, r64_5x, rslora, rslora_5x, loraplus, loraplus_5x,
+  lr_15x, betas_95_5x   issue 17's LoRA probes (1 seed; what makes LoRA learn this set)
   lr 10x         LoRA at 10x the default lr: where the grid shows the default lr leaves skill unlearned
   lr 5x / 50x    LoRA at 5x (1e-3) and 50x (1e-2): the lr probe (LoRA usually needs a higher lr
                  than full fine-tuning to learn a task at all)
@@ -112,7 +119,10 @@ REPLAY_SEED = 777  # general text for replay; the forgetting reference uses Forg
 LORA_LR = "lora_lr"
 EPOCHS = "epochs"  # ("epochs", k): k times the grid's --epochs (the budget every other arm gets)
 ARMS: dict[str, tuple[str, str, dict]] = {
-    "default": ("default [train] (LoRA)", "tasks", {}),
+    "default": ("default [train] (LoRA; small model: lr 1e-3, embeddings trained)", "tasks", {}),
+    "default_old": ("old default [train] (LoRA lr 2e-4, adapter only)", "tasks", {"lr": (LORA_LR, 1.0)}),
+    "default_kl_0.1": ("default [train] + kl_to_base 0.1", "tasks", {"kl_to_base": 0.1}),
+    "default_lr_0.5x": ("default [train], lr 5e-4", "tasks", {"lr": (LORA_LR, 2.5)}),
     "lr_10x": ("LoRA, lr 10x", "tasks", {"lr": (LORA_LR, 10.0)}),
     "lr_0.1x": ("LoRA, lr 0.1x", "tasks", {"lr": (LORA_LR, 0.1)}),
     "lr_5x": ("LoRA, lr 5x", "tasks", {"lr": (LORA_LR, 5.0)}),
@@ -130,6 +140,20 @@ ARMS: dict[str, tuple[str, str, dict]] = {
     "l2_1": ("full FT (lr 5x) + l2_to_base 1", "tasks", {"method": "full", "lr": (LORA_LR, 5.0), "l2_to_base": 1.0}),
     "betas_95": ("LoRA, betas (0.9, 0.95)", "tasks", {"betas": [0.9, 0.95]}),
     "warmup_10": ("LoRA, warmup 10%", "tasks", {"warmup": 0.1}),
+    # issue 17's LoRA probes: what makes LoRA learn this set within the budget
+    "lr_15x": ("LoRA, lr 15x", "tasks", {"lr": (LORA_LR, 15.0)}),
+    "r32_5x": ("LoRA r 32 alpha 64, lr 5x", "tasks", {"r": 32, "alpha": 64.0, "lr": (LORA_LR, 5.0)}),
+    "r64_5x": ("LoRA r 64 alpha 128, lr 5x", "tasks", {"r": 64, "alpha": 128.0, "lr": (LORA_LR, 5.0)}),
+    "rslora": ("LoRA, rsLoRA scaling", "tasks", {"use_rslora": True}),
+    "rslora_5x": ("LoRA, rsLoRA scaling, lr 5x", "tasks", {"use_rslora": True, "lr": (LORA_LR, 5.0)}),
+    "betas_95_5x": ("LoRA, lr 5x, betas (0.9, 0.95), warmup 5%", "tasks",
+                    {"lr": (LORA_LR, 5.0), "betas": [0.9, 0.95], "warmup": 0.05}),
+    "loraplus": ("LoRA+ (lora_B lr 16x)", "tasks", {"lora_plus_ratio": 16.0}),
+    "loraplus_5x": ("LoRA+ (lora_B lr 16x), lr 5x", "tasks", {"lora_plus_ratio": 16.0, "lr": (LORA_LR, 5.0)}),
+    "embed": ("LoRA + embeddings trained", "tasks", {"modules_to_save": ["embed_tokens"]}),
+    "embed_5x": ("LoRA + embeddings trained, lr 5x", "tasks", {"modules_to_save": ["embed_tokens"], "lr": (LORA_LR, 5.0)}),
+    "r64_embed_5x": ("LoRA r 64 alpha 128 + embeddings, lr 5x", "tasks",
+                     {"r": 64, "alpha": 128.0, "modules_to_save": ["embed_tokens"], "lr": (LORA_LR, 5.0)}),
     "replay_10": ("LoRA + replay 10%", "replay_10", {}),
     "replay_25": ("LoRA + replay 25%", "replay_25", {}),
 }
@@ -308,6 +332,10 @@ def arm_train_table(arm: str, model: Path, epochs: int = 1) -> dict:
     _, _, over = ARMS[arm]
     lora_lr = TrainConfig(base_model="x").learning_rate
     t = {"base_model": str(model), **SIZE}
+    if not arm.startswith("default") or arm == "default_old":
+        # the arms measured before the small-model defaults (TrainConfig.resolved) keep their meaning:
+        # the adapter alone, lr a multiple of LoRA's 2e-4; "default*" arms take the product's defaults
+        t["modules_to_save"] = []
     if epochs != 1:
         t["epochs"] = epochs
     for k, v in over.items():
@@ -370,7 +398,8 @@ def run_one(arm: str, seed: int, out: Path, model: Path, items, base, ref, epoch
            "exact_match_by_task": {t: v["tuned"]["exact_match"] for t, v in ev["tasks"].items()},
            "answer_loss": ev["overall"]["tuned"]["answer_loss"], "kl_to_base": kl / n, "ref_loss": nll / n,
            "ref_loss_base": nll_base / n, "tokens": s["tokens"], "steps": s["steps"], "best_step": s["best_step"],
-           "stopped_early": s["stopped_early"], "wall_s": wall, "cpu_s": cpu, "lr": cfg.learning_rate,
+           "stopped_early": s["stopped_early"], "wall_s": wall, "cpu_s": cpu, "lr": s.get("lr", cfg.learning_rate),
+           "modules_to_save": s.get("modules_to_save", []),
            "trainer_kl_last_eval": s.get("kl_to_base")}
     shutil.rmtree(work, ignore_errors=True)
     return res

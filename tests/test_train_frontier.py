@@ -78,6 +78,11 @@ def test_arm_tables_follow_the_defaults_and_the_epoch_budget(tmp_path):
     lr = TrainConfig(base_model="x").learning_rate
     m = tmp_path  # a model directory (parse_train_config checks that it exists)
     assert "epochs" not in tf.arm_train_table("default", m) and "learning_rate" not in tf.arm_train_table("default", m)
+    # the default arm is the product's default; the old default and the other arms the adapter alone
+    assert "lr" not in tf.arm_train_table("default", m) and "modules_to_save" not in tf.arm_train_table("default", m)
+    old = tf.arm_train_table("default_old", m)
+    assert old["lr"] == pytest.approx(lr) == pytest.approx(2e-4) and old["modules_to_save"] == []
+    assert tf.arm_train_table("lr_5x", m)["modules_to_save"] == [] and tf.arm_train_table("embed_5x", m)["modules_to_save"] == ["embed_tokens"]
     assert tf.arm_train_table("default", m, epochs=2)["epochs"] == 2
     assert tf.arm_train_table("epochs_3", m)["epochs"] == 3
     assert tf.arm_train_table("epochs_3", m, epochs=2)["epochs"] == 6

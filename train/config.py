@@ -3,7 +3,11 @@ curation work, so a typo in `lr` never costs a whole curation run.
 
 Defaults follow what fine-tuning practice has converged on: LoRA on every linear
 projection, lr 2e-4 (LoRA) or 1e-5 (full), one epoch (more than three usually overfits
-small curated sets, so it warns), warmup then cosine decay, early stopping on val loss."""
+small curated sets, so it warns), warmup then cosine decay, early stopping on val loss.
+On a model under SMALL_MODEL_PARAMS, LoRA/DoRA's unset lr is 1e-3 and its input embeddings
+train beside the adapter (`TrainConfig.resolved`, applied once the model is loaded): measured
+on stories260K, where the adapter alone learned no exact answer at any lr or rank
+(benchmarks/train_frontier.md, issue 17)."""
 from __future__ import annotations
 
 import warnings
@@ -14,6 +18,12 @@ from typing import Literal
 from curate.contract.typed_config import ConfigError, load_dataclass
 
 ADAPTER_METHODS = ("lora", "dora", "ia3", "loha", "lokr")
+# Below this many parameters a LoRA/DoRA run's unset defaults differ (TrainConfig.resolved): lr
+# SMALL_MODEL_ADAPTER_LR and the input embeddings trained. Measured at 260k parameters
+# (stories260K, benchmarks/train_frontier.md); the bound is where a full embedding copy with Adam
+# state stops being cheap (GPT-2 small, 124M: 38M embedding parameters), not a measured crossover.
+SMALL_MODEL_PARAMS = 50_000_000
+SMALL_MODEL_ADAPTER_LR = 1e-3
 
 
 @dataclass
@@ -69,8 +79,14 @@ class TrainConfig:
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
     use_rslora: bool = False
+    # modules trained in full beside the adapter (peft's modules_to_save; lora/dora only), e.g.
+    # ["embed_tokens"]; a tied lm_head follows its embedding. Costs a full copy + Adam state per module.
+    # "auto": the input embeddings on a small model (< SMALL_MODEL_PARAMS), none otherwise
+    modules_to_save: list[str] | str = "auto"
+    # LoRA+: lr of every lora_B = this x lr (lora_A and the rest keep lr); 1 = plain LoRA (lora/dora only)
+    lora_plus_ratio: float = 1.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float | None = None  # default 2e-4 for adapters, 1e-5 for full fine-tuning
+    lr: float | None = None  # default: adapters 2e-4 (1e-3 on a model < SMALL_MODEL_PARAMS), full 1e-5
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     epochs: int = 1
@@ -107,6 +123,14 @@ class TrainConfig:
             raise ConfigError("r", f"must be >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+        if isinstance(self.modules_to_save, str) and self.modules_to_save != "auto":
+            raise ConfigError("modules_to_save", f"must be \"auto\" or a list of module names, got {self.modules_to_save!r}")
+        if isinstance(self.modules_to_save, list) and self.modules_to_save and self.method not in ("lora", "dora"):
+            raise ConfigError("modules_to_save", f"applies to method = \"lora\" or \"dora\", not {self.method!r}")
+        if not self.lora_plus_ratio > 0:
+            raise ConfigError("lora_plus_ratio", f"must be > 0, got {self.lora_plus_ratio}")
+        if self.lora_plus_ratio != 1.0 and self.method not in ("lora", "dora"):
+            raise ConfigError("lora_plus_ratio", f"applies to method = \"lora\" or \"dora\", not {self.method!r}")
         if self.lr is not None and not 0.0 < self.lr < 1.0:
             raise ConfigError("lr", f"must be in (0, 1), got {self.lr}")
         if self.epochs < 1:
@@ -148,9 +172,31 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
+        """The lr as set, or the default for a model of SMALL_MODEL_PARAMS or more (what
+        `resolved` keeps for such a model)."""
         if self.lr is not None:
             return self.lr
         return 1e-5 if self.method == "full" else 2e-4
+
+    def resolved(self, n_params: int, embed_name: str | None) -> "TrainConfig":
+        """A copy with the model-dependent defaults filled in: `lr` (when unset) and
+        `modules_to_save` (when "auto"). For LoRA/DoRA on a model under SMALL_MODEL_PARAMS
+        parameters: lr SMALL_MODEL_ADAPTER_LR and the input embeddings (`embed_name`, with a
+        tied output head) trained beside the adapter; otherwise lr 2e-4 and the adapter alone.
+        Why (docs/training.md, Mitigations): on stories260K the default LoRA learned no exact
+        answer (EM 0 at any lr tried, any rank) until its embeddings trained too, at lr 1e-3
+        (EM 0.5, near the full-FT frontier); on a model that small the embeddings cost next to
+        nothing, on a billion-parameter one a full copy plus Adam state, and LoRA's usual
+        2e-4 is the lr practice has settled on there."""
+        import copy
+
+        c = copy.deepcopy(self)
+        small = n_params < SMALL_MODEL_PARAMS and self.method in ("lora", "dora")
+        if c.lr is None:
+            c.lr = SMALL_MODEL_ADAPTER_LR if small else self.learning_rate
+        if c.modules_to_save == "auto":
+            c.modules_to_save = [embed_name] if small and embed_name else []
+        return c
 
     def to_dict(self) -> dict:
         return asdict(self)

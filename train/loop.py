@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from train import checkpoint as ckpt
 from train.attention import passing_segments, uses_segments
-from train.config import TrainConfig
+from train.config import SMALL_MODEL_PARAMS, TrainConfig
 from train.data import IGNORE, DataError, Split, eval_batches, load_split, make_batch, plan_epoch, read_manifest, \
     shard_hashes, tokenizer_fingerprint
 from train.export import ExportInfo, base_reference, chat_template, model_card, save_adapter, save_merged, \
@@ -38,7 +38,7 @@ from train.export import ExportInfo, base_reference, chat_template, model_card, 
 from train.forgetting import ForgettingMonitor, reference_split
 from train.paths import inside, safe_name, safe_names
 from train.provenance import check_resume, run_fingerprint, start_fresh
-from train.model import is_adapter, load_base, pick_device, pick_dtype, trainable, wrap
+from train.model import is_adapter, load_base, pick_device, pick_dtype, size_of, trainable, wrap
 
 
 class TrainingError(RuntimeError):
@@ -96,13 +96,26 @@ def lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def param_groups(cfg: TrainConfig, params: dict[str, torch.nn.Parameter]) -> list[dict]:
+    """One group at cfg.learning_rate; with `lora_plus_ratio` != 1 (LoRA+, Hayou et al. 2024)
+    every lora_B tensor goes in a second group at ratio x that lr. The scheduler scales each
+    group's own lr, so warmup and decay apply to both; group 0 is always the base lr (logged)."""
+    if cfg.lora_plus_ratio == 1.0:
+        return [{"params": list(params.values()), "lr": cfg.learning_rate}]
+    b = [p for n, p in params.items() if ".lora_B." in n]
+    rest = [p for n, p in params.items() if ".lora_B." not in n]
+    return [{"params": rest, "lr": cfg.learning_rate}, {"params": b, "lr": cfg.learning_rate * cfg.lora_plus_ratio}]
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter] | dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
+    groups = param_groups(cfg, params) if isinstance(params, dict) else [{"params": list(params), "lr": cfg.learning_rate}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.betas[0], weight_decay=cfg.weight_decay)
-    kind = {p.device.type for p in params}
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.betas[0], weight_decay=cfg.weight_decay)
+    kind = {p.device.type for g in groups for p in g["params"]}
     # fused AdamW (one kernel over all parameters) where torch has it; foreach elsewhere
     fused = {"fused": True} if kind <= {"cpu"} or kind <= {"cuda"} else {"foreach": True}
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                              **fused)
 
 
@@ -191,7 +204,7 @@ def train_unit(model, name: str, cfg: TrainConfig, tr: Split, va: Split | None, 
     """Train the active adapter `name` (or the full model) on `tr`; return its summary."""
     params = trainable(model)
     plist = list(params.values())
-    opt = make_optimizer(cfg, plist)
+    opt = make_optimizer(cfg, params)
     plans: dict[int, list] = {}
 
     def plan(e: int) -> list:
@@ -513,6 +526,13 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool | s
         out = inside(run_dir, run_dir / cfg.output_dir)
         model, tok = load_base(cfg, device, dtype)
         check_tokenizer(manifest, tok, cfg.base_model)
+        n_params, embed_name = size_of(model)
+        asked = cfg
+        cfg = cfg.resolved(n_params, embed_name)
+        if asked.lr is None and cfg.lr != asked.learning_rate or asked.modules_to_save == "auto" and cfg.modules_to_save:
+            log(f"[train] small model ({n_params:,} parameters < {SMALL_MODEL_PARAMS:,}): lr {cfg.lr:g}"
+                + (f", {', '.join(cfg.modules_to_save)} trained beside the adapter" if cfg.modules_to_save else "")
+                + " (the defaults for small models: docs/training.md, Mitigations)")
         vocab = model.get_input_embeddings().num_embeddings
         train = load_split(run_dir, "train", manifest, vocab)
         if not train.n_rows:
@@ -593,6 +613,7 @@ def run_training(run_dir: Path, cfg: TrainConfig, log=print, *, resume: bool | s
             "method": cfg.method, "base_model": cfg.base_model, "device": str(device), "dtype": str(dtype),
             "world_size": dist.world, "metrics": str(out / "metrics.jsonl"), "merged": str(merged_path) if merged_path else None,
             "fingerprint": fingerprint, "forgetting_reference": cfg.forgetting.reference,
+            "lr": cfg.learning_rate, "modules_to_save": list(cfg.modules_to_save), "base_parameters": n_params,
         }
         if cfg.adapters == "single":
             summary.update(summaries["default"])

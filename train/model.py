@@ -51,9 +51,11 @@ def adapter_config(cfg: TrainConfig):
 
     targets = cfg.target_modules
     if cfg.method in ("lora", "dora"):
+        mts = cfg.modules_to_save if isinstance(cfg.modules_to_save, list) else []  # "auto" unresolved: none
+        extra = {"modules_to_save": list(mts), "ensure_weight_tying": True} if mts else {}
         return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                                use_rslora=cfg.use_rslora, use_dora=cfg.method == "dora", bias="none",
-                               task_type="CAUSAL_LM")
+                               task_type="CAUSAL_LM", **extra)
     if cfg.method == "ia3":
         if targets == "all-linear":
             return peft.IA3Config(task_type="CAUSAL_LM")
@@ -134,6 +136,14 @@ def fold_small_lora(model) -> int:
             m.forward = types.MethodType(_folded_forward, m)
             n += 1
     return n
+
+
+def size_of(model) -> tuple[int, str | None]:
+    """(parameters, the input embedding's module name) of a base model, for
+    TrainConfig.resolved."""
+    emb = model.get_input_embeddings()
+    name = next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is emb), None)
+    return sum(p.numel() for p in model.parameters()), name
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
