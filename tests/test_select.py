@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from curate.contract.schema import POLARS_MESSAGES
 from curate.stages.base import StageContext
 from curate.stages.select import Config, SelectStage
-from curate.contract.typed_config import ConfigError, load_dataclass
 from helpers import planned_on_copies
+from curate.contract.typed_config import ConfigError, load_dataclass
 
 
 def make_table(rows):
@@ -252,7 +252,7 @@ def test_scope_ranks_only_rows_inside_it(tmp_path):
                                   "scope_max": 2})
     stage = SelectStage(cfg, StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path))
     ref = stage.process(t)
-    got = blockwise(stage, t, 3)
+    got = planned_on_copies(stage, t, 3)
     assert got.kept.equals(ref.kept) and got.dropped.equals(ref.dropped) and got.stats == ref.stats
 
 

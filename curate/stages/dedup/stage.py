@@ -523,6 +523,8 @@ class DedupStage(PlannedStage):
         never calls it (Ray, `process`) plans from the keys in memory, to the same plan."""
         from curate.stages.dedup.spill import KeySpill
 
+        if self.config.method == "semantic":  # its plan needs every embedding at once (semantic.py)
+            return keys
         sp = getattr(self, "_spill", None)
         first = int(keys[ROW_COL][0]) if keys.height else (sp.rows if sp is not None else 0)
         if sp is None or sp.folder != Path(folder) or (keys.height and first == 0):
