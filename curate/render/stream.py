@@ -151,6 +151,25 @@ def example_facts(ids_list, labels_list, end_of_turn_ids: list[int] | None, expe
     return {"length": lens, "supervised": per_sup, "runs": runs, "bad_runs": bad, "bos2": bos2}
 
 
+def split_aligned(aligned, ids: pl.Series):
+    """One rendered part's outcome, shared by the local loop and the Ray part task:
+    (the kept rows' tokens, their ids, the dropped ids with reason and detail or None,
+    the truncated ids or None)."""
+    reasons = aligned.column(REASON_COL)
+    kept = pc.is_null(reasons)
+    kept_np = kept.to_numpy(zero_copy_only=False)
+    tokens = aligned.select(["input_ids", "labels"]).filter(kept)
+    dropped = None
+    if not kept_np.all():
+        dropped = pl.DataFrame({
+            "id": ids.filter(pl.Series(~kept_np)),
+            REASON: pl.from_arrow(reasons.filter(pc.invert(kept))).cast(pl.String),
+            "_detail": pl.from_arrow(aligned.column(DETAIL_COL).filter(pc.invert(kept))).cast(pl.String)})
+    trunc = aligned.column(TRUNCATED_COL).to_numpy(zero_copy_only=False)
+    truncated = ids.filter(pl.Series(trunc)) if trunc.any() else None
+    return tokens, ids.filter(pl.Series(kept_np)), dropped, truncated
+
+
 def checks_of(examples: pl.DataFrame) -> dict:
     """check_examples' result (plus double_bos) from per-example facts: the same numbers."""
     lens = examples["length"].to_numpy().astype(np.int64)
@@ -227,7 +246,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     # pass 2: tokens of each id's first row, part by part
     store = TokenStore(work_dir)
     expect = cfg.train_on != "all"
-    facts, why_parts, truncated, rejects = [], [], [], []
+    facts, truncated, rejects = [], [], []
     why = pl.DataFrame(schema={"id": pl.String, REASON: pl.String, "_detail": pl.String})
     out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
     with_tools, off = 0, 0
@@ -251,28 +270,19 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
             else:
                 frame = uniq.select("messages").with_columns(tools) if has_tools else uniq.select("messages")
                 aligned = map_blocks(frame, RenderBlock(cfg, str(base_dir)))
-            reasons = aligned.column(REASON_COL)
-            kept = pc.is_null(reasons)
-            tokens = aligned.select(["input_ids", "labels"]).filter(kept)
-            ids = uniq["id"].cast(pl.String)
-            kept_np = kept.to_numpy(zero_copy_only=False)
+            tokens, kept_ids, dropped_now, trunc_ids = split_aligned(aligned, uniq["id"].cast(pl.String))
             if tokens.num_rows:
                 rpart = store.add(tokens)
                 f = example_facts(tokens.column("input_ids"), tokens.column("labels"), renderer.end_of_turn_ids,
                                   expect, renderer.bos_id)
                 f["rpart"] = np.full(tokens.num_rows, rpart, dtype=np.int32)
                 f["rrow"] = np.arange(tokens.num_rows, dtype=np.int64)
-                facts.append(pl.DataFrame({"id": ids.filter(pl.Series(kept_np)),
+                facts.append(pl.DataFrame({"id": kept_ids,
                                            **{c: pl.Series(c, f[c], dtype=t) for c, t in FACTS.items()}}))
-            if not kept_np.all():
-                dropped_now = pl.DataFrame({
-                    "id": ids.filter(pl.Series(~kept_np)),
-                    REASON: pl.from_arrow(reasons.filter(pc.invert(kept))).cast(pl.String),
-                    "_detail": pl.from_arrow(aligned.column(DETAIL_COL).filter(pc.invert(kept))).cast(pl.String)})
+            if dropped_now is not None:
                 why = pl.concat([why, dropped_now], how="vertical_relaxed")
-            trunc = aligned.column(TRUNCATED_COL).to_numpy(zero_copy_only=False)
-            if trunc.any():
-                truncated.append(ids.filter(pl.Series(trunc)))
+            if trunc_ids is not None:
+                truncated.append(trunc_ids)
             del aligned, tokens
         # every row (copies too) of an id dropped so far: this part's render rejects
         dropped = part.join(why, on="id", how="inner", maintain_order="left")
@@ -343,27 +353,14 @@ class RenderPart:
         res["with_tools"] = int(tools.len() - tools.null_count())
         frame = uniq.select("messages").with_columns(tools) if has_tools else uniq.select("messages")
         aligned = RenderBlock(self.cfg, self.base_dir)(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
-        reasons = aligned.column(REASON_COL)
-        kept = pc.is_null(reasons)
-        tokens = aligned.select(["input_ids", "labels"]).filter(kept)
-        ids = uniq["id"].cast(pl.String)
-        kept_np = kept.to_numpy(zero_copy_only=False)
+        tokens, kept_ids, res["dropped"], res["truncated"] = split_aligned(aligned, uniq["id"].cast(pl.String))
         if tokens.num_rows:
             path = Path(self.work_dir) / f"tokens-{k:05d}.arrow"
             write_tokens(path, tokens)
             f = example_facts(tokens.column("input_ids"), tokens.column("labels"), self.end_of_turn_ids,
                               self.expect, self.bos_id)
             res["file"] = str(path)
-            res["facts"] = pl.DataFrame({"id": ids.filter(pl.Series(kept_np)),
-                                         **{c: pl.Series(c, f[c], dtype=FACTS[c]) for c in f}})
-        if not kept_np.all():
-            res["dropped"] = pl.DataFrame({
-                "id": ids.filter(pl.Series(~kept_np)),
-                REASON: pl.from_arrow(reasons.filter(pc.invert(kept))).cast(pl.String),
-                "_detail": pl.from_arrow(aligned.column(DETAIL_COL).filter(pc.invert(kept))).cast(pl.String)})
-        trunc = aligned.column(TRUNCATED_COL).to_numpy(zero_copy_only=False)
-        if trunc.any():
-            res["truncated"] = ids.filter(pl.Series(trunc))
+            res["facts"] = pl.DataFrame({"id": kept_ids, **{c: pl.Series(c, f[c], dtype=FACTS[c]) for c in f}})
         return res
 
 
