@@ -37,10 +37,11 @@ import polars as pl
 import pyarrow as pa
 
 from curate.contract.atomic import atomic_path
-from curate.contract.schema import empty_records, stable_keys
+from curate.contract.schema import empty_records
 from curate.pipeline import parts as P
 from curate.pipeline import trusted
 from curate.pipeline.ray_blocks import maybe_fault
+from curate.read.limit import limit_keys
 from curate.read.ranges import Piece, SourcePlan, plan_sources, read_piece
 
 NAME_COLUMNS = ("task", "source")
@@ -70,8 +71,7 @@ def _piece_task(plans: list[SourcePlan], base_dir: Path, work: Path, batch_rows:
                         if not table.height:
                             continue
                         if limit is not None:
-                            keys.append(np.asarray(stable_keys(table["origin"].cast(pl.String).fill_null("").to_list(),
-                                                               seed, "limit"), dtype=np.uint64))
+                            keys.append(limit_keys(table, seed))
                         arrow = table.to_arrow()
                         if writer is None:
                             sink, schema = pa.OSFile(str(tmp), "wb"), arrow.schema

@@ -16,12 +16,17 @@ import polars as pl
 from curate.contract.schema import stable_keys
 
 
+def limit_keys(table: pl.DataFrame, seed: int) -> np.ndarray:
+    """Each row's seeded `--limit` key, from its origin (the Ray read computes them on workers)."""
+    return np.asarray(stable_keys(table["origin"].cast(pl.String).fill_null("").to_list(), seed, "limit"),
+                      dtype=np.uint64)
+
+
 def sample_records(table: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
     """The n rows of `table` with the smallest seeded key of their origin, in table order."""
     if table.height <= n:
         return table
-    keys = np.asarray(stable_keys(table["origin"].cast(pl.String).fill_null("").to_list(), seed, "limit"),
-                      dtype=np.uint64)
+    keys = limit_keys(table, seed)
     keep = np.zeros(table.height, dtype=bool)
     keep[np.argsort(keys, kind="stable")[:n]] = True
     return table.filter(pl.Series(keep))
