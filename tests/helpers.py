@@ -1,9 +1,26 @@
 """Small builders shared by the stage tests."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import polars as pl
 
 from curate.contract.schema import POLARS_SCHEMA, conversation_id
+
+
+def load_script(path: Path, name: str, search_path: bool = False):
+    """Import a script that is not a package module (a benchmark, a data generator) by its
+    path, registered under `name` (dataclasses and pickling need it in sys.modules).
+    `search_path` puts the script's folder first on sys.path, for its sibling imports."""
+    if search_path and str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def pair(user: str, assistant: str) -> list[dict]:

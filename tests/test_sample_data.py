@@ -7,7 +7,6 @@ import csv
 import difflib
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import re
@@ -16,16 +15,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 GENERATED_DIRS = ("raw", "evalsets", "tokenizer")
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_sample_data", SAMPLE / "make_sample_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SAMPLE / "make_sample_data.py", "make_sample_data")
 
 
 GEN = _load_generator()
@@ -444,8 +441,8 @@ def test_readme_counts_match_ground_truth():
 def test_project_reader_quarantines_exactly_the_malformed_inputs():
     """The record origins in defects.json are the ones curate's reader gives, and it
     quarantines exactly the planted malformed inputs."""
-    from curate.read.sources import SourceConfig
     from curate.read.readers import read_source
+    from curate.read.sources import SourceConfig
 
     def csv_end_lines(rel):
         # A CSV row spans several lines; a reader may name it by its first line (as
@@ -478,8 +475,8 @@ def test_normalize_makes_the_after_normalize_duplicates_identical(tmp_path):
     the planted unicode noise comes out clean."""
     import polars as pl
 
-    from curate.read.sources import SourceConfig
     from curate.read.readers import read_source
+    from curate.read.sources import SourceConfig
     from curate.stages.base import StageContext
     from curate.stages.normalize import Config, Normalize
 

@@ -2,24 +2,20 @@
 the --quick mode end to end on stories260K (skipped when ../shared/data is absent)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_frontier", REPO / "benchmarks" / "train_frontier.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_frontier"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "benchmarks" / "train_frontier.py", "train_frontier")
 
 
 def test_pareto_on_hand_made_points():

@@ -5,23 +5,17 @@ warmup + cosine) on the tiny model: the trainer (folded LoRA, segment attention,
 must give the same loss at every step and the same adapter weights at the end."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
+from helpers import load_script
 from test_train import cfg_for, examples, tiny_model, tok, write_run  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _check():
-    spec = importlib.util.spec_from_file_location("train_lora_check", REPO / "benchmarks" / "train_lora_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_lora_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "benchmarks" / "train_lora_check.py", "train_lora_check")
 
 
 @pytest.mark.parametrize("rslora,modules", [(False, []), (True, []), (False, ["embed_tokens"])])
