@@ -20,23 +20,34 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             writes the output part, its rejects, its small columns (`light`: no
             `messages`/`meta`) and its record (parts.StageProgress). The driver gets a
             part record back (file names, sha256, the part's JSON stats or annotation
-            state); then `stage_steps.row_local_output` computes the statistics with the
-            stage's own code over the small columns of all parts, as locally. Parts an
-            earlier run finished (their records and files match) are not resubmitted:
-            resume inside a stage works as with the local executor, across executors.
-  keys      planned stages (`base.has_plan`: exact / estimate-verified MinHash dedup,
-            select without diversity, mix): `keys` per part on workers (the part read on
-            the worker, `_row` added), the keys concatenated on the driver, one `plan`,
-            one `ray.put` of it, `apply` per part on workers writing the output part and
-            its rejects (`stage_steps.apply_part`); the driver merges what apply found
-            (`merge_part_stats`) and, when the plan moves rows across parts, reads the
-            output back in windows, as locally (`stage_steps.planned_output`).
-  whole     any other stage (MinHash with exact verification - the default -, semantic
-            dedup, consensus, select's diversity walk, LM-scored quality):
+            state); then one more task, on a worker, runs `stage_steps.row_local_output`
+            (the statistics by the stage's own code over the small columns of all parts,
+            as locally) and returns the stage's output record and what the stage logged
+            (replayed on the driver's log): the driver never holds a row's columns.
+            Parts an earlier run finished (their records and files match) are not
+            resubmitted: resume inside a stage works as with the local executor, across
+            executors.
+  keys      planned stages (`base.has_plan(refine=True)`: dedup (exact, MinHash either
+            way of verifying, semantic), consensus, select without diversity, mix): `keys` per part
+            on workers (the part read on the worker, `_row` added), each part's keys
+            written by its worker to the stage's progress folder (Arrow IPC); the driver
+            then takes them one part at a time through `stage_steps.hold_keys` - the local
+            executor's own path: a stage with `spill_keys` (dedup) spills each part's
+            keys to disk and plans from the spill in bounded steps; the others' keys
+            (select: scores; mix: groups; semantic dedup: embeddings, which its plan
+            needs at once) are concatenated, as locally - and makes one
+            `plan`. A plan that asks for a second pass (base.Refine: MinHash's exact
+            verification, consensus) gets each pass's `refine_keys` from workers, one task
+            per part holding an asked row (`_RefineOnWorkers`, through `complete_plan`'s
+            own loop). One `ray.put` of the plan, `apply` per part on workers writing the
+            output part and its rejects (`stage_steps.apply_part`); the driver merges what
+            apply found (`merge_part_stats`) and, when the plan moves rows across parts,
+            reads the output back in windows, as locally (`stage_steps.planned_output`).
+  whole     any other stage (select's diversity walk, LM-scored quality):
             `stage_steps.run_whole`, the local fallback - the input read whole on the
-            driver, logged, `memory = "whole-table"` - with `process` below: MinHash's
-            signatures and band buckets on workers (curate/pipeline/ray_dedup.py), the
-            others the stage's own `process` on the driver.
+            driver, logged, `memory = "whole-table"` - with `process` below (MinHash,
+            should it come here: its signatures and band buckets on workers,
+            curate/pipeline/ray_dedup.py; the others the stage's own `process`).
   render    pass 2 of the streamed render (curate/render/stream.py) one task per part
             (`render_parts`): the worker reads the part, renders and tokenizes its
             first-of-id rows, writes their token file into RUN/render-work and returns
@@ -360,7 +371,7 @@ class RayExecutor:
         self._check_rows(stage, keyed, rows_in)
         # the local executor's own path from here: each part's keys read in turn and spilled
         # where the stage can (dedup: `hold_keys`), then one plan from them
-        keys = hold_keys(stage, job, (from_ipc((keys_dir / r["file"]).read_bytes()) for r in keyed))
+        keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / r["file"], memory_map=False) for r in keyed))
         del keyed
         shutil.rmtree(keys_dir)
         plan = stage.plan(keys)
