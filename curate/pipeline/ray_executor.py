@@ -371,7 +371,7 @@ class RayExecutor:
         self._check_rows(stage, keyed, rows_in)
         # the local executor's own path from here: each part's keys read in turn and spilled
         # where the stage can (dedup: `hold_keys`), then one plan from them
-        keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / r["file"], memory_map=False) for r in keyed))
+        keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / r["file"]) for r in keyed))
         del keyed
         shutil.rmtree(keys_dir)
         plan = stage.plan(keys)
