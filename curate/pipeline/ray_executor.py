@@ -294,19 +294,27 @@ class RayExecutor:
         the run's render work folder, small per-row facts back) and its rejects
         (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
         items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
-        return [pickle.loads(r["result"]) for r in self.map_items(items, _render_part_task(parts, fn))]
+        # each result unpickled as its block arrives: the driver never holds the pickled
+        # bytes of every part's facts beside the facts themselves
+        got = self.map_items(items, _render_part_task(parts, fn),
+                             convert=lambda r: {"i": r["i"], "result": pickle.loads(r["result"])})
+        return [r["result"] for r in got]
 
-    def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
+    def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table],
+                  convert: Callable[[dict], dict] | None = None) -> list[dict]:
         """`fn` over `items` (small descriptors: part numbers and files), one Ray Data task
-        per item (`map_batches`, batch_size 1), results in item order. The items and the
-        results are small; the data moves through the run directory, not the driver. A
+        per item (`map_batches`, batch_size 1), results in item order, each passed through
+        `convert` as it arrives (the results stream in a block at a time: the driver holds
+        the converted results and one block, not every block beside them). The items and
+        the results are small; the data moves through the run directory, not the driver. A
         task whose worker dies is resubmitted by Ray Data (max_retries -1 for system
         failures); every write is atomic and a part's result depends only on the part,
         so the retried task rewrites the same bytes."""
         if not items:
             return []
         ds = self._ray.data.from_items(items, override_num_blocks=len(items))
-        got = ds.map_batches(fn, batch_size=1, batch_format="pyarrow").take_all()
+        got = [convert(dict(r)) if convert is not None else dict(r)
+               for r in ds.map_batches(fn, batch_size=1, batch_format="pyarrow").iter_rows()]
         return sorted(got, key=lambda r: r["i"])
 
     # ------------------------------------------------------------------ the runner's hooks
@@ -386,8 +394,9 @@ class RayExecutor:
             asks = [{"i": i, "file": job.in_entries[i]["file"], "first_row": lo,
                      "rows": rows[cuts[i]:cuts[i + 1]].tobytes()}
                     for i, (lo, _) in enumerate(spans) if cuts[i + 1] > cuts[i]]
-            got = self.map_items(asks, _refine_task(cls, cfg, ctx, job.in_dir, refine.ask))
-            return {r["i"]: from_ipc(r["keys"]) for r in got}
+            got = self.map_items(asks, _refine_task(cls, cfg, ctx, job.in_dir, refine.ask),
+                                 convert=lambda r: {"i": r["i"], "keys": from_ipc(r["keys"])})
+            return {r["i"]: r["keys"] for r in got}
 
         proxy = _RefineOnWorkers(stage, fetch)
         plan = complete_plan(proxy, proxy.prefetch(plan), spans, lambda i: i)
