@@ -6,6 +6,12 @@ when repeated.
 
     python benchmarks/ray_memory.py --records 250000,1000000,2000000 --ray-cpus 2 --render --arms tree
     python benchmarks/ray_memory.py --records 250000,1000000 --render --baseline /tmp/base
+    python benchmarks/ray_memory.py --records 250000,1000000,2000000 --render --arms local,tree,baseline \
+        --local-records 250000,1000000 --baseline /tmp/base
+
+The `local` arm runs this tree's local executor on the same records: the reference. Each
+arm's `files` digest is the sha256 of its shard files and rejects (bytes, by path), and
+per size the Ray arms' digests are checked against the local one ("identical"/"DIFFER").
 
 Printed per size and arm: pipeline wall s; the driver's peak RSS (its own `ru_maxrss`,
 exact) and the peak summed RSS of its process tree (driver + raylet + GCS + object store +
@@ -81,7 +87,20 @@ class PhaseRSS:
         return {k: [round(v / 2**30, 2), round(self.anon[k] / 2**30, 2)] for k, v in self.peaks.items()}
 
 
-def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
+def output_digest(run: Path) -> str:
+    """sha256 over the run's shard files and rejects, by path (bytes, not rows): what must be
+    the same whichever executor wrote them (tests/helpers.py `run_digests` checks more)."""
+    h = hashlib.sha256()
+    for pat in ("shards/**/*.arrow", "rejects/*.parquet"):
+        for p in sorted(run.glob(pat)):
+            h.update(str(p.relative_to(run)).encode())
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int, executor: str = "ray") -> None:
     from contextlib import contextmanager
 
     from curate.contract.progress import Progress
@@ -101,7 +120,12 @@ def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
 
     cfg = load_config(pipeline)
     cfg.run.part_rows = part_rows
-    ex = RayExecutor(num_cpus=ray_cpus)
+    if executor == "local":
+        from curate.pipeline.executor import LocalExecutor
+
+        ex = LocalExecutor()
+    else:
+        ex = RayExecutor(num_cpus=ray_cpus)
     t0 = time.perf_counter()
     m = run_pipeline(cfg, out, fresh=True, executor=ex, progress=Phased(enabled=False))
     wall = time.perf_counter() - t0
@@ -110,7 +134,7 @@ def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int) -> None:
     digest = hashlib.sha256(json.dumps([m["ledger"], [(s["name"], s["rows_in"], s["rows_out"]) for s in m["stages"]]],
                                        sort_keys=True).encode()).hexdigest()[:12]
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"wall": wall, "digest": digest, "kept": m["ledger"]["kept"],
+    print(json.dumps({"wall": wall, "digest": digest, "files": output_digest(out), "kept": m["ledger"]["kept"],
                       "driver_maxrss_gib": ru.ru_maxrss * 1024 / 2**30, "driver_cpu_s": ru.ru_utime + ru.ru_stime,
                       "memory": {s["name"]: s.get("memory") for s in m["stages"]}, "phases": by_phase}))
 
@@ -132,11 +156,12 @@ def _rss(pid: int) -> int:
     return total
 
 
-def measure(pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows: int, base: Path) -> dict:
+def measure(pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows: int, base: Path,
+            executor: str = "ray") -> dict:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "PYTHONPATH": pythonpath,
            "HOME": str(base), "TMPDIR": str(base), "RAY_TMPDIR": str(base)}
     proc = subprocess.Popen([sys.executable, __file__, "--child", "--pipeline", str(pipeline), "--out", str(out),
-                             "--ray-cpus", str(ray_cpus), "--part-rows", str(part_rows)],
+                             "--ray-cpus", str(ray_cpus), "--part-rows", str(part_rows), "--executor", executor],
                             stdout=subprocess.PIPE, stderr=open(str(out) + ".stderr", "w"), env=env, text=True)
     peak = [0]
     stop = threading.Event()
@@ -166,14 +191,19 @@ def main() -> None:
     ap.add_argument("--near-verify", choices=["exact", "estimate"], default=None,
                     help="near_dedup's verify_by (default: the stage's default, exact)")
     ap.add_argument("--render", action="store_true", help="add scale_bench.py's [render] section (packed shards)")
-    ap.add_argument("--arms", default="baseline,tree")
+    ap.add_argument("--arms", default="baseline,tree",
+                    help="of baseline (Ray, --baseline's checkout), tree (Ray, this tree), local (this tree's local "
+                         "executor: the reference the Ray arms' output digests must equal)")
+    ap.add_argument("--local-records", default=None,
+                    help="sizes at which the local arm runs (default: every size)")
+    ap.add_argument("--executor", default="ray", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--pipeline", type=Path)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.child:
-        child(a.pipeline, a.out, a.ray_cpus, a.part_rows)
+        child(a.pipeline, a.out, a.ray_cpus, a.part_rows, a.executor)
         return
     from scale_bench import RENDER, STAGES, generate
 
@@ -183,9 +213,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ray_memory_"))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; part_rows {a.part_rows:,}; "
           f"ray cpus {a.ray_cpus}; near_dedup verify_by {a.near_verify or 'exact (default)'}")
-    print("records  arm                 wall_s  driver_peak_GiB  tree_peak_GiB  driver_cpu_s  kept     digest")
-    known = {"baseline": ("baseline", a.baseline), "tree": ("this tree", str(ROOT))}
+    print("records  arm                 wall_s  driver_peak_GiB  tree_peak_GiB  driver_cpu_s  kept     digest"
+          "        files")
+    known = {"baseline": ("baseline", a.baseline, "ray"), "tree": ("this tree", str(ROOT), "ray"),
+             "local": ("local (this tree)", str(ROOT), "local")}
     arms = [known[x] for x in a.arms.split(",")]
+    local_sizes = None if a.local_records is None else {int(x) for x in a.local_records.split(",") if x}
     summary: dict[str, list[tuple[int, float, float]]] = {}
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
@@ -193,19 +226,29 @@ def main() -> None:
         pipe = work / f"p-{n}.toml"
         pipe.write_text(f'[run]\nseed = 0\n[[sources]]\nname = "gen"\npath = "{data}"\nformat = "alpaca"\n'
                         f'task = "qa"\n{stages}')
-        ratio = {}
+        ratio, files = {}, {}
+        here = [x for x in arms if x[2] != "local" or local_sizes is None or n in local_sizes]
         for rep in range(a.repeat):
-            for label, path in (arms if rep % 2 == 0 else arms[::-1]):
-                r = measure(path, pipe, work / f"run-{n}-{label.replace(' ', '_')}", a.ray_cpus, a.part_rows, work)
-                ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
+            for label, path, executor in (here if rep % 2 == 0 else here[::-1]):
+                run = work / f"run-{n}-{label.replace(' ', '_').replace('(', '').replace(')', '')}"
+                r = measure(path, pipe, run, a.ray_cpus, a.part_rows, work, executor)
+                if executor == "ray":
+                    ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
+                files.setdefault(label, set()).add(r["files"])
                 summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
-                      f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}", flush=True)
+                      f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}  {r['files']}", flush=True)
                 print("         driver peak GiB by phase (RSS/anonymous): "
                       + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in r["phases"].items()), flush=True)
         if len(ratio) == 2:
             (la, va), (lb, vb) = ratio.items()
             print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)
+        if "local (this tree)" in files:
+            ref = files["local (this tree)"]
+            for label, got in files.items():
+                if label != "local (this tree)":
+                    print(f"{n:>7}  shards + rejects {label} vs local: {'identical' if got == ref else 'DIFFER'}",
+                          flush=True)
         for f in work.glob(f"run-{n}-*"):
             if f.is_dir():
                 import shutil

@@ -117,3 +117,45 @@ def test_reordering_plan_on_workers_equals_local_and_whole_table(ray_cluster, tm
     assert rk["task"].to_list() == sorted(rk["task"].to_list())  # really reordered across parts
     assert rr.height == want.dropped.height > 0
     assert not (tmp_path / "ray" / "parts" / "applied").exists()
+
+
+@pytest.mark.parametrize("case", ["minhash-batches", "consensus"])
+def test_refined_plans_on_workers_equal_local(ray_cluster, tmp_path, monkeypatch, case):
+    """Plans that ask for second passes (base.Refine: MinHash's exact verification in
+    several batches, consensus's word sets) on a multi-part input: the keys written by
+    workers and spilled on the driver part by part (dedup: `spill_keys`), every pass's
+    `refine_keys` on workers (the driver's copy fails if called), and the same part files,
+    rejects and stats as the local executor."""
+    from curate.contract.typed_config import load_dataclass
+    from curate.stages.consensus.stage import Config as ConsensusConfig, ConsensusStage
+    from curate.stages.dedup.stage import Config as DedupConfig, DedupStage
+    from test_planned import handmade, voting
+
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=3, stage_dir=tmp_path / "st", log=lambda m: None)
+    if case == "consensus":
+        table, cls = voting(), ConsensusStage
+        mk = lambda: ConsensusStage(load_dataclass(ConsensusConfig, {"kind": "consensus"}, "s"), ctx)  # noqa: E731
+    else:
+        table, cls = handmade(), DedupStage
+        cfg = {"kind": "dedup", "method": "minhash", "view": "user", "threshold": 0.5, "verify_shingles": 200}
+        mk = lambda: DedupStage(load_dataclass(DedupConfig, cfg, "s"), ctx)  # noqa: E731
+    src = tmp_path / "src"
+    entries = [P.write_part(src, k, table.slice(lo, 25)) for k, lo in enumerate(range(0, table.height, 25))]
+    passes = []
+    original = cls.finish_plan
+    got = {}
+    for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        if name == "ray":
+            monkeypatch.setattr(cls, "refine_keys", lambda *a, **k: (_ for _ in ()).throw(AssertionError("driver")))
+            monkeypatch.setattr(cls, "finish_plan", lambda self, *a: passes.append(1) or original(self, *a))
+        job = _job(src, entries, tmp_path / name, 25)
+        out = ex.run_stage(mk(), job)
+        got[name] = (out, [(tmp_path / name / e["file"]).read_bytes() for e in out.entries],
+                     [Path(r).read_bytes() for r in out.rejects])
+    (lo, lb, lr), (ro, rb, rr) = got["local"], got["ray"]
+    assert ro.memory == lo.memory == "keys" and ro.stats == lo.stats and ro.entries == lo.entries
+    assert rb == lb and rr == lr and len(lb) > 3
+    assert len(passes) >= (2 if case == "minhash-batches" else 1)  # several passes, each answered by workers
+    if case == "minhash-batches":  # the keys went through the dedup spill, as locally
+        assert list((tmp_path / "ray" / "parts" / "spill").glob("keys-*.parquet"))
+    assert not (tmp_path / "ray" / "parts" / "keys").exists()  # the workers' key files are gone once planned

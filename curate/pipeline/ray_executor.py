@@ -20,23 +20,34 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             writes the output part, its rejects, its small columns (`light`: no
             `messages`/`meta`) and its record (parts.StageProgress). The driver gets a
             part record back (file names, sha256, the part's JSON stats or annotation
-            state); then `stage_steps.row_local_output` computes the statistics with the
-            stage's own code over the small columns of all parts, as locally. Parts an
-            earlier run finished (their records and files match) are not resubmitted:
-            resume inside a stage works as with the local executor, across executors.
-  keys      planned stages (`base.has_plan`: exact / estimate-verified MinHash dedup,
-            select without diversity, mix): `keys` per part on workers (the part read on
-            the worker, `_row` added), the keys concatenated on the driver, one `plan`,
-            one `ray.put` of it, `apply` per part on workers writing the output part and
-            its rejects (`stage_steps.apply_part`); the driver merges what apply found
-            (`merge_part_stats`) and, when the plan moves rows across parts, reads the
-            output back in windows, as locally (`stage_steps.planned_output`).
-  whole     any other stage (MinHash with exact verification - the default -, semantic
-            dedup, consensus, select's diversity walk, LM-scored quality):
+            state); then one more task, on a worker, runs `stage_steps.row_local_output`
+            (the statistics by the stage's own code over the small columns of all parts,
+            as locally) and returns the stage's output record and what the stage logged
+            (replayed on the driver's log): the driver never holds a row's columns.
+            Parts an earlier run finished (their records and files match) are not
+            resubmitted: resume inside a stage works as with the local executor, across
+            executors.
+  keys      planned stages (`base.has_plan(refine=True)`: dedup (exact, MinHash either
+            way of verifying, semantic), consensus, select without diversity, mix): `keys` per part
+            on workers (the part read on the worker, `_row` added), each part's keys
+            written by its worker to the stage's progress folder (Arrow IPC); the driver
+            then takes them one part at a time through `stage_steps.hold_keys` - the local
+            executor's own path: a stage with `spill_keys` (dedup) spills each part's
+            keys to disk and plans from the spill in bounded steps; the others' keys
+            (select: scores; mix: groups; semantic dedup: embeddings, which its plan
+            needs at once) are concatenated, as locally - and makes one
+            `plan`. A plan that asks for a second pass (base.Refine: MinHash's exact
+            verification, consensus) gets each pass's `refine_keys` from workers, one task
+            per part holding an asked row (`_RefineOnWorkers`, through `complete_plan`'s
+            own loop). One `ray.put` of the plan, `apply` per part on workers writing the
+            output part and its rejects (`stage_steps.apply_part`); the driver merges what
+            apply found (`merge_part_stats`) and, when the plan moves rows across parts,
+            reads the output back in windows, as locally (`stage_steps.planned_output`).
+  whole     any other stage (select's diversity walk, LM-scored quality):
             `stage_steps.run_whole`, the local fallback - the input read whole on the
-            driver, logged, `memory = "whole-table"` - with `process` below: MinHash's
-            signatures and band buckets on workers (curate/pipeline/ray_dedup.py), the
-            others the stage's own `process` on the driver.
+            driver, logged, `memory = "whole-table"` - with `process` below (MinHash,
+            should it come here: its signatures and band buckets on workers,
+            curate/pipeline/ray_dedup.py; the others the stage's own `process`).
   render    pass 2 of the streamed render (curate/render/stream.py) one task per part
             (`render_parts`): the worker reads the part, renders and tokenizes its
             first-of-id rows, writes their token file into RUN/render-work and returns
@@ -60,20 +71,24 @@ import logging
 import math
 import os
 import pickle
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray  # at import time, so that make_executor reports a missing `ray` extra clearly
 import ray.data
 
+from curate.contract.atomic import write_bytes
 from curate.pipeline import parts as P
 from curate.pipeline.blocks import part_mode
-from curate.pipeline.stage_steps import (StageJob, StageOutput, apply_part, part_keys, plan_positions, planned_output,
-                                         resumed_part, row_local_output, row_local_part, run_whole)
+from curate.pipeline.stage_steps import (StageJob, StageOutput, apply_part, hold_keys, part_keys, plan_positions,
+                                         planned_output, resumed_part, row_local_output, row_local_part, run_whole)
 from curate.pipeline.ray_blocks import FAULT_ENV, from_ipc, maybe_fault, portable, to_ipc, worker_stage  # noqa: F401
-from curate.stages.base import Stage, StageResult, complete_plan, has_plan
+from curate.stages.base import Refine, Stage, StageResult, complete_plan, has_plan
 
 DEFAULT_BLOCK_ROWS = 50_000
 
@@ -99,17 +114,69 @@ def _row_local_task(mode: str, cls: type, config: Any, context: Any, ref: Any, p
     return run
 
 
-def _keys_task(cls: type, config: Any, context: Any, in_dir: Path, schema: dict | None) -> Callable[[pa.Table], pa.Table]:
+def _keys_task(cls: type, config: Any, context: Any, in_dir: Path, schema: dict | None,
+               keys_dir: Path) -> Callable[[pa.Table], pa.Table]:
+    """A planned stage's keys of each part (`part_keys`, `_row` set) written by the worker to
+    `keys_dir` (Arrow IPC, atomic); the driver gets back the file's name and the row count."""
     def run(batch: pa.Table) -> pa.Table:
         out = []
         for d in batch.to_pylist():
             maybe_fault()
             part = _read(in_dir, d["file"], schema)
             keys = part_keys(worker_stage(cls, config, context), part, d["first_row"])
-            out.append({"i": d["i"], "rows": part.height, "keys": to_ipc(keys)})
+            name = f"keys-{d['i']:05d}.arrow"
+            write_bytes(Path(keys_dir) / name, to_ipc(keys))
+            out.append({"i": d["i"], "rows": part.height, "file": name})
         return pa.Table.from_pylist(out)
 
     return run
+
+
+def _refine_task(cls: type, config: Any, context: Any, in_dir: Path, ask: str) -> Callable[[pa.Table], pa.Table]:
+    """`refine_keys` of the asked rows of each part on a worker (the part read there): what
+    a plan's second pass needs (MinHash's shingle sets, consensus's word sets), not text."""
+    def run(batch: pa.Table) -> pa.Table:
+        out = []
+        for d in batch.to_pylist():
+            maybe_fault()
+            part = P.read_part(Path(in_dir) / d["file"])
+            want = np.frombuffer(d["rows"], dtype=np.int64)
+            k = worker_stage(cls, config, context).refine_keys(part, want, d["first_row"], ask)
+            out.append({"i": d["i"], "keys": to_ipc(k)})
+        return pa.Table.from_pylist(out)
+
+    return run
+
+
+class _RefineOnWorkers:
+    """The stage as `base.complete_plan` sees it, with each pass's `refine_keys` computed
+    beforehand on workers, one task per part that holds an asked row: complete_plan's own
+    loop (its checks, `_row`, `finish_plan`, the next pass) runs unchanged on the driver,
+    which holds one pass's answers (the stage bounds a pass), never a part."""
+
+    def __init__(self, stage: Stage, fetch: Callable[[Refine], dict[int, pl.DataFrame]]):
+        self.stage, self.fetch, self.got = stage, fetch, {}
+        self.name = stage.name
+
+    def prefetch(self, plan: Any) -> Any:
+        if isinstance(plan, Refine):
+            self.got = self.fetch(plan)
+        return plan
+
+    def refine_keys(self, i: int, rows: np.ndarray, first_row: int, ask: str = "") -> pl.DataFrame:
+        return self.got.pop(i)  # complete_plan's `read(i)` is the part's number here
+
+    def finish_plan(self, refine: Refine, extra: pl.DataFrame | None) -> Any:
+        return self.prefetch(self.stage.finish_plan(refine, extra))
+
+
+def _stats_task(cls: type, config: Any, context: Any, mode: str, progress: P.StageProgress,
+                hits: list[dict]) -> tuple[StageOutput, list[str]]:
+    """A row-local stage's statistics (`row_local_output`: the stage's own code over every
+    part's small columns) on a worker, with what the stage logged while computing them."""
+    logs: list[str] = []
+    worker = worker_stage(cls, config, replace(context, log=logs.append))
+    return row_local_output(worker, mode, progress, hits), logs
 
 
 def _apply_task(cls: type, config: Any, context: Any, plan_ref: Any, pos_ref: Any, in_dir: Path,
@@ -227,19 +294,27 @@ class RayExecutor:
         the run's render work folder, small per-row facts back) and its rejects
         (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
         items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
-        return [pickle.loads(r["result"]) for r in self.map_items(items, _render_part_task(parts, fn))]
+        # each result unpickled as its block arrives: the driver never holds the pickled
+        # bytes of every part's facts beside the facts themselves
+        got = self.map_items(items, _render_part_task(parts, fn),
+                             convert=lambda r: {"i": r["i"], "result": pickle.loads(r["result"])})
+        return [r["result"] for r in got]
 
-    def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
+    def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table],
+                  convert: Callable[[dict], dict] | None = None) -> list[dict]:
         """`fn` over `items` (small descriptors: part numbers and files), one Ray Data task
-        per item (`map_batches`, batch_size 1), results in item order. The items and the
-        results are small; the data moves through the run directory, not the driver. A
+        per item (`map_batches`, batch_size 1), results in item order, each passed through
+        `convert` as it arrives (the results stream in a block at a time: the driver holds
+        the converted results and one block, not every block beside them). The items and
+        the results are small; the data moves through the run directory, not the driver. A
         task whose worker dies is resubmitted by Ray Data (max_retries -1 for system
         failures); every write is atomic and a part's result depends only on the part,
         so the retried task rewrites the same bytes."""
         if not items:
             return []
         ds = self._ray.data.from_items(items, override_num_blocks=len(items))
-        got = ds.map_batches(fn, batch_size=1, batch_format="pyarrow").take_all()
+        got = [convert(dict(r)) if convert is not None else dict(r)
+               for r in ds.map_batches(fn, batch_size=1, batch_format="pyarrow").iter_rows()]
         return sorted(got, key=lambda r: r["i"])
 
     # ------------------------------------------------------------------ the runner's hooks
@@ -282,7 +357,13 @@ class RayExecutor:
         resumed = len(job.in_entries) - len(todo)
         job.log(f"[{stage.name}] ray: {len(todo)} part(s) on workers ({mode})"
                 + (f", {resumed} resumed" if resumed else ""))
-        return row_local_output(stage, mode, job.progress, [hits[i] for i in range(len(job.in_entries))])
+        # the statistics over every row's small columns on a worker, not the driver
+        task = self._ray.remote(num_cpus=1, max_retries=-1)(_stats_task)
+        out, logs = self._ray.get(task.remote(type(stage), stage.config, portable(stage.context), mode, job.progress,
+                                              [hits[i] for i in range(len(job.in_entries))]))
+        for line in logs:
+            stage.context.log(line)
+        return out
 
     def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
         ctx, cls, cfg = portable(stage.context), type(stage), stage.config
@@ -290,16 +371,35 @@ class RayExecutor:
         rows_in = int(bounds[-1])
         schema = P.dataset_schema(job.in_dir, job.in_entries) if len(job.in_entries) > 1 else None
         items = [{"i": i, "file": e["file"], "first_row": int(bounds[i])} for i, e in enumerate(job.in_entries)]
-        keyed = self.map_items(items, _keys_task(cls, cfg, ctx, job.in_dir, schema))
+        keys_dir = job.progress.folder / "keys"  # the workers' keys, one file a part, until planned
+        if keys_dir.exists():
+            shutil.rmtree(keys_dir)
+        keys_dir.mkdir(parents=True)
+        keyed = self.map_items(items, _keys_task(cls, cfg, ctx, job.in_dir, schema, keys_dir))
         self._check_rows(stage, keyed, rows_in)
-        keys = pl.concat([from_ipc(r["keys"]) for r in keyed], how="vertical_relaxed", rechunk=True)
+        # the local executor's own path from here: each part's keys read in turn and spilled
+        # where the stage can (dedup: `hold_keys`), then one plan from them
+        keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / r["file"]) for r in keyed))
         del keyed
+        shutil.rmtree(keys_dir)
         plan = stage.plan(keys)
         del keys
         # a plan that asks for more of some rows (base.Refine: MinHash exact verification,
-        # consensus): the asked parts are read on the driver, one at a time
+        # consensus): each pass's `refine_keys` on workers, complete_plan's loop on the driver
         spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-        plan = complete_plan(stage, plan, spans, lambda i: P.read_part(job.in_dir / job.in_entries[i]["file"]))
+
+        def fetch(refine: Refine) -> dict[int, pl.DataFrame]:
+            rows = np.asarray(refine.rows, dtype=np.int64)
+            cuts = np.searchsorted(rows, np.asarray(bounds, dtype=np.int64), side="left")
+            asks = [{"i": i, "file": job.in_entries[i]["file"], "first_row": lo,
+                     "rows": rows[cuts[i]:cuts[i + 1]].tobytes()}
+                    for i, (lo, _) in enumerate(spans) if cuts[i + 1] > cuts[i]]
+            got = self.map_items(asks, _refine_task(cls, cfg, ctx, job.in_dir, refine.ask),
+                                 convert=lambda r: {"i": r["i"], "keys": from_ipc(r["keys"])})
+            return {r["i"]: r["keys"] for r in got}
+
+        proxy = _RefineOnWorkers(stage, fetch)
+        plan = complete_plan(proxy, proxy.prefetch(plan), spans, lambda i: i)
         positions, target = plan_positions(plan, job)
         pos_ref = self._ray.put(positions) if positions is not None else None
         res = self.map_items(items, _apply_task(cls, cfg, ctx, self._ray.put(plan), pos_ref, job.in_dir, schema,
@@ -307,8 +407,8 @@ class RayExecutor:
         self._check_rows(stage, res, rows_in)
         entries = [json.loads(r["entry"]) for r in res]
         part_stats = [json.loads(r["stats"]) for r in res if r["stats"]]
-        job.log(f"[{stage.name}] ray: {len(entries)} part(s) on workers (planned: keys, plan on the driver from "
-                f"{rows_in:,} rows' keys, apply)")
+        job.log(f"[{stage.name}] ray: {len(entries)} part(s) on workers (planned: keys written by workers, "
+                f"plan on the driver from {rows_in:,} rows' keys, apply)")
         return planned_output(stage, plan, job, entries, part_stats, target)
 
     @staticmethod

@@ -22,7 +22,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -194,21 +194,32 @@ def spill_folder(job: StageJob) -> Path:
     return folder
 
 
-def all_part_keys(stage: Stage, job: StageJob) -> pl.DataFrame:
-    """`part_keys` of every input part, concatenated in order, as the plan gets them. A
-    stage with the optional hook `spill_keys(keys, folder)` (dedup) is handed each part's
-    keys as they are computed and returns what to hold of them (it writes the rest under
-    `spill_folder(job)` and reads it back in `plan`): then the keys of all rows never meet
-    in memory. The folder goes when the stage is done (`StageProgress.clear`)."""
+def hold_keys(stage: Stage, job: StageJob, frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """What the plan gets of the parts' keys `frames` (in part order, `_row` set, taken
+    one at a time): their concatenation, or, for a stage with the optional hook
+    `spill_keys(keys, folder)` (dedup), what that hook returns of each (it writes the
+    rest under `spill_folder(job)` and reads it back in `plan`): then the keys of all
+    rows never meet in memory. The folder goes when the stage is done
+    (`StageProgress.clear`). The local executor hands it keys it computes
+    (`all_part_keys`), the Ray executor keys its workers wrote to disk."""
     spill = getattr(stage, "spill_keys", None)
     folder = spill_folder(job) if callable(spill) else None
+    keys = [spill(k, folder) if folder is not None else k for k in frames]
+    return pl.concat(keys, how="vertical_relaxed", rechunk=True)
+
+
+def _computed_keys(stage: Stage, job: StageJob) -> Iterator[pl.DataFrame]:
     bounds = P.offsets(job.in_entries)
-    keys = []
     for first, part in zip(bounds.tolist(), P.iter_parts(job.in_dir, job.in_entries)):
         k = part_keys(stage, part, first)
         del part
-        keys.append(spill(k, folder) if folder is not None else k)
-    return pl.concat(keys, how="vertical_relaxed", rechunk=True)
+        yield k
+
+
+def all_part_keys(stage: Stage, job: StageJob) -> pl.DataFrame:
+    """`part_keys` of every input part, in order, through `hold_keys` (spilled where the
+    stage can), as the plan gets them."""
+    return hold_keys(stage, job, _computed_keys(stage, job))
 
 
 def plan_positions(plan, job: StageJob) -> tuple[pl.DataFrame | None, Path]:
