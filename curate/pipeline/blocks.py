@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from curate.pipeline.ray_blocks import from_ipc, to_ipc
-from curate.stages.base import FilterStage, Stage
+from curate.stages.base import FilterStage, PartColumns, Stage
 
 BLOCK_KINDS = {"normalize", "quality"}
 LOCAL_SCORERS = {"heuristic", "fasttext", "verifier"}
@@ -74,8 +74,10 @@ def same_values(values: list) -> Any:
     return values[0]
 
 
-def merge_stats(stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
-    """The stats of a "blocks" stage over the whole table, from its parts' stats."""
+def merge_stats(stage: Stage, kept: "PartColumns | pl.DataFrame", parts: list[dict]) -> dict:
+    """The stats of a "blocks" stage over the whole table, from its parts' stats and the
+    small columns of its output (`kept`: base.PartColumns, read only for the columns a
+    summary needs, or a frame of them)."""
     if stage.kind == "normalize":
         return {"hits": sum_values([p["hits"] for p in parts])}
     # quality: constants stay, error counts add up, and the score summary is
@@ -84,7 +86,14 @@ def merge_stats(stage: Stage, kept: pl.DataFrame, parts: list[dict]) -> dict:
            if k not in ("errors", "scored", "unscored", "by_task", "signal")}
     if "errors" in parts[0]:
         out["errors"] = sum_values([p["errors"] for p in parts])
-    out.update(stage.summary(kept, stage.config.score_column))
+    col = stage.config.score_column
+    if isinstance(kept, PartColumns):
+        # what summary (task, the score) and signal (the score, a trusted label) read: 16-24
+        # B a row, not the stage's ~100 B of small columns (its feature columns, id, source)
+        from curate.stages.common.signal import LABEL_COLUMNS
+
+        kept = kept.read([c for c in kept.columns if c in ("task", col, *LABEL_COLUMNS)])
+    out.update(stage.summary(kept, col))
     if "signal" in parts[0]:  # the scorer's AUC over the whole table, not one block's
-        out["signal"] = stage.signal(kept, stage.config.score_column)
+        out["signal"] = stage.signal(kept, col)
     return out

@@ -29,7 +29,7 @@ import polars as pl
 from curate.contract.ledger import reject_frame
 from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
-from curate.stages.base import Stage
+from curate.stages.base import PartColumns, Stage
 
 HEAVY = ("messages", "meta")  # the columns statistics never read (curate/pipeline/executor.py module doc)
 ROW = "_row"
@@ -156,14 +156,13 @@ def row_local_part(worker: Stage, mode: str, progress: P.StageProgress, in_dir: 
 
 def row_local_output(stage: Stage, mode: str, progress: P.StageProgress, hits: list[dict]) -> StageOutput:
     """The finished row-local stage from its parts' records, in part order: the stage's
-    statistics by its own code over the small columns of all parts."""
+    statistics by its own code over the small columns of all parts, read from the parts'
+    `light` files a few columns at a time (base.PartColumns: `FilterStage.statistics`,
+    blocks.merge_stats), so no stage holds the small columns of every row at once unless
+    its statistics need them together (the default `statistics`)."""
     from curate.pipeline.blocks import decode_state, merge_stats
 
-    lights = [pl.read_parquet(light_path(progress, i)) for i in range(len(hits))]
-    common = [c for c in lights[0].columns if all(c in x.columns for x in lights[1:])]
-    lights = [x.select(common) if x.columns != common else x for x in lights]  # parts an older version kept wider
-    lite = pl.concat(lights, how="vertical_relaxed", rechunk=True) if len(lights) > 1 else lights[0]
-    del lights
+    lite = PartColumns([light_path(progress, i) for i in range(len(hits))])
     payloads = [h["payload"] for h in hits]
     if mode == "annotate":
         stats = _annotate_stats(stage, lite, [decode_state(p) for p in payloads])
@@ -270,7 +269,8 @@ def planned_output(stage: Stage, plan, job: StageJob, entries: list[dict], part_
                        stats=plan.stats, memory="keys", rows_out=sum(int(x["rows"]) for x in entries))
 
 
-def _annotate_stats(stage, lite: pl.DataFrame, states: list[dict]) -> dict:
-    """The stage's statistics from its own `decide`, over the small columns of all parts."""
+def _annotate_stats(stage, lite: PartColumns, states: list[dict]) -> dict:
+    """The stage's statistics by its own code (`statistics`: `decide` over the small
+    columns of all parts, or its column-at-a-time override), after merging the states."""
     stage.merge_block_states(states)
-    return stage.decide(lite, lite).stats
+    return stage.statistics(lite)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import polars as pl
@@ -113,6 +113,79 @@ def same_value(values: list, what: str = "value") -> Any:
     return values[0]
 
 
+class PartColumns:
+    """The small columns (`light`: no `messages`/`meta`) of a row-local stage's output, one
+    Parquet file per part, as an executor leaves them for the stage's statistics
+    (curate/pipeline/stage_steps.py). Read a few columns at a time: a statistic that
+    needs one column of every row holds that column only (8 B a row for a Float64), and
+    counts are taken part by part. `read()` of every column at once is the old way (the
+    small columns of every row, ~100-220 B a row on the scale benchmark's records: the
+    largest per-row holder of a row-local stage, so avoid it where the statistic allows).
+
+    `columns`: the columns every part has (parts written by an older version may be
+    wider), in the first part's order."""
+
+    def __init__(self, paths: list[Path]):
+        import pyarrow.parquet as pq
+
+        self.paths = [Path(p) for p in paths]
+        files = [pq.ParquetFile(p) for p in self.paths]
+        names = [f.schema_arrow.names for f in files]
+        self.columns = [c for c in names[0] if all(c in n for n in names[1:])] if names else []
+        self.rows = sum(f.metadata.num_rows for f in files)  # rows of all parts (from the footers)
+        for f in files:
+            f.close()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def part(self, i: int, columns: list[str] | None = None) -> pl.DataFrame:
+        return pl.read_parquet(self.paths[i], columns=list(self.columns if columns is None else columns))
+
+    def iter(self, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        for i in range(len(self.paths)):
+            yield self.part(i, columns)
+
+    def read(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """`columns` (default: all) of every part, concatenated in part order (one chunk;
+        a single part as read)."""
+        frames = list(self.iter(columns))
+        if not frames:
+            return pl.DataFrame()
+        return pl.concat(frames, how="vertical_relaxed", rechunk=True) if len(frames) > 1 else frames[0]
+
+    def reason_counts(self) -> dict[str, int]:
+        """Rows by `_reason` (non-null), sorted by reason: FilterStage.process's `hits`,
+        counted part by part (counts over disjoint parts add up)."""
+        total: dict[str, int] = {}
+        for df in self.iter([REASON]):
+            for r, n in df.filter(pl.col(REASON).is_not_null()).group_by(REASON).len().iter_rows():
+                total[r] = total.get(r, 0) + int(n)
+        return {r: total[r] for r in sorted(total)}
+
+    def split_column(self, column: str, split: bool = True) -> pl.DataFrame:
+        """`column` of every row in the order FilterStage.process concatenates kept and
+        dropped rows: with `split` (action = "drop") the rows that pass (`_reason` null),
+        then those that fail; without (action = "flag": nothing is dropped) all rows in
+        order. Two chunks, as `pl.concat` of those two frames of `read()` gives, so that
+        float sums over it are the same bits as over the whole table."""
+        if len(self.paths) == 1:  # as read(): one part is not rechunked
+            df = self.part(0, [column, REASON])
+            fails = df[REASON].is_not_null()
+            k, d = (df.filter(~fails), df.filter(fails)) if split else (df, df.clear())
+            return pl.concat([k.select(column), d.select(column)], how="vertical_relaxed")
+        kept, dropped = [], []
+        for df in self.iter([column, REASON]):
+            fails = df[REASON].is_not_null()
+            one = df.select(column)
+            kept.append(one.filter(~fails) if split else one)
+            dropped.append(one.filter(fails) if split else one.clear())
+        target = pl.concat([x.clear() for x in kept + dropped], how="vertical_relaxed").schema  # as read()'s
+        k = pl.concat([x.cast(target) for x in kept], how="vertical", rechunk=True)
+        d = pl.concat([x.cast(target) for x in dropped], how="vertical", rechunk=True)
+        return pl.concat([k, d], how="vertical")
+
+
 class FilterStage(Stage):
     """A per-row decision (see the module doc). Executors that run `annotate` block by
     block on workers (curate/pipeline/ray_executor.py) carry what `annotate` left on each worker's
@@ -154,6 +227,17 @@ class FilterStage(Stage):
             return self.process(table)
         finally:
             del self._given
+
+    def statistics(self, parts: PartColumns) -> dict:
+        """`decide(table, annotated).stats` when the annotations are on disk, part by part
+        (`parts`: their small columns; the block states already merged): what an
+        executor that streams the stage reports. Default: `decide` over every small
+        column of every row at once (memory: those columns of all rows, about three
+        times while `process` splits and concatenates them). A stage whose statistics are
+        counts or per-column summaries overrides it to read a column at a time (filter,
+        language, pii), which must give the same stats (tests/test_memory_stats.py)."""
+        lite = parts.read()
+        return self.decide(lite, lite).stats
 
     def _annotated(self, table: pl.DataFrame) -> pl.DataFrame:
         """`annotate(table)`, or the annotations handed to `decide`."""

@@ -26,7 +26,7 @@ from typing import Literal
 import polars as pl
 
 from curate.stages.language import langid
-from curate.stages.base import FilterStage, StageResult, sum_counts
+from curate.stages.base import FilterStage, PartColumns, StageResult, sum_counts
 from curate.stages.common.decisions import decide_checks
 from curate.stages.common.text_stats import CODE_BLOCK_RE, URL_RE, weighted_letters
 from curate.contract.typed_config import ConfigError
@@ -221,13 +221,25 @@ class LanguageStage(FilterStage):
         result.stats["checks"] = dict(self._hits)
         both = pl.concat([result.kept.select(pl.col(f"{self.name}_{r}") for r in self.config.on),
                           result.dropped.select(pl.col(f"{self.name}_{r}") for r in self.config.on)])
-        result.stats["languages"] = {
-            r: {k: int(v) for k, v in both.group_by(f"{self.name}_{r}").len()
-                .sort(["len", f"{self.name}_{r}"], descending=[True, False], nulls_last=True).head(20).iter_rows()
-                if k is not None}
-            for r in self.config.on
-        }
+        result.stats["languages"] = {r: self._top(both.group_by(f"{self.name}_{r}").len(), r) for r in self.config.on}
         return result
+
+    def statistics(self, parts: PartColumns) -> dict:
+        """`process`'s stats from the parts' small columns, counted part by part (the
+        counts of disjoint parts add up): nothing held per row."""
+        stats = {"hits": parts.reason_counts(), "checks": dict(self._hits), "languages": {}}
+        for r in self.config.on:
+            c = f"{self.name}_{r}"
+            counts = pl.concat([df.group_by(c).len() for df in parts.iter([c])], how="vertical_relaxed")
+            stats["languages"][r] = self._top(counts.group_by(c).agg(pl.col("len").sum()), r)
+        return stats
+
+    def _top(self, counts: pl.DataFrame, role: str) -> dict:
+        """The 20 most frequent languages of `role` (ties by name; the null group takes a
+        place but is not listed) from (language, len) counts."""
+        c = f"{self.name}_{role}"
+        top = counts.sort(["len", c], descending=[True, False], nulls_last=True).head(20)
+        return {k: int(v) for k, v in top.iter_rows() if k is not None}
 
 
 STAGE = LanguageStage

@@ -20,7 +20,7 @@ import polars as pl
 
 from curate.stages.pii import detectors as pii
 from curate.contract.schema import POLARS_MESSAGES
-from curate.stages.base import DETAIL, REASON, FilterStage, StageResult, sum_counts
+from curate.stages.base import DETAIL, REASON, FilterStage, PartColumns, StageResult, sum_counts
 from curate.contract.typed_config import ConfigError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -116,6 +116,18 @@ class PIIStage(FilterStage):
         result.stats["found"] = dict(self._found)
         result.stats["rows_with_pii"] = n_rows
         return result
+
+    def statistics(self, parts: PartColumns) -> dict:
+        """`process`'s stats from the parts' `_reason` column, counted part by part."""
+        hits = parts.reason_counts()
+        if self.config.action in ("drop", "flag"):
+            stats, n_rows = {"hits": hits}, hits.get("pii", 0)
+        else:
+            n_rows = sum(hits.values())
+            stats = {"hits": {}, "rows_redacted": n_rows}
+        stats["found"] = dict(self._found)
+        stats["rows_with_pii"] = n_rows
+        return stats
 
 
 STAGE = PIIStage
