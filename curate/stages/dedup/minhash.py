@@ -38,6 +38,7 @@ expression shared with exact deduplication (`normalized`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -276,13 +277,15 @@ def shingle_sets(texts: pl.Series, ngram: int, unit: str) -> pl.Series:
     return arr.list.unique().list.sort()
 
 
+@functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: float = 0.95) -> tuple[int, int]:
     """(bands, rows) from datasketch's own optimiser. Weighted towards recall (0.05/0.95,
     not datasketch's 0.5/0.5) because every candidate pair is verified afterwards: a
     false positive of the banding costs a cheap vectorised check, a false negative is a
     lost duplicate. For threshold 0.8 and 128 permutations this gives 16 bands of 8 rows:
     a pair at Jaccard 0.8 becomes a candidate with probability 0.95 (0.40 with 0.5/0.5),
-    one at 0.5 with 0.06."""
+    one at 0.5 with 0.06. Cached: the optimiser integrates over every (bands, rows) split
+    (about 0.1 s a call, plus datasketch's import), and the stage asks once per part."""
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
@@ -291,16 +294,30 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weig
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values. Two rows
     share a bucket when a band's values hash alike; collisions only add candidates,
-    which verification removes."""
+    which verification removes.
+
+    The signature's used values are transposed once (one value of every row is then
+    contiguous) and each band is mixed in place in its own row of a (bands, n) array:
+    the same arithmetic as `_mix_step` / `_fmix64` without a strided column read, a
+    cast and two temporaries per value (1.4x faster at 21 x 6; tests/test_dedup_speed.py
+    checks the values against that per-column reference)."""
     n = sig.shape[0]
-    out = np.empty((n, bands), dtype=np.uint64)
+    t = np.ascontiguousarray(sig[:, :bands * rows].T)  # (values, n)
+    out = np.empty((bands, n), dtype=np.uint64)
+    tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(bands):
-            h = np.full(n, _SEED64 ^ np.uint64(j), dtype=np.uint64)
+            h = out[j]
+            h.fill(_SEED64 ^ np.uint64(j))
             for k in range(j * rows, (j + 1) * rows):
-                h = _mix_step(h, sig[:, k])
-            out[:, j] = _fmix64(h)
-    return out
+                np.bitwise_xor(h, t[k], out=h)
+                np.multiply(h, _M64, out=h)
+            for mult in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), None):  # _fmix64
+                np.right_shift(h, np.uint64(33), out=tmp)
+                h ^= tmp
+                if mult is not None:
+                    h *= mult
+    return np.ascontiguousarray(out.T)
 
 
 # ---- pre-verification on signature agreement --------------------------------------------
