@@ -129,3 +129,41 @@ def test_keys_equal_reference(tmp_path):
         assert got.equals(want), cfg
     empty = _table(0, 1)
     assert _stage(tmp_path, method="minhash").keys(empty).height == 0
+
+
+def test_by_perm_layout_equals_rows_layout():
+    texts = pl.Series(["the cat sat on the mat", "a dog ran far away today", "", "x", "ünï cödé ﬁ x y"] * 40)
+    for p in (128, 200, 16):
+        a, b = mh.permutations(p, 1)
+        s, c = mh.signatures(texts, p, 1, 3, "word", (a, b))
+        st_, c2 = mh.signatures_t(texts, p, 1, 3, "word", (a, b))
+        np.testing.assert_array_equal(st_.T, s)
+        np.testing.assert_array_equal(c, c2)
+        np.testing.assert_array_equal(mh.sketch_by_perm(st_), mh.sketch(s))
+        bands, rows = (16, 8) if p >= 128 else (4, 4)
+        np.testing.assert_array_equal(mh.band_hashes_by_perm(st_, bands, rows).T, _band_hashes_reference(s, bands, rows))
+
+
+def test_minhash_arrays_equal_rows_layout_reference(tmp_path):
+    part = _table(300, 11)
+    for cfg in ({"method": "minhash", "view": "conversation", "threshold": 0.7, "chunk_size": 53},
+                {"method": "minhash", "verify_by": "estimate", "chunk_size": 100},
+                {"method": "minhash", "prefilter": False, "num_perm": 64}):
+        stage = _stage(tmp_path, **cfg)
+        band, has, sig, nsh = stage._minhash_arrays(part)
+        c = stage.config
+        bands, rows = c.lsh()
+        wb, wh, ws, wn = [], [], [], []
+        for _, texts in stage.normalized_chunks(part):  # the old path: (rows, perms) signatures
+            s, counts = mh.signatures(texts, c.num_perm, stage.minhash_seed(), c.ngram, c.ngram_unit)
+            wb.append(_band_hashes_reference(s, bands, rows))
+            wh.append(counts > 0)
+            wn.append(counts)
+            ws.append(s if c.verify_by == "estimate" else mh.sketch(s))
+        np.testing.assert_array_equal(band, np.concatenate(wb))
+        np.testing.assert_array_equal(has, np.concatenate(wh))
+        np.testing.assert_array_equal(nsh, np.concatenate(wn))
+        if c.prefilter or c.verify_by == "estimate":
+            np.testing.assert_array_equal(sig, np.concatenate(ws))
+        else:
+            assert sig is None

@@ -211,8 +211,16 @@ def _usable_cpus() -> int:
 
 def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray,
                              threads: int | None = None) -> np.ndarray:
-    """(rows, num_perm) uint32 signatures; rows without shingles stay all-max (empty
-    MinHash). One permutation at a time over the contiguous shingle vector, reduced per
+    """(rows, num_perm) uint32 signatures: `signatures_by_perm` transposed."""
+    return np.ascontiguousarray(signatures_by_perm(sh, counts, a, b, threads).T)
+
+
+def signatures_by_perm(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       threads: int | None = None) -> np.ndarray:
+    """(num_perm, rows) uint32 signatures, one permutation's values of every row
+    contiguous (the layout they are computed in, and the one `band_hashes_by_perm` reads:
+    the stage skips two transposes of the whole block a chunk); rows without shingles
+    stay all-max (empty MinHash). One permutation at a time over the contiguous shingle vector, reduced per
     row with `np.minimum.reduceat`: memory is one uint32 per shingle (per thread), and
     contiguous 1-D reductions are several times faster than a (shingles, perms) block.
 
@@ -225,7 +233,7 @@ def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, 
     out = np.full((p, n), _MAX32, dtype=np.uint32)
     nonempty = counts > 0
     if not nonempty.any():
-        return out.T.copy()
+        return out
     hv = _fmix32(sh.astype(np.uint32))
     seg = (np.cumsum(counts) - counts)[nonempty]
     dense = bool(nonempty.all())
@@ -252,17 +260,24 @@ def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, 
         with ThreadPoolExecutor(threads) as pool:
             for f in [pool.submit(fill, range(t, p, threads)) for t in range(threads)]:
                 f.result()
-    return np.ascontiguousarray(out.T)
+    return out
 
 
 def signatures(texts: pl.Series, num_perm: int, seed: int, ngram: int, unit: str,
                perms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Signatures of already-normalised texts: ((rows, num_perm) uint32, shingles per row)."""
+    sig, counts = signatures_t(texts, num_perm, seed, ngram, unit, perms)
+    return np.ascontiguousarray(sig.T), counts
+
+
+def signatures_t(texts: pl.Series, num_perm: int, seed: int, ngram: int, unit: str,
+                 perms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`signatures` in the (num_perm, rows) layout (`signatures_by_perm`)."""
     a, b = perms if perms is not None else permutations(num_perm, seed)
     lists = texts.to_frame("t").select(tokens_expr(pl.col("t"), unit)).to_series()
     tok, lengths = token_hashes(lists)
     sh, counts = shingle_hashes(tok, lengths, ngram)
-    return signatures_from_shingles(sh, counts, a, b), counts
+    return signatures_by_perm(sh, counts, a, b), counts
 
 
 def shingle_sets(texts: pl.Series, ngram: int, unit: str) -> pl.Series:
@@ -292,17 +307,19 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weig
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values. Two rows
-    share a bucket when a band's values hash alike; collisions only add candidates,
-    which verification removes.
+    """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values (`sig`:
+    (n, num_perm)). Two rows share a bucket when a band's values hash alike; collisions
+    only add candidates, which verification removes. `band_hashes_by_perm` of the
+    transposed signatures."""
+    return np.ascontiguousarray(band_hashes_by_perm(np.ascontiguousarray(sig[:, :bands * rows].T), bands, rows).T)
 
-    The signature's used values are transposed once (one value of every row is then
-    contiguous) and each band is mixed in place in its own row of a (bands, n) array:
-    the same arithmetic as `_mix_step` / `_fmix64` without a strided column read, a
-    cast and two temporaries per value (1.4x faster at 21 x 6; tests/test_dedup_speed.py
-    checks the values against that per-column reference)."""
-    n = sig.shape[0]
-    t = np.ascontiguousarray(sig[:, :bands * rows].T)  # (values, n)
+
+def band_hashes_by_perm(sig_t: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(bands, n) uint64 band hashes of (num_perm, n) signatures (`signatures_by_perm`):
+    per band, the values' polynomial mix (`_mix_step`) and `_fmix64`, in place in the
+    band's own contiguous row (no strided column reads, casts or temporaries per value;
+    tests/test_dedup_speed.py checks the values against the per-column reference)."""
+    n = sig_t.shape[1]
     out = np.empty((bands, n), dtype=np.uint64)
     tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -310,18 +327,23 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
             h = out[j]
             h.fill(_SEED64 ^ np.uint64(j))
             for k in range(j * rows, (j + 1) * rows):
-                np.bitwise_xor(h, t[k], out=h)
+                np.bitwise_xor(h, sig_t[k], out=h)
                 np.multiply(h, _M64, out=h)
             for mult in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), None):  # _fmix64
                 np.right_shift(h, np.uint64(33), out=tmp)
                 h ^= tmp
                 if mult is not None:
                     h *= mult
-    return np.ascontiguousarray(out.T)
+    return out
 
 
 # ---- pre-verification on signature agreement --------------------------------------------
 SKETCH_VALUES = 128  # signature values kept per row for pre-verification (1 byte each)
+
+
+def sketch_by_perm(sig_t: np.ndarray) -> np.ndarray:
+    """`sketch` of (num_perm, rows) signatures: the bytes cast before the transpose."""
+    return np.ascontiguousarray(sig_t[:SKETCH_VALUES].astype(np.uint8).T)
 
 
 def sketch(sig: np.ndarray) -> np.ndarray:

@@ -243,15 +243,16 @@ class DedupStage(PlannedStage):
         has = np.empty(n, dtype=bool)
         nsh = np.empty(n, dtype=np.uint32)
         for lo, texts in self.normalized_chunks(table, norm):
-            s, counts = mh.signatures(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
+            # (num_perm, rows) layout: band keys and sketch read it without a transpose
+            s, counts = mh.signatures_t(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
             hi = lo + len(texts)
-            band[lo:hi] = mh.band_hashes(s, bands, rows)
+            band[lo:hi] = mh.band_hashes_by_perm(s, bands, rows).T
             has[lo:hi] = counts > 0
             nsh[lo:hi] = np.minimum(counts, np.iinfo(np.uint32).max)
             if keep_sig:
-                sig[lo:hi] = s
+                sig[lo:hi] = s.T
             elif keep_sketch:
-                sig[lo:hi] = mh.sketch(s)
+                sig[lo:hi] = mh.sketch_by_perm(s)
         return band, has, sig, nsh
 
     def minhash_clusters(self, table: pl.DataFrame, band: np.ndarray, has: np.ndarray, sig: np.ndarray | None,
