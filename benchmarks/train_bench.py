@@ -117,7 +117,9 @@ def run_ours(args, model_dir: Path) -> dict:
         "epochs": 1, "batch_tokens": per_step, "micro_batch_tokens": per_step,
         "warmup": 0.0, "schedule": "cosine", "eval_every": 10**9, "save_every": 0, "device": args.device,
         "dtype": args.dtype, "max_steps": steps, "early_stopping": {"patience": 0}, "threads": args.threads,
-        "attn_implementation": args.attn, "forgetting": {"max_tokens": 512}}, REPO)
+        "attn_implementation": args.attn, "forgetting": {"max_tokens": 512},
+        **({"modules_to_save": [] if args.modules_to_save == "none" else ["embed_tokens"]}
+           if args.modules_to_save else {})}, REPO)
     t0 = time.perf_counter()
     summary = run_training(run, cfg, log=lambda s: None)
     wall = time.perf_counter() - t0
@@ -162,8 +164,11 @@ def run_trl(args, model_dir: Path) -> dict:
                     logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", seed=0,
                     use_cpu=not args.device.startswith("cuda"), bf16=dtype == torch.bfloat16,
                     max_grad_norm=1.0, dataloader_num_workers=0, disable_tqdm=True)
+    # --modules-to-save embed: the input embeddings trained in full beside the adapter, as our
+    # default does on a model this small (its tied lm_head kept tied, as ours keeps it)
+    embed = {"modules_to_save": ["embed_tokens"], "ensure_weight_tying": True} if args.modules_to_save == "embed" else {}
     peft_cfg = LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.0, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
+                          task_type="CAUSAL_LM", **embed)
     clock, losses = {}, []
 
     class Timer(TrainerCallback):
@@ -235,6 +240,11 @@ def main() -> None:
     ap.add_argument("--old", action="store_true",
                     help="also run ours as before the explicit attention kernel and the folded LoRA forward "
                          "(SDPA's flash kernel per example, peft's LoRA forward)")
+    ap.add_argument("--modules-to-save", choices=["none", "embed"], default=None,
+                    help="modules trained in full beside the adapter, the same in both trainers: none, or the "
+                         "input embeddings (embed). Unset: each trainer's default (ours trains the embeddings "
+                         "of a model under 50M parameters, TRL + peft the adapter only), so held-out loss then "
+                         "compares different trainable sets")
     ap.add_argument("--only", choices=["ours", "ours-old", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--arm-rows", type=int, default=1, help=argparse.SUPPRESS)

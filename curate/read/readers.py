@@ -914,14 +914,26 @@ class SourceStream:
         break are yielded first, then the error is raised."""
         limit = self.cfg.max_record_bytes
         block: list = []
+        # A JSONL block is a list of one small tuple per line that all stay alive until the
+        # block is parsed: the cyclic GC would scan them again and again (generation 0
+        # every 700 tuples, older generations as they are promoted) and can free none. It
+        # is paused while a block fills and enabled again for every yield, so the caller
+        # never runs with it paused and nothing accumulates across blocks.
+        was_enabled = gc.isenabled()
         try:
             if ftype == "jsonl":
+                gc.disable()
                 for n, line, size in _lines(path, limit, prog, span):
                     prog.items += 1
                     block.append((f"{n}", _RAW, None, line) if line is not None else _parse_line(n, None, size, limit))
                     if len(block) >= self.batch_rows:
+                        if was_enabled:
+                            gc.enable()
                         yield block
+                        gc.disable()
                         block = []
+                if was_enabled:
+                    gc.enable()
             else:
                 for entry in iter_items(path, ftype, limit, self.batch_rows, prog):
                     block.append(entry)
@@ -929,9 +941,14 @@ class SourceStream:
                         yield block
                         block = []
         except Exception:
+            if was_enabled:
+                gc.enable()
             if block:
                 yield block
             raise
+        finally:
+            if was_enabled:
+                gc.enable()
         if block:
             yield block
 

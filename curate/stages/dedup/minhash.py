@@ -38,6 +38,7 @@ expression shared with exact deduplication (`normalized`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -210,8 +211,16 @@ def _usable_cpus() -> int:
 
 def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray,
                              threads: int | None = None) -> np.ndarray:
-    """(rows, num_perm) uint32 signatures; rows without shingles stay all-max (empty
-    MinHash). One permutation at a time over the contiguous shingle vector, reduced per
+    """(rows, num_perm) uint32 signatures: `signatures_by_perm` transposed."""
+    return np.ascontiguousarray(signatures_by_perm(sh, counts, a, b, threads).T)
+
+
+def signatures_by_perm(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       threads: int | None = None) -> np.ndarray:
+    """(num_perm, rows) uint32 signatures, one permutation's values of every row
+    contiguous (the layout they are computed in, and the one `band_hashes_by_perm` reads:
+    the stage skips two transposes of the whole block a chunk); rows without shingles
+    stay all-max (empty MinHash). One permutation at a time over the contiguous shingle vector, reduced per
     row with `np.minimum.reduceat`: memory is one uint32 per shingle (per thread), and
     contiguous 1-D reductions are several times faster than a (shingles, perms) block.
 
@@ -224,7 +233,7 @@ def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, 
     out = np.full((p, n), _MAX32, dtype=np.uint32)
     nonempty = counts > 0
     if not nonempty.any():
-        return out.T.copy()
+        return out
     hv = _fmix32(sh.astype(np.uint32))
     seg = (np.cumsum(counts) - counts)[nonempty]
     dense = bool(nonempty.all())
@@ -251,17 +260,24 @@ def signatures_from_shingles(sh: np.ndarray, counts: np.ndarray, a: np.ndarray, 
         with ThreadPoolExecutor(threads) as pool:
             for f in [pool.submit(fill, range(t, p, threads)) for t in range(threads)]:
                 f.result()
-    return np.ascontiguousarray(out.T)
+    return out
 
 
 def signatures(texts: pl.Series, num_perm: int, seed: int, ngram: int, unit: str,
                perms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Signatures of already-normalised texts: ((rows, num_perm) uint32, shingles per row)."""
+    sig, counts = signatures_t(texts, num_perm, seed, ngram, unit, perms)
+    return np.ascontiguousarray(sig.T), counts
+
+
+def signatures_t(texts: pl.Series, num_perm: int, seed: int, ngram: int, unit: str,
+                 perms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`signatures` in the (num_perm, rows) layout (`signatures_by_perm`)."""
     a, b = perms if perms is not None else permutations(num_perm, seed)
     lists = texts.to_frame("t").select(tokens_expr(pl.col("t"), unit)).to_series()
     tok, lengths = token_hashes(lists)
     sh, counts = shingle_hashes(tok, lengths, ngram)
-    return signatures_from_shingles(sh, counts, a, b), counts
+    return signatures_by_perm(sh, counts, a, b), counts
 
 
 def shingle_sets(texts: pl.Series, ngram: int, unit: str) -> pl.Series:
@@ -276,35 +292,58 @@ def shingle_sets(texts: pl.Series, ngram: int, unit: str) -> pl.Series:
     return arr.list.unique().list.sort()
 
 
+@functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: float = 0.95) -> tuple[int, int]:
     """(bands, rows) from datasketch's own optimiser. Weighted towards recall (0.05/0.95,
     not datasketch's 0.5/0.5) because every candidate pair is verified afterwards: a
     false positive of the banding costs a cheap vectorised check, a false negative is a
     lost duplicate. For threshold 0.8 and 128 permutations this gives 16 bands of 8 rows:
     a pair at Jaccard 0.8 becomes a candidate with probability 0.95 (0.40 with 0.5/0.5),
-    one at 0.5 with 0.06."""
+    one at 0.5 with 0.06. Cached: the optimiser integrates over every (bands, rows) split
+    (about 0.1 s a call, plus datasketch's import), and the stage asks once per part."""
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values. Two rows
-    share a bucket when a band's values hash alike; collisions only add candidates,
-    which verification removes."""
-    n = sig.shape[0]
-    out = np.empty((n, bands), dtype=np.uint64)
+    """(n, bands) uint64: a 64-bit hash of each band's `rows` signature values (`sig`:
+    (n, num_perm)). Two rows share a bucket when a band's values hash alike; collisions
+    only add candidates, which verification removes. `band_hashes_by_perm` of the
+    transposed signatures."""
+    return np.ascontiguousarray(band_hashes_by_perm(np.ascontiguousarray(sig[:, :bands * rows].T), bands, rows).T)
+
+
+def band_hashes_by_perm(sig_t: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(bands, n) uint64 band hashes of (num_perm, n) signatures (`signatures_by_perm`):
+    per band, the values' polynomial mix (`_mix_step`) and `_fmix64`, in place in the
+    band's own contiguous row (no strided column reads, casts or temporaries per value;
+    tests/test_dedup_speed.py checks the values against the per-column reference)."""
+    n = sig_t.shape[1]
+    out = np.empty((bands, n), dtype=np.uint64)
+    tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(bands):
-            h = np.full(n, _SEED64 ^ np.uint64(j), dtype=np.uint64)
+            h = out[j]
+            h.fill(_SEED64 ^ np.uint64(j))
             for k in range(j * rows, (j + 1) * rows):
-                h = _mix_step(h, sig[:, k])
-            out[:, j] = _fmix64(h)
+                np.bitwise_xor(h, sig_t[k], out=h)
+                np.multiply(h, _M64, out=h)
+            for mult in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), None):  # _fmix64
+                np.right_shift(h, np.uint64(33), out=tmp)
+                h ^= tmp
+                if mult is not None:
+                    h *= mult
     return out
 
 
 # ---- pre-verification on signature agreement --------------------------------------------
 SKETCH_VALUES = 128  # signature values kept per row for pre-verification (1 byte each)
+
+
+def sketch_by_perm(sig_t: np.ndarray) -> np.ndarray:
+    """`sketch` of (num_perm, rows) signatures: the bytes cast before the transpose."""
+    return np.ascontiguousarray(sig_t[:SKETCH_VALUES].astype(np.uint8).T)
 
 
 def sketch(sig: np.ndarray) -> np.ndarray:

@@ -41,6 +41,20 @@ import polars as pl
 SLICES = 256  # band keys are filed by their top byte
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """`np.unique(a)` (sorted distinct values) for integer arrays, by a sort and one
+    compare with the neighbour. numpy 2.3+ answers `np.unique` on integers through a hash
+    table that is far slower on large arrays (measured on numpy 2.4, 30M uint64 codes:
+    44 s against 2.4 s CPU for this); the values are identical (tests/test_dedup_speed.py)."""
+    s = np.sort(np.asarray(a).ravel())
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def _load(path: Path, lo: int | None = None, hi: int | None = None) -> np.ndarray:
     """Rows [lo, hi) of an .npy file, copied out of a memory map that is then released
     (mapped pages would count in the process's RSS while mapped)."""
@@ -178,7 +192,7 @@ class KeySpill:
             del code, order, w
         seq, total = PairSeq(), 0
         for w, f in enumerate(files):
-            c = np.unique(np.fromfile(f, dtype=np.uint64))
+            c = sorted_unique(np.fromfile(f, dtype=np.uint64))
             f.unlink()
             total += len(c)
             if keep is not None and len(c):

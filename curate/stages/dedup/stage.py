@@ -36,6 +36,7 @@ from curate.stages.dedup import minhash as mh
 from curate.stages.dedup import semantic
 from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, Refine, StageResult, decided_part
 from curate.contract.typed_config import ConfigError
+from curate.stages.dedup.spill import sorted_unique
 from curate.stages.dedup.union_find import components
 from curate.contract.views import text_view
 
@@ -199,9 +200,13 @@ class DedupStage(PlannedStage):
         view = frame.select(text_view(self.config.view).alias("t"))
         return view.select(mh.normalized(pl.col("t"), self.config.normalize_steps())).to_series()
 
-    def normalized_chunks(self, table: pl.DataFrame):
+    def normalized_chunks(self, table: pl.DataFrame, norm: pl.Series | None = None):
+        """(first row, normalised texts) per chunk of `chunk_size` rows; `norm`, when
+        given, is the whole table's normalised view already computed (`keys` computes it
+        once for the hash, the keep rule's length and the signatures), and is sliced."""
         for lo in range(0, table.height, self.config.chunk_size):
-            yield lo, self._normalized(table.slice(lo, self.config.chunk_size))
+            yield lo, (self._normalized(table.slice(lo, self.config.chunk_size)) if norm is None
+                       else norm.slice(lo, self.config.chunk_size))
 
     def minhash_seed(self) -> int:
         return self.config.seed if self.config.seed is not None else int(self.context.seed)
@@ -223,8 +228,9 @@ class DedupStage(PlannedStage):
         rows of the whole table's arrays."""
         return self._minhash_arrays(table)[:3]
 
-    def _minhash_arrays(self, table: pl.DataFrame):
-        """`minhash_block`'s three arrays plus each row's shingle count (uint32)."""
+    def _minhash_arrays(self, table: pl.DataFrame, norm: pl.Series | None = None):
+        """`minhash_block`'s three arrays plus each row's shingle count (uint32); `norm`:
+        the table's normalised view when already computed (`normalized_chunks`)."""
         cfg = self.config
         n = table.height
         bands, rows = cfg.lsh()
@@ -236,16 +242,17 @@ class DedupStage(PlannedStage):
         band = np.empty((n, bands), dtype=np.uint64)
         has = np.empty(n, dtype=bool)
         nsh = np.empty(n, dtype=np.uint32)
-        for lo, texts in self.normalized_chunks(table):
-            s, counts = mh.signatures(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
+        for lo, texts in self.normalized_chunks(table, norm):
+            # (num_perm, rows) layout: band keys and sketch read it without a transpose
+            s, counts = mh.signatures_t(texts, cfg.num_perm, self.minhash_seed(), cfg.ngram, cfg.ngram_unit, (a, b))
             hi = lo + len(texts)
-            band[lo:hi] = mh.band_hashes(s, bands, rows)
+            band[lo:hi] = mh.band_hashes_by_perm(s, bands, rows).T
             has[lo:hi] = counts > 0
             nsh[lo:hi] = np.minimum(counts, np.iinfo(np.uint32).max)
             if keep_sig:
-                sig[lo:hi] = s
+                sig[lo:hi] = s.T
             elif keep_sketch:
-                sig[lo:hi] = mh.sketch(s)
+                sig[lo:hi] = mh.sketch_by_perm(s)
         return band, has, sig, nsh
 
     def minhash_clusters(self, table: pl.DataFrame, band: np.ndarray, has: np.ndarray, sig: np.ndarray | None,
@@ -323,7 +330,7 @@ class DedupStage(PlannedStage):
         their text make by the million), loose only for very short texts. Rows with 255+
         shingles in one bucket (texts of ~60,000+ words) skip the bound."""
         cfg = self.config
-        involved = np.unique(np.concatenate([left, right]))
+        involved = sorted_unique(np.concatenate([left, right]))
         shs, cnts = [], []
         for lo in range(0, len(involved), cfg.chunk_size):
             sh, counts = self._shingles(self._normalized(table[pl.Series(involved[lo:lo + cfg.chunk_size])]))
@@ -355,11 +362,12 @@ class DedupStage(PlannedStage):
                 return c
         return None
 
-    def _keep_keys(self, table: pl.DataFrame) -> pl.DataFrame:
+    def _keep_keys(self, table: pl.DataFrame, norm: pl.Series | None = None) -> pl.DataFrame:
         """Per row, the keep rule's sort keys after the cluster: source priority, score
         (higher first), normalised text length of the view (shorter first), the id
         (row-local: computed per block; the id is always there: it also names the
-        cluster), and the hash of the normalised answer (for the agreement column)."""
+        cluster), and the hash of the normalised answer (for the agreement column).
+        `norm`: the table's normalised view when the caller has it already."""
         cfg = self.config
         cols = []
         if cfg.keep == "source_priority":
@@ -369,7 +377,7 @@ class DedupStage(PlannedStage):
             score = self._score_column(table)
             if score is not None:
                 cols.append(pl.col(score).cast(pl.Float64).fill_nan(None).alias(SCORE))
-            cols.append(self._normalized(table).str.len_chars().alias(LEN) if table.height
+            cols.append((self._normalized(table) if norm is None else norm).str.len_chars().alias(LEN) if table.height
                         else pl.lit(None, pl.UInt32).alias(LEN))
         cols.append(pl.col("id"))
         cols.append(self._answer_hash(table).alias(ANS) if table.height else pl.lit(None, pl.UInt64).alias(ANS))
@@ -459,14 +467,14 @@ class DedupStage(PlannedStage):
         n = part.height
         norm = pl.concat([t for _, t in self.normalized_chunks(part)]) if n else pl.Series([], dtype=pl.String)
         cols = [norm.hash(seed=0).alias(HASH)]
-        kk = self._keep_keys(part)
+        kk = self._keep_keys(part, norm)
         if SCORE in kk.columns:
             kk = kk.rename({SCORE: f"{SCORE}:{self._score_column(part)}"})
         out = pl.DataFrame(cols).hstack(kk)
         if cfg.examples:
             out = out.with_columns(part["source"].alias(SRC))
         if cfg.method == "minhash":
-            band, has, sig, nsh = self._minhash_arrays(part)
+            band, has, sig, nsh = self._minhash_arrays(part, norm)
             bands = band.shape[1]
             out = out.with_columns(pl.Series(BANDS, band, dtype=pl.Array(pl.UInt64, bands)),
                                    pl.Series(HAS, has, dtype=pl.Boolean))
@@ -593,7 +601,7 @@ class DedupStage(PlannedStage):
         """Spilled keys: the clusters of the verified pairs by union-find over the rows in
         some pair only (the root of a component is its smallest row, as over all rows),
         then the keep rule over those rows."""
-        rows = np.unique(np.concatenate([left, right])).astype(np.int64)
+        rows = sorted_unique(np.concatenate([left, right])).astype(np.int64)
         comp = components(len(rows), np.searchsorted(rows, left), np.searchsorted(rows, right))
         return self._plan_subset(rows, rows[comp], stats, score, n)
 
@@ -651,7 +659,7 @@ class DedupStage(PlannedStage):
         budget, total, end = int(self.config.verify_shingles), 0, pos
         block = int(min(65_536, max(1, budget // 64)))  # 2 x block rows of ~32 shingles fit the budget
         while end < count:
-            rows = np.unique(np.concatenate(_pairs_at(st, end, end + block)))
+            rows = sorted_unique(np.concatenate(_pairs_at(st, end, end + block)))
             new = rows[~mark[rows]]
             add = int(nsh[new].sum(dtype=np.int64))
             if end > pos and total + add > budget:
