@@ -19,6 +19,10 @@ in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule 
   cv_single  default + the same cv_loss scorer, its select only on records whose prompt had
              no vote (consensus_group_size < the consensus min_group, `scope_max`): prompts
              that repeat keep the vote's verdict (needs --cv and a model)
+  cv_agree   default + the same cv_loss scorer; its select drops a record whose held-out
+             answer the fold models would not reproduce exactly (cv_loss_agree = 0), only on
+             unrepeated prompts (as cv_single) and only in tasks whose held-out agreement
+             rate is at least GATE (the fold models learned the task; select's gate_min)
   verifier   default + a verifier select (checkers.py, written without importing the
              generators): the CHECKABLE-task upper bound (tables have no checker)
   oracle     the raw pool's correct records (same copies) through the default arm's own
@@ -53,9 +57,13 @@ import word_tasks  # noqa: E402
 RECIPE = REPO / "recipes" / "noisy-multitask.toml"
 REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, I cannot answer this.",
             "I am unable to provide that information.", "Sorry, I don't know."]
+# cv_agree: a task is cut only where the fold models reproduce at least this share of its
+# held-out answers exactly (docs/curation-efficacy.md says why 0.5)
+GATE = 0.5
 ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of default",
         "default": "default recipe, no user code", "cv": "default + cross-validated loss select",
         "cv_single": "default + cv loss select on unrepeated prompts",
+        "cv_agree": "default + cv agreement select (learned tasks, unrepeated prompts)",
         "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
 
 
@@ -206,16 +214,18 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         fns["*"] = "checkers:no_opinion"
         return no_mix[:2] + [{"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)], "functions": fns},
                              {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [arm_mix(base_stages)]
-    if arm in ("cv", "cv_single"):
+    if arm in ("cv", "cv_single", "cv_agree"):
         if not model:
             return None
         quality = {"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
                    "cv_epochs": cv_epochs, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64}
         select = {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8}
-        if arm == "cv_single":
+        if arm == "cv_agree":
+            select = {"kind": "select", "column": "cv_loss_agree", "min": 1.0, "gate_min": GATE}
+        if arm in ("cv_single", "cv_agree"):
             cons = next((s for s in no_mix if s["kind"] == "consensus"), None)
             if cons is None:
-                raise ValueError("the cv_single arm needs a consensus stage in the recipe")
+                raise ValueError(f"the {arm} arm needs a consensus stage in the recipe")
             prefix = cons.get("name") or "consensus"
             select.update(scope_column=f"{prefix}_group_size", scope_max=cons.get("min_group", 3) - 1)
         return no_mix + [quality, select, arm_mix(base_stages)]

@@ -60,20 +60,20 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["cv", "cv_single"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "cv_single"]
+HALF_OF = ["default", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "random", "verifier", "oracle"]
+TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"]
               + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
           "diag_clean": "DIAGNOSTIC: default's kept set minus its wrong records (answer key)",
           "diag_plus": "DIAGNOSTIC: default's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "default", "oracle", "cv_single", "default_half", "cv_single_half", "diag_clean", "diag_plus",
+ORDER = ["raw", "default", "oracle", "cv_agree", "cv_single", "default_half", "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
 
@@ -102,6 +102,43 @@ def set_stats(rows: list[dict], key: dict) -> dict:
                      "prompts": len({r["instruction"] for r in rs}),
                      "right_prompts": len({r["instruction"] for r, o in zip(rs, ok) if o}),
                      "precision": sum(ok) / len(rs)}
+    return out
+
+
+def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
+    """A cv arm's scorer, judged with the answer key (measurement only; the arm never reads
+    it): per task, the fold models' held-out agreement rate, the precision of the records
+    they agree / disagree with, the AUC of the loss ratio and of agreement, and the select's
+    gate verdict (cut or not)."""
+    import polars as pl
+
+    from curate.contract.datasets import read_dataset
+    from curate.contract.views import text_view
+    from curate.stages.common.signal import auc
+
+    q = next((s for s in manifest["stages"] if s["kind"] == "quality" and (s.get("stats") or {}).get("scorer") == "cv_loss"),
+             None)
+    if q is None:
+        return None
+    gate = next(((s.get("stats") or {}).get("gate") for s in manifest["stages"] if s["kind"] == "select"), None)
+    t = read_dataset(run_dir / q["output"])
+    if "cv_loss_agree" not in t.columns:
+        return None
+    t = t.select("task", text_view("user").alias("p"), text_view("response").alias("a"), "cv_loss_agree",
+                 "cv_loss_ratio", "consensus_group_size")
+    ok = pl.Series([key.get((task, p)) == a for task, p, a in t.select("task", "p", "a").iter_rows()])
+    t = t.with_columns(ok.alias("ok"))
+    out = {}
+    for task in sorted(t["task"].unique().to_list()):
+        x = t.filter(pl.col("task") == task)
+        ag, right = x["cv_loss_agree"].fill_null(0.0).to_numpy(), x["ok"].to_numpy()
+        un = x.filter(pl.col("consensus_group_size") <= 2)
+        out[task] = {"n": x.height, "agree": float(ag.mean()), "precision": float(right.mean()),
+                     "precision_agree": float(right[ag == 1].mean()) if (ag == 1).any() else None,
+                     "precision_disagree": float(right[ag == 0].mean()) if (ag == 0).any() else None,
+                     "auc_agree": auc(ag, right), "auc_ratio": auc(-x["cv_loss_ratio"].fill_null(9.0).to_numpy(), right),
+                     "unrepeated": un.height,
+                     "gate": ((gate or {}).get("groups") or {}).get(task)}
     return out
 
 
@@ -210,6 +247,11 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             if arm == "default":
                 default_rows = prec["rows"]
             kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
+            if arm in CV_ARMS:
+                cvs = cv_stats(run_dir, manifest, key)
+                if cvs is not None:
+                    with (Path(a["out"]) / "cv_stats.jsonl").open("a", encoding="utf-8") as f:
+                        f.write(json.dumps({"family": family, "seed": seed, "arm": arm, "by_task": cvs}) + "\n")
         stats = set_stats([json.loads(x) for x in (d / "kept" / f"{arm}.jsonl").read_text(encoding="utf-8").splitlines()
                            if x.strip()], key)
         with (Path(a["out"]) / "sets.jsonl").open("a", encoding="utf-8") as f:  # per-task kept sets, for the table
@@ -309,6 +351,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
     for arm, bar in (("default", 0.5), ("default_half", 0.5), ("cv", 0.5), ("cv_single", 0.5), ("cv_single_half", 0.5),
+                     ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
         ss = [s for s in range(seeds) if (arm, s) in em and ("raw", s) in em and ("oracle", s) in em]
         if not ss:
