@@ -23,6 +23,9 @@ in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule 
              answer the fold models would not reproduce exactly (cv_loss_agree = 0), only on
              unrepeated prompts (as cv_single) and only in tasks whose held-out agreement
              rate is at least GATE (the fold models learned the task; select's gate_min)
+  cv_gate    cv_single's select (lowest 80% of cv_loss_ratio on unrepeated prompts), only in
+             tasks whose held-out agreement rate is at least LEARNED: where the fold models
+             did not learn a task its loss ranks at chance and its rows are kept
   verifier   default + a verifier select (checkers.py, written without importing the
              generators): the CHECKABLE-task upper bound (tables have no checker)
   oracle     the raw pool's correct records (same copies) through the default arm's own
@@ -60,10 +63,15 @@ REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, 
 # cv_agree: a task is cut only where the fold models reproduce at least this share of its
 # held-out answers exactly (docs/curation-efficacy.md says why 0.5)
 GATE = 0.5
+# cv_gate: a task counts as learned by the fold models (its loss ratio may cut it) where they
+# reproduce at least this share of its held-out answers exactly: 3x the rate of tasks they
+# did not learn (digits reverse / shift: 0.03), a third of a task they did (acronym: 0.29)
+LEARNED = 0.1
 ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of default",
         "default": "default recipe, no user code", "cv": "default + cross-validated loss select",
         "cv_single": "default + cv loss select on unrepeated prompts",
         "cv_agree": "default + cv agreement select (learned tasks, unrepeated prompts)",
+        "cv_gate": "default + cv loss select on unrepeated prompts of learned tasks",
         "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
 
 
@@ -168,12 +176,14 @@ def arm_mix(base_stages: list[dict], total: int | None = None) -> dict:
     return m
 
 
-def run_arm(pipeline: Path) -> tuple[Path, dict]:
+def run_arm(pipeline: Path, fresh: bool = True) -> tuple[Path, dict]:
+    """fresh = False: the runner reuses the stages of a run already in its output dir whose
+    fingerprints (inputs, configs up to the stage, files read) still match."""
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run_pipeline
 
     cfg = load_config(pipeline)
-    manifest = run_pipeline(cfg, fresh=True)
+    manifest = run_pipeline(cfg, fresh=fresh)
     return cfg.output_dir(), manifest
 
 
@@ -214,7 +224,7 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         fns["*"] = "checkers:no_opinion"
         return no_mix[:2] + [{"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)], "functions": fns},
                              {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [arm_mix(base_stages)]
-    if arm in ("cv", "cv_single", "cv_agree"):
+    if arm in ("cv", "cv_single", "cv_agree", "cv_gate"):
         if not model:
             return None
         quality = {"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
@@ -222,7 +232,9 @@ def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_row
         select = {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8}
         if arm == "cv_agree":
             select = {"kind": "select", "column": "cv_loss_agree", "min": 1.0, "gate_min": GATE}
-        if arm in ("cv_single", "cv_agree"):
+        if arm == "cv_gate":
+            select.update(gate_column="cv_loss_agree", gate_min=LEARNED)
+        if arm in ("cv_single", "cv_agree", "cv_gate"):
             cons = next((s for s in no_mix if s["kind"] == "consensus"), None)
             if cons is None:
                 raise ValueError(f"the {arm} arm needs a consensus stage in the recipe")

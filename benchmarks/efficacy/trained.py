@@ -60,20 +60,21 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["cv", "cv_single", "cv_agree", "cv_gate"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "cv_single", "cv_agree"]
+HALF_OF = ["default", "cv_single", "cv_agree", "cv_gate"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"]
+TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "cv_agree", "cv_gate", "random", "verifier", "oracle"]
               + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
           "diag_clean": "DIAGNOSTIC: default's kept set minus its wrong records (answer key)",
           "diag_plus": "DIAGNOSTIC: default's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "default", "oracle", "cv_agree", "cv_single", "default_half", "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
+ORDER = ["raw", "default", "oracle", "cv_gate", "cv_agree", "cv_single", "default_half", "cv_gate_half",
+         "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
 
@@ -242,7 +243,16 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                 # --reuse: the same pipeline (same pool, stages, seed) already ran here: its run stands
                 run_dir, manifest = d / "runs" / arm, json.loads(man_file.read_text(encoding="utf-8"))
             else:
-                run_dir, manifest = noisy.run_arm(p)
+                fresh = True
+                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()),
+                           None)
+                if a.get("reuse") and arm in CV_ARMS and sib is not None:
+                    # --reuse: another cv arm's run of this pool holds the same fold scoring (the
+                    # stages before the select); the runner reuses each stage whose fingerprint matches
+                    shutil.rmtree(d / "runs" / arm, ignore_errors=True)
+                    shutil.copytree(sib, d / "runs" / arm)
+                    fresh = False
+                run_dir, manifest = noisy.run_arm(p, fresh=fresh)
             prec = noisy.measure(run_dir, manifest, key)
             if arm == "default":
                 default_rows = prec["rows"]
@@ -273,6 +283,31 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
         jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
                      "test": str(test_file)})
     return jobs
+
+
+def twin_row(job: dict, rows: list[dict]) -> dict | None:
+    """A trained row of another arm of the same (family, seed) and budget whose kept set is
+    byte-identical to this job's (e.g. a gate that cut nothing: the default's set): its
+    result is this job's, since rendering and training are deterministic for a given set and
+    seed (checked: words seed 0, a 300,000-token training of the default's set rerun gave the
+    same exact match, 0.854). Saves a training; the row says `same_set_as`."""
+    if "supervised" not in job:
+        return None
+    kept = Path(job["run"]).parents[1] / "kept"
+    half = job["arm"].endswith(HALF)
+    mine = kept / f"{job['arm'].removesuffix(HALF)}.jsonl"
+    if not mine.is_file():
+        return None
+    data = mine.read_bytes()
+    for r in rows:
+        if (r["family"], r["seed"]) != (job["family"], job["seed"]) or r["arm"] == job["arm"] or "set_supervised" not in r:
+            continue
+        if r["arm"].endswith(HALF) != half or r.get("same_set_as") or r["set_supervised"] != job["supervised"]:
+            continue
+        other = kept / f"{r['arm'].removesuffix(HALF)}.jsonl"
+        if other != mine and other.is_file() and other.read_bytes() == data:
+            return {**r, "arm": job["arm"], "same_set_as": r["arm"]}
+    return None
 
 
 def run_job(job: dict, args_d: dict) -> list[dict]:
@@ -351,7 +386,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
     for arm, bar in (("default", 0.5), ("default_half", 0.5), ("cv", 0.5), ("cv_single", 0.5), ("cv_single_half", 0.5),
-                     ("cv_agree", 0.5), ("cv_agree_half", 0.5),
+                     ("cv_agree", 0.5), ("cv_agree_half", 0.5), ("cv_gate", 0.5), ("cv_gate_half", 0.5),
                      ("verifier", 0.9)):
         ss = [s for s in range(seeds) if (arm, s) in em and ("raw", s) in em and ("oracle", s) in em]
         if not ss:
@@ -437,6 +472,10 @@ def table(rows: list[dict], args, wall: float) -> str:
                          f"{_ms(gaps, '{:.0%}')} | " + " | ".join(_ms([r['by_task'].get(t, float('nan')) for r in ar])
                                                         for t in tasks) + " |")
         lines += [""] + floor_lines(em, args.seeds)
+        twins = sorted((r["arm"], r["seed"], r["same_set_as"]) for r in fr if r.get("same_set_as"))
+        if twins:
+            lines.append("- not trained again, kept set byte-identical to another arm's (same seed and budget; "
+                         "training is deterministic): " + "; ".join(f"{LABELS[a]} seed {s} = {b}" for a, s, b in twins))
         for s in range(args.seeds):
             lo, hi = em.get(("raw", s)), em.get(("oracle", s))
             if lo is not None and hi is not None and hi <= lo:
@@ -520,7 +559,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f.write("".join(json.dumps(r) + "\n" for r in new))
         for r in new:
             print(f"[{time.perf_counter() - t0:.0f} s] {r['family']} seed {r['seed']} {r['arm']}: "
-                  f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
+                  f"exact match {r['exact_match']:.3f} {r['by_task']}"
+                  + (f" (kept set identical to {r['same_set_as']}'s: its result, not trained again)"
+                     if r.get("same_set_as") else ""), flush=True)
 
     def pool_done(f: str, s: int, part: str) -> bool:
         cv_part = [x for x in arms if x in CV_ARMS or x.removesuffix(HALF) in CV_ARMS]
@@ -531,7 +572,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.jobs <= 1:
         for f, s, part in pools:
             for j in todo(build_one(f, s, build_d, part)):
-                got(run_job(j, args_d))
+                tw = twin_row(j, rows)
+                got([tw] if tw else run_job(j, args_d))
     else:
         # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang.
         # Each pool's curation is a job too. A free worker takes the first waiting training job
@@ -545,6 +587,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 while len(running) < args.jobs and (waiting or to_build):
                     if waiting:
                         j = waiting.pop(0)
+                        tw = twin_row(j, rows)
+                        if tw:
+                            got([tw])
+                            continue
                         running[ex.submit(run_job, j, args_d)] = "train"
                     else:
                         f, s_, part = to_build.pop(0)
