@@ -213,7 +213,7 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
     base_stages, render = noisy.recipe(Path(a["recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
-    d = Path(a["out"]).resolve() / family / f"seed{seed}"
+    d = (Path(a["out"]) / family).resolve() / f"seed{seed}"  # OUT/<family> may link to another grid's (--reuse)
     sfx = "" if part == "main" else f"-{part}"
     pool_file = noisy.write_jsonl(d / f"pool{sfx}.jsonl", pool)
     oracle_file = noisy.write_jsonl(d / f"oracle{sfx}.jsonl",
