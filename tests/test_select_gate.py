@@ -82,3 +82,52 @@ def test_gate_refusals(tmp_path):
         stage_for(tmp_path, min=1.0, gate_min=0.5, gate_column="nope").process(gate_table())
     cfg = load_dataclass(Config, {"kind": "select", "column": "score", "gate_min": 0.5, "gate_column": "agree"})
     assert ("gate_column", "agree") in cfg.column_refs()
+
+
+def test_gate_reaches_the_manifest_and_the_report(tmp_path):
+    """End to end: a gate no task reaches cuts nothing; the manifest and the report say so per task."""
+    from pathlib import Path
+
+    from curate.look.report import build_report
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+
+    repo = Path(__file__).resolve().parents[1]
+    lines = (repo / "benchmarks" / "efficacy" / "example_pool.jsonl").read_text().splitlines()[:40]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(lines) + "\n")
+    tasks = {__import__("json").loads(x)["task"] for x in lines}
+    (tmp_path / "p.toml").write_text(f"""
+[run]
+output_dir = "{tmp_path / 'run'}"
+
+[[sources]]
+name = "pool"
+path = "{pool}"
+format = "alpaca"
+task_field = "task"
+
+[[stages]]
+kind = "normalize"
+
+[[stages]]
+kind = "quality"
+scorer = "heuristic"
+
+[[stages]]
+kind = "select"
+column = "heuristic"
+top_fraction = 0.5
+gate_min = 2.0
+
+[render]
+template = "chatml"
+tokenizer = "{repo / 'sample_data' / 'tokenizer'}"
+""")
+    m = run_pipeline(load_config(tmp_path / "p.toml"))
+    sel = next(s for s in m["stages"] if s["kind"] == "select")
+    gate = sel["stats"]["gate"]
+    assert gate["cut"] == [] and set(gate["not_cut"]) == tasks and len(tasks) > 1
+    assert sel["rows_in"] == sel["rows_out"]  # nothing cut
+    html = build_report(tmp_path / "run")
+    assert "mean heuristic (gate 2.0)" in html and "not cut (passed untouched)" in html
