@@ -4,10 +4,10 @@
     python benchmarks/efficacy/trained.py --quick           # 1 family, 1 seed, tiny pool (tests)
     python benchmarks/efficacy/trained.py --resume ...      # finish an interrupted grid (OUT/rows.jsonl)
 
-For every family and seed, the arms of noisy.py (raw, default recipe, cv, random,
-verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
+For every family and seed, the arms of noisy.py (raw, the default recipe, the consensus
+recipe (the default without a model), cv, random, verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
 keep a set of records; every arm ends in the recipe's own `mix` (one balance rule for all),
-and the oracle is the pool's correct records through the default arm's own stages. Each
+and the oracle is the pool's correct records through the consensus arm's own stages. Each
 kept set is then rendered for the model with the compact template (plain.jinja) and the
 model's own tokenizer, and the model is trained on it with `curate train`'s code path
 (train.run_training): full fine-tuning, lr 1e-3, 1 torch thread, the SAME number of
@@ -21,11 +21,11 @@ skill), rendered with the run's own [render] config and scored by train.eval.eva
 the code of `curate eval`; per task, mean over seeds. Two arms without training:
   base        the base model on the test prompts
   few-shot    the base model, each prompt preceded by k curated examples of its task
-              (train.eval.shots_from_split on the default arm's curated split, as
+              (train.eval.shots_from_split on the consensus arm's curated split, as
               `curate eval --shots k` does)
-Also: `default_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
+Also: `default_half` / `consensus_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
 raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
-from the default's and raw's kept sets WITH the answer key, only to say why an arm scores
+from the consensus arm's and raw's kept sets WITH the answer key, only to say why an arm scores
 as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
 distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
@@ -60,20 +60,20 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["cv", "cv_single", "cv_agree", "cv_gate"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "cv_single", "cv_agree", "cv_gate"]
+HALF_OF = ["default", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "cv_agree", "cv_gate", "random", "verifier", "oracle"]
-              + DIAG_ARMS)
+TRAIN_ARMS = (["raw", "default", "consensus"] + [a + HALF for a in HALF_OF]
+              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
-          "diag_clean": "DIAGNOSTIC: default's kept set minus its wrong records (answer key)",
-          "diag_plus": "DIAGNOSTIC: default's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "default", "oracle", "cv_gate", "cv_agree", "cv_single", "default_half", "cv_gate_half",
+          "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
+          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks"}
+ORDER = ["raw", "consensus", "default", "oracle", "cv_agree", "cv_single", "default_half", "consensus_half",
          "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
@@ -145,15 +145,15 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
 
 def diag_rows(arm: str, kept_dir: Path, key: dict) -> list[dict]:
     """The diagnostic arms' sets (they read the answer key; never a product arm):
-      diag_clean  the default arm's kept set (its repeats from the mix included) minus every
+      diag_clean  the consensus arm's kept set (its repeats from the mix included) minus every
                   record whose answer is wrong
-      diag_plus   the default arm's kept set plus one copy of each distinct (prompt, answer)
+      diag_plus   the consensus arm's kept set plus one copy of each distinct (prompt, answer)
                   record of the raw pool's rule tasks (not the tables) that it lacks: do the
-                  distinct inputs the default removed matter?"""
+                  distinct inputs the consensus recipe removed matter?"""
     def read(a):
         return [json.loads(x) for x in (kept_dir / f"{a}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
 
-    default = read("default")
+    default = read("consensus")
     if arm == "diag_clean":
         return [r for r in default if key.get((r["task"], r["instruction"])) == r["output"]]
     have = {(r["task"], r["instruction"], r["output"]) for r in default}
@@ -211,7 +211,7 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     import torch
 
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
-    base_stages, render = noisy.recipe(Path(a["recipe"]))
+    stages_of, render = noisy.recipes(Path(a["recipe"]), Path(a["consensus_recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
     d = (Path(a["out"]) / family).resolve() / f"seed{seed}"  # OUT/<family> may link to another grid's (--reuse)
     sfx = "" if part == "main" else f"-{part}"
@@ -221,11 +221,11 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     test_file = noisy.write_jsonl(d / f"test{sfx}.jsonl", test_rows(family, key, a["test"], seed))
     if part == "cv":
         arms = [x for x in CV_ARMS if x in a["arms"] or x + HALF in a["arms"]]
-    else:  # the diagnostics need raw's and default's kept sets, so they come after them
-        arms = [x for x in ["raw", "default", "random", "verifier", "oracle"] + DIAG_ARMS
+    else:  # the diagnostics need raw's and consensus's kept sets, so they come after them
+        arms = [x for x in ["raw", "consensus", "random", "verifier", "oracle"] + DIAG_ARMS
                 if x in a["arms"] or x + HALF in a["arms"] or (x in ("raw",) and any(y in a["arms"] for y in DIAG_ARMS))]
-    default_rows, jobs = None, []
-    for arm in arms:  # default before random (its size)
+    consensus_rows, jobs = None, []
+    for arm in arms:  # consensus before random (its size)
         if arm in DIAG_ARMS:
             rows = diag_rows(arm, d / "kept", key)
             noisy.write_jsonl(d / "kept" / f"{arm}.jsonl", rows)
@@ -233,7 +233,7 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             prec = {"distinct": len({(r["task"], r["instruction"], r["output"]) for r in rows}),
                     "precision": sum(key.get((r["task"], r["instruction"])) == r["output"] for r in rows) / max(kept, 1)}
         else:
-            stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
+            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"])
             src = oracle_file if arm == "oracle" else pool_file
             pf = d / "pipelines" / f"{arm}.toml"
             before = pf.read_text(encoding="utf-8") if pf.is_file() else None
@@ -254,8 +254,8 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                     fresh = False
                 run_dir, manifest = noisy.run_arm(p, fresh=fresh)
             prec = noisy.measure(run_dir, manifest, key)
-            if arm == "default":
-                default_rows = prec["rows"]
+            if arm == "consensus":
+                consensus_rows = prec["rows"]
             kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
             if arm in CV_ARMS:
                 cvs = cv_stats(run_dir, manifest, key)
@@ -279,17 +279,17 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             jobs.append({**job, "arm": arm + HALF, "budget_scale": 0.5})
     jobs.sort(key=lambda j: ORDER.index(j["arm"]))
     if "base" in a["arms"] and part == "main":
-        # the untrained arms score on the default arm's rendering (same [render] config)
-        jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
+        # the untrained arms score on the consensus arm's rendering (same [render] config)
+        jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "consensus"),
                      "test": str(test_file)})
     return jobs
 
 
 def twin_row(job: dict, rows: list[dict]) -> dict | None:
     """A trained row of another arm of the same (family, seed) and budget whose kept set is
-    byte-identical to this job's (e.g. a gate that cut nothing: the default's set): its
+    byte-identical to this job's (e.g. a gate that cut nothing: the consensus arm's set): its
     result is this job's, since rendering and training are deterministic for a given set and
-    seed (checked: words seed 0, a 300,000-token training of the default's set rerun gave the
+    seed (checked: words seed 0, a 300,000-token training of the consensus arm's set rerun gave the
     same exact match, 0.854). Saves a training; the row says `same_set_as`."""
     if "supervised" not in job:
         return None
@@ -385,8 +385,8 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     noise (paired over seeds: the mean minus 2 standard errors clears the bar; one seed
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
-    for arm, bar in (("default", 0.5), ("default_half", 0.5), ("cv", 0.5), ("cv_single", 0.5), ("cv_single_half", 0.5),
-                     ("cv_agree", 0.5), ("cv_agree_half", 0.5), ("cv_gate", 0.5), ("cv_gate_half", 0.5),
+    for arm, bar in (("default", 0.5), ("default_half", 0.5), ("consensus", 0.5), ("consensus_half", 0.5), ("cv", 0.5),
+                     ("cv_single", 0.5), ("cv_single_half", 0.5), ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
         ss = [s for s in range(seeds) if (arm, s) in em and ("raw", s) in em and ("oracle", s) in em]
         if not ss:
@@ -403,6 +403,13 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
             return f"{m:.3f} ± {2 * se:.3f} (2 s.e.) vs {b}: {verdict}"
 
         out.append(f"- floor, {LABELS[arm]}: minus raw {clears(diff, 0.0)}; gap closed {clears(gaps, bar)}")
+    ss = [s for s in range(seeds) if ("default", s) in em and ("consensus", s) in em]
+    if len(ss) >= 2:  # what the default's cv stages add to the consensus recipe, paired over seeds
+        d = [em[("default", s)] - em[("consensus", s)] for s in ss]
+        m, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
+        verdict = "above" if m - 2 * se > 0 else ("below" if m + 2 * se < 0 else "within noise")
+        out.append(f"- default recipe minus consensus recipe: {m:+.3f} ± {2 * se:.3f} (2 s.e.; per seed "
+                   + ", ".join(f"{x:+.3f}" for x in d) + f"): {verdict}")
     return out
 
 
@@ -498,7 +505,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--budget", type=int, default=12000, help="supervised tokens every trained arm sees")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated arms (base = base + few-shot)")
-    ap.add_argument("--recipe", default=str(noisy.RECIPE), help="the default recipe (its stages and mix)")
+    ap.add_argument("--recipe", default=str(noisy.RECIPE), help="the default recipe (the default arm's stages)")
+    ap.add_argument("--consensus-recipe", default=str(noisy.CONSENSUS_RECIPE),
+                    help="the recipe without a model (the consensus arm's stages and every arm's mix)")
     ap.add_argument("--cv-epochs", type=int, default=3, help="the cv arm: epochs of each fold's fine-tuning")
     ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--k", type=int, default=3, help="shots for the few-shot arm")
@@ -519,9 +528,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS and not a.endswith(HALF))
     arms = args.arms.split(",")
     bad = sorted(set(arms) - set(ALL_ARMS))
-    if bad or "default" not in arms:
-        ap.error(f"--arms: {', '.join(bad) or 'default is needed'} (choose from {', '.join(ALL_ARMS)}; "
-                 "default is needed: the random arm's size and the untrained arms' rendering)")
+    if bad or "consensus" not in arms:
+        ap.error(f"--arms: {', '.join(bad) or 'consensus is needed'} (choose from {', '.join(ALL_ARMS)}; "
+                 "consensus is needed: the random arm's size and the untrained arms' rendering)")
     t0 = time.perf_counter()
     if args.table_only:  # the table of what OUT/rows.jsonl holds (an interrupted grid), nothing run
         log = Path(args.out) / "rows.jsonl"
@@ -531,7 +540,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.results:
             Path(args.results).write_text(text, encoding="utf-8")
         return rows
-    build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
+    build_d = {"recipe": args.recipe, "consensus_recipe": args.consensus_recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
                "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
