@@ -41,12 +41,13 @@ def test_test_prompts_are_clean_and_unseen():
     assert len({(r["task"], r["instruction"]) for r in rows}) == len(rows)
 
 
-def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_default_stages():
+def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_consensus_stages():
     mod = _load()
     import noisy
 
-    stages, _render = noisy.recipe()
-    recipe_mix = [s for s in stages if s["kind"] == "mix"][-1]
+    stages, _render = noisy.recipes()
+    recipe_mix = [s for s in stages["consensus"] if s["kind"] == "mix"][-1]
+    assert [s for s in stages["default"] if s["kind"] == "mix"][-1] == recipe_mix  # both recipes: one mix
     arms = {a: noisy.arm_stages(a, stages, str(MODEL), 100) for a in noisy.ARMS}
     for arm, st in arms.items():
         m = st[-1]
@@ -56,20 +57,50 @@ def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_default_stage
         if arm != "random":
             assert m.get("balance") == recipe_mix.get("balance")
     assert arms["random"][-1]["total"] == 100 and "balance" not in arms["random"][-1]
-    # the oracle: the default arm's own stages (only its input differs: the correct records)
-    assert arms["oracle"] == arms["default"]
+    # the oracle: the consensus arm's own stages (only its input differs: the correct records)
+    assert arms["oracle"] == arms["consensus"]
+    # the default arm: the shipped recipe, only the cv stage's model swapped; without its two
+    # cv stages it is the consensus recipe
+    q = next(s for s in arms["default"] if s["kind"] == "quality")
+    assert q["scorer"] == "cv_loss" and q["model"] == str(MODEL)
+    assert [s for s in arms["default"] if s["kind"] not in ("quality", "select")] == arms["consensus"]
+    sel = next(s for s in arms["default"] if s["kind"] == "select")
+    assert sel["gate_column"] == "cv_loss_agree" and sel["scope_column"] == "consensus_group_size"
+    assert noisy.arm_stages("default", stages, None, 100) is None  # no model, no default arm
     assert [s["kind"] for s in arms["cv"]][-3:] == ["quality", "select", "mix"]
-    assert "cv" in mod.TRAIN_ARMS
+    assert "cv" in mod.TRAIN_ARMS and "default" in mod.CV_ARMS
     # cv_single: the cv arm's scorer and select, scoped to the prompts the vote never decided
     sel = arms["cv_single"][-2]
-    cons = next(s for s in stages if s["kind"] == "consensus")
+    cons = next(s for s in stages["consensus"] if s["kind"] == "consensus")
     assert arms["cv_single"][:-2] == arms["cv"][:-2]
     assert sel["scope_column"] == "consensus_group_size" and sel["scope_max"] == cons.get("min_group", 3) - 1
     assert {k: v for k, v in sel.items() if not k.startswith("scope")} == arms["cv"][-2]
+    # cv_agree: drops disagreeing records, gated per task by the agreement rate
+    assert arms["cv_agree"][-2]["column"] == "cv_loss_agree" and arms["cv_agree"][-2]["gate_min"] == noisy.GATE
+
+
+def test_twin_row_reuses_only_a_byte_identical_set(tmp_path):
+    """A job whose kept set is byte-identical to a trained arm's (same family, seed and budget
+    scale) takes that arm's row, marked `same_set_as`; a different set, another seed or a
+    half-budget row does not count."""
+    mod = _load()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "consensus.jsonl").write_text('{"a": 1}\n')
+    (kept / "default.jsonl").write_text('{"a": 1}\n')
+    (kept / "cv_single.jsonl").write_text('{"a": 2}\n')
+    job = {"family": "w", "seed": 0, "arm": "default", "run": str(tmp_path / "rendered" / "default"), "supervised": 5}
+    row = {"family": "w", "seed": 0, "arm": "consensus", "set_supervised": 5, "exact_match": 0.7, "by_task": {}}
+    assert mod.twin_row(job, [row])["same_set_as"] == "consensus"
+    assert mod.twin_row(job, [{**row, "seed": 1}]) is None
+    assert mod.twin_row(job, [{**row, "arm": "consensus_half"}]) is None
+    assert mod.twin_row(job, [{**row, "arm": "cv_single"}]) is None
+    assert mod.twin_row({**job, "arm": "default_half", "budget_scale": 0.5}, [{**row, "arm": "consensus_half"}]) \
+        ["same_set_as"] == "consensus_half"
 
 
 def test_diagnostic_sets_and_per_task_stats(tmp_path):
-    """diag_clean = default's kept set minus its wrong records (repeats kept); diag_plus = it
+    """diag_clean = consensus's kept set minus its wrong records (repeats kept); diag_plus = it
     plus one copy of each of raw's distinct rule-task records it lacks (never a table's)."""
     mod = _load()
     import noisy
@@ -79,7 +110,7 @@ def test_diagnostic_sets_and_per_task_stats(tmp_path):
     default = [row("acronym", "a b", "AB"), row("acronym", "a b", "AB"), row("acronym", "c d", "cd"),
                row("capital", "X?", "Y")]
     raw = default + [row("acronym", "c d", "CD"), row("acronym", "c d", "CD"), row("capital", "X?", "Z")]
-    noisy.write_jsonl(tmp_path / "default.jsonl", default)
+    noisy.write_jsonl(tmp_path / "consensus.jsonl", default)
     noisy.write_jsonl(tmp_path / "raw.jsonl", raw)
     clean = mod.diag_rows("diag_clean", tmp_path, key)
     assert clean == [default[0], default[1], default[3]]
@@ -95,7 +126,7 @@ def test_quick_end_to_end(tmp_path):
     mod = _load()
     rows = mod.main(["--quick", "--jobs", "1", "--out", str(tmp_path), "--results", str(tmp_path / "t.md")])
     arms = {r["arm"] for r in rows}
-    assert arms == {"base", "few_shot", "raw", "default", "random", "verifier", "oracle"}
+    assert arms == {"base", "few_shot", "raw", "consensus", "random", "verifier", "oracle"}
     trained = [r for r in rows if r["arm"] not in ("base", "few_shot")]
     # the same supervised-token budget for every trained arm, and each really trained
     assert len({r["supervised_budget"] for r in trained}) == 1

@@ -49,6 +49,13 @@ def test_cv_loss_ranks_planted_wrong_answers_above_right_ones(tmp_path, shared_d
     assert auc(-held, good) > 0.85 and auc(-out["cv_loss_ratio"].to_numpy(), good) > 0.85
     assert np.nanmean(held[good]) < np.nanmean(held[~good])
     assert res.stats["fine_tunings"] == 2 and len(res.stats["train_loss"]["0"]) == 8
+    # agreement: the fold models reproduce right answers exactly far more often than planted wrong ones
+    agree, acc = out["cv_loss_agree"].to_numpy(), out["cv_loss_token_acc"].to_numpy()
+    assert set(np.unique(agree)) <= {0.0, 1.0} and ((acc >= 0) & (acc <= 1)).all()
+    assert (agree[acc < 1] == 0).all() and (agree[acc == 1] == 1).all()
+    assert agree[good].mean() > 0.6 and agree[~good].mean() < 0.1  # measured: 0.86 / 0.0
+    a = res.stats["agreement"]["t"]
+    assert a["n"] == table.height and a["agree"] == pytest.approx(agree.mean(), abs=1e-6)
 
 
 def test_cv_loss_config_refusals():

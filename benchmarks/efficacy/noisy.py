@@ -2,7 +2,7 @@
 
     python benchmarks/efficacy/noisy.py                  # 2 families x 3 seeds, ~1-2 min
     python benchmarks/efficacy/noisy.py --quick          # 1 family, 1 seed, small pool (tests)
-    python benchmarks/efficacy/noisy.py --cv --model DIR # adds the consensus + cv-loss arm
+    python benchmarks/efficacy/noisy.py --cv --model DIR # adds the default recipe's arm and the cv arm
 
 The pool (per family, per seed) follows the issue's measurement: of the unique records 60%
 have the right answer, 30% a plausible wrong one, 10% a refusal; then 20% extra exact
@@ -13,17 +13,26 @@ key -> answer tables, so their prompts recur with conflicting answers.
 Arms (each a pipeline.toml in OUT/pipelines, run by curate's own runner; every arm ends
 in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule in every arm):
   raw        normalize only
-  random     normalize + exact dedup, then a random subset the size of `default`
-  default    recipes/noisy-multitask.toml as shipped, only its [[sources]] swapped
-  cv         default + quality scorer = "cv_loss" + select (needs --cv and a model)
-  cv_single  default + the same cv_loss scorer, its select only on records whose prompt had
+  random     normalize + exact dedup, then a random subset the size of `consensus`
+  consensus  recipes/noisy-multitask-consensus.toml as shipped (the default recipe without
+             its cross-validated stages: what runs without a model), only its [[sources]] swapped
+  default    recipes/noisy-multitask.toml as shipped, only its [[sources]] and the cv stage's
+             `model` swapped (needs --cv and a model): consensus + the cross-validated loss,
+             cut only on unrepeated prompts of the tasks the fold models learned
+  cv         consensus + quality scorer = "cv_loss" + select (needs --cv and a model)
+  cv_single  consensus + the same cv_loss scorer, its select only on records whose prompt had
              no vote (consensus_group_size < the consensus min_group, `scope_max`): prompts
              that repeat keep the vote's verdict (needs --cv and a model)
-  verifier   default + a verifier select (checkers.py, written without importing the
+  cv_agree   consensus + the same cv_loss scorer; its select drops a record whose held-out
+             answer the fold models would not reproduce exactly (cv_loss_agree = 0), only on
+             unrepeated prompts (as cv_single) and only in tasks whose held-out agreement
+             rate is at least GATE (the fold models learned the task; select's gate_min)
+  verifier   consensus + a verifier select (checkers.py, written without importing the
              generators): the CHECKABLE-task upper bound (tables have no checker)
-  oracle     the raw pool's correct records (same copies) through the default arm's own
+  oracle     the raw pool's correct records (same copies) through the consensus arm's own
              stages: the same normalisation, consensus, dedup and mix, so by construction
-             it can only be better data than the default arm's
+             it can only be better data than the consensus arm's (and than the default's,
+             which only removes records from the consensus arm's set)
 
 Metric: precision of the curated set (share of kept records whose answer is right,
 judged with the generator's answer key, which no arm reads), per family, mean ± std over
@@ -51,12 +60,19 @@ import digit_tasks  # noqa: E402
 import word_tasks  # noqa: E402
 
 RECIPE = REPO / "recipes" / "noisy-multitask.toml"
+CONSENSUS_RECIPE = REPO / "recipes" / "noisy-multitask-consensus.toml"
 REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, I cannot answer this.",
             "I am unable to provide that information.", "Sorry, I don't know."]
-ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of default",
-        "default": "default recipe, no user code", "cv": "default + cross-validated loss select",
-        "cv_single": "default + cv loss select on unrepeated prompts",
-        "verifier": "default + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
+# cv_agree: a task is cut only where the fold models reproduce at least this share of its
+# held-out answers exactly (docs/curation-efficacy.md says why 0.5)
+GATE = 0.5
+ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of consensus",
+        "consensus": "consensus recipe, no model, no user code",
+        "default": "default recipe (consensus + gated cv loss), no user code",
+        "cv": "consensus + cross-validated loss select",
+        "cv_single": "consensus + cv loss select on unrepeated prompts",
+        "cv_agree": "consensus + cv agreement select (learned tasks, unrepeated prompts)",
+        "verifier": "consensus + verifiers (checkable-task upper bound)", "oracle": "oracle: the pool's correct records"}
 
 
 def _digits_family():
@@ -149,7 +165,7 @@ def recipe(path: Path = RECIPE) -> tuple[list[dict], dict]:
 def arm_mix(base_stages: list[dict], total: int | None = None) -> dict:
     """The mix every arm ends in: the recipe's own `mix` stage (the same rule for every arm,
     so task balance is decided alike), with no val split (the benchmark measures the
-    kept set; trained.py splits its own). `total` (the random arm: the default arm's size)
+    kept set; trained.py splits its own). `total` (the random arm: the consensus arm's size)
     fixes the amount, so the recipe's `balance` does not apply there."""
     mixes = [s for s in base_stages if s["kind"] == "mix"]
     m = dict(mixes[-1]) if mixes else {"kind": "mix", "by": "task", "weights": {"*": 1.0}}
@@ -160,12 +176,14 @@ def arm_mix(base_stages: list[dict], total: int | None = None) -> dict:
     return m
 
 
-def run_arm(pipeline: Path) -> tuple[Path, dict]:
+def run_arm(pipeline: Path, fresh: bool = True) -> tuple[Path, dict]:
+    """fresh = False: the runner reuses the stages of a run already in its output dir whose
+    fingerprints (inputs, configs up to the stage, files read) still match."""
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run_pipeline
 
     cfg = load_config(pipeline)
-    manifest = run_pipeline(cfg, fresh=True)
+    manifest = run_pipeline(cfg, fresh=fresh)
     return cfg.output_dir(), manifest
 
 
@@ -186,36 +204,54 @@ def measure(run_dir: Path, manifest: dict, key: dict) -> dict:
             "supervised_tokens": tokens}
 
 
-def arm_stages(arm: str, base_stages: list[dict], model: str | None, default_rows: int | None,
+def recipes(default: Path = RECIPE, consensus: Path = CONSENSUS_RECIPE) -> tuple[dict, dict]:
+    """{"default": stages, "consensus": stages} of the two shipped recipes, and the render
+    config (the consensus recipe's; both recipes end in the same mix and render)."""
+    d, render = recipe(Path(default))
+    c, _ = recipe(Path(consensus))
+    return {"default": d, "consensus": c}, render
+
+
+def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | None,
                cv_epochs: int = 3) -> list[dict] | None:
-    """Each arm's stages. Every arm ends in the same mix (arm_mix: the recipe's). The oracle
-    runs the default arm's own stages on the pool's correct records, so by construction
-    its data can only be better than the default arm's (same normalisation, consensus,
-    dedup and mix; only the wrong records are gone)."""
+    """Each arm's stages. Every arm ends in the same mix (arm_mix: the consensus recipe's,
+    which is the default recipe's too). The oracle runs the consensus arm's own stages on the
+    pool's correct records, so by construction its data can only be better than the
+    consensus arm's (same normalisation, consensus, dedup and mix; only the wrong records
+    are gone), and the default arm only removes records from the consensus arm's set."""
+    base_stages = stages["consensus"]
     no_mix = [s for s in base_stages if s["kind"] != "mix"]
     exact = {"kind": "dedup", "name": "exact_dedup", "method": "exact", "view": "conversation"}
     if arm == "raw":
         return [{"kind": "normalize"}, arm_mix(base_stages)]
-    if arm in ("default", "oracle"):
+    if arm in ("consensus", "oracle"):
         return no_mix + [arm_mix(base_stages)]
+    if arm == "default":  # the shipped recipe; only the cv stage's model is swapped in
+        if not model:
+            return None
+        out = [dict(s, model=model) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else dict(s)
+               for s in stages["default"] if s["kind"] != "mix"]
+        return out + [arm_mix(stages["default"])]
     if arm == "random":
-        # the random subset: the default arm's size in rows (its repeats included)
-        return [{"kind": "normalize"}, exact, arm_mix(base_stages, default_rows)]
+        # the random subset: the consensus arm's size in rows (its repeats included)
+        return [{"kind": "normalize"}, exact, arm_mix(base_stages, consensus_rows)]
     if arm == "verifier":
         fns = {t: f"checkers:{t}" for t in ("reverse", "shift", "plural", "acronym")}
         fns["*"] = "checkers:no_opinion"
         return no_mix[:2] + [{"kind": "quality", "scorer": "verifier", "python_path": [str(HERE)], "functions": fns},
                              {"kind": "select", "column": "verifier", "min": 1.0, "missing": "keep"}] + no_mix[2:] + [arm_mix(base_stages)]
-    if arm in ("cv", "cv_single"):
+    if arm in ("cv", "cv_single", "cv_agree"):
         if not model:
             return None
         quality = {"kind": "quality", "scorer": "cv_loss", "model": model, "folds": 3, "cv_method": "full",
                    "cv_epochs": cv_epochs, "cv_lr": 3e-3, "max_length": 64, "batch_size": 64}
         select = {"kind": "select", "column": "cv_loss_ratio", "keep": "lowest", "top_fraction": 0.8}
-        if arm == "cv_single":
+        if arm == "cv_agree":
+            select = {"kind": "select", "column": "cv_loss_agree", "min": 1.0, "gate_min": GATE}
+        if arm in ("cv_single", "cv_agree"):
             cons = next((s for s in no_mix if s["kind"] == "consensus"), None)
             if cons is None:
-                raise ValueError("the cv_single arm needs a consensus stage in the recipe")
+                raise ValueError(f"the {arm} arm needs a consensus stage in the recipe")
             prefix = cons.get("name") or "consensus"
             select.update(scope_column=f"{prefix}_group_size", scope_max=cons.get("min_group", 3) - 1)
         return no_mix + [quality, select, arm_mix(base_stages)]
@@ -229,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--unique", type=int, default=3000, help="unique records per family (before the 20%% copies)")
     ap.add_argument("--families", default="digits,words")
     ap.add_argument("--quick", action="store_true", help="1 family, 1 seed, 300 unique records")
-    ap.add_argument("--cv", action="store_true", help="add the consensus + cross-validated loss arm")
+    ap.add_argument("--cv", action="store_true", help="add the default recipe's arm and the cv arm (need a model)")
     ap.add_argument("--cv-epochs", type=int, default=3, help="--cv: epochs of each fold's fine-tuning")
     ap.add_argument("--model", default=str(REPO.parent / "shared" / "data" / "models" / "stories260K"))
     ap.add_argument("--results", default=None, help="also write the table to this Markdown file")
@@ -242,9 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)  # on a busy small machine one thread is often faster
     out = Path(args.out)
-    base_stages, render = recipe()
-    # default before random: the random subset is drawn to the default arm's size
-    arms = ["raw", "default", "random"] + (["cv"] if args.cv else []) + ["verifier", "oracle"]
+    stages_of, render = recipes()
+    # consensus before random: the random subset is drawn to the consensus arm's size
+    arms = ["raw", "consensus", "random"] + (["default", "cv"] if args.cv else []) + ["verifier", "oracle"]
     results: dict = {}
     t0 = time.perf_counter()
     for family in args.families.split(","):
@@ -254,17 +290,17 @@ def main(argv: list[str] | None = None) -> dict:
             pool_file = write_jsonl(d / "pool.jsonl", pool)
             oracle_file = write_jsonl(d / "oracle.jsonl",
                                       [r for r in pool if key[(r["task"], r["instruction"])] == r["output"]])
-            default_rows = None
+            consensus_rows = None
             for arm in arms:
-                stages = arm_stages(arm, base_stages, args.model if args.cv else None, default_rows, args.cv_epochs)
+                stages = arm_stages(arm, stages_of, args.model if args.cv else None, consensus_rows, args.cv_epochs)
                 if stages is None:
                     continue
                 src = oracle_file if arm == "oracle" else pool_file
                 p = write_pipeline(d / "pipelines" / f"{arm}.toml", d / "runs" / arm, src, stages, render, None)
                 run_dir, manifest = run_arm(p)
                 m = measure(run_dir, manifest, key)
-                if arm == "default":
-                    default_rows = m["rows"]
+                if arm == "consensus":
+                    consensus_rows = m["rows"]
                 results.setdefault(family, {}).setdefault(arm, []).append(m)
     wall = time.perf_counter() - t0
     text = table(results, args, wall)

@@ -4,10 +4,10 @@
     python benchmarks/efficacy/trained.py --quick           # 1 family, 1 seed, tiny pool (tests)
     python benchmarks/efficacy/trained.py --resume ...      # finish an interrupted grid (OUT/rows.jsonl)
 
-For every family and seed, the arms of noisy.py (raw, default recipe, cv, random,
-verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
+For every family and seed, the arms of noisy.py (raw, the default recipe, the consensus
+recipe (the default without a model), cv, random, verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
 keep a set of records; every arm ends in the recipe's own `mix` (one balance rule for all),
-and the oracle is the pool's correct records through the default arm's own stages. Each
+and the oracle is the pool's correct records through the consensus arm's own stages. Each
 kept set is then rendered for the model with the compact template (plain.jinja) and the
 model's own tokenizer, and the model is trained on it with `curate train`'s code path
 (train.run_training): full fine-tuning, lr 1e-3, 1 torch thread, the SAME number of
@@ -21,11 +21,11 @@ skill), rendered with the run's own [render] config and scored by train.eval.eva
 the code of `curate eval`; per task, mean over seeds. Two arms without training:
   base        the base model on the test prompts
   few-shot    the base model, each prompt preceded by k curated examples of its task
-              (train.eval.shots_from_split on the default arm's curated split, as
+              (train.eval.shots_from_split on the consensus arm's curated split, as
               `curate eval --shots k` does)
-Also: `default_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
+Also: `default_half` / `consensus_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
 raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
-from the default's and raw's kept sets WITH the answer key, only to say why an arm scores
+from the consensus arm's and raw's kept sets WITH the answer key, only to say why an arm scores
 as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
 distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
@@ -60,20 +60,21 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["cv", "cv_single"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "cv_single"]
+HALF_OF = ["default", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default"] + [a + HALF for a in HALF_OF] + ["cv", "cv_single", "random", "verifier", "oracle"]
-              + DIAG_ARMS)
+TRAIN_ARMS = (["raw", "default", "consensus"] + [a + HALF for a in HALF_OF]
+              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
-          "diag_clean": "DIAGNOSTIC: default's kept set minus its wrong records (answer key)",
-          "diag_plus": "DIAGNOSTIC: default's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "default", "oracle", "cv_single", "default_half", "cv_single_half", "diag_clean", "diag_plus",
+          "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
+          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks"}
+ORDER = ["raw", "consensus", "default", "oracle", "cv_agree", "cv_single", "default_half", "consensus_half",
+         "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
 
@@ -105,17 +106,54 @@ def set_stats(rows: list[dict], key: dict) -> dict:
     return out
 
 
+def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
+    """A cv arm's scorer, judged with the answer key (measurement only; the arm never reads
+    it): per task, the fold models' held-out agreement rate, the precision of the records
+    they agree / disagree with, the AUC of the loss ratio and of agreement, and the select's
+    gate verdict (cut or not)."""
+    import polars as pl
+
+    from curate.contract.datasets import read_dataset
+    from curate.contract.views import text_view
+    from curate.stages.common.signal import auc
+
+    q = next((s for s in manifest["stages"] if s["kind"] == "quality" and (s.get("stats") or {}).get("scorer") == "cv_loss"),
+             None)
+    if q is None:
+        return None
+    gate = next(((s.get("stats") or {}).get("gate") for s in manifest["stages"] if s["kind"] == "select"), None)
+    t = read_dataset(run_dir / q["output"])
+    if "cv_loss_agree" not in t.columns:
+        return None
+    t = t.select("task", text_view("user").alias("p"), text_view("response").alias("a"), "cv_loss_agree",
+                 "cv_loss_ratio", "consensus_group_size")
+    ok = pl.Series([key.get((task, p)) == a for task, p, a in t.select("task", "p", "a").iter_rows()])
+    t = t.with_columns(ok.alias("ok"))
+    out = {}
+    for task in sorted(t["task"].unique().to_list()):
+        x = t.filter(pl.col("task") == task)
+        ag, right = x["cv_loss_agree"].fill_null(0.0).to_numpy(), x["ok"].to_numpy()
+        un = x.filter(pl.col("consensus_group_size") <= 2)
+        out[task] = {"n": x.height, "agree": float(ag.mean()), "precision": float(right.mean()),
+                     "precision_agree": float(right[ag == 1].mean()) if (ag == 1).any() else None,
+                     "precision_disagree": float(right[ag == 0].mean()) if (ag == 0).any() else None,
+                     "auc_agree": auc(ag, right), "auc_ratio": auc(-x["cv_loss_ratio"].fill_null(9.0).to_numpy(), right),
+                     "unrepeated": un.height,
+                     "gate": ((gate or {}).get("groups") or {}).get(task)}
+    return out
+
+
 def diag_rows(arm: str, kept_dir: Path, key: dict) -> list[dict]:
     """The diagnostic arms' sets (they read the answer key; never a product arm):
-      diag_clean  the default arm's kept set (its repeats from the mix included) minus every
+      diag_clean  the consensus arm's kept set (its repeats from the mix included) minus every
                   record whose answer is wrong
-      diag_plus   the default arm's kept set plus one copy of each distinct (prompt, answer)
+      diag_plus   the consensus arm's kept set plus one copy of each distinct (prompt, answer)
                   record of the raw pool's rule tasks (not the tables) that it lacks: do the
-                  distinct inputs the default removed matter?"""
+                  distinct inputs the consensus recipe removed matter?"""
     def read(a):
         return [json.loads(x) for x in (kept_dir / f"{a}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
 
-    default = read("default")
+    default = read("consensus")
     if arm == "diag_clean":
         return [r for r in default if key.get((r["task"], r["instruction"])) == r["output"]]
     have = {(r["task"], r["instruction"], r["output"]) for r in default}
@@ -173,9 +211,9 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     import torch
 
     torch.set_num_threads(1)  # the cv arm's fold training; 1 thread is faster on a busy machine
-    base_stages, render = noisy.recipe(Path(a["recipe"]))
+    stages_of, render = noisy.recipes(Path(a["recipe"]), Path(a["consensus_recipe"]))
     pool, key = noisy.make_pool(family, a["unique"], seed)
-    d = Path(a["out"]).resolve() / family / f"seed{seed}"
+    d = (Path(a["out"]) / family).resolve() / f"seed{seed}"  # OUT/<family> may link to another grid's (--reuse)
     sfx = "" if part == "main" else f"-{part}"
     pool_file = noisy.write_jsonl(d / f"pool{sfx}.jsonl", pool)
     oracle_file = noisy.write_jsonl(d / f"oracle{sfx}.jsonl",
@@ -183,11 +221,11 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     test_file = noisy.write_jsonl(d / f"test{sfx}.jsonl", test_rows(family, key, a["test"], seed))
     if part == "cv":
         arms = [x for x in CV_ARMS if x in a["arms"] or x + HALF in a["arms"]]
-    else:  # the diagnostics need raw's and default's kept sets, so they come after them
-        arms = [x for x in ["raw", "default", "random", "verifier", "oracle"] + DIAG_ARMS
+    else:  # the diagnostics need raw's and consensus's kept sets, so they come after them
+        arms = [x for x in ["raw", "consensus", "random", "verifier", "oracle"] + DIAG_ARMS
                 if x in a["arms"] or x + HALF in a["arms"] or (x in ("raw",) and any(y in a["arms"] for y in DIAG_ARMS))]
-    default_rows, jobs = None, []
-    for arm in arms:  # default before random (its size)
+    consensus_rows, jobs = None, []
+    for arm in arms:  # consensus before random (its size)
         if arm in DIAG_ARMS:
             rows = diag_rows(arm, d / "kept", key)
             noisy.write_jsonl(d / "kept" / f"{arm}.jsonl", rows)
@@ -195,7 +233,7 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             prec = {"distinct": len({(r["task"], r["instruction"], r["output"]) for r in rows}),
                     "precision": sum(key.get((r["task"], r["instruction"])) == r["output"] for r in rows) / max(kept, 1)}
         else:
-            stages = noisy.arm_stages(arm, base_stages, a["model"], default_rows, a["cv_epochs"])
+            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"])
             src = oracle_file if arm == "oracle" else pool_file
             pf = d / "pipelines" / f"{arm}.toml"
             before = pf.read_text(encoding="utf-8") if pf.is_file() else None
@@ -205,11 +243,25 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                 # --reuse: the same pipeline (same pool, stages, seed) already ran here: its run stands
                 run_dir, manifest = d / "runs" / arm, json.loads(man_file.read_text(encoding="utf-8"))
             else:
-                run_dir, manifest = noisy.run_arm(p)
+                fresh = True
+                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()),
+                           None)
+                if a.get("reuse") and arm in CV_ARMS and sib is not None:
+                    # --reuse: another cv arm's run of this pool holds the same fold scoring (the
+                    # stages before the select); the runner reuses each stage whose fingerprint matches
+                    shutil.rmtree(d / "runs" / arm, ignore_errors=True)
+                    shutil.copytree(sib, d / "runs" / arm)
+                    fresh = False
+                run_dir, manifest = noisy.run_arm(p, fresh=fresh)
             prec = noisy.measure(run_dir, manifest, key)
-            if arm == "default":
-                default_rows = prec["rows"]
+            if arm == "consensus":
+                consensus_rows = prec["rows"]
             kept = kept_jsonl(run_dir, manifest, d / "kept" / f"{arm}.jsonl")
+            if arm in CV_ARMS:
+                cvs = cv_stats(run_dir, manifest, key)
+                if cvs is not None:
+                    with (Path(a["out"]) / "cv_stats.jsonl").open("a", encoding="utf-8") as f:
+                        f.write(json.dumps({"family": family, "seed": seed, "arm": arm, "by_task": cvs}) + "\n")
         stats = set_stats([json.loads(x) for x in (d / "kept" / f"{arm}.jsonl").read_text(encoding="utf-8").splitlines()
                            if x.strip()], key)
         with (Path(a["out"]) / "sets.jsonl").open("a", encoding="utf-8") as f:  # per-task kept sets, for the table
@@ -227,10 +279,35 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             jobs.append({**job, "arm": arm + HALF, "budget_scale": 0.5})
     jobs.sort(key=lambda j: ORDER.index(j["arm"]))
     if "base" in a["arms"] and part == "main":
-        # the untrained arms score on the default arm's rendering (same [render] config)
-        jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "default"),
+        # the untrained arms score on the consensus arm's rendering (same [render] config)
+        jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "consensus"),
                      "test": str(test_file)})
     return jobs
+
+
+def twin_row(job: dict, rows: list[dict]) -> dict | None:
+    """A trained row of another arm of the same (family, seed) and budget whose kept set is
+    byte-identical to this job's (e.g. a gate that cut nothing: the consensus arm's set): its
+    result is this job's, since rendering and training are deterministic for a given set and
+    seed (checked: words seed 0, a 300,000-token training of the consensus arm's set rerun gave the
+    same exact match, 0.854). Saves a training; the row says `same_set_as`."""
+    if "supervised" not in job:
+        return None
+    kept = Path(job["run"]).parents[1] / "kept"
+    half = job["arm"].endswith(HALF)
+    mine = kept / f"{job['arm'].removesuffix(HALF)}.jsonl"
+    if not mine.is_file():
+        return None
+    data = mine.read_bytes()
+    for r in rows:
+        if (r["family"], r["seed"]) != (job["family"], job["seed"]) or r["arm"] == job["arm"] or "set_supervised" not in r:
+            continue
+        if r["arm"].endswith(HALF) != half or r.get("same_set_as") or r["set_supervised"] != job["supervised"]:
+            continue
+        other = kept / f"{r['arm'].removesuffix(HALF)}.jsonl"
+        if other != mine and other.is_file() and other.read_bytes() == data:
+            return {**r, "arm": job["arm"], "same_set_as": r["arm"]}
+    return None
 
 
 def run_job(job: dict, args_d: dict) -> list[dict]:
@@ -308,7 +385,8 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     noise (paired over seeds: the mean minus 2 standard errors clears the bar; one seed
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
-    for arm, bar in (("default", 0.5), ("default_half", 0.5), ("cv", 0.5), ("cv_single", 0.5), ("cv_single_half", 0.5),
+    for arm, bar in (("default", 0.5), ("default_half", 0.5), ("consensus", 0.5), ("consensus_half", 0.5), ("cv", 0.5),
+                     ("cv_single", 0.5), ("cv_single_half", 0.5), ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
         ss = [s for s in range(seeds) if (arm, s) in em and ("raw", s) in em and ("oracle", s) in em]
         if not ss:
@@ -325,6 +403,13 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
             return f"{m:.3f} ± {2 * se:.3f} (2 s.e.) vs {b}: {verdict}"
 
         out.append(f"- floor, {LABELS[arm]}: minus raw {clears(diff, 0.0)}; gap closed {clears(gaps, bar)}")
+    ss = [s for s in range(seeds) if ("default", s) in em and ("consensus", s) in em]
+    if len(ss) >= 2:  # what the default's cv stages add to the consensus recipe, paired over seeds
+        d = [em[("default", s)] - em[("consensus", s)] for s in ss]
+        m, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
+        verdict = "above" if m - 2 * se > 0 else ("below" if m + 2 * se < 0 else "within noise")
+        out.append(f"- default recipe minus consensus recipe: {m:+.3f} ± {2 * se:.3f} (2 s.e.; per seed "
+                   + ", ".join(f"{x:+.3f}" for x in d) + f"): {verdict}")
     return out
 
 
@@ -394,6 +479,10 @@ def table(rows: list[dict], args, wall: float) -> str:
                          f"{_ms(gaps, '{:.0%}')} | " + " | ".join(_ms([r['by_task'].get(t, float('nan')) for r in ar])
                                                         for t in tasks) + " |")
         lines += [""] + floor_lines(em, args.seeds)
+        twins = sorted((r["arm"], r["seed"], r["same_set_as"]) for r in fr if r.get("same_set_as"))
+        if twins:
+            lines.append("- not trained again, kept set byte-identical to another arm's (same seed and budget; "
+                         "training is deterministic): " + "; ".join(f"{LABELS[a]} seed {s} = {b}" for a, s, b in twins))
         for s in range(args.seeds):
             lo, hi = em.get(("raw", s)), em.get(("oracle", s))
             if lo is not None and hi is not None and hi <= lo:
@@ -416,7 +505,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--budget", type=int, default=12000, help="supervised tokens every trained arm sees")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated arms (base = base + few-shot)")
-    ap.add_argument("--recipe", default=str(noisy.RECIPE), help="the default recipe (its stages and mix)")
+    ap.add_argument("--recipe", default=str(noisy.RECIPE), help="the default recipe (the default arm's stages)")
+    ap.add_argument("--consensus-recipe", default=str(noisy.CONSENSUS_RECIPE),
+                    help="the recipe without a model (the consensus arm's stages and every arm's mix)")
     ap.add_argument("--cv-epochs", type=int, default=3, help="the cv arm: epochs of each fold's fine-tuning")
     ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--k", type=int, default=3, help="shots for the few-shot arm")
@@ -437,9 +528,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS and not a.endswith(HALF))
     arms = args.arms.split(",")
     bad = sorted(set(arms) - set(ALL_ARMS))
-    if bad or "default" not in arms:
-        ap.error(f"--arms: {', '.join(bad) or 'default is needed'} (choose from {', '.join(ALL_ARMS)}; "
-                 "default is needed: the random arm's size and the untrained arms' rendering)")
+    if bad or "consensus" not in arms:
+        ap.error(f"--arms: {', '.join(bad) or 'consensus is needed'} (choose from {', '.join(ALL_ARMS)}; "
+                 "consensus is needed: the random arm's size and the untrained arms' rendering)")
     t0 = time.perf_counter()
     if args.table_only:  # the table of what OUT/rows.jsonl holds (an interrupted grid), nothing run
         log = Path(args.out) / "rows.jsonl"
@@ -449,7 +540,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.results:
             Path(args.results).write_text(text, encoding="utf-8")
         return rows
-    build_d = {"recipe": args.recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
+    build_d = {"recipe": args.recipe, "consensus_recipe": args.consensus_recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
                "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
@@ -477,7 +568,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f.write("".join(json.dumps(r) + "\n" for r in new))
         for r in new:
             print(f"[{time.perf_counter() - t0:.0f} s] {r['family']} seed {r['seed']} {r['arm']}: "
-                  f"exact match {r['exact_match']:.3f} {r['by_task']}", flush=True)
+                  f"exact match {r['exact_match']:.3f} {r['by_task']}"
+                  + (f" (kept set identical to {r['same_set_as']}'s: its result, not trained again)"
+                     if r.get("same_set_as") else ""), flush=True)
 
     def pool_done(f: str, s: int, part: str) -> bool:
         cv_part = [x for x in arms if x in CV_ARMS or x.removesuffix(HALF) in CV_ARMS]
@@ -488,7 +581,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.jobs <= 1:
         for f, s, part in pools:
             for j in todo(build_one(f, s, build_d, part)):
-                got(run_job(j, args_d))
+                tw = twin_row(j, rows)
+                got([tw] if tw else run_job(j, args_d))
     else:
         # spawn, not fork: a forked child of a process that ran polars/torch thread pools can hang.
         # Each pool's curation is a job too. A free worker takes the first waiting training job
@@ -502,6 +596,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 while len(running) < args.jobs and (waiting or to_build):
                     if waiting:
                         j = waiting.pop(0)
+                        tw = twin_row(j, rows)
+                        if tw:
+                            got([tw])
+                            continue
                         running[ex.submit(run_job, j, args_d)] = "train"
                     else:
                         f, s_, part = to_build.pop(0)

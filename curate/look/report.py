@@ -408,7 +408,15 @@ def section_scores(run: RunData) -> Section:
         if groups:
             rows = [[_e(g), int(d.get("in", 0)), int(d.get("kept", 0)), _e(d.get("quota")),
                      _e(", ".join(f"{r} {n:,}" for r, n in sorted((d.get("dropped") or {}).items())))] for g, d in groups.items()]
-            tables.append(f"<h3>{_e(s['name'])}: per group</h3>" + _table(["group", "in", "kept", "quota", "dropped"], rows))
+            head = ["group", "in", "kept", "quota", "dropped"]
+            gate = (s.get("stats") or {}).get("gate")
+            if gate:  # gate_min: each group's gate mean and whether the cut applied there
+                head.append(f"mean {gate.get('column')} (gate {gate.get('min')})")
+                for row, g in zip(rows, groups):
+                    d = (gate.get("groups") or {}).get(g) or {}
+                    rate = "no value" if d.get("rate") is None else f"{d['rate']:.3f}"
+                    row.append(_e(f"{rate}: " + ("cut" if d.get("applied") else "not cut (passed untouched)")))
+            tables.append(f"<h3>{_e(s['name'])}: per group</h3>" + _table(head, rows))
     return Section("scores", "Quality scores", _grid(figs) + "".join(tables), charts=len(figs), data=data)
 
 

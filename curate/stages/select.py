@@ -37,6 +37,8 @@ LABEL = "__select_label"  # key column `__select_label:<label column>`
 # Order within a group, best first: (missing score, key, id, position in the table).
 CAND, NULL, KEY, SCORE, QUOTA = "__cand", "__null", "__key", "__score", "__quota"
 SCOPE = "__select_scope"  # key column: the row is ranked by this stage (scope_column within its bounds)
+GATE = "__select_gate"  # key column: the gate column's value (gate_min), Float64
+GATE_RATE, GATE_N = "__gate_rate", "__gate_n"  # per row: its group's gate mean and rows counted
 ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
 
 
@@ -76,6 +78,10 @@ class Config:
     scope_column: str | None = None
     scope_min: float | None = None  # lower bound of scope_column (inclusive); none: no bound
     scope_max: float | None = None  # upper bound of scope_column (inclusive); none: no bound
+    # cut a group only where the mean of gate_column over its rows in scope is at least this
+    # (the scorer learned that group); below it the group's rows pass untouched
+    gate_min: float | None = None
+    gate_column: str | None = None  # the column gate_min is the group mean of; none: `column`
 
     def column_refs(self) -> list[tuple[str, str]]:
         refs = [("column", self.column)] + ([("signal", self.signal)] if self.signal else [])
@@ -83,7 +89,13 @@ class Config:
             refs.append(("embedding_column", self.embedding_column))
         if self.scope_column:
             refs.append(("scope_column", self.scope_column))
+        if self.gate_min is not None:
+            refs.append(("gate_column", self.gate_col))
         return refs
+
+    @property
+    def gate_col(self) -> str:
+        return self.gate_column or self.column
 
     def check_data(self, names: dict[str, list[str]]) -> list[str]:
         msg = unknown_group_names(list(self.quotas), names.get(self.by, []), self.by, "quotas") if self.quotas else None
@@ -119,6 +131,10 @@ class Config:
             raise ConfigError("scope_column", "needs scope_min or scope_max (the rows this select ranks)")
         if self.scope_min is not None and self.scope_max is not None and self.scope_min > self.scope_max:
             raise ConfigError("scope_min", f"scope_min ({self.scope_min}) is greater than scope_max ({self.scope_max})")
+        if self.gate_column is not None and self.gate_min is None:
+            raise ConfigError("gate_column", "needs gate_min (the group mean a group must reach to be cut)")
+        if self.gate_min is not None and not math.isfinite(self.gate_min):
+            raise ConfigError("gate_min", f"must be a finite number, got {self.gate_min}")
 
     def check_paths(self, base_dir) -> None:
         if self.diversity is not None and self.embedding == "model":
@@ -208,6 +224,10 @@ class SelectStage(PlannedStage):
             if c.scope_max is not None:
                 inside = inside & (v <= c.scope_max)
             cols.append(inside.fill_null(False).alias(SCOPE))
+        if c.gate_min is not None:
+            if c.gate_col not in part.columns:
+                raise ValueError(f"stage {self.name!r}: gate_column {c.gate_col!r} is not in the table")
+            cols.append(pl.col(c.gate_col).cast(pl.Float64).alias(GATE))
         return part.select(cols)
 
     def _n_in(self, v: pl.DataFrame) -> dict:
@@ -235,12 +255,29 @@ class SelectStage(PlannedStage):
         t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
                               detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL),
                               key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
+        if GATE in t.columns:
+            t = self._gate(t)
         if SCOPE in t.columns:  # outside the scope: no verdict, not a candidate for any quota
             inside = pl.col(SCOPE)
             t = t.with_columns(pl.when(inside).then(pl.col(REASON)).alias(REASON),
                                pl.when(inside).then(pl.col(DETAIL)).alias(DETAIL))
             return t.with_columns((pl.col(REASON).is_null() & inside).alias(CAND))
         return t.with_columns(pl.col(REASON).is_null().alias(CAND))
+
+    def _gate(self, t: pl.DataFrame) -> pl.DataFrame:
+        """`gate_min`: per group, the mean of the gate column over its rows in scope (non-null,
+        non-NaN values; `__gate_rate`, null when there are none, and `__gate_n`); a group whose
+        mean is below gate_min (or null) leaves the scope: its rows pass untouched. The
+        typical gate is the cross-validated agreement rate (`cv_loss_agree`): where the fold
+        models reproduce few of a task's held-out answers they did not learn the task, and a
+        disagreement says nothing about a record."""
+        g = pl.col(GATE)
+        inside = pl.col(SCOPE) if SCOPE in t.columns else pl.lit(True)
+        valid = inside & g.is_not_null() & g.is_not_nan()
+        t = t.with_columns(g.filter(valid).mean().over(GROUP).alias(GATE_RATE),
+                           valid.sum().over(GROUP).cast(pl.Int64).alias(GATE_N))
+        passes = pl.col(GATE_RATE).fill_null(float("-inf")) >= self.config.gate_min
+        return t.with_columns((inside & passes).fill_null(False).alias(SCOPE))
 
     def plan(self, keys: pl.DataFrame) -> Plan:
         """Thresholds, then per group its quota and the key of the last row it keeps; a
@@ -292,6 +329,8 @@ class SelectStage(PlannedStage):
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
         stats = self._stats(v, n_in)
+        if GATE_RATE in v.columns:
+            stats["gate"] = self._gate_stats(v, stats["groups"])
         if SCOPE in v.columns:  # the score is validated on the rows it ranked
             v = v.filter(pl.col(SCOPE))
         label = next((x.split(":", 1)[1] for x in v.columns if x.startswith(LABEL + ":")), None)
@@ -299,6 +338,24 @@ class SelectStage(PlannedStage):
         labels = v[f"{LABEL}:{label}"].fill_null(float("nan")).to_numpy() if label is not None else None
         stats["signal"] = self.validation(scores, labels, label)
         return stats
+
+    def _gate_stats(self, v: pl.DataFrame, groups: dict) -> dict:
+        """Per group: the gate's mean, rows it counted, whether the cut applied; logged."""
+        c = self.config
+        per = v.group_by(GROUP).agg(pl.col(GATE_RATE).first(), pl.col(GATE_N).first()).sort(GROUP)
+        by = {}
+        for g, rate, n in per.iter_rows():
+            applied = rate is not None and rate >= c.gate_min
+            by[g] = {"rate": None if rate is None else round(float(rate), 6), "n": int(n), "applied": applied}
+            if g in groups:
+                groups[g]["gate"] = by[g]
+            verdict = (f">= gate_min {c.gate_min}: the cut applies" if applied else
+                       f"< gate_min {c.gate_min}: not cut, its rows pass untouched")
+            shown = "no value" if rate is None else f"{rate:.3f}"
+            self.context.log(f"{self.name}: {c.by} {g!r}: mean {c.gate_col} {shown} over {int(n):,} row(s) {verdict}")
+        return {"column": c.gate_col, "min": c.gate_min, "groups": by,
+                "cut": sorted(g for g, d in by.items() if d["applied"]),
+                "not_cut": sorted(g for g, d in by.items() if not d["applied"])}
 
     def validation(self, scores, labels, label: str | None) -> dict:
         """The score's power on trusted labels (curate.stages.common.signal), warned about
@@ -382,14 +439,14 @@ class SelectStage(PlannedStage):
                 d["dropped"][r] = int(n)
         kept_scores = final.filter(pl.col(REASON).is_null())[SCORE].drop_nans().drop_nulls()
         scope = {}
-        if scoped:  # rows outside the scope passed untouched: counted apart, never in `kept`
+        if scoped:  # rows outside the scope (or a gate) passed untouched: counted apart, never in `kept`
             for g in sorted(set(outside) - set(groups)):
                 groups[g] = {"in": 0, "kept": 0, "quota": self._quota(g, 0), "dropped": {}}
             groups = dict(sorted(groups.items()))
             for g, d in groups.items():
                 d["outside_scope"] = outside.get(g, 0)
             scope = {"scope": {"column": c.scope_column, "min": c.scope_min, "max": c.scope_max,
-                               "outside": sum(outside.values())}}
+                               "outside": sum(outside.values())}} if c.scope_column else {}
         return {
             "column": c.column,
             "keep": c.keep,

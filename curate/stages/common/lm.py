@@ -80,14 +80,32 @@ def length_buckets(lengths: list[int], batch_size: int, max_batch_tokens: int) -
     return batches
 
 
-@torch.inference_mode()
 def sequence_losses(model, seqs: list[list[int]], starts: list[int], pad_id: int, *, batch_size: int = 16,
                     max_batch_tokens: int = 8192, want_embeddings: bool = False):
     """Mean next-token loss over positions `starts[i]..len-1` of each sequence (the tokens
     predicted), and optionally the mean last hidden state over the whole sequence."""
+    r = sequence_stats(model, seqs, starts, pad_id, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                       want_embeddings=want_embeddings)
+    return r["loss"], r["count"], r.get("embedding")
+
+
+@torch.inference_mode()
+def sequence_stats(model, seqs: list[list[int]], starts: list[int], pad_id: int, *, batch_size: int = 16,
+                   max_batch_tokens: int = 8192, want_embeddings: bool = False, want_agreement: bool = False) -> dict:
+    """`sequence_losses` as a dict (`loss`, `count`, `embedding` with `want_embeddings`),
+    and with `want_agreement`, from the same teacher-forced pass:
+      `agree`      1.0 where EVERY predicted token (positions starts[i]..len-1, the answer
+                   and its EOS) is the model's top-1 prediction given the true prefix, i.e.
+                   greedy decoding from the prompt would reproduce the answer exactly; 0.0
+                   where one is not; NaN where nothing is predicted
+      `token_acc`  the share of predicted tokens that are top-1 (NaN where none)
+    A tie for the top logit counts as top-1 only for the lowest token id (torch's argmax),
+    as greedy decoding would pick it. No extra forward pass: one argmax over the logits."""
     n = len(seqs)
     losses = np.full(n, np.nan, dtype=np.float64)
     counts = np.zeros(n, dtype=np.int64)
+    agree = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
+    token_acc = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
     embeds = None
     device = next(model.parameters()).device
     for batch in length_buckets([len(s) for s in seqs], batch_size, max_batch_tokens):
@@ -109,10 +127,16 @@ def sequence_losses(model, seqs: list[list[int]], starts: list[int], pad_id: int
         sel = (pos[None, :] >= (st[:, None] - 1)) & (pos[None, :] < (lens[:, None] - 1))
         sums = (nll * sel).sum(1).double().cpu().numpy()
         cnt = sel.sum(1).cpu().numpy()
+        if want_agreement:
+            hit = (logits.argmax(-1) == ids[:, 1:]) & sel
+            hits = hit.sum(1).cpu().numpy()
         for r, i in enumerate(batch):
             counts[i] = int(cnt[r])
             if cnt[r] > 0:
                 losses[i] = sums[r] / cnt[r]
+                if want_agreement:
+                    agree[i] = float(hits[r] == cnt[r])
+                    token_acc[i] = hits[r] / cnt[r]
         if want_embeddings:
             h = out.hidden_states[-1].float()
             m = mask.unsqueeze(-1).float()
@@ -120,7 +144,10 @@ def sequence_losses(model, seqs: list[list[int]], starts: list[int], pad_id: int
             if embeds is None:
                 embeds = np.zeros((n, vec.shape[1]), dtype=np.float32)
             embeds[batch] = vec
-    return losses, counts, embeds
+    res = {"loss": losses, "count": counts, "embedding": embeds}
+    if want_agreement:
+        res.update(agree=agree, token_acc=token_acc)
+    return res
 
 
 def _bos(tok) -> list[int]:
@@ -191,14 +218,18 @@ def build_sequences(tok, prompts: list[str], answers: list[str], max_length: int
 
 def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_length: int = 512,
           batch_size: int = 16, max_batch_tokens: int = 8192, want_embeddings: bool = False,
-          score_eos: bool = True) -> dict:
+          score_eos: bool = True, want_agreement: bool = False) -> dict:
     """Per example: loss_cond, n_tokens, and with `ifd` loss_answer and ifd; NaN where the
-    answer is empty. `score_eos`: see `build_sequences`."""
+    answer is empty. `score_eos`: see `build_sequences`. `want_agreement`: also `agree`
+    and `token_acc` of the conditioned answer (see `sequence_stats`)."""
     cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length, score_eos)
     pad = pad_id(tok)
-    loss_c, n_tok, emb = sequence_losses(model, cond, cstart, pad, batch_size=batch_size,
-                                         max_batch_tokens=max_batch_tokens, want_embeddings=want_embeddings)
+    st = sequence_stats(model, cond, cstart, pad, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                        want_embeddings=want_embeddings, want_agreement=want_agreement)
+    loss_c, n_tok, emb = st["loss"], st["count"], st["embedding"]
     out = {"loss_cond": loss_c, "n_tokens": n_tok}
+    if want_agreement:
+        out["agree"], out["token_acc"] = st["agree"], st["token_acc"]
     if ifd:
         loss_a, _, _ = sequence_losses(model, alone, astart, pad, batch_size=batch_size,
                                        max_batch_tokens=max_batch_tokens)

@@ -86,7 +86,7 @@ class Config:
     def output_columns(self) -> list[str]:
         c = self.score_column
         extra = {"perplexity": ["loss"], "ifd": ["loss_cond", "loss_answer"], "verifier": ["error"],
-                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "fold"]}.get(self.scorer)
+                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "agree", "token_acc", "fold"]}.get(self.scorer)
         if extra is None:  # heuristic: one column per feature
             from curate.stages.quality.heuristic import DEFAULT_WEIGHTS
 
@@ -258,7 +258,14 @@ class QualityStage(Stage):
         and scores this fold's answers. Columns: `col` the held-out answer loss (lower =
         the rest of the pool finds the answer likely), `col_base_loss` the base model's,
         `col_ratio` their ratio (below 1: the pool taught the model this answer), and
-        `col_fold`. Not cached: every fold's model depends on the whole pool."""
+        `col_fold`. From the same teacher-forced pass (no generation): `col_agree` 1.0
+        where every answer token and the end token is the fold model's top-1 prediction
+        (greedy decoding would reproduce the answer exactly; confident learning's "the
+        predicted label is the given label", for generation), 0.0 where not, and
+        `col_token_acc` the share of answer tokens that are top-1. The stats give each
+        task's held-out agreement rate (`agreement`): near 0, the fold models did not learn
+        that task and a disagreement says nothing about a record (select's `gate_min`).
+        Not cached: every fold's model depends on the whole pool."""
         from curate.contract.schema import stable_keys
         from curate.stages.common import finetune, lm
 
@@ -275,6 +282,8 @@ class QualityStage(Stage):
         model, tok = lm.load_causal_lm(model_dir, None, c.device, c.dtype, c.trust_remote_code)
         base = lm.score(model, tok, prompts, answers, ifd=False, **kw)["loss_cond"]
         held = np.full(table.height, np.nan)
+        agree = np.full(table.height, np.nan)
+        token_acc = np.full(table.height, np.nan)
         history = {}
         for f in range(c.folds):
             train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -287,18 +296,34 @@ class QualityStage(Stage):
             history[str(f)] = finetune.fine_tune(
                 model, tok, [prompts[i] for i in train_idx], [answers[i] for i in train_idx], epochs=c.cv_epochs,
                 lr=c.cv_lr, seed=ctx.seed * 101 + f, **kw)
-            held[test_idx] = lm.score(model, tok, [prompts[i] for i in test_idx], [answers[i] for i in test_idx],
-                                      ifd=False, **kw)["loss_cond"]
+            res = lm.score(model, tok, [prompts[i] for i in test_idx], [answers[i] for i in test_idx],
+                           ifd=False, want_agreement=True, **kw)
+            held[test_idx], agree[test_idx], token_acc[test_idx] = res["loss_cond"], res["agree"], res["token_acc"]
             del model
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = held / base
         out = table.with_columns(pl.Series(col, lm.finite_or_none(held), dtype=pl.Float64),
                                  pl.Series(f"{col}_base_loss", lm.finite_or_none(base), dtype=pl.Float64),
                                  pl.Series(f"{col}_ratio", lm.finite_or_none(ratio), dtype=pl.Float64),
+                                 pl.Series(f"{col}_agree", lm.finite_or_none(agree), dtype=pl.Float64),
+                                 pl.Series(f"{col}_token_acc", lm.finite_or_none(token_acc), dtype=pl.Float64),
                                  pl.Series(f"{col}_fold", fold, dtype=pl.Int32))
+        agreement = self._agreement(out, f"{col}_agree", f"{col}_token_acc")
+        for task, a in agreement.items():
+            ctx.log(f"{self.name}: task {task!r}: the fold models reproduce {a['agree']:.1%} of its held-out answers "
+                    f"exactly (top-1 on {a['token_acc']:.1%} of answer tokens; {a['n']:,} scored)")
         return out, {"model": c.model, "folds": c.folds, "method": c.cv_method, "epochs": c.cv_epochs,
-                     "lr": c.cv_lr, "train_loss": history,
+                     "lr": c.cv_lr, "train_loss": history, "agreement": agreement,
                      "fine_tunings": len(history), "trained_records": int(sum((fold != f).sum() for f in range(c.folds)))}
+
+    @staticmethod
+    def _agreement(scored: pl.DataFrame, agree: str, acc: str) -> dict:
+        """Per task: rows scored, the held-out exact-agreement rate and mean token accuracy."""
+        per = (scored.filter(pl.col(agree).is_not_null())
+               .group_by("task").agg(pl.len().alias("n"), pl.col(agree).mean().alias("a"), pl.col(acc).mean().alias("t"))
+               .sort("task"))
+        return {t: {"n": int(n), "agree": round(float(a), 6), "token_acc": round(float(x), 6)}
+                for t, n, a, x in per.iter_rows()}
 
     def _score_lm(self, table: pl.DataFrame, col: str, ifd: bool):
         from curate.stages.common import score_cache as cache
