@@ -1,6 +1,8 @@
 """select's `gate_min`: a group is cut only where the mean of the gate column over its rows
 in scope reaches the gate (e.g. the fold models' held-out agreement rate per task: where
 they did not learn a task, a disagreement says nothing and nothing is dropped there)."""
+import json
+
 import polars as pl
 import pytest
 
@@ -96,7 +98,7 @@ def test_gate_reaches_the_manifest_and_the_report(tmp_path):
     lines = (repo / "benchmarks" / "efficacy" / "example_pool.jsonl").read_text().splitlines()[:40]
     pool = tmp_path / "pool.jsonl"
     pool.write_text("\n".join(lines) + "\n")
-    tasks = {__import__("json").loads(x)["task"] for x in lines}
+    tasks = {json.loads(x)["task"] for x in lines}
     (tmp_path / "p.toml").write_text(f"""
 [run]
 output_dir = "{tmp_path / 'run'}"
