@@ -60,8 +60,39 @@ from curate.render.renderer import (DETAIL_COL, REASON_COL, TRUNCATED_COL, Rende
 
 I32 = pa.list_(pa.int32())
 TOKEN_SCHEMA = pa.schema([("input_ids", I32), ("labels", I32)])
-FACTS = {"length": pl.Int64, "supervised": pl.Int64, "runs": pl.Int64, "bad_runs": pl.Int64, "bos2": pl.Boolean,
-         "rpart": pl.Int32, "rrow": pl.Int64}
+# per example (one row per first-of-id row): 32-bit counts (a length is at most
+# max_length, a token file holds one part's rows), summed as int64
+FACTS = {"length": pl.Int32, "supervised": pl.Int32, "runs": pl.Int32, "bad_runs": pl.Int32, "bos2": pl.Boolean,
+         "rpart": pl.Int32, "rrow": pl.Int32}
+
+
+class Codes:
+    """A string column of every row (source, task, split) as UInt32 codes: `encode` each
+    part (codes in first-seen order, the names so far an Enum), `finish` the parts' codes
+    as ranks of the sorted names (nulls stay null): sorting or grouping by the codes is
+    sorting or grouping by the strings (polars compares strings by their UTF-8 bytes,
+    Python's sorted by code points: the same order), at 4 bytes a row instead of a string
+    view's 16 (issue #19: the render keys of every row are on the driver)."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def encode(self, s: pl.Series) -> pl.Series:
+        s = s.cast(pl.String)
+        for name in s.unique().drop_nulls().to_list():
+            self.seen.setdefault(name, len(self.seen))
+        return s.cast(pl.Enum(list(self.seen))).to_physical().cast(pl.UInt32)
+
+    def finish(self, parts: list[pl.Series]) -> pl.Series:
+        self.names = sorted(self.seen)
+        rank = np.empty(len(self.seen), dtype=np.uint32)
+        rank[[self.seen[n] for n in self.names]] = np.arange(len(self.names), dtype=np.uint32)
+        got = pl.concat(parts, rechunk=True) if parts else pl.Series([], dtype=pl.UInt32)
+        return pl.Series(rank, dtype=pl.UInt32).gather(got) if len(got) else got
+
+    def decode(self, codes: pl.Series) -> pl.Series:
+        return pl.Series(codes.name, self.names, dtype=pl.String).gather(codes)
 
 
 def write_tokens(path: Path, table: pa.Table) -> None:
@@ -170,8 +201,9 @@ def split_aligned(aligned, ids: pl.Series):
     return tokens, ids.filter(pl.Series(kept_np)), dropped, truncated
 
 
-def checks_of(examples: pl.DataFrame) -> dict:
-    """check_examples' result (plus double_bos) from per-example facts: the same numbers."""
+def checks_of(examples: pl.DataFrame, task_names: list[str] | None = None) -> dict:
+    """check_examples' result (plus double_bos) from per-example facts: the same numbers.
+    `task_names`: the examples' `task` is codes into these sorted names (StreamedRender)."""
     lens = examples["length"].to_numpy().astype(np.int64)
     sup = examples["supervised"].to_numpy().astype(np.int64)
     result = {"examples": int(len(lens)), "tokens": int(lens.sum()), "supervised_tokens": int(sup.sum())}
@@ -181,8 +213,12 @@ def checks_of(examples: pl.DataFrame) -> dict:
         result["zero_supervised"] = int((sup == 0).sum())
         result["supervised_runs"] = int(examples["runs"].sum())
         result["runs_without_end_of_turn"] = int(examples["bad_runs"].sum())
-        tasks = np.asarray(examples["task"].to_list(), dtype=object)
-        names, task_of = np.unique(tasks.astype(str), return_inverse=True)
+        if task_names is None:
+            names, task_of = np.unique(np.asarray(examples["task"].to_list(), dtype=object).astype(str),
+                                       return_inverse=True)
+        else:  # codes of the sorted names: the tasks present, in the same (sorted) order
+            present, task_of = np.unique(examples["task"].to_numpy(), return_inverse=True)
+            names = [task_names[int(c)] for c in present]
         sup_per_task = np.bincount(task_of, weights=sup, minlength=len(names))
         tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
         result["supervised_fraction"] = {
@@ -208,6 +244,16 @@ class StreamedRender:
     stats: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
     tokenizer: object = None
+    names: dict = field(default_factory=dict)  # source/task/split: the sorted names the examples' codes index
+
+    def code(self, col: str, name: str) -> int:
+        """The code of `name` in the examples' column `col` (-1 when no row has it)."""
+        names = self.names[col]
+        return names.index(name) if name in names else -1
+
+    def decoded(self, frame: pl.DataFrame, *cols: str) -> pl.DataFrame:
+        """`frame` (rows of `examples`) with its code columns `cols` as the strings."""
+        return frame.with_columns(pl.Series(c, self.names[c], dtype=pl.String).gather(frame[c]) for c in cols)
 
 
 def _add_counts(into: dict, more: dict) -> None:
@@ -229,18 +275,27 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     reject_dir = Path(reject_dir)
     reject_dir.mkdir(parents=True, exist_ok=True)
 
-    # pass 1: the keys of every row
+    # pass 1: the keys of every row: the id, and source / task / split as codes (Codes)
     key_cols = ["id", "source", "task"] + (["split"] if "split" in columns else [])
-    frames, sizes = [], []
+    codes = {c: Codes() for c in ("source", "task", "split")}
+    ids, coded, given, sizes = [], {"source": [], "task": []}, [], []
     for p in parts(key_cols):
-        frames.append(p.select(pl.col("id", "source", "task").cast(pl.String),
-                               *([pl.col("split")] if "split" in columns else [])))
+        ids.append(p["id"].cast(pl.String))
+        for c in coded:
+            coded[c].append(codes[c].encode(p[c]))
+        if "split" in columns:
+            given.append(p["split"].cast(pl.String).fill_null("train"))
         sizes.append(p.height)
-    keys = pl.concat(frames, how="vertical_relaxed", rechunk=True) if frames else pl.DataFrame(
-        schema={"id": pl.String, "source": pl.String, "task": pl.String})
-    del frames
-    split = assign_split(keys, cfg.val_fraction, seed)
-    keys = keys.select("id", "source", "task").with_columns(split.alias("split"))
+    keys = pl.DataFrame({"id": pl.concat(ids, rechunk=True) if ids else pl.Series("id", [], dtype=pl.String),
+                         **{c: codes[c].finish(coded[c]) for c in coded}})
+    del ids, coded
+    if "split" in columns:
+        split = codes["split"].finish([codes["split"].encode(g) for g in given])
+        del given
+    else:  # assign_split over (id, task code): the task only partitions the ranks
+        split = codes["split"].finish([codes["split"].encode(assign_split(keys, cfg.val_fraction, seed))])
+    keys = keys.with_columns(split.alias("split"))
+    del split
     first = keys["id"].is_first_distinct().to_numpy()
 
     # pass 2: tokens of each id's first row, part by part
@@ -276,7 +331,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
                 f = example_facts(tokens.column("input_ids"), tokens.column("labels"), renderer.end_of_turn_ids,
                                   expect, renderer.bos_id)
                 f["rpart"] = np.full(tokens.num_rows, rpart, dtype=np.int32)
-                f["rrow"] = np.arange(tokens.num_rows, dtype=np.int64)
+                f["rrow"] = np.arange(tokens.num_rows, dtype=np.int32)
                 facts.append(pl.DataFrame({"id": kept_ids,
                                            **{c: pl.Series(c, f[c], dtype=t) for c, t in FACTS.items()}}))
             if dropped_now is not None:
@@ -302,14 +357,18 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     out.dropped_ids = why["id"]
 
     # the examples: every row whose id rendered, with its id's facts, in render_examples' order
+    # (the codes are ranks of the sorted names, nulls first: the same order as the strings)
     fact_table = pl.concat(facts, how="vertical") if facts else pl.DataFrame(schema={"id": pl.String, **FACTS})
-    examples = (keys.join(fact_table, on="id", how="inner", maintain_order="left")
-                .sort("id", "split", "task", "source", maintain_order=True))
-    out.examples = examples
+    del facts
     trunc_ids = pl.concat(truncated) if truncated else pl.Series("id", [], dtype=pl.String)
     n_truncated = int(keys.select(pl.col("id").is_in(trunc_ids.implode()).sum()).item()) if trunc_ids.len() else 0
-    checks = checks_of(examples)
-    head = examples.filter(pl.col("split") == "train").head(3)
+    examples = (keys.join(fact_table, on="id", how="inner", maintain_order="left")
+                .sort("id", "split", "task", "source", maintain_order=True))
+    del keys, fact_table
+    out.examples = examples
+    out.names = {c: codes[c].names for c in codes}
+    checks = checks_of(examples, out.names["task"])
+    head = out.decoded(examples.filter(pl.col("split") == out.code("split", "train")).head(3), "task")
     sample_ids, sample_labels = store.take(head["rpart"].to_numpy(), head["rrow"].to_numpy())
     sample_rows = head.select("id", "task").with_columns(
         pl.from_arrow(sample_ids).alias("input_ids"), pl.from_arrow(sample_labels).alias("labels")) \
@@ -319,7 +378,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
         "examples": examples.height,
         "dropped": dict(out.dropped),
         "truncated": n_truncated,
-        "splits": {s: int((examples["split"] == s).sum()) for s in ("train", "val")},
+        "splits": {s: int((examples["split"] == out.code("split", s)).sum()) for s in ("train", "val")},
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],
         "mask_source": setup.mask_source(),
@@ -409,7 +468,7 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
             rpart = store.register(Path(r["file"]))
             n = r["facts"].height
             facts.append(r["facts"].with_columns(pl.Series("rpart", np.full(n, rpart, dtype=np.int32)),
-                                                 pl.Series("rrow", np.arange(n, dtype=np.int64)))
+                                                 pl.Series("rrow", np.arange(n, dtype=np.int32)))
                          .select("id", *FACTS))
         if r["dropped"] is not None:
             dropped_frames.append(r["dropped"])
@@ -435,22 +494,23 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
 
 def token_facts(rendered: StreamedRender) -> pl.DataFrame:
     """task, source, split, tokens, supervised_tokens per example (curate.render.shards.counts_by_group)."""
-    return rendered.examples.select("task", "source", "split", pl.col("length").alias("tokens"),
-                                    pl.col("supervised").alias("supervised_tokens"))
+    return rendered.decoded(rendered.examples.select(
+        "task", "source", "split", pl.col("length").cast(pl.Int64).alias("tokens"),
+        pl.col("supervised").cast(pl.Int64).alias("supervised_tokens")), "task", "source", "split")
 
 
-def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
-    from curate.render.packing import best_fit_decreasing
+def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg, names: dict) -> Iterator[pa.Table]:
+    from curate.render.packing import best_fit_decreasing_arrays
 
     lengths = sub["length"].to_numpy().astype(np.int64)
-    bins = best_fit_decreasing(lengths, cfg.max_length)
-    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(lengths))
-    members = np.fromiter((len(m) for m in bins), dtype=np.int64, count=len(bins))
+    order, members = best_fit_decreasing_arrays(lengths, cfg.max_length)
+    n_bins = len(members)
     first_member = np.concatenate(([0], np.cumsum(members)))
     rpart, rrow = sub["rpart"].to_numpy(), sub["rrow"].to_numpy()
-    ids, tasks, sources = sub["id"], sub["task"], sub["source"]
-    for b0 in range(0, len(bins), cfg.shard_rows):
-        b1 = min(b0 + cfg.shard_rows, len(bins))
+    ids = sub["id"]
+    tasks, sources = (pl.Series(names[c], dtype=pl.String) for c in ("task", "source"))
+    for b0 in range(0, n_bins, cfg.shard_rows):
+        b1 = min(b0 + cfg.shard_rows, n_bins)
         sel = order[first_member[b0]: first_member[b1]]
         toks, labels = store.take(rpart[sel], rrow[sel])
         lens = lengths[sel]
@@ -464,15 +524,17 @@ def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Tab
             "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
             "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
             "ids": pa.ListArray.from_arrays(moff, ids.gather(take).to_arrow().cast(pa.string())),
-            "tasks": pa.ListArray.from_arrays(moff, tasks.gather(take).to_arrow().cast(pa.string())),
-            "sources": pa.ListArray.from_arrays(moff, sources.gather(take).to_arrow().cast(pa.string())),
+            "tasks": pa.ListArray.from_arrays(moff, tasks.gather(sub["task"].gather(take)).to_arrow().cast(pa.string())),
+            "sources": pa.ListArray.from_arrays(moff, sources.gather(sub["source"].gather(take)).to_arrow()
+                                                .cast(pa.string())),
         })
         yield table.cast(PACKED_SCHEMA)
 
 
-def _unpacked_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
+def _unpacked_tables(sub: pl.DataFrame, store: TokenStore, cfg, names: dict) -> Iterator[pa.Table]:
     for start in range(0, sub.height, cfg.shard_rows):
         chunk = sub.slice(start, cfg.shard_rows)
+        chunk = chunk.with_columns(pl.Series(c, names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
         toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
         table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
                           "task": chunk["task"].to_arrow().cast(pa.string()),
@@ -490,8 +552,9 @@ def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg)
     meta = shard_metadata(cfg)
     out: dict = {}
     for split in SPLITS:
-        sub = rendered.examples.filter(pl.col("split") == split)
+        sub = rendered.examples.filter(pl.col("split") == rendered.code("split", split))
         make = _packed_tables if cfg.pack else _unpacked_tables
-        tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg)) if sub.height else iter(())
+        tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg, rendered.names)) \
+            if sub.height else iter(())
         out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg, compacted=True)
     return out
