@@ -51,8 +51,16 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
   render    pass 2 of the streamed render (curate/render/stream.py) one task per part
             (`render_parts`): the worker reads the part, renders and tokenizes its
             first-of-id rows, writes their token file into RUN/render-work and returns
-            small per-row facts; the split, first-of-id, packing plan and shard writing
-            stay on the driver (global by nature, over per-row keys, not text).
+            small per-row facts (32-bit counts); its render rejects, one task per part
+            holding a dropped id. The split, first-of-id, packing plan and shard writing
+            stay on the driver (global by nature) over compact per-row keys: the id
+            string, source/task/split as UInt32 codes (stream.Codes), the facts; a shard
+            gathers its members' tokens from the token files (one shard at a time: bounded,
+            not growing with the input), never message text.
+  rejects   `write_rejects`: a stage's rejects merged into one file in a worker task
+            (`merge_rejects`, the runner's merge, same bytes). The runner does not call
+            it yet (it merges on the driver, one part's rejected rows at a time): the hook
+            is `getattr(executor, "write_rejects", _write_rejects)` at its two merges.
 
 Output identity with the local executor holds by construction: the per-part functions
 are the local executor's, each part's result depends only on the part (and the plan), the

@@ -27,10 +27,14 @@ in the same parts. Three passes:
    a time. The shard files are the same bytes as the whole-table writer's
    (tests/test_render_streaming.py).
 
-Memory: one part (all columns) and its token lists, the per-row keys of pass 1, the per-id
-facts of pass 2 (~100 bytes an id), the ids and reasons of dropped rows, and one shard's
-tokens (with its gathered pieces, about twice). Not bounded by the budget: the per-row keys
-grow with the rows (by design: the split and the packing plan are global).
+Memory: one part (all columns) and its token lists, the per-row keys of pass 1 (the id
+string, source/task/split as UInt32 codes of the sorted names: `Codes`), the per-id facts
+of pass 2 (32-bit counts, ~60 bytes an id with its id), the ids and reasons of dropped rows,
+and one shard's tokens (with its gathered pieces, about twice). The examples table (keys
+joined with facts, sorted: ~75 bytes a row) is built with at most two row-sized frames
+alive; the split's hash takes Python strings of 100k ids at a time; the packing plan is
+two integer arrays (packing.best_fit_decreasing_arrays). Not bounded by the budget: the
+per-row keys grow with the rows (by design: the split and the packing plan are global).
 
 Trade-offs: the tokens are written to disk once more than before (the token files are
 as large as the shards; the runner removes them when the shards are written); a shard
@@ -362,9 +366,10 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     del facts
     trunc_ids = pl.concat(truncated) if truncated else pl.Series("id", [], dtype=pl.String)
     n_truncated = int(keys.select(pl.col("id").is_in(trunc_ids.implode()).sum()).item()) if trunc_ids.len() else 0
-    examples = (keys.join(fact_table, on="id", how="inner", maintain_order="left")
-                .sort("id", "split", "task", "source", maintain_order=True))
-    del keys, fact_table
+    joined = keys.join(fact_table, on="id", how="inner", maintain_order="left")
+    del keys, fact_table  # before the sort's copy: at most two row-sized frames at once
+    examples = joined.sort("id", "split", "task", "source", maintain_order=True)
+    del joined
     out.examples = examples
     out.names = {c: codes[c].names for c in codes}
     checks = checks_of(examples, out.names["task"])
