@@ -249,6 +249,7 @@ class StreamedRender:
     fingerprints: dict = field(default_factory=dict)
     tokenizer: object = None
     names: dict = field(default_factory=dict)  # source/task/split: the sorted names the examples' codes index
+    map_parts: object = None  # the executor's map_parts the render ran with: the shards are written with it too
 
     def code(self, col: str, name: str) -> int:
         """The code of `name` in the examples' column `col` (-1 when no row has it)."""
@@ -307,7 +308,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     expect = cfg.train_on != "all"
     facts, truncated, rejects = [], [], []
     why = pl.DataFrame(schema={"id": pl.String, REASON: pl.String, "_detail": pl.String})
-    out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
+    out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer, map_parts=map_parts)
     with_tools, off = 0, 0
     if map_parts is not None:
         why, with_tools = _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store,
@@ -504,62 +505,152 @@ def token_facts(rendered: StreamedRender) -> pl.DataFrame:
         pl.col("supervised").cast(pl.Int64).alias("supervised_tokens")), "task", "source", "split")
 
 
-def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg, names: dict) -> Iterator[pa.Table]:
+def _pack_plan(sub: pl.DataFrame, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The split's packed rows (best-fit-decreasing over the lengths, the only global
+    part): `order`, the examples row after row, and `first_member`, where each row starts
+    in it (len rows + 1)."""
     from curate.render.packing import best_fit_decreasing_arrays
 
-    lengths = sub["length"].to_numpy().astype(np.int64)
-    order, members = best_fit_decreasing_arrays(lengths, cfg.max_length)
-    n_bins = len(members)
-    first_member = np.concatenate(([0], np.cumsum(members)))
-    rpart, rrow = sub["rpart"].to_numpy(), sub["rrow"].to_numpy()
-    ids = sub["id"]
-    tasks, sources = (pl.Series(names[c], dtype=pl.String) for c in ("task", "source"))
-    for b0 in range(0, n_bins, cfg.shard_rows):
-        b1 = min(b0 + cfg.shard_rows, n_bins)
-        sel = order[first_member[b0]: first_member[b1]]
-        toks, labels = store.take(rpart[sel], rrow[sel])
-        lens = lengths[sel]
-        member_offsets = first_member[b0: b1 + 1] - first_member[b0]
-        row_tokens = np.add.reduceat(lens, member_offsets[:-1])
-        token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
-        moff = pa.array(member_offsets, pa.int32())
-        take = pl.Series(sel)
-        table = pa.table({
-            "input_ids": pa.ListArray.from_arrays(token_offsets, toks.flatten()),
-            "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
-            "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
-            "ids": pa.ListArray.from_arrays(moff, ids.gather(take).to_arrow().cast(pa.string())),
-            "tasks": pa.ListArray.from_arrays(moff, tasks.gather(sub["task"].gather(take)).to_arrow().cast(pa.string())),
-            "sources": pa.ListArray.from_arrays(moff, sources.gather(sub["source"].gather(take)).to_arrow()
-                                                .cast(pa.string())),
-        })
-        yield table.cast(PACKED_SCHEMA)
+    order, members = best_fit_decreasing_arrays(sub["length"].to_numpy().astype(np.int64), cfg.max_length)
+    return order, np.concatenate(([0], np.cumsum(members))).astype(np.int64)
 
 
-def _unpacked_tables(sub: pl.DataFrame, store: TokenStore, cfg, names: dict) -> Iterator[pa.Table]:
-    for start in range(0, sub.height, cfg.shard_rows):
-        chunk = sub.slice(start, cfg.shard_rows)
-        chunk = chunk.with_columns(pl.Series(c, names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
-        toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
-        table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
-                          "task": chunk["task"].to_arrow().cast(pa.string()),
-                          "source": chunk["source"].to_arrow().cast(pa.string()),
-                          "input_ids": toks, "labels": labels})
-        yield table.cast(UNPACKED_SCHEMA)
+def _packed_shard(chunk: pl.DataFrame, member_offsets: np.ndarray, store: TokenStore, names: dict) -> pa.Table:
+    """One packed shard from its examples in packed order (`chunk`: id, task and source
+    codes, length, rpart, rrow) and where each packed row starts among them."""
+    toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
+    lens = chunk["length"].to_numpy().astype(np.int64)
+    row_tokens = np.add.reduceat(lens, member_offsets[:-1])
+    token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
+    moff = pa.array(member_offsets, pa.int32())
+    tasks, sources = (pl.Series(names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
+    table = pa.table({
+        "input_ids": pa.ListArray.from_arrays(token_offsets, toks.flatten()),
+        "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
+        "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
+        "ids": pa.ListArray.from_arrays(moff, chunk["id"].to_arrow().cast(pa.string())),
+        "tasks": pa.ListArray.from_arrays(moff, tasks.to_arrow().cast(pa.string())),
+        "sources": pa.ListArray.from_arrays(moff, sources.to_arrow().cast(pa.string())),
+    })
+    return table.cast(PACKED_SCHEMA)
+
+
+def _unpacked_shard(chunk: pl.DataFrame, store: TokenStore, names: dict) -> pa.Table:
+    toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
+    chunk = chunk.with_columns(pl.Series(c, names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
+    table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
+                      "task": chunk["task"].to_arrow().cast(pa.string()),
+                      "source": chunk["source"].to_arrow().cast(pa.string()),
+                      "input_ids": toks, "labels": labels})
+    return table.cast(UNPACKED_SCHEMA)
+
+
+def _shard_ranges(n: int, cfg, first_member: np.ndarray | None) -> list[tuple[int, int]]:
+    """Each shard's (lo, hi): packed rows [lo, hi) of the plan, or examples [lo, hi)."""
+    total = len(first_member) - 1 if first_member is not None else n
+    return [(lo, min(lo + cfg.shard_rows, total)) for lo in range(0, total, cfg.shard_rows)]
+
+
+def _shard_table(sub: pl.DataFrame, store: TokenStore, names: dict, plan, lo: int, hi: int) -> pa.Table:
+    """Shard [lo, hi) of the split `sub` (its examples in shard order), packed by `plan`
+    (order, first_member) or, without one, unpacked."""
+    if plan is None:
+        return _unpacked_shard(sub.slice(lo, hi - lo), store, names)
+    order, first_member = plan
+    sel = np.asarray(order[first_member[lo]: first_member[hi]])
+    return _packed_shard(sub.select(pl.all().gather(pl.Series(sel))),
+                         np.asarray(first_member[lo: hi + 1]) - first_member[lo], store, names)
+
+
+SHARD_COLS = ["id", "task", "source", "length", "rpart", "rrow"]
+
+
+class _NoPart:
+    """`parts` for map_parts when a task reads no part (ShardPart): `read` gives None."""
+
+    def read(self, k: int, columns=None):
+        return None
+
+
+class ShardPart:
+    """One shard on a worker, `fn(j, None, (split, k, lo, hi))` -> its entry: the split's
+    examples (SHARD_COLS) and packing plan memory-mapped from the files the driver wrote
+    into the render work folder, the shard's members gathered from the token files, the
+    shard written (shards.write_shard): the bytes the driver would write."""
+
+    def __init__(self, plan_dir: str, token_files: list[str], names: dict, shards_dir: str, cfg):
+        self.plan_dir, self.token_files, self.names, self.shards_dir, self.cfg = \
+            plan_dir, token_files, names, shards_dir, cfg
+
+    def __call__(self, _j: int, _part, arg) -> dict:
+        from curate.render.shards import shard_metadata, write_shard
+
+        split, k, lo, hi = arg
+        store = TokenStore.__new__(TokenStore)  # the driver's token files, read-only here
+        store.folder, store.files = Path(self.plan_dir), [Path(f) for f in self.token_files]
+        source = pa.memory_map(str(Path(self.plan_dir) / f"examples-{split}.arrow"), "r")
+        try:
+            every = pa.ipc.open_file(source).read_all()
+            if self.cfg.pack:  # the shard's members, taken from the mapped file in packed order
+                got = np.load(Path(self.plan_dir) / f"plan-{split}.npz")
+                first_member = got["first_member"]
+                sel = got["order"][first_member[lo]: first_member[hi]]
+                chunk = pl.from_arrow(every.take(pa.array(sel)))
+                table = _packed_shard(chunk, first_member[lo: hi + 1] - first_member[lo], store, self.names)
+            else:
+                table = _unpacked_shard(pl.from_arrow(every.slice(lo, hi - lo)), store, self.names)
+            del every
+        finally:
+            source.close()
+        table = table.replace_schema_metadata(shard_metadata(self.cfg))
+        shards_dir = Path(self.shards_dir)
+        return write_shard(shards_dir / split, shards_dir.parent, k, table, self.cfg, compacted=True)
 
 
 def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg) -> dict:
     """curate.render.shards.write_shards' files and entries from a StreamedRender, one shard
-    in memory at a time."""
-    from curate.render.shards import shard_metadata, write_split
+    in memory at a time. When the render ran its parts on workers (`map_parts`), the shards
+    are written there too, one task per shard (ShardPart): the driver writes each split's
+    shard keys (SHARD_COLS) and packing plan into the render work folder and gets back the
+    entries; no token passes through it."""
+    from curate.render.shards import remove_stale, shard_metadata, write_shard
 
     shards_dir = Path(shards_dir)
     meta = shard_metadata(cfg)
     out: dict = {}
+    plan_dir = rendered.store.folder.parent / "shard-plan"
+    jobs = []
     for split in SPLITS:
-        sub = rendered.examples.filter(pl.col("split") == rendered.code("split", split))
-        make = _packed_tables if cfg.pack else _unpacked_tables
-        tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg, rendered.names)) \
-            if sub.height else iter(())
-        out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg, compacted=True)
+        sub = rendered.examples.filter(pl.col("split") == rendered.code("split", split)).select(SHARD_COLS)
+        (shards_dir / split).mkdir(parents=True, exist_ok=True)
+        plan = _pack_plan(sub, cfg) if cfg.pack and sub.height else None
+        ranges = _shard_ranges(sub.height, cfg, plan[1] if plan is not None else None) if sub.height else []
+        if rendered.map_parts is None:
+            out[split] = [write_shard(shards_dir / split, shards_dir.parent, k,
+                                      _shard_table(sub, rendered.store, rendered.names, plan, lo, hi)
+                                      .replace_schema_metadata(meta), cfg, compacted=True)
+                          for k, (lo, hi) in enumerate(ranges)]
+        else:
+            plan_dir.mkdir(parents=True, exist_ok=True)
+            write_tokens_like(plan_dir / f"examples-{split}.arrow", sub.to_arrow(compat_level=pl.CompatLevel.oldest()))
+            if plan is not None:
+                with atomic_path(plan_dir / f"plan-{split}.npz") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, order=plan[0], first_member=plan[1])
+            jobs += [(split, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]
+            out[split] = []
+        del sub, plan
+    if jobs:
+        fn = ShardPart(str(plan_dir), [str(f) for f in rendered.store.files], rendered.names, str(shards_dir), cfg)
+        for (split, _k, _lo, _hi), entry in zip(jobs, rendered.map_parts(_NoPart(), fn, list(enumerate(jobs)))):
+            out[split].append(entry)
+    for split in SPLITS:
+        remove_stale(shards_dir / split, out[split])
     return out
+
+
+def write_tokens_like(path: Path, table: pa.Table) -> None:
+    """`table` as an Arrow IPC file (atomic), for workers to memory-map."""
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table.combine_chunks())
