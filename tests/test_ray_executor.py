@@ -87,6 +87,8 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(rs, "RenderBlock", _off_the_driver)
     monkeypatch.setattr(rs.RenderPart, "__call__", _off_the_driver)
     monkeypatch.setattr(rs.RejectPart, "__call__", _off_the_driver)
+    monkeypatch.setattr(rs, "_packed_shard", _off_the_driver)  # shards: ShardPart tasks
+    monkeypatch.setattr(rs, "_unpacked_shard", _off_the_driver)
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
     render_parts, original = [], ex.render_parts
