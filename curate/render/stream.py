@@ -576,7 +576,10 @@ class ShardPart:
     """One shard on a worker, `fn(j, None, (split, k, lo, hi))` -> its entry: the split's
     examples (SHARD_COLS) and packing plan memory-mapped from the files the driver wrote
     into the render work folder, the shard's members gathered from the token files, the
-    shard written (shards.write_shard): the bytes the driver would write."""
+    shard written (shards.write_shard): the bytes the driver would write. Trade-off: every
+    task loads the split's whole plan (`order`, `first_member`: 16 B an example, .npz
+    cannot be memory-mapped) and maps the whole keys file, taking only its members' rows;
+    the driver writes both files once per split (~40 B an example)."""
 
     def __init__(self, plan_dir: str, token_files: list[str], names: dict, shards_dir: str, cfg):
         self.plan_dir, self.token_files, self.names, self.shards_dir, self.cfg = \
