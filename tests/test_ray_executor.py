@@ -79,6 +79,16 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
         monkeypatch.setattr(cls, "keys", _off_the_driver)
         monkeypatch.setattr(cls, "refine_keys", _off_the_driver)
     monkeypatch.setattr(rx, "row_local_output", _off_the_driver)
+    # render: the template, tokenization and the render rejects (the steps that read a
+    # row's messages) on workers; the driver holds keys and per-example facts only
+    import curate.render.stream as rs
+
+    monkeypatch.setattr(rs, "tokenize_aligned", _off_the_driver)
+    monkeypatch.setattr(rs, "RenderBlock", _off_the_driver)
+    monkeypatch.setattr(rs.RenderPart, "__call__", _off_the_driver)
+    monkeypatch.setattr(rs.RejectPart, "__call__", _off_the_driver)
+    monkeypatch.setattr(rs, "_packed_shard", _off_the_driver)  # shards: ShardPart tasks
+    monkeypatch.setattr(rs, "_unpacked_shard", _off_the_driver)
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
     render_parts, original = [], ex.render_parts

@@ -72,6 +72,15 @@ def test_streamed_render_equals_the_whole_table_path(tok, tmp_path, pack, with_s
     got = render_parts(parts, t.columns, cfg, Path("."), 0, tmp_path / "work" / "tokens", tmp_path / "work" / "rej",
                        tokenizer=tok)
     shards = write_shards_streamed(got, tmp_path / "new" / "shards", cfg)
+    # the workers' path (the Ray executor's render_parts, here in process: a part's render
+    # and rejects tasks are tests/test_ray_executor.py's): one ShardPart task per shard,
+    # from the keys and plan files, the same files and entries
+    seen = []
+    got.map_parts = lambda ps, fn, args: seen.append(type(fn).__name__) or [fn(k, ps.read(k), a) for k, a in args]
+    assert write_shards_streamed(got, tmp_path / "w2" / "shards", cfg) == json.loads(
+        json.dumps(shards).replace("new/", "w2/"))
+    assert _files(tmp_path / "w2") == _files(tmp_path / "ref") and seen == ["ShardPart"]
+    got.map_parts = None
     assert len(shards["train"]) > 1 and shards["val"]  # several shards in train, and a val split
     assert shards == json.loads(json.dumps(ref_shards).replace("ref", "new")) or shards == ref_shards
     assert _files(tmp_path / "new") == _files(tmp_path / "ref")

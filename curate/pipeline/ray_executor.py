@@ -51,8 +51,16 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
   render    pass 2 of the streamed render (curate/render/stream.py) one task per part
             (`render_parts`): the worker reads the part, renders and tokenizes its
             first-of-id rows, writes their token file into RUN/render-work and returns
-            small per-row facts; the split, first-of-id, packing plan and shard writing
-            stay on the driver (global by nature, over per-row keys, not text).
+            small per-row facts (32-bit counts); its render rejects, one task per part
+            holding a dropped id. The split, first-of-id, packing plan and shard writing
+            stay on the driver (global by nature) over compact per-row keys: the id
+            string, source/task/split as UInt32 codes (stream.Codes), the facts; a shard
+            gathers its members' tokens from the token files (one shard at a time: bounded,
+            not growing with the input), never message text.
+  rejects   `write_rejects`: a stage's rejects merged into one file in a worker task
+            (`merge_rejects`, the runner's merge, same bytes). The runner does not call
+            it yet (it merges on the driver, one part's rejected rows at a time): the hook
+            is `getattr(executor, "write_rejects", _write_rejects)` at its two merges.
 
 Output identity with the local executor holds by construction: the per-part functions
 are the local executor's, each part's result depends only on the part (and the plan), the
@@ -210,6 +218,23 @@ def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table
     return run
 
 
+def merge_rejects(target: Path, items: list) -> dict:
+    """A stage's (or render's) rejects, Parquet files or frames in order, as one file of
+    fixed-size row groups (parts.RowGroupWriter): the runner's merge (`_write_rejects`),
+    the same rows and bytes, run by `RayExecutor.write_rejects` on a worker. One part's
+    rejected rows at a time, with their text: on the driver that is a part's messages."""
+    schemas = [dict(pl.read_parquet_schema(x)) if isinstance(x, Path) else dict(x.schema) for x in items]
+    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema)
+    w = P.RowGroupWriter(Path(target), schema)
+    try:
+        for x in items:
+            w.write(pl.read_parquet(x) if isinstance(x, Path) else x)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
+
+
 def _read(in_dir: Path, file: str, schema: dict | None) -> pl.DataFrame:
     """One input part, cast to the dataset's unified schema (as parts.iter_parts does)."""
     df = P.read_part(Path(in_dir) / file)
@@ -318,6 +343,14 @@ class RayExecutor:
         return sorted(got, key=lambda r: r["i"])
 
     # ------------------------------------------------------------------ the runner's hooks
+    def write_rejects(self, target: Path, items: list) -> dict:
+        """`merge_rejects(target, items)` in one Ray task on a worker (the files are in the
+        run directory, the few frames - a part's empty rejects, the schema - go with the
+        task): the merged rejects file and its {"rows", "sha256"}; no rejected row's text
+        passes through the driver. Retried on a worker's death (the write is atomic)."""
+        task = self._ray.remote(num_cpus=1, max_retries=-1)(merge_rejects)
+        return self._ray.get(task.remote(Path(target), list(items)))
+
     def read_sources(self, cfg, folder: Path, work: Path, qf, part_rows: int, limit: int | None, log) -> dict:
         """The runner's read on workers: the local read's parts, quarantine, names and counts
         (curate/pipeline/ray_read.py)."""

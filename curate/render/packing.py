@@ -15,6 +15,17 @@ import polars as pl
 
 def best_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
     """Rows as lists of example indices (rows in the order opened, examples longest first)."""
+    order, members = best_fit_decreasing_arrays(lengths, capacity)
+    cuts = np.cumsum(members)[:-1]
+    return [m.tolist() for m in np.split(order, cuts)] if len(members) else []
+
+
+def best_fit_decreasing_arrays(lengths, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """best_fit_decreasing's rows as two arrays: `order`, the example indices of every row,
+    row after row (each row's examples in the order they went in), and `members`, the
+    number of examples in each row. The loop keeps one int32 row number per example, not
+    a Python list per row (issue #19: the streamed render packs every example of a split
+    on the driver; the lists took ~50 bytes an example)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) and (lengths.max() > capacity or lengths.min() < 1):
         raise ValueError(f"every length must be in 1..{capacity}")
@@ -23,8 +34,9 @@ def best_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
     while size < capacity + 1:
         size *= 2
     tree = [0] * (2 * size)  # tree[i]: number of rows whose free space lies under node i
-    buckets: dict[int, list[int]] = {}
-    bins: list[list[int]] = []
+    buckets: dict[int, list[int]] = {}  # free space -> open rows with it
+    row_of = np.empty(len(lengths), dtype=np.int32)  # in `order`'s sequence
+    rows = 0
 
     def add(free: int, delta: int) -> None:
         i = free + size
@@ -44,22 +56,25 @@ def best_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
             i = 2 * i if tree[2 * i] else 2 * i + 1
         return i - size
 
-    for idx in order.tolist():
-        n = int(lengths[idx])
-        free = smallest_free_at_least(n)
-        if free < 0:
-            b = len(bins)
-            bins.append([idx])
-            left = capacity - n
-        else:
-            b = buckets[free].pop()
-            add(free, -1)
-            bins[b].append(idx)
-            left = free - n
-        if left > 0:
-            buckets.setdefault(left, []).append(b)
-            add(left, 1)
-    return bins
+    step = 1 << 16  # the sorted lengths as Python ints a slice at a time
+    for lo in range(0, len(order), step):
+        for j, n in enumerate(lengths[order[lo: lo + step]].tolist(), lo):
+            free = smallest_free_at_least(n)
+            if free < 0:
+                b = rows
+                rows += 1
+                left = capacity - n
+            else:
+                b = buckets[free].pop()
+                add(free, -1)
+                left = free - n
+            row_of[j] = b
+            if left > 0:
+                buckets.setdefault(left, []).append(b)
+                add(left, 1)
+    # stable by row: within a row, the examples in the order they went in (longest first)
+    by_row = np.argsort(row_of, kind="stable")
+    return order[by_row], np.bincount(row_of, minlength=rows).astype(np.int64)
 
 
 def pack_examples(examples: pl.DataFrame, capacity: int) -> pl.DataFrame:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from curate.render.templates import (ChatTemplate, TemplateError, TemplateSecurityError, load_template, parse_date,
                                      special_tokens_kwargs)
-from curate.contract.schema import stable_keys
+from curate.contract.schema import stable_keys_array
 from curate.render.word_cache import WordCache
 
 IGNORE = -100
@@ -518,7 +518,10 @@ def assign_split(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Seri
         return table["split"].cast(pl.String).fill_null("train")
     if table.height == 0 or val_fraction <= 0:
         return pl.Series("split", ["train"] * table.height, dtype=pl.String)
-    h = stable_keys(table["id"].to_list(), seed, "split")
+    # hashed a slice of ids at a time: Python strings of 100k ids, not of every row, at once
+    ids = table["id"]
+    h = np.concatenate([stable_keys_array(ids.slice(lo, 100_000).to_list(), seed, "split")
+                        for lo in range(0, ids.len(), 100_000)])
     ranked = table.select("id", "task").with_columns(pl.Series("_h", h, dtype=pl.UInt64)).with_columns(
         _r=pl.struct("_h", "id").rank("ordinal").over("task"), _n=pl.len().over("task"))
     val = ranked["_r"] <= (ranked["_n"] * val_fraction).floor()

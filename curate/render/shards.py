@@ -52,28 +52,36 @@ def write_split(split_dir: Path, run_dir: Path, tables, cfg, compacted: bool = F
     returns their entries and removes files an earlier, larger run left there.
     `compacted`: the tables already hold exactly their rows (see `compact`)."""
     split_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for k, part in enumerate(tables):
-        if not compacted:
-            part = compact(part)
-        data = _ipc_bytes(part)
-        path = split_dir / f"{k:05d}.arrow"
-        write_bytes(path, data)
-        n_examples = int(flat_values(part["seq_lens"]).size) if cfg.pack else part.num_rows
-        entries.append({
-            "file": path.relative_to(run_dir).as_posix(),
-            "rows": part.num_rows,
-            "examples": n_examples,
-            "tokens": int(flat_values(part["input_ids"]).size),
-            "supervised_tokens": _supervised_count(part["labels"]),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        })
-    # Files from an earlier, larger run in the same folder would otherwise be read as ours.
+    entries = [write_shard(split_dir, run_dir, k, part, cfg, compacted) for k, part in enumerate(tables)]
+    remove_stale(split_dir, entries)
+    return entries
+
+
+def write_shard(split_dir: Path, run_dir: Path, k: int, part: pa.Table, cfg, compacted: bool = False) -> dict:
+    """One shard, split_dir/KKKKK.arrow (atomic), and its entry (write_split's; also what a
+    Ray worker writing shard `k` returns: curate.render.stream.ShardPart)."""
+    if not compacted:
+        part = compact(part)
+    data = _ipc_bytes(part)
+    path = Path(split_dir) / f"{k:05d}.arrow"
+    write_bytes(path, data)
+    n_examples = int(flat_values(part["seq_lens"]).size) if cfg.pack else part.num_rows
+    return {
+        "file": path.relative_to(run_dir).as_posix(),
+        "rows": part.num_rows,
+        "examples": n_examples,
+        "tokens": int(flat_values(part["input_ids"]).size),
+        "supervised_tokens": _supervised_count(part["labels"]),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def remove_stale(split_dir: Path, entries: list[dict]) -> None:
+    """Files from an earlier, larger run in the same folder would otherwise be read as ours."""
     names = {Path(e["file"]).name for e in entries}
-    for stale in split_dir.glob("*.arrow"):
+    for stale in Path(split_dir).glob("*.arrow"):
         if stale.name not in names:
             stale.unlink()
-    return entries
 
 
 def write_shards(examples, shards_dir: str | Path, cfg) -> dict:

@@ -27,10 +27,14 @@ in the same parts. Three passes:
    a time. The shard files are the same bytes as the whole-table writer's
    (tests/test_render_streaming.py).
 
-Memory: one part (all columns) and its token lists, the per-row keys of pass 1, the per-id
-facts of pass 2 (~100 bytes an id), the ids and reasons of dropped rows, and one shard's
-tokens (with its gathered pieces, about twice). Not bounded by the budget: the per-row keys
-grow with the rows (by design: the split and the packing plan are global).
+Memory: one part (all columns) and its token lists, the per-row keys of pass 1 (the id
+string, source/task/split as UInt32 codes of the sorted names: `Codes`), the per-id facts
+of pass 2 (32-bit counts, ~60 bytes an id with its id), the ids and reasons of dropped rows,
+and one shard's tokens (with its gathered pieces, about twice). The examples table (keys
+joined with facts, sorted: ~75 bytes a row) is built with at most two row-sized frames
+alive; the split's hash takes Python strings of 100k ids at a time; the packing plan is
+two integer arrays (packing.best_fit_decreasing_arrays). Not bounded by the budget: the
+per-row keys grow with the rows (by design: the split and the packing plan are global).
 
 Trade-offs: the tokens are written to disk once more than before (the token files are
 as large as the shards; the runner removes them when the shards are written); a shard
@@ -60,8 +64,39 @@ from curate.render.renderer import (DETAIL_COL, REASON_COL, TRUNCATED_COL, Rende
 
 I32 = pa.list_(pa.int32())
 TOKEN_SCHEMA = pa.schema([("input_ids", I32), ("labels", I32)])
-FACTS = {"length": pl.Int64, "supervised": pl.Int64, "runs": pl.Int64, "bad_runs": pl.Int64, "bos2": pl.Boolean,
-         "rpart": pl.Int32, "rrow": pl.Int64}
+# per example (one row per first-of-id row): 32-bit counts (a length is at most
+# max_length, a token file holds one part's rows), summed as int64
+FACTS = {"length": pl.Int32, "supervised": pl.Int32, "runs": pl.Int32, "bad_runs": pl.Int32, "bos2": pl.Boolean,
+         "rpart": pl.Int32, "rrow": pl.Int32}
+
+
+class Codes:
+    """A string column of every row (source, task, split) as UInt32 codes: `encode` each
+    part (codes in first-seen order, the names so far an Enum), `finish` the parts' codes
+    as ranks of the sorted names (nulls stay null): sorting or grouping by the codes is
+    sorting or grouping by the strings (polars compares strings by their UTF-8 bytes,
+    Python's sorted by code points: the same order), at 4 bytes a row instead of a string
+    view's 16 (issue #19: the render keys of every row are on the driver)."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def encode(self, s: pl.Series) -> pl.Series:
+        s = s.cast(pl.String)
+        for name in s.unique().drop_nulls().to_list():
+            self.seen.setdefault(name, len(self.seen))
+        return s.cast(pl.Enum(list(self.seen))).to_physical().cast(pl.UInt32)
+
+    def finish(self, parts: list[pl.Series]) -> pl.Series:
+        self.names = sorted(self.seen)
+        rank = np.empty(len(self.seen), dtype=np.uint32)
+        rank[[self.seen[n] for n in self.names]] = np.arange(len(self.names), dtype=np.uint32)
+        got = pl.concat(parts, rechunk=True) if parts else pl.Series([], dtype=pl.UInt32)
+        return pl.Series(rank, dtype=pl.UInt32).gather(got) if len(got) else got
+
+    def decode(self, codes: pl.Series) -> pl.Series:
+        return pl.Series(codes.name, self.names, dtype=pl.String).gather(codes)
 
 
 def write_tokens(path: Path, table: pa.Table) -> None:
@@ -170,8 +205,9 @@ def split_aligned(aligned, ids: pl.Series):
     return tokens, ids.filter(pl.Series(kept_np)), dropped, truncated
 
 
-def checks_of(examples: pl.DataFrame) -> dict:
-    """check_examples' result (plus double_bos) from per-example facts: the same numbers."""
+def checks_of(examples: pl.DataFrame, task_names: list[str] | None = None) -> dict:
+    """check_examples' result (plus double_bos) from per-example facts: the same numbers.
+    `task_names`: the examples' `task` is codes into these sorted names (StreamedRender)."""
     lens = examples["length"].to_numpy().astype(np.int64)
     sup = examples["supervised"].to_numpy().astype(np.int64)
     result = {"examples": int(len(lens)), "tokens": int(lens.sum()), "supervised_tokens": int(sup.sum())}
@@ -181,8 +217,12 @@ def checks_of(examples: pl.DataFrame) -> dict:
         result["zero_supervised"] = int((sup == 0).sum())
         result["supervised_runs"] = int(examples["runs"].sum())
         result["runs_without_end_of_turn"] = int(examples["bad_runs"].sum())
-        tasks = np.asarray(examples["task"].to_list(), dtype=object)
-        names, task_of = np.unique(tasks.astype(str), return_inverse=True)
+        if task_names is None:
+            names, task_of = np.unique(np.asarray(examples["task"].to_list(), dtype=object).astype(str),
+                                       return_inverse=True)
+        else:  # codes of the sorted names: the tasks present, in the same (sorted) order
+            present, task_of = np.unique(examples["task"].to_numpy(), return_inverse=True)
+            names = [task_names[int(c)] for c in present]
         sup_per_task = np.bincount(task_of, weights=sup, minlength=len(names))
         tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
         result["supervised_fraction"] = {
@@ -208,6 +248,17 @@ class StreamedRender:
     stats: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
     tokenizer: object = None
+    names: dict = field(default_factory=dict)  # source/task/split: the sorted names the examples' codes index
+    map_parts: object = None  # the executor's map_parts the render ran with: the shards are written with it too
+
+    def code(self, col: str, name: str) -> int:
+        """The code of `name` in the examples' column `col` (-1 when no row has it)."""
+        names = self.names[col]
+        return names.index(name) if name in names else -1
+
+    def decoded(self, frame: pl.DataFrame, *cols: str) -> pl.DataFrame:
+        """`frame` (rows of `examples`) with its code columns `cols` as the strings."""
+        return frame.with_columns(pl.Series(c, self.names[c], dtype=pl.String).gather(frame[c]) for c in cols)
 
 
 def _add_counts(into: dict, more: dict) -> None:
@@ -229,18 +280,27 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     reject_dir = Path(reject_dir)
     reject_dir.mkdir(parents=True, exist_ok=True)
 
-    # pass 1: the keys of every row
+    # pass 1: the keys of every row: the id, and source / task / split as codes (Codes)
     key_cols = ["id", "source", "task"] + (["split"] if "split" in columns else [])
-    frames, sizes = [], []
+    codes = {c: Codes() for c in ("source", "task", "split")}
+    ids, coded, given, sizes = [], {"source": [], "task": []}, [], []
     for p in parts(key_cols):
-        frames.append(p.select(pl.col("id", "source", "task").cast(pl.String),
-                               *([pl.col("split")] if "split" in columns else [])))
+        ids.append(p["id"].cast(pl.String))
+        for c in coded:
+            coded[c].append(codes[c].encode(p[c]))
+        if "split" in columns:
+            given.append(p["split"].cast(pl.String).fill_null("train"))
         sizes.append(p.height)
-    keys = pl.concat(frames, how="vertical_relaxed", rechunk=True) if frames else pl.DataFrame(
-        schema={"id": pl.String, "source": pl.String, "task": pl.String})
-    del frames
-    split = assign_split(keys, cfg.val_fraction, seed)
-    keys = keys.select("id", "source", "task").with_columns(split.alias("split"))
+    keys = pl.DataFrame({"id": pl.concat(ids, rechunk=True) if ids else pl.Series("id", [], dtype=pl.String),
+                         **{c: codes[c].finish(coded[c]) for c in coded}})
+    del ids, coded
+    if "split" in columns:
+        split = codes["split"].finish([codes["split"].encode(g) for g in given])
+        del given
+    else:  # assign_split over (id, task code): the task only partitions the ranks
+        split = codes["split"].finish([codes["split"].encode(assign_split(keys, cfg.val_fraction, seed))])
+    keys = keys.with_columns(split.alias("split"))
+    del split
     first = keys["id"].is_first_distinct().to_numpy()
 
     # pass 2: tokens of each id's first row, part by part
@@ -248,7 +308,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     expect = cfg.train_on != "all"
     facts, truncated, rejects = [], [], []
     why = pl.DataFrame(schema={"id": pl.String, REASON: pl.String, "_detail": pl.String})
-    out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer)
+    out = StreamedRender(examples=None, store=store, rejects=rejects, tokenizer=setup.tokenizer, map_parts=map_parts)
     with_tools, off = 0, 0
     if map_parts is not None:
         why, with_tools = _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, expect, store,
@@ -276,7 +336,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
                 f = example_facts(tokens.column("input_ids"), tokens.column("labels"), renderer.end_of_turn_ids,
                                   expect, renderer.bos_id)
                 f["rpart"] = np.full(tokens.num_rows, rpart, dtype=np.int32)
-                f["rrow"] = np.arange(tokens.num_rows, dtype=np.int64)
+                f["rrow"] = np.arange(tokens.num_rows, dtype=np.int32)
                 facts.append(pl.DataFrame({"id": kept_ids,
                                            **{c: pl.Series(c, f[c], dtype=t) for c, t in FACTS.items()}}))
             if dropped_now is not None:
@@ -302,14 +362,19 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     out.dropped_ids = why["id"]
 
     # the examples: every row whose id rendered, with its id's facts, in render_examples' order
+    # (the codes are ranks of the sorted names, nulls first: the same order as the strings)
     fact_table = pl.concat(facts, how="vertical") if facts else pl.DataFrame(schema={"id": pl.String, **FACTS})
-    examples = (keys.join(fact_table, on="id", how="inner", maintain_order="left")
-                .sort("id", "split", "task", "source", maintain_order=True))
-    out.examples = examples
+    del facts
     trunc_ids = pl.concat(truncated) if truncated else pl.Series("id", [], dtype=pl.String)
     n_truncated = int(keys.select(pl.col("id").is_in(trunc_ids.implode()).sum()).item()) if trunc_ids.len() else 0
-    checks = checks_of(examples)
-    head = examples.filter(pl.col("split") == "train").head(3)
+    joined = keys.join(fact_table, on="id", how="inner", maintain_order="left")
+    del keys, fact_table  # before the sort's copy: at most two row-sized frames at once
+    examples = joined.sort("id", "split", "task", "source", maintain_order=True)
+    del joined
+    out.examples = examples
+    out.names = {c: codes[c].names for c in codes}
+    checks = checks_of(examples, out.names["task"])
+    head = out.decoded(examples.filter(pl.col("split") == out.code("split", "train")).head(3), "task")
     sample_ids, sample_labels = store.take(head["rpart"].to_numpy(), head["rrow"].to_numpy())
     sample_rows = head.select("id", "task").with_columns(
         pl.from_arrow(sample_ids).alias("input_ids"), pl.from_arrow(sample_labels).alias("labels")) \
@@ -319,7 +384,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
         "examples": examples.height,
         "dropped": dict(out.dropped),
         "truncated": n_truncated,
-        "splits": {s: int((examples["split"] == s).sum()) for s in ("train", "val")},
+        "splits": {s: int((examples["split"] == out.code("split", s)).sum()) for s in ("train", "val")},
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],
         "mask_source": setup.mask_source(),
@@ -409,7 +474,7 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
             rpart = store.register(Path(r["file"]))
             n = r["facts"].height
             facts.append(r["facts"].with_columns(pl.Series("rpart", np.full(n, rpart, dtype=np.int32)),
-                                                 pl.Series("rrow", np.arange(n, dtype=np.int64)))
+                                                 pl.Series("rrow", np.arange(n, dtype=np.int32)))
                          .select("id", *FACTS))
         if r["dropped"] is not None:
             dropped_frames.append(r["dropped"])
@@ -435,63 +500,160 @@ def _render_on_workers(parts, map_parts, first, sizes, cfg, base_dir, renderer, 
 
 def token_facts(rendered: StreamedRender) -> pl.DataFrame:
     """task, source, split, tokens, supervised_tokens per example (curate.render.shards.counts_by_group)."""
-    return rendered.examples.select("task", "source", "split", pl.col("length").alias("tokens"),
-                                    pl.col("supervised").alias("supervised_tokens"))
+    return rendered.decoded(rendered.examples.select(
+        "task", "source", "split", pl.col("length").cast(pl.Int64).alias("tokens"),
+        pl.col("supervised").cast(pl.Int64).alias("supervised_tokens")), "task", "source", "split")
 
 
-def _packed_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
-    from curate.render.packing import best_fit_decreasing
+def _pack_plan(sub: pl.DataFrame, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The split's packed rows (best-fit-decreasing over the lengths, the only global
+    part): `order`, the examples row after row, and `first_member`, where each row starts
+    in it (len rows + 1)."""
+    from curate.render.packing import best_fit_decreasing_arrays
 
-    lengths = sub["length"].to_numpy().astype(np.int64)
-    bins = best_fit_decreasing(lengths, cfg.max_length)
-    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(lengths))
-    members = np.fromiter((len(m) for m in bins), dtype=np.int64, count=len(bins))
-    first_member = np.concatenate(([0], np.cumsum(members)))
-    rpart, rrow = sub["rpart"].to_numpy(), sub["rrow"].to_numpy()
-    ids, tasks, sources = sub["id"], sub["task"], sub["source"]
-    for b0 in range(0, len(bins), cfg.shard_rows):
-        b1 = min(b0 + cfg.shard_rows, len(bins))
-        sel = order[first_member[b0]: first_member[b1]]
-        toks, labels = store.take(rpart[sel], rrow[sel])
-        lens = lengths[sel]
-        member_offsets = first_member[b0: b1 + 1] - first_member[b0]
-        row_tokens = np.add.reduceat(lens, member_offsets[:-1])
-        token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
-        moff = pa.array(member_offsets, pa.int32())
-        take = pl.Series(sel)
-        table = pa.table({
-            "input_ids": pa.ListArray.from_arrays(token_offsets, toks.flatten()),
-            "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
-            "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
-            "ids": pa.ListArray.from_arrays(moff, ids.gather(take).to_arrow().cast(pa.string())),
-            "tasks": pa.ListArray.from_arrays(moff, tasks.gather(take).to_arrow().cast(pa.string())),
-            "sources": pa.ListArray.from_arrays(moff, sources.gather(take).to_arrow().cast(pa.string())),
-        })
-        yield table.cast(PACKED_SCHEMA)
+    order, members = best_fit_decreasing_arrays(sub["length"].to_numpy().astype(np.int64), cfg.max_length)
+    return order, np.concatenate(([0], np.cumsum(members))).astype(np.int64)
 
 
-def _unpacked_tables(sub: pl.DataFrame, store: TokenStore, cfg) -> Iterator[pa.Table]:
-    for start in range(0, sub.height, cfg.shard_rows):
-        chunk = sub.slice(start, cfg.shard_rows)
-        toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
-        table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
-                          "task": chunk["task"].to_arrow().cast(pa.string()),
-                          "source": chunk["source"].to_arrow().cast(pa.string()),
-                          "input_ids": toks, "labels": labels})
-        yield table.cast(UNPACKED_SCHEMA)
+def _packed_shard(chunk: pl.DataFrame, member_offsets: np.ndarray, store: TokenStore, names: dict) -> pa.Table:
+    """One packed shard from its examples in packed order (`chunk`: id, task and source
+    codes, length, rpart, rrow) and where each packed row starts among them."""
+    toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
+    lens = chunk["length"].to_numpy().astype(np.int64)
+    row_tokens = np.add.reduceat(lens, member_offsets[:-1])
+    token_offsets = pa.array(np.concatenate(([0], np.cumsum(row_tokens))), pa.int32())
+    moff = pa.array(member_offsets, pa.int32())
+    tasks, sources = (pl.Series(names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
+    table = pa.table({
+        "input_ids": pa.ListArray.from_arrays(token_offsets, toks.flatten()),
+        "labels": pa.ListArray.from_arrays(token_offsets, labels.flatten()),
+        "seq_lens": pa.ListArray.from_arrays(moff, pa.array(lens.astype(np.int32))),
+        "ids": pa.ListArray.from_arrays(moff, chunk["id"].to_arrow().cast(pa.string())),
+        "tasks": pa.ListArray.from_arrays(moff, tasks.to_arrow().cast(pa.string())),
+        "sources": pa.ListArray.from_arrays(moff, sources.to_arrow().cast(pa.string())),
+    })
+    return table.cast(PACKED_SCHEMA)
+
+
+def _unpacked_shard(chunk: pl.DataFrame, store: TokenStore, names: dict) -> pa.Table:
+    toks, labels = store.take(chunk["rpart"].to_numpy(), chunk["rrow"].to_numpy())
+    chunk = chunk.with_columns(pl.Series(c, names[c], dtype=pl.String).gather(chunk[c]) for c in ("task", "source"))
+    table = pa.table({"id": chunk["id"].to_arrow().cast(pa.string()),
+                      "task": chunk["task"].to_arrow().cast(pa.string()),
+                      "source": chunk["source"].to_arrow().cast(pa.string()),
+                      "input_ids": toks, "labels": labels})
+    return table.cast(UNPACKED_SCHEMA)
+
+
+def _shard_ranges(n: int, cfg, first_member: np.ndarray | None) -> list[tuple[int, int]]:
+    """Each shard's (lo, hi): packed rows [lo, hi) of the plan, or examples [lo, hi)."""
+    total = len(first_member) - 1 if first_member is not None else n
+    return [(lo, min(lo + cfg.shard_rows, total)) for lo in range(0, total, cfg.shard_rows)]
+
+
+def _shard_table(sub: pl.DataFrame, store: TokenStore, names: dict, plan, lo: int, hi: int) -> pa.Table:
+    """Shard [lo, hi) of the split `sub` (its examples in shard order), packed by `plan`
+    (order, first_member) or, without one, unpacked."""
+    if plan is None:
+        return _unpacked_shard(sub.slice(lo, hi - lo), store, names)
+    order, first_member = plan
+    sel = np.asarray(order[first_member[lo]: first_member[hi]])
+    return _packed_shard(sub.select(pl.all().gather(pl.Series(sel))),
+                         np.asarray(first_member[lo: hi + 1]) - first_member[lo], store, names)
+
+
+SHARD_COLS = ["id", "task", "source", "length", "rpart", "rrow"]
+
+
+class _NoPart:
+    """`parts` for map_parts when a task reads no part (ShardPart): `read` gives None."""
+
+    def read(self, k: int, columns=None):
+        return None
+
+
+class ShardPart:
+    """One shard on a worker, `fn(j, None, (split, k, lo, hi))` -> its entry: the split's
+    examples (SHARD_COLS) and packing plan memory-mapped from the files the driver wrote
+    into the render work folder, the shard's members gathered from the token files, the
+    shard written (shards.write_shard): the bytes the driver would write. Trade-off: every
+    task loads the split's whole plan (`order`, `first_member`: 16 B an example, .npz
+    cannot be memory-mapped) and maps the whole keys file, taking only its members' rows;
+    the driver writes both files once per split (~40 B an example)."""
+
+    def __init__(self, plan_dir: str, token_files: list[str], names: dict, shards_dir: str, cfg):
+        self.plan_dir, self.token_files, self.names, self.shards_dir, self.cfg = \
+            plan_dir, token_files, names, shards_dir, cfg
+
+    def __call__(self, _j: int, _part, arg) -> dict:
+        from curate.render.shards import shard_metadata, write_shard
+
+        split, k, lo, hi = arg
+        store = TokenStore.__new__(TokenStore)  # the driver's token files, read-only here
+        store.folder, store.files = Path(self.plan_dir), [Path(f) for f in self.token_files]
+        source = pa.memory_map(str(Path(self.plan_dir) / f"examples-{split}.arrow"), "r")
+        try:
+            every = pa.ipc.open_file(source).read_all()
+            if self.cfg.pack:  # the shard's members, taken from the mapped file in packed order
+                got = np.load(Path(self.plan_dir) / f"plan-{split}.npz")
+                first_member = got["first_member"]
+                sel = got["order"][first_member[lo]: first_member[hi]]
+                chunk = pl.from_arrow(every.take(pa.array(sel)))
+                table = _packed_shard(chunk, first_member[lo: hi + 1] - first_member[lo], store, self.names)
+            else:
+                table = _unpacked_shard(pl.from_arrow(every.slice(lo, hi - lo)), store, self.names)
+            del every
+        finally:
+            source.close()
+        table = table.replace_schema_metadata(shard_metadata(self.cfg))
+        shards_dir = Path(self.shards_dir)
+        return write_shard(shards_dir / split, shards_dir.parent, k, table, self.cfg, compacted=True)
 
 
 def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg) -> dict:
     """curate.render.shards.write_shards' files and entries from a StreamedRender, one shard
-    in memory at a time."""
-    from curate.render.shards import shard_metadata, write_split
+    in memory at a time. When the render ran its parts on workers (`map_parts`), the shards
+    are written there too, one task per shard (ShardPart): the driver writes each split's
+    shard keys (SHARD_COLS) and packing plan into the render work folder and gets back the
+    entries; no token passes through it."""
+    from curate.render.shards import remove_stale, shard_metadata, write_shard
 
     shards_dir = Path(shards_dir)
     meta = shard_metadata(cfg)
     out: dict = {}
+    plan_dir = rendered.store.folder.parent / "shard-plan"
+    jobs = []
     for split in SPLITS:
-        sub = rendered.examples.filter(pl.col("split") == split)
-        make = _packed_tables if cfg.pack else _unpacked_tables
-        tables = (t.replace_schema_metadata(meta) for t in make(sub, rendered.store, cfg)) if sub.height else iter(())
-        out[split] = write_split(shards_dir / split, shards_dir.parent, tables, cfg, compacted=True)
+        sub = rendered.examples.filter(pl.col("split") == rendered.code("split", split)).select(SHARD_COLS)
+        (shards_dir / split).mkdir(parents=True, exist_ok=True)
+        plan = _pack_plan(sub, cfg) if cfg.pack and sub.height else None
+        ranges = _shard_ranges(sub.height, cfg, plan[1] if plan is not None else None) if sub.height else []
+        if rendered.map_parts is None:
+            out[split] = [write_shard(shards_dir / split, shards_dir.parent, k,
+                                      _shard_table(sub, rendered.store, rendered.names, plan, lo, hi)
+                                      .replace_schema_metadata(meta), cfg, compacted=True)
+                          for k, (lo, hi) in enumerate(ranges)]
+        else:
+            plan_dir.mkdir(parents=True, exist_ok=True)
+            write_tokens_like(plan_dir / f"examples-{split}.arrow", sub.to_arrow(compat_level=pl.CompatLevel.oldest()))
+            if plan is not None:
+                with atomic_path(plan_dir / f"plan-{split}.npz") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, order=plan[0], first_member=plan[1])
+            jobs += [(split, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]
+            out[split] = []
+        del sub, plan
+    if jobs:
+        fn = ShardPart(str(plan_dir), [str(f) for f in rendered.store.files], rendered.names, str(shards_dir), cfg)
+        for (split, _k, _lo, _hi), entry in zip(jobs, rendered.map_parts(_NoPart(), fn, list(enumerate(jobs)))):
+            out[split].append(entry)
+    for split in SPLITS:
+        remove_stale(shards_dir / split, out[split])
     return out
+
+
+def write_tokens_like(path: Path, table: pa.Table) -> None:
+    """`table` as an Arrow IPC file (atomic), for workers to memory-map."""
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table.combine_chunks())
