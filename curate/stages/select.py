@@ -40,6 +40,13 @@ SCOPE = "__select_scope"  # key column: the row is ranked by this stage (scope_c
 GATE = "__select_gate"  # key column: the gate column's value (gate_min), Float64
 GATE_RATE, GATE_N = "__gate_rate", "__gate_n"  # per row: its group's gate mean and rows counted
 ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
+# The id in the plan's keys (issue #19): a canonical id (20 lower-case hex digits, what
+# `conversation_id` gives) as two integers, __id_hi (its first 16 digits, UInt64) and
+# __id_lo (its last 4, UInt16), whose order is the strings' order; any other id stays a
+# string in __id_str (null for canonical ids). When every id is canonical the plan orders
+# by (hi, lo): 10 B a row instead of a 20-character string, and no string sort.
+ID_HI, ID_LO, ID_STR = "__id_hi", "__id_lo", "__id_str"
+HEX_ID = "^[0-9a-f]{20}$"
 
 
 @dataclass
@@ -210,7 +217,14 @@ class SelectStage(PlannedStage):
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
                              f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
         group_expr = pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")
-        cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE), pl.col("id")]
+        ident = pl.col("id")
+        canonical = ident.str.contains(HEX_ID).fill_null(False)
+        cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE),
+                pl.when(canonical).then(ident.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+                .alias(ID_HI),
+                pl.when(canonical).then(ident.str.slice(16, 4).str.to_integer(base=16, dtype=pl.UInt16, strict=False))
+                .alias(ID_LO),
+                pl.when(canonical).then(pl.lit(None, pl.String)).otherwise(ident).alias(ID_STR)]
         label = self.label_column(part.columns)
         if label is not None:
             cols.append(pl.col(label).cast(pl.Float64).alias(f"{LABEL}:{label}"))
@@ -285,12 +299,30 @@ class SelectStage(PlannedStage):
         row's key (~40 B a row) in one place. Parts could send only their best `quota`
         candidates per group, but `top_fraction`'s quota depends on the whole group's
         size, which would cost one more pass over the data."""
-        v = self._verdicts(keys.rechunk())  # one chunk: float sums must not depend on the parts
+        v = self._verdicts(self._id_keys(keys.rechunk()))  # one chunk: float sums must not depend on the parts
         n_in = self._n_in(v)
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))
         decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
         return Plan(decisions=decisions, stats=self._plan_stats(v, n_in))
+
+    @staticmethod
+    def _id_keys(keys: pl.DataFrame) -> pl.DataFrame:
+        """The keys with the id as the plan orders by it: (__id_hi, __id_lo) when every id
+        is canonical, else the id string rebuilt for every row in `id` (the fallback for
+        ids that are not content hashes: tables built by hand, ids from a source)."""
+        if not keys[ID_HI].null_count():  # a null hi: an id that is not canonical (or null)
+            return keys.drop(ID_STR)
+        hi, lo = keys[ID_HI].to_list(), keys[ID_LO].to_list()
+        rebuilt = pl.Series("__rebuilt", [None if h is None else f"{h:016x}{l:04x}" for h, l in zip(hi, lo)],
+                            dtype=pl.String)
+        return keys.with_columns(pl.coalesce(ID_STR, rebuilt).alias("id")).drop(ID_HI, ID_LO, ID_STR)
+
+    @staticmethod
+    def _order(v: pl.DataFrame) -> list[str]:
+        """The candidates' order (best first, ties by id, then position), by the id's
+        integer keys when the keys have them (`_id_keys`): the same order as ORDER."""
+        return [GROUP, NULL, KEY, ID_HI, ID_LO, ROW_COL] if ID_HI in v.columns else ORDER
 
     def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
         res = split_decided(decided_part(part, plan, first_row))
@@ -302,19 +334,27 @@ class SelectStage(PlannedStage):
         quotas = pl.DataFrame({GROUP: list(n_in), QUOTA: [self._quota(g, n) for g, n in n_in.items()]},
                               schema={GROUP: pl.String, QUOTA: pl.Int64})
         quotas = quotas.with_columns(pl.col(QUOTA).fill_null(pl.col(GROUP).replace_strict(n_in, return_dtype=pl.Int64)))
-        last = (v.filter(pl.col(CAND)).sort(ORDER)
+        order = self._order(v)
+        last = (v.filter(pl.col(CAND)).select(*order).sort(order)
                 .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
                 .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
-                .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in ORDER[1:]], pl.col(SCORE).alias("__cut_score")))
+                .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
+        last = last.join(v.select(pl.col(ROW_COL).alias(f"__cut{ROW_COL}"), pl.col(SCORE).alias("__cut_score")),
+                         on=f"__cut{ROW_COL}", how="left")
         return quotas.join(last, on=GROUP, how="left").sort(GROUP)
 
     def _over_quota(self, v: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
         """A candidate is over its group's quota iff its order key comes after the cutoff."""
         t = v.join(cut, on=GROUP, how="left", maintain_order="left")
-        null, key, ident, row = (pl.col(x) for x in ORDER[1:])
-        cn, ck, ci, cr = (pl.col(f"__cut{x}") for x in ORDER[1:])
-        # lexicographic (null, key, id, row) <= cutoff
-        within = (~null & cn) | ((null == cn) & ((key < ck) | ((key == ck) & ((ident < ci) | ((ident == ci) & (row <= cr))))))
+        order = self._order(v)[1:]
+        # lexicographic (null, key, id..., row) <= cutoff, built from the last key back
+        within = pl.col(ROW_COL) <= pl.col(f"__cut{ROW_COL}")
+        for x in reversed(order[1:-1]):
+            a, b = pl.col(x), pl.col(f"__cut{x}")
+            within = (a < b) | ((a == b) & within)
+        null, cn = pl.col(NULL), pl.col(f"__cut{NULL}")
+        within = (~null & cn) | ((null == cn) & within)
+        cr = pl.col(f"__cut{ROW_COL}")
         has_cut = cr.is_not_null()
         over = pl.col(REASON).is_null() & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
         if SCOPE in t.columns:
@@ -325,7 +365,7 @@ class SelectStage(PlannedStage):
                                        pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
         t = t.with_columns(pl.when(over).then(pl.lit("over_quota")).otherwise(pl.col(REASON)).alias(REASON),
                            pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
-        return t.drop(QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
+        return t.drop(QUOTA, *[f"__cut{x}" for x in order], "__cut_score")
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
         stats = self._stats(v, n_in)
