@@ -335,37 +335,110 @@ class SelectStage(PlannedStage):
                               schema={GROUP: pl.String, QUOTA: pl.Int64})
         quotas = quotas.with_columns(pl.col(QUOTA).fill_null(pl.col(GROUP).replace_strict(n_in, return_dtype=pl.Int64)))
         order = self._order(v)
-        last = (v.filter(pl.col(CAND)).select(*order).sort(order)
-                .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
-                .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
-                .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
-        last = last.join(v.select(pl.col(ROW_COL).alias(f"__cut{ROW_COL}"), pl.col(SCORE).alias("__cut_score")),
-                         on=f"__cut{ROW_COL}", how="left")
+        if ID_HI in v.columns:
+            last = self._last_kept(v, quotas, order)
+        else:  # ids that are not canonical: the string sort
+            last = (v.filter(pl.col(CAND)).select(*order).sort(order)
+                    .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
+                    .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
+                    .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
+            last = last.join(v.select(pl.col(ROW_COL).alias(f"__cut{ROW_COL}"), pl.col(SCORE).alias("__cut_score")),
+                             on=f"__cut{ROW_COL}", how="left")
         return quotas.join(last, on=GROUP, how="left").sort(GROUP)
 
+    @staticmethod
+    def _last_kept(v: pl.DataFrame, quotas: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+        """Per group, the key of its quota-th candidate in `order` (all integer and float
+        keys: canonical ids): one stable `np.lexsort` of the candidates' key arrays and the
+        group's integer code, instead of polars' multi-column sort, which row-encodes every
+        key (~190 B a row at its peak, against ~60 B here; issue #19)."""
+        pos = np.flatnonzero(v[CAND].fill_null(False).to_numpy())
+        groups = v[GROUP].gather(pos) if len(pos) < v.height else v[GROUP]
+        codes = groups.cast(pl.Categorical).to_physical().to_numpy()
+        cols = [v[k].gather(pos).to_numpy() if len(pos) < v.height else v[k].to_numpy() for k in order[1:]]
+        perm = np.lexsort([*reversed(cols), codes])  # the last key is the primary one
+        sorted_codes = codes[perm]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(perm) else np.zeros(0, int)
+        names = groups.gather(perm[starts]).to_list()
+        quota = dict(quotas.iter_rows())
+        picks = [(name, int(a + quota[name] - 1)) for name, a, b in zip(names, starts.tolist(), [*starts[1:].tolist(), len(perm)])
+                 if name in quota and 0 < quota[name] <= b - a]
+        at = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
+        rows = pos[at]
+        out = {GROUP: pl.Series(GROUP, [name for name, _ in picks], dtype=pl.String)}
+        for k, col in zip(order[1:], cols):
+            out[f"__cut{k}"] = pl.Series(f"__cut{k}", col[at], dtype=v.schema[k])
+        out["__cut_score"] = v[SCORE].gather(rows).alias("__cut_score")
+        return pl.DataFrame(out)
+
     def _over_quota(self, v: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
-        """A candidate is over its group's quota iff its order key comes after the cutoff."""
-        t = v.join(cut, on=GROUP, how="left", maintain_order="left")
+        """A candidate is over its group's quota iff its order key comes after the cutoff.
+        The detail string is formatted once per group (on `cut`) and given to the rows over
+        quota only, scattered into the (mostly null) detail column; with canonical ids the
+        comparison runs on numpy arrays, each cutoff looked up by the row's group code
+        (`_over_np`), else on a narrow join of the order columns (issue #19)."""
         order = self._order(v)[1:]
-        # lexicographic (null, key, id..., row) <= cutoff, built from the last key back
+        c = self.config
+        detail = (pl.when(pl.col(QUOTA) == 0).then(pl.lit("quota 0"))
+                  .otherwise(pl.format(f"quota {{}} full; the last kept has {c.column} = {{}}", pl.col(QUOTA),
+                                       pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
+        per_group = dict(cut.select(GROUP, detail.alias(DETAIL)).iter_rows())
+        over = self._over_np(v, cut, order) if ID_HI in v.columns else self._over_joined(v, cut, order)
+        idx = np.flatnonzero(over)
+        if not len(idx):
+            return v
+        details = v[GROUP].gather(idx).replace_strict(per_group, return_dtype=pl.String)
+        return v.with_columns(v[REASON].clone().scatter(idx, "over_quota"), v[DETAIL].clone().scatter(idx, details))
+
+    @staticmethod
+    def _over_joined(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
+        scope = [SCOPE] if SCOPE in v.columns else []
+        t = (v.select(GROUP, *order, pl.col(REASON).is_null().alias("__open"), *scope)
+             .join(cut, on=GROUP, how="left", maintain_order="left"))
+        # lexicographic (null, key, id, row) <= cutoff, built from the last key back
         within = pl.col(ROW_COL) <= pl.col(f"__cut{ROW_COL}")
         for x in reversed(order[1:-1]):
             a, b = pl.col(x), pl.col(f"__cut{x}")
             within = (a < b) | ((a == b) & within)
         null, cn = pl.col(NULL), pl.col(f"__cut{NULL}")
         within = (~null & cn) | ((null == cn) & within)
-        cr = pl.col(f"__cut{ROW_COL}")
-        has_cut = cr.is_not_null()
-        over = pl.col(REASON).is_null() & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
-        if SCOPE in t.columns:
+        has_cut = pl.col(f"__cut{ROW_COL}").is_not_null()
+        over = pl.col("__open") & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
+        if scope:
             over = over & pl.col(SCOPE)
-        c = self.config
-        detail = (pl.when(pl.col(QUOTA) == 0).then(pl.lit("quota 0"))
-                  .otherwise(pl.format(f"quota {{}} full; the last kept has {c.column} = {{}}", pl.col(QUOTA),
-                                       pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
-        t = t.with_columns(pl.when(over).then(pl.lit("over_quota")).otherwise(pl.col(REASON)).alias(REASON),
-                           pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
-        return t.drop(QUOTA, *[f"__cut{x}" for x in order], "__cut_score")
+        return t.select(over.fill_null(False)).to_series().to_numpy()
+
+    @staticmethod
+    def _over_np(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
+        """`_over_joined` on numpy arrays (every order key an integer or float): per row a
+        4-byte group code and, one at a time, its group's cutoff value; no joined table."""
+        cat = v[GROUP].cast(pl.Categorical)
+        uniq = cat.unique()
+        lut = np.full(int(uniq.to_physical().max()) + 1 if len(uniq) else 1, -1, dtype=np.int64)
+        pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
+        for code, name in zip(uniq.to_physical().to_list(), uniq.cast(pl.String).to_list()):
+            lut[code] = pos.get(name, -1)
+        gi = lut[cat.to_physical().to_numpy()]  # the row's group in `cut`, -1: none
+        del cat
+        known = gi >= 0
+        gi = np.where(known, gi, 0)
+
+        def cutoff(x):  # the row's group's cutoff value of key x (0 where there is none)
+            col = cut[f"__cut{x}"]
+            return np.append(col.fill_null(0).to_numpy(), 0)[gi]
+
+        within = v[ROW_COL].to_numpy() <= cutoff(ROW_COL)
+        for x in reversed(order[1:-1]):
+            a, b = v[x].to_numpy(), cutoff(x)
+            within = (a < b) | ((a == b) & within)
+        null, cn = v[NULL].to_numpy(), cutoff(NULL).astype(bool)
+        within = (~null & cn) | ((null == cn) & within)
+        has_cut = np.append(cut[f"__cut{ROW_COL}"].is_not_null().to_numpy(), False)[gi] & known
+        quota0 = np.append((cut[QUOTA] == 0).fill_null(False).to_numpy(), False)[gi] & known
+        over = v[REASON].is_null().to_numpy() & (quota0 | (has_cut & ~within))
+        if SCOPE in v.columns:
+            over &= v[SCOPE].fill_null(False).to_numpy()
+        return over
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
         stats = self._stats(v, n_in)
