@@ -542,15 +542,19 @@ class SelectStage(PlannedStage):
         if scoped:
             outside = {g: int(n) for g, n in final.filter(~pl.col(SCOPE)).group_by(GROUP).len().iter_rows()}
             final = final.filter(pl.col(SCOPE))
-        per = (final.group_by(GROUP, REASON).len().sort(GROUP, REASON, nulls_last=True))
-        groups: dict[str, dict] = {}
+        # the dropped rows grouped (few); a group's kept rows are its rows in scope less those
+        # (no group_by of every row's group and reason strings: issue #19)
+        per = (final.filter(pl.col(REASON).is_not_null()).group_by(GROUP, REASON).len().sort(GROUP, REASON))
+        dropped: dict[str, dict] = {}
         for g, r, n in per.iter_rows():
-            d = groups.setdefault(g, {"in": n_in[g], "kept": 0, "quota": self._quota(g, n_in[g]), "dropped": {}})
-            if r is None:
-                d["kept"] = int(n)
-            else:
-                d["dropped"][r] = int(n)
-        kept_scores = final.filter(pl.col(REASON).is_null())[SCORE].drop_nans().drop_nulls()
+            dropped.setdefault(g, {})[r] = int(n)
+        rows = {g: int(n) for g, n in final.group_by(GROUP).len().iter_rows()} if scoped else n_in
+        groups: dict[str, dict] = {}
+        for g in sorted(rows):
+            d = dropped.get(g, {})
+            groups[g] = {"in": n_in[g], "kept": rows[g] - sum(d.values()), "quota": self._quota(g, n_in[g]),
+                         "dropped": d}
+        kept_scores = final[SCORE].filter(final[REASON].is_null()).drop_nans().drop_nulls()
         scope = {}
         if scoped:  # rows outside the scope (or a gate) passed untouched: counted apart, never in `kept`
             for g in sorted(set(outside) - set(groups)):
