@@ -203,8 +203,9 @@ class MixStage(PlannedStage):
     with a small code -> name table, each walk a sort of the rows by (group, order key)
     (`np.lexsort`, stable: ties by row) and a vectorised count of the passes each row is
     taken in, the val pick a sort by (task, selected, val key). No per-row string, join or
-    cross join: its working set is ~40-60 B a row (issue #19; before, ~430 B a row of
-    string keys, sorts, joins and a per-row detail string).
+    cross join: ~70 B a row above the keys at its peak, measured at 1M and 4M rows
+    (benchmarks/keys_plan_memory.py; before, ~350 B a row of string keys, sorts, joins and
+    a per-row detail string: issue #19).
 
     `decisions` is sparse: the rows that are not "train, one copy" (val rows, repeated
     rows, dropped rows with a UInt8 code for the reason) - or every row when unit =
