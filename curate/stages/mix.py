@@ -47,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
-from curate.contract.schema import stable_keys
+from curate.contract.schema import stable_keys_array
 from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part,
                                  unknown_group_names)
 from curate.contract.typed_config import ConfigError
@@ -156,15 +157,62 @@ def count_tokens(texts: pl.Series, tokenizer_file: Path | None, batch_size: int 
     return pl.Series(counts, dtype=pl.Int64)
 
 
+class MixPlan(Plan):
+    """mix's Plan: `decisions` (sparse, see MixStage) plus, per group, its drop detail
+    (`details`: group name -> "<by> <group>: target T of S <unit>"), looked up when a part
+    is applied instead of a formatted string held for every row."""
+
+    def __init__(self, decisions: pl.DataFrame, stats: dict, details: dict[str, str]):
+        super().__init__(decisions=decisions, stats=stats, order=None)
+        self.details = details
+
+
+# decision codes (`__mix_code`, UInt8): a row absent from `decisions` is TRAIN with 1 copy
+TRAIN, VAL, DOWNSAMPLED, NOT_IN_MIX = 0, 1, 2, 3
+CODE = "__mix_code"
+DROP_REASONS = {DOWNSAMPLED: "mix_downsampled", NOT_IN_MIX: "not_in_mix"}
+
+
+def group_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Dense int32 codes (0..k-1, in the names' sorted order) of a Categorical (or String)
+    column, and the code -> name table: the plan's groups are integers, never per-row
+    strings."""
+    if col.dtype != pl.Categorical:
+        col = col.cast(pl.Categorical)
+    uniq = col.unique()
+    names = uniq.cast(pl.String).to_list()
+    phys = uniq.to_physical().to_numpy().astype(np.int64)
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    lut = np.zeros(int(phys.max()) + 1 if len(phys) else 1, dtype=np.int32)
+    lut[phys[order]] = np.arange(len(order), dtype=np.int32)
+    return lut[col.to_physical().to_numpy()], [names[i] for i in order]
+
+
+def group_sums(codes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Per code, the sum of `values` (int64, exact: no float weights)."""
+    out = np.zeros(k, dtype=np.int64)
+    np.add.at(out, codes, values.astype(np.int64, copy=False))
+    return out
+
+
 class MixStage(PlannedStage):
-    """Planned from per-row keys (PlannedStage): each part gives its rows' group, task,
-    size in units (tokens are counted here, part by part) and the two seeded order keys
-    (~40 B a row plus the group and task strings, never text); `plan` works from those
-    keys alone (sizes -> `_plan` -> the walk -> the val rows -> the walk again), reduces
-    every decision to a per-group or per-task cutoff in a fixed order (`_cutoffs`), and
-    gives every row its copies and split. `decisions` has one row per input row (every
-    kept row gains `split` and `repeat`); `order` lists the output rows, (`_row`,
-    `repeat`) ascending, so it holds one small row per output row, repeats included."""
+    """Planned from per-row keys (PlannedStage): each part gives its rows' group and task
+    (Categorical: 4 B a row each), whether the task was null, the size in units (tokens
+    are counted here, part by part) and the two seeded order keys (u64), never text.
+    `plan` works on numpy arrays of those keys: the groups and tasks as dense int32 codes
+    with a small code -> name table, each walk a sort of the rows by (group, order key)
+    (`np.lexsort`, stable: ties by row) and a vectorised count of the passes each row is
+    taken in, the val pick a sort by (task, selected, val key). No per-row string, join or
+    cross join: ~70 B a row above the keys at its peak, measured at 1M and 4M rows
+    (benchmarks/keys_plan_memory.py; before, ~350 B a row of string keys, sorts, joins and
+    a per-row detail string: issue #19).
+
+    `decisions` is sparse: the rows that are not "train, one copy" (val rows, repeated
+    rows, dropped rows with a UInt8 code for the reason) - or every row when unit =
+    "tokens", whose count is an added column; a dropped row's `_detail` comes from the
+    plan's per-group table (MixPlan.details) when its part is applied. `order` is None:
+    `apply` emits each kept row's copies together (`repeat` 0, 1, ...) in row order,
+    which is the output order."""
 
     kind = "mix"
     Config = Config
@@ -197,65 +245,75 @@ class MixStage(PlannedStage):
 
     # ------------------------------------------------------------------ keys -> plan -> apply
     def keys(self, part: pl.DataFrame) -> pl.DataFrame:
-        """Per row: group, task (and whether it was null), units and the two seeded order
-        keys (the per-row work: token counts and hashes)."""
+        """Per row: group and task (Categorical), whether the task was null, units
+        (UInt32) and the two seeded order keys (the per-row work: token counts, hashes)."""
         c = self.config
         for col in ("repeat", "split"):
             if col in part.columns:
                 raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
         ids = part["id"].to_list()
         return part.select(
-            pl.col(c.by).fill_null("").alias(GROUP), pl.col("task").fill_null("").alias(TASK),
-            pl.col("task").is_null().alias(TASK_NULL), self._units(part).alias(UNITS),
-            pl.Series(ORDER, stable_keys(ids, self.context.seed, "mix"), dtype=pl.UInt64),
-            pl.Series(VKEY, stable_keys(ids, self.context.seed, "val"), dtype=pl.UInt64),
+            pl.col(c.by).fill_null("").cast(pl.Categorical).alias(GROUP),
+            pl.col("task").fill_null("").cast(pl.Categorical).alias(TASK),
+            pl.col("task").is_null().alias(TASK_NULL), self._units(part).cast(pl.UInt32, strict=True).alias(UNITS),
+            pl.Series(ORDER, stable_keys_array(ids, self.context.seed, "mix"), dtype=pl.UInt64),
+            pl.Series(VKEY, stable_keys_array(ids, self.context.seed, "val"), dtype=pl.UInt64),
         )
 
     def plan(self, keys: pl.DataFrame) -> Plan:
         """Plan and walk once to see which rows the mix leaves over, pick the val rows
         (preferring those), then plan and walk again without them, so the train split
-        alone has the requested proportions. Each walk and the val pick leave as
-        cutoffs, from which every row's copies and split follow."""
+        alone has the requested proportions. Each walk gives every row its number of
+        copies directly (`_copies`), the val pick its val rows (`_val_rows`)."""
         c = self.config
-        t = keys.rename({ROW_COL: ROW}).rechunk()
-        rows_per = {g: int(n) for g, n in t.group_by(GROUP).len().iter_rows()}
-        listed = {g: 0 for g in (c.weights or c.targets) if g != "*"}  # named in the config, maybe absent
-        shares1, targets, achievable, sizes = self._plan_for(t, groups=listed)
-        walk1 = self._cutoffs(t, self._walk(t, achievable))
-        val = self._val_cutoffs(t, walk1, shares1)
-        shares, walk2 = shares1, walk1
-        if val.height:
-            pool = t.filter(~self._is_val(t, walk1, val, shares1))
-            shares, targets, achievable, sizes = self._plan_for(pool, groups={**listed, **{g: 0 for g in sizes}})
-            walk2 = self._cutoffs(pool, self._walk(pool, achievable))
-        is_val = self._is_val(t, walk1, val, shares1)
-        copies = pl.when(is_val).then(1).otherwise(self._train_copies(t, walk2))
-        d = t.with_columns(is_val.alias("__val"), copies.alias(COPIES))
-        kept_rows = pl.col(COPIES) > 0
-        d = d.with_columns(
-            pl.when(kept_rows).then(pl.lit(None, pl.String))
-            .when(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
-            .then(pl.lit("mix_downsampled")).otherwise(pl.lit("not_in_mix")).alias(REASON),
-            pl.when(kept_rows).then(pl.lit(None, pl.String)).otherwise(pl.format(
-                "{} {}: target {} of {} {}", pl.lit(c.by), pl.col(GROUP),
-                pl.col(GROUP).replace_strict(targets, default=0, return_dtype=pl.Int64),
-                pl.col(GROUP).replace_strict(sizes, default=0, return_dtype=pl.Int64), pl.lit(c.unit))).alias(DETAIL),
-            pl.when(pl.col("__val")).then(pl.lit("val")).when(kept_rows).then(pl.lit("train"))
-            .otherwise(pl.lit(None, pl.String)).alias("split"),
-        )
-        out = (d.filter(kept_rows)
-               .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat"))
-        stats = self._stats(out.with_columns(pl.when(pl.col(TASK_NULL)).then(None).otherwise(pl.col(TASK)).alias("task")),
-                            shares, targets, achievable, sizes, rows_per, self._counted_with())
+        rows = keys[ROW_COL]
+        if keys.height and not bool(rows.is_sorted()):
+            raise RuntimeError(f"stage {self.name!r}: keys must come in row order")
+        g, gnames = group_codes(keys[GROUP])
+        units = keys[UNITS].to_numpy()
+        order = keys[ORDER].to_numpy()
+        k = len(gnames)
+        rows_per = dict(zip(gnames, np.bincount(g, minlength=k).tolist()))
+        listed = {name: 0 for name in (c.weights or c.targets) if name != "*"}  # named in the config, maybe absent
+        totals = group_sums(g, units, k)
+        shares1, targets, achievable, sizes = self._plan_for(gnames, totals, listed)
+        copies1 = self._copies(g, order, units, None, self._by_code(achievable, gnames, 0))
+        share_pos1 = self._by_code(shares1, gnames, 0.0) > 0
+        is_val = self._val_rows(keys, g, share_pos1, copies1 > 0)
+        shares = shares1
+        copies = copies1
+        if is_val is not None:
+            del copies1
+            pool = ~is_val
+            shares, targets, achievable, sizes = self._plan_for(
+                gnames, group_sums(g[pool], units[pool], k), {**listed, **{name: 0 for name in sizes}})
+            copies = self._copies(g, order, units, pool, self._by_code(achievable, gnames, 0))
+            copies[is_val] = 1
+        else:
+            is_val = np.zeros(len(g), dtype=bool)
+        share_pos = self._by_code(shares, gnames, 0.0) > 0
+        code = np.where(copies > 0, np.where(is_val, VAL, TRAIN),
+                        np.where(share_pos[g], DOWNSAMPLED, NOT_IN_MIX)).astype(np.uint8)
+        stats = self._stats(keys, g, gnames, units, copies, is_val, shares, targets, achievable, sizes, rows_per)
         if stats["shortfall"] and c.balance == "upsample":
             # the recipe's default for noisy multi-task data: a task this far below the others
             # is not balanced, and the run says so (the manifest has it under `shortfall`)
-            short = ", ".join(f"{g} ({v['achievable']} of {v['target']})" for g, v in stats["shortfall"].items())
+            short = ", ".join(f"{name} ({v['achievable']} of {v['target']})" for name, v in stats["shortfall"].items())
             self.context.log(f"WARNING {self.name}: below their share even at max_repeat = {c.max_repeat}: {short}")
-        added = [pl.col(UNITS).alias(self.tokens_column())] if c.unit == "tokens" else []
-        decisions = d.select(pl.col(ROW).alias(ROW_COL), REASON, DETAIL, *added, "split", COPIES)
-        order = out.select(pl.col(ROW).alias(ROW_COL), "repeat")
-        return Plan(decisions=decisions, stats=stats, order=order)
+        cols = {ROW_COL: rows, CODE: pl.Series(CODE, code, dtype=pl.UInt8),
+                COPIES: pl.Series(COPIES, copies, dtype=pl.Int32)}
+        if c.unit == "tokens":  # the count is an added column: every row has a decision
+            cols[UNITS] = keys[UNITS]
+            decisions = pl.DataFrame(cols)
+        else:
+            decisions = pl.DataFrame(cols).filter((pl.col(CODE) != TRAIN) | (pl.col(COPIES) != 1))
+        details = {name: f"{c.by} {name}: target {targets.get(name, 0)} of {sizes.get(name, 0)} {c.unit}"
+                   for name in gnames}
+        return MixPlan(decisions=decisions, stats=stats, details=details)
+
+    @staticmethod
+    def _by_code(values: dict, names: list[str], default) -> np.ndarray:
+        return np.asarray([values.get(name, default) for name in names] or [default])
 
     def tokens_column(self) -> str:
         return f"{self.name}_tokens"
@@ -263,66 +321,96 @@ class MixStage(PlannedStage):
     def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
         """Row-local given the plan: the part's kept rows, each as many times as its
         copies (`repeat` 0, 1, ...; val rows once), with `split` (and the token count
-        when unit = "tokens"), in row order; the rows left out with their reason."""
+        when unit = "tokens"), in row order; the rows left out with their reason and
+        their group's detail."""
         j = decided_part(part, plan, first_row)
-        added = [self.tokens_column()] if self.config.unit == "tokens" else []
-        kept = (j.filter(pl.col(REASON).is_null())
-                .with_columns(pl.int_ranges(0, pl.col(COPIES), dtype=pl.Int32).alias("repeat")).explode("repeat")
+        code = pl.col(CODE).fill_null(TRAIN)
+        added = [pl.col(UNITS).cast(pl.Int64).alias(self.tokens_column())] if self.config.unit == "tokens" else []
+        kept = (j.filter(code <= VAL)
+                .with_columns(pl.int_ranges(0, pl.col(COPIES).fill_null(1), dtype=pl.Int32).alias("repeat"),
+                              pl.when(code == VAL).then(pl.lit("val")).otherwise(pl.lit("train")).alias("split"))
+                .explode("repeat")
                 .select(*part.columns, *added, "repeat", "split"))
-        dropped = j.filter(pl.col(REASON).is_not_null()).select(*part.columns, REASON, DETAIL)
+        details = getattr(plan, "details", {})
+        dropped = (j.filter(code > VAL)
+                   .with_columns(pl.col(CODE).replace_strict(DROP_REASONS, return_dtype=pl.String).alias(REASON),
+                                 pl.col(self.config.by).fill_null("")
+                                 .replace_strict(details, default=None, return_dtype=pl.String).alias(DETAIL))
+                   .select(*part.columns, REASON, DETAIL))
         return StageResult(kept=kept, dropped=dropped, stats=plan.stats)
 
-    # ------------------------------------------------------------------ cutoffs
-    def _cutoffs(self, t: pl.DataFrame, walk: pl.DataFrame) -> pl.DataFrame:
-        """Per group, the last (pass, order, row) the walk took. The walk takes a prefix
-        of each group's (pass, order, row) sequence (the running midpoint it compares
-        with the target never decreases), so this one key gives every row's copies."""
-        return (walk.join(t.select(ROW, GROUP, ORDER), on=ROW)
-                .sort(GROUP, "repeat", ORDER, ROW)
-                .group_by(GROUP, maintain_order=True).last()
-                .select(GROUP, pl.col("repeat").cast(pl.Int64).alias("__cp"), pl.col(ORDER).alias("__co"),
-                        pl.col(ROW).alias("__cr")))
+    # ------------------------------------------------------------------ the walk, the val rows
+    def _copies(self, g: np.ndarray, order: np.ndarray, units: np.ndarray, mask: np.ndarray | None,
+                target: np.ndarray) -> np.ndarray:
+        """Copies of each row the walk takes (int32; 0 outside `mask`): passes over each
+        group's rows in (order key, row) order; in pass p a row is taken while the running
+        total of its group, counting half of the row itself, stays under the group's
+        target: `float(p * T_g + cum) - units / 2 < target` (T_g: the group's units in the
+        walked rows; cum: the running total within the pass, the row included), rows of 0
+        units never. The same float comparison as the sequential walk, row by row and
+        pass by pass (the running midpoint never decreases, so each group takes a prefix
+        of its (pass, order, row) sequence)."""
+        passes = max(1, math.ceil(self.config.max_repeat))
+        n = len(g)
+        out = np.zeros(n, dtype=np.int32)
+        idx = np.arange(n, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+        if not len(idx):
+            return out
+        gi = g[idx]
+        perm = np.lexsort((order[idx], gi))  # stable: ties of the order key by row
+        seq = idx[perm]
+        gs = gi[perm]
+        del gi
+        del perm
+        u = units[seq].astype(np.int64)
+        cum = np.cumsum(u)
+        starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        ends = np.r_[starts[1:], len(seq)]
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            cg = cum[a:b] - (cum[a - 1] if a else 0)
+            ug = u[a:b]
+            total = int(cg[-1])
+            tgt = target[gs[a]]
+            half = ug / 2
+            alive = ug > 0
+            got = np.zeros(b - a, dtype=np.int32)
+            for p in range(passes):
+                take = alive & ((cg + p * total).astype(np.float64) - half < tgt)
+                if not take.any():
+                    break
+                got += take
+            out[seq[a:b]] = got
+        return out
 
-    @staticmethod
-    def _train_copies(t: pl.DataFrame, cut: pl.DataFrame) -> pl.Series:
-        """Copies of each row the walk with cutoffs `cut` takes: all passes before the
-        cutoff's, plus the cutoff's own pass when the row is at or before it."""
-        j = t.select(GROUP, ORDER, ROW, UNITS).join(cut, on=GROUP, how="left", maintain_order="left")
-        o, r = pl.col(ORDER), pl.col(ROW)
-        within = (o < pl.col("__co")) | ((o == pl.col("__co")) & (r <= pl.col("__cr")))
-        copies = (pl.when(pl.col("__cr").is_null() | (pl.col(UNITS) <= 0)).then(0)
-                  .otherwise(pl.col("__cp") + within.cast(pl.Int64)))
-        return j.select(copies.cast(pl.Int64).alias("__copies")).to_series()
-
-    def _val_cutoffs(self, t: pl.DataFrame, walk1: pl.DataFrame, shares: dict[str, float]) -> pl.DataFrame:
-        """Per task, the last val row in the order (selected by the mix, val key, row):
-        `val_fraction` of the task's selected rows (at most `val_max`, never all), taken
-        first from rows the mix left over."""
+    def _val_rows(self, keys: pl.DataFrame, g: np.ndarray, share_pos: np.ndarray, selected: np.ndarray):
+        """The val rows (bool per row; None when val_fraction = 0): per task, the first
+        `val_fraction` of its selected rows (at most `val_max`, never all) of the rows in
+        the mix, in the order (selected, val key, row): rows the mix left over first."""
         c = self.config
-        schema = {TASK: pl.String, "__vs": pl.Boolean, "__vk": pl.UInt64, "__vr": t.schema[ROW]}
         if c.val_fraction <= 0:
-            return pl.DataFrame(schema=schema)
-        in_mix = t.filter(pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0)
-        in_mix = in_mix.with_columns((self._train_copies(in_mix, walk1) > 0).alias("__sel"))
-        per_task = in_mix.group_by(TASK).agg(pl.col("__sel").sum().alias("n_sel"))
-        want = {task: min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
-                for task, n in per_task.iter_rows()}
-        return (in_mix.sort(TASK, "__sel", VKEY, ROW)
-                .with_columns(pl.int_range(pl.len()).over(TASK).alias("__vrank"))
-                .filter(pl.col("__vrank") == pl.col(TASK).replace_strict(want, default=0, return_dtype=pl.Int64) - 1)
-                .select(TASK, pl.col("__sel").alias("__vs"), pl.col(VKEY).alias("__vk"), pl.col(ROW).alias("__vr"))
-                .sort(TASK).cast(schema))
+            return None
+        t, _tnames = group_codes(keys[TASK])
+        in_mix = np.flatnonzero(share_pos[g])
+        is_val = np.zeros(len(g), dtype=bool)
+        if not len(in_mix):
+            return is_val
+        ti, si = t[in_mix], selected[in_mix]
+        n_sel = np.bincount(ti[si], minlength=len(_tnames))
+        want = np.asarray([min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
+                           for n in n_sel.tolist()], dtype=np.int64)
+        perm = np.lexsort((keys[VKEY].to_numpy()[in_mix], si, ti))
+        ts = ti[perm]
+        starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
+        rank = np.arange(len(ts)) - np.repeat(starts, np.diff(np.r_[starts, len(ts)]))
+        is_val[in_mix[perm[rank < want[ts]]]] = True
+        return is_val
 
-    def _is_val(self, t: pl.DataFrame, walk1: pl.DataFrame, val: pl.DataFrame, shares: dict[str, float]) -> pl.Series:
-        """Whether each row of `t` is a val row: in the mix, and at or before its task's
-        val cutoff in the order (selected, val key, row)."""
-        j = (t.select(GROUP, TASK, VKEY, ROW).with_columns((self._train_copies(t, walk1) > 0).alias("__sel"))
-             .join(val, on=TASK, how="left", maintain_order="left"))
-        s, k, r = pl.col("__sel"), pl.col(VKEY), pl.col(ROW)
-        cs, ck, cr = pl.col("__vs"), pl.col("__vk"), pl.col("__vr")
-        within = (~s & cs) | ((s == cs) & ((k < ck) | ((k == ck) & (r <= cr))))
-        in_mix = pl.col(GROUP).replace_strict(shares, default=0.0, return_dtype=pl.Float64) > 0
-        return j.select((in_mix & cr.is_not_null() & within).fill_null(False).alias("__val")).to_series()
+    def _plan_for(self, names: list[str], totals: np.ndarray, groups: dict):
+        sizes = {name: 0 for name in groups}
+        sizes.update({name: int(v) for name, v in zip(names, totals.tolist())})
+        shares, targets = self._plan(sizes)
+        achievable = {name: min(targets[name], math.floor(sizes[name] * self.config.max_repeat + 1e-9)) for name in sizes}
+        return shares, targets, achievable, sizes
 
     def _plan(self, sizes: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
         """Requested share and target (in units) per group."""
@@ -353,54 +441,44 @@ class MixStage(PlannedStage):
             total = math.floor(min(bounds) + 1e-9) if bounds else 0
         return shares, apportion(total, shares)
 
-    def _plan_for(self, t: pl.DataFrame, groups: dict | None = None):
-        sizes = {g: 0 for g in (groups or {})}
-        sizes.update({g: int(n) for g, n in t.group_by(GROUP).agg(pl.col(UNITS).sum()).iter_rows()})
-        shares, targets = self._plan(sizes)
-        achievable = {g: min(targets[g], math.floor(sizes[g] * self.config.max_repeat + 1e-9)) for g in sizes}
-        return shares, targets, achievable, sizes
-
-    def _walk(self, t: pl.DataFrame, achievable: dict[str, int]) -> pl.DataFrame:
-        """(row, repeat) pairs taken: passes over each group's shuffled rows; a (row, pass)
-        is taken while the running total, counting half of the row itself, stays under
-        the group's target: the prefix whose size is nearest the target."""
-        passes = max(1, math.ceil(self.config.max_repeat))
-        plan = pl.DataFrame({GROUP: list(achievable), "__target": list(achievable.values())},
-                            schema={GROUP: pl.String, "__target": pl.Int64})
-        return (
-            t.select(ROW, GROUP, UNITS, ORDER)
-            .join(pl.DataFrame({"repeat": list(range(passes))}, schema={"repeat": pl.Int32}), how="cross")
-            .sort(GROUP, "repeat", ORDER, ROW)
-            .with_columns(pl.col(UNITS).cum_sum().over(GROUP).alias("__cum"))
-            .join(plan, on=GROUP, how="left")
-            .filter((pl.col("__cum").cast(pl.Float64) - pl.col(UNITS) / 2) < pl.col("__target"))
-            .filter(pl.col(UNITS) > 0)
-            .select(ROW, "repeat")
-        )
-
-    def _stats(self, kept, shares, targets, achievable, sizes, rows_per, counted_with) -> dict:
+    def _stats(self, keys, g, gnames, units, copies, is_val, shares, targets, achievable, sizes, rows_per) -> dict:
         c = self.config
-        train = kept.filter(pl.col("split") == "train")
-        agg = {g: (int(u), int(n), int(uq), int(r)) for g, u, n, uq, r in train.group_by(GROUP).agg(
-            pl.col(UNITS).sum(), pl.len(), pl.col(ROW).n_unique(), (pl.col("repeat") > 0).sum()).iter_rows()}
+        k = len(gnames)
+        train = (copies > 0) & ~is_val
+        gt, ct = g[train], copies[train].astype(np.int64)
+        u_sum = group_sums(gt, units[train].astype(np.int64) * ct, k)
+        n_out = group_sums(gt, ct, k)
+        n_rows = np.bincount(gt, minlength=k)
+        n_rep = group_sums(gt, ct - 1, k)
+        agg = {name: (int(u_sum[i]), int(n_out[i]), int(n_rows[i]), int(n_rep[i]))
+               for i, name in enumerate(gnames) if n_rows[i]}
+        del gt, ct
         total_units = sum(v[0] for v in agg.values())
         requested, achieved, shortfall = {}, {}, {}
         max_err = 0.0
-        for g in sorted(sizes):
-            u, n, uq, r = agg.get(g, (0, 0, 0, 0))
+        for name in sorted(sizes):
+            u, n, uq, r = agg.get(name, (0, 0, 0, 0))
             share = u / total_units if total_units else 0.0
-            max_err = max(max_err, abs(share - shares[g]))
-            requested[g] = {"share": round(shares[g], 6), "target": targets[g], "available": sizes[g]}
-            achieved[g] = {"share": round(share, 6), c.unit: u, "examples": n, "unique": uq, "repeated": r}
-            if achievable[g] < targets[g]:
-                shortfall[g] = {"target": targets[g], "achievable": achievable[g], "available": sizes[g],
-                                "why": f"only {sizes[g]} {c.unit} and max_repeat = {c.max_repeat}"}
-        val = kept.filter(pl.col("split") == "val").group_by("task").len().sort("task")
-        upsampled = int((kept["repeat"] > 0).sum())
+            max_err = max(max_err, abs(share - shares[name]))
+            requested[name] = {"share": round(shares[name], 6), "target": targets[name], "available": sizes[name]}
+            achieved[name] = {"share": round(share, 6), c.unit: u, "examples": n, "unique": uq, "repeated": r}
+            if achievable[name] < targets[name]:
+                shortfall[name] = {"target": targets[name], "achievable": achievable[name], "available": sizes[name],
+                                   "why": f"only {sizes[name]} {c.unit} and max_repeat = {c.max_repeat}"}
+        val = {}
+        if is_val.any():
+            t, tnames = group_codes(keys[TASK])
+            nulls = keys[TASK_NULL].to_numpy()
+            vt, vn = t[is_val], nulls[is_val]
+            counts = np.bincount(vt * 2 + vn, minlength=2 * len(tnames))
+            val_rows = pl.DataFrame({"task": [None if i % 2 else tnames[i // 2] for i in np.flatnonzero(counts)],
+                                     "n": counts[counts > 0].tolist()}, schema={"task": pl.String, "n": pl.Int64})
+            val = {task: int(n) for task, n in val_rows.sort("task").iter_rows()}
+        upsampled = int((copies[copies > 0].astype(np.int64) - 1).sum())
         return {
             "by": c.by,
             "unit": c.unit,
-            "counted_with": counted_with,
+            "counted_with": self._counted_with(),
             "mode": "targets" if c.targets else "weights" if c.weights else "temperature",
             "temperature": c.temperature if not (c.targets or c.weights) else None,
             "cap": c.cap,
@@ -412,7 +490,7 @@ class MixStage(PlannedStage):
             "within_1pct": max_err <= 0.01 and not shortfall,
             "shortfall": shortfall,
             "upsampled": upsampled,
-            "val": {task: int(n) for task, n in val.iter_rows()},
+            "val": val,
             "rows_in": dict(sorted(rows_per.items())),
         }
 

@@ -40,6 +40,13 @@ SCOPE = "__select_scope"  # key column: the row is ranked by this stage (scope_c
 GATE = "__select_gate"  # key column: the gate column's value (gate_min), Float64
 GATE_RATE, GATE_N = "__gate_rate", "__gate_n"  # per row: its group's gate mean and rows counted
 ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
+# The id in the plan's keys (issue #19): a canonical id (20 lower-case hex digits, what
+# `conversation_id` gives) as two integers, __id_hi (its first 16 digits, UInt64) and
+# __id_lo (its last 4, UInt16), whose order is the strings' order; any other id stays a
+# string in __id_str (null for canonical ids). When every id is canonical the plan orders
+# by (hi, lo): 10 B a row instead of a 20-character string, and no string sort.
+ID_HI, ID_LO, ID_STR = "__id_hi", "__id_lo", "__id_str"
+HEX_ID = "^[0-9a-f]{20}$"
 
 
 @dataclass
@@ -210,7 +217,14 @@ class SelectStage(PlannedStage):
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
                              f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
         group_expr = pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")
-        cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE), pl.col("id")]
+        ident = pl.col("id")
+        canonical = ident.str.contains(HEX_ID).fill_null(False)
+        cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE),
+                pl.when(canonical).then(ident.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+                .alias(ID_HI),
+                pl.when(canonical).then(ident.str.slice(16, 4).str.to_integer(base=16, dtype=pl.UInt16, strict=False))
+                .alias(ID_LO),
+                pl.when(canonical).then(pl.lit(None, pl.String)).otherwise(ident).alias(ID_STR)]
         label = self.label_column(part.columns)
         if label is not None:
             cols.append(pl.col(label).cast(pl.Float64).alias(f"{LABEL}:{label}"))
@@ -285,12 +299,30 @@ class SelectStage(PlannedStage):
         row's key (~40 B a row) in one place. Parts could send only their best `quota`
         candidates per group, but `top_fraction`'s quota depends on the whole group's
         size, which would cost one more pass over the data."""
-        v = self._verdicts(keys.rechunk())  # one chunk: float sums must not depend on the parts
+        v = self._verdicts(self._id_keys(keys.rechunk()))  # one chunk: float sums must not depend on the parts
         n_in = self._n_in(v)
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))
         decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
         return Plan(decisions=decisions, stats=self._plan_stats(v, n_in))
+
+    @staticmethod
+    def _id_keys(keys: pl.DataFrame) -> pl.DataFrame:
+        """The keys with the id as the plan orders by it: (__id_hi, __id_lo) when every id
+        is canonical, else the id string rebuilt for every row in `id` (the fallback for
+        ids that are not content hashes: tables built by hand, ids from a source)."""
+        if not keys[ID_HI].null_count():  # a null hi: an id that is not canonical (or null)
+            return keys.drop(ID_STR)
+        hi, lo = keys[ID_HI].to_list(), keys[ID_LO].to_list()
+        rebuilt = pl.Series("__rebuilt", [None if h is None else f"{h:016x}{l:04x}" for h, l in zip(hi, lo)],
+                            dtype=pl.String)
+        return keys.with_columns(pl.coalesce(ID_STR, rebuilt).alias("id")).drop(ID_HI, ID_LO, ID_STR)
+
+    @staticmethod
+    def _order(v: pl.DataFrame) -> list[str]:
+        """The candidates' order (best first, ties by id, then position), by the id's
+        integer keys when the keys have them (`_id_keys`): the same order as ORDER."""
+        return [GROUP, NULL, KEY, ID_HI, ID_LO, ROW_COL] if ID_HI in v.columns else ORDER
 
     def apply(self, part: pl.DataFrame, plan: Plan, first_row: int) -> StageResult:
         res = split_decided(decided_part(part, plan, first_row))
@@ -302,30 +334,111 @@ class SelectStage(PlannedStage):
         quotas = pl.DataFrame({GROUP: list(n_in), QUOTA: [self._quota(g, n) for g, n in n_in.items()]},
                               schema={GROUP: pl.String, QUOTA: pl.Int64})
         quotas = quotas.with_columns(pl.col(QUOTA).fill_null(pl.col(GROUP).replace_strict(n_in, return_dtype=pl.Int64)))
-        last = (v.filter(pl.col(CAND)).sort(ORDER)
-                .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
-                .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
-                .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in ORDER[1:]], pl.col(SCORE).alias("__cut_score")))
+        order = self._order(v)
+        if ID_HI in v.columns:
+            last = self._last_kept(v, quotas, order)
+        else:  # ids that are not canonical: the string sort
+            last = (v.filter(pl.col(CAND)).select(*order).sort(order)
+                    .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
+                    .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
+                    .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
+            last = last.join(v.select(pl.col(ROW_COL).alias(f"__cut{ROW_COL}"), pl.col(SCORE).alias("__cut_score")),
+                             on=f"__cut{ROW_COL}", how="left")
         return quotas.join(last, on=GROUP, how="left").sort(GROUP)
 
+    @staticmethod
+    def _last_kept(v: pl.DataFrame, quotas: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+        """Per group, the key of its quota-th candidate in `order` (all integer and float
+        keys: canonical ids): one stable `np.lexsort` of the candidates' key arrays and the
+        group's integer code, instead of polars' multi-column sort, which row-encodes every
+        key (~190 B a row at its peak, against ~60 B here; issue #19)."""
+        pos = np.flatnonzero(v[CAND].fill_null(False).to_numpy())
+        groups = v[GROUP].gather(pos) if len(pos) < v.height else v[GROUP]
+        codes = groups.cast(pl.Categorical).to_physical().to_numpy()
+        cols = [v[k].gather(pos).to_numpy() if len(pos) < v.height else v[k].to_numpy() for k in order[1:]]
+        perm = np.lexsort([*reversed(cols), codes])  # the last key is the primary one
+        sorted_codes = codes[perm]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(perm) else np.zeros(0, int)
+        names = groups.gather(perm[starts]).to_list()
+        quota = dict(quotas.iter_rows())
+        picks = [(name, int(a + quota[name] - 1)) for name, a, b in zip(names, starts.tolist(), [*starts[1:].tolist(), len(perm)])
+                 if name in quota and 0 < quota[name] <= b - a]
+        at = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
+        rows = pos[at]
+        out = {GROUP: pl.Series(GROUP, [name for name, _ in picks], dtype=pl.String)}
+        for k, col in zip(order[1:], cols):
+            out[f"__cut{k}"] = pl.Series(f"__cut{k}", col[at], dtype=v.schema[k])
+        out["__cut_score"] = v[SCORE].gather(rows).alias("__cut_score")
+        return pl.DataFrame(out)
+
     def _over_quota(self, v: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
-        """A candidate is over its group's quota iff its order key comes after the cutoff."""
-        t = v.join(cut, on=GROUP, how="left", maintain_order="left")
-        null, key, ident, row = (pl.col(x) for x in ORDER[1:])
-        cn, ck, ci, cr = (pl.col(f"__cut{x}") for x in ORDER[1:])
-        # lexicographic (null, key, id, row) <= cutoff
-        within = (~null & cn) | ((null == cn) & ((key < ck) | ((key == ck) & ((ident < ci) | ((ident == ci) & (row <= cr))))))
-        has_cut = cr.is_not_null()
-        over = pl.col(REASON).is_null() & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
-        if SCOPE in t.columns:
-            over = over & pl.col(SCOPE)
+        """A candidate is over its group's quota iff its order key comes after the cutoff.
+        The detail string is formatted once per group (on `cut`) and given to the rows over
+        quota only, scattered into the (mostly null) detail column; with canonical ids the
+        comparison runs on numpy arrays, each cutoff looked up by the row's group code
+        (`_over_np`), else on a narrow join of the order columns (issue #19)."""
+        order = self._order(v)[1:]
         c = self.config
         detail = (pl.when(pl.col(QUOTA) == 0).then(pl.lit("quota 0"))
                   .otherwise(pl.format(f"quota {{}} full; the last kept has {c.column} = {{}}", pl.col(QUOTA),
                                        pl.col("__cut_score").round(6).cast(pl.String).fill_null("null"))))
-        t = t.with_columns(pl.when(over).then(pl.lit("over_quota")).otherwise(pl.col(REASON)).alias(REASON),
-                           pl.when(over).then(detail).otherwise(pl.col(DETAIL)).alias(DETAIL))
-        return t.drop(QUOTA, *[f"__cut{x}" for x in ORDER[1:]], "__cut_score")
+        per_group = dict(cut.select(GROUP, detail.alias(DETAIL)).iter_rows())
+        over = self._over_np(v, cut, order) if ID_HI in v.columns else self._over_joined(v, cut, order)
+        idx = np.flatnonzero(over)
+        if not len(idx):
+            return v
+        details = v[GROUP].gather(idx).replace_strict(per_group, return_dtype=pl.String)
+        return v.with_columns(v[REASON].clone().scatter(idx, "over_quota"), v[DETAIL].clone().scatter(idx, details))
+
+    @staticmethod
+    def _over_joined(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
+        scope = [SCOPE] if SCOPE in v.columns else []
+        t = (v.select(GROUP, *order, pl.col(REASON).is_null().alias("__open"), *scope)
+             .join(cut, on=GROUP, how="left", maintain_order="left"))
+        # lexicographic (null, key, id, row) <= cutoff, built from the last key back
+        within = pl.col(ROW_COL) <= pl.col(f"__cut{ROW_COL}")
+        for x in reversed(order[1:-1]):
+            a, b = pl.col(x), pl.col(f"__cut{x}")
+            within = (a < b) | ((a == b) & within)
+        null, cn = pl.col(NULL), pl.col(f"__cut{NULL}")
+        within = (~null & cn) | ((null == cn) & within)
+        has_cut = pl.col(f"__cut{ROW_COL}").is_not_null()
+        over = pl.col("__open") & ((pl.col(QUOTA) == 0) | (has_cut & ~within))
+        if scope:
+            over = over & pl.col(SCOPE)
+        return t.select(over.fill_null(False)).to_series().to_numpy()
+
+    @staticmethod
+    def _over_np(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
+        """`_over_joined` on numpy arrays (every order key an integer or float): per row a
+        4-byte group code and, one at a time, its group's cutoff value; no joined table."""
+        cat = v[GROUP].cast(pl.Categorical)
+        uniq = cat.unique()
+        lut = np.full(int(uniq.to_physical().max()) + 1 if len(uniq) else 1, -1, dtype=np.int64)
+        pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
+        for code, name in zip(uniq.to_physical().to_list(), uniq.cast(pl.String).to_list()):
+            lut[code] = pos.get(name, -1)
+        gi = lut[cat.to_physical().to_numpy()]  # the row's group in `cut`, -1: none
+        del cat
+        known = gi >= 0
+        gi = np.where(known, gi, 0)
+
+        def cutoff(x):  # the row's group's cutoff value of key x (0 where there is none)
+            col = cut[f"__cut{x}"]
+            return np.append(col.fill_null(0).to_numpy(), 0)[gi]
+
+        within = v[ROW_COL].to_numpy() <= cutoff(ROW_COL)
+        for x in reversed(order[1:-1]):
+            a, b = v[x].to_numpy(), cutoff(x)
+            within = (a < b) | ((a == b) & within)
+        null, cn = v[NULL].to_numpy(), cutoff(NULL).astype(bool)
+        within = (~null & cn) | ((null == cn) & within)
+        has_cut = np.append(cut[f"__cut{ROW_COL}"].is_not_null().to_numpy(), False)[gi] & known
+        quota0 = np.append((cut[QUOTA] == 0).fill_null(False).to_numpy(), False)[gi] & known
+        over = v[REASON].is_null().to_numpy() & (quota0 | (has_cut & ~within))
+        if SCOPE in v.columns:
+            over &= v[SCOPE].fill_null(False).to_numpy()
+        return over
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
         stats = self._stats(v, n_in)
@@ -429,15 +542,19 @@ class SelectStage(PlannedStage):
         if scoped:
             outside = {g: int(n) for g, n in final.filter(~pl.col(SCOPE)).group_by(GROUP).len().iter_rows()}
             final = final.filter(pl.col(SCOPE))
-        per = (final.group_by(GROUP, REASON).len().sort(GROUP, REASON, nulls_last=True))
-        groups: dict[str, dict] = {}
+        # the dropped rows grouped (few); a group's kept rows are its rows in scope less those
+        # (no group_by of every row's group and reason strings: issue #19)
+        per = (final.filter(pl.col(REASON).is_not_null()).group_by(GROUP, REASON).len().sort(GROUP, REASON))
+        dropped: dict[str, dict] = {}
         for g, r, n in per.iter_rows():
-            d = groups.setdefault(g, {"in": n_in[g], "kept": 0, "quota": self._quota(g, n_in[g]), "dropped": {}})
-            if r is None:
-                d["kept"] = int(n)
-            else:
-                d["dropped"][r] = int(n)
-        kept_scores = final.filter(pl.col(REASON).is_null())[SCORE].drop_nans().drop_nulls()
+            dropped.setdefault(g, {})[r] = int(n)
+        rows = {g: int(n) for g, n in final.group_by(GROUP).len().iter_rows()} if scoped else n_in
+        groups: dict[str, dict] = {}
+        for g in sorted(rows):
+            d = dropped.get(g, {})
+            groups[g] = {"in": n_in[g], "kept": rows[g] - sum(d.values()), "quota": self._quota(g, n_in[g]),
+                         "dropped": d}
+        kept_scores = final[SCORE].filter(final[REASON].is_null()).drop_nans().drop_nulls()
         scope = {}
         if scoped:  # rows outside the scope (or a gate) passed untouched: counted apart, never in `kept`
             for g in sorted(set(outside) - set(groups)):

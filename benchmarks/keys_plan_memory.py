@@ -1,0 +1,132 @@
+"""Plan-time memory of mix and select (issue #19), this tree vs another (e.g. main), side
+by side: N generated rows (canonical 20-hex ids, 20 tasks of skewed sizes, a score with
+ties), made part by part (100k rows) as the local executor does, each part reduced to the
+stage's keys (`keys(part)`), the keys concatenated, then one `plan(keys)`. Per arm and
+size, in a fresh process each: the keys' bytes a row (`estimated_size`), the RSS the plan
+adds above the keys (sampled every 5 ms while it runs: polars/Arrow memory, which
+tracemalloc does not see) in MiB and bytes a row, and the plan's CPU seconds. The arms
+must decide the same: the digest of the decisions (row, reason / split, copies) is printed.
+
+    python benchmarks/keys_plan_memory.py --sizes 1000000,4000000 --base /work/main [--stages mix,select]
+
+The configs are the scale benchmark's (`select`: top_fraction 0.9 by task; `mix`: by task,
+temperature 2.0, val_fraction 0.05), here with 20 tasks so that mix downsamples.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"mix": {"kind": "mix", "by": "task", "temperature": 2.0, "val_fraction": 0.05},
+           "select": {"kind": "select", "column": "heuristic", "top_fraction": 0.9}}
+
+
+def part(lo: int, hi: int):
+    import numpy as np
+    import polars as pl
+
+    i = np.arange(lo, hi)
+    rng = np.random.default_rng(lo)
+    return pl.DataFrame({
+        "id": [hashlib.sha1(str(x).encode()).hexdigest()[:20] for x in i.tolist()],
+        "source": "gen",
+        "task": [f"task{t:02d}" for t in (rng.zipf(1.5, hi - lo) % 20).tolist()],
+        "heuristic": np.round(rng.random(hi - lo), 3),
+    })
+
+
+def child(stage_kind: str, n: int, part_rows: int) -> None:
+    import polars as pl
+    import psutil
+
+    from curate.contract.typed_config import load_dataclass
+    from curate.stages.base import ROW_COL, StageContext
+
+    if stage_kind == "mix":
+        from curate.stages.mix import Config, MixStage as Stage
+    else:
+        from curate.stages.select import Config, SelectStage as Stage
+    tmp = Path(tempfile.mkdtemp())
+    st = Stage(load_dataclass(Config, CONFIGS[stage_kind]), StageContext(tmp, tmp, 0, tmp / "s", log=lambda m: None))
+    keys = []
+    for lo in range(0, n, part_rows):
+        hi = min(n, lo + part_rows)
+        keys.append(st.keys(part(lo, hi)).with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
+    keys = pl.concat(keys)
+    key_bytes = keys.estimated_size() / n
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    c0 = time.process_time()
+    plan = st.plan(keys)
+    cpu = time.process_time() - c0
+    stop.set()
+    th.join()
+    d = plan.decisions
+    if stage_kind == "mix":  # main: every row with split/copies; now: the rows that are not train x1
+        cols = [c for c in d.columns if c in ("split", "__mix_code")]
+        code = pl.col(cols[0]).cast(pl.String).replace({"train": "0", "val": "1"}) if cols[0] == "split" else pl.col(cols[0])
+        d = (d.select(ROW_COL, code.cast(pl.String).fill_null("drop").alias("c"), pl.col("__mix_copies").cast(pl.Int64))
+             .with_columns(pl.when(pl.col("c").is_in(["2", "3"])).then(pl.lit("drop")).otherwise(pl.col("c")).alias("c"))
+             .filter((pl.col("c") != "0") | (pl.col("__mix_copies") != 1)))
+    else:
+        d = d.select(ROW_COL, "_reason", "_detail")
+    dig = hashlib.sha256(d.sort(ROW_COL).write_csv().encode()).hexdigest()[:16]
+    print(json.dumps({"keys_B_row": key_bytes, "plan_mib": (peak[0] - base) / 2**20,
+                      "plan_B_row": (peak[0] - base) / n, "cpu_s": cpu, "decisions": d.height, "digest": dig}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,4000000")
+    ap.add_argument("--base", type=Path, default=None, help="another source tree (e.g. /work/main) as arm 'base'")
+    ap.add_argument("--stages", default="mix,select")
+    ap.add_argument("--part-rows", type=int, default=100_000)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child[0], int(a.child[1]), int(a.child[2]))
+    arms = [("this", ROOT)] + ([("base", a.base)] if a.base else [])
+    rows = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        for kind in a.stages.split(","):
+            for name, tree in arms:  # interleaved: same size and stage, one arm after the other
+                out = subprocess.run([sys.executable, __file__, "--child", kind, str(n), str(a.part_rows)],
+                                     env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True,
+                                     text=True).stdout
+                r = {"rows": n, "stage": kind, "arm": name, **json.loads(out.strip().splitlines()[-1])}
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    print(f"\n{'rows':>10} {'stage':<7}{'arm':<6}{'keys B/row':>11}{'plan MiB':>10}{'plan B/row':>11}{'CPU s':>8}"
+          f"{'decisions':>11}  digest")
+    for r in rows:
+        print(f"{r['rows']:>10,} {r['stage']:<7}{r['arm']:<6}{r['keys_B_row']:>11.1f}{r['plan_mib']:>10.1f}"
+              f"{r['plan_B_row']:>11.1f}{r['cpu_s']:>8.1f}{r['decisions']:>11,}  {r['digest']}")
+    if a.base:
+        for r in rows:
+            if r["arm"] == "this":
+                b = next(x for x in rows if x["arm"] == "base" and x["rows"] == r["rows"] and x["stage"] == r["stage"])
+                print(f"{r['rows']:>10,} {r['stage']:<7} plan memory this/base {r['plan_mib'] / max(b['plan_mib'], 1e-9):.2f}"
+                      f", same decisions: {r['digest'] == b['digest']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Issue #19: mix's and select's plans hold a few integers a row, and decide exactly what
+main decided before the change. MAIN holds the digests of tests/plan_cases.py run on main
+at ecdd529 (the old plans: string group keys, joins, a per-row detail string; select's id
+as a string): many groups, null tasks, val split, up- and downsampling, unit = tokens,
+canonical ids (with repeats) and other ids (select's string fallback)."""
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plan_cases  # noqa: E402
+from curate.contract.typed_config import load_dataclass  # noqa: E402
+from curate.stages.base import ROW_COL, StageContext  # noqa: E402
+from curate.stages.mix import Config as MixConfig, MixStage  # noqa: E402
+from curate.stages.select import Config as SelectConfig, SelectStage  # noqa: E402
+
+MAIN = {
+    'mix/no_val/False': '585b8dcc362d3a1f9f6804d9',
+    'mix/no_val/True': 'd1afe68135a60dd29f6804d9',
+    'mix/targets_tokens/False': '5862af98a7369f94092bff1b',
+    'mix/targets_tokens/True': '1c8523a169b3f48455e4accf',
+    'mix/temperature/False': '47c64532b5eae54e845c9f5f',
+    'mix/temperature/True': 'f935ba10394585f8845c9f5f',
+    'mix/tokens_temperature/False': 'cd7dc5f9be4736451e9f482e',
+    'mix/tokens_temperature/True': 'ebec632fb6f7fa0ad30e0138',
+    'mix/upsample/False': '62d89f4e19cf577a58d975e9',
+    'mix/upsample/True': '4b383e2e05ad1b4358d975e9',
+    'mix/weights_source/False': '89c19f2e554ef523c11933cb',
+    'mix/weights_source/True': '338645b3d59bbb72dea3b08a',
+    'select/quotas_global/False': 'ea889175e55f6a09e51cd468',
+    'select/quotas_global/True': '419f3f2c64717d3ce51cd468',
+    'select/top_fraction/False': '175754ef99504ad1903c4315',
+    'select/top_fraction/True': '627ffc16d86ef66b903c4315',
+    'select/top_k_keep/False': 'e31767baf11948a06498d1ee',
+    'select/top_k_keep/True': '9606ad058f1d4c7c6498d1ee',
+}
+
+
+def test_outputs_equal_main_before_the_change():
+    assert plan_cases.run_all() == MAIN
+
+
+def _keys(stage, t):
+    return stage.keys(t).with_columns(pl.int_range(t.height, dtype=pl.UInt64).alias(ROW_COL))
+
+
+def _ctx(tmp_path):
+    return StageContext(tmp_path, tmp_path, 7, tmp_path / "stage", log=lambda m: None)
+
+
+@pytest.mark.parametrize("case", ["upsample", "targets_tokens", "weights_source"])
+def test_mix_plan_tables_have_no_strings_and_few_bytes_a_row(tmp_path, case):
+    t = plan_cases.table(n=6000)
+    st = MixStage(load_dataclass(MixConfig, plan_cases.MIX[case]), _ctx(tmp_path))
+    keys = _keys(st, t)
+    plan = st.plan(keys)
+    for frame in (keys, plan.decisions):
+        assert pl.String not in frame.schema.dtypes(), frame.schema
+    assert keys.estimated_size() / keys.height <= 40  # 2 u64 keys, u32 units, 2 categorical codes, row
+    assert plan.decisions.estimated_size() / t.height <= 20  # sparse, or 17 B a row with the token counts
+    assert plan.order is None
+    # the dropped rows' details: one string per group, not per row
+    assert len(plan.details) == t[plan_cases.MIX[case].get("by", "task")].fill_null("").n_unique()
+
+
+def test_select_keys_hold_canonical_ids_as_integers(tmp_path):
+    t = plan_cases.table(n=6000)
+    st = SelectStage(load_dataclass(SelectConfig, plan_cases.SELECT["top_fraction"]), _ctx(tmp_path))
+    keys = _keys(st, t)
+    assert "id" not in keys.columns and keys["__id_str"].null_count() == keys.height
+    assert keys["__id_hi"].null_count() == 0
+    assert keys.estimated_size() / keys.height <= 32
+    # the integers order as the strings do
+    order = keys.select(pl.int_range(pl.len()).sort_by("__id_hi", "__id_lo", maintain_order=True)).to_series()
+    assert t["id"].gather(order).to_list() == sorted(t["id"].to_list())
+
+
+def test_select_other_ids_fall_back_to_strings(tmp_path):
+    t = plan_cases.table(n=500)
+    t = t.with_columns(pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.lit("zz-custom")).otherwise(pl.col("id"))
+                       .alias("id"))
+    st = SelectStage(load_dataclass(SelectConfig, plan_cases.SELECT["top_k_keep"]), _ctx(tmp_path))
+    keys = _keys(st, t)
+    assert keys["__id_str"].null_count() < keys.height
+    assert st._id_keys(keys)["id"].to_list() == t["id"].to_list()
