@@ -133,3 +133,29 @@ def test_mixture_config_refusals():
     with pytest.raises(ConfigError, match="cut"):
         load_dataclass(Config, {**base, "cut": "valley"})
     load_dataclass(Config, {**base, "min": 0.0, "mixture_scale": "log"})  # thresholds still apply first
+
+
+def test_manifest_and_report_carry_each_groups_mixture_verdict(tmp_path):
+    """End to end: a run with `cut = "mixture"` puts the per-group fit in the manifest and
+    a column of the report's select table (cut or REFUSED, with the reason)."""
+    import json
+
+    import test_report as tr
+    from curate.look.report import write_report
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run_pipeline
+
+    tr.write_inputs(tmp_path)
+    pipe = tr.PIPELINE.format()
+    assert "top_fraction = 0.8" in pipe
+    (tmp_path / "pipeline.toml").write_text(pipe.replace("top_fraction = 0.8", 'cut = "mixture"\nmixture_min_rows = 4'))
+    run_pipeline(load_config(tmp_path / "pipeline.toml"))
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    sel = next(s for s in m["stages"] if s["kind"] == "select")
+    mix = sel["stats"]["mixture"]
+    assert set(mix["cut"]) | set(mix["refused"]) == set(mix["groups"]) and mix["groups"]
+    for g, d in mix["groups"].items():
+        assert d["applied"] == (d["reason"] is None)
+    html = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "2-component mixture on heuristic" in html
+    assert all(("REFUSED" in html) if not d["applied"] else ("dropped" in html) for d in mix["groups"].values())
