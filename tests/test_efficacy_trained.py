@@ -67,6 +67,13 @@ def test_every_arm_ends_in_the_recipes_mix_and_the_oracle_runs_the_consensus_sta
     sel = next(s for s in arms["default"] if s["kind"] == "select")
     assert sel["gate_column"] == "cv_loss_agree" and sel["scope_column"] == "consensus_group_size"
     assert noisy.arm_stages("default", stages, None, 100) is None  # no model, no default arm
+    # default_mixture: the default arm with only the cut swapped (scope and gate kept, no quota)
+    mix_sel = next(s for s in arms["default_mixture"] if s["kind"] == "select")
+    assert mix_sel["cut"] == "mixture" and "top_fraction" not in mix_sel and "top_k" not in mix_sel
+    assert {k: v for k, v in mix_sel.items() if k != "cut"} == {k: v for k, v in sel.items() if k != "top_fraction"}
+    assert [s for s in arms["default_mixture"] if s["kind"] != "select"] == [
+        dict(s, max_length=64) if s["kind"] == "quality" else s for s in arms["default"] if s["kind"] != "select"]
+    assert "default_mixture" in mod.CV_ARMS and "default_mixture_half" in mod.TRAIN_ARMS
     assert [s["kind"] for s in arms["cv"]][-3:] == ["quality", "select", "mix"]
     assert "cv" in mod.TRAIN_ARMS and "default" in mod.CV_ARMS
     # cv_single: the cv arm's scorer and select, scoped to the prompts the vote never decided

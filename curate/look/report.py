@@ -416,6 +416,15 @@ def section_scores(run: RunData) -> Section:
                     d = (gate.get("groups") or {}).get(g) or {}
                     rate = "no value" if d.get("rate") is None else f"{d['rate']:.3f}"
                     row.append(_e(f"{rate}: " + ("cut" if d.get("applied") else "not cut (passed untouched)")))
+            mixture = (s.get("stats") or {}).get("mixture")
+            if mixture:  # cut = "mixture": each group's estimated noise and whether the fit was trusted
+                head.append(f"2-component mixture on {mixture.get('column')}")
+                for row, g in zip(rows, groups):
+                    d = (mixture.get("groups") or {}).get(g) or {}
+                    noise = f"est. noise {d['noise']:.1%}, D {d['separation']:.2f}: " if "noise" in d else ""
+                    row.append(_e("not fitted (no row to cut: outside the scope or the gate)" if not d
+                                  else noise + (f"cut, {d.get('dropped', 0):,} dropped" if d.get("applied")
+                                                else f"REFUSED ({d.get('reason')}): all kept")))
             tables.append(f"<h3>{_e(s['name'])}: per group</h3>" + _table(head, rows))
     return Section("scores", "Quality scores", _grid(figs) + "".join(tables), charts=len(figs), data=data)
 
