@@ -89,6 +89,10 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(rs.RejectPart, "__call__", _off_the_driver)
     monkeypatch.setattr(rs, "_packed_shard", _off_the_driver)  # shards: ShardPart tasks
     monkeypatch.setattr(rs, "_unpacked_shard", _off_the_driver)
+    # the rejects merges (a stage's, render's) read rejected rows' text: RayExecutor.write_rejects
+    import curate.pipeline.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_write_rejects", _off_the_driver)
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
     render_parts, original = [], ex.render_parts

@@ -58,9 +58,8 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
             gathers its members' tokens from the token files (one shard at a time: bounded,
             not growing with the input), never message text.
   rejects   `write_rejects`: a stage's rejects merged into one file in a worker task
-            (`merge_rejects`, the runner's merge, same bytes). The runner does not call
-            it yet (it merges on the driver, one part's rejected rows at a time): the hook
-            is `getattr(executor, "write_rejects", _write_rejects)` at its two merges.
+            (`merge_rejects`, the runner's merge, same bytes); the runner calls it at its
+            two merges (stage rejects, render rejects) where the executor has it.
 
 Output identity with the local executor holds by construction: the per-part functions
 are the local executor's, each part's result depends only on the part (and the plan), the

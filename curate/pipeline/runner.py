@@ -405,7 +405,9 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
                 runner = getattr(executor, "run_stage", None)
                 result = runner(stage, job) if runner is not None else run_whole(executor, stage, job)
                 P.remove_parts(sdir, keep=len(result.entries))
-                rejected = _write_rejects(rejects_path, result.rejects)
+                # an executor with its own merge (Ray: on a worker, so no rejected text reaches the driver)
+                write_rejects = getattr(executor, "write_rejects", _write_rejects)
+                rejected = write_rejects(rejects_path, result.rejects)
                 del result.rejects[:]
                 n_rejected, records_dropped, copies_dropped = _reject_counts(rejects_path)
                 dropped = {k: v for k, v in sorted(_all_reasons(rejects_path).items())}
@@ -479,7 +481,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
             if rendered.rows_in != n_examples + n_dropped:
                 raise LedgerError(f"render: {rendered.rows_in} rows in, {n_examples} rendered + "
                                   f"{n_dropped} dropped")
-            _write_rejects(rd.own("rejects/render.parquet"), rendered.rejects)
+            getattr(executor, "write_rejects", _write_rejects)(rd.own("rejects/render.parquet"), rendered.rejects)
             ledger.drop("render", rendered.records_dropped)
             if rendered.copies_dropped:
                 ledger.copies_dropped["render"] = rendered.copies_dropped
