@@ -256,6 +256,12 @@ class StreamedRender:
         names = self.names[col]
         return names.index(name) if name in names else -1
 
+    def has(self, col: str, name: str) -> pl.Expr:
+        """Rows whose column `col` holds `name` (none when no row has it: the code -1 would
+        not fit the unsigned code column)."""
+        code = self.code(col, name)
+        return pl.col(col) == code if code >= 0 else pl.repeat(False, pl.len())
+
     def decoded(self, frame: pl.DataFrame, *cols: str) -> pl.DataFrame:
         """`frame` (rows of `examples`) with its code columns `cols` as the strings."""
         return frame.with_columns(pl.Series(c, self.names[c], dtype=pl.String).gather(frame[c]) for c in cols)
@@ -374,7 +380,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
     out.examples = examples
     out.names = {c: codes[c].names for c in codes}
     checks = checks_of(examples, out.names["task"])
-    head = out.decoded(examples.filter(pl.col("split") == out.code("split", "train")).head(3), "task")
+    head = out.decoded(examples.filter(out.has("split", "train")).head(3), "task")
     sample_ids, sample_labels = store.take(head["rpart"].to_numpy(), head["rrow"].to_numpy())
     sample_rows = head.select("id", "task").with_columns(
         pl.from_arrow(sample_ids).alias("input_ids"), pl.from_arrow(sample_labels).alias("labels")) \
@@ -384,7 +390,7 @@ def render_parts(parts: Callable[[list[str] | None], Iterator[pl.DataFrame]], co
         "examples": examples.height,
         "dropped": dict(out.dropped),
         "truncated": n_truncated,
-        "splits": {s: int((examples["split"] == out.code("split", s)).sum()) for s in ("train", "val")},
+        "splits": {s: int(examples.select(out.has("split", s).sum()).item()) for s in ("train", "val")},
         "tokens": checks["tokens"],
         "supervised_tokens": checks["supervised_tokens"],
         "mask_source": setup.mask_source(),
@@ -624,7 +630,7 @@ def write_shards_streamed(rendered: StreamedRender, shards_dir: str | Path, cfg)
     plan_dir = rendered.store.folder.parent / "shard-plan"
     jobs = []
     for split in SPLITS:
-        sub = rendered.examples.filter(pl.col("split") == rendered.code("split", split)).select(SHARD_COLS)
+        sub = rendered.examples.filter(rendered.has("split", split)).select(SHARD_COLS)
         (shards_dir / split).mkdir(parents=True, exist_ok=True)
         plan = _pack_plan(sub, cfg) if cfg.pack and sub.height else None
         ranges = _shard_ranges(sub.height, cfg, plan[1] if plan is not None else None) if sub.height else []
