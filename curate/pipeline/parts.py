@@ -260,3 +260,20 @@ class StageProgress:
 
         if self.folder.is_dir():
             shutil.rmtree(self.folder)
+
+
+def merge_rejects(target: Path, items: list) -> dict:
+    """A stage's (or render's) rejects, Parquet files or frames in order, as one file of
+    fixed-size row groups (RowGroupWriter): the same bytes however the stage was cut into
+    parts. One part's rejected rows at a time, with their text: so the Ray executor runs it
+    on a worker (`RayExecutor.write_rejects`), the local runner in its own process."""
+    schemas = [dict(pl.read_parquet_schema(x)) if isinstance(x, Path) else dict(x.schema) for x in items]
+    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema)
+    w = RowGroupWriter(Path(target), schema)
+    try:
+        for x in items:
+            w.write(pl.read_parquet(x) if isinstance(x, Path) else x)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()

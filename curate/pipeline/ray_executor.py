@@ -217,21 +217,8 @@ def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table
     return run
 
 
-def merge_rejects(target: Path, items: list) -> dict:
-    """A stage's (or render's) rejects, Parquet files or frames in order, as one file of
-    fixed-size row groups (parts.RowGroupWriter): the runner's merge (`_write_rejects`),
-    the same rows and bytes, run by `RayExecutor.write_rejects` on a worker. One part's
-    rejected rows at a time, with their text: on the driver that is a part's messages."""
-    schemas = [dict(pl.read_parquet_schema(x)) if isinstance(x, Path) else dict(x.schema) for x in items]
-    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema)
-    w = P.RowGroupWriter(Path(target), schema)
-    try:
-        for x in items:
-            w.write(pl.read_parquet(x) if isinstance(x, Path) else x)
-    except BaseException:
-        w.abort()
-        raise
-    return w.close()
+# the runner's merge of a stage's rejects (same bytes), run by `write_rejects` in a worker task
+merge_rejects = P.merge_rejects
 
 
 def _read(in_dir: Path, file: str, schema: dict | None) -> pl.DataFrame:

@@ -152,19 +152,9 @@ def _data_sha(entries: list[dict]) -> str:
     return _hash([e["sha256"] for e in entries])
 
 
-def _write_rejects(target: Path, items: list) -> dict:
-    """The stage's rejects (frames, or Parquet files, in order) as one file of fixed-size
-    row groups: the same bytes however the stage was cut into parts."""
-    schemas = [dict(pl.read_parquet_schema(x)) if isinstance(x, Path) else dict(x.schema) for x in items]
-    schema = dict(pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema)
-    w = P.RowGroupWriter(target, schema)
-    try:
-        for x in items:
-            w.write(pl.read_parquet(x) if isinstance(x, Path) else x)
-    except BaseException:
-        w.abort()
-        raise
-    return w.close()
+# the stage's rejects as one file (parts.merge_rejects); an executor with its own merge
+# (Ray: on a worker) is called instead
+_write_rejects = P.merge_rejects
 
 
 def _all_reasons(path: Path) -> dict[str, int]:
