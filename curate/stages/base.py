@@ -485,3 +485,18 @@ class PlannedStage(Stage):
         example members), from the parts' StageResult.stats, when they were applied on
         copies of the plan (workers). `apply` also writes it into the `plan.stats` it was
         given, so a runner that applies in-process needs no call. Default: nothing."""
+
+
+def group_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Dense int32 codes (0..k-1, in the names' sorted order) of a Categorical (or String)
+    column, and the code -> name table: a plan's groups as integers, never per-row strings
+    (mix's walks, select's cutoffs)."""
+    if col.dtype != pl.Categorical:
+        col = col.cast(pl.Categorical)
+    uniq = col.unique()
+    names = uniq.cast(pl.String).to_list()
+    phys = uniq.to_physical().to_numpy().astype(np.int64)
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    lut = np.zeros(int(phys.max()) + 1 if len(phys) else 1, dtype=np.int32)
+    lut[phys[order]] = np.arange(len(order), dtype=np.int32)
+    return lut[col.to_physical().to_numpy()], [names[i] for i in order]

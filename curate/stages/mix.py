@@ -51,7 +51,7 @@ import numpy as np
 import polars as pl
 
 from curate.contract.schema import stable_keys_array
-from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part,
+from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part, group_codes,
                                  unknown_group_names)
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
@@ -171,21 +171,6 @@ class MixPlan(Plan):
 TRAIN, VAL, DOWNSAMPLED, NOT_IN_MIX = 0, 1, 2, 3
 CODE = "__mix_code"
 DROP_REASONS = {DOWNSAMPLED: "mix_downsampled", NOT_IN_MIX: "not_in_mix"}
-
-
-def group_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """Dense int32 codes (0..k-1, in the names' sorted order) of a Categorical (or String)
-    column, and the code -> name table: the plan's groups are integers, never per-row
-    strings."""
-    if col.dtype != pl.Categorical:
-        col = col.cast(pl.Categorical)
-    uniq = col.unique()
-    names = uniq.cast(pl.String).to_list()
-    phys = uniq.to_physical().to_numpy().astype(np.int64)
-    order = sorted(range(len(names)), key=lambda i: names[i])
-    lut = np.zeros(int(phys.max()) + 1 if len(phys) else 1, dtype=np.int32)
-    lut[phys[order]] = np.arange(len(order), dtype=np.int32)
-    return lut[col.to_physical().to_numpy()], [names[i] for i in order]
 
 
 def group_sums(codes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:

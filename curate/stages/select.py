@@ -29,8 +29,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part, split_decided,
-                                 unknown_group_names)
+from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part, group_codes,
+                                 split_decided, unknown_group_names)
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -362,9 +362,10 @@ class SelectStage(PlannedStage):
         c = self.config
         cand = v.filter(pl.col(CAND)).select(ROW_COL, GROUP, SCORE)
         worse = "high" if c.keep == "lowest" else "low"
-        rows, details, fits = [], [], {}
+        drops, fits = [], {}
+        parts = cand.filter(pl.col(SCORE).is_not_null() & pl.col(SCORE).is_finite()).partition_by(GROUP, as_dict=True)
         for g in sorted(cand[GROUP].unique().to_list()):
-            sub = cand.filter((pl.col(GROUP) == g) & pl.col(SCORE).is_not_null() & pl.col(SCORE).is_finite())
+            sub = parts.get((g,), cand.clear())
             x = sub[SCORE].to_numpy()  # a missing score kept by `missing = "keep"` is not fitted, and stays
             if c.mixture_scale == "log" and (x <= 0).any():
                 fits[g] = {"n": len(x), "applied": False,
@@ -377,15 +378,15 @@ class SelectStage(PlannedStage):
                 drop = z >= d["cut"] if worse == "high" else z <= d["cut"]
                 edge = x[drop].min() if worse == "high" else x[drop].max()  # the cut, in the score's own units
                 d["cut_score"] = float(edge)
-                rows.append(sub[ROW_COL].to_numpy()[drop])
                 sign = ">=" if worse == "high" else "<="
-                details += [f"{c.column} {s:.6g} {sign} the mixture cut {edge:.6g} (posterior of the worse component "
-                            f"> {c.mixture_posterior}; est. noise {d['noise']:.3f})" for s in x[drop]]
+                why = (f" {sign} the mixture cut {edge:.6g} (posterior of the worse component > "
+                       f"{c.mixture_posterior}; est. noise {d['noise']:.3f})")
+                drops.append(sub.filter(pl.Series(drop)).select(
+                    ROW_COL, pl.format("{} {}{}", pl.lit(c.column), pl.col(SCORE).round(6).cast(pl.String),
+                                       pl.lit(why)).alias("__mdetail")))
             fits[g] = d
-        if rows:
-            drops = pl.DataFrame({ROW_COL: np.concatenate(rows).astype(np.uint64), "__mdetail": details},
-                                 schema={ROW_COL: pl.UInt64, "__mdetail": pl.String})
-            v = v.join(drops, on=ROW_COL, how="left", maintain_order="left")
+        if drops:
+            v = v.join(pl.concat(drops), on=ROW_COL, how="left", maintain_order="left")
             hit = pl.col("__mdetail").is_not_null()
             v = v.with_columns(pl.when(hit).then(pl.lit("mixture_worse")).otherwise(pl.col(REASON)).alias(REASON),
                                pl.when(hit).then(pl.col("__mdetail")).otherwise(pl.col(DETAIL)).alias(DETAIL),
@@ -460,7 +461,7 @@ class SelectStage(PlannedStage):
         key (~190 B a row at its peak, against ~60 B here; issue #19)."""
         pos = np.flatnonzero(v[CAND].fill_null(False).to_numpy())
         groups = v[GROUP].gather(pos) if len(pos) < v.height else v[GROUP]
-        codes = groups.cast(pl.Categorical).to_physical().to_numpy()
+        codes, _names = group_codes(groups)
         cols = [v[k].gather(pos).to_numpy() if len(pos) < v.height else v[k].to_numpy() for k in order[1:]]
         perm = np.lexsort([*reversed(cols), codes])  # the last key is the primary one
         sorted_codes = codes[perm]
@@ -518,14 +519,10 @@ class SelectStage(PlannedStage):
     def _over_np(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
         """`_over_joined` on numpy arrays (every order key an integer or float): per row a
         4-byte group code and, one at a time, its group's cutoff value; no joined table."""
-        cat = v[GROUP].cast(pl.Categorical)
-        uniq = cat.unique()
-        lut = np.full(int(uniq.to_physical().max()) + 1 if len(uniq) else 1, -1, dtype=np.int64)
+        codes, names = group_codes(v[GROUP])
         pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
-        for code, name in zip(uniq.to_physical().to_list(), uniq.cast(pl.String).to_list()):
-            lut[code] = pos.get(name, -1)
-        gi = lut[cat.to_physical().to_numpy()]  # the row's group in `cut`, -1: none
-        del cat
+        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int64)[codes]  # its row in `cut`
+        del codes
         known = gi >= 0
         gi = np.where(known, gi, 0)
 
