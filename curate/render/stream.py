@@ -220,11 +220,14 @@ def checks_of(examples: pl.DataFrame, task_names: list[str] | None = None) -> di
         if task_names is None:
             names, task_of = np.unique(np.asarray(examples["task"].to_list(), dtype=object).astype(str),
                                        return_inverse=True)
-        else:  # codes of the sorted names: the tasks present, in the same (sorted) order
-            present, task_of = np.unique(examples["task"].to_numpy(), return_inverse=True)
+            sup_per_task = np.bincount(task_of, weights=sup, minlength=len(names))
+            tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
+        else:  # codes of the sorted names: counted by code, the tasks present kept in code (sorted) order
+            codes = examples["task"].to_numpy().astype(np.int64)
+            present = np.flatnonzero(np.bincount(codes, minlength=len(task_names)))
             names = [task_names[int(c)] for c in present]
-        sup_per_task = np.bincount(task_of, weights=sup, minlength=len(names))
-        tok_per_task = np.bincount(task_of, weights=lens, minlength=len(names))
+            sup_per_task = np.bincount(codes, weights=sup, minlength=len(task_names))[present]
+            tok_per_task = np.bincount(codes, weights=lens, minlength=len(task_names))[present]
         result["supervised_fraction"] = {
             str(t): round(float(s / n) if n else 0.0, 4) for t, s, n in zip(names, sup_per_task, tok_per_task)}
     result["double_bos"] = int(examples["bos2"].sum()) if len(lens) else 0
