@@ -1,4 +1,4 @@
-"""Issue #19: mix's and select's plans hold a few integers a row, and decide exactly what
+"""Issue #19: mix's, select's and consensus's plans hold a few integers a row, and decide exactly what
 main decided before the change. MAIN holds the digests of tests/plan_cases.py run on main
 at ecdd529 (the old plans: string group keys, joins, a per-row detail string; select's id
 as a string): many groups, null tasks, val split, up- and downsampling, unit = tokens,
@@ -38,8 +38,25 @@ MAIN = {
 }
 
 
+# consensus on main e0aa5d6 (string ids and tasks in the keys, polars group-bys and joins)
+MAIN_CONSENSUS = {
+    "consensus/default/True": "ae1a272d39daa1ba600d7201",
+    "consensus/exact_ties_drop/True": "8715dd8c850d257cbf11d59d",
+    "consensus/plurality/True": "b2a44654f085a33a782e2100",
+    "consensus/none/True": "bb37aae870074c2673dc2174",
+    "consensus/default/False": "a30f145557b8db723ab8f991",
+    "consensus/exact_ties_drop/False": "d67056216a4c1dd001d9e0f3",
+    "consensus/plurality/False": "5eebb200e691076b9dddff26",
+    "consensus/none/False": "c307d58589f5073873dc2174",
+}
+
+
 def test_outputs_equal_main_before_the_change():
     assert plan_cases.run_all() == MAIN
+
+
+def test_consensus_outputs_equal_main_before_the_change():
+    assert plan_cases.consensus_digests() == MAIN_CONSENSUS
 
 
 def _keys(stage, t):
