@@ -15,8 +15,8 @@ temperature 2.0, val_fraction 0.05), here with 20 tasks so that mix downsamples.
 is one of n/4 prompts (zipf-sized groups, so about half the rows share a prompt with
 another) and whose answer is one of 4 per prompt (skewed, some near-equal), so there are
 majorities, minorities and ties; its plan is completed as a runner does (`complete_plan`:
-the Refine passes read the parts again, regenerated here), and its RSS includes those
-passes. Its digest is of the applied parts (every row's consensus columns, reason and
+the Refine passes read the parts again, from Parquet files written while keying), and its
+RSS includes those passes. Its digest is of the applied parts (every row's consensus columns, reason and
 detail), so it does not depend on how a tree lays out its decisions.
 """
 from __future__ import annotations
@@ -75,13 +75,15 @@ def consensus_part(lo: int, hi: int, n: int):
         pl.lit("{}").alias("meta"))
 
 
-def consensus_digest(st, plan, bounds, n) -> tuple[str, int]:
+def consensus_digest(st, plan, bounds, tmp) -> tuple[str, int]:
     """sha256 of every row's consensus columns, reason and detail, over the applied parts."""
+    import polars as pl
+
     h = hashlib.sha256()
     dropped = 0
     cols = st.config.output_columns()
-    for lo, hi in bounds:
-        r = st.apply(consensus_part(lo, hi, n), plan, lo)
+    for i, (lo, hi) in enumerate(bounds):
+        r = st.apply(pl.read_parquet(tmp / f"part-{i:05d}.parquet"), plan, lo)
         dropped += r.dropped.height
         h.update(r.kept.select("id", *cols).write_csv().encode())
         h.update(r.dropped.select("id", *cols, "_reason", "_detail").write_csv().encode())
@@ -109,8 +111,12 @@ def child(stage_kind: str, n: int, part_rows: int) -> None:
     make = (lambda lo, hi: consensus_part(lo, hi, n)) if stage_kind == "consensus" else part
     bounds = part_bounds(n, part_rows)
     keys = []
-    for lo, hi in bounds:
-        keys.append(st.keys(make(lo, hi)).with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
+    for i, (lo, hi) in enumerate(bounds):
+        p = make(lo, hi)
+        if stage_kind == "consensus":  # its passes read the parts again, as a runner reads them: from Parquet
+            p.write_parquet(tmp / f"part-{i:05d}.parquet")
+        keys.append(st.keys(p).with_columns(pl.int_range(lo, hi, dtype=pl.UInt64).alias(ROW_COL)))
+        del p
     keys = pl.concat(keys, how="vertical_relaxed", rechunk=True)  # as stage_steps.hold_keys
     key_bytes = keys.estimated_size() / n
     proc = psutil.Process()
@@ -128,14 +134,14 @@ def child(stage_kind: str, n: int, part_rows: int) -> None:
     c0 = time.process_time()
     plan = st.plan(keys)
     if stage_kind == "consensus":  # the Refine passes, as a runner makes them (parts read again)
-        plan = complete_plan(st, plan, bounds, lambda i: make(*bounds[i]))
+        plan = complete_plan(st, plan, bounds, lambda i: pl.read_parquet(tmp / f"part-{i:05d}.parquet"))
     cpu = time.process_time() - c0
     stop.set()
     th.join()
     d = plan.decisions
     if stage_kind == "consensus":
         del keys
-        dig, dropped = consensus_digest(st, plan, bounds, n)
+        dig, dropped = consensus_digest(st, plan, bounds, tmp)
         print(json.dumps({"keys_B_row": key_bytes, "plan_mib": (peak[0] - base) / 2**20,
                           "plan_B_row": (peak[0] - base) / n, "cpu_s": cpu, "decisions": dropped, "digest": dig}))
         return

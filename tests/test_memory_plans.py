@@ -6,6 +6,7 @@ canonical ids (with repeats) and other ids (select's string fallback)."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -102,3 +103,30 @@ def test_select_other_ids_fall_back_to_strings(tmp_path):
     keys = _keys(st, t)
     assert keys["__id_str"].null_count() < keys.height
     assert st._id_keys(keys)["id"].to_list() == t["id"].to_list()
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_consensus_plan_holds_integers_a_row(tmp_path, canonical):
+    """Consensus's keys: hashes, the id as integers (canonical ids; others stay strings in
+    the fallback column), the task as a Categorical; its decisions: a row and a distinct
+    answer per row of a repeated prompt; everything else per answer or per group."""
+    from curate.stages.base import complete_plan
+    from curate.stages.consensus.stage import Config as ConsConfig, ConsensusStage
+
+    t = plan_cases.consensus_table(n=4000, canonical_ids=canonical)
+    st = ConsensusStage(load_dataclass(ConsConfig, plan_cases.CONSENSUS["default"]), _ctx(tmp_path))
+    keys = _keys(st, t)
+    strings = [c for c, d in keys.schema.items() if d == pl.String]
+    assert strings == ["__cons_id_str"]
+    assert (keys["__cons_id_str"].null_count() == keys.height) == canonical
+    if canonical:
+        assert keys.estimated_size() / keys.height <= 40  # 2 u64 hashes, u64 + u16 id, task code, empty, row
+    plan = complete_plan(st, st.plan(keys), [(0, t.height)], lambda i: t)
+    d = plan.decisions
+    assert d.columns == ["_row", "__cons_aid"] and pl.String not in d.schema.dtypes()
+    assert d.height == plan.stats["rows_in_repeated_groups"] < t.height
+    assert d.estimated_size() / d.height <= 12
+    for table in (plan.answers, plan.groups):
+        for name, v in table.items():
+            assert name in ("name", "majority_id") or (isinstance(v, np.ndarray) and v.dtype != object), name
+    assert len(plan.groups["size"]) == plan.stats["groups_repeated"]

@@ -83,6 +83,7 @@ _EMPTY, _AT, _PT, _RT = "__cons_empty", "__cons_answer_text", "__cons_raw_prompt
 _IHI, _ILO, _ISTR, _TASK = "__cons_id_hi", "__cons_id_lo", "__cons_id_str", "__cons_task"  # keys: id, task
 HEX_ID = "^[0-9a-f]{20}$"  # a canonical id (`conversation_id`)
 _KEPT, _MINORITY, _TIED = 0, 1, 2  # an answer's verdict (UInt8)
+NEAR_BATCH_PAIRS = 10_000  # answer pairs compared at once (near-equal answers, `_near`)
 
 
 @dataclass
@@ -282,14 +283,29 @@ class ConsensusStage(Stage):
         support = st["ans_n"].copy()
         na = nb = np.zeros(0, dtype=np.int64)
         if cand is not None and cand.height:
-            cand = cand.with_columns(pl.col(_AT).str.split(" ").list.unique().alias("w")).select("g", _AID, "n", "w")
-            pairs = cand.join(cand, on="g", suffix="_b").filter(pl.col(_AID) < pl.col(f"{_AID}_b"))
-            inter = pl.col("w").list.set_intersection(pl.col("w_b")).list.len()
-            union = pl.col("w").list.set_union(pl.col("w_b")).list.len()
-            pn = pairs.filter(inter >= c.answer_similarity * union.clip(lower_bound=1)).select(_AID, "n", f"{_AID}_b", "n_b")
-            na, nb = pn[_AID].to_numpy().astype(np.int64), pn[f"{_AID}_b"].to_numpy().astype(np.int64)
-            np.add.at(support, na, pn["n_b"].to_numpy().astype(np.int64))
-            np.add.at(support, nb, pn["n"].to_numpy().astype(np.int64))
+            cand = cand.sort("g", maintain_order=True)
+            g = cand["g"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+            d = np.diff(np.r_[starts, len(g)])
+            # groups batched by their pairs (d^2 / 2 each): what one batch's self-join holds
+            # (two word lists a pair) is bounded by NEAR_BATCH_PAIRS, not by the table
+            batch = np.cumsum(d * (d - 1) // 2) // NEAR_BATCH_PAIRS
+            cuts = np.r_[starts[np.flatnonzero(np.r_[True, batch[1:] != batch[:-1]])], len(g)]
+            found_a, found_b = [], []
+            for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                sub = cand.slice(lo, hi - lo)
+                sub = sub.with_columns(pl.col(_AT).str.split(" ").list.unique().alias("w")).select("g", _AID, "n", "w")
+                pairs = sub.join(sub, on="g", suffix="_b").filter(pl.col(_AID) < pl.col(f"{_AID}_b"))
+                inter = pl.col("w").list.set_intersection(pl.col("w_b")).list.len()
+                union = pl.col("w").list.set_union(pl.col("w_b")).list.len()
+                pn = pairs.filter(inter >= c.answer_similarity * union.clip(lower_bound=1)).select(_AID, f"{_AID}_b")
+                del pairs, sub
+                found_a.append(pn[_AID].to_numpy().astype(np.int64))
+                found_b.append(pn[f"{_AID}_b"].to_numpy().astype(np.int64))
+            na, nb = np.concatenate(found_a), np.concatenate(found_b)
+            n0 = st["ans_n"]
+            np.add.at(support, na, n0[nb])
+            np.add.at(support, nb, n0[na])
         return support, (na, nb)
 
     def _decide(self, st: dict, cand: pl.DataFrame | None) -> Plan | Refine:
