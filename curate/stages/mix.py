@@ -338,24 +338,32 @@ class MixStage(PlannedStage):
         passes = max(1, math.ceil(self.config.max_repeat))
         n = len(g)
         out = np.zeros(n, dtype=np.int32)
-        idx = np.arange(n, dtype=np.int64) if mask is None else np.flatnonzero(mask)
-        if not len(idx):
-            return out
-        gi = g[idx]
-        perm = np.lexsort((order[idx], gi))  # stable: ties of the order key by row
-        seq = idx[perm]
-        gs = gi[perm]
-        del gi
-        del perm
-        u = units[seq].astype(np.int64)
-        cum = np.cumsum(u)
+        # memory (issue #19): without a mask the key columns are sorted as they are (no
+        # gathered copies, the permutation is the sequence); units stay u32 beside an
+        # int64 running total; the group codes of the sequence go once its runs are known
+        if mask is None:
+            if not n:
+                return out
+            seq = np.lexsort((order, g))  # stable: ties of the order key by row
+        else:
+            idx = np.flatnonzero(mask)
+            if not len(idx):
+                return out
+            perm = np.lexsort((order[idx], g[idx]))
+            seq = idx[perm]
+            del idx, perm
+        gs = g[seq]
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        run_codes = gs[starts]
+        del gs
+        u = units[seq]
+        cum = np.cumsum(u, dtype=np.int64)
         ends = np.r_[starts[1:], len(seq)]
-        for a, b in zip(starts.tolist(), ends.tolist()):
+        for a, b, code in zip(starts.tolist(), ends.tolist(), run_codes.tolist()):
             cg = cum[a:b] - (cum[a - 1] if a else 0)
-            ug = u[a:b]
+            ug = u[a:b].astype(np.int64)
             total = int(cg[-1])
-            tgt = target[gs[a]]
+            tgt = target[code]
             half = ug / 2
             alive = ug > 0
             got = np.zeros(b - a, dtype=np.int32)
@@ -375,19 +383,34 @@ class MixStage(PlannedStage):
         if c.val_fraction <= 0:
             return None
         t, _tnames = group_codes(keys[TASK])
-        in_mix = np.flatnonzero(share_pos[g])
+        mixed = share_pos[g]
         is_val = np.zeros(len(g), dtype=bool)
-        if not len(in_mix):
+        if not len(g):
             return is_val
-        ti, si = t[in_mix], selected[in_mix]
+        if mixed.all():  # every group in the mix (the usual case): the columns as they are, no gathers
+            in_mix, ti, si, vk = None, t, selected, keys[VKEY].to_numpy()
+        else:
+            in_mix = np.flatnonzero(mixed)
+            if not len(in_mix):
+                return is_val
+            ti, si, vk = t[in_mix], selected[in_mix], keys[VKEY].to_numpy()[in_mix]
+        del mixed, t
         n_sel = np.bincount(ti[si], minlength=len(_tnames))
         want = np.asarray([min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
                            for n in n_sel.tolist()], dtype=np.int64)
-        perm = np.lexsort((keys[VKEY].to_numpy()[in_mix], si, ti))
+        perm = np.lexsort((vk, si, ti))
+        del vk
+        del si
         ts = ti[perm]
+        del ti
         starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
-        rank = np.arange(len(ts)) - np.repeat(starts, np.diff(np.r_[starts, len(ts)]))
-        is_val[in_mix[perm[rank < want[ts]]]] = True
+        firsts = ts[starts]
+        del ts
+        # each task's first `want` rows of its run (no per-row rank arrays)
+        take = [perm[a:a + int(want[t])] for a, t in zip(starts.tolist(), firsts.tolist()) if want[t] > 0]
+        if take:
+            pick = np.concatenate(take)
+            is_val[pick if in_mix is None else in_mix[pick]] = True
         return is_val
 
     def _plan_for(self, names: list[str], totals: np.ndarray, groups: dict):

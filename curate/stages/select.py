@@ -247,7 +247,8 @@ class SelectStage(PlannedStage):
         if c.column not in part.columns:
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
                              f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
-        group_expr = pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")
+        # the group as a Categorical (4 B a row: issue #19); the plan's joins on it cast to String
+        group_expr = (pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")).cast(pl.Categorical)
         ident = pl.col("id")
         canonical = ident.str.contains(HEX_ID).fill_null(False)
         cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE),
@@ -445,7 +446,7 @@ class SelectStage(PlannedStage):
         if ID_HI in v.columns:
             last = self._last_kept(v, quotas, order)
         else:  # ids that are not canonical: the string sort
-            last = (v.filter(pl.col(CAND)).select(*order).sort(order)
+            last = (v.filter(pl.col(CAND)).select(*order).with_columns(pl.col(GROUP).cast(pl.String)).sort(order)
                     .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
                     .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
                     .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
@@ -456,25 +457,29 @@ class SelectStage(PlannedStage):
     @staticmethod
     def _last_kept(v: pl.DataFrame, quotas: pl.DataFrame, order: list[str]) -> pl.DataFrame:
         """Per group, the key of its quota-th candidate in `order` (all integer and float
-        keys: canonical ids): one stable `np.lexsort` of the candidates' key arrays and the
-        group's integer code, instead of polars' multi-column sort, which row-encodes every
-        key (~190 B a row at its peak, against ~60 B here; issue #19)."""
-        pos = np.flatnonzero(v[CAND].fill_null(False).to_numpy())
-        groups = v[GROUP].gather(pos) if len(pos) < v.height else v[GROUP]
-        codes, _names = group_codes(groups)
-        cols = [v[k].gather(pos).to_numpy() if len(pos) < v.height else v[k].to_numpy() for k in order[1:]]
-        perm = np.lexsort([*reversed(cols), codes])  # the last key is the primary one
+        keys: canonical ids): one stable `np.lexsort` of every row by (group code, not a
+        candidate, the order keys) on the key columns themselves (no gathered copies: the
+        candidates of a group come first in its run), instead of polars' multi-column
+        sort, which row-encodes every key (~190 B a row at its peak; issue #19). The
+        position breaks the last ties: it is the row order when `_row` is sorted."""
+        cand = v[CAND].fill_null(False).to_numpy()
+        codes, names = group_codes(v[GROUP])
+        by_row = not bool(v[ROW_COL].is_sorted())  # positions are not rows: sort by the row too
+        keys = [v[k].to_numpy() for k in order[1:(None if by_row else -1)]]
+        perm = np.lexsort([*reversed(keys), ~cand, codes])  # the last key is the primary one
+        del keys
         sorted_codes = codes[perm]
         starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(perm) else np.zeros(0, int)
-        names = groups.gather(perm[starts]).to_list()
+        present = sorted_codes[starts]
+        del sorted_codes
+        n_cand = np.bincount(codes[cand], minlength=len(names))
         quota = dict(quotas.iter_rows())
-        picks = [(name, int(a + quota[name] - 1)) for name, a, b in zip(names, starts.tolist(), [*starts[1:].tolist(), len(perm)])
-                 if name in quota and 0 < quota[name] <= b - a]
-        at = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
-        rows = pos[at]
+        picks = [(names[g], int(a + quota[names[g]] - 1)) for g, a in zip(present.tolist(), starts.tolist())
+                 if names[g] in quota and 0 < quota[names[g]] <= n_cand[g]]
+        rows = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
         out = {GROUP: pl.Series(GROUP, [name for name, _ in picks], dtype=pl.String)}
-        for k, col in zip(order[1:], cols):
-            out[f"__cut{k}"] = pl.Series(f"__cut{k}", col[at], dtype=v.schema[k])
+        for k in order[1:]:
+            out[f"__cut{k}"] = v[k].gather(rows).alias(f"__cut{k}")
         out["__cut_score"] = v[SCORE].gather(rows).alias("__cut_score")
         return pl.DataFrame(out)
 
@@ -494,13 +499,14 @@ class SelectStage(PlannedStage):
         idx = np.flatnonzero(over)
         if not len(idx):
             return v
-        details = v[GROUP].gather(idx).replace_strict(per_group, return_dtype=pl.String)
+        codes, names = group_codes(v[GROUP])
+        details = pl.Series(DETAIL, [per_group.get(name) for name in names], dtype=pl.String).gather(codes[idx])
         return v.with_columns(v[REASON].clone().scatter(idx, "over_quota"), v[DETAIL].clone().scatter(idx, details))
 
     @staticmethod
     def _over_joined(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
         scope = [SCOPE] if SCOPE in v.columns else []
-        t = (v.select(GROUP, *order, pl.col(REASON).is_null().alias("__open"), *scope)
+        t = (v.select(pl.col(GROUP).cast(pl.String), *order, pl.col(REASON).is_null().alias("__open"), *scope)
              .join(cut, on=GROUP, how="left", maintain_order="left"))
         # lexicographic (null, key, id, row) <= cutoff, built from the last key back
         within = pl.col(ROW_COL) <= pl.col(f"__cut{ROW_COL}")
@@ -521,7 +527,7 @@ class SelectStage(PlannedStage):
         4-byte group code and, one at a time, its group's cutoff value; no joined table."""
         codes, names = group_codes(v[GROUP])
         pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
-        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int64)[codes]  # its row in `cut`
+        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int32)[codes]  # its row in `cut`
         del codes
         known = gi >= 0
         gi = np.where(known, gi, 0)
