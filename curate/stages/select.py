@@ -221,7 +221,8 @@ class SelectStage(PlannedStage):
                 .filter(v[CAND]).sort(ORDER))
         walked = self._diverse(cand, n_in).select(ROW_COL, pl.col(REASON).alias("__r"), pl.col(DETAIL).alias("__d"))
         v = (v.join(walked, on=ROW_COL, how="left", maintain_order="left")
-             .with_columns(pl.coalesce(REASON, "__r").alias(REASON), pl.coalesce(DETAIL, "__d").alias(DETAIL))
+             .with_columns(pl.coalesce(pl.col(REASON).cast(pl.String), "__r").alias(REASON),
+                           pl.coalesce(pl.col(DETAIL).cast(pl.String), "__d").alias(DETAIL))
              .drop("__r", "__d"))
         plan = Plan(decisions=v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL),
                     stats=self._plan_stats(v, n_in))
@@ -298,8 +299,10 @@ class SelectStage(PlannedStage):
             detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
         # best first; missing scores (when kept) last; + 0.0 makes -0.0 and 0.0 one key
         key = ((-score if c.keep == "highest" else score) + 0.0).fill_nan(None)
-        t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
-                              detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL),
+        # the verdicts as Categoricals (4 B a row, a String column is 16: issue #19); the
+        # decisions and the stats read them back as strings (the dropped rows only)
+        t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).cast(pl.Categorical).alias(REASON),
+                              detail.otherwise(pl.lit(None, pl.String)).cast(pl.Categorical).alias(DETAIL),
                               key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
         if GATE in t.columns:
             t = self._gate(t)
@@ -338,7 +341,7 @@ class SelectStage(PlannedStage):
             v, mixture = self._mixture_cut(v)
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))
-        decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
+        decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, *_as_strings(REASON, DETAIL))
         stats = self._plan_stats(v, n_in)
         if mixture is not None:
             stats["mixture"] = self._mixture_stats(mixture, stats["groups"])
@@ -389,8 +392,10 @@ class SelectStage(PlannedStage):
         if drops:
             v = v.join(pl.concat(drops), on=ROW_COL, how="left", maintain_order="left")
             hit = pl.col("__mdetail").is_not_null()
-            v = v.with_columns(pl.when(hit).then(pl.lit("mixture_worse")).otherwise(pl.col(REASON)).alias(REASON),
-                               pl.when(hit).then(pl.col("__mdetail")).otherwise(pl.col(DETAIL)).alias(DETAIL),
+            v = v.with_columns(pl.when(hit).then(pl.lit("mixture_worse")).otherwise(pl.col(REASON))
+                               .cast(pl.Categorical).alias(REASON),
+                               pl.when(hit).then(pl.col("__mdetail")).otherwise(pl.col(DETAIL).cast(pl.String))
+                               .cast(pl.Categorical).alias(DETAIL),
                                (pl.col(CAND) & ~hit).alias(CAND)).drop("__mdetail")
         return v, fits
 
@@ -500,7 +505,8 @@ class SelectStage(PlannedStage):
         if not len(idx):
             return v
         codes, names = group_codes(v[GROUP])
-        details = pl.Series(DETAIL, [per_group.get(name) for name in names], dtype=pl.String).gather(codes[idx])
+        details = (pl.Series(DETAIL, [per_group.get(name) for name in names], dtype=pl.String).gather(codes[idx])
+                   .cast(pl.Categorical))
         return v.with_columns(v[REASON].clone().scatter(idx, "over_quota"), v[DETAIL].clone().scatter(idx, details))
 
     @staticmethod
@@ -653,7 +659,8 @@ class SelectStage(PlannedStage):
             final = final.filter(pl.col(SCOPE))
         # the dropped rows grouped (few); a group's kept rows are its rows in scope less those
         # (no group_by of every row's group and reason strings: issue #19)
-        per = (final.filter(pl.col(REASON).is_not_null()).group_by(GROUP, REASON).len().sort(GROUP, REASON))
+        per = (final.filter(pl.col(REASON).is_not_null()).select(*_as_strings(GROUP, REASON))
+               .group_by(GROUP, REASON).len().sort(GROUP, REASON))
         dropped: dict[str, dict] = {}
         for g, r, n in per.iter_rows():
             dropped.setdefault(g, {})[r] = int(n)
@@ -685,6 +692,10 @@ class SelectStage(PlannedStage):
             if len(kept_scores) else None,
             **scope,
         }
+
+
+def _as_strings(*names: str) -> list[pl.Expr]:
+    return [pl.col(x).cast(pl.String) for x in names]
 
 
 STAGE = SelectStage
