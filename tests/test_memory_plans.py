@@ -130,3 +130,21 @@ def test_consensus_plan_holds_integers_a_row(tmp_path, canonical):
         for name, v in table.items():
             assert name in ("name", "majority_id") or (isinstance(v, np.ndarray) and v.dtype != object), name
     assert len(plan.groups["size"]) == plan.stats["groups_repeated"]
+
+
+def test_select_plan_time_tables_hold_no_per_row_strings(tmp_path):
+    """select's keys and its verdict table: the group and the verdicts as Categoricals (4 B
+    a row), the id as integers; the only String column is the fallback id, all null for
+    canonical ids; the decisions list the dropped rows only."""
+    t = plan_cases.table(n=6000)
+    st = SelectStage(load_dataclass(SelectConfig, {**plan_cases.SELECT["top_fraction"], "min": 0.05}), _ctx(tmp_path))
+    keys = _keys(st, t)
+    assert [c for c, d in keys.schema.items() if d == pl.String] == ["__id_str"]
+    assert keys["__id_str"].null_count() == keys.height and keys.schema["__select_group"] == pl.Categorical
+    assert keys.estimated_size() / keys.height <= 31  # group code, f64 score, u64 + u16 id, row (+ validity)
+    v = st._verdicts(st._id_keys(keys))
+    assert pl.String not in v.schema.dtypes(), v.schema
+    plan = st.plan(keys)
+    res = st.apply(t, plan, 0)
+    assert plan.decisions.height == res.dropped.height < t.height
+    assert set(plan.decisions["_reason"]) == {"missing_score", "below_min", "over_quota"}
