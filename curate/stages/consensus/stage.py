@@ -220,6 +220,7 @@ class ConsensusStage(Stage):
         ar = keys[_A].to_numpy()[ri]
         perm = np.lexsort((ar, gid))  # stable: within an answer, rows in order
         gs, as_ = gid[perm], ar[perm]
+        del gid
         del ar
         new = np.r_[True, (gs[1:] != gs[:-1]) | (as_[1:] != as_[:-1])] if len(perm) else np.zeros(0, dtype=bool)
         del as_
@@ -232,13 +233,29 @@ class ConsensusStage(Stage):
         ans_rep = ri[perm[a_start]]  # position of the answer's first row
         del gs, perm, a_start
         G = len(repeated)
-        tcodes, tnames = self._task_codes(keys[_TASK])
+        # what the ids decide, per answer and per group (no id kept per row): an answer's
+        # first row by (id, row) (the examples' `rep`), a group's (its name, its prompt row)
         ids = _Ids.of(keys)
+        ids_r = ids.take(ri)
+        by = np.lexsort((*ids_r.order_keys(), aid)) if len(aid) else np.zeros(0, dtype=np.int64)
+        a_sorted = aid[by]
+        first = by[np.flatnonzero(np.r_[True, a_sorted[1:] != a_sorted[:-1]])] if len(by) else by
+        del by, a_sorted
+        ans_ids = ids_r.take(first)
+        ans_first = rows_all[ri[first]]
+        del ids_r, first
+        g_by = np.lexsort((ans_first, *ans_ids.order_keys(), ans_g)) if len(ans_g) else np.zeros(0, dtype=np.int64)
+        g_first = g_by[np.flatnonzero(np.r_[True, ans_g[g_by][1:] != ans_g[g_by][:-1]])] if len(g_by) else g_by
+        del g_by
+        tcodes, tnames = self._task_codes(keys[_TASK])
+        narrow = np.uint32 if not n or int(rows_all[-1]) < 2**32 else np.uint64  # rows held as u32 where they fit
         st = {"n": n, "n_groups": n_groups, "largest": largest, "G": G,
-              "rows": rows_all[ri], "gid": gid, "aid": aid, "task": tcodes[ri], "tnames": tnames,
-              "task_rows": np.bincount(tcodes, minlength=len(tnames) + 1), "ids": ids.take(ri),
-              "ans_g": ans_g, "ans_n": ans_n, "ans_rep": rows_all[ans_rep]}
-        del tcodes, ri
+              "rows": rows_all[ri].astype(narrow), "aid": aid, "task": tcodes[ri].astype(np.min_scalar_type(len(tnames))),
+              "tnames": tnames, "task_rows": np.bincount(tcodes, minlength=len(tnames) + 1),
+              "ans_g": ans_g, "ans_n": ans_n, "ans_rep": rows_all[ans_rep].astype(narrow),
+              "ans_ids": ans_ids, "ans_first": ans_first.astype(narrow),
+              "g_name": ans_ids.take(g_first), "g_row": ans_first[g_first].astype(narrow)}
+        del tcodes, ri, ids, ans_ids
         if c.answer_similarity < 1.0 and G:
             d = np.bincount(ans_g, minlength=G)
             cand = np.flatnonzero((d[ans_g] > 1) & (d[ans_g] <= c.max_answers))
@@ -316,7 +333,8 @@ class ConsensusStage(Stage):
         c = self.config
         G, ans_g, ans_n = st["G"], st["ans_g"], st["ans_n"]
         support, (na, nb) = self._near(st, cand)
-        size = np.bincount(st["gid"], minlength=G).astype(np.int64)
+        size = np.zeros(G, dtype=np.int64)
+        np.add.at(size, ans_g, ans_n)
         n_answers = np.bincount(ans_g, minlength=G).astype(np.int64)
         best = np.zeros(G, dtype=np.int64)
         np.maximum.at(best, ans_g, support)
@@ -342,28 +360,26 @@ class ConsensusStage(Stage):
             tied = (sz >= c.min_group) & tie[ans_g] & ~minority
         del sz
         verdict = np.where(minority, _MINORITY, np.where(tied, _TIED, _KEPT)).astype(np.uint8)
-        # the group's name (its smallest id) and one majority record's id (the smallest among
-        # the top answers' rows): one sort of the repeated rows by (group, id, row)
-        ids = st["ids"]
-        gid, aid = st["gid"], st["aid"]
-        by_id = np.lexsort((*ids.order_keys(), gid)) if len(gid) else np.zeros(0, dtype=np.int64)
-        g_sorted = gid[by_id]
-        g_first = by_id[np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])] if len(by_id) else by_id
-        top_rows = by_id[is_best[aid[by_id]]]
-        t_sorted = gid[top_rows]
-        m_first = top_rows[np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1]])] if len(top_rows) else top_rows
-        del g_sorted, top_rows, t_sorted
+        # one majority record's id: the smallest id of the group's top answers (each answer's
+        # smallest id is known); the group's name is its smallest id
+        aid = st["aid"]
+        top = np.flatnonzero(is_best)
+        ans_ids = st["ans_ids"]
+        t_by = top[np.lexsort((*ans_ids.take(top).order_keys(), ans_g[top]))] if len(top) else top
+        tg = ans_g[t_by]
+        m_first = t_by[np.flatnonzero(np.r_[True, tg[1:] != tg[:-1]])] if len(t_by) else t_by
+        del top, t_by, tg
         groups = {"size": size, "n_answers": n_answers, "best": best, "conflict": conflict, "tie": tie,
-                  "name": ids.take(g_first), "majority_id": ids.take(m_first)}
+                  "name": st["g_name"], "majority_id": ans_ids.take(m_first)}
         answers = {"g": ans_g.astype(np.int32), "support": support, "is_best": is_best, "verdict": verdict}
-        decisions = pl.DataFrame({ROW_COL: pl.Series(ROW_COL, st["rows"], dtype=pl.UInt64),
+        decisions = pl.DataFrame({ROW_COL: pl.Series(ROW_COL, st["rows"].astype(np.uint64), dtype=pl.UInt64),
                                   _AID: pl.Series(_AID, aid, dtype=pl.UInt32)})
         row_min = minority[aid]
-        row_conf = conflict[gid]
+        row_conf = conflict[ans_g[aid]]
         stats = self._stats(st, groups, row_min, row_conf)
         stats["ties"], stats["dropped_tied"] = c.ties, int(tied[aid].sum())
         out = {"decisions": decisions, "stats": stats, "groups": groups, "answers": answers}
-        ask = self._example_rows(st, groups, answers, by_id, g_first)
+        ask = self._example_rows(st, groups, answers)
         if ask is None:
             return self._finish(out, None)
         out["shown"] = ask
@@ -393,8 +409,7 @@ class ConsensusStage(Stage):
         stats["examples"] = []
         return stats
 
-    def _example_rows(self, st: dict, groups: dict, answers: dict, by_id: np.ndarray,
-                      g_first: np.ndarray) -> pl.DataFrame | None:
+    def _example_rows(self, st: dict, groups: dict, answers: dict) -> pl.DataFrame | None:
         """The report's examples, chosen from keys: the largest conflicting groups (ties by
         group name) and, per group, the answers that can be among its 6 shown (most
         supported first, then most frequent, then by normalised text: every answer tied
@@ -409,13 +424,6 @@ class ConsensusStage(Stage):
         top = conf[np.lexsort((*names.order_keys(), -groups["size"][conf]))[: c.examples]]
         ex_of = np.full(st["G"], -1, dtype=np.int64)
         ex_of[top] = np.arange(len(top))
-        gid, aid, rows = st["gid"], st["aid"], st["rows"]
-        in_top = by_id[ex_of[gid[by_id]] >= 0]  # the top groups' rows, by (group, id, row)
-        a_sorted = aid[in_top]
-        order = np.lexsort((np.arange(len(in_top)), a_sorted))  # per answer, its rows in (id, row) order
-        a_first = in_top[order[np.flatnonzero(np.r_[True, a_sorted[order][1:] != a_sorted[order][:-1]])]]
-        rep = pl.DataFrame({_AID: aid[a_first].astype(np.int64), "rep": rows[a_first].astype(np.uint64),
-                            "rep_id": st["ids"].take(a_first).strings()})
         ag = answers["g"]
         sel = np.flatnonzero(ex_of[ag] >= 0)
         g = ag[sel]
@@ -423,7 +431,8 @@ class ConsensusStage(Stage):
             _AID: sel.astype(np.int64), "__ex": ex_of[g].astype(np.uint32),
             "group": groups["name"].take(g).strings(),
             "size": groups["size"][g], "n": st["ans_n"][sel], "support": answers["support"][sel],
-            "n_answers": groups["n_answers"][g], "prompt_row": rows[g_first[g]].astype(np.uint64),
+            "n_answers": groups["n_answers"][g], "rep": st["ans_first"][sel].astype(np.uint64),
+            "rep_id": st["ans_ids"].take(sel).strings(), "prompt_row": st["g_row"][g].astype(np.uint64),
         }).sort("__ex", "support", "n", descending=[False, True, True])
         ranked = ans.with_columns(pl.int_range(pl.len()).over("__ex").alias("__rank"))
         sixth = ranked.filter(pl.col("__rank") == 5).select("__ex", pl.col("support").alias("s6"), pl.col("n").alias("n6"))
@@ -431,7 +440,7 @@ class ConsensusStage(Stage):
                 .filter(pl.col("s6").is_null() | (pl.col("support") > pl.col("s6"))
                         | ((pl.col("support") == pl.col("s6")) & (pl.col("n") >= pl.col("n6"))))
                 .drop("__rank", "s6", "n6"))
-        return cand.join(rep, on=_AID, how="left")
+        return cand
 
     def _finish(self, st: dict, extra: pl.DataFrame | None) -> Plan:
         """The examples from the fetched texts (if any), the log lines, the plan."""
