@@ -289,19 +289,20 @@ class SelectStage(PlannedStage):
         c = self.config
         score = pl.col(SCORE)
         missing = score.is_null() | score.is_nan()
-        reason = pl.when(missing & pl.lit(c.missing == "drop")).then(pl.lit("missing_score"))
+        cat = lambda x: pl.lit(x, pl.Categorical)  # noqa: E731  (no String column built first)
+        reason = pl.when(missing & pl.lit(c.missing == "drop")).then(cat("missing_score"))
         detail = pl.when(missing).then(pl.lit(None, pl.String))
         if c.min is not None:
-            reason = reason.when(~missing & (score < c.min)).then(pl.lit("below_min"))
+            reason = reason.when(~missing & (score < c.min)).then(cat("below_min"))
             detail = detail.when(~missing & (score < c.min)).then(pl.format("{} < min {}", score.round(6), pl.lit(c.min)))
         if c.max is not None:
-            reason = reason.when(~missing & (score > c.max)).then(pl.lit("above_max"))
+            reason = reason.when(~missing & (score > c.max)).then(cat("above_max"))
             detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
         # best first; missing scores (when kept) last; + 0.0 makes -0.0 and 0.0 one key
         key = ((-score if c.keep == "highest" else score) + 0.0).fill_nan(None)
         # the verdicts as Categoricals (4 B a row, a String column is 16: issue #19); the
         # decisions and the stats read them back as strings (the dropped rows only)
-        t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).cast(pl.Categorical).alias(REASON),
+        t = keys.with_columns(reason.otherwise(cat(None)).alias(REASON),
                               detail.otherwise(pl.lit(None, pl.String)).cast(pl.Categorical).alias(DETAIL),
                               key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
         if GATE in t.columns:
