@@ -230,16 +230,18 @@ class MixStage(PlannedStage):
 
     # ------------------------------------------------------------------ keys -> plan -> apply
     def keys(self, part: pl.DataFrame) -> pl.DataFrame:
-        """Per row: group and task (Categorical), whether the task was null, units
+        """Per row: group and task (Categorical; the task only when the mix is not by task),
+        whether the task was null, units
         (UInt32) and the two seeded order keys (the per-row work: token counts, hashes)."""
         c = self.config
         for col in ("repeat", "split"):
             if col in part.columns:
                 raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
         ids = part["id"].to_list()
+        # by = "task": the group is the task (no second code column: 4 B a row less)
+        task = [] if c.by == "task" else [pl.col("task").fill_null("").cast(pl.Categorical).alias(TASK)]
         return part.select(
-            pl.col(c.by).fill_null("").cast(pl.Categorical).alias(GROUP),
-            pl.col("task").fill_null("").cast(pl.Categorical).alias(TASK),
+            pl.col(c.by).fill_null("").cast(pl.Categorical).alias(GROUP), *task,
             pl.col("task").is_null().alias(TASK_NULL), self._units(part).cast(pl.UInt32, strict=True).alias(UNITS),
             pl.Series(ORDER, stable_keys_array(ids, self.context.seed, "mix"), dtype=pl.UInt64),
             pl.Series(VKEY, stable_keys_array(ids, self.context.seed, "val"), dtype=pl.UInt64),
@@ -382,7 +384,11 @@ class MixStage(PlannedStage):
         c = self.config
         if c.val_fraction <= 0:
             return None
-        t, _tnames = group_codes(keys[TASK])
+        if TASK in keys.columns:
+            t, n_tasks = group_codes(keys[TASK])[0], None
+        else:  # by task: the task codes are the group codes
+            t, n_tasks = g, int(g.max()) + 1 if len(g) else 0
+        n_tasks = n_tasks if n_tasks is not None else (int(t.max()) + 1 if len(t) else 0)
         mixed = share_pos[g]
         is_val = np.zeros(len(g), dtype=bool)
         if not len(g):
@@ -395,7 +401,7 @@ class MixStage(PlannedStage):
                 return is_val
             ti, si, vk = t[in_mix], selected[in_mix], keys[VKEY].to_numpy()[in_mix]
         del mixed, t
-        n_sel = np.bincount(ti[si], minlength=len(_tnames))
+        n_sel = np.bincount(ti[si], minlength=n_tasks)
         want = np.asarray([min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
                            for n in n_sel.tolist()], dtype=np.int64)
         perm = np.lexsort((vk, si, ti))
@@ -475,7 +481,7 @@ class MixStage(PlannedStage):
                                    "why": f"only {sizes[name]} {c.unit} and max_repeat = {c.max_repeat}"}
         val = {}
         if is_val.any():
-            t, tnames = group_codes(keys[TASK])
+            t, tnames = group_codes(keys[_task_col(keys)])
             nulls = keys[TASK_NULL].to_numpy()
             vt, vn = t[is_val], nulls[is_val]
             counts = np.bincount(vt * 2 + vn, minlength=2 * len(tnames))
@@ -501,6 +507,11 @@ class MixStage(PlannedStage):
             "val": val,
             "rows_in": dict(sorted(rows_per.items())),
         }
+
+
+def _task_col(keys: pl.DataFrame) -> str:
+    """The keys' task column: TASK, or GROUP when the mix is by task (the same values)."""
+    return TASK if TASK in keys.columns else GROUP
 
 
 STAGE = MixStage
