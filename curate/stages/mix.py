@@ -182,15 +182,16 @@ def group_sums(codes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
 
 class MixStage(PlannedStage):
     """Planned from per-row keys (PlannedStage): each part gives its rows' group and task
-    (Categorical: 4 B a row each), whether the task was null, the size in units (tokens
+    (Categorical: 4 B a row each; by = "task" the group only), whether the task was null, the size in units (tokens
     are counted here, part by part) and the two seeded order keys (u64), never text.
     `plan` works on numpy arrays of those keys: the groups and tasks as dense int32 codes
     with a small code -> name table, each walk a sort of the rows by (group, order key)
     (`np.lexsort`, stable: ties by row) and a vectorised count of the passes each row is
     taken in, the val pick a sort by (task, selected, val key). No per-row string, join or
-    cross join: ~70 B a row above the keys at its peak, measured at 1M and 4M rows
-    (benchmarks/keys_plan_memory.py; before, ~350 B a row of string keys, sorts, joins and
-    a per-row detail string: issue #19).
+    cross join; where every row takes part (the first walk, the val pick when every group
+    is in the mix) the key columns are sorted as they are, with no gathered copies: ~30-55 B
+    a row above the keys at its peak (benchmarks/keys_plan_memory.py and docs/performance.md;
+    before issue #19, ~350 B a row of string keys, sorts, joins and a per-row detail string).
 
     `decisions` is sparse: the rows that are not "train, one copy" (val rows, repeated
     rows, dropped rows with a UInt8 code for the reason) - or every row when unit =

@@ -184,7 +184,8 @@ class Config:
 
 class SelectStage(PlannedStage):
     """Planned from keys (PlannedStage): per row, its group, score, id (and trusted label,
-    for the signal check): ~40-60 bytes a row, never text. `plan` judges the thresholds
+    for the signal check): ~30 bytes a row (the group a Categorical code, a canonical id as
+    u64 + u16), never text; in the plan the verdicts are Categoricals (4 B a row each). `plan` judges the thresholds
     on the keys, then decides the quota walk by one cutoff per group in the order `ORDER`
     (best first, ties by id, then position): it sorts the candidates' keys, finds each
     group's last kept key, and a candidate is over quota iff its key comes after its

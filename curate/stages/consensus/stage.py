@@ -58,9 +58,22 @@ one part): keys are 64-bit hashes of the normalised prompt and answer, the id an
 n^2 / 2^64, would count as one), then asks the runner for what hashes cannot do, in passes
 over the parts (`Refine`): the normalised text of one row per distinct answer of every
 prompt with 2..max_answers distinct answers (the word-set Jaccard), and afterwards the
-texts of the report's examples. Memory: the keys (~40 B a row + the id), the decisions
-(one row per record whose prompt is repeated) and those answers' texts: contested prompts'
-distinct answers, not the table.
+texts of the report's examples.
+
+Memory (issue #19): the keys are ~38 B a row and hold no per-row string (two u64 hashes,
+a canonical id as u64 + u16, the task as a Categorical; an id that is not canonical stays
+a string, and the plan then ranks every id as a string: the fallback costs the strings).
+The plan works on numpy arrays: the prompt hashes sorted once to find the repeated
+prompts, then only those rows sorted by (prompt, answer); through the passes it holds a
+u32 row, a distinct answer and a task code per row of a repeated prompt (~10 B) and a few
+integers per distinct answer and per group. The near-equal comparison joins each
+contested prompt's answers with themselves in batches of groups (NEAR_BATCH_PAIRS pairs),
+so its word lists are bounded by the batch, not by the table. `decisions`: a row and a
+distinct answer (12 B) per record whose prompt is repeated; `apply` looks the columns up
+in the plan's per-answer and per-group tables and formats the detail of the dropped rows
+only. Besides: the contested prompts' distinct answers' texts, while they are compared.
+Trade-off: a hash collision between two different prompts (or answers) merges them (odds
+about n^2 / 2^65 for n distinct texts: ~3e-6 at 10M); ids are exact (no hash).
 """
 from __future__ import annotations
 
