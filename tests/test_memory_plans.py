@@ -148,3 +148,16 @@ def test_select_plan_time_tables_hold_no_per_row_strings(tmp_path):
     res = st.apply(t, plan, 0)
     assert plan.decisions.height == res.dropped.height < t.height
     assert set(plan.decisions["_reason"]) == {"missing_score", "below_min", "over_quota"}
+
+
+def test_consensus_applied_columns_keep_main_dtypes(tmp_path):
+    """The digests compare CSV text; the dtypes of the added columns are main's too."""
+    from curate.stages.consensus.stage import Config as ConsConfig, ConsensusStage
+
+    t = plan_cases.consensus_table(n=600)
+    r = ConsensusStage(load_dataclass(ConsConfig, plan_cases.CONSENSUS["exact_ties_drop"]), _ctx(tmp_path)).process(t)
+    want = [pl.Float64, pl.String, pl.UInt32, pl.UInt32, pl.UInt32, pl.Boolean, pl.Boolean, pl.Boolean]
+    for frame in (r.kept, r.dropped):
+        assert [frame.schema[c] for c in r.kept.columns[len(t.columns):]] == want
+    assert r.dropped.height and r.dropped.schema["_reason"] == pl.String and r.dropped.schema["_detail"] == pl.String
+    assert r.dropped.columns[: len(t.columns)] == t.columns
