@@ -2,7 +2,8 @@
 groups, null tasks, a val split, up- and downsampling, unit = tokens, canonical and other
 ids; each case's output reduced to a sha256 of its kept and dropped rows' key columns
 (CSV bytes). The recorded digests in the test are these cases run on main before issue
-#19's plan changes (commit ecdd529): `PYTHONPATH=<tree> python tests/plan_cases.py`."""
+#19's plan changes (commit ecdd529; the consensus cases on e0aa5d6, before its plan on
+integer keys): `PYTHONPATH=<tree> python tests/plan_cases.py`."""
 from __future__ import annotations
 
 import hashlib
@@ -55,6 +56,55 @@ SELECT = {
 }
 
 
+CONSENSUS = {
+    "default": {"kind": "consensus"},
+    "exact_ties_drop": {"kind": "consensus", "answer_similarity": 1.0, "ties": "drop", "examples": 3},
+    "plurality": {"kind": "consensus", "majority": 0.0, "min_group": 2, "max_answers": 3, "examples": 20},
+    "none": {"kind": "consensus", "drop": "none", "answer_similarity": 0.5, "examples": 0, "name": "cons"},
+}
+
+
+def consensus_table(n: int = 3000, canonical_ids: bool = True, seed: int = 2) -> pl.DataFrame:
+    """Prompts from a skewed pool (many repeated, some empty), answers from 5 per prompt
+    (two of them near-equal, one rare), null tasks, repeated ids: majorities, minorities,
+    near-equal variants, ties."""
+    rng = np.random.default_rng(seed)
+    p = np.where(rng.random(n) < 0.6, rng.zipf(1.4, n) % (n // 3), rng.integers(0, n // 2, n))
+    a = np.minimum(rng.geometric(0.5, n) - 1, 4)
+    words = {0: "{p} is the number seven", 1: "{p} is the number eight", 2: "{p} is nine or so",
+             3: "{p} is the number seven indeed", 4: "{p} x"}
+    prompts = ["" if x % 211 == 0 else ("Q %d?" if x % 2 else "q %d") % x for x in p.tolist()]
+    answers = [words[y].format(p=x) for x, y in zip(p.tolist(), a.tolist())]
+    ids = ([hashlib.sha1(str(i).encode()).hexdigest()[:20] for i in range(n)] if canonical_ids
+           else [f"c{i % (n // 2)}-{i % 7}" for i in range(n)])
+    ids = [ids[i - 1] if i % 89 == 0 else x for i, x in enumerate(ids)]
+    return pl.DataFrame({
+        "id": ids, "source": "s", "task": [None if i % 31 == 0 else f"t{x % 6}" for i, x in enumerate(p.tolist())],
+        "messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+                     for q, r in zip(prompts, answers)],
+        "meta": ["{}"] * n, "origin": [f"f:{i}" for i in range(n)],
+    }, schema_overrides={**POLARS_SCHEMA})
+
+
+def consensus_digests() -> dict[str, str]:
+    from curate.stages.consensus.stage import Config as ConsConfig, ConsensusStage
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for ids in (True, False):
+            t = consensus_table(canonical_ids=ids)
+            for name, cfg in CONSENSUS.items():
+                st = ConsensusStage(load_dataclass(ConsConfig, cfg), StageContext(tmp, tmp, 7, tmp / "c", log=lambda m: None))
+                r = st.process(t)
+                cols = st.config.output_columns()
+                k = r.kept.select("id", "task", *cols).write_csv().encode()
+                d = r.dropped.select("id", *cols, "_reason", "_detail").write_csv().encode()
+                out[f"consensus/{name}/{ids}"] = (hashlib.sha256(k + b"\n--\n" + d).hexdigest()[:16]
+                                                  + hashlib.sha256(json.dumps(r.stats, default=str).encode()).hexdigest()[:8])
+    return out
+
+
 def digest(kept: pl.DataFrame, dropped: pl.DataFrame, cols: list[str]) -> str:
     k = kept.select([c for c in ["id", "task", *cols] if c in kept.columns])
     d = dropped.select("id", "_reason", "_detail")
@@ -84,5 +134,5 @@ def run_all() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    json.dump(run_all(), sys.stdout, indent=1, sort_keys=True)
+    json.dump({**run_all(), **consensus_digests()}, sys.stdout, indent=1, sort_keys=True)
     print()

@@ -1,4 +1,4 @@
-"""Issue #19: mix's and select's plans hold a few integers a row, and decide exactly what
+"""Issue #19: mix's, select's and consensus's plans hold a few integers a row, and decide exactly what
 main decided before the change. MAIN holds the digests of tests/plan_cases.py run on main
 at ecdd529 (the old plans: string group keys, joins, a per-row detail string; select's id
 as a string): many groups, null tasks, val split, up- and downsampling, unit = tokens,
@@ -6,6 +6,7 @@ canonical ids (with repeats) and other ids (select's string fallback)."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -38,8 +39,25 @@ MAIN = {
 }
 
 
+# consensus on main e0aa5d6 (string ids and tasks in the keys, polars group-bys and joins)
+MAIN_CONSENSUS = {
+    "consensus/default/True": "ae1a272d39daa1ba600d7201",
+    "consensus/exact_ties_drop/True": "8715dd8c850d257cbf11d59d",
+    "consensus/plurality/True": "b2a44654f085a33a782e2100",
+    "consensus/none/True": "bb37aae870074c2673dc2174",
+    "consensus/default/False": "a30f145557b8db723ab8f991",
+    "consensus/exact_ties_drop/False": "d67056216a4c1dd001d9e0f3",
+    "consensus/plurality/False": "5eebb200e691076b9dddff26",
+    "consensus/none/False": "c307d58589f5073873dc2174",
+}
+
+
 def test_outputs_equal_main_before_the_change():
     assert plan_cases.run_all() == MAIN
+
+
+def test_consensus_outputs_equal_main_before_the_change():
+    assert plan_cases.consensus_digests() == MAIN_CONSENSUS
 
 
 def _keys(stage, t):
@@ -85,3 +103,61 @@ def test_select_other_ids_fall_back_to_strings(tmp_path):
     keys = _keys(st, t)
     assert keys["__id_str"].null_count() < keys.height
     assert st._id_keys(keys)["id"].to_list() == t["id"].to_list()
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_consensus_plan_holds_integers_a_row(tmp_path, canonical):
+    """Consensus's keys: hashes, the id as integers (canonical ids; others stay strings in
+    the fallback column), the task as a Categorical; its decisions: a row and a distinct
+    answer per row of a repeated prompt; everything else per answer or per group."""
+    from curate.stages.base import complete_plan
+    from curate.stages.consensus.stage import Config as ConsConfig, ConsensusStage
+
+    t = plan_cases.consensus_table(n=4000, canonical_ids=canonical)
+    st = ConsensusStage(load_dataclass(ConsConfig, plan_cases.CONSENSUS["default"]), _ctx(tmp_path))
+    keys = _keys(st, t)
+    strings = [c for c, d in keys.schema.items() if d == pl.String]
+    assert strings == ["__cons_id_str"]
+    assert (keys["__cons_id_str"].null_count() == keys.height) == canonical
+    if canonical:
+        assert keys.estimated_size() / keys.height <= 40  # 2 u64 hashes, u64 + u16 id, task code, empty, row
+    plan = complete_plan(st, st.plan(keys), [(0, t.height)], lambda i: t)
+    d = plan.decisions
+    assert d.columns == ["_row", "__cons_aid"] and pl.String not in d.schema.dtypes()
+    assert d.height == plan.stats["rows_in_repeated_groups"] < t.height
+    assert d.estimated_size() / d.height <= 12
+    for table in (plan.answers, plan.groups):
+        for name, v in table.items():
+            assert name in ("name", "majority_id") or (isinstance(v, np.ndarray) and v.dtype != object), name
+    assert len(plan.groups["size"]) == plan.stats["groups_repeated"]
+
+
+def test_select_plan_time_tables_hold_no_per_row_strings(tmp_path):
+    """select's keys and its verdict table: the group and the verdicts as Categoricals (4 B
+    a row), the id as integers; the only String column is the fallback id, all null for
+    canonical ids; the decisions list the dropped rows only."""
+    t = plan_cases.table(n=6000)
+    st = SelectStage(load_dataclass(SelectConfig, {**plan_cases.SELECT["top_fraction"], "min": 0.05}), _ctx(tmp_path))
+    keys = _keys(st, t)
+    assert [c for c, d in keys.schema.items() if d == pl.String] == ["__id_str"]
+    assert keys["__id_str"].null_count() == keys.height and keys.schema["__select_group"] == pl.Categorical
+    assert keys.estimated_size() / keys.height <= 31  # group code, f64 score, u64 + u16 id, row (+ validity)
+    v = st._verdicts(st._id_keys(keys))
+    assert pl.String not in v.schema.dtypes(), v.schema
+    plan = st.plan(keys)
+    res = st.apply(t, plan, 0)
+    assert plan.decisions.height == res.dropped.height < t.height
+    assert set(plan.decisions["_reason"]) == {"missing_score", "below_min", "over_quota"}
+
+
+def test_consensus_applied_columns_keep_main_dtypes(tmp_path):
+    """The digests compare CSV text; the dtypes of the added columns are main's too."""
+    from curate.stages.consensus.stage import Config as ConsConfig, ConsensusStage
+
+    t = plan_cases.consensus_table(n=600)
+    r = ConsensusStage(load_dataclass(ConsConfig, plan_cases.CONSENSUS["exact_ties_drop"]), _ctx(tmp_path)).process(t)
+    want = [pl.Float64, pl.String, pl.UInt32, pl.UInt32, pl.UInt32, pl.Boolean, pl.Boolean, pl.Boolean]
+    for frame in (r.kept, r.dropped):
+        assert [frame.schema[c] for c in r.kept.columns[len(t.columns):]] == want
+    assert r.dropped.height and r.dropped.schema["_reason"] == pl.String and r.dropped.schema["_detail"] == pl.String
+    assert r.dropped.columns[: len(t.columns)] == t.columns

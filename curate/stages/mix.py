@@ -182,15 +182,16 @@ def group_sums(codes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
 
 class MixStage(PlannedStage):
     """Planned from per-row keys (PlannedStage): each part gives its rows' group and task
-    (Categorical: 4 B a row each), whether the task was null, the size in units (tokens
+    (Categorical: 4 B a row each; by = "task" the group only), whether the task was null, the size in units (tokens
     are counted here, part by part) and the two seeded order keys (u64), never text.
     `plan` works on numpy arrays of those keys: the groups and tasks as dense int32 codes
     with a small code -> name table, each walk a sort of the rows by (group, order key)
     (`np.lexsort`, stable: ties by row) and a vectorised count of the passes each row is
     taken in, the val pick a sort by (task, selected, val key). No per-row string, join or
-    cross join: ~70 B a row above the keys at its peak, measured at 1M and 4M rows
-    (benchmarks/keys_plan_memory.py; before, ~350 B a row of string keys, sorts, joins and
-    a per-row detail string: issue #19).
+    cross join; where every row takes part (the first walk, the val pick when every group
+    is in the mix) the key columns are sorted as they are, with no gathered copies: ~30-55 B
+    a row above the keys at its peak (benchmarks/keys_plan_memory.py and docs/performance.md;
+    before issue #19, ~350 B a row of string keys, sorts, joins and a per-row detail string).
 
     `decisions` is sparse: the rows that are not "train, one copy" (val rows, repeated
     rows, dropped rows with a UInt8 code for the reason) - or every row when unit =
@@ -230,16 +231,18 @@ class MixStage(PlannedStage):
 
     # ------------------------------------------------------------------ keys -> plan -> apply
     def keys(self, part: pl.DataFrame) -> pl.DataFrame:
-        """Per row: group and task (Categorical), whether the task was null, units
+        """Per row: group and task (Categorical; the task only when the mix is not by task),
+        whether the task was null, units
         (UInt32) and the two seeded order keys (the per-row work: token counts, hashes)."""
         c = self.config
         for col in ("repeat", "split"):
             if col in part.columns:
                 raise ValueError(f"stage {self.name!r}: the table already has a {col!r} column (one mix stage per pipeline)")
         ids = part["id"].to_list()
+        # by = "task": the group is the task (no second code column: 4 B a row less)
+        task = [] if c.by == "task" else [pl.col("task").fill_null("").cast(pl.Categorical).alias(TASK)]
         return part.select(
-            pl.col(c.by).fill_null("").cast(pl.Categorical).alias(GROUP),
-            pl.col("task").fill_null("").cast(pl.Categorical).alias(TASK),
+            pl.col(c.by).fill_null("").cast(pl.Categorical).alias(GROUP), *task,
             pl.col("task").is_null().alias(TASK_NULL), self._units(part).cast(pl.UInt32, strict=True).alias(UNITS),
             pl.Series(ORDER, stable_keys_array(ids, self.context.seed, "mix"), dtype=pl.UInt64),
             pl.Series(VKEY, stable_keys_array(ids, self.context.seed, "val"), dtype=pl.UInt64),
@@ -338,24 +341,32 @@ class MixStage(PlannedStage):
         passes = max(1, math.ceil(self.config.max_repeat))
         n = len(g)
         out = np.zeros(n, dtype=np.int32)
-        idx = np.arange(n, dtype=np.int64) if mask is None else np.flatnonzero(mask)
-        if not len(idx):
-            return out
-        gi = g[idx]
-        perm = np.lexsort((order[idx], gi))  # stable: ties of the order key by row
-        seq = idx[perm]
-        gs = gi[perm]
-        del gi
-        del perm
-        u = units[seq].astype(np.int64)
-        cum = np.cumsum(u)
+        # memory (issue #19): without a mask the key columns are sorted as they are (no
+        # gathered copies, the permutation is the sequence); units stay u32 beside an
+        # int64 running total; the group codes of the sequence go once its runs are known
+        if mask is None:
+            if not n:
+                return out
+            seq = np.lexsort((order, g))  # stable: ties of the order key by row
+        else:
+            idx = np.flatnonzero(mask)
+            if not len(idx):
+                return out
+            perm = np.lexsort((order[idx], g[idx]))
+            seq = idx[perm]
+            del idx, perm
+        gs = g[seq]
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        run_codes = gs[starts]
+        del gs
+        u = units[seq]
+        cum = np.cumsum(u, dtype=np.int64)
         ends = np.r_[starts[1:], len(seq)]
-        for a, b in zip(starts.tolist(), ends.tolist()):
+        for a, b, code in zip(starts.tolist(), ends.tolist(), run_codes.tolist()):
             cg = cum[a:b] - (cum[a - 1] if a else 0)
-            ug = u[a:b]
+            ug = u[a:b].astype(np.int64)
             total = int(cg[-1])
-            tgt = target[gs[a]]
+            tgt = target[code]
             half = ug / 2
             alive = ug > 0
             got = np.zeros(b - a, dtype=np.int32)
@@ -374,20 +385,39 @@ class MixStage(PlannedStage):
         c = self.config
         if c.val_fraction <= 0:
             return None
-        t, _tnames = group_codes(keys[TASK])
-        in_mix = np.flatnonzero(share_pos[g])
+        if TASK in keys.columns:
+            t, n_tasks = group_codes(keys[TASK])[0], None
+        else:  # by task: the task codes are the group codes
+            t, n_tasks = g, int(g.max()) + 1 if len(g) else 0
+        n_tasks = n_tasks if n_tasks is not None else (int(t.max()) + 1 if len(t) else 0)
+        mixed = share_pos[g]
         is_val = np.zeros(len(g), dtype=bool)
-        if not len(in_mix):
+        if not len(g):
             return is_val
-        ti, si = t[in_mix], selected[in_mix]
-        n_sel = np.bincount(ti[si], minlength=len(_tnames))
+        if mixed.all():  # every group in the mix (the usual case): the columns as they are, no gathers
+            in_mix, ti, si, vk = None, t, selected, keys[VKEY].to_numpy()
+        else:
+            in_mix = np.flatnonzero(mixed)
+            if not len(in_mix):
+                return is_val
+            ti, si, vk = t[in_mix], selected[in_mix], keys[VKEY].to_numpy()[in_mix]
+        del mixed, t
+        n_sel = np.bincount(ti[si], minlength=n_tasks)
         want = np.asarray([min(round(c.val_fraction * n), c.val_max if c.val_max is not None else n, max(n - 1, 0))
                            for n in n_sel.tolist()], dtype=np.int64)
-        perm = np.lexsort((keys[VKEY].to_numpy()[in_mix], si, ti))
+        perm = np.lexsort((vk, si, ti))
+        del vk
+        del si
         ts = ti[perm]
+        del ti
         starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
-        rank = np.arange(len(ts)) - np.repeat(starts, np.diff(np.r_[starts, len(ts)]))
-        is_val[in_mix[perm[rank < want[ts]]]] = True
+        firsts = ts[starts]
+        del ts
+        # each task's first `want` rows of its run (no per-row rank arrays)
+        take = [perm[a:a + int(want[t])] for a, t in zip(starts.tolist(), firsts.tolist()) if want[t] > 0]
+        if take:
+            pick = np.concatenate(take)
+            is_val[pick if in_mix is None else in_mix[pick]] = True
         return is_val
 
     def _plan_for(self, names: list[str], totals: np.ndarray, groups: dict):
@@ -452,7 +482,7 @@ class MixStage(PlannedStage):
                                    "why": f"only {sizes[name]} {c.unit} and max_repeat = {c.max_repeat}"}
         val = {}
         if is_val.any():
-            t, tnames = group_codes(keys[TASK])
+            t, tnames = group_codes(keys[_task_col(keys)])
             nulls = keys[TASK_NULL].to_numpy()
             vt, vn = t[is_val], nulls[is_val]
             counts = np.bincount(vt * 2 + vn, minlength=2 * len(tnames))
@@ -478,6 +508,11 @@ class MixStage(PlannedStage):
             "val": val,
             "rows_in": dict(sorted(rows_per.items())),
         }
+
+
+def _task_col(keys: pl.DataFrame) -> str:
+    """The keys' task column: TASK, or GROUP when the mix is by task (the same values)."""
+    return TASK if TASK in keys.columns else GROUP
 
 
 STAGE = MixStage

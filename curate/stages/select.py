@@ -184,7 +184,8 @@ class Config:
 
 class SelectStage(PlannedStage):
     """Planned from keys (PlannedStage): per row, its group, score, id (and trusted label,
-    for the signal check): ~40-60 bytes a row, never text. `plan` judges the thresholds
+    for the signal check): ~30 bytes a row (the group a Categorical code, a canonical id as
+    u64 + u16), never text; in the plan the verdicts are Categoricals (4 B a row each). `plan` judges the thresholds
     on the keys, then decides the quota walk by one cutoff per group in the order `ORDER`
     (best first, ties by id, then position): it sorts the candidates' keys, finds each
     group's last kept key, and a candidate is over quota iff its key comes after its
@@ -221,7 +222,8 @@ class SelectStage(PlannedStage):
                 .filter(v[CAND]).sort(ORDER))
         walked = self._diverse(cand, n_in).select(ROW_COL, pl.col(REASON).alias("__r"), pl.col(DETAIL).alias("__d"))
         v = (v.join(walked, on=ROW_COL, how="left", maintain_order="left")
-             .with_columns(pl.coalesce(REASON, "__r").alias(REASON), pl.coalesce(DETAIL, "__d").alias(DETAIL))
+             .with_columns(pl.coalesce(pl.col(REASON).cast(pl.String), "__r").alias(REASON),
+                           pl.coalesce(pl.col(DETAIL).cast(pl.String), "__d").alias(DETAIL))
              .drop("__r", "__d"))
         plan = Plan(decisions=v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL),
                     stats=self._plan_stats(v, n_in))
@@ -247,7 +249,8 @@ class SelectStage(PlannedStage):
         if c.column not in part.columns:
             raise ValueError(f"stage {self.name!r}: score column {c.column!r} is not in the table "
                              f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
-        group_expr = pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")
+        # the group as a Categorical (4 B a row: issue #19); the plan's joins on it cast to String
+        group_expr = (pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")).cast(pl.Categorical)
         ident = pl.col("id")
         canonical = ident.str.contains(HEX_ID).fill_null(False)
         cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE),
@@ -287,18 +290,21 @@ class SelectStage(PlannedStage):
         c = self.config
         score = pl.col(SCORE)
         missing = score.is_null() | score.is_nan()
-        reason = pl.when(missing & pl.lit(c.missing == "drop")).then(pl.lit("missing_score"))
+        cat = lambda x: pl.lit(x, pl.Categorical)  # noqa: E731  (no String column built first)
+        reason = pl.when(missing & pl.lit(c.missing == "drop")).then(cat("missing_score"))
         detail = pl.when(missing).then(pl.lit(None, pl.String))
         if c.min is not None:
-            reason = reason.when(~missing & (score < c.min)).then(pl.lit("below_min"))
+            reason = reason.when(~missing & (score < c.min)).then(cat("below_min"))
             detail = detail.when(~missing & (score < c.min)).then(pl.format("{} < min {}", score.round(6), pl.lit(c.min)))
         if c.max is not None:
-            reason = reason.when(~missing & (score > c.max)).then(pl.lit("above_max"))
+            reason = reason.when(~missing & (score > c.max)).then(cat("above_max"))
             detail = detail.when(~missing & (score > c.max)).then(pl.format("{} > max {}", score.round(6), pl.lit(c.max)))
         # best first; missing scores (when kept) last; + 0.0 makes -0.0 and 0.0 one key
         key = ((-score if c.keep == "highest" else score) + 0.0).fill_nan(None)
-        t = keys.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias(REASON),
-                              detail.otherwise(pl.lit(None, pl.String)).alias(DETAIL),
+        # the verdicts as Categoricals (4 B a row, a String column is 16: issue #19); the
+        # decisions and the stats read them back as strings (the dropped rows only)
+        t = keys.with_columns(reason.otherwise(cat(None)).alias(REASON),
+                              detail.otherwise(pl.lit(None, pl.String)).cast(pl.Categorical).alias(DETAIL),
                               key.is_null().alias(NULL), key.fill_null(0.0).alias(KEY))
         if GATE in t.columns:
             t = self._gate(t)
@@ -337,7 +343,7 @@ class SelectStage(PlannedStage):
             v, mixture = self._mixture_cut(v)
         if self.has_quota():
             v = self._over_quota(v, self._cutoffs(v, n_in))
-        decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, REASON, DETAIL)
+        decisions = v.filter(pl.col(REASON).is_not_null()).select(ROW_COL, *_as_strings(REASON, DETAIL))
         stats = self._plan_stats(v, n_in)
         if mixture is not None:
             stats["mixture"] = self._mixture_stats(mixture, stats["groups"])
@@ -388,8 +394,10 @@ class SelectStage(PlannedStage):
         if drops:
             v = v.join(pl.concat(drops), on=ROW_COL, how="left", maintain_order="left")
             hit = pl.col("__mdetail").is_not_null()
-            v = v.with_columns(pl.when(hit).then(pl.lit("mixture_worse")).otherwise(pl.col(REASON)).alias(REASON),
-                               pl.when(hit).then(pl.col("__mdetail")).otherwise(pl.col(DETAIL)).alias(DETAIL),
+            v = v.with_columns(pl.when(hit).then(pl.lit("mixture_worse")).otherwise(pl.col(REASON))
+                               .cast(pl.Categorical).alias(REASON),
+                               pl.when(hit).then(pl.col("__mdetail")).otherwise(pl.col(DETAIL).cast(pl.String))
+                               .cast(pl.Categorical).alias(DETAIL),
                                (pl.col(CAND) & ~hit).alias(CAND)).drop("__mdetail")
         return v, fits
 
@@ -445,7 +453,7 @@ class SelectStage(PlannedStage):
         if ID_HI in v.columns:
             last = self._last_kept(v, quotas, order)
         else:  # ids that are not canonical: the string sort
-            last = (v.filter(pl.col(CAND)).select(*order).sort(order)
+            last = (v.filter(pl.col(CAND)).select(*order).with_columns(pl.col(GROUP).cast(pl.String)).sort(order)
                     .with_columns(pl.int_range(pl.len()).over(GROUP).alias("__rank"))
                     .join(quotas, on=GROUP).filter(pl.col("__rank") == pl.col(QUOTA) - 1)
                     .select(GROUP, *[pl.col(k).alias(f"__cut{k}") for k in order[1:]]))
@@ -456,25 +464,29 @@ class SelectStage(PlannedStage):
     @staticmethod
     def _last_kept(v: pl.DataFrame, quotas: pl.DataFrame, order: list[str]) -> pl.DataFrame:
         """Per group, the key of its quota-th candidate in `order` (all integer and float
-        keys: canonical ids): one stable `np.lexsort` of the candidates' key arrays and the
-        group's integer code, instead of polars' multi-column sort, which row-encodes every
-        key (~190 B a row at its peak, against ~60 B here; issue #19)."""
-        pos = np.flatnonzero(v[CAND].fill_null(False).to_numpy())
-        groups = v[GROUP].gather(pos) if len(pos) < v.height else v[GROUP]
-        codes, _names = group_codes(groups)
-        cols = [v[k].gather(pos).to_numpy() if len(pos) < v.height else v[k].to_numpy() for k in order[1:]]
-        perm = np.lexsort([*reversed(cols), codes])  # the last key is the primary one
+        keys: canonical ids): one stable `np.lexsort` of every row by (group code, not a
+        candidate, the order keys) on the key columns themselves (no gathered copies: the
+        candidates of a group come first in its run), instead of polars' multi-column
+        sort, which row-encodes every key (~190 B a row at its peak; issue #19). The
+        position breaks the last ties: it is the row order when `_row` is sorted."""
+        cand = v[CAND].fill_null(False).to_numpy()
+        codes, names = group_codes(v[GROUP])
+        by_row = not bool(v[ROW_COL].is_sorted())  # positions are not rows: sort by the row too
+        keys = [v[k].to_numpy() for k in order[1:(None if by_row else -1)]]
+        perm = np.lexsort([*reversed(keys), ~cand, codes])  # the last key is the primary one
+        del keys
         sorted_codes = codes[perm]
         starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(perm) else np.zeros(0, int)
-        names = groups.gather(perm[starts]).to_list()
+        present = sorted_codes[starts]
+        del sorted_codes
+        n_cand = np.bincount(codes[cand], minlength=len(names))
         quota = dict(quotas.iter_rows())
-        picks = [(name, int(a + quota[name] - 1)) for name, a, b in zip(names, starts.tolist(), [*starts[1:].tolist(), len(perm)])
-                 if name in quota and 0 < quota[name] <= b - a]
-        at = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
-        rows = pos[at]
+        picks = [(names[g], int(a + quota[names[g]] - 1)) for g, a in zip(present.tolist(), starts.tolist())
+                 if names[g] in quota and 0 < quota[names[g]] <= n_cand[g]]
+        rows = perm[[i for _, i in picks]] if picks else np.zeros(0, dtype=np.int64)
         out = {GROUP: pl.Series(GROUP, [name for name, _ in picks], dtype=pl.String)}
-        for k, col in zip(order[1:], cols):
-            out[f"__cut{k}"] = pl.Series(f"__cut{k}", col[at], dtype=v.schema[k])
+        for k in order[1:]:
+            out[f"__cut{k}"] = v[k].gather(rows).alias(f"__cut{k}")
         out["__cut_score"] = v[SCORE].gather(rows).alias("__cut_score")
         return pl.DataFrame(out)
 
@@ -494,13 +506,15 @@ class SelectStage(PlannedStage):
         idx = np.flatnonzero(over)
         if not len(idx):
             return v
-        details = v[GROUP].gather(idx).replace_strict(per_group, return_dtype=pl.String)
+        codes, names = group_codes(v[GROUP])
+        details = (pl.Series(DETAIL, [per_group.get(name) for name in names], dtype=pl.String).gather(codes[idx])
+                   .cast(pl.Categorical))
         return v.with_columns(v[REASON].clone().scatter(idx, "over_quota"), v[DETAIL].clone().scatter(idx, details))
 
     @staticmethod
     def _over_joined(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
         scope = [SCOPE] if SCOPE in v.columns else []
-        t = (v.select(GROUP, *order, pl.col(REASON).is_null().alias("__open"), *scope)
+        t = (v.select(pl.col(GROUP).cast(pl.String), *order, pl.col(REASON).is_null().alias("__open"), *scope)
              .join(cut, on=GROUP, how="left", maintain_order="left"))
         # lexicographic (null, key, id, row) <= cutoff, built from the last key back
         within = pl.col(ROW_COL) <= pl.col(f"__cut{ROW_COL}")
@@ -521,7 +535,7 @@ class SelectStage(PlannedStage):
         4-byte group code and, one at a time, its group's cutoff value; no joined table."""
         codes, names = group_codes(v[GROUP])
         pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
-        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int64)[codes]  # its row in `cut`
+        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int32)[codes]  # its row in `cut`
         del codes
         known = gi >= 0
         gi = np.where(known, gi, 0)
@@ -647,7 +661,8 @@ class SelectStage(PlannedStage):
             final = final.filter(pl.col(SCOPE))
         # the dropped rows grouped (few); a group's kept rows are its rows in scope less those
         # (no group_by of every row's group and reason strings: issue #19)
-        per = (final.filter(pl.col(REASON).is_not_null()).group_by(GROUP, REASON).len().sort(GROUP, REASON))
+        per = (final.filter(pl.col(REASON).is_not_null()).select(*_as_strings(GROUP, REASON))
+               .group_by(GROUP, REASON).len().sort(GROUP, REASON))
         dropped: dict[str, dict] = {}
         for g, r, n in per.iter_rows():
             dropped.setdefault(g, {})[r] = int(n)
@@ -679,6 +694,10 @@ class SelectStage(PlannedStage):
             if len(kept_scores) else None,
             **scope,
         }
+
+
+def _as_strings(*names: str) -> list[pl.Expr]:
+    return [pl.col(x).cast(pl.String) for x in names]
 
 
 STAGE = SelectStage
