@@ -1020,8 +1020,8 @@ def _short(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-SET_CHUNK = 1 << 21  # shingles turned into sorted (row, shingle) keys at once (`_shingle_sets`)
-QUERY_STEP = 1 << 21  # right-row shingles looked up at once in `_pair_jaccard`'s intersections
+SET_CHUNK = 1 << 19  # shingles turned into sorted (row, shingle) keys at once (`_shingle_sets`)
+QUERY_STEP = 1 << 19  # right-row shingles looked up at once in `_pair_jaccard`'s intersections
 
 
 def _shingle_sets(sh: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
