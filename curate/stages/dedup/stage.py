@@ -91,10 +91,10 @@ class Config:
     # threshold is lost with probability <= 1e-4 (at threshold + 0.05: <= 2e-7). Keeps
     # verification cheap when many rows share a part of their text.
     prefilter: bool = True
-    # verify_by = "exact" from keys (the streaming runner): the most shingles (about 40 B
-    # each while verifying) one pass over the parts fetches for the candidate pairs' rows;
-    # more pairs take more passes. Results do not depend on it.
-    verify_shingles: int = 20_000_000
+    # verify_by = "exact" from keys (the streaming runner): the most shingles (~50 B each at
+    # a batch's peak: ~0.2 GB at the default) one pass over the parts fetches for the
+    # candidate pairs' rows; more pairs take more passes. Results do not depend on it.
+    verify_shingles: int = 4_000_000
     max_bucket: int = 64  # a bucket larger than this links its members to its first one only
     chunk_size: int = 50_000  # rows per chunk while computing signatures
     # --- semantic ---
@@ -539,6 +539,8 @@ class DedupStage(PlannedStage):
         if sp is None or sp.folder != Path(folder) or (keys.height and first == 0):
             sp = self._spill = KeySpill(folder)
         band = has = sig = None
+        if self.config.method == "exact":  # the hash filed by its top byte too: duplicates found slice by slice
+            band = keys[HASH].to_numpy().astype(np.uint64).reshape(-1, 1) if keys.height else np.zeros((0, 1), np.uint64)
         if self.config.method == "minhash":
             band = keys[BANDS].to_numpy() if keys.height else np.zeros((0, self.config.lsh()[0]), np.uint64)
             band = np.ascontiguousarray(band, dtype=np.uint64)
@@ -563,11 +565,13 @@ class DedupStage(PlannedStage):
         if n == 0:
             return self._plan_subset(np.zeros(0, np.int64), np.zeros(0, np.int64), {}, score, n)
         if cfg.method == "exact":
-            h = sp.column(HASH)
-            rows = np.flatnonzero(h.is_duplicated().to_numpy()).astype(np.int64)
-            roots = h.gather(rows).rank("dense").cast(pl.Int64).to_numpy() if len(rows) else np.zeros(0, np.int64)
-            del h
-            return self._plan_subset(rows, roots, {}, score, n)
+            # the rows whose hash repeats, a run of hash slices at a time (no column of every
+            # row's hash, no hash table over all rows); a cluster's root is its first row
+            found = [_duplicated_rows(k, r) for k, r in sp.band_slices(SPILL_BUCKET_ENTRIES)]
+            rows = np.concatenate([a for a, _ in found]) if found else np.zeros(0, np.int64)
+            roots = np.concatenate([b for _, b in found]) if found else np.zeros(0, np.int64)
+            order = np.argsort(rows, kind="stable")
+            return self._plan_subset(rows[order], roots[order], {}, score, n)
         has = sp.column(HAS).to_numpy()
         bands, brows = cfg.lsh()
         stats = {"bands": bands, "rows": brows, "empty_texts": int((~has).sum())}
@@ -1001,6 +1005,23 @@ def _bucket_codes(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> np.nda
         others = first + 1 + (np.arange(int((sz - 1).sum()), dtype=np.int64) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1))
         codes.append((r[first].astype(np.uint64) << np.uint64(32)) | r[others].astype(np.uint64))
     return np.concatenate(codes) if codes else None
+
+
+def _duplicated_rows(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, root) of the (key, row) entries whose key occurs more than once (every entry
+    of each key present), root = the smallest row of its key: exact dedup's clusters of 2+
+    from one run of hash slices."""
+    order = np.lexsort((rows, keys))
+    k, r = keys[order], rows[order]
+    del order
+    if len(k) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    start = np.concatenate([[True], k[1:] != k[:-1]])
+    run = np.cumsum(start) - 1
+    size = np.bincount(run)
+    dup = size[run] > 1
+    root = r[np.flatnonzero(start)][run]
+    return r[dup].astype(np.int64), root[dup].astype(np.int64)
 
 
 def _pair_count(st: dict) -> int:
