@@ -71,6 +71,21 @@ by = "task"
 temperature = 2.0
 val_fraction = 0.05
 """
+NEAR_ONLY = """
+[[stages]]
+kind = "normalize"
+[[stages]]
+kind = "dedup"
+name = "exact_dedup"
+method = "exact"
+view = "conversation"
+[[stages]]
+kind = "dedup"
+name = "near_dedup"
+method = "minhash"
+view = "conversation"
+threshold = 0.7
+"""
 STAGES = """
 [[stages]]
 kind = "normalize"
@@ -148,6 +163,12 @@ def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
     from curate.pipeline.runner import run_pipeline
 
     cfg = load_config(pipeline)
+    profile = os.environ.get("SCALE_BENCH_PROFILE")
+    if profile:  # RSS per sub-step (benchmarks/rss_phases.py), written beside the run
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import rss_phases
+
+        rss_phases.install()
     if executor == "ray":
         from curate.pipeline.ray_executor import RayExecutor
 
@@ -160,6 +181,8 @@ def child(executor: str, pipeline: Path, out: Path, ray_cpus: int) -> None:
     run_pipeline(cfg, out, fresh=True, executor=ex)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ex.close()
+    if profile:
+        Path(profile).write_text(json.dumps(rss_phases.report(), indent=1))
     print(json.dumps({"wall": wall, "cpu": cpu}))
 
 
@@ -343,6 +366,11 @@ def main() -> None:
                          "(planned from keys: every stage of the pipeline then streams)")
     ap.add_argument("--render", action="store_true", help="add a [render] section: rendering and shards measured too")
     ap.add_argument("--light", action="store_true", help="only normalize, exact dedup and mix (all streamed)")
+    ap.add_argument("--near-only", action="store_true",
+                    help="only normalize, exact dedup and near dedup (the dedup stages through the runner)")
+    ap.add_argument("--profile", action="store_true",
+                    help="local executor: RSS per sub-step of each run (benchmarks/rss_phases.py), printed as a table "
+                         "and kept as WORK/phases_N.json")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--child", choices=["local", "ray"])
@@ -355,6 +383,8 @@ def main() -> None:
     global STAGES
     if args.light:
         STAGES = LIGHT
+    if args.near_only:
+        STAGES = NEAR_ONLY
     if args.render:
         STAGES = STAGES + RENDER
     if args.near_verify != "exact":
@@ -371,7 +401,8 @@ def main() -> None:
     wanted = [e for e in args.executors.split(",") if e]
     if args.sizes:
         parts = [int(x) for x in args.part_rows.split(",")] if args.part_rows else [None]
-        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts, args.base)
+        return growth(work, [int(x) for x in args.sizes.split(",")], wanted, args.ray_cpus, parts, args.base,
+                      args.profile)
     data = work / f"records_{args.records}.jsonl"
     if not data.exists():
         t0 = time.perf_counter()
@@ -411,7 +442,7 @@ def _available(wanted: list[str]) -> list[str]:
 
 
 def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_rows: list[int | None],
-           base: Path | None = None) -> None:
+           base: Path | None = None, profile: bool = False) -> None:
     """Peak RSS and wall per size, executor and part size, and each size's ratio to the
     smallest; every part size must give the same output digest."""
     env = {**os.environ, "RAY_TMPDIR": str(work / "r"), "TMPDIR": str(work / "tmp")}
@@ -433,7 +464,11 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
             for name, ex, arm_env in arms:
                 label = name if pr is None else f"{name}/{pr}"
                 run = work / f"run_{name}_{n}_{pr}"
+                if profile and ex == "local":
+                    arm_env = {**arm_env, "SCALE_BENCH_PROFILE": str(work / f"phases_{name}_{n}_{pr}.json")}
                 r = measure(ex, pipeline, run, ray_cpus, arm_env)
+                if profile and ex == "local":
+                    print_phases(json.loads(Path(arm_env["SCALE_BENCH_PROFILE"]).read_text()), f"{n:,} {label}")
                 rows.append({"records": n, "executor": label, **r, "digest": digest(run), "memory": stage_memory(run)})
                 print(f"{n:,} {label}: {r}", flush=True)
                 (work / "growth.json").write_text(json.dumps(rows, indent=1))  # so far (a long run may be cut)
@@ -466,6 +501,18 @@ def growth(work: Path, sizes: list[int], wanted: list[str], ray_cpus: int, part_
         if len(d) > 1:
             print(f"{n:,}: outputs identical across {', '.join(d)}: {len(set(d.values())) == 1}")
     write_chart(work, rows)
+
+
+def print_phases(phases: list[dict], title: str) -> None:
+    """benchmarks/rss_phases.py's report: per sub-step (a stack of calls), calls, seconds,
+    RSS when first entered and the highest RSS sampled while it ran (MiB)."""
+    print(f"RSS per sub-step, {title} (MiB; peak = highest sample while the step ran):")
+    print(f"  {'calls':>6}{'s':>8}{'RSS in':>9}{'peak':>9}  step")
+    for p in phases:
+        if p["phase"] == "(outside)" or p["phase"].startswith("stage "):
+            print(f"  {p['calls']:>6}{p['seconds']:>8.1f}{p['rss_in']:>9.0f}{p['peak']:>9.0f}  {p['phase']}")
+        elif "near_dedup" in p["phase"] or "exact_dedup" in p["phase"]:
+            print(f"  {p['calls']:>6}{p['seconds']:>8.1f}{p['rss_in']:>9.0f}{p['peak']:>9.0f}  {p['phase']}")
 
 
 def stage_memory(run: Path) -> str:

@@ -58,7 +58,8 @@ PREFILTER_MISS = 1e-4  # chance that the sketch pre-check rejects a pair exactly
 # Spilled keys (`spill_keys`, curate/stages/dedup/spill.py): what the plan holds at once.
 SPILL_BUCKET_ENTRIES = 2_000_000  # (band key, row) entries sorted into buckets at once (~60 B each)
 SPILL_WINDOW_BYTES = 32 << 20  # sketch / signature bytes of one window of rows (two are held)
-SPILL_PAIR_ROWS = 1 << 20  # candidate pairs are de-duplicated per window of this many left rows
+SPILL_PAIR_ROWS = 1 << 16  # candidate pairs are filed on disk per window of this many left rows
+SPILL_PAIRS = 1 << 21  # ... and de-duplicated and pre-checked in runs of windows of at most this many
 
 
 @dataclass
@@ -90,10 +91,10 @@ class Config:
     # threshold is lost with probability <= 1e-4 (at threshold + 0.05: <= 2e-7). Keeps
     # verification cheap when many rows share a part of their text.
     prefilter: bool = True
-    # verify_by = "exact" from keys (the streaming runner): the most shingles (about 40 B
-    # each while verifying) one pass over the parts fetches for the candidate pairs' rows;
-    # more pairs take more passes. Results do not depend on it.
-    verify_shingles: int = 20_000_000
+    # verify_by = "exact" from keys (the streaming runner): the most shingles (~50 B each at
+    # a batch's peak: ~0.2 GB at the default) one pass over the parts fetches for the
+    # candidate pairs' rows; more pairs take more passes. Results do not depend on it.
+    verify_shingles: int = 4_000_000
     max_bucket: int = 64  # a bucket larger than this links its members to its first one only
     chunk_size: int = 50_000  # rows per chunk while computing signatures
     # --- semantic ---
@@ -538,6 +539,8 @@ class DedupStage(PlannedStage):
         if sp is None or sp.folder != Path(folder) or (keys.height and first == 0):
             sp = self._spill = KeySpill(folder)
         band = has = sig = None
+        if self.config.method == "exact":  # the hash filed by its top byte too: duplicates found slice by slice
+            band = keys[HASH].to_numpy().astype(np.uint64).reshape(-1, 1) if keys.height else np.zeros((0, 1), np.uint64)
         if self.config.method == "minhash":
             band = keys[BANDS].to_numpy() if keys.height else np.zeros((0, self.config.lsh()[0]), np.uint64)
             band = np.ascontiguousarray(band, dtype=np.uint64)
@@ -562,11 +565,13 @@ class DedupStage(PlannedStage):
         if n == 0:
             return self._plan_subset(np.zeros(0, np.int64), np.zeros(0, np.int64), {}, score, n)
         if cfg.method == "exact":
-            h = sp.column(HASH)
-            rows = np.flatnonzero(h.is_duplicated().to_numpy()).astype(np.int64)
-            roots = h.gather(rows).rank("dense").cast(pl.Int64).to_numpy() if len(rows) else np.zeros(0, np.int64)
-            del h
-            return self._plan_subset(rows, roots, {}, score, n)
+            # the rows whose hash repeats, a run of hash slices at a time (no column of every
+            # row's hash, no hash table over all rows); a cluster's root is its first row
+            found = [_duplicated_rows(k, r) for k, r in sp.band_slices(SPILL_BUCKET_ENTRIES)]
+            rows = np.concatenate([a for a, _ in found]) if found else np.zeros(0, np.int64)
+            roots = np.concatenate([b for _, b in found]) if found else np.zeros(0, np.int64)
+            order = np.argsort(rows, kind="stable")
+            return self._plan_subset(rows[order], roots[order], {}, score, n)
         has = sp.column(HAS).to_numpy()
         bands, brows = cfg.lsh()
         stats = {"bands": bands, "rows": brows, "empty_texts": int((~has).sum())}
@@ -583,7 +588,7 @@ class DedupStage(PlannedStage):
                 floor = mh.agreement_floor(w, cfg.threshold, miss=PREFILTER_MISS)
                 keep = lambda l, r: sp.pair_values(  # noqa: E731
                     l, r, lambda s, a, b: mh.sketch_agreement(s, a, b, step=1 << 17), SPILL_WINDOW_BYTES) >= floor
-        pairs, total = sp.pair_runs(codes, SPILL_PAIR_ROWS, keep)
+        pairs, total = sp.pair_runs(codes, SPILL_PAIR_ROWS, keep, SPILL_PAIRS)
         stats = {"bands": bands, "rows": brows, "candidate_pairs": total, "empty_texts": stats["empty_texts"]}
         if exact:
             if floor is not None and total:
@@ -698,7 +703,12 @@ class DedupStage(PlannedStage):
                                f"got {0 if extra is None else extra.height}")
         lists = extra[SHINGLES]
         counts = lists.list.len().to_numpy().astype(np.int64)
-        sh = lists.explode().drop_nulls().to_numpy().astype(np.uint32) if int(counts.sum()) else np.zeros(0, np.uint32)
+        # the list's values as they lie (4 B a shingle, one copy), not explode + drop_nulls + astype
+        arr = lists.to_arrow()
+        arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
+        sh = (np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.uint32) if int(counts.sum())
+              else np.zeros(0, np.uint32))
+        del arr, lists
         if len(sh) != int(counts.sum()):
             raise RuntimeError(f"stage {self.name!r}: shingle lists do not add up")
         l, r = _pairs_at(st, st["pos"], st["end"])
@@ -997,6 +1007,23 @@ def _bucket_codes(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> np.nda
     return np.concatenate(codes) if codes else None
 
 
+def _duplicated_rows(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, root) of the (key, row) entries whose key occurs more than once (every entry
+    of each key present), root = the smallest row of its key: exact dedup's clusters of 2+
+    from one run of hash slices."""
+    order = np.lexsort((rows, keys))
+    k, r = keys[order], rows[order]
+    del order
+    if len(k) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    start = np.concatenate([[True], k[1:] != k[:-1]])
+    run = np.cumsum(start) - 1
+    size = np.bincount(run)
+    dup = size[run] > 1
+    root = r[np.flatnonzero(start)][run]
+    return r[dup].astype(np.int64), root[dup].astype(np.int64)
+
+
 def _pair_count(st: dict) -> int:
     """Pairs of a verification state: in memory (`left`, `right`) or spilled (`pairs`)."""
     return len(st["pairs"]) if "pairs" in st else len(st["left"])
@@ -1014,45 +1041,85 @@ def _short(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+SET_CHUNK = 1 << 19  # shingles turned into sorted (row, shingle) keys at once (`_shingle_sets`)
+QUERY_STEP = 1 << 19  # right-row shingles looked up at once in `_pair_jaccard`'s intersections
+
+
+def _shingle_sets(sh: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(key, size_of): each row's distinct shingles as u64 keys (row << 32 | hash), sorted
+    (row by row, then by hash), and the number of distinct shingles of each row. Built a
+    chunk of about SET_CHUNK shingles (whole rows) at a time into one array: the
+    temporaries (row numbers, the sort's copy) are a chunk's, not every shingle's, so
+    what is held is 8 B a shingle (the keys) beside the caller's 4 B (`sh`)."""
+    n_rows = len(counts)
+    counts = np.asarray(counts, dtype=np.int64)
+    ends = np.cumsum(counts)
+    key = np.empty(int(ends[-1]) if n_rows else 0, dtype=np.uint64)
+    size_of = np.zeros(n_rows, dtype=np.int64)
+    filled, a = 0, 0
+    while a < n_rows:
+        lo = int(ends[a - 1]) if a else 0
+        b = max(a + 1, int(np.searchsorted(ends, lo + SET_CHUNK, side="right")))
+        b = min(b, n_rows)
+        hi = int(ends[b - 1])
+        pos = np.repeat(np.arange(a, b, dtype=np.uint64), counts[a:b])
+        k = np.sort((pos << np.uint64(32)) | sh[lo:hi].astype(np.uint64))  # sets: each (row, shingle) once
+        del pos
+        if len(k):
+            k = k[np.concatenate([[True], k[1:] != k[:-1]])]  # (sort + diff beats np.unique's hash path)
+            size_of[a:b] = np.bincount((k >> np.uint64(32)).astype(np.int64) - a, minlength=b - a)
+        key[filled:filled + len(k)] = k
+        filled += len(k)
+        del k
+        a = b
+    return key[:filled], size_of
+
+
 def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: np.ndarray,
                   threshold: float | None = None) -> np.ndarray:
     """Exact Jaccard of the shingle sets of pairs of rows (p_all[i], q_all[i]), given every
     involved row's shingle hashes `sh` (uint32, row after row, `counts` per row; rows
     numbered 0.. in that order). With `threshold`, pairs whose upper bound is below it get
     that bound instead (see `DedupStage._exact_jaccard`). Each pair's value depends only
-    on its two rows' shingles, never on which other rows or pairs are passed along."""
+    on its two rows' shingles, never on which other rows or pairs are passed along.
+
+    Memory: the keys (8 B a shingle, `_shingle_sets`), the bounds' counts (256 B a row)
+    and one step of at most QUERY_STEP looked-up shingles (~40 B each) or 100,000 pairs:
+    it follows the batch's shingles, with no per-shingle temporaries (before #19's h1j
+    round: ~40 B a shingle, row numbers, the sort's copy, hash and bucket columns of every
+    shingle at once, and steps of 100,000 pairs whatever their shingles)."""
     n_rows = len(counts)
-    # one u64 per (row, shingle): the row's position, then the hash
-    pos = np.repeat(np.arange(n_rows, dtype=np.uint64), counts)
-    key = np.sort((pos << np.uint64(32)) | sh.astype(np.uint64))  # sets: each (row, shingle) once (sort + diff
-    del pos
-    if len(key):
-        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # beats np.unique's hash path)
-    key_pos = (key >> np.uint64(32)).astype(np.int32 if n_rows < 1 << 31 else np.int64)
-    size_of = np.bincount(key_pos, minlength=n_rows)
+    key, size_of = _shingle_sets(sh, counts)
+    start_of = np.concatenate([[0], np.cumsum(size_of)[:-1]]).astype(np.int64) if n_rows else np.zeros(0, np.int64)
     out = np.zeros(len(p_all), dtype=np.float64)
     todo = np.arange(len(p_all))
     if threshold is not None and len(p_all):
-        bound = _jaccard_bounds(key, key_pos, size_of, p_all, q_all)
+        bound = _jaccard_bounds(key, start_of, size_of, p_all, q_all)
         out[:] = bound
         todo = np.flatnonzero(bound >= threshold - 1e-9)
+        del bound
     # Intersections by binary search: for each pair, the keys (left << 32 | h) for every
     # shingle h of the right row, looked up in `key`. Candidates come sorted by left and
     # each row's shingles are sorted, so the queries of a step are ascending: the
     # searches walk `key` in order (cache-friendly), about 4x faster than the earlier
     # polars join of pairs with the (row, shingle) table on the same pairs, and exact.
-    h32 = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    start_of = np.searchsorted(key_pos, np.arange(n_rows, dtype=key_pos.dtype))
-    step = 100_000
-    for lo in range(0, len(todo), step):
-        sel = todo[lo:lo + step]
+    qs = np.cumsum(size_of[q_all[todo]]) if len(todo) else np.zeros(0, np.int64)  # queries up to each pair
+    lo = 0
+    while lo < len(todo):
+        base = int(qs[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(qs, base + QUERY_STEP, side="right"))
+        hi = min(max(hi, lo + 1), lo + 100_000, len(todo))
+        sel = todo[lo:hi]
+        lo = hi
         pl_, pr_ = p_all[sel], q_all[sel]
         sz = size_of[pr_]
         first = np.cumsum(sz) - sz
         idx = np.repeat(start_of[pr_], sz) + (np.arange(int(sz.sum()), dtype=np.int64) - np.repeat(first, sz))
-        query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | h32[idx].astype(np.uint64)
+        query = (np.repeat(pl_.astype(np.uint64), sz) << np.uint64(32)) | (key[idx] & np.uint64(0xFFFFFFFF))
+        del idx
         at = np.minimum(np.searchsorted(key, query), len(key) - 1)
         hit = (key[at] == query).astype(np.int64)
+        del at, query
         common = np.zeros(len(pl_), dtype=np.float64)
         nz = sz > 0
         if nz.any():
@@ -1062,21 +1129,23 @@ def _pair_jaccard(sh: np.ndarray, counts: np.ndarray, p_all: np.ndarray, q_all: 
     return out
 
 
-def _jaccard_bounds(key: np.ndarray, key_pos: np.ndarray, size_of: np.ndarray, p: np.ndarray, q: np.ndarray,
+def _jaccard_bounds(key: np.ndarray, start_of: np.ndarray, size_of: np.ndarray, p: np.ndarray, q: np.ndarray,
                     buckets: int = 256, rows_per_step: int = 50_000, step: int = 200_000) -> np.ndarray:
     """Upper bounds of the Jaccard of pairs (p[i], q[i]) of rows whose distinct shingles are
-    `key` (row << 32 | hash, sorted, unique; `key_pos` the row of each): with c_X[k] the
-    number of X's shingles in hash bucket k, |A & B| <= sum_k min(c_A[k], c_B[k]). Counts
-    are uint8 (256 bytes a row); a row with a count >= 255 gets bound 1 for its pairs."""
+    `key` (row << 32 | hash, sorted, unique; row r's are key[start_of[r]:][:size_of[r]]):
+    with c_X[k] the number of X's shingles in hash bucket k, |A & B| <= sum_k
+    min(c_A[k], c_B[k]). Counts are uint8 (256 bytes a row); a row with a count >= 255
+    gets bound 1 for its pairs."""
     n = len(size_of)
-    bucket = ((key & np.uint64(0xFFFFFFFF)) >> np.uint64(24)).astype(np.int64)  # top byte of the 32-bit hash
     counts = np.empty((n, buckets), dtype=np.uint8)
     saturated = np.zeros(n, dtype=bool)
-    starts = np.searchsorted(key_pos, np.arange(0, n + rows_per_step, rows_per_step))
-    for i, lo in enumerate(range(0, n, rows_per_step)):
+    for lo in range(0, n, rows_per_step):
         hi = min(n, lo + rows_per_step)
-        a, b = starts[i], starts[i + 1] if i + 1 < len(starts) else len(key_pos)
-        c = np.bincount((key_pos[a:b] - lo) * buckets + bucket[a:b], minlength=(hi - lo) * buckets)
+        a = int(start_of[lo])
+        b = int(start_of[hi - 1] + size_of[hi - 1])
+        k = key[a:b]
+        bucket = ((k & np.uint64(0xFFFFFFFF)) >> np.uint64(24)).astype(np.int64)  # top byte of the 32-bit hash
+        c = np.bincount(((k >> np.uint64(32)).astype(np.int64) - lo) * buckets + bucket, minlength=(hi - lo) * buckets)
         c = c.reshape(hi - lo, buckets)
         saturated[lo:hi] = c.max(axis=1) >= 255
         counts[lo:hi] = np.minimum(c, 255)
