@@ -60,20 +60,20 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["default", "default_mixture", "default_margin", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "default_mixture", "default_regret", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "default_mixture", "default_margin", "consensus", "cv_single", "cv_agree"]
+HALF_OF = ["default", "default_mixture", "default_regret", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default", "default_mixture", "default_margin", "consensus"] + [a + HALF for a in HALF_OF]
+TRAIN_ARMS = (["raw", "default", "default_mixture", "default_regret", "consensus"] + [a + HALF for a in HALF_OF]
               + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
           "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
           "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "consensus", "default", "oracle", "default_margin", "default_mixture", "default_margin_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
+ORDER = ["raw", "consensus", "default", "oracle", "default_regret", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
          "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
@@ -184,6 +184,7 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
                 r[f"auc_{n}{sfx}"] = auc(v, rows)
                 if sfx:
                     r[f"keep80_{n}"] = keep_precision(v, rows)
+                    r[f"keep60_{n}"] = keep_precision(v, rows, 0.6)
         out[task] = r
     return out
 
@@ -208,7 +209,8 @@ def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str
     names = list(CV_SCORES) + list(CV_COMBOS)
     lines = ["", f"Per-record scores of the fold models ({family}; seeds {', '.join(map(str, sorted(last)))}; mean): "
              "AUC on all rows / AUC on unrepeated prompts (the select's scope) / precision an 80% cut of the scope "
-             "keeps (the scope's precision before the cut in the header)", "",
+             "keeps / a 60% cut keeps (the scope's precision before any cut in the header; a perfect score keeps "
+             "min(1, p / fraction))", "",
              "| score | " + " | ".join(
                  f"{t} ({statistics.mean(last[s][t]['precision_scope'] or 0 for s in last if t in last[s]):.3f})"
                  for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
@@ -223,7 +225,7 @@ def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str
             def m(k):
                 xs = [v[k] for v in vs if v.get(k) is not None and not math.isnan(v[k])]
                 return f"{statistics.mean(xs):.3f}" if xs else "nan"
-            cells.append(f"{m('auc_' + n)} / {m('auc_' + n + '_scope')} / {m('keep80_' + n)}")
+            cells.append(f"{m('auc_' + n)} / {m('auc_' + n + '_scope')} / {m('keep80_' + n)} / {m('keep60_' + n)}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
 
@@ -511,7 +513,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
     for arm, bar in (("default", 0.5), ("default_half", 0.5), ("default_mixture", 0.5), ("default_mixture_half", 0.5),
-                     ("default_margin", 0.5), ("default_margin_half", 0.5),
+                     ("default_regret", 0.5), ("default_regret_half", 0.5),
                      ("consensus", 0.5), ("consensus_half", 0.5), ("cv", 0.5),
                      ("cv_single", 0.5), ("cv_single_half", 0.5), ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
@@ -532,7 +534,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
         out.append(f"- floor, {LABELS[arm]}: minus raw {clears(diff, 0.0)}; gap closed {clears(gaps, bar)}")
     for a, b, what in (("default", "consensus", "default recipe minus consensus recipe"),
                        ("default_mixture", "default", "mixture cut minus the fixed 80% cut (default_mixture - default)"),
-                       ("default_margin", "default", "margin score minus the loss ratio (default_margin - default)")):
+                       ("default_regret", "default", "regret score minus the loss ratio (default_regret - default)")):
         ss = [s for s in range(seeds) if (a, s) in em and (b, s) in em]
         if len(ss) >= 2:  # what one arm adds to another, paired over seeds
             d = [em[(a, s)] - em[(b, s)] for s in ss]
