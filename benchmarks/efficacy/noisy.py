@@ -236,7 +236,7 @@ def mixture_select(select: dict) -> dict:
 
 
 def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | None,
-               cv_epochs: int = 3) -> list[dict] | None:
+               cv_epochs: int = 3, key_module: tuple[str, str] | None = None) -> list[dict] | None:
     """Each arm's stages. Every arm ends in the same mix (arm_mix: the consensus recipe's,
     which is the default recipe's too). The oracle runs the consensus arm's own stages on the
     pool's correct records, so by construction its data can only be better than the
@@ -249,7 +249,7 @@ def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | 
         return [{"kind": "normalize"}, arm_mix(base_stages)]
     if arm in ("consensus", "oracle"):
         return no_mix + [arm_mix(base_stages)]
-    if arm in ("default", "default_mixture", "default_regret"):  # the shipped recipe; only the cv stage's model is swapped in
+    if arm in ("default", "default_mixture", "default_regret", "diag_rank80"):  # the shipped recipe; only the cv stage's model is swapped in
         if not model:
             return None
         out = [dict(s, model=model) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else dict(s)
@@ -258,6 +258,15 @@ def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | 
             out = [dict(s, column=SCORE_COLUMN, keep=SCORE_KEEP) if s["kind"] == "select" and s.get("column") == "cv_loss_ratio"
                    else dict(s, max_length=64) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else s
                    for s in out]
+        if arm == "diag_rank80":  # DIAGNOSTIC (reads the answer key): the same cut, ranked by the key
+            if key_module is None:
+                raise ValueError("diag_rank80 needs the answer key's verifier module (trained.py writes it)")
+            folder, fn = key_module
+            out = [dict(s, max_length=64) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else s for s in out]
+            i = next(i for i, s in enumerate(out) if s["kind"] == "select" and s.get("column") == "cv_loss_ratio")
+            out[i:i + 1] = [{"kind": "quality", "name": "answer_key", "scorer": "verifier", "column": "answer_key",
+                             "python_path": [folder], "functions": {"*": fn}},
+                            dict(out[i], column="answer_key", keep="highest")]
         if arm == "default_mixture":
             # the select's cut swapped; the quality stage as the default arm's measured runs
             # had it (max_length 64, the cv arms' cap: the benchmark's records are far shorter),

@@ -60,20 +60,25 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["default", "default_mixture", "default_regret", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "default_mixture", "default_regret", "cv", "cv_single", "cv_agree", "diag_rank80"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
 HALF_OF = ["default", "default_mixture", "default_regret", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
+# diag_rank80 (a cv arm: it needs the fold models' gate): the default recipe's cut, same
+# scope, gate and top_fraction, ranked by the ANSWER KEY instead of a score: what a perfect
+# score would give at that cut (noisy.arm_stages)
+DIAG_CV = ["diag_rank80"]
 TRAIN_ARMS = (["raw", "default", "default_mixture", "default_regret", "consensus"] + [a + HALF for a in HALF_OF]
-              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS)
+              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS + DIAG_CV)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
           "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
-          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "consensus", "default", "oracle", "default_regret", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
+          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks",
+          "diag_rank80": "DIAGNOSTIC: the default recipe's 80% cut ranked by the answer key (a perfect score, same cut)"}
+ORDER = ["raw", "consensus", "default", "oracle", "default_regret", "diag_rank80", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
          "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
@@ -189,6 +194,11 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
     return out
 
 
+def _scope_precision(last: dict, task: str) -> str:
+    xs = [last[s][task]["precision_scope"] for s in last if task in last[s] and last[s][task].get("precision_scope") is not None]
+    return f"{statistics.mean(xs):.3f}" if xs else "no unrepeated prompts"
+
+
 def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str]:
     """Per task, per score: AUC on all rows / on the select's scope, and the precision an
     80% cut of the scope would keep (OUT/cv_stats.jsonl, one cv run per seed: the last one
@@ -211,9 +221,8 @@ def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str
              "AUC on all rows / AUC on unrepeated prompts (the select's scope) / precision an 80% cut of the scope "
              "keeps / a 60% cut keeps (the scope's precision before any cut in the header; a perfect score keeps "
              "min(1, p / fraction))", "",
-             "| score | " + " | ".join(
-                 f"{t} ({statistics.mean(last[s][t]['precision_scope'] or 0 for s in last if t in last[s]):.3f})"
-                 for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+             "| score | " + " | ".join(f"{t} ({_scope_precision(last, t)})" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
     for n in names:
         cells = []
         for t in tasks:
@@ -324,7 +333,8 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             prec = {"distinct": len({(r["task"], r["instruction"], r["output"]) for r in rows}),
                     "precision": sum(key.get((r["task"], r["instruction"])) == r["output"] for r in rows) / max(kept, 1)}
         else:
-            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"])
+            key_module = write_key_module(d / "answer_key", family, seed, key) if arm in DIAG_CV else None
+            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"], key_module)
             src = oracle_file if arm == "oracle" else pool_file
             pf = d / "pipelines" / f"{arm}.toml"
             before = pf.read_text(encoding="utf-8") if pf.is_file() else None
@@ -380,6 +390,23 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
         jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "consensus"),
                      "test": str(test_file)})
     return jobs
+
+
+def write_key_module(folder: Path, family: str, seed: int, key: dict) -> tuple[str, str]:
+    """A verifier module that answers "is this record's answer the key's?" (the diagnostic
+    arms only: it READS THE ANSWER KEY). Its own name per pool, since one process may build
+    several pools and Python caches modules by name. Returns (folder, "module:function")."""
+    name = f"answer_key_{family}_s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(sorted([t, p, a] for (t, p), a in key.items())), encoding="utf-8")
+    (folder / f"{name}.py").write_text(
+        '"""DIAGNOSTIC: the benchmark pool\'s answer key (written by trained.py)."""\n'
+        "import json\nfrom pathlib import Path\n\n"
+        f"KEY = {{(t, p): a for t, p, a in json.loads((Path(__file__).parent / {name + '.json'!r}).read_text())}}\n\n\n"
+        "def right(rec):\n"
+        "    user = next((m['content'] for m in rec['messages'] if m['role'] == 'user'), None)\n"
+        "    return KEY.get((rec['task'], user)) == (rec.get('response') or '')\n", encoding="utf-8")
+    return str(folder), f"{name}:right"
 
 
 def cv_prefix(pipeline: Path) -> list | None:
@@ -534,7 +561,9 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
         out.append(f"- floor, {LABELS[arm]}: minus raw {clears(diff, 0.0)}; gap closed {clears(gaps, bar)}")
     for a, b, what in (("default", "consensus", "default recipe minus consensus recipe"),
                        ("default_mixture", "default", "mixture cut minus the fixed 80% cut (default_mixture - default)"),
-                       ("default_regret", "default", "regret score minus the loss ratio (default_regret - default)")):
+                       ("default_regret", "default", "regret score minus the loss ratio (default_regret - default)"),
+                       ("diag_rank80", "default", "DIAGNOSTIC: a perfect score at the same cut minus the loss ratio "
+                                                  "(diag_rank80 - default)")):
         ss = [s for s in range(seeds) if (a, s) in em and (b, s) in em]
         if len(ss) >= 2:  # what one arm adds to another, paired over seeds
             d = [em[(a, s)] - em[(b, s)] for s in ss]
@@ -586,7 +615,7 @@ def table(rows: list[dict], args, wall: float) -> str:
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; model {Path(args.model).name}, "
              f"full FT lr {args.lr}, {args.budget} supervised tokens per arm, k = {args.k} shots"
              + (f"; {wall:.0f} s wall." if not math.isnan(wall) else "."), ""]
-    order = ["base", "few_shot"] + [a for a in TRAIN_ARMS if a not in DIAG_ARMS] + DIAG_ARMS
+    order = ["base", "few_shot"] + [a for a in TRAIN_ARMS if a not in DIAG_ARMS + DIAG_CV] + DIAG_ARMS + DIAG_CV
     warn = []
     for family in args.families.split(","):
         fr = [r for r in rows if r["family"] == family]
@@ -661,7 +690,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
         if args.arms == ",".join(ALL_ARMS):
             # the cv arms have their own test; the half and diagnostic arms are the same code paths
-            args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS and not a.endswith(HALF))
+            args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS + DIAG_CV and not a.endswith(HALF))
     arms = args.arms.split(",")
     bad = sorted(set(arms) - set(ALL_ARMS))
     if bad or "consensus" not in arms:
