@@ -3,6 +3,7 @@
     python benchmarks/efficacy/trained.py --jobs 2          # 2 families x 3 seeds x all arms
     python benchmarks/efficacy/trained.py --quick           # 1 family, 1 seed, tiny pool (tests)
     python benchmarks/efficacy/trained.py --resume ...      # finish an interrupted grid (OUT/rows.jsonl)
+    python benchmarks/efficacy/trained.py --curate-only ... # the cv arms' curation alone: judge the scores first
 
 For every family and seed, the arms of noisy.py (raw, the default recipe, the consensus
 recipe (the default without a model), cv, random, verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
@@ -26,7 +27,11 @@ the code of `curate eval`; per task, mean over seeds. Two arms without training:
 Also: `default_half` / `consensus_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
 raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
 from the consensus arm's and raw's kept sets WITH the answer key, only to say why an arm scores
-as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
+as it does; never a product arm), and `diag_rank80` (the default recipe's 80% cut ranked by
+the answer key: what a perfect score would give at that cut; a cv arm, since it needs the
+fold models' gate). OUT/cv_stats.jsonl holds, per cv run, each per-record score's AUC and
+the precision an 80% / 60% cut of the select's scope would keep (cv_stats; the table prints
+it). OUT/sets.jsonl holds every kept set's per-task rows,
 distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
 not beat raw, the gap is undefined (printed as nan) and the run says so: an upper bound
