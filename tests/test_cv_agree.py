@@ -36,6 +36,54 @@ def test_agreement_on_hand_made_logits():
     assert "agree" not in lm.sequence_stats(m, seqs, starts, 0)
 
 
+class Fixed(torch.nn.Module):
+    """A hand-made 'model' whose logits at every position are `row` (whatever the input)."""
+
+    def __init__(self, row):
+        super().__init__()
+        self.row = torch.tensor(row, dtype=torch.float32)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        logits = self.row.expand(*input_ids.shape, len(self.row)) + self.dummy
+        return type("Out", (), {"logits": logits, "hidden_states": None})()
+
+
+def test_margin_and_regret_on_hand_made_logits():
+    m = NextIsPlusOne()  # logit 5 for t + 1, 0 for every other token
+    seqs = [[1, 2, 3, 4, 5], [1, 2, 3, 9, 5], [1, 2, 3, 4, 6], [4, 5], [7]]
+    starts = [2, 2, 2, 1, 1]
+    r = lm.sequence_stats(m, seqs, starts, pad_id=0, want_agreement=True)
+    # agreement everywhere: margin = 5 - 0 > 0, regret 0
+    assert r["margin"][0] == pytest.approx(5.0) and r["regret"][0] == 0.0
+    assert r["margin"][3] == pytest.approx(5.0) and r["regret"][3] == 0.0
+    # seq 1: two tokens the model is confident about disagree with the record (9 for 4, 5 after 9)
+    assert r["margin"][1] == pytest.approx(-5.0) and r["regret"][1] == pytest.approx(2 * 5.0 / 3)
+    # seq 2: one disagreeing token of three: the worst token decides the margin, the regret averages
+    assert r["margin"][2] == pytest.approx(-5.0) and r["regret"][2] == pytest.approx(5.0 / 3)
+    assert np.isnan(r["margin"][4]) and np.isnan(r["regret"][4])
+    # invariants: regret >= 0; margin >= 0 exactly where greedy reproduces the answer (agree)
+    ok = ~np.isnan(r["agree"])
+    assert (r["regret"][ok] >= 0).all() and ((r["margin"][ok] >= 0) == (r["agree"][ok] == 1)).all()
+    # asking for agreement leaves the loss bit-identical
+    assert np.array_equal(lm.sequence_stats(m, seqs, starts, 0)["loss"][:4], r["loss"][:4])
+
+
+def test_margin_scales_with_the_models_confidence_and_ties_count_zero():
+    seqs, starts = [[0, 1], [0, 2], [0, 3]], [1, 1, 1]
+    # the model prefers token 1 (logit 4), then 2 (logit 1); 3 is unlikely (-3)
+    r = lm.sequence_stats(Fixed([0.0, 4.0, 1.0, -3.0]), seqs, starts, 0, want_agreement=True)
+    assert r["margin"].tolist() == pytest.approx([3.0, -3.0, -7.0])  # given - best other
+    assert r["regret"].tolist() == pytest.approx([0.0, 3.0, 7.0])  # best - given
+    # an unsure model (logits close) gives a small negative margin for the same disagreement
+    r2 = lm.sequence_stats(Fixed([0.0, 1.1, 1.0, -3.0]), seqs, starts, 0, want_agreement=True)
+    assert r2["margin"][1] == pytest.approx(-0.1, abs=1e-5) and r2["margin"][1] > r["margin"][1]
+    # a tie for the top: margin 0 and regret 0 for both tied tokens; greedy (argmax) takes the lower id
+    r3 = lm.sequence_stats(Fixed([0.0, 2.0, 2.0, -3.0]), seqs, starts, 0, want_agreement=True)
+    assert r3["margin"][:2].tolist() == [0.0, 0.0] and r3["regret"][:2].tolist() == [0.0, 0.0]
+    assert r3["agree"][:2].tolist() == [1.0, 0.0]
+
+
 @pytest.mark.slow  # a few hundred steps of a 260k-parameter model: a few seconds on one core
 def test_memorised_answer_agrees_planted_wrong_one_does_not(shared_data):
     from curate.stages.common import finetune
@@ -50,6 +98,10 @@ def test_memorised_answer_agrees_planted_wrong_one_does_not(shared_data):
                    want_agreement=True)
     assert res["agree"].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # memorised agree; a dropped letter,
     assert (res["token_acc"][:2] == 1.0).all() and (res["token_acc"][2:] < 1.0).all()  # case, extra: not
+    # the memorised answers' worst token is top-1 (margin > 0, regret 0); the planted ones have
+    # a token the model is confident of and the record is not (a large negative margin)
+    assert (res["margin"][:2] > 0).all() and (res["regret"][:2] == 0).all()
+    assert (res["margin"][2:] < -1.0).all() and (res["regret"][2:] > 0).all()
     # agreement = greedy decoding from the same prompt tokens reproduces the answer's tokens, then stops
     stop = tok.eos_token_id
     all_answers = answers + ["BD", "cwf", "BRDX", "CWF."]

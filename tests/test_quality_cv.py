@@ -54,6 +54,12 @@ def test_cv_loss_ranks_planted_wrong_answers_above_right_ones(tmp_path, shared_d
     assert set(np.unique(agree)) <= {0.0, 1.0} and ((acc >= 0) & (acc <= 1)).all()
     assert (agree[acc < 1] == 0).all() and (agree[acc == 1] == 1).all()
     assert agree[good].mean() > 0.6 and agree[~good].mean() < 0.1  # measured: 0.86 / 0.0
+    # margin (worst answer token) and regret (mean): a planted wrong colour is a token the fold
+    # model is confident of and the record disagrees with, so both rank it below right answers
+    margin, regret = out["cv_loss_margin"].to_numpy(), out["cv_loss_regret"].to_numpy()
+    assert auc(margin, good) > 0.85 and auc(-regret, good) > 0.85
+    assert np.nanmedian(margin[~good]) < -1.0 < np.nanmedian(margin[good])
+    assert (regret >= 0).all() and (regret[agree == 1] == 0).all() and ((margin >= 0) == (agree == 1)).all()
     a = res.stats["agreement"]["t"]
     assert a["n"] == table.height and a["agree"] == pytest.approx(agree.mean(), abs=1e-6)
 

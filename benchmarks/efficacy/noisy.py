@@ -22,6 +22,10 @@ in the same `mix`, the recipe's own (arm_mix), so task balance follows one rule 
   default_mixture  the default arm with its select's fixed `top_fraction = 0.8` replaced by
              `cut = "mixture"`: per task, a two-Gaussian fit of the loss ratio drops the
              worse component (or refuses and keeps all); same scoring, same gate, same scope
+  default_regret  the default arm with its select ranking by SCORE_COLUMN (SCORE_KEEP
+             first: the fold models' per-token regret) in place of the loss ratio: same
+             scoring (as default_mixture's), same top_fraction, scope and gate; only the
+             column and its direction differ
   cv         consensus + quality scorer = "cv_loss" + select (needs --cv and a model)
   cv_single  consensus + the same cv_loss scorer, its select only on records whose prompt had
              no vote (consensus_group_size < the consensus min_group, `scope_max`): prompts
@@ -69,10 +73,17 @@ REFUSALS = ["I'm sorry, but I can't help with that.", "As an AI language model, 
 # cv_agree: a task is cut only where the fold models reproduce at least this share of its
 # held-out answers exactly (docs/curation-efficacy.md says why 0.5)
 GATE = 0.5
+# default_regret: the score its select ranks by, chosen on words 300k seeds 0-2 before any
+# arm trained on it (docs/curation-efficacy.md, "The fold models' margin and regret"): of
+# the two new columns, the regret ranked better on every seed (acronym, unrepeated prompts:
+# AUC 0.831 / 0.840 / 0.783 vs the margin's 0.823 / 0.837 / 0.781); a rank mean with the
+# ratio was below the ratio alone on every seed, so no combination
+SCORE_COLUMN, SCORE_KEEP = "cv_loss_regret", "lowest"
 ARMS = {"raw": "raw pool", "random": "random subset (normalised, exact-deduped), size of consensus",
         "consensus": "consensus recipe, no model, no user code",
         "default": "default recipe (consensus + gated cv loss), no user code",
         "default_mixture": "default recipe with the mixture cut (cut = \"mixture\") in place of the fixed 80%",
+        "default_regret": "default recipe ranking by the fold models' regret in place of the loss ratio",
         "cv": "consensus + cross-validated loss select",
         "cv_single": "consensus + cv loss select on unrepeated prompts",
         "cv_agree": "consensus + cv agreement select (learned tasks, unrepeated prompts)",
@@ -225,7 +236,7 @@ def mixture_select(select: dict) -> dict:
 
 
 def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | None,
-               cv_epochs: int = 3) -> list[dict] | None:
+               cv_epochs: int = 3, key_module: tuple[str, str] | None = None) -> list[dict] | None:
     """Each arm's stages. Every arm ends in the same mix (arm_mix: the consensus recipe's,
     which is the default recipe's too). The oracle runs the consensus arm's own stages on the
     pool's correct records, so by construction its data can only be better than the
@@ -238,11 +249,24 @@ def arm_stages(arm: str, stages: dict, model: str | None, consensus_rows: int | 
         return [{"kind": "normalize"}, arm_mix(base_stages)]
     if arm in ("consensus", "oracle"):
         return no_mix + [arm_mix(base_stages)]
-    if arm in ("default", "default_mixture"):  # the shipped recipe; only the cv stage's model is swapped in
+    if arm in ("default", "default_mixture", "default_regret", "diag_rank80"):  # the shipped recipe; only the cv stage's model is swapped in
         if not model:
             return None
         out = [dict(s, model=model) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else dict(s)
                for s in stages["default"] if s["kind"] != "mix"]
+        if arm == "default_regret":  # the select's column and direction swapped; scoring as default_mixture's
+            out = [dict(s, column=SCORE_COLUMN, keep=SCORE_KEEP) if s["kind"] == "select" and s.get("column") == "cv_loss_ratio"
+                   else dict(s, max_length=64) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else s
+                   for s in out]
+        if arm == "diag_rank80":  # DIAGNOSTIC (reads the answer key): the same cut, ranked by the key
+            if key_module is None:
+                raise ValueError("diag_rank80 needs the answer key's verifier module (trained.py writes it)")
+            folder, fn = key_module
+            out = [dict(s, max_length=64) if s["kind"] == "quality" and s.get("scorer") == "cv_loss" else s for s in out]
+            i = next(i for i, s in enumerate(out) if s["kind"] == "select" and s.get("column") == "cv_loss_ratio")
+            out[i:i + 1] = [{"kind": "quality", "name": "answer_key", "scorer": "verifier", "column": "answer_key",
+                             "python_path": [folder], "functions": {"*": fn}},
+                            dict(out[i], column="answer_key", keep="highest")]
         if arm == "default_mixture":
             # the select's cut swapped; the quality stage as the default arm's measured runs
             # had it (max_length 64, the cv arms' cap: the benchmark's records are far shorter),

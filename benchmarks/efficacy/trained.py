@@ -3,6 +3,7 @@
     python benchmarks/efficacy/trained.py --jobs 2          # 2 families x 3 seeds x all arms
     python benchmarks/efficacy/trained.py --quick           # 1 family, 1 seed, tiny pool (tests)
     python benchmarks/efficacy/trained.py --resume ...      # finish an interrupted grid (OUT/rows.jsonl)
+    python benchmarks/efficacy/trained.py --curate-only ... # the cv arms' curation alone: judge the scores first
 
 For every family and seed, the arms of noisy.py (raw, the default recipe, the consensus
 recipe (the default without a model), cv, random, verifier, oracle; imported from noisy.py, built by curate's own runner exactly as there)
@@ -26,7 +27,11 @@ the code of `curate eval`; per task, mean over seeds. Two arms without training:
 Also: `default_half` / `consensus_half` / `cv_single_half` (that arm's own set, half the budget: does it beat
 raw on fewer trained tokens?) and the DIAGNOSTIC arms `diag_clean` / `diag_plus` (built
 from the consensus arm's and raw's kept sets WITH the answer key, only to say why an arm scores
-as it does; never a product arm). OUT/sets.jsonl holds every kept set's per-task rows,
+as it does; never a product arm), and `diag_rank80` (the default recipe's 80% cut ranked by
+the answer key: what a perfect score would give at that cut; a cv arm, since it needs the
+fold models' gate). OUT/cv_stats.jsonl holds, per cv run, each per-record score's AUC and
+the precision an 80% / 60% cut of the select's scope would keep (cv_stats; the table prints
+it). OUT/sets.jsonl holds every kept set's per-task rows,
 distinct records, prompts, right prompts and precision; the table prints them.
 Gap closed = (arm - raw) / (oracle - raw), per seed, then mean ± std. If the oracle does
 not beat raw, the gap is undefined (printed as nan) and the run says so: an upper bound
@@ -60,20 +65,25 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["default", "default_mixture", "cv", "cv_single", "cv_agree"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "default_mixture", "default_regret", "cv", "cv_single", "cv_agree", "diag_rank80"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "default_mixture", "consensus", "cv_single", "cv_agree"]
+HALF_OF = ["default", "default_mixture", "default_regret", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
-TRAIN_ARMS = (["raw", "default", "default_mixture", "consensus"] + [a + HALF for a in HALF_OF]
-              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS)
+# diag_rank80 (a cv arm: it needs the fold models' gate): the default recipe's cut, same
+# scope, gate and top_fraction, ranked by the ANSWER KEY instead of a score: what a perfect
+# score would give at that cut (noisy.arm_stages)
+DIAG_CV = ["diag_rank80"]
+TRAIN_ARMS = (["raw", "default", "default_mixture", "default_regret", "consensus"] + [a + HALF for a in HALF_OF]
+              + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS + DIAG_CV)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
           **{a + HALF: noisy.ARMS[a] + ", half the budget" for a in HALF_OF},
           "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
-          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks"}
-ORDER = ["raw", "consensus", "default", "oracle", "default_mixture", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
+          "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks",
+          "diag_rank80": "DIAGNOSTIC: the default recipe's 80% cut ranked by the answer key (a perfect score, same cut)"}
+ORDER = ["raw", "consensus", "default", "oracle", "default_regret", "diag_rank80", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
          "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
@@ -106,11 +116,45 @@ def set_stats(rows: list[dict], key: dict) -> dict:
     return out
 
 
+# cv_stats: the per-record scores judged, each oriented so that higher = kept first (as
+# the select ranks them), with the value a missing score ranks at (last)
+CV_SCORES = {"ratio": ("cv_loss_ratio", -1.0, 9.0), "margin": ("cv_loss_margin", 1.0, -1e9),
+             "regret": ("cv_loss_regret", -1.0, 1e9)}
+CV_COMBOS = {"ratio+margin": ("ratio", "margin"), "ratio+regret": ("ratio", "regret")}  # mean of the two ranks
+
+
+def _ranks01(x):
+    """Ranks in [0, 1] (ties averaged): the scale a rank combination of two scores averages."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    u, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
+    avg = np.cumsum(cnt) - cnt + (cnt - 1) / 2  # 0-based average rank of each distinct value
+    return avg[inv] / max(len(x) - 1, 1)
+
+
+def keep_precision(score, right, fraction: float = 0.8) -> float | None:
+    """Precision of the best `fraction` of the rows by `score` (higher first; ties by
+    position, as select breaks them by id): the set a `top_fraction` cut would keep."""
+    import numpy as np
+
+    if not len(score):
+        return None
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    k = max(int(round(fraction * len(score))), 1)
+    return float(np.asarray(right)[order[:k]].mean())
+
+
 def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
     """A cv arm's scorer, judged with the answer key (measurement only; the arm never reads
     it): per task, the fold models' held-out agreement rate, the precision of the records
     they agree / disagree with, the AUC of the loss ratio and of agreement, and the select's
-    gate verdict (cut or not)."""
+    gate verdict (cut or not). Where the run has them, each per-record score of CV_SCORES
+    and CV_COMBOS: its AUC on the task's rows (`auc_<score>`) and on its unrepeated-prompt
+    rows (the select's scope, consensus_group_size <= 2: `auc_<score>_scope`), and the
+    precision of the scope rows an 80% cut by that score would keep (`keep80_<score>`;
+    `precision_scope` is the scope's precision before any cut)."""
+    import numpy as np
     import polars as pl
 
     from curate.contract.datasets import read_dataset
@@ -125,8 +169,9 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
     t = read_dataset(run_dir / q["output"])
     if "cv_loss_agree" not in t.columns:
         return None
+    scores = {n: v for n, v in CV_SCORES.items() if v[0] in t.columns}
     t = t.select("task", text_view("user").alias("p"), text_view("response").alias("a"), "cv_loss_agree",
-                 "cv_loss_ratio", "consensus_group_size")
+                 "consensus_group_size", *[v[0] for v in scores.values()])
     ok = pl.Series([key.get((task, p)) == a for task, p, a in t.select("task", "p", "a").iter_rows()])
     t = t.with_columns(ok.alias("ok"))
     out = {}
@@ -134,13 +179,69 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
         x = t.filter(pl.col("task") == task)
         ag, right = x["cv_loss_agree"].fill_null(0.0).to_numpy(), x["ok"].to_numpy()
         un = x.filter(pl.col("consensus_group_size") <= 2)
-        out[task] = {"n": x.height, "agree": float(ag.mean()), "precision": float(right.mean()),
-                     "precision_agree": float(right[ag == 1].mean()) if (ag == 1).any() else None,
-                     "precision_disagree": float(right[ag == 0].mean()) if (ag == 0).any() else None,
-                     "auc_agree": auc(ag, right), "auc_ratio": auc(-x["cv_loss_ratio"].fill_null(9.0).to_numpy(), right),
-                     "unrepeated": un.height,
-                     "gate": ((gate or {}).get("groups") or {}).get(task)}
+        r = {"n": x.height, "agree": float(ag.mean()), "precision": float(right.mean()),
+             "precision_agree": float(right[ag == 1].mean()) if (ag == 1).any() else None,
+             "precision_disagree": float(right[ag == 0].mean()) if (ag == 0).any() else None,
+             "auc_agree": auc(ag, right), "unrepeated": un.height,
+             "precision_scope": float(un["ok"].mean()) if un.height else None,
+             "gate": ((gate or {}).get("groups") or {}).get(task)}
+        for part, rows, sfx in ((x, right, ""), (un, un["ok"].to_numpy(), "_scope")):
+            oriented = {n: sign * part[c].fill_null(miss).fill_nan(miss).to_numpy() for n, (c, sign, miss) in scores.items()}
+            for n, (a, b) in CV_COMBOS.items():
+                if a in oriented and b in oriented:
+                    oriented[n] = (_ranks01(oriented[a]) + _ranks01(oriented[b])) / 2
+            for n, v in oriented.items():
+                r[f"auc_{n}{sfx}"] = auc(v, rows)
+                if sfx:
+                    r[f"keep80_{n}"] = keep_precision(v, rows)
+                    r[f"keep60_{n}"] = keep_precision(v, rows, 0.6)
+        out[task] = r
     return out
+
+
+def _scope_precision(last: dict, task: str) -> str:
+    xs = [last[s][task]["precision_scope"] for s in last if task in last[s] and last[s][task].get("precision_scope") is not None]
+    return f"{statistics.mean(xs):.3f}" if xs else "no unrepeated prompts"
+
+
+def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str]:
+    """Per task, per score: AUC on all rows / on the select's scope, and the precision an
+    80% cut of the scope would keep (OUT/cv_stats.jsonl, one cv run per seed: the last one
+    written of the arms that share the scoring); mean over `seeds` (default: all)."""
+    f = out / "cv_stats.jsonl"
+    if not f.is_file():
+        return []
+    last = {}
+    for x in f.read_text(encoding="utf-8").splitlines():
+        if x.strip():
+            r = json.loads(x)
+            if r["family"] == family and (seeds is None or r["seed"] in seeds) and any(
+                    "auc_margin" in v for v in r["by_task"].values()):
+                last[r["seed"]] = r["by_task"]
+    if not last:
+        return []
+    tasks = sorted({t for v in last.values() for t in v})
+    names = list(CV_SCORES) + list(CV_COMBOS)
+    lines = ["", f"Per-record scores of the fold models ({family}; seeds {', '.join(map(str, sorted(last)))}; mean): "
+             "AUC on all rows / AUC on unrepeated prompts (the select's scope) / precision an 80% cut of the scope "
+             "keeps / a 60% cut keeps (the scope's precision before any cut in the header; a perfect score keeps "
+             "min(1, p / fraction))", "",
+             "| score | " + " | ".join(f"{t} ({_scope_precision(last, t)})" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for n in names:
+        cells = []
+        for t in tasks:
+            vs = [last[s][t] for s in last if t in last[s] and f"auc_{n}" in last[s][t]]
+            if not vs:
+                cells.append("-")
+                continue
+
+            def m(k):
+                xs = [v[k] for v in vs if v.get(k) is not None and not math.isnan(v[k])]
+                return f"{statistics.mean(xs):.3f}" if xs else "nan"
+            cells.append(f"{m('auc_' + n)} / {m('auc_' + n + '_scope')} / {m('keep80_' + n)} / {m('keep60_' + n)}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def diag_rows(arm: str, kept_dir: Path, key: dict) -> list[dict]:
@@ -221,6 +322,10 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
     test_file = noisy.write_jsonl(d / f"test{sfx}.jsonl", test_rows(family, key, a["test"], seed))
     if part == "cv":
         arms = [x for x in CV_ARMS if x in a["arms"] or x + HALF in a["arms"]]
+        if a.get("resume") and not a.get("curate_only"):
+            # --resume: a cv arm whose rows (and its half arm's, if asked) all exist is not curated again
+            done = {arm for (f, s_, arm) in a.get("done", []) if (f, s_) == (family, seed)}
+            arms = [x for x in arms if not all(y in done for y in (x, x + HALF) if y in a["arms"])]
     else:  # the diagnostics need raw's and consensus's kept sets, so they come after them
         arms = [x for x in ["raw", "consensus", "random", "verifier", "oracle"] + DIAG_ARMS
                 if x in a["arms"] or x + HALF in a["arms"] or (x in ("raw",) and any(y in a["arms"] for y in DIAG_ARMS))]
@@ -233,19 +338,24 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
             prec = {"distinct": len({(r["task"], r["instruction"], r["output"]) for r in rows}),
                     "precision": sum(key.get((r["task"], r["instruction"])) == r["output"] for r in rows) / max(kept, 1)}
         else:
-            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"])
+            key_module = write_key_module(d / "answer_key", family, seed, key) if arm in DIAG_CV else None
+            stages = noisy.arm_stages(arm, stages_of, a["model"], consensus_rows, a["cv_epochs"], key_module)
             src = oracle_file if arm == "oracle" else pool_file
             pf = d / "pipelines" / f"{arm}.toml"
             before = pf.read_text(encoding="utf-8") if pf.is_file() else None
             p = noisy.write_pipeline(pf, d / "runs" / arm, src, stages, render)
             man_file = d / "runs" / arm / "manifest.json"
-            if a.get("reuse") and before == p.read_text(encoding="utf-8") and man_file.is_file():
+            if (a.get("reuse") and before == p.read_text(encoding="utf-8") and man_file.is_file()
+                    and (arm not in CV_ARMS or cv_current(d / "runs" / arm))):
                 # --reuse: the same pipeline (same pool, stages, seed) already ran here: its run stands
                 run_dir, manifest = d / "runs" / arm, json.loads(man_file.read_text(encoding="utf-8"))
             else:
                 fresh = True
-                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()),
-                           None)
+                # a sibling whose cv scoring is this arm's (same stages up to the cv stage) and
+                # was made by this code (it has every column the scorer writes now)
+                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()
+                            and cv_prefix(d / "pipelines" / f"{x}.toml") == cv_prefix(p)
+                            and cv_current(d / "runs" / x)), None)
                 if a.get("reuse") and arm in CV_ARMS and sib is not None:
                     # --reuse: another cv arm's run of this pool holds the same fold scoring (the
                     # stages before the select); the runner reuses each stage whose fingerprint matches
@@ -266,6 +376,8 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                            if x.strip()], key)
         with (Path(a["out"]) / "sets.jsonl").open("a", encoding="utf-8") as f:  # per-task kept sets, for the table
             f.write(json.dumps({"family": family, "seed": seed, "arm": arm, "by_task": stats}) + "\n")
+        if a.get("curate_only"):
+            continue
         rp = render_pipeline(d / "pipelines" / f"{arm}-render.toml", d / "rendered" / arm,
                              d / "kept" / f"{arm}.jsonl", Path(a["model"]), seed)
         noisy.run_arm(rp)
@@ -283,6 +395,53 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
         jobs.append({"family": family, "seed": seed, "arm": "base+few_shot", "run": str(d / "rendered" / "consensus"),
                      "test": str(test_file)})
     return jobs
+
+
+def write_key_module(folder: Path, family: str, seed: int, key: dict) -> tuple[str, str]:
+    """A verifier module that answers "is this record's answer the key's?" (the diagnostic
+    arms only: it READS THE ANSWER KEY). Its own name per pool, since one process may build
+    several pools and Python caches modules by name. Returns (folder, "module:function")."""
+    name = f"answer_key_{family}_s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(sorted([t, p, a] for (t, p), a in key.items())), encoding="utf-8")
+    (folder / f"{name}.py").write_text(
+        '"""DIAGNOSTIC: the benchmark pool\'s answer key (written by trained.py)."""\n'
+        "import json\nfrom pathlib import Path\n\n"
+        f"KEY = {{(t, p): a for t, p, a in json.loads((Path(__file__).parent / {name + '.json'!r}).read_text())}}\n\n\n"
+        "def right(rec):\n"
+        "    user = next((m['content'] for m in rec['messages'] if m['role'] == 'user'), None)\n"
+        "    return KEY.get((rec['task'], user)) == (rec.get('response') or '')\n", encoding="utf-8")
+    return str(folder), f"{name}:right"
+
+
+def cv_prefix(pipeline: Path) -> list | None:
+    """A pipeline file's sources, seed and stages up to its cv_loss quality stage (None
+    without one): two runs with the same prefix score the same records the same way."""
+    import tomllib
+
+    if not pipeline.is_file():
+        return None
+    data = tomllib.loads(pipeline.read_text(encoding="utf-8"))
+    stages = data.get("stages", [])
+    i = next((i for i, s in enumerate(stages) if s.get("kind") == "quality" and s.get("scorer") == "cv_loss"), None)
+    return None if i is None else [data.get("sources"), data.get("run", {}).get("seed"), stages[: i + 1]]
+
+
+def cv_current(run_dir: Path) -> bool:
+    """Whether a finished run's cv_loss scoring has every column the scorer writes now (a
+    run scored before `cv_loss_margin` existed must be scored again, not reused)."""
+    from curate.contract.datasets import read_dataset
+    from curate.stages.quality.stage import Config
+
+    man = run_dir / "manifest.json"
+    if not man.is_file():
+        return False
+    q = next((s for s in json.loads(man.read_text(encoding="utf-8"))["stages"]
+              if s["kind"] == "quality" and (s.get("stats") or {}).get("scorer") == "cv_loss"), None)
+    if q is None:
+        return True
+    want = Config(kind="quality", scorer="cv_loss", model="m").output_columns()
+    return set(want) <= set(read_dataset(run_dir / q["output"]).columns)
 
 
 def twin_row(job: dict, rows: list[dict]) -> dict | None:
@@ -386,6 +545,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     cannot show that). Only seeds where the oracle beats raw count for the gap."""
     out = []
     for arm, bar in (("default", 0.5), ("default_half", 0.5), ("default_mixture", 0.5), ("default_mixture_half", 0.5),
+                     ("default_regret", 0.5), ("default_regret_half", 0.5),
                      ("consensus", 0.5), ("consensus_half", 0.5), ("cv", 0.5),
                      ("cv_single", 0.5), ("cv_single_half", 0.5), ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
@@ -405,7 +565,10 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
 
         out.append(f"- floor, {LABELS[arm]}: minus raw {clears(diff, 0.0)}; gap closed {clears(gaps, bar)}")
     for a, b, what in (("default", "consensus", "default recipe minus consensus recipe"),
-                       ("default_mixture", "default", "mixture cut minus the fixed 80% cut (default_mixture - default)")):
+                       ("default_mixture", "default", "mixture cut minus the fixed 80% cut (default_mixture - default)"),
+                       ("default_regret", "default", "regret score minus the loss ratio (default_regret - default)"),
+                       ("diag_rank80", "default", "DIAGNOSTIC: a perfect score at the same cut minus the loss ratio "
+                                                  "(diag_rank80 - default)")):
         ss = [s for s in range(seeds) if (a, s) in em and (b, s) in em]
         if len(ss) >= 2:  # what one arm adds to another, paired over seeds
             d = [em[(a, s)] - em[(b, s)] for s in ss]
@@ -457,7 +620,7 @@ def table(rows: list[dict], args, wall: float) -> str:
              f"{args.seeds} seed(s), {args.unique} unique records per family + 20% copies; model {Path(args.model).name}, "
              f"full FT lr {args.lr}, {args.budget} supervised tokens per arm, k = {args.k} shots"
              + (f"; {wall:.0f} s wall." if not math.isnan(wall) else "."), ""]
-    order = ["base", "few_shot"] + [a for a in TRAIN_ARMS if a not in DIAG_ARMS] + DIAG_ARMS
+    order = ["base", "few_shot"] + [a for a in TRAIN_ARMS if a not in DIAG_ARMS + DIAG_CV] + DIAG_ARMS + DIAG_CV
     warn = []
     for family in args.families.split(","):
         fr = [r for r in rows if r["family"] == family]
@@ -492,6 +655,7 @@ def table(rows: list[dict], args, wall: float) -> str:
                 warn.append(f"{family} seed {s}: oracle {hi:.3f} does not beat raw {lo:.3f}: the benchmark does not "
                             "bound here (budget or model capacity, not the data, is the limit)")
         lines += set_table(Path(args.out), family)
+        lines += cv_table(Path(args.out), family)
         lines.append("")
     if warn:
         lines += ["WARNING:"] + [f"- {w}" for w in warn] + [""]
@@ -523,12 +687,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="skip curating an arm whose pipeline file is unchanged and whose run finished (OUT/<family> may "
                          "be a link to another grid's, to share its curation across budgets)")
     ap.add_argument("--table-only", action="store_true", help="print the table of OUT/rows.jsonl and run nothing")
+    ap.add_argument("--curate-only", action="store_true",
+                    help="curate the cv arms of --arms only (no rendering, no training): writes OUT/cv_stats.jsonl "
+                         "and prints the per-record scores' table, to judge a score before any arm trains on it")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.unique, args.families, args.budget, args.test = 1, 150, "words", 600, 30
         if args.arms == ",".join(ALL_ARMS):
             # the cv arms have their own test; the half and diagnostic arms are the same code paths
-            args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS and not a.endswith(HALF))
+            args.arms = ",".join(a for a in ALL_ARMS if a not in CV_ARMS + DIAG_ARMS + DIAG_CV and not a.endswith(HALF))
     arms = args.arms.split(",")
     bad = sorted(set(arms) - set(ALL_ARMS))
     if bad or "consensus" not in arms:
@@ -544,7 +711,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(args.results).write_text(text, encoding="utf-8")
         return rows
     build_d = {"recipe": args.recipe, "consensus_recipe": args.consensus_recipe, "unique": args.unique, "out": args.out, "test": args.test, "arms": arms,
-               "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse}
+               "model": args.model, "cv_epochs": args.cv_epochs, "reuse": args.reuse, "resume": args.resume,
+               "curate_only": args.curate_only}
     args_d = {"model": args.model, "k": args.k, "out": args.out, "budget": args.budget, "lr": args.lr,
               "batch_tokens": args.batch_tokens}
     pools = [(f, s, "main") for s in range(args.seeds) for f in args.families.split(",")]
@@ -580,7 +748,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         want = cv_part if part == "cv" else [x if x != "base" else "base+few_shot" for x in arms if x not in cv_part]
         return all((f, s, x) in done_jobs for x in want)
 
+    if args.curate_only:  # the cv arms' curation alone, seeds in parallel; nothing trained
+        cv_pools = [(f, s, "cv") for s in range(args.seeds) for f in args.families.split(",")]
+        with ProcessPoolExecutor(max(args.jobs, 1), mp_context=multiprocessing.get_context("spawn")) as ex:
+            for fut in [ex.submit(build_one, f, s, build_d, part) for f, s, part in cv_pools]:
+                fut.result()
+        text = "\n".join(x for f in args.families.split(",")
+                         for x in cv_table(Path(args.out), f, list(range(args.seeds))))
+        print(text)
+        return rows
     pools = [p for p in pools if not pool_done(*p)]  # --resume: a pool whose jobs all ran is not curated again
+    build_d["done"] = sorted(done_jobs)  # --resume: build_one skips the cv arms already trained
     if args.jobs <= 1:
         for f, s, part in pools:
             for j in todo(build_one(f, s, build_d, part)):

@@ -99,13 +99,28 @@ def sequence_stats(model, seqs: list[list[int]], starts: list[int], pad_id: int,
                    greedy decoding from the prompt would reproduce the answer exactly; 0.0
                    where one is not; NaN where nothing is predicted
       `token_acc`  the share of predicted tokens that are top-1 (NaN where none)
+      `margin`     the worst predicted token's margin: min over the predicted tokens of
+                   log p(given) - max over every other token of log p (AUM, Pleiss et al.
+                   2020, per token). Above 0: every token is the model's strict top-1;
+                   far below 0: somewhere the model is confident of another token than
+                   the record's (a dropped letter, a changed case); NaN where none
+      `regret`     the mean over the predicted tokens of max log p - log p(given), >= 0:
+                   0 where every token is (one of) the top-1, else how much likelier the
+                   model's own choices were, on average (NaN where none)
     A tie for the top logit counts as top-1 only for the lowest token id (torch's argmax),
-    as greedy decoding would pick it. No extra forward pass: one argmax over the logits."""
+    as greedy decoding would pick it; a tied given token has margin 0 and regret 0.
+    No extra forward pass: one top-2 over the logits (log-softmax's normaliser cancels in
+    both differences, so they are logit differences, in nats). Trade-off of the two
+    summaries: the margin sees only the worst token (the evidence of a one-letter error is
+    one token), so one token the model is merely unsure of can sink a right record; the
+    regret averages, so it dilutes a single confident disagreement over a long answer."""
     n = len(seqs)
     losses = np.full(n, np.nan, dtype=np.float64)
     counts = np.zeros(n, dtype=np.int64)
     agree = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
     token_acc = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
+    margin = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
+    regret = np.full(n, np.nan, dtype=np.float64) if want_agreement else None
     embeds = None
     device = next(model.parameters()).device
     for batch in length_buckets([len(s) for s in seqs], batch_size, max_batch_tokens):
@@ -130,6 +145,13 @@ def sequence_stats(model, seqs: list[list[int]], starts: list[int], pad_id: int,
         if want_agreement:
             hit = (logits.argmax(-1) == ids[:, 1:]) & sel
             hits = hit.sum(1).cpu().numpy()
+            given = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            top2 = logits.topk(2, dim=-1).values
+            # the best OTHER token: the runner-up where the given token is the top, else the top
+            other = torch.where(given >= top2[..., 0], top2[..., 1], top2[..., 0])
+            tok_margin = given - other
+            worst = torch.where(sel, tok_margin, torch.full_like(tok_margin, math.inf)).amin(1).double().cpu().numpy()
+            reg = ((top2[..., 0] - given).clamp(min=0) * sel).sum(1).double().cpu().numpy()
         for r, i in enumerate(batch):
             counts[i] = int(cnt[r])
             if cnt[r] > 0:
@@ -137,6 +159,8 @@ def sequence_stats(model, seqs: list[list[int]], starts: list[int], pad_id: int,
                 if want_agreement:
                     agree[i] = float(hits[r] == cnt[r])
                     token_acc[i] = hits[r] / cnt[r]
+                    margin[i] = worst[r]
+                    regret[i] = reg[r] / cnt[r]
         if want_embeddings:
             h = out.hidden_states[-1].float()
             m = mask.unsqueeze(-1).float()
@@ -146,7 +170,7 @@ def sequence_stats(model, seqs: list[list[int]], starts: list[int], pad_id: int,
             embeds[batch] = vec
     res = {"loss": losses, "count": counts, "embedding": embeds}
     if want_agreement:
-        res.update(agree=agree, token_acc=token_acc)
+        res.update(agree=agree, token_acc=token_acc, margin=margin, regret=regret)
     return res
 
 
@@ -221,7 +245,7 @@ def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_
           score_eos: bool = True, want_agreement: bool = False) -> dict:
     """Per example: loss_cond, n_tokens, and with `ifd` loss_answer and ifd; NaN where the
     answer is empty. `score_eos`: see `build_sequences`. `want_agreement`: also `agree`
-    and `token_acc` of the conditioned answer (see `sequence_stats`)."""
+    `token_acc`, `margin` and `regret` of the conditioned answer (see `sequence_stats`)."""
     cond, cstart, alone, astart = build_sequences(tok, prompts, answers, max_length, score_eos)
     pad = pad_id(tok)
     st = sequence_stats(model, cond, cstart, pad, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
@@ -229,7 +253,8 @@ def score(model, tok, prompts: list[str], answers: list[str], *, ifd: bool, max_
     loss_c, n_tok, emb = st["loss"], st["count"], st["embedding"]
     out = {"loss_cond": loss_c, "n_tokens": n_tok}
     if want_agreement:
-        out["agree"], out["token_acc"] = st["agree"], st["token_acc"]
+        for k in ("agree", "token_acc", "margin", "regret"):
+            out[k] = st[k]
     if ifd:
         loss_a, _, _ = sequence_losses(model, alone, astart, pad, batch_size=batch_size,
                                        max_batch_tokens=max_batch_tokens)

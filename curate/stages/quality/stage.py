@@ -86,7 +86,7 @@ class Config:
     def output_columns(self) -> list[str]:
         c = self.score_column
         extra = {"perplexity": ["loss"], "ifd": ["loss_cond", "loss_answer"], "verifier": ["error"],
-                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "agree", "token_acc", "fold"]}.get(self.scorer)
+                 "fasttext": [], "cv_loss": ["ratio", "base_loss", "agree", "token_acc", "margin", "regret", "fold"]}.get(self.scorer)
         if extra is None:  # heuristic: one column per feature
             from curate.stages.quality.heuristic import DEFAULT_WEIGHTS
 
@@ -262,7 +262,12 @@ class QualityStage(Stage):
         where every answer token and the end token is the fold model's top-1 prediction
         (greedy decoding would reproduce the answer exactly; confident learning's "the
         predicted label is the given label", for generation), 0.0 where not, and
-        `col_token_acc` the share of answer tokens that are top-1. The stats give each
+        `col_token_acc` the share of answer tokens that are top-1; `col_margin` the worst
+        answer token's margin, log p(given) - max over other tokens of log p (AUM per
+        token: far below 0 where the fold model is confident of another token than the
+        record's, as with a dropped letter), and `col_regret` the mean per-token
+        max log p - log p(given) (>= 0; 0 where greedy would reproduce the answer). The
+        older columns' values are unchanged by the new ones. The stats give each
         task's held-out agreement rate (`agreement`): near 0, the fold models did not learn
         that task and a disagreement says nothing about a record (select's `gate_min`).
         Not cached: every fold's model depends on the whole pool."""
@@ -284,6 +289,8 @@ class QualityStage(Stage):
         held = np.full(table.height, np.nan)
         agree = np.full(table.height, np.nan)
         token_acc = np.full(table.height, np.nan)
+        margin = np.full(table.height, np.nan)
+        regret = np.full(table.height, np.nan)
         history = {}
         for f in range(c.folds):
             train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -299,6 +306,7 @@ class QualityStage(Stage):
             res = lm.score(model, tok, [prompts[i] for i in test_idx], [answers[i] for i in test_idx],
                            ifd=False, want_agreement=True, **kw)
             held[test_idx], agree[test_idx], token_acc[test_idx] = res["loss_cond"], res["agree"], res["token_acc"]
+            margin[test_idx], regret[test_idx] = res["margin"], res["regret"]
             del model
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = held / base
@@ -307,6 +315,8 @@ class QualityStage(Stage):
                                  pl.Series(f"{col}_ratio", lm.finite_or_none(ratio), dtype=pl.Float64),
                                  pl.Series(f"{col}_agree", lm.finite_or_none(agree), dtype=pl.Float64),
                                  pl.Series(f"{col}_token_acc", lm.finite_or_none(token_acc), dtype=pl.Float64),
+                                 pl.Series(f"{col}_margin", lm.finite_or_none(margin), dtype=pl.Float64),
+                                 pl.Series(f"{col}_regret", lm.finite_or_none(regret), dtype=pl.Float64),
                                  pl.Series(f"{col}_fold", fold, dtype=pl.Int32))
         agreement = self._agreement(out, f"{col}_agree", f"{col}_token_acc")
         for task, a in agreement.items():
