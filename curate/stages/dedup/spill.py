@@ -16,6 +16,12 @@ returning them; `plan` then reads back only what each step needs:
   sig-IIIII.npy        the 1-byte sketch (verify_by = "exact") or the signature
                        ("estimate") of each row: `pair_values` reads it in windows of
                        consecutive parts, two windows at a time
+  shingles/sh{v,o,r}-RRRRRRRRRRRR.npy
+                       exact verification: the shingle hashes (u32), offsets (i64) and
+                       global rows (i64) of the rows of a part (named by its first row)
+                       that are in some candidate pair, written by `refine_keys` in the
+                       plan's one pass over the parts (`write_shingles`); each
+                       verification batch reads its rows' shingles (`ShingleStore.take`)
 
 What is held at once: one run of slices (entries x ~60 B while sorted and paired), two
 sketch windows (`window_bytes` each), and per row only fixed-width arrays the plan needs
@@ -25,7 +31,10 @@ with `allow_pickle=False`) and Parquet, under the stage's folder in the run dire
 the runner removes the folder when the stage is done and starts a fresh one when a killed
 run left one (keys are recomputed: resume is at stage granularity for planned stages).
 
-Trade-off: every run of slices opens every part's band files (parts x runs reads of a
+Trade-off: the paired rows' shingles go to disk once (4 B a shingle) so that the
+verification's batches need no pass over the parts each (before issue #19's h1k round: a
+pass per batch, quadratic in the input on records that share text); every run of slices
+opens every part's band files (parts x runs reads of a
 slice range each, through a memory map released after the copy), and a pair whose rows
 lie in windows far apart costs a window load: I/O grows with (windows)^2 in the worst
 case, against memory that no longer grows with rows x bands.
