@@ -137,7 +137,8 @@ def test_spilled_plan_with_tiny_budgets_equals_process(tmp_path, monkeypatch):
     monkeypatch.setattr(SP.ShingleStore, "take", lambda self, b: (taken.append(b.copy()), real_take(self, b))[1])
     st = DedupStage(load_dataclass(DedupConfig, {**cfg, "verify_shingles": 300}, "s"), _ctx(tmp_path))
     kept, dropped, stats, spill, reject_frame = _executor_planned(tmp_path, st, table, 50, "tiny")
-    assert len(refines) == 1  # one pass over the parts
+    # one pass over the parts, then an empty Refine (no part read) that lets the runner free it
+    assert [len(r) > 0 for r in refines] == [True, False]
     firsts = [f for f, _, _ in calls]
     assert len(firsts) == len(set(firsts)) > 3  # each part at most once
     asked = np.concatenate([r for _, r, _ in calls])

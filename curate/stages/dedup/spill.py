@@ -348,8 +348,8 @@ class ShingleStore:
     """The shingle hashes `write_shingles` filed for the sorted, distinct global `rows`
     (every asked row, each once, across the part files): `take(batch)` reads a batch's
     rows' shingles out of memory maps (copied, then the map released: mapped pages count
-    in RSS while mapped). Holds per file only its first position in `rows`; `rows` is the
-    caller's (8 B a row in some pair).
+    in RSS while mapped). Holds `rows` as u32 (4 B a row in some pair) and per file its
+    first position in them.
 
     Checked on opening: the files' rows are exactly `rows`, in order, and their shingle
     counts are `counts` (what `refine_keys` answered), so a missing, stale or partial
@@ -357,28 +357,29 @@ class ShingleStore:
 
     def __init__(self, folder: Path, rows: np.ndarray, counts: np.ndarray):
         self.folder = Path(folder)
-        self.rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)
         self.stems = sorted(p.name[4:-4] for p in self.folder.glob("shr-*.npy"))
         starts, pos = [], 0
         for stem in self.stems:
             r = _load(self.folder / f"shr-{stem}.npy")
             o = _load(self.folder / f"sho-{stem}.npy")
-            if (pos + len(r) > len(self.rows) or not np.array_equal(r, self.rows[pos:pos + len(r)])
+            if (pos + len(r) > len(rows) or not np.array_equal(r, rows[pos:pos + len(r)])
                     or len(o) != len(r) + 1 or not np.array_equal(np.diff(o), counts[pos:pos + len(r)])):
                 raise RuntimeError(f"dedup shingle store {self.folder}: file shr-{stem}.npy does not match "
                                    f"the rows asked (a stale or partial file)")
             starts.append(pos)
             pos += len(r)
-        if pos != len(self.rows):
-            raise RuntimeError(f"dedup shingle store {self.folder}: {pos} rows filed for {len(self.rows)} asked")
+        if pos != len(rows):
+            raise RuntimeError(f"dedup shingle store {self.folder}: {pos} rows filed for {len(rows)} asked")
         self.starts = np.array(starts + [pos], dtype=np.int64)
+        self.rows = rows.astype(np.uint32)  # global rows < 2**32 (KeySpill.add): 4 B a row held
 
     def take(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shingle hashes u32 row after row, counts i64) of the sorted, distinct global rows
         `batch` (all in the store), in that order."""
         batch = np.asarray(batch, dtype=np.int64)
-        pos = np.searchsorted(self.rows, batch)
+        pos = np.searchsorted(self.rows, batch.astype(np.uint32))
         if len(batch) and (pos[-1] >= len(self.rows) or not np.array_equal(self.rows[np.minimum(pos, len(self.rows) - 1)], batch)):
             raise RuntimeError(f"dedup shingle store {self.folder}: a row was not filed")
         f = np.searchsorted(self.starts, pos, side="right") - 1

@@ -730,12 +730,14 @@ class DedupStage(PlannedStage):
         """The batch's pairs verified on the fetched shingle sets (`_pair_jaccard`, with the
         same upper-bound shortcut as `_exact_jaccard`), then the next batch or the plan."""
         st = refine.state
+        if st.get("store") is not None:  # the empty Refine `_open_store` returned: verify now
+            return self._verify_stored(st)
         rows = np.asarray(refine.rows, dtype=np.int64)
         if extra is None or extra.height != len(rows):
             raise RuntimeError(f"stage {self.name!r}: verification asked for {len(rows)} rows' shingles, "
                                f"got {0 if extra is None else extra.height}")
         if st.get("stored"):
-            return self._verify_stored(st, rows, extra)
+            return self._open_store(st, rows, extra)
         lists = extra[SHINGLES]
         counts = lists.list.len().to_numpy().astype(np.int64)
         # the list's values as they lie (4 B a shingle, one copy), not explode + drop_nulls + astype
@@ -753,7 +755,15 @@ class DedupStage(PlannedStage):
         st["pos"] = st["end"]
         return self._verify_batch(st)
 
-    def _verify_stored(self, st: dict, rows: np.ndarray, extra: pl.DataFrame) -> Plan:
+    def _open_store(self, st: dict, rows: np.ndarray, extra: pl.DataFrame) -> Refine:
+        """After the one pass: the filed shingles checked against the asked rows and their
+        counts (`spill.ShingleStore`, which keeps the rows as u32), then an empty Refine (no
+        part is read for it) so that the runner lets go of this pass's rows and frame (20 B
+        a paired row: ~60 MB at 4M records) before the batches are verified."""
+        st["store"] = ShingleStore(Path(st["stored"]), rows, extra[NSH].to_numpy())
+        return Refine(rows=np.zeros(0, dtype=np.int64), ask="", state=st)
+
+    def _verify_stored(self, st: dict) -> Plan:
         """Spilled keys, after the one pass that filed every paired row's shingles
         (`refine_keys` with STORE_ASK, `spill.write_shingles`): the pairs verified in the
         same batches as `_verify_batch` makes (pairs and shingles within `verify_shingles`),
@@ -766,7 +776,7 @@ class DedupStage(PlannedStage):
         several batches is read again from the page cache instead of re-read from its part
         and re-shingled: part reads are the parts once, not once per batch, so the time is
         linear in the input where the passes were not (issue #19, the h1k round)."""
-        store = ShingleStore(Path(st["stored"]), rows, extra[NSH].to_numpy())
+        store = st.pop("store")
         thr = self.config.threshold
         while True:
             batch = self._batch_rows(st)
