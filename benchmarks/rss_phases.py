@@ -129,7 +129,9 @@ def install(period: float = 0.002) -> None:
         owner, name = m, path
         if "." in path:
             cls, name = path.split(".")
-            owner = getattr(m, cls)
+            owner = getattr(m, cls, None)
+            if owner is None:  # a tree without this class (a base arm of an earlier commit)
+                continue
         orig = getattr(owner, name, None)
         if orig is None:  # a tree without this step (a base arm of an earlier commit)
             continue
