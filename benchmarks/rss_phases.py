@@ -42,6 +42,9 @@ PHASES = [
     ("curate.pipeline.parts", "read_part", "read_part"),
     ("curate.stages.dedup.stage", "DedupStage.finish_plan", "finish_plan"),
     ("curate.stages.dedup.stage", "_pair_jaccard", "pair_jaccard"),
+    ("curate.stages.dedup.spill", "write_shingles", "write_shingles"),
+    ("curate.stages.dedup.stage", "DedupStage._verify_stored", "verify_stored"),
+    ("curate.stages.dedup.spill", "ShingleStore.take", "store_take"),
     ("curate.stages.dedup.stage", "DedupStage._plan_pairs", "plan_pairs"),
     ("curate.stages.dedup.spill", "KeySpill.rows_of", "rows_of"),
     ("curate.stages.dedup.stage", "DedupStage._plan_from_roots", "plan_from_roots"),
@@ -126,8 +129,12 @@ def install(period: float = 0.002) -> None:
         owner, name = m, path
         if "." in path:
             cls, name = path.split(".")
-            owner = getattr(m, cls)
-        orig = getattr(owner, name)
+            owner = getattr(m, cls, None)
+            if owner is None:  # a tree without this class (a base arm of an earlier commit)
+                continue
+        orig = getattr(owner, name, None)
+        if orig is None:  # a tree without this step (a base arm of an earlier commit)
+            continue
         wrapped = _wrap(orig, label)
         setattr(owner, name, wrapped)
         if owner is m:  # modules that did `from mod import name`

@@ -513,6 +513,13 @@ def print_phases(phases: list[dict], title: str) -> None:
             print(f"  {p['calls']:>6}{p['seconds']:>8.1f}{p['rss_in']:>9.0f}{p['peak']:>9.0f}  {p['phase']}")
         elif "near_dedup" in p["phase"] or "exact_dedup" in p["phase"]:
             print(f"  {p['calls']:>6}{p['seconds']:>8.1f}{p['rss_in']:>9.0f}{p['peak']:>9.0f}  {p['phase']}")
+    by = {p["phase"]: p for p in phases}
+    calls = lambda k: by.get(k, {}).get("calls", 0)  # noqa: E731
+    if "stage near_dedup > refine" in by:  # passes over the parts = finish_plan calls (one per Refine)
+        print(f"  near_dedup: {calls('stage near_dedup > refine > finish_plan')} refine pass(es), "
+              f"{calls('stage near_dedup > refine > read_part')} part reads, "
+              f"{calls('stage near_dedup > refine > finish_plan > verify_stored > pair_jaccard') or calls('stage near_dedup > refine > finish_plan > pair_jaccard')} "
+              f"verification batches, refine {by['stage near_dedup > refine']['seconds']:.1f} s")
 
 
 def stage_memory(run: Path) -> str:

@@ -117,7 +117,9 @@ def test_spilled_plan_with_tiny_budgets_equals_process(tmp_path, monkeypatch):
     intersection steps, pair windows and runs, sketch windows, band-entry runs and
     verification batches - on a table of many clusters (exact copies, near copies,
     copies with other answers, crossing every part) decides as `process` on the whole
-    table: same kept rows, rejects and stats."""
+    table: same kept rows, rejects and stats. Its exact verification makes ONE pass over
+    the parts (one Refine, `refine_keys` once per part holding a paired row, each
+    asked row once), then verifies 4+ batches from the filed shingles."""
     table = handmade(n=400, seed=11)
     cfg = {"kind": "dedup", "method": "minhash", "view": "user", "threshold": 0.5}
     whole = DedupStage(load_dataclass(DedupConfig, cfg, "s"), _ctx(tmp_path)).process(table)
@@ -125,13 +127,56 @@ def test_spilled_plan_with_tiny_budgets_equals_process(tmp_path, monkeypatch):
     for name, value in (("SET_CHUNK", 40), ("QUERY_STEP", 16), ("SPILL_PAIR_ROWS", 8), ("SPILL_PAIRS", 64),
                         ("SPILL_WINDOW_BYTES", 32 * 128), ("SPILL_BUCKET_ENTRIES", 200)):
         monkeypatch.setattr(S, name, value)
-    batches = []
-    real = DedupStage.finish_plan
-    monkeypatch.setattr(DedupStage, "finish_plan", lambda self, r, e: (batches.append(len(r.rows)), real(self, r, e))[1])
+    refines, calls, taken = [], [], []
+    real_finish, real_refine, real_take = DedupStage.finish_plan, DedupStage.refine_keys, SP.ShingleStore.take
+    monkeypatch.setattr(DedupStage, "finish_plan",
+                        lambda self, r, e: (refines.append(r.rows.copy()), real_finish(self, r, e))[1])
+    monkeypatch.setattr(DedupStage, "refine_keys",
+                        lambda self, part, rows, first, ask="": (calls.append((first, rows.copy(), ask)),
+                                                                 real_refine(self, part, rows, first, ask))[1])
+    monkeypatch.setattr(SP.ShingleStore, "take", lambda self, b: (taken.append(b.copy()), real_take(self, b))[1])
     st = DedupStage(load_dataclass(DedupConfig, {**cfg, "verify_shingles": 300}, "s"), _ctx(tmp_path))
     kept, dropped, stats, spill, reject_frame = _executor_planned(tmp_path, st, table, 50, "tiny")
-    assert len(batches) > 3
+    # one pass over the parts, then an empty Refine (no part read) that lets the runner free it
+    assert [len(r) > 0 for r in refines] == [True, False]
+    firsts = [f for f, _, _ in calls]
+    assert len(firsts) == len(set(firsts)) > 3  # each part at most once
+    asked = np.concatenate([r for _, r, _ in calls])
+    assert np.array_equal(asked, refines[0])  # each paired row asked once, in row order
+    assert all(a.startswith(S.STORE_ASK) for _, _, a in calls)
+    assert len(taken) > 3  # the batches, read from the filed shingles
+    assert set(np.concatenate(taken).tolist()) == set(refines[0].tolist())
     assert kept.equals(whole.kept)
     assert dropped.equals(reject_frame(st.name, whole.dropped))
     assert stats == json.loads(json.dumps(whole.stats, default=str))
     assert not spill.exists()
+
+
+def test_shingle_store_reads_what_was_filed_and_refuses_a_mismatch(tmp_path):
+    """`write_shingles` per part then `ShingleStore.take` of any sorted subset gives each
+    row's own shingles in row order; files that do not match the asked rows or counts
+    (a stale or missing part) are an error, not a silent miss."""
+    rng = np.random.default_rng(2)
+    rows = np.sort(rng.choice(1000, 120, replace=False)).astype(np.int64)
+    counts = rng.integers(0, 9, len(rows))
+    counts[5] = 0
+    sh = rng.integers(0, 1 << 32, int(counts.sum()), dtype=np.uint64).astype(np.uint32)
+    ends = np.cumsum(counts)
+    own = {int(r): sh[e - c:e] for r, e, c in zip(rows, ends, counts)}
+    folder = tmp_path / "sh"
+    for lo in range(0, 1000, 300):  # parts of 300 rows
+        sel = (rows >= lo) & (rows < lo + 300)
+        part_rows = rows[sel]
+        SP.write_shingles(folder, lo, part_rows, np.concatenate([own[int(r)] for r in part_rows] or [np.zeros(0, np.uint32)]),
+                          counts[sel])
+    store = SP.ShingleStore(folder, rows, counts)
+    for batch in (rows, rows[::7], rows[40:41], rows[:0]):
+        got, cnt = store.take(batch)
+        assert cnt.tolist() == [len(own[int(r)]) for r in batch]
+        assert got.tolist() == [int(x) for r in batch for x in own[int(r)]]
+    with pytest.raises(RuntimeError, match="does not match"):
+        SP.ShingleStore(folder, rows, counts + 1)
+    with pytest.raises(RuntimeError, match="rows filed"):
+        SP.ShingleStore(folder, np.concatenate([rows, [2000]]), np.concatenate([counts, [1]]))
+    store.remove()
+    assert not list(folder.glob("*.npy"))

@@ -353,6 +353,7 @@ def complete_plan(stage: Any, plan: Any, bounds: list[tuple[int, int]],
                 raise RuntimeError(f"stage {stage.name!r}: refine_keys() gave {k.height} rows for {len(want)} asked")
             extra.append(k.with_columns(pl.Series(ROW_COL, want, dtype=pl.UInt64)))
         frame = pl.concat(extra, how="vertical_relaxed", rechunk=True) if extra else None
+        del extra  # the parts' frames, copied into `frame`: not held while finish_plan runs
         plan = stage.finish_plan(plan, frame)
     return plan
 

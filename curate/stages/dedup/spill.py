@@ -16,6 +16,12 @@ returning them; `plan` then reads back only what each step needs:
   sig-IIIII.npy        the 1-byte sketch (verify_by = "exact") or the signature
                        ("estimate") of each row: `pair_values` reads it in windows of
                        consecutive parts, two windows at a time
+  shingles/sh{v,o,r}-RRRRRRRRRRRR.npy
+                       exact verification: the shingle hashes (u32), offsets (i64) and
+                       global rows (i64) of the rows of a part (named by its first row)
+                       that are in some candidate pair, written by `refine_keys` in the
+                       plan's one pass over the parts (`write_shingles`); each
+                       verification batch reads its rows' shingles (`ShingleStore.take`)
 
 What is held at once: one run of slices (entries x ~60 B while sorted and paired), two
 sketch windows (`window_bytes` each), and per row only fixed-width arrays the plan needs
@@ -25,13 +31,17 @@ with `allow_pickle=False`) and Parquet, under the stage's folder in the run dire
 the runner removes the folder when the stage is done and starts a fresh one when a killed
 run left one (keys are recomputed: resume is at stage granularity for planned stages).
 
-Trade-off: every run of slices opens every part's band files (parts x runs reads of a
+Trade-off: the paired rows' shingles go to disk once (4 B a shingle) so that the
+verification's batches need no pass over the parts each (before issue #19's h1k round: a
+pass per batch, quadratic in the input on records that share text); every run of slices
+opens every part's band files (parts x runs reads of a
 slice range each, through a memory map released after the copy), and a pair whose rows
 lie in windows far apart costs a window load: I/O grows with (windows)^2 in the worst
 case, against memory that no longer grows with rows x bands.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -310,3 +320,90 @@ class PairSeq:
                 parts.append(np.fromfile(f, dtype=np.uint64, count=y - x, offset=(x - lo) * 8))
         c = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         return (c >> np.uint64(32)).astype(np.int64), (c & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+# ---- shingle sets of the rows in verified candidate pairs, fetched once ------------------
+SHINGLE_DIR = "shingles"  # under the KeySpill folder: one file triple per part that holds an asked row
+
+
+def write_shingles(folder: Path, first_row: int, rows: np.ndarray, sh: np.ndarray, counts: np.ndarray) -> None:
+    """Write one part's asked rows' shingle hashes (`sh`, u32 row after row, `counts` per
+    row) under `folder` as three .npy files named by the part's first global row:
+    values (u32), offsets (i64, rows + 1) and the global rows (i64). Each file is written
+    under a temporary name and renamed, the rows last, so a file triple with its rows
+    present is whole (a worker that dies mid-write and is retried rewrites it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    for stem, arr in (("shv", np.asarray(sh, dtype=np.uint32)), ("sho", offsets),
+                      ("shr", np.asarray(rows, dtype=np.int64))):
+        final = folder / f"{stem}-{int(first_row):012d}.npy"
+        tmp = folder / f".{stem}-{int(first_row):012d}.{os.getpid()}.tmp.npy"
+        np.save(tmp, arr, allow_pickle=False)
+        os.replace(tmp, final)
+
+
+class ShingleStore:
+    """The shingle hashes `write_shingles` filed for the sorted, distinct global `rows`
+    (every asked row, each once, across the part files): `take(batch)` reads a batch's
+    rows' shingles out of memory maps (copied, then the map released: mapped pages count
+    in RSS while mapped). Holds `rows` as u32 (4 B a row in some pair) and per file its
+    first position in them.
+
+    Checked on opening: the files' rows are exactly `rows`, in order, and their shingle
+    counts are `counts` (what `refine_keys` answered), so a missing, stale or partial
+    file is an error, not a silent miss."""
+
+    def __init__(self, folder: Path, rows: np.ndarray, counts: np.ndarray):
+        self.folder = Path(folder)
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        self.stems = sorted(p.name[4:-4] for p in self.folder.glob("shr-*.npy"))
+        starts, pos = [], 0
+        for stem in self.stems:
+            r = _load(self.folder / f"shr-{stem}.npy")
+            o = _load(self.folder / f"sho-{stem}.npy")
+            if (pos + len(r) > len(rows) or not np.array_equal(r, rows[pos:pos + len(r)])
+                    or len(o) != len(r) + 1 or not np.array_equal(np.diff(o), counts[pos:pos + len(r)])):
+                raise RuntimeError(f"dedup shingle store {self.folder}: file shr-{stem}.npy does not match "
+                                   f"the rows asked (a stale or partial file)")
+            starts.append(pos)
+            pos += len(r)
+        if pos != len(rows):
+            raise RuntimeError(f"dedup shingle store {self.folder}: {pos} rows filed for {len(rows)} asked")
+        self.starts = np.array(starts + [pos], dtype=np.int64)
+        self.rows = rows.astype(np.uint32)  # global rows < 2**32 (KeySpill.add): 4 B a row held
+
+    def take(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shingle hashes u32 row after row, counts i64) of the sorted, distinct global rows
+        `batch` (all in the store), in that order."""
+        batch = np.asarray(batch, dtype=np.int64)
+        pos = np.searchsorted(self.rows, batch.astype(np.uint32))
+        if len(batch) and (pos[-1] >= len(self.rows) or not np.array_equal(self.rows[np.minimum(pos, len(self.rows) - 1)], batch)):
+            raise RuntimeError(f"dedup shingle store {self.folder}: a row was not filed")
+        f = np.searchsorted(self.starts, pos, side="right") - 1
+        cuts = np.flatnonzero(np.concatenate([[True], f[1:] != f[:-1], [True]])) if len(f) else np.zeros(1, np.int64)
+        shs, cnts = [], []
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            stem = self.stems[int(f[a])]
+            local = pos[a:b] - self.starts[f[a]]
+            o = np.load(self.folder / f"sho-{stem}.npy", mmap_mode="r", allow_pickle=False)
+            lo, hi = np.array(o[local]), np.array(o[local + 1])
+            del o
+            cnt = hi - lo
+            total = int(cnt.sum())
+            idx = np.arange(total, dtype=np.int64) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
+            v = np.load(self.folder / f"shv-{stem}.npy", mmap_mode="r", allow_pickle=False)
+            out = np.empty(total, dtype=np.uint32)
+            np.take(v, idx, out=out)
+            del v, idx
+            shs.append(out)
+            cnts.append(cnt)
+        sh = np.concatenate(shs) if shs else np.zeros(0, np.uint32)
+        return sh, (np.concatenate(cnts) if cnts else np.zeros(0, np.int64))
+
+    def remove(self) -> None:
+        """The store's files gone (the runner removes the whole spill folder later too)."""
+        for p in self.folder.glob("sh?-*.npy"):
+            p.unlink()

@@ -36,7 +36,7 @@ from curate.stages.dedup import minhash as mh
 from curate.stages.dedup import semantic
 from curate.stages.base import DETAIL, REASON, ROW_COL, Plan, PlannedStage, Refine, StageResult, decided_part
 from curate.contract.typed_config import ConfigError
-from curate.stages.dedup.spill import sorted_unique
+from curate.stages.dedup.spill import SHINGLE_DIR, ShingleStore, sorted_unique, write_shingles
 from curate.stages.dedup.union_find import components
 from curate.contract.views import text_view
 
@@ -48,6 +48,11 @@ _KEEPER = "__dedup_keeper"
 PRIO, SCORE, LEN = "__dedup_prio", "__dedup_score", "__dedup_len"  # keep-rule keys (not to meet user columns)
 SRC, BANDS, HAS, SIG = "__dedup_source", "__dedup_bands", "__dedup_has", "__dedup_sig"  # keys (planned)
 NSH, SHINGLES = "__dedup_shingle_count", "__dedup_shingles"  # keys / refine_keys (exact verification)
+STORE_ASK = "shingles>"  # refine_keys: file the shingles under the folder that follows (spilled keys)
+# rows shingled at once in `refine_keys`: the normalisation's and tokens' temporaries follow
+# it (one part of 95k conversation rows of the scale benchmark: +277 MiB at 50,000 rows a
+# chunk, +98 at 10,000, +83 at 4,096, the same CPU), the shingles themselves do not
+REFINE_ROWS = 8192
 EX = "__dedup_example"  # decisions: "i:j" = member j of the report's example i
 EXAMPLE_TEXTS = "example_texts"  # an apply result's stats: the example texts it found
 ANS = "__dedup_answer"  # hash of the normalised answer: the cluster's answer agreement
@@ -595,9 +600,17 @@ class DedupStage(PlannedStage):
                 stats["pairs_after_prefilter"] = len(pairs)
             nsh = sp.column(NSH).to_numpy()
             # pairs stay on disk (`spill.PairSeq`): a batch is read when it is verified, and
-            # only the verified pairs are kept
-            return self._verify_batch({"spill": True, "nsh": nsh, "n": n, "score": score, "stats": stats,
-                                       "pairs": pairs, "pos": 0, "end": 0, "ok": []})
+            # only the verified pairs are kept. ONE pass over the parts files the shingles of
+            # every row in some pair under the spill folder (`refine_keys` with a STORE_ASK);
+            # `finish_plan` then verifies the batches from those files (`spill.ShingleStore`)
+            st = {"spill": True, "nsh": nsh, "n": n, "score": score, "stats": stats,
+                  "pairs": pairs, "pos": 0, "end": 0, "ok": []}
+            rows = _rows_in_pairs(pairs, n)
+            if not len(rows):
+                return self._verify_batch(st)
+            folder = sp.folder / SHINGLE_DIR
+            st["stored"] = str(folder)
+            return Refine(rows=rows, ask=STORE_ASK + str(folder), state=st)
         left, right = pairs.slice(0, len(pairs))
         stats["verified_pairs"] = int(len(left))
         return self._plan_pairs(left, right, stats, score, n)
@@ -642,23 +655,36 @@ class DedupStage(PlannedStage):
         """The next batch of pairs, from `pos`: consecutive pairs (in blocks of up to
         65,536, fewer for a small budget) while the shingles of their rows not already in
         the batch stay within `verify_shingles` (at least one block); a Refine for those
-        rows. Trade-off: pairs come sorted by row, not by cluster, so a row paired in
-        several batches is fetched (and shingled) once per batch; with the default budget
-        the scale benchmark's 1M records take one pass. No pairs left:
-        the clusters of the verified pairs and the plan."""
+        rows. Keys in memory (`process`, `run_planned`, Ray without a spill): a pass over
+        the parts per batch. Trade-off: pairs come sorted by row, not by cluster, so a row
+        paired in several batches is fetched (and shingled) once per batch, which is why
+        spilled keys take one pass instead (`_verify_stored`). No pairs left: the clusters
+        of the verified pairs and the plan."""
+        rows = self._batch_rows(st)
+        if rows is None:
+            return self._verified_plan(st)
+        return Refine(rows=rows, ask="shingles", state=st)
+
+    def _verified_plan(self, st: dict) -> Plan:
+        """The clusters of the verified pairs (every batch done) and the plan."""
+        if st.get("spill"):  # `ok` holds the verified pairs themselves
+            l = np.concatenate([x for x, _ in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+            r = np.concatenate([y for _, y in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
+            st["stats"]["verified_pairs"] = int(len(l))
+            return self._plan_pairs(l, r, st["stats"], st["score"], st["n"])
+        ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
+        l, r = st["left"][ok], st["right"][ok]
+        st["stats"]["verified_pairs"] = int(len(l))
+        keys = st["keys"]
+        roots = components(keys.height, l, r)
+        return self._plan_from_roots(keys, roots, st["stats"], st["score"])
+
+    def _batch_rows(self, st: dict) -> np.ndarray | None:
+        """The rows (sorted, distinct) of the next batch of pairs from `pos` (sets `end`; see
+        `_verify_batch`), or None when every pair is verified."""
         pos, count = st["pos"], _pair_count(st)
         if pos >= count:
-            if st.get("spill"):  # `ok` holds the verified pairs themselves
-                l = np.concatenate([x for x, _ in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
-                r = np.concatenate([y for _, y in st["ok"]]) if st["ok"] else np.zeros(0, np.int64)
-                st["stats"]["verified_pairs"] = int(len(l))
-                return self._plan_pairs(l, r, st["stats"], st["score"], st["n"])
-            ok = np.concatenate(st["ok"]) if st["ok"] else np.zeros(0, dtype=bool)
-            l, r = st["left"][ok], st["right"][ok]
-            st["stats"]["verified_pairs"] = int(len(l))
-            keys = st["keys"]
-            roots = components(keys.height, l, r)
-            return self._plan_from_roots(keys, roots, st["stats"], st["score"])
+            return None
         nsh = st["nsh"] if st.get("spill") else st["keys"][NSH].to_numpy()
         mark = np.zeros(len(nsh), dtype=bool)
         budget, total, end = int(self.config.verify_shingles), 0, pos
@@ -673,20 +699,27 @@ class DedupStage(PlannedStage):
             total += add
             end = min(count, end + block)
         st["end"] = end
-        return Refine(rows=np.flatnonzero(mark).astype(np.int64), ask="shingles", state=st)
+        return np.flatnonzero(mark).astype(np.int64)
 
     def refine_keys(self, part: pl.DataFrame, rows: np.ndarray, first_row: int, ask: str = "") -> pl.DataFrame:
         """The shingle hashes (list<u32>, as `minhash.shingle_hashes` gives them) of the
-        asked rows of `part` (global positions `rows`), for exact verification."""
-        cfg = self.config
+        asked rows of `part` (global positions `rows`), for exact verification. With
+        `ask` = STORE_ASK + a folder (spilled keys: the folder is in the run directory, so
+        a worker's fresh copy of the stage answers it too) they are written there instead
+        (`spill.write_shingles`, one file triple per part) and only each row's shingle
+        count comes back."""
+        step = max(1, min(self.config.chunk_size, REFINE_ROWS))
         local = np.asarray(rows, dtype=np.int64) - int(first_row)
         shs, cnts = [], []
-        for lo in range(0, len(local), cfg.chunk_size):
-            sh, counts = self._shingles(self._normalized(part[pl.Series(local[lo:lo + cfg.chunk_size])]))
+        for lo in range(0, len(local), step):
+            sh, counts = self._shingles(self._normalized(part[pl.Series(local[lo:lo + step])]))
             shs.append(sh)
             cnts.append(counts)
         sh = np.concatenate(shs) if shs else np.zeros(0, np.uint32)
         counts = np.concatenate(cnts) if cnts else np.zeros(0, np.int64)
+        if ask.startswith(STORE_ASK):  # spilled keys: filed under the spill folder, a count per row returned
+            write_shingles(Path(ask[len(STORE_ASK):]), first_row, np.asarray(rows, dtype=np.int64), sh, counts)
+            return pl.DataFrame({NSH: pl.Series(NSH, counts, dtype=pl.UInt32)})
         import pyarrow as pa
 
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -697,10 +730,14 @@ class DedupStage(PlannedStage):
         """The batch's pairs verified on the fetched shingle sets (`_pair_jaccard`, with the
         same upper-bound shortcut as `_exact_jaccard`), then the next batch or the plan."""
         st = refine.state
+        if st.get("store") is not None:  # the empty Refine `_open_store` returned: verify now
+            return self._verify_stored(st)
         rows = np.asarray(refine.rows, dtype=np.int64)
         if extra is None or extra.height != len(rows):
             raise RuntimeError(f"stage {self.name!r}: verification asked for {len(rows)} rows' shingles, "
                                f"got {0 if extra is None else extra.height}")
+        if st.get("stored"):
+            return self._open_store(st, rows, extra)
         lists = extra[SHINGLES]
         counts = lists.list.len().to_numpy().astype(np.int64)
         # the list's values as they lie (4 B a shingle, one copy), not explode + drop_nulls + astype
@@ -717,6 +754,43 @@ class DedupStage(PlannedStage):
         st["ok"].append((l[ok], r[ok]) if st.get("spill") else ok)
         st["pos"] = st["end"]
         return self._verify_batch(st)
+
+    def _open_store(self, st: dict, rows: np.ndarray, extra: pl.DataFrame) -> Refine:
+        """After the one pass: the filed shingles checked against the asked rows and their
+        counts (`spill.ShingleStore`, which keeps the rows as u32), then an empty Refine (no
+        part is read for it) so that the runner lets go of this pass's rows and frame (20 B
+        a paired row: ~60 MB at 4M records) before the batches are verified."""
+        st["store"] = ShingleStore(Path(st["stored"]), rows, extra[NSH].to_numpy())
+        return Refine(rows=np.zeros(0, dtype=np.int64), ask="", state=st)
+
+    def _verify_stored(self, st: dict) -> Plan:
+        """Spilled keys, after the one pass that filed every paired row's shingles
+        (`refine_keys` with STORE_ASK, `spill.write_shingles`): the pairs verified in the
+        same batches as `_verify_batch` makes (pairs and shingles within `verify_shingles`),
+        each batch's rows' shingles read from the files (`spill.ShingleStore`), with the
+        same `_pair_jaccard` and threshold: the same verified pairs and plan as a pass per
+        batch gave.
+
+        Trade-off: the paired rows' shingles are written once to disk (4 B a shingle plus
+        16 B a row; ~0.5 GB at 4M records of the scale benchmark) and a row paired in
+        several batches is read again from the page cache instead of re-read from its part
+        and re-shingled: part reads are the parts once, not once per batch, so the time is
+        linear in the input where the passes were not (issue #19, the h1k round)."""
+        store = st.pop("store")
+        thr = self.config.threshold
+        while True:
+            batch = self._batch_rows(st)
+            if batch is None:
+                break
+            sh, counts = store.take(batch)
+            l, r = _pairs_at(st, st["pos"], st["end"])
+            sim = _pair_jaccard(sh, counts, np.searchsorted(batch, l), np.searchsorted(batch, r), thr)
+            del sh, counts
+            ok = sim >= thr
+            st["ok"].append((l[ok], r[ok]))
+            st["pos"] = st["end"]
+        store.remove()
+        return self._verified_plan(st)
 
     def _plan_from_roots(self, keys: pl.DataFrame, roots: np.ndarray, pair_stats: dict, score: str | None,
                          rows: np.ndarray | None = None, rows_in: int | None = None) -> Plan:
@@ -1022,6 +1096,18 @@ def _duplicated_rows(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np
     dup = size[run] > 1
     root = r[np.flatnonzero(start)][run]
     return r[dup].astype(np.int64), root[dup].astype(np.int64)
+
+
+def _rows_in_pairs(pairs, n: int, step: int = 1 << 20) -> np.ndarray:
+    """The sorted global rows of `n` that are in some pair of `pairs` (`spill.PairSeq`),
+    marked a byte a row while the pairs are read `step` at a time."""
+    mark = np.zeros(n, dtype=bool)
+    for a in range(0, len(pairs), step):
+        l, r = pairs.slice(a, a + step)
+        mark[l] = True
+        mark[r] = True
+        del l, r
+    return np.flatnonzero(mark).astype(np.int64)
 
 
 def _pair_count(st: dict) -> int:
