@@ -516,7 +516,7 @@ def print_phases(phases: list[dict], title: str) -> None:
     by = {p["phase"]: p for p in phases}
     calls = lambda k: by.get(k, {}).get("calls", 0)  # noqa: E731
     if "stage near_dedup > refine" in by:  # passes over the parts = finish_plan calls (one per Refine)
-        print(f"  near_dedup: {calls('stage near_dedup > refine > finish_plan')} refine pass(es), "
+        print(f"  near_dedup: {calls('stage near_dedup > refine > finish_plan')} finish_plan call(s) (passes, plus one empty Refine from spilled keys), "
               f"{calls('stage near_dedup > refine > read_part')} part reads, "
               f"{calls('stage near_dedup > refine > finish_plan > verify_stored > pair_jaccard') or calls('stage near_dedup > refine > finish_plan > pair_jaccard')} "
               f"verification batches, refine {by['stage near_dedup > refine']['seconds']:.1f} s")
