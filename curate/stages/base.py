@@ -488,6 +488,42 @@ class PlannedStage(Stage):
         given, so a runner that applies in-process needs no call. Default: nothing."""
 
 
+
+# A canonical record id (20 lower-case hex digits, what `conversation_id` gives) as two
+# integers whose order is the strings' order: hi (its first 16 digits, UInt64) and lo (its
+# last 4, UInt16); any other id stays a string (issue #19: 10 B a row, no string sort).
+HEX_ID = "^[0-9a-f]{20}$"
+
+
+def id_key_exprs(hi: str, lo: str, other: str) -> list[pl.Expr]:
+    """The id column as (hi, lo) where it is canonical (null elsewhere) and as a string in
+    `other` where it is not (null for canonical ids)."""
+    ident = pl.col("id")
+    canonical = ident.str.contains(HEX_ID).fill_null(False)
+    return [pl.when(canonical).then(ident.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+            .alias(hi),
+            pl.when(canonical).then(ident.str.slice(16, 4).str.to_integer(base=16, dtype=pl.UInt16, strict=False))
+            .alias(lo),
+            pl.when(canonical).then(pl.lit(None, pl.String)).otherwise(ident).alias(other)]
+
+
+def id_strings(hi, lo) -> pl.Series:
+    """The canonical id strings of integer keys (hi, lo), vectorised (no Python loop per
+    row); null where hi is null."""
+    hi_s, lo_s = pl.Series(hi), pl.Series(lo)
+    null = hi_s.is_null().to_numpy()
+    h = hi_s.fill_null(0).to_numpy().astype(">u8")
+    l_ = lo_s.fill_null(0).to_numpy().astype(">u2")
+    if not len(h):
+        return pl.Series("id", [], dtype=pl.String)
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    b = np.concatenate([h.view(np.uint8).reshape(-1, 8), l_.view(np.uint8).reshape(-1, 2)], axis=1)
+    out = np.empty((len(h), 20), dtype=np.uint8)
+    out[:, 0::2], out[:, 1::2] = digits[b >> 4], digits[b & 15]
+    strs = pl.Series("id", np.char.decode(out.view("S20").ravel(), "ascii").tolist(), dtype=pl.String)
+    return strs if not null.any() else strs.zip_with(pl.Series(~null), pl.Series([None] * len(h), dtype=pl.String))
+
+
 def group_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
     """Dense int32 codes (0..k-1, in the names' sorted order) of a Categorical (or String)
     column, and the code -> name table: a plan's groups as integers, never per-row strings

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, PlannedStage, StageResult, decided_part, group_codes,
-                                 split_decided, unknown_group_names)
+                                 id_key_exprs, id_strings, split_decided, unknown_group_names)
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import VIEWS, text_view
 
@@ -49,7 +49,6 @@ ORDER = [GROUP, NULL, KEY, "id", ROW_COL]
 # string in __id_str (null for canonical ids). When every id is canonical the plan orders
 # by (hi, lo): 10 B a row instead of a 20-character string, and no string sort.
 ID_HI, ID_LO, ID_STR = "__id_hi", "__id_lo", "__id_str"
-HEX_ID = "^[0-9a-f]{20}$"
 
 
 @dataclass
@@ -251,14 +250,8 @@ class SelectStage(PlannedStage):
                              f"(columns: {', '.join(part.columns)}); run a quality stage that makes it first")
         # the group as a Categorical (4 B a row: issue #19); the plan's joins on it cast to String
         group_expr = (pl.lit("all", pl.String) if c.by == "global" else pl.col(c.by).fill_null("")).cast(pl.Categorical)
-        ident = pl.col("id")
-        canonical = ident.str.contains(HEX_ID).fill_null(False)
         cols = [group_expr.alias(GROUP), pl.col(c.column).cast(pl.Float64).alias(SCORE),
-                pl.when(canonical).then(ident.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-                .alias(ID_HI),
-                pl.when(canonical).then(ident.str.slice(16, 4).str.to_integer(base=16, dtype=pl.UInt16, strict=False))
-                .alias(ID_LO),
-                pl.when(canonical).then(pl.lit(None, pl.String)).otherwise(ident).alias(ID_STR)]
+                *id_key_exprs(ID_HI, ID_LO, ID_STR)]
         label = self.label_column(part.columns)
         if label is not None:
             cols.append(pl.col(label).cast(pl.Float64).alias(f"{LABEL}:{label}"))
@@ -428,9 +421,7 @@ class SelectStage(PlannedStage):
         ids that are not content hashes: tables built by hand, ids from a source)."""
         if not keys[ID_HI].null_count():  # a null hi: an id that is not canonical (or null)
             return keys.drop(ID_STR)
-        hi, lo = keys[ID_HI].to_list(), keys[ID_LO].to_list()
-        rebuilt = pl.Series("__rebuilt", [None if h is None else f"{h:016x}{l:04x}" for h, l in zip(hi, lo)],
-                            dtype=pl.String)
+        rebuilt = id_strings(keys[ID_HI], keys[ID_LO]).alias("__rebuilt")
         return keys.with_columns(pl.coalesce(ID_STR, rebuilt).alias("id")).drop(ID_HI, ID_LO, ID_STR)
 
     @staticmethod

@@ -86,7 +86,7 @@ import polars as pl
 from curate.contract.typed_config import ConfigError
 from curate.contract.views import text_view
 from curate.stages.base import (DETAIL, REASON, ROW_COL, Plan, Refine, Stage, StageResult, decided_part, group_codes,
-                                 run_planned)
+                                 id_key_exprs, id_strings, run_planned)
 from curate.stages.common.text_norm import STEPS, normalized
 
 REASON_MINORITY = "minority_answer"
@@ -94,7 +94,6 @@ REASON_TIE = "tied_answers"
 _P, _A, _AID = "__cons_prompt", "__cons_answer", "__cons_aid"  # prompt / answer hashes (u64), answer number
 _EMPTY, _AT, _PT, _RT = "__cons_empty", "__cons_answer_text", "__cons_raw_prompt", "__cons_raw_answer"
 _IHI, _ILO, _ISTR, _TASK = "__cons_id_hi", "__cons_id_lo", "__cons_id_str", "__cons_task"  # keys: id, task
-HEX_ID = "^[0-9a-f]{20}$"  # a canonical id (`conversation_id`)
 _KEPT, _MINORITY, _TIED = 0, 1, 2  # an answer's verdict (UInt8)
 NEAR_BATCH_PAIRS = 10_000  # answer pairs compared at once (near-equal answers, `_near`)
 
@@ -172,14 +171,8 @@ class ConsensusStage(Stage):
         strings' order; any other id stays a string in `__cons_id_str`, null otherwise)
         and the task (Categorical: 4 B)."""
         t = self._normalized_texts(part)
-        ident = pl.col("id")
-        canonical = ident.str.contains(HEX_ID).fill_null(False)
         ids = part.select(
-            pl.when(canonical).then(ident.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-            .alias(_IHI),
-            pl.when(canonical).then(ident.str.slice(16, 4).str.to_integer(base=16, dtype=pl.UInt16, strict=False))
-            .alias(_ILO),
-            pl.when(canonical).then(pl.lit(None, pl.String)).otherwise(ident).alias(_ISTR),
+            *id_key_exprs(_IHI, _ILO, _ISTR),
             pl.col("task").cast(pl.String).cast(pl.Categorical).alias(_TASK))
         return pl.DataFrame([t[_P].hash(seed=0).alias(_P), t[_A].hash(seed=0).alias(_A),
                              (t[_P].str.len_chars() == 0).alias(_EMPTY)]).hstack(ids)
@@ -566,7 +559,7 @@ class _Ids:
     def of(cls, keys: pl.DataFrame) -> "_Ids":
         if not keys[_IHI].null_count():
             return cls(keys[_IHI].to_numpy(), keys[_ILO].to_numpy())
-        s = pl.Series("id", _hex(keys[_IHI].fill_null(0).to_numpy(), keys[_ILO].fill_null(0).to_numpy()))
+        s = id_strings(keys[_IHI].fill_null(0), keys[_ILO].fill_null(0))
         s = pl.select(pl.coalesce(keys[_ISTR], s)).to_series()
         rank = s.rank("dense").fill_null(0).to_numpy().astype(np.uint64)
         return cls(rank, np.zeros(len(rank), dtype=np.uint16), s)
@@ -582,19 +575,8 @@ class _Ids:
     def strings(self) -> pl.Series:
         if self.strs is not None:
             return self.strs.alias("id")
-        return pl.Series("id", _hex(self.hi, self.lo), dtype=pl.String)
+        return id_strings(self.hi, self.lo)
 
-
-def _hex(hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    """The canonical id strings of (hi, lo): 16 + 4 lower-case hex digits, vectorised."""
-    if not len(hi):
-        return []
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    b = np.concatenate([np.asarray(hi, dtype=">u8").view(np.uint8).reshape(-1, 8),
-                        np.asarray(lo, dtype=">u2").view(np.uint8).reshape(-1, 2)], axis=1)
-    out = np.empty((len(hi), 20), dtype=np.uint8)
-    out[:, 0::2], out[:, 1::2] = digits[b >> 4], digits[b & 15]
-    return np.char.decode(out.view("S20").ravel(), "ascii").tolist()
 
 
 STAGE = ConsensusStage
