@@ -46,6 +46,11 @@ import threading
 import time
 from pathlib import Path
 
+# curate before polars, as under `python -m curate`: its allocator setting must precede
+# polars' first allocation (curate/pipeline/allocator.py), so that the child measures a
+# run as the CLI makes it
+import curate  # noqa: F401, I001
+
 import numpy as np
 import polars as pl
 

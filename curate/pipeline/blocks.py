@@ -90,9 +90,14 @@ def merge_stats(stage: Stage, kept: "PartColumns | pl.DataFrame", parts: list[di
     if isinstance(kept, PartColumns):
         # what summary (task, the score) and signal (the score, a trusted label) read: 16-24
         # B a row, not the stage's ~100 B of small columns (its feature columns, id, source)
+        # the task as a Categorical (4 B a row, a String is 16+), parts concatenated a
+        # column at a time (`concat_freeing`): summary's groups and values are the same
+        from curate.stages.common.concat import concat_freeing
         from curate.stages.common.signal import LABEL_COLUMNS
 
-        kept = kept.read([c for c in kept.columns if c in ("task", col, *LABEL_COLUMNS)])
+        frames = [df.with_columns(pl.col("task").cast(pl.Categorical)) if "task" in df.columns else df
+                  for df in kept.iter([c for c in kept.columns if c in ("task", col, *LABEL_COLUMNS)])]
+        kept = concat_freeing(frames) if len(frames) > 1 else frames[0]
     out.update(stage.summary(kept, col))
     if "signal" in parts[0]:  # the scorer's AUC over the whole table, not one block's
         out["signal"] = stage.signal(kept, col)

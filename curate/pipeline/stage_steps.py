@@ -30,6 +30,7 @@ from curate.contract.ledger import reject_frame
 from curate.contract.datasets import read_dataset
 from curate.pipeline import parts as P
 from curate.stages.base import PartColumns, Stage
+from curate.stages.common.concat import concat_freeing
 
 HEAVY = ("messages", "meta")  # the columns statistics never read (curate/pipeline/executor.py module doc)
 ROW = "_row"
@@ -200,11 +201,12 @@ def hold_keys(stage: Stage, job: StageJob, frames: Iterable[pl.DataFrame]) -> pl
     rest under `spill_folder(job)` and reads it back in `plan`): then the keys of all
     rows never meet in memory. The folder goes when the stage is done
     (`StageProgress.clear`). The local executor hands it keys it computes
-    (`all_part_keys`), the Ray executor keys its workers wrote to disk."""
+    (`all_part_keys`), the Ray executor keys its workers wrote to disk. The
+    concatenation frees the parts a column at a time (`concat_freeing`): every key once
+    plus one column, not twice."""
     spill = getattr(stage, "spill_keys", None)
     folder = spill_folder(job) if callable(spill) else None
-    keys = [spill(k, folder) if folder is not None else k for k in frames]
-    return pl.concat(keys, how="vertical_relaxed", rechunk=True)
+    return concat_freeing([spill(k, folder) if folder is not None else k for k in frames])
 
 
 def _computed_keys(stage: Stage, job: StageJob) -> Iterator[pl.DataFrame]:

@@ -149,10 +149,12 @@ class PartColumns:
     def read(self, columns: list[str] | None = None) -> pl.DataFrame:
         """`columns` (default: all) of every part, concatenated in part order (one chunk;
         a single part as read)."""
+        from curate.stages.common.concat import concat_freeing
+
         frames = list(self.iter(columns))
         if not frames:
             return pl.DataFrame()
-        return pl.concat(frames, how="vertical_relaxed", rechunk=True) if len(frames) > 1 else frames[0]
+        return concat_freeing(frames) if len(frames) > 1 else frames[0]  # parts freed a column at a time
 
     def reason_counts(self) -> dict[str, int]:
         """Rows by `_reason` (non-null), sorted by reason: FilterStage.process's `hits`,

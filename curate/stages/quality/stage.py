@@ -425,7 +425,7 @@ class QualityStage(Stage):
             pl.len().alias("n"), valid.sum().alias("scored"),
             s.filter(valid).mean().alias("mean"), s.filter(valid).quantile(0.05).alias("p5"),
             s.filter(valid).median().alias("p50"), s.filter(valid).quantile(0.95).alias("p95"))
-            .sort("task"))
+            .with_columns(pl.col("task").cast(pl.String)).sort("task"))  # a Categorical task (merge_stats) sorts as text
         rnd = lambda v: None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 6)  # noqa: E731
         return {
             "scored": int(scored.select(valid.sum()).item()) if len(scored) else 0,
