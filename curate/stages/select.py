@@ -520,32 +520,42 @@ class SelectStage(PlannedStage):
             over = over & pl.col(SCOPE)
         return t.select(over.fill_null(False)).to_series().to_numpy()
 
+    OVER_WINDOW = 1 << 20  # rows a time in `_over_np`: its temporaries are bounded, not per input row
+
     @staticmethod
-    def _over_np(v: pl.DataFrame, cut: pl.DataFrame, order: list[str]) -> np.ndarray:
+    def _over_np(v: pl.DataFrame, cut: pl.DataFrame, order: list[str], window: int | None = None) -> np.ndarray:
         """`_over_joined` on numpy arrays (every order key an integer or float): per row a
-        4-byte group code and, one at a time, its group's cutoff value; no joined table."""
+        4-byte group code and, one window of rows at a time (OVER_WINDOW), its group's
+        cutoff values and the comparison's temporaries (~30 B a row of a window, not of
+        every row: issue #19); no joined table. Row-local given `cut`: the same verdicts
+        whatever the window."""
+        window = window or SelectStage.OVER_WINDOW
         codes, names = group_codes(v[GROUP])
         pos = {name: i for i, name in enumerate(cut[GROUP].to_list())}
-        gi = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int32)[codes]  # its row in `cut`
-        del codes
-        known = gi >= 0
-        gi = np.where(known, gi, 0)
-
-        def cutoff(x):  # the row's group's cutoff value of key x (0 where there is none)
-            col = cut[f"__cut{x}"]
-            return np.append(col.fill_null(0).to_numpy(), 0)[gi]
-
-        within = v[ROW_COL].to_numpy() <= cutoff(ROW_COL)
-        for x in reversed(order[1:-1]):
-            a, b = v[x].to_numpy(), cutoff(x)
-            within = (a < b) | ((a == b) & within)
-        null, cn = v[NULL].to_numpy(), cutoff(NULL).astype(bool)
-        within = (~null & cn) | ((null == cn) & within)
-        has_cut = np.append(cut[f"__cut{ROW_COL}"].is_not_null().to_numpy(), False)[gi] & known
-        quota0 = np.append((cut[QUOTA] == 0).fill_null(False).to_numpy(), False)[gi] & known
-        over = v[REASON].is_null().to_numpy() & (quota0 | (has_cut & ~within))
-        if SCOPE in v.columns:
-            over &= v[SCOPE].fill_null(False).to_numpy()
+        gmap = np.asarray([pos.get(name, -1) for name in names] or [-1], dtype=np.int32)  # code -> its row in `cut`
+        # per row of `cut` (plus a last entry for "none"): its cutoff values and flags
+        cuts = {x: np.append(cut[f"__cut{x}"].fill_null(0).to_numpy(), 0) for x in (ROW_COL, NULL, *order[1:-1])}
+        has_cut_c = np.append(cut[f"__cut{ROW_COL}"].is_not_null().to_numpy(), False)
+        quota0_c = np.append((cut[QUOTA] == 0).fill_null(False).to_numpy(), False)
+        n = v.height
+        over = np.zeros(n, dtype=bool)
+        for lo in range(0, n, window):
+            w = v.slice(lo, window)  # zero-copy; each column read for these rows only
+            gi = gmap[codes[lo:lo + w.height]]
+            known = gi >= 0
+            gi = np.where(known, gi, 0)
+            within = w[ROW_COL].to_numpy() <= cuts[ROW_COL][gi]
+            for x in reversed(order[1:-1]):
+                a, b = w[x].to_numpy(), cuts[x][gi]
+                within = (a < b) | ((a == b) & within)
+            null, cn = w[NULL].to_numpy(), cuts[NULL][gi].astype(bool)
+            within = (~null & cn) | ((null == cn) & within)
+            has_cut = has_cut_c[gi] & known
+            quota0 = quota0_c[gi] & known
+            o = w[REASON].is_null().to_numpy() & (quota0 | (has_cut & ~within))
+            if SCOPE in w.columns:
+                o &= w[SCOPE].fill_null(False).to_numpy()
+            over[lo:lo + w.height] = o
         return over
 
     def _plan_stats(self, v: pl.DataFrame, n_in: dict) -> dict:
