@@ -87,6 +87,12 @@ def test_cv_prefix_compares_the_scoring_not_the_select(tmp_path):
     d = noisy.write_pipeline(tmp_path / "d.toml", tmp_path / "rd", tmp_path / "pool.jsonl",
                              noisy.arm_stages("default_incv", stages, "M", 100), render)
     assert mod.cv_prefix(d) == mod.cv_prefix(c)  # round 1 is the default's, so its run can be reused
+    e = noisy.write_pipeline(tmp_path / "e.toml", tmp_path / "re", tmp_path / "pool.jsonl",
+                             noisy.arm_stages("default_incv_mixture", stages, "M", 100), render)
+    # the sibling to copy: default_incv shares round 2 as well, default only round 1
+    n_cv = next(i for i, s in enumerate(noisy.arm_stages("default", stages, "M", 100)) if s["kind"] == "quality")
+    assert mod.shared_stages(e, c) == n_cv + 1 and mod.shared_stages(e, d) == n_cv + 2
+    assert mod.shared_stages(c, c) == len(noisy.arm_stages("default", stages, "M", 100))
     assert mod.cv_prefix(tmp_path / "missing.toml") is None
     assert mod.cv_current(tmp_path / "no-run") is False
 

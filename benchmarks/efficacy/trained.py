@@ -356,9 +356,12 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                 fresh = True
                 # a sibling whose cv scoring is this arm's (same stages up to the cv stage) and
                 # was made by this code (it has every column the scorer writes now)
-                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()
-                            and cv_prefix(d / "pipelines" / f"{x}.toml") == cv_prefix(p)
-                            and cv_current(d / "runs" / x)), None)
+                # (the one sharing the most stages: default_incv_mixture reuses default_incv's
+                # second cv round, not only default's first)
+                sibs = [x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()
+                        and cv_prefix(d / "pipelines" / f"{x}.toml") == cv_prefix(p) and cv_current(d / "runs" / x)]
+                sib = (d / "runs" / max(sibs, key=lambda x: shared_stages(d / "pipelines" / f"{x}.toml", p))
+                       if sibs else None)
                 if a.get("reuse") and arm in CV_ARMS and sib is not None:
                     # --reuse: another cv arm's run of this pool holds the same fold scoring (the
                     # stages before the select); the runner reuses each stage whose fingerprint matches
@@ -428,6 +431,15 @@ def cv_prefix(pipeline: Path) -> list | None:
     stages = data.get("stages", [])
     i = next((i for i, s in enumerate(stages) if s.get("kind") == "quality" and s.get("scorer") == "cv_loss"), None)
     return None if i is None else [data.get("sources"), data.get("run", {}).get("seed"), stages[: i + 1]]
+
+
+def shared_stages(a: Path, b: Path) -> int:
+    """How many leading stages two pipeline files have in common (the runner can reuse
+    that many of one's stages for the other)."""
+    import tomllib
+
+    sa, sb = (tomllib.loads(x.read_text(encoding="utf-8")).get("stages", []) for x in (a, b))
+    return next((i for i, (x, y) in enumerate(zip(sa, sb)) if x != y), min(len(sa), len(sb)))
 
 
 def cv_current(run_dir: Path) -> bool:
