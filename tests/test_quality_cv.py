@@ -71,3 +71,60 @@ def test_cv_loss_config_refusals():
         load_dataclass(Config, {"kind": "quality", "scorer": "cv_loss", "model": "m", "folds": 6}, "s")
     with pytest.raises(ConfigError, match="model"):
         load_dataclass(Config, {"kind": "quality", "scorer": "cv_loss"}, "s")
+
+
+def test_trusted_rows_are_the_best_share_per_task_ties_by_id():
+    import polars as pl
+
+    from curate.stages.quality.stage import Config, QualityStage
+
+    cfg = load_dataclass(Config, {"kind": "quality", "scorer": "cv_loss", "model": "m", "trust_column": "r",
+                                  "trust_fraction": 0.5}, "s")
+    t = pl.DataFrame({"id": ["d", "c", "b", "a", "e", "f"], "task": ["t", "t", "t", "t", "u", "u"],
+                      "r": [0.1, 0.4, None, 0.4, float("nan"), 2.0]})
+    # task t: 3 scored rows -> ceil(1.5) = 2 trusted: 0.1 and the tie at 0.4 goes to id "a";
+    # a missing or NaN score is never trusted; task u: its one scored row
+    assert QualityStage._trusted(t, cfg).tolist() == [True, False, False, True, False, True]
+    # the row order does not change the choice
+    assert QualityStage._trusted(t.reverse(), cfg).tolist() == [True, False, True, False, False, True]
+    hi = load_dataclass(Config, {"kind": "quality", "scorer": "cv_loss", "model": "m", "trust_column": "r",
+                                 "trust_keep": "highest", "trust_fraction": 0.5}, "s")
+    assert QualityStage._trusted(t, hi).tolist() == [False, True, False, True, False, True]
+    with pytest.raises(ConfigError, match="trust_column"):
+        QualityStage._trusted(t.drop("r"), cfg)
+    with pytest.raises(ConfigError, match="trust_fraction"):
+        load_dataclass(Config, {"kind": "quality", "scorer": "cv_loss", "model": "m", "trust_fraction": 0.0}, "s")
+    with pytest.raises(ConfigError, match="trust_column"):
+        load_dataclass(Config, {"kind": "quality", "scorer": "heuristic", "trust_column": "r"}, "s")
+
+
+@pytest.mark.slow  # four fine-tunings of a 260k-parameter model: ~25 s on one core
+def test_second_round_trains_only_on_trusted_rows_and_scores_every_row(tmp_path, shared_data):
+    """Iterative cross-validation: round 2's fold models train on round 1's trusted rows
+    only (fewer trained records), every row is still scored by a model of another fold,
+    and round 2 still ranks the planted wrong answers well (measured: AUC 0.837, round 1 0.857:
+    on this small fixed table a second round does not help, it must not break the ranking)."""
+    from curate.stages.quality.stage import Config, QualityStage
+
+    model = shared_data("models", "stories260K")
+    torch.set_num_threads(1)
+    table, good = pool(wrong_share=0.35)
+    base = {"kind": "quality", "scorer": "cv_loss", "model": str(model), "folds": 2, "cv_method": "full",
+            "cv_epochs": 8, "cv_lr": 3e-3}
+    ctx = StageContext(run_dir=tmp_path, config_dir=tmp_path, seed=0, stage_dir=tmp_path / "q", log=lambda m: None)
+    r1 = QualityStage(load_dataclass(Config, base, "s"), ctx).process(table)
+    # 13 = 8 / 0.6 epochs: round 1's gradient steps on 60% of the rows (at 8 epochs the fold
+    # models learn less and rank worse: AUC 0.71, measured)
+    cfg2 = load_dataclass(Config, {**base, "cv_epochs": 13, "column": "cv2", "trust_column": "cv_loss_ratio",
+                                   "trust_fraction": 0.6}, "s")
+    r2 = QualityStage(cfg2, ctx).process(r1.kept)
+    out = r2.kept
+    assert out.height == table.height and out["cv2"].null_count() == 0
+    assert out["cv2_fold"].to_list() == out["cv_loss_fold"].to_list()  # the same folds: never scored by its own model
+    trust = r2.stats["trust"]
+    assert trust["trusted"] == int(np.ceil(0.6 * table.height)) and trust["column"] == "cv_loss_ratio"
+    assert r2.stats["trained_records"] < r1.stats["trained_records"]
+    # round 1's columns are untouched
+    assert out["cv_loss_ratio"].to_list() == r1.kept["cv_loss_ratio"].to_list()
+    a1, a2 = auc(-out["cv_loss_ratio"].to_numpy(), good), auc(-out["cv2_ratio"].to_numpy(), good)
+    assert a2 > 0.8 and a2 >= a1 - 0.05

@@ -82,6 +82,45 @@ def test_cv_prefix_compares_the_scoring_not_the_select(tmp_path):
     c = noisy.write_pipeline(tmp_path / "c.toml", tmp_path / "rc", tmp_path / "pool.jsonl",
                              noisy.arm_stages("default", stages, "M", 100), render)
     assert mod.cv_prefix(a) == mod.cv_prefix(b) is not None  # same scoring, another select
-    assert mod.cv_prefix(a) != mod.cv_prefix(c)  # the default arm's cv stage has no max_length = 64
+    # the default arm's cv stage has max_length = 64 as the others' (it had none before): one scoring
+    assert mod.cv_prefix(a) == mod.cv_prefix(c)
+    d = noisy.write_pipeline(tmp_path / "d.toml", tmp_path / "rd", tmp_path / "pool.jsonl",
+                             noisy.arm_stages("default_incv", stages, "M", 100), render)
+    assert mod.cv_prefix(d) == mod.cv_prefix(c)  # round 1 is the default's, so its run can be reused
+    e = noisy.write_pipeline(tmp_path / "e.toml", tmp_path / "re", tmp_path / "pool.jsonl",
+                             noisy.arm_stages("default_incv_mixture", stages, "M", 100), render)
+    # the sibling to copy: default_incv shares round 2 as well, default only round 1
+    n_cv = next(i for i, s in enumerate(noisy.arm_stages("default", stages, "M", 100)) if s["kind"] == "quality")
+    assert mod.shared_stages(e, c) == n_cv + 1 and mod.shared_stages(e, d) == n_cv + 2
+    assert mod.shared_stages(c, c) == len(noisy.arm_stages("default", stages, "M", 100))
     assert mod.cv_prefix(tmp_path / "missing.toml") is None
     assert mod.cv_current(tmp_path / "no-run") is False
+
+
+def test_incv_arm_adds_a_second_round_and_ranks_by_it():
+    """default_incv = the default arm's stages plus a second cv stage trained on round 1's
+    trusted rows; its select ranks by and gates on round 2's columns, nothing else differs
+    (default_incv_mixture: the same with the mixture cut)."""
+    _load()
+    import noisy
+
+    stages, _ = noisy.recipes()
+    base = noisy.arm_stages("default", stages, "M", 100)
+    incv = noisy.arm_stages("default_incv", stages, "M", 100)
+    q = [s for s in incv if s["kind"] == "quality"]
+    assert len(q) == 2 and q[0] == next(s for s in base if s["kind"] == "quality")
+    c2 = noisy.INCV_COLUMN
+    assert q[1]["trust_column"] == "cv_loss_ratio" and q[1]["trust_fraction"] == noisy.TRUST_FRACTION
+    # round 2: as many gradient steps as round 1 on its fewer rows (epochs / trust_fraction)
+    assert q[1]["cv_epochs"] == round(q[0]["cv_epochs"] / noisy.TRUST_FRACTION) > q[0]["cv_epochs"]
+    same = ("name", "column", "cv_epochs")
+    assert q[1]["column"] == c2 and {k: v for k, v in q[1].items() if k not in same and not k.startswith("trust")} == \
+        {k: v for k, v in q[0].items() if k != "cv_epochs"}
+    sel = next(s for s in incv if s["kind"] == "select")
+    bsel = next(s for s in base if s["kind"] == "select")
+    assert sel["column"] == f"{c2}_ratio" and sel["gate_column"] == f"{c2}_agree"
+    assert {k: v for k, v in sel.items() if k not in ("column", "gate_column")} == \
+        {k: v for k, v in bsel.items() if k not in ("column", "gate_column")}
+    assert [s for s in incv if s not in q and s["kind"] != "select"] == [s for s in base if s["kind"] not in ("quality", "select")]
+    mix = next(s for s in noisy.arm_stages("default_incv_mixture", stages, "M", 100) if s["kind"] == "select")
+    assert mix["cut"] == "mixture" and "top_fraction" not in mix and mix["column"] == f"{c2}_ratio"

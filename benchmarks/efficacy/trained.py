@@ -65,9 +65,9 @@ import noisy  # noqa: E402
 
 MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K"
 TEMPLATE = HERE / "plain.jinja"
-CV_ARMS = ["default", "default_mixture", "default_regret", "cv", "cv_single", "cv_agree", "diag_rank80"]  # their curation trains fold models: a job of its own per pool
+CV_ARMS = ["default", "default_mixture", "default_regret", "default_incv", "default_incv_mixture", "cv", "cv_single", "cv_agree", "diag_rank80"]  # their curation trains fold models: a job of its own per pool
 HALF = "_half"  # an arm name + HALF: that arm's own kept set, trained on half the budget
-HALF_OF = ["default", "default_mixture", "default_regret", "consensus", "cv_single", "cv_agree"]
+HALF_OF = ["default", "default_mixture", "default_regret", "default_incv", "consensus", "cv_single", "cv_agree"]
 # DIAGNOSTICS, not product arms: built from other arms' kept sets WITH the answer key, only
 # to tell why an arm scores as it does (issue #18, words at 300k). No curation reads a key.
 DIAG_ARMS = ["diag_clean", "diag_plus"]
@@ -75,7 +75,7 @@ DIAG_ARMS = ["diag_clean", "diag_plus"]
 # scope, gate and top_fraction, ranked by the ANSWER KEY instead of a score: what a perfect
 # score would give at that cut (noisy.arm_stages)
 DIAG_CV = ["diag_rank80"]
-TRAIN_ARMS = (["raw", "default", "default_mixture", "default_regret", "consensus"] + [a + HALF for a in HALF_OF]
+TRAIN_ARMS = (["raw", "default", "default_mixture", "default_regret", "default_incv", "default_incv_mixture", "consensus"] + [a + HALF for a in HALF_OF]
               + ["cv", "cv_single", "cv_agree", "random", "verifier", "oracle"] + DIAG_ARMS + DIAG_CV)
 ALL_ARMS = TRAIN_ARMS + ["base"]
 LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base model + k curated shots",
@@ -83,7 +83,7 @@ LABELS = {**noisy.ARMS, "base": "base model, no training", "few_shot": "base mod
           "diag_clean": "DIAGNOSTIC: consensus's kept set minus its wrong records (answer key)",
           "diag_plus": "DIAGNOSTIC: consensus's kept set + raw's distinct records of rule tasks it lacks",
           "diag_rank80": "DIAGNOSTIC: the default recipe's 80% cut ranked by the answer key (a perfect score, same cut)"}
-ORDER = ["raw", "consensus", "default", "oracle", "default_regret", "diag_rank80", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
+ORDER = ["raw", "consensus", "default", "oracle", "default_incv", "default_incv_mixture", "default_incv_half", "default_regret", "diag_rank80", "default_mixture", "default_regret_half", "default_mixture_half", "cv_agree", "cv_single", "default_half", "consensus_half",
          "cv_agree_half", "cv_single_half", "diag_clean", "diag_plus",
          "verifier", "cv", "random"]  # the jobs in the order that matters most when a grid is cut short
 TABLES = {"lookup", "capital"}
@@ -119,7 +119,9 @@ def set_stats(rows: list[dict], key: dict) -> dict:
 # cv_stats: the per-record scores judged, each oriented so that higher = kept first (as
 # the select ranks them), with the value a missing score ranks at (last)
 CV_SCORES = {"ratio": ("cv_loss_ratio", -1.0, 9.0), "margin": ("cv_loss_margin", 1.0, -1e9),
-             "regret": ("cv_loss_regret", -1.0, 1e9)}
+             "regret": ("cv_loss_regret", -1.0, 1e9),
+             # a second cv round's (default_incv: fold models trained on round 1's trusted rows)
+             "ratio2": (f"{noisy.INCV_COLUMN}_ratio", -1.0, 9.0), "regret2": (f"{noisy.INCV_COLUMN}_regret", -1.0, 1e9)}
 CV_COMBOS = {"ratio+margin": ("ratio", "margin"), "ratio+regret": ("ratio", "regret")}  # mean of the two ranks
 
 
@@ -161,8 +163,9 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
     from curate.contract.views import text_view
     from curate.stages.common.signal import auc
 
-    q = next((s for s in manifest["stages"] if s["kind"] == "quality" and (s.get("stats") or {}).get("scorer") == "cv_loss"),
-             None)
+    # the last cv stage's output holds every earlier round's columns too
+    q = next((s for s in reversed(manifest["stages"])
+              if s["kind"] == "quality" and (s.get("stats") or {}).get("scorer") == "cv_loss"), None)
     if q is None:
         return None
     gate = next(((s.get("stats") or {}).get("gate") for s in manifest["stages"] if s["kind"] == "select"), None)
@@ -353,9 +356,12 @@ def build_one(family: str, seed: int, a: dict, part: str = "main") -> list[dict]
                 fresh = True
                 # a sibling whose cv scoring is this arm's (same stages up to the cv stage) and
                 # was made by this code (it has every column the scorer writes now)
-                sib = next((d / "runs" / x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()
-                            and cv_prefix(d / "pipelines" / f"{x}.toml") == cv_prefix(p)
-                            and cv_current(d / "runs" / x)), None)
+                # (the one sharing the most stages: default_incv_mixture reuses default_incv's
+                # second cv round, not only default's first)
+                sibs = [x for x in CV_ARMS if x != arm and (d / "runs" / x / "manifest.json").is_file()
+                        and cv_prefix(d / "pipelines" / f"{x}.toml") == cv_prefix(p) and cv_current(d / "runs" / x)]
+                sib = (d / "runs" / max(sibs, key=lambda x: shared_stages(d / "pipelines" / f"{x}.toml", p))
+                       if sibs else None)
                 if a.get("reuse") and arm in CV_ARMS and sib is not None:
                     # --reuse: another cv arm's run of this pool holds the same fold scoring (the
                     # stages before the select); the runner reuses each stage whose fingerprint matches
@@ -425,6 +431,15 @@ def cv_prefix(pipeline: Path) -> list | None:
     stages = data.get("stages", [])
     i = next((i for i, s in enumerate(stages) if s.get("kind") == "quality" and s.get("scorer") == "cv_loss"), None)
     return None if i is None else [data.get("sources"), data.get("run", {}).get("seed"), stages[: i + 1]]
+
+
+def shared_stages(a: Path, b: Path) -> int:
+    """How many leading stages two pipeline files have in common (the runner can reuse
+    that many of one's stages for the other)."""
+    import tomllib
+
+    sa, sb = (tomllib.loads(x.read_text(encoding="utf-8")).get("stages", []) for x in (a, b))
+    return next((i for i, (x, y) in enumerate(zip(sa, sb)) if x != y), min(len(sa), len(sb)))
 
 
 def cv_current(run_dir: Path) -> bool:
@@ -546,6 +561,7 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     out = []
     for arm, bar in (("default", 0.5), ("default_half", 0.5), ("default_mixture", 0.5), ("default_mixture_half", 0.5),
                      ("default_regret", 0.5), ("default_regret_half", 0.5),
+                     ("default_incv", 0.5), ("default_incv_half", 0.5), ("default_incv_mixture", 0.5),
                      ("consensus", 0.5), ("consensus_half", 0.5), ("cv", 0.5),
                      ("cv_single", 0.5), ("cv_single_half", 0.5), ("cv_agree", 0.5), ("cv_agree_half", 0.5),
                      ("verifier", 0.9)):
@@ -567,6 +583,9 @@ def floor_lines(em: dict, seeds: int) -> list[str]:
     for a, b, what in (("default", "consensus", "default recipe minus consensus recipe"),
                        ("default_mixture", "default", "mixture cut minus the fixed 80% cut (default_mixture - default)"),
                        ("default_regret", "default", "regret score minus the loss ratio (default_regret - default)"),
+                       ("default_incv", "default", "second cv round minus the first (default_incv - default)"),
+                       ("default_incv_mixture", "default_incv",
+                        "second round: mixture cut minus the fixed 80% cut (default_incv_mixture - default_incv)"),
                        ("diag_rank80", "default", "DIAGNOSTIC: a perfect score at the same cut minus the loss ratio "
                                                   "(diag_rank80 - default)")):
         ss = [s for s in range(seeds) if (a, s) in em and (b, s) in em]

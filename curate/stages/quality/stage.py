@@ -78,6 +78,13 @@ class Config:
     cv_epochs: int = 1  # passes over the k-1 training folds
     cv_lr: float = 5e-4  # learning rate of the fold fine-tuning
     cv_lora_r: int = 16  # LoRA rank (cv_method = "lora")
+    # cv_loss, a second round (iterative cross-validation, "prune and retrain"): the fold
+    # models train only on the rows an earlier score trusts (per task, its best
+    # `trust_fraction` by `trust_column`, `trust_keep` first); every row is still scored
+    # by a model that never trained on it. Unset: train on every row of the other folds.
+    trust_column: str | None = None
+    trust_keep: Literal["lowest", "highest"] = "lowest"
+    trust_fraction: float = 0.6
 
     @property
     def score_column(self) -> str:
@@ -141,6 +148,10 @@ class Config:
                 raise ConfigError("cv_lr", "must be > 0")
             if self.cv_lora_r < 1:
                 raise ConfigError("cv_lora_r", "must be >= 1")
+            if not 0 < self.trust_fraction <= 1:
+                raise ConfigError("trust_fraction", f"must be in (0, 1], got {self.trust_fraction}")
+        elif self.trust_column:
+            raise ConfigError("trust_column", "only the cv_loss scorer takes trust_column")
 
     def check_paths(self, base_dir) -> None:
         def res(p):
@@ -292,8 +303,9 @@ class QualityStage(Stage):
         margin = np.full(table.height, np.nan)
         regret = np.full(table.height, np.nan)
         history = {}
+        trusted = self._trusted(table, c) if c.trust_column else np.ones(table.height, dtype=bool)
         for f in range(c.folds):
-            train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            train_idx, test_idx = np.flatnonzero((fold != f) & trusted), np.flatnonzero(fold == f)
             if not len(test_idx):
                 continue
             model, tok = lm.load_causal_lm(model_dir, None, c.device, c.dtype, c.trust_remote_code)
@@ -324,7 +336,34 @@ class QualityStage(Stage):
                     f"exactly (top-1 on {a['token_acc']:.1%} of answer tokens; {a['n']:,} scored)")
         return out, {"model": c.model, "folds": c.folds, "method": c.cv_method, "epochs": c.cv_epochs,
                      "lr": c.cv_lr, "train_loss": history, "agreement": agreement,
-                     "fine_tunings": len(history), "trained_records": int(sum((fold != f).sum() for f in range(c.folds)))}
+                     "fine_tunings": len(history),
+                     "trained_records": int(sum(((fold != f) & trusted).sum() for f in range(c.folds))),
+                     **({"trust": {"column": c.trust_column, "keep": c.trust_keep, "fraction": c.trust_fraction,
+                                   "trusted": int(trusted.sum()), "rows": table.height}} if c.trust_column else {})}
+
+    @staticmethod
+    def _trusted(table: pl.DataFrame, c: Config) -> np.ndarray:
+        """Rows a second cv round trains on: per task (the whole table without a `task`
+        column), the best `trust_fraction` by `trust_column` (rank by value, ties by id, so
+        the choice is deterministic); a missing score is never trusted. Per task, because
+        an earlier score's scale differs between tasks (a loss ratio near 1 is good on a
+        task the fold models never learned) and a global cut would empty a hard task."""
+        if c.trust_column not in table.columns:
+            raise ConfigError("trust_column", f"no column {c.trust_column!r} (an earlier quality stage must write it)")
+        v = pl.col(c.trust_column).cast(pl.Float64)
+        v = pl.when(v.is_nan()).then(None).otherwise(v)
+        task = pl.col("task") if "task" in table.columns else pl.lit("")
+        # the ordinal rank breaks ties by position: rank in id order, so the choice does not
+        # depend on the order rows arrive in
+        order = np.argsort(np.asarray(table["id"].to_list(), dtype=object), kind="stable")
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        by_id = table[order].select(
+            v.rank("ordinal", descending=c.trust_keep == "highest").over(task).alias("r"),
+            v.count().over(task).alias("n"))
+        r = by_id["r"].cast(pl.Float64).fill_null(np.inf).to_numpy()  # a missing score: never trusted
+        keep = r <= np.ceil(c.trust_fraction * by_id["n"].to_numpy())
+        return keep[inv]
 
     @staticmethod
     def _agreement(scored: pl.DataFrame, agree: str, acc: str) -> dict:
