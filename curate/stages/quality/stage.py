@@ -355,7 +355,8 @@ class QualityStage(Stage):
         task = pl.col("task") if "task" in table.columns else pl.lit("")
         # the ordinal rank breaks ties by position: rank in id order, so the choice does not
         # depend on the order rows arrive in
-        order = np.argsort(np.asarray(table["id"].to_list(), dtype=object), kind="stable")
+        # (ids are unique; polars orders strings by UTF-8 bytes, the same order as code points)
+        order = table["id"].cast(pl.String).arg_sort().to_numpy()
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         by_id = table[order].select(
