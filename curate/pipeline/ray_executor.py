@@ -80,7 +80,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -258,19 +257,6 @@ def _apply_task(cls: type, config: Any, context: Any, plan_ref: Any, pos_ref: An
     return run
 
 
-def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table]:
-    def run(batch: pa.Table) -> pa.Table:
-        out = []
-        for d in batch.to_pylist():
-            maybe_fault()
-            # the driver's own small arguments and the worker's result (as Ray pickles any task's)
-            result = fn(d["k"], parts.read(d["k"]), pickle.loads(d["arg"]))
-            out.append({"i": d["i"], "result": pickle.dumps(result)})
-        return pa.Table.from_pylist(out)
-
-    return run
-
-
 # the runner's merge of a stage's rejects (same bytes), run by `write_rejects` in a worker task
 merge_rejects = P.merge_rejects
 
@@ -357,13 +343,20 @@ class RayExecutor:
         (curate/render/stream.py `_render_on_workers`): the worker reads part `k` from the
         run directory (`parts.read(k)`); render's pass 2 (RenderPart: tokens written into
         the run's render work folder, small per-row facts back) and its rejects
-        (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
-        items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
-        # each result unpickled as its block arrives: the driver never holds the pickled
-        # bytes of every part's facts beside the facts themselves
-        got = self.map_items(items, _render_part_task(parts, fn),
-                             convert=lambda r: {"i": r["i"], "result": pickle.loads(r["result"])})
-        return [r["result"] for r in got]
+        (RejectPart). The runner's render calls `render_streamed` instead, whose actor uses
+        the same tasks (ray_render.map_parts)."""
+        from curate.pipeline.ray_render import map_parts
+
+        return map_parts(parts, fn, args)
+
+    def render_streamed(self, parts: Any, columns: list[str], cfg, base_dir, seed: int, work_dir: Path,
+                        reject_dir: Path) -> Any:
+        """The runner's render with its per-row state (keys, split, facts, examples, packing
+        plans) in one actor on the cluster and the per-part and per-shard work in tasks
+        (curate/pipeline/ray_render.py): returns what the runner reads of it."""
+        from curate.pipeline.ray_render import RemoteRender
+
+        return RemoteRender(parts, columns, cfg, base_dir, seed, work_dir, reject_dir)
 
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table],
                   convert: Callable[[dict], dict] | None = None) -> list[dict]:
