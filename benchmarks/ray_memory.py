@@ -19,8 +19,12 @@ workers, sampled every 0.2 s: a private local Ray instance is the driver's child
 driver's CPU seconds; a digest of the ledger and every stage's row counts (the same
 records kept by both arms); then the driver's peak RSS per phase (sampled every 0.1 s,
 keyed by the runner's progress label: read, each stage, render, shards; "other" is between
-them, e.g. the report). Last, per arm, the driver peak at each size against the smallest
-size: flat in the input means that ratio stays near 1. `--render` adds scale_bench.py's
+them, e.g. the report). Then one Markdown table of every run (the driver's peak in all and
+per phase, against the arm's smallest size, and whether its shards + rejects digest equals
+the local arm's at that size); last, per arm, the driver peak at each size against the
+smallest size: flat in the input means that ratio stays near 1. The tree peak includes
+the workers that now hold what the driver held (a planned stage's plan task, the render
+actor). `--render` adds scale_bench.py's
 [render] section (chatml, the sample tokenizer, 512 tokens, packed shards). `--part-rows`
 is set on both arms (the default part sizing differs between checkouts). Per-phase RSS
 is the process's resident memory at the time, so a phase's number can include memory an
@@ -182,6 +186,26 @@ def measure(pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows
     return {**res, "total_gib": peak[0] / 2**30}
 
 
+PHASES = ("read", "normalize", "pii", "filter", "language", "quality", "exact_dedup", "near_dedup", "select", "mix",
+          "render", "shards", "other")
+
+
+def print_table(rows: list[tuple[int, str, dict]]) -> None:
+    """One Markdown table of every run: the driver's peak RSS (GiB) in all and per phase,
+    the peak against the same arm's smallest size, and whether the shards + rejects digest
+    equals the local arm's at that size ("-" where no local arm ran at that size)."""
+    local = {n: r["files"] for n, label, r in rows if label.startswith("local")}
+    first: dict[str, float] = {}
+    print("\n| records | arm | driver peak GiB | x smallest | " + " | ".join(PHASES) + " | files | = local |")
+    print("|---|---|---|---|" + "---|" * len(PHASES) + "---|---|")
+    for n, label, r in rows:
+        peak = r["driver_maxrss_gib"]
+        x = peak / first.setdefault(label, peak)
+        same = "-" if n not in local or label.startswith("local") else ("yes" if r["files"] == local[n] else "DIFFER")
+        cells = [f"{r['phases'][k][0]:.2f}" if k in r["phases"] else "" for k in PHASES]
+        print(f"| {n:,} | {label} | {peak:.2f} | {x:.2f} | " + " | ".join(cells) + f" | {r['files']} | {same} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", default="100000")
@@ -220,6 +244,7 @@ def main() -> None:
     arms = [known[x] for x in a.arms.split(",")]
     local_sizes = None if a.local_records is None else {int(x) for x in a.local_records.split(",") if x}
     summary: dict[str, list[tuple[int, float, float]]] = {}
+    table: list[tuple[int, str, dict]] = []  # every run, for the closing table
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
         generate(data, n)
@@ -236,6 +261,7 @@ def main() -> None:
                     ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
                 files.setdefault(label, set()).add(r["files"])
                 summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
+                table.append((n, label, r))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}  {r['files']}", flush=True)
                 print("         driver peak GiB by phase (RSS/anonymous): "
@@ -255,10 +281,11 @@ def main() -> None:
 
                 shutil.rmtree(f, ignore_errors=True)
         data.unlink()
+    print_table(table)
     # how the driver's peak grows with the input: flat means the ratio stays near 1
     print("\narm                 records  driver_peak_GiB  x_smallest  wall_s")
     for label, rows in summary.items():
-        n0, p0 = rows[0][0], min(p for n, p, _ in rows if n == rows[0][0])
+        p0 = min(p for n, p, _ in rows if n == rows[0][0])
         for n, peak, wall in rows:
             print(f"{label:<18} {n:>8}  {peak:15.2f}  {peak / p0:10.2f}  {wall:6.1f}")
 
