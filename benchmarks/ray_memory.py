@@ -13,14 +13,18 @@ The `local` arm runs this tree's local executor on the same records: the referen
 arm's `files` digest is the sha256 of its shard files and rejects (bytes, by path), and
 per size the Ray arms' digests are checked against the local one ("identical"/"DIFFER").
 
-Printed per size and arm: pipeline wall s; the driver's peak RSS (its own `ru_maxrss`,
-exact) and the peak summed RSS of its process tree (driver + raylet + GCS + object store +
+Printed per size and arm: pipeline wall s; the driver's peak RSS (its own VmHWM, exact;
+earlier rounds printed ru_maxrss, which Linux carries over from the spawning parent) and the peak summed RSS of its process tree (driver + raylet + GCS + object store +
 workers, sampled every 0.2 s: a private local Ray instance is the driver's child); the
 driver's CPU seconds; a digest of the ledger and every stage's row counts (the same
 records kept by both arms); then the driver's peak RSS per phase (sampled every 0.1 s,
 keyed by the runner's progress label: read, each stage, render, shards; "other" is between
-them, e.g. the report). Last, per arm, the driver peak at each size against the smallest
-size: flat in the input means that ratio stays near 1. `--render` adds scale_bench.py's
+them, e.g. the report). Then one Markdown table of every run (the driver's peak in all and
+per phase, against the arm's smallest size, and whether its shards + rejects digest equals
+the local arm's at that size); last, per arm, the driver peak at each size against the
+smallest size: flat in the input means that ratio stays near 1. The tree peak includes
+the workers that now hold what the driver held (a planned stage's plan task, the render
+actor). `--render` adds scale_bench.py's
 [render] section (chatml, the sample tokenizer, 512 tokens, packed shards). `--part-rows`
 is set on both arms (the default part sizing differs between checkouts). Per-phase RSS
 is the process's resident memory at the time, so a phase's number can include memory an
@@ -44,27 +48,36 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def _status(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status in bytes (VmRSS, RssAnon, VmHWM, ...)."""
+    got = dict.fromkeys(keys, 0)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            if k in got:
+                got[k] = int(v.split()[0]) * 1024
+    return got
+
+
 class PhaseRSS:
     """The driver's own RSS, sampled every 0.1 s, peak per phase: a phase is the runner's
     progress label (read, each stage, render, shards); "other" is between them. Both the
     whole RSS and its anonymous part (RssAnon: heap, not file pages mapped in, such as
-    memory-mapped token files being read)."""
+    memory-mapped token files being read), and the phase in which the exact peak
+    (VmHWM) last rose: a spike between two samples is attributed to its phase."""
 
     def __init__(self):
         self.phase, self.peaks, self.anon = "start", {}, {}
+        # where the exact peak (VmHWM) rose: a spike shorter than the 0.1 s samples shows here
+        self.maxrss, self._max = {}, 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     @staticmethod
-    def _rss() -> tuple[int, int]:
-        got = {}
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "RssAnon:")):
-                    k, v = line.split(":", 1)
-                    got[k] = int(v.split()[0]) * 1024
-        return got.get("VmRSS", 0), got.get("RssAnon", 0)
+    def _rss() -> tuple[int, int, int]:
+        got = _status("VmRSS", "RssAnon", "VmHWM")
+        return got["VmRSS"], got["RssAnon"], got["VmHWM"]
 
     def _run(self):
         while not self._stop.is_set():
@@ -72,7 +85,9 @@ class PhaseRSS:
             time.sleep(0.1)
 
     def sample(self):
-        r, a = self._rss()
+        r, a, m = self._rss()
+        if m > self._max:
+            self._max = self.maxrss[self.phase] = m
         self.peaks[self.phase] = max(r, self.peaks.get(self.phase, 0))
         self.anon[self.phase] = max(a, self.anon.get(self.phase, 0))
 
@@ -84,7 +99,8 @@ class PhaseRSS:
         self._stop.set()
         self._t.join()
         self.sample()
-        return {k: [round(v / 2**30, 2), round(self.anon[k] / 2**30, 2)] for k, v in self.peaks.items()}
+        return {k: [round(v / 2**30, 2), round(self.anon[k] / 2**30, 2), round(self.maxrss.get(k, 0) / 2**30, 2)]
+                for k, v in self.peaks.items()}
 
 
 def output_digest(run: Path) -> str:
@@ -134,8 +150,13 @@ def child(pipeline: Path, out: Path, ray_cpus: int, part_rows: int, executor: st
     digest = hashlib.sha256(json.dumps([m["ledger"], [(s["name"], s["rows_in"], s["rows_out"]) for s in m["stages"]]],
                                        sort_keys=True).encode()).hexdigest()[:12]
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    # the driver's peak: VmHWM, the kernel's high-water mark of this program's RSS (exact,
+    # not sampled). Not ru_maxrss: Linux carries that over from before exec, where the
+    # spawned child was still the parent (sized by whatever the parent held).
+    hwm = _status("VmHWM")["VmHWM"]
     print(json.dumps({"wall": wall, "digest": digest, "files": output_digest(out), "kept": m["ledger"]["kept"],
-                      "driver_maxrss_gib": ru.ru_maxrss * 1024 / 2**30, "driver_cpu_s": ru.ru_utime + ru.ru_stime,
+                      "driver_maxrss_gib": hwm / 2**30, "ru_maxrss_gib": ru.ru_maxrss * 1024 / 2**30,
+                      "driver_cpu_s": ru.ru_utime + ru.ru_stime,
                       "memory": {s["name"]: s.get("memory") for s in m["stages"]}, "phases": by_phase}))
 
 
@@ -182,6 +203,26 @@ def measure(pythonpath: str, pipeline: Path, out: Path, ray_cpus: int, part_rows
     return {**res, "total_gib": peak[0] / 2**30}
 
 
+PHASES = ("read", "normalize", "pii", "filter", "language", "quality", "exact_dedup", "near_dedup", "select", "mix",
+          "render", "shards", "other")
+
+
+def print_table(rows: list[tuple[int, str, dict]]) -> None:
+    """One Markdown table of every run: the driver's peak RSS (GiB) in all and per phase,
+    the peak against the same arm's smallest size, and whether the shards + rejects digest
+    equals the local arm's at that size ("-" where no local arm ran at that size)."""
+    local = {n: r["files"] for n, label, r in rows if label.startswith("local")}
+    first: dict[str, float] = {}
+    print("\n| records | arm | driver peak GiB | x smallest | " + " | ".join(PHASES) + " | files | = local |")
+    print("|---|---|---|---|" + "---|" * len(PHASES) + "---|---|")
+    for n, label, r in rows:
+        peak = r["driver_maxrss_gib"]
+        x = peak / first.setdefault(label, peak)
+        same = "-" if n not in local or label.startswith("local") else ("yes" if r["files"] == local[n] else "DIFFER")
+        cells = [f"{r['phases'][k][0]:.2f}" if k in r["phases"] else "" for k in PHASES]
+        print(f"| {n:,} | {label} | {peak:.2f} | {x:.2f} | " + " | ".join(cells) + f" | {r['files']} | {same} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", default="100000")
@@ -205,7 +246,7 @@ def main() -> None:
     if a.child:
         child(a.pipeline, a.out, a.ray_cpus, a.part_rows, a.executor)
         return
-    from scale_bench import RENDER, STAGES, generate
+    from scale_bench import RENDER, STAGES
 
     stages = STAGES + (RENDER if a.render else "")
     if a.near_verify:
@@ -220,9 +261,14 @@ def main() -> None:
     arms = [known[x] for x in a.arms.split(",")]
     local_sizes = None if a.local_records is None else {int(x) for x in a.local_records.split(",") if x}
     summary: dict[str, list[tuple[int, float, float]]] = {}
+    table: list[tuple[int, str, dict]] = []  # every run, for the closing table
     for n in [int(x) for x in a.records.split(",")]:
         data = work / f"in-{n}.jsonl"
-        generate(data, n)
+        # in a process of its own, so that this one (whose RSS a spawned child starts from,
+        # see child()) never holds the generated records
+        code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from pathlib import Path; "
+                f"from scale_bench import generate; generate(Path({str(data)!r}), {n})")
+        subprocess.run([sys.executable, "-c", code], check=True)
         pipe = work / f"p-{n}.toml"
         pipe.write_text(f'[run]\nseed = 0\n[[sources]]\nname = "gen"\npath = "{data}"\nformat = "alpaca"\n'
                         f'task = "qa"\n{stages}')
@@ -236,10 +282,12 @@ def main() -> None:
                     ratio.setdefault(label, []).append(r["driver_maxrss_gib"])
                 files.setdefault(label, set()).add(r["files"])
                 summary.setdefault(label, []).append((n, r["driver_maxrss_gib"], r["wall"]))
+                table.append((n, label, r))
                 print(f"{n:>7}  {label:<18} {r['wall']:7.1f}  {r['driver_maxrss_gib']:15.2f}  {r['total_gib']:13.2f}  "
                       f"{r['driver_cpu_s']:12.1f}  {r['kept']:>7}  {r['digest']}  {r['files']}", flush=True)
-                print("         driver peak GiB by phase (RSS/anonymous): "
-                      + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in r["phases"].items()), flush=True)
+                print("         driver peak GiB by phase (RSS/anonymous[/VmHWM reached in it]): "
+                      + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" + (f"/{v[2]:.2f}" if len(v) > 2 and v[2] else "")
+                                  for k, v in r["phases"].items()), flush=True)
         if len(ratio) == 2:
             (la, va), (lb, vb) = ratio.items()
             print(f"{n:>7}  driver peak {lb} / {la}: {min(vb) / min(va):.2f}", flush=True)
@@ -255,10 +303,11 @@ def main() -> None:
 
                 shutil.rmtree(f, ignore_errors=True)
         data.unlink()
+    print_table(table)
     # how the driver's peak grows with the input: flat means the ratio stays near 1
     print("\narm                 records  driver_peak_GiB  x_smallest  wall_s")
     for label, rows in summary.items():
-        n0, p0 = rows[0][0], min(p for n, p, _ in rows if n == rows[0][0])
+        p0 = min(p for n, p, _ in rows if n == rows[0][0])
         for n, peak, wall in rows:
             print(f"{label:<18} {n:>8}  {peak:15.2f}  {peak / p0:10.2f}  {wall:6.1f}")
 

@@ -67,7 +67,8 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     """Every stage kind of the sample pipeline in parts of 700 rows (6 read parts). Under
     Ray, the driver's copies of the per-row steps fail: keys, a plan's second pass
     (`refine_keys`: MinHash's shingles, consensus's word sets) and a row-local stage's
-    statistics run on workers (their classes reach them by reference, unpatched)."""
+    statistics run on workers, and so do the planned stages' plans (their classes reach the
+    workers by reference, unpatched)."""
     import curate.pipeline.ray_executor as rx
     from curate.stages.consensus.stage import ConsensusStage
     from curate.stages.dedup.stage import DedupStage
@@ -75,9 +76,14 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     cfg = load_config(SAMPLE / "pipeline.toml")
     cfg.run.part_rows = 700
     run_pipeline(cfg, tmp_path / "local", executor=LocalExecutor())
-    for cls in (DedupStage, ConsensusStage):
-        monkeypatch.setattr(cls, "keys", _off_the_driver)
-        monkeypatch.setattr(cls, "refine_keys", _off_the_driver)
+    from curate.stages.mix import MixStage
+    from curate.stages.select import SelectStage
+
+    for cls in (DedupStage, ConsensusStage, SelectStage, MixStage):
+        # keys, the plan, its second passes and the finished stage's read-back: on workers
+        for step in ("keys", "refine_keys", "plan", "finish_plan", "spill_keys", "merge_part_stats"):
+            if step in vars(cls):
+                monkeypatch.setattr(cls, step, _off_the_driver)
     monkeypatch.setattr(rx, "row_local_output", _off_the_driver)
     # render: the template, tokenization and the render rejects (the steps that read a
     # row's messages) on workers; the driver holds keys and per-example facts only
@@ -89,14 +95,16 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(rs.RejectPart, "__call__", _off_the_driver)
     monkeypatch.setattr(rs, "_packed_shard", _off_the_driver)  # shards: ShardPart tasks
     monkeypatch.setattr(rs, "_unpacked_shard", _off_the_driver)
+    # the render's per-row state (keys, split, facts, examples, packing plans): in an actor
+    monkeypatch.setattr(rs, "render_parts", _off_the_driver)
+    monkeypatch.setattr(rs, "write_shards_streamed", _off_the_driver)
+    monkeypatch.setattr(rs, "token_facts", _off_the_driver)
     # the rejects merges (a stage's, render's) read rejected rows' text: RayExecutor.write_rejects
     import curate.pipeline.runner as runner_module
 
     monkeypatch.setattr(runner_module, "_write_rejects", _off_the_driver)
     ex = RayExecutor(block_rows=900)
     progress, logs = _logged()
-    render_parts, original = [], ex.render_parts
-    ex.render_parts = lambda parts, fn, args: render_parts.append(len(args)) or original(parts, fn, args)
     run_pipeline(cfg, tmp_path / "ray", executor=ex, progress=progress)
     ex.close()
     assert ray.is_initialized()  # a fixture's Ray is reused, not shut down
@@ -108,14 +116,15 @@ def test_sample_pipeline_identical_to_local(ray_cluster, tmp_path, monkeypatch):
     # every whole-table stage of the sample is planned from keys (MinHash exact verification
     # and consensus with their second pass over the asked parts on workers)
     for name in ("consensus", "exact_dedup", "near_dedup", "select", "mix"):
-        assert any(f"[{name}] ray:" in x and "(planned: keys written by workers, plan on the driver" in x
+        assert any(f"[{name}] ray:" in x and "(planned: keys written by workers, plan on a worker" in x
                    for x in logs), (name, logs)
     assert not any("whole-table stage" in x for x in logs), logs
     memory = {s["name"]: s["memory"] for s in m["stages"]}
     assert memory["near_dedup"] == memory["consensus"] == "keys" and memory["filter"] == "parts"
-    # the sources were read on workers; tokenization ran on workers, one task per part
+    # the sources were read on workers
     assert any("[read] ray:" in x and "piece(s)" in x for x in logs), logs
-    assert render_parts and render_parts[0] > 1
+    render = m["render"]["stats"]
+    assert render["examples"] > 0 and m["tokens"]  # rendered (in the actor), counted, equal to local's
 
 
 AGGREGATED = """

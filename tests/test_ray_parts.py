@@ -1,8 +1,8 @@
 """The Ray executor's stage hook (`RayExecutor.run_stage`) against the local executor's on
 the same multi-part input, for a whole-table stage of the keys -> plan -> apply protocol
 defined here (it travels to the workers by value) whose plan reorders rows across parts
-(`Plan.order` not sorted by `_row`): keys and apply on workers, the output read back in
-output order on the driver. Same parts, rejects and stats as the local executor, and as
+(`Plan.order` not sorted by `_row`): keys, the plan and apply on workers, the output read
+back in output order by a worker task. Same parts, rejects and stats as the local executor, and as
 the stage's `process` over the whole table. Marked slow (the session's Ray)."""
 from __future__ import annotations
 
@@ -87,10 +87,14 @@ class LongestHalf(Stage):
         return run_planned(self, table, max(table.height, 1))
 
 
-def _job(src: Path, entries: list[dict], out: Path, part_rows: int) -> StageJob:
+def _job(src: Path, entries: list[dict], out: Path, part_rows: int, log=lambda s: None) -> StageJob:
     out.mkdir(parents=True)
     return StageJob(in_dir=src, in_entries=entries, out_dir=out, progress=P.StageProgress(out, "k"),
-                    part_rows=part_rows)
+                    part_rows=part_rows, log=log)
+
+
+def _off_the_driver(*_a, **_k):
+    raise AssertionError("ran on the driver: this step belongs on a worker")
 
 
 def test_reordering_plan_on_workers_equals_local_and_whole_table(ray_cluster, tmp_path):
@@ -105,7 +109,10 @@ def test_reordering_plan_on_workers_equals_local_and_whole_table(ray_cluster, tm
     got = {}
     for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor())):
         job = _job(src, entries, tmp_path / name, 200)
-        out = ex.run_stage(LongestHalf(LongestHalfConfig(), ctx), job)
+        stage_here = LongestHalf(LongestHalfConfig(), ctx)
+        if name == "ray":  # the plan is made by a worker's copy of the stage, not this one
+            stage_here.plan = _off_the_driver
+        out = ex.run_stage(stage_here, job)
         rejects = pl.concat([pl.read_parquet(r) for r in out.rejects])
         got[name] = (out, read_dataset(job.out_dir, out.entries), rejects,
                      [(tmp_path / name / e["file"]).read_bytes() for e in out.entries])
@@ -122,10 +129,11 @@ def test_reordering_plan_on_workers_equals_local_and_whole_table(ray_cluster, tm
 @pytest.mark.parametrize("case", ["minhash-batches", "consensus"])
 def test_refined_plans_on_workers_equal_local(ray_cluster, tmp_path, monkeypatch, case):
     """Plans that ask for second passes (base.Refine: MinHash's exact verification - one
-    pass whose workers file the shingles, then several batches - consensus's word sets) on a multi-part input: the keys written by
-    workers and spilled on the driver part by part (dedup: `spill_keys`), every pass's
-    `refine_keys` on workers (the driver's copy fails if called), and the same part files,
-    rejects and stats as the local executor."""
+    pass whose workers file the shingles, then several batches - consensus's word sets) on
+    a multi-part input: the keys written by workers, spilled part by part (dedup:
+    `spill_keys`) and planned by one worker task, every pass's `refine_keys` on further
+    workers (the driver's copies of keys, plan and passes fail if called), and the same
+    part files, rejects and stats as the local executor, with the same passes."""
     from curate.contract.typed_config import load_dataclass
     from curate.stages.consensus.stage import Config as ConsensusConfig, ConsensusStage
     from curate.stages.dedup.stage import Config as DedupConfig, DedupStage
@@ -141,28 +149,35 @@ def test_refined_plans_on_workers_equal_local(ray_cluster, tmp_path, monkeypatch
         mk = lambda: DedupStage(load_dataclass(DedupConfig, cfg, "s"), ctx)  # noqa: E731
     src = tmp_path / "src"
     entries = [P.write_part(src, k, table.slice(lo, 25)) for k, lo in enumerate(range(0, table.height, 25))]
-    passes, batches = [], []
+    passes, batches, logs = [], [], []
     original = cls.finish_plan
     got = {}
     for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor())):
-        if name == "ray":
-            monkeypatch.setattr(cls, "refine_keys", lambda *a, **k: (_ for _ in ()).throw(AssertionError("driver")))
+        if name == "local":  # the passes and verification batches the plan makes (the same code on Ray's worker)
             monkeypatch.setattr(cls, "finish_plan", lambda self, *a: passes.append(len(a[0].rows)) or original(self, *a))
-            if cls is DedupStage:  # the verification batches, read from the shingles the workers filed
+            if cls is DedupStage:  # the verification batches, read from the shingles the refine tasks filed
                 import curate.stages.dedup.spill as SP
 
                 take = SP.ShingleStore.take
                 monkeypatch.setattr(SP.ShingleStore, "take", lambda self, b: batches.append(1) or take(self, b))
-        job = _job(src, entries, tmp_path / name, 25)
+        else:  # keys, plan, passes and their answers: none on the driver
+            for step in ("keys", "plan", "refine_keys", "finish_plan", "spill_keys"):
+                if hasattr(cls, step):  # (consensus has no spill)
+                    monkeypatch.setattr(cls, step, _off_the_driver)
+        job = _job(src, entries, tmp_path / name, 25, log=logs.append)
         out = ex.run_stage(mk(), job)
         got[name] = (out, [(tmp_path / name / e["file"]).read_bytes() for e in out.entries],
                      [Path(r).read_bytes() for r in out.rejects])
     (lo, lb, lr), (ro, rb, rr) = got["local"], got["ray"]
     assert ro.memory == lo.memory == "keys" and ro.stats == lo.stats and ro.entries == lo.entries
     assert rb == lb and rr == lr and len(lb) > 3
-    assert len(passes) >= 1  # passes answered by workers
+    assert len(passes) >= 1
+    # the worker's plan made the same second passes, answered by further workers
+    asked = [n for n in passes if n]
+    said = [x for x in logs if "plan on a worker" in x]
+    assert len(said) == 1 and f"{len(passes)} second pass(es) over {sum(asked):,} asked rows" in said[0], said
     if case == "minhash-batches":  # spilled keys: one pass (workers file the shingles), several batches
-        assert len([n for n in passes if n]) == 1 and len(batches) >= 2  # (then one Refine of no rows)
-    if case == "minhash-batches":  # the keys went through the dedup spill, as locally
+        assert len(asked) == 1 and len(batches) >= 2  # (then one Refine of no rows)
+    if case == "minhash-batches":  # the keys went through the dedup spill, as locally (on the plan's worker)
         assert list((tmp_path / "ray" / "parts" / "spill").glob("keys-*.parquet"))
     assert not (tmp_path / "ray" / "parts" / "keys").exists()  # the workers' key files are gone once planned

@@ -30,19 +30,22 @@ What runs where (per stage; the manifest entry's `memory` is the local executor'
   keys      planned stages (`base.has_plan(refine=True)`: dedup (exact, MinHash either
             way of verifying, semantic), consensus, select without diversity, mix): `keys` per part
             on workers (the part read on the worker, `_row` added), each part's keys
-            written by its worker to the stage's progress folder (Arrow IPC); the driver
-            then takes them one part at a time through `stage_steps.hold_keys` - the local
-            executor's own path: a stage with `spill_keys` (dedup) spills each part's
-            keys to disk and plans from the spill in bounded steps; the others' keys
-            (select: scores; mix: groups; semantic dedup: embeddings, which its plan
-            needs at once) are concatenated, as locally - and makes one
-            `plan`. A plan that asks for a second pass (base.Refine: MinHash's exact
-            verification, consensus) gets each pass's `refine_keys` from workers, one task
-            per part holding an asked row (`_RefineOnWorkers`, through `complete_plan`'s
-            own loop). One `ray.put` of the plan, `apply` per part on workers writing the
-            output part and its rejects (`stage_steps.apply_part`); the driver merges what
-            apply found (`merge_part_stats`) and, when the plan moves rows across parts,
-            reads the output back in windows, as locally (`stage_steps.planned_output`).
+            written by its worker to the stage's progress folder (Arrow IPC); then ONE
+            task on a worker (`_plan_task`) takes them one part at a time through
+            `stage_steps.hold_keys` - the local executor's own path: a stage with
+            `spill_keys` (dedup) spills each part's keys to disk and plans from the spill
+            in bounded steps; the others' keys (select: scores; mix: groups; semantic
+            dedup: embeddings, which its plan needs at once) are concatenated, as locally
+            - and makes one `plan`. A plan that asks for a second pass (base.Refine:
+            MinHash's exact verification, consensus) gets each pass's `refine_keys` from
+            further tasks, one per part holding an asked row, submitted by the plan's
+            task (`_RefineOnWorkers`, through `complete_plan`'s own loop). The plan and
+            the output positions stay in the object store: the driver passes their
+            references to `apply` per part on workers (`stage_steps.apply_part`) and to
+            one last task (`_finish_task`: `planned_output`, which merges what apply
+            found, `merge_part_stats`, and, when the plan moves rows across parts, reads
+            the output back in windows, as locally). The driver holds part records,
+            references and the stage's statistics; never keys, a plan or a row.
   whole     any other stage (select's diversity walk, LM-scored quality):
             `stage_steps.run_whole`, the local fallback - the input read whole on the
             driver, logged, `memory = "whole-table"` - with `process` below (MinHash,
@@ -77,7 +80,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -94,10 +96,12 @@ from curate.pipeline import parts as P
 from curate.pipeline.blocks import part_mode
 from curate.pipeline.stage_steps import (StageJob, StageOutput, apply_part, hold_keys, part_keys, plan_positions,
                                          planned_output, resumed_part, row_local_output, row_local_part, run_whole)
-from curate.pipeline.ray_blocks import FAULT_ENV, from_ipc, maybe_fault, portable, to_ipc, worker_stage  # noqa: F401
+from curate.pipeline.ray_blocks import (FAULT_ENV, from_ipc, maybe_fault, portable, quiet, to_ipc,  # noqa: F401
+                                         worker_stage)
 from curate.stages.base import Refine, Stage, StageResult, complete_plan, has_plan
 
 DEFAULT_BLOCK_ROWS = 50_000
+KEYS_DIR = "keys"  # in a planned stage's progress folder: the workers' keys, one Arrow file a part
 
 
 def _row_local_task(mode: str, cls: type, config: Any, context: Any, ref: Any, progress: P.StageProgress,
@@ -139,27 +143,22 @@ def _keys_task(cls: type, config: Any, context: Any, in_dir: Path, schema: dict 
     return run
 
 
-def _refine_task(cls: type, config: Any, context: Any, in_dir: Path, ask: str) -> Callable[[pa.Table], pa.Table]:
-    """`refine_keys` of the asked rows of each part on a worker (the part read there): what
-    a plan's second pass needs (MinHash's shingle sets, consensus's word sets), not text."""
-    def run(batch: pa.Table) -> pa.Table:
-        out = []
-        for d in batch.to_pylist():
-            maybe_fault()
-            part = P.read_part(Path(in_dir) / d["file"])
-            want = np.frombuffer(d["rows"], dtype=np.int64)
-            k = worker_stage(cls, config, context).refine_keys(part, want, d["first_row"], ask)
-            out.append({"i": d["i"], "keys": to_ipc(k)})
-        return pa.Table.from_pylist(out)
-
-    return run
+def _refine_part(cls: type, config: Any, context: Any, in_dir: Path, file: str, rows: bytes, first_row: int,
+                 ask: str) -> bytes:
+    """`refine_keys` of one part's asked rows on a worker (the part read there): what a
+    plan's second pass needs (MinHash's shingle sets, consensus's word sets), not text."""
+    maybe_fault()
+    part = P.read_part(Path(in_dir) / file)
+    want = np.frombuffer(rows, dtype=np.int64)
+    return to_ipc(worker_stage(cls, config, context).refine_keys(part, want, first_row, ask))
 
 
 class _RefineOnWorkers:
     """The stage as `base.complete_plan` sees it, with each pass's `refine_keys` computed
     beforehand on workers, one task per part that holds an asked row: complete_plan's own
-    loop (its checks, `_row`, `finish_plan`, the next pass) runs unchanged on the driver,
-    which holds one pass's answers (the stage bounds a pass), never a part."""
+    loop (its checks, `_row`, `finish_plan`, the next pass) runs unchanged in the plan's
+    task (`_plan_task`), which holds one pass's answers (the stage bounds a pass), never a
+    part."""
 
     def __init__(self, stage: Stage, fetch: Callable[[Refine], dict[int, pl.DataFrame]]):
         self.stage, self.fetch, self.got = stage, fetch, {}
@@ -175,6 +174,60 @@ class _RefineOnWorkers:
 
     def finish_plan(self, refine: Refine, extra: pl.DataFrame | None) -> Any:
         return self.prefetch(self.stage.finish_plan(refine, extra))
+
+
+def _refine_on_workers(cls: type, config: Any, context: Any, job: StageJob, bounds: np.ndarray,
+                       passes: list[int]) -> Callable[[Refine], dict[int, pl.DataFrame]]:
+    """A plan's second pass (base.Refine) as Ray tasks, one per part that holds an asked
+    row, submitted from the plan's task (its CPU is lent back while it waits in ray.get);
+    each part's answers kept as they arrive, in part order."""
+    task = ray.remote(num_cpus=1, max_retries=-1)(_refine_part)
+
+    def fetch(refine: Refine) -> dict[int, pl.DataFrame]:
+        rows = np.asarray(refine.rows, dtype=np.int64)
+        cuts = np.searchsorted(rows, np.asarray(bounds, dtype=np.int64), side="left")
+        refs = {i: task.remote(cls, config, context, job.in_dir, job.in_entries[i]["file"],
+                               rows[cuts[i]:cuts[i + 1]].tobytes(), int(bounds[i]), refine.ask)
+                for i in range(len(job.in_entries)) if cuts[i + 1] > cuts[i]}
+        passes.append(len(rows))
+        return {i: from_ipc(ray.get(ref)) for i, ref in refs.items()}
+
+    return fetch
+
+
+def _plan_task(cls: type, config: Any, context: Any, job: StageJob, keyed: list[str]) -> tuple[Any, Any, dict]:
+    """A planned stage's plan on a worker, from the key files its keys tasks wrote: the
+    local executor's own steps (`hold_keys`: dedup spills each part's keys and plans from
+    the spill; `plan`; `complete_plan`'s loop with each pass's `refine_keys` on further
+    workers; `plan_positions`). Returned as three objects the driver only passes on by
+    reference (the plan, the output positions, a small record: where applied parts go,
+    what the stage logged, the passes' sizes), so the driver never holds the keys nor the
+    plan: its memory stays flat in the rows. The price: the plan's memory is a worker's
+    (one process, as locally; the task runs with max_calls=1, so the process exits and
+    gives it back), and a pass's tasks are submitted from that worker."""
+    logs: list[str] = []
+    stage = worker_stage(cls, config, replace(context, log=logs.append))
+    keys_dir = job.progress.folder / KEYS_DIR
+    keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / f) for f in keyed))
+    shutil.rmtree(keys_dir)
+    plan = stage.plan(keys)
+    del keys
+    bounds = P.offsets(job.in_entries)
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    passes: list[int] = []
+    proxy = _RefineOnWorkers(stage, _refine_on_workers(cls, config, context, job, bounds, passes))
+    plan = complete_plan(proxy, proxy.prefetch(plan), spans, lambda i: i)
+    positions, target = plan_positions(plan, job)
+    return plan, positions, {"target": str(target), "logs": logs, "passes": passes}
+
+
+def _finish_task(cls: type, config: Any, context: Any, plan: Any, job: StageJob, entries: list[dict],
+                 part_stats: list[dict], target: str) -> tuple[StageOutput, list[str]]:
+    """`planned_output` on a worker: the parts' stats merged into the plan's, and rows a
+    plan moved across parts read back in output order (text: never on the driver)."""
+    logs: list[str] = []
+    stage = worker_stage(cls, config, replace(context, log=logs.append))
+    return planned_output(stage, plan, job, entries, part_stats, Path(target)), logs
 
 
 def _stats_task(cls: type, config: Any, context: Any, mode: str, progress: P.StageProgress,
@@ -199,19 +252,6 @@ def _apply_task(cls: type, config: Any, context: Any, plan_ref: Any, pos_ref: An
                                    progress, target, positions)
             out.append({"i": d["i"], "rows": part.height, "entry": json.dumps(entry),
                         "stats": json.dumps(st) if st is not None else ""})
-        return pa.Table.from_pylist(out)
-
-    return run
-
-
-def _render_part_task(parts: Any, fn: Callable) -> Callable[[pa.Table], pa.Table]:
-    def run(batch: pa.Table) -> pa.Table:
-        out = []
-        for d in batch.to_pylist():
-            maybe_fault()
-            # the driver's own small arguments and the worker's result (as Ray pickles any task's)
-            result = fn(d["k"], parts.read(d["k"]), pickle.loads(d["arg"]))
-            out.append({"i": d["i"], "result": pickle.dumps(result)})
         return pa.Table.from_pylist(out)
 
     return run
@@ -303,13 +343,20 @@ class RayExecutor:
         (curate/render/stream.py `_render_on_workers`): the worker reads part `k` from the
         run directory (`parts.read(k)`); render's pass 2 (RenderPart: tokens written into
         the run's render work folder, small per-row facts back) and its rejects
-        (RejectPart). The driver never holds a part's text for this; parts run in parallel."""
-        items = [{"i": j, "k": k, "arg": pickle.dumps(arg)} for j, (k, arg) in enumerate(args)]
-        # each result unpickled as its block arrives: the driver never holds the pickled
-        # bytes of every part's facts beside the facts themselves
-        got = self.map_items(items, _render_part_task(parts, fn),
-                             convert=lambda r: {"i": r["i"], "result": pickle.loads(r["result"])})
-        return [r["result"] for r in got]
+        (RejectPart). The runner's render calls `render_streamed` instead, whose actor uses
+        the same tasks (ray_render.map_parts)."""
+        from curate.pipeline.ray_render import map_parts
+
+        return map_parts(parts, fn, args)
+
+    def render_streamed(self, parts: Any, columns: list[str], cfg, base_dir, seed: int, work_dir: Path,
+                        reject_dir: Path) -> Any:
+        """The runner's render with its per-row state (keys, split, facts, examples, packing
+        plans) in one actor on the cluster and the per-part and per-shard work in tasks
+        (curate/pipeline/ray_render.py): returns what the runner reads of it."""
+        from curate.pipeline.ray_render import RemoteRender
+
+        return RemoteRender(parts, columns, cfg, base_dir, seed, work_dir, reject_dir)
 
     def map_items(self, items: list[dict], fn: Callable[[pa.Table], pa.Table],
                   convert: Callable[[dict], dict] | None = None) -> list[dict]:
@@ -380,8 +427,7 @@ class RayExecutor:
         task = self._ray.remote(num_cpus=1, max_retries=-1)(_stats_task)
         out, logs = self._ray.get(task.remote(type(stage), stage.config, portable(stage.context), mode, job.progress,
                                               [hits[i] for i in range(len(job.in_entries))]))
-        for line in logs:
-            stage.context.log(line)
+        self._replay(stage, logs)
         return out
 
     def _planned(self, stage: Stage, job: StageJob) -> StageOutput:
@@ -390,45 +436,39 @@ class RayExecutor:
         rows_in = int(bounds[-1])
         schema = P.dataset_schema(job.in_dir, job.in_entries) if len(job.in_entries) > 1 else None
         items = [{"i": i, "file": e["file"], "first_row": int(bounds[i])} for i, e in enumerate(job.in_entries)]
-        keys_dir = job.progress.folder / "keys"  # the workers' keys, one file a part, until planned
+        keys_dir = job.progress.folder / KEYS_DIR  # the workers' keys, one file a part, until planned
         if keys_dir.exists():
             shutil.rmtree(keys_dir)
-        keys_dir.mkdir(parents=True)
         keyed = self.map_items(items, _keys_task(cls, cfg, ctx, job.in_dir, schema, keys_dir))
         self._check_rows(stage, keyed, rows_in)
-        # the local executor's own path from here: each part's keys read in turn and spilled
-        # where the stage can (dedup: `hold_keys`), then one plan from them
-        keys = hold_keys(stage, job, (pl.read_ipc(keys_dir / r["file"]) for r in keyed))
-        del keyed
-        shutil.rmtree(keys_dir)
-        plan = stage.plan(keys)
-        del keys
-        # a plan that asks for more of some rows (base.Refine: MinHash exact verification,
-        # consensus): each pass's `refine_keys` on workers, complete_plan's loop on the driver
-        spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-
-        def fetch(refine: Refine) -> dict[int, pl.DataFrame]:
-            rows = np.asarray(refine.rows, dtype=np.int64)
-            cuts = np.searchsorted(rows, np.asarray(bounds, dtype=np.int64), side="left")
-            asks = [{"i": i, "file": job.in_entries[i]["file"], "first_row": lo,
-                     "rows": rows[cuts[i]:cuts[i + 1]].tobytes()}
-                    for i, (lo, _) in enumerate(spans) if cuts[i + 1] > cuts[i]]
-            got = self.map_items(asks, _refine_task(cls, cfg, ctx, job.in_dir, refine.ask),
-                                 convert=lambda r: {"i": r["i"], "keys": from_ipc(r["keys"])})
-            return {r["i"]: r["keys"] for r in got}
-
-        proxy = _RefineOnWorkers(stage, fetch)
-        plan = complete_plan(proxy, proxy.prefetch(plan), spans, lambda i: i)
-        positions, target = plan_positions(plan, job)
-        pos_ref = self._ray.put(positions) if positions is not None else None
-        res = self.map_items(items, _apply_task(cls, cfg, ctx, self._ray.put(plan), pos_ref, job.in_dir, schema,
-                                                job.progress, target))
+        # keys -> plan (and its second passes) -> positions on one worker: the driver keeps
+        # the references only (see _plan_task)
+        remote = replace(job, log=quiet)  # the driver's logger does not travel
+        plan_task = self._ray.remote(num_cpus=1, max_retries=-1, max_calls=1, num_returns=3)(_plan_task)
+        plan_ref, pos_ref, meta_ref = plan_task.remote(cls, cfg, ctx, remote, [r["file"] for r in keyed])
+        meta = self._ray.get(meta_ref)
+        self._replay(stage, meta["logs"])
+        res = self.map_items(items, _apply_task(cls, cfg, ctx, plan_ref, pos_ref, job.in_dir, schema,
+                                                job.progress, Path(meta["target"])))
+        del pos_ref
         self._check_rows(stage, res, rows_in)
         entries = [json.loads(r["entry"]) for r in res]
         part_stats = [json.loads(r["stats"]) for r in res if r["stats"]]
+        passes = meta["passes"]
         job.log(f"[{stage.name}] ray: {len(entries)} part(s) on workers (planned: keys written by workers, "
-                f"plan on the driver from {rows_in:,} rows' keys, apply)")
-        return planned_output(stage, plan, job, entries, part_stats, target)
+                f"plan on a worker from {rows_in:,} rows' keys"
+                + (f", {len(passes)} second pass(es) over {sum(passes):,} asked rows" if passes else "")
+                + ", apply)")
+        finish = self._ray.remote(num_cpus=1, max_retries=-1)(_finish_task)
+        out, logs = self._ray.get(finish.remote(cls, cfg, ctx, plan_ref, remote, entries, part_stats, meta["target"]))
+        self._replay(stage, logs)
+        return out
+
+    @staticmethod
+    def _replay(stage: Stage, logs: list[str]) -> None:
+        """What a stage logged in a worker task, on the driver's log, in order."""
+        for line in logs:
+            stage.context.log(line)
 
     @staticmethod
     def _check_rows(stage: Stage, res: list[dict], n: int) -> None:

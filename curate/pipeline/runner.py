@@ -459,15 +459,21 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
     rendered = None
     if cfg.render is not None:
         t0 = time.perf_counter()
-        from curate.render.stream import render_parts, token_facts, write_shards_streamed
-        from curate.render.shards import counts_by_group
+        from curate.render.stream import render_parts
 
         work = _fresh(rd, RENDER_WORK)
         with progress.stage("render", total=final_rows) as done:
-            rendered = render_parts(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed, work / "tokens",
-                                    work / "rejects", map_blocks=getattr(executor, "render_blocks", None),
-                                    map_parts=getattr(executor, "render_parts", None))
-            n_examples, n_dropped = rendered.examples.height, sum(rendered.dropped.values())
+            # an executor that keeps the render's per-row state off the driver (Ray) has its own
+            remote = getattr(executor, "render_streamed", None)
+            if remote is not None:
+                rendered = remote(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed, work / "tokens",
+                                  work / "rejects")
+            else:
+                rendered = render_parts(final_parts, columns, cfg.render, cfg.base_dir, cfg.run.seed,
+                                        work / "tokens", work / "rejects",
+                                        map_blocks=getattr(executor, "render_blocks", None),
+                                        map_parts=getattr(executor, "render_parts", None))
+            n_examples, n_dropped = rendered.stats["examples"], sum(rendered.dropped.values())
             if rendered.rows_in != n_examples + n_dropped:
                 raise LedgerError(f"render: {rendered.rows_in} rows in, {n_examples} rendered + "
                                   f"{n_dropped} dropped")
@@ -479,7 +485,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
         with progress.stage("shards", total=n_examples) as done:
             if (out / "shards").exists() or (out / "shards").is_symlink():
                 rd.remove("shards")
-            shards = write_shards_streamed(rendered, rd.own("shards"), cfg.render)
+            shards = rendered.write_shards(rd.own("shards"), cfg.render)
             done(n_examples, 0, f"{sum(len(v) for k, v in shards.items() if k in ('train', 'val'))} files")
         rd.remove(RENDER_WORK)
         fp = rendered.fingerprints
@@ -496,7 +502,7 @@ def _run(cfg: PipelineConfig, rd: RunDir, progress: Progress, executor: Executor
             "dropped": dict(rendered.dropped), "stats": rendered.stats,
         }
         manifest["shards"] = {k: v for k, v in shards.items() if k in ("train", "val")}
-        manifest["tokens"] = counts_by_group(token_facts(rendered))
+        manifest["tokens"] = rendered.token_counts()
         final_rows = n_examples
         timings["render"] = time.perf_counter() - t0
     ledger.kept = final_rows - ledger.copies_kept

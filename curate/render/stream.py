@@ -269,6 +269,15 @@ class StreamedRender:
         """`frame` (rows of `examples`) with its code columns `cols` as the strings."""
         return frame.with_columns(pl.Series(c, self.names[c], dtype=pl.String).gather(frame[c]) for c in cols)
 
+    # what the runner calls after the render (the Ray executor's RemoteRender has the same two)
+    def write_shards(self, shards_dir: str | Path, cfg) -> dict:
+        return write_shards_streamed(self, shards_dir, cfg)
+
+    def token_counts(self) -> dict:
+        from curate.render.shards import counts_by_group
+
+        return counts_by_group(token_facts(self))
+
 
 def _add_counts(into: dict, more: dict) -> None:
     for k, v in more.items():
