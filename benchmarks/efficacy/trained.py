@@ -202,6 +202,11 @@ def cv_stats(run_dir: Path, manifest: dict, key: dict) -> dict | None:
     return out
 
 
+def _jsonl_rows(f: Path) -> list[dict]:
+    """The records of a JSONL file the benchmark appends to (blank lines skipped)."""
+    return [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
 def _scope_precision(last: dict, task: str) -> str:
     xs = [last[s][task]["precision_scope"] for s in last if task in last[s] and last[s][task].get("precision_scope") is not None]
     return f"{statistics.mean(xs):.3f}" if xs else "no unrepeated prompts"
@@ -215,12 +220,10 @@ def cv_table(out: Path, family: str, seeds: list[int] | None = None) -> list[str
     if not f.is_file():
         return []
     last = {}
-    for x in f.read_text(encoding="utf-8").splitlines():
-        if x.strip():
-            r = json.loads(x)
-            if r["family"] == family and (seeds is None or r["seed"] in seeds) and any(
-                    "auc_margin" in v for v in r["by_task"].values()):
-                last[r["seed"]] = r["by_task"]
+    for r in _jsonl_rows(f):
+        if r["family"] == family and (seeds is None or r["seed"] in seeds) and any(
+                "auc_margin" in v for v in r["by_task"].values()):
+            last[r["seed"]] = r["by_task"]
     if not last:
         return []
     tasks = sorted({t for v in last.values() for t in v})
@@ -605,11 +608,9 @@ def set_table(out: Path, family: str) -> list[str]:
     if not f.is_file():
         return []
     last = {}
-    for x in f.read_text(encoding="utf-8").splitlines():
-        if x.strip():
-            r = json.loads(x)
-            if r["family"] == family:
-                last[(r["arm"], r["seed"])] = r["by_task"]  # a rerun's curation replaces the earlier one
+    for r in _jsonl_rows(f):
+        if r["family"] == family:
+            last[(r["arm"], r["seed"])] = r["by_task"]  # a rerun's curation replaces the earlier one
     if not last:
         return []
     tasks = sorted({t for v in last.values() for t in v})
